@@ -1,0 +1,281 @@
+"""Steward's configuration: one TOML file plus ``STEWARD_*`` environment variables.
+
+Every setting has a TOML key and an environment variable; the variable wins. Nested tables map
+to double underscores: ``[upstream] client_id`` is ``STEWARD_UPSTREAM__CLIENT_ID``. Settings are
+validated once, at start, and an error names the setting, the source and the expected form.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = [
+    "ClientSettings",
+    "ConfigError",
+    "Settings",
+    "TierSettings",
+    "UpstreamSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "STEWARD_"
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+def _url(value: str) -> bool:
+    return value.startswith(("http://", "https://")) and len(value) > len("https://")
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """The upstream identity provider Steward signs users in with."""
+
+    issuer: str = attrs.field(metadata={"help": "issuer URL", "check": _url})
+    authorization_endpoint: str = attrs.field(metadata={"help": "URL", "check": _url})
+    token_endpoint: str = attrs.field(metadata={"help": "URL", "check": _url})
+    client_id: str = attrs.field(metadata={"help": "the client id Steward has at the IdP"})
+    userinfo_endpoint: str | None = attrs.field(default=None, metadata={"check": _url})
+    revocation_endpoint: str | None = attrs.field(default=None, metadata={"check": _url})
+    client_secret: str | None = attrs.field(default=None, metadata={"secret": True})
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    tier_claim: str = "tier"
+
+
+@attrs.frozen
+class TierSettings:
+    """Rate limits of one subscription tier (token bucket keyed by user)."""
+
+    name: str
+    requests_per_minute: int = attrs.field(default=60, metadata={"min": 1})
+    burst: int = attrs.field(default=20, metadata={"min": 1})
+
+
+@attrs.frozen
+class ClientSettings:
+    """An OAuth client registered ahead of time by the operator."""
+
+    client_id: str
+    redirect_uris: tuple[str, ...]
+    client_name: str | None = None
+    client_secret: str | None = attrs.field(default=None, metadata={"secret": True})
+    scope: str | None = None
+
+
+DEFAULT_TIERS = (
+    TierSettings("free", requests_per_minute=60, burst=20),
+    TierSettings("pro", requests_per_minute=600, burst=100),
+    TierSettings("enterprise", requests_per_minute=6000, burst=1000),
+)
+
+
+@attrs.frozen
+class Settings:
+    """All of Steward's settings. Durations are in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, metadata={"min": 0, "max": 65535})
+    public_url: str | None = attrs.field(
+        default=None, metadata={"help": "the URL clients reach Steward at", "check": _url}
+    )
+    data_dir: Path = Path("steward-data")
+    database_url: str | None = attrs.field(
+        default=None, metadata={"secret": True, "help": "postgresql://… (none: embedded cluster)"}
+    )
+    workers: int = attrs.field(default=1, metadata={"min": 1, "max": 64})
+    node_id: str | None = None
+    log_level: str = attrs.field(
+        default="info", metadata={"choices": ("debug", "info", "warning", "error")}
+    )
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, metadata={"min": 1024})
+    scopes_supported: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
+    default_scopes: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
+    access_token_ttl: float = attrs.field(default=3600.0, metadata={"min": 1.0})
+    refresh_token_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
+    refresh_grace: float = attrs.field(default=30.0, metadata={"min": 0.0})
+    session_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
+    encryption_key: str | None = attrs.field(
+        default=None, metadata={"secret": True, "help": "base64 of 32 bytes"}
+    )
+    encryption_key_id: str = "k1"
+    admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
+    dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
+    dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
+    upstream: UpstreamSettings | None = None
+    tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
+    clients: tuple[ClientSettings, ...] = ()
+
+    @property
+    def resource_url(self) -> str:
+        """This server's resource URL (the audience of its tokens): the MCP endpoint."""
+        return f"{self.base_url}/mcp"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tiers)
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read settings from a TOML file, then ``STEWARD_*`` variables, then explicit overrides.
+
+    Raises:
+        ConfigError: a setting is unknown, malformed or out of range.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            msg = f"configuration file {str(path)!r} does not exist"
+            raise ConfigError(msg) from None
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"configuration file {str(path)!r} is not valid TOML: {exc}"
+            raise ConfigError(msg) from None
+    env = os.environ if environ is None else environ
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                msg = f"environment variable {key} sets a field of {part!r}, which is not a table"
+                raise ConfigError(msg)
+            node = child
+        node[parts[-1]] = _EnvValue(key, raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return _build(Settings, data, prefix="")
+
+
+@attrs.frozen
+class _EnvValue:
+    """A raw string from an environment variable, parsed by the field's type."""
+
+    name: str
+    raw: str
+
+
+def _build(cls: type[T], data: Mapping[str, Any], *, prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+        msg = f"unknown setting {prefix + unknown[0]!r} in {where}; known: {', '.join(sorted(fields))}"
+        raise ConfigError(msg)
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is attrs.NOTHING:
+                msg = f"setting {prefix + name!r} is required"
+                raise ConfigError(msg)
+            continue
+        kwargs[name] = _convert(prefix + name, hints[name], data[name], field.metadata)
+    return cls(**kwargs)
+
+
+def _describe(setting: str, value: Any) -> str:
+    if isinstance(value, _EnvValue):
+        return f"setting {setting!r} (environment variable {value.name})"
+    return f"setting {setting!r}"
+
+
+def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
+    where = _describe(setting, value)
+    shown = "<hidden>" if meta.get("secret") else repr(value.raw if isinstance(value, _EnvValue) else value)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if isinstance(value, _EnvValue) and value.raw == "":
+            return None
+        return _convert(setting, args[0], value, meta)
+    raw = value.raw if isinstance(value, _EnvValue) else value
+    result: Any
+    if tp is bool:
+        if isinstance(raw, bool):
+            result = raw
+        elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            result = raw.lower() in ("1", "true", "yes", "on")
+        else:
+            msg = f"{where} must be true or false, got {shown}"
+            raise ConfigError(msg)
+    elif tp is int or tp is float:
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            result = tp(raw)
+            if tp is int and isinstance(raw, float) and raw != result:
+                raise ValueError
+        except (TypeError, ValueError):
+            kind = "an integer" if tp is int else "a number"
+            msg = f"{where} must be {kind}, got {shown}"
+            raise ConfigError(msg) from None
+        lo, hi = meta.get("min"), meta.get("max")
+        if (lo is not None and result < lo) or (hi is not None and result > hi):
+            bounds = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+            msg = f"{where} must be {bounds}, got {shown}"
+            raise ConfigError(msg)
+    elif tp is str or tp is Path:
+        if not isinstance(raw, str) or (tp is str and raw == "" and "check" in meta):
+            msg = f"{where} must be a string, got {shown}"
+            raise ConfigError(msg)
+        result = Path(raw) if tp is Path else raw
+        check = meta.get("check")
+        if check is not None and not check(raw):
+            msg = f"{where} must be an http:// or https:// URL, got {shown}"
+            raise ConfigError(msg)
+        choices = meta.get("choices")
+        if choices is not None and raw not in choices:
+            msg = f"{where} must be one of {', '.join(choices)}, got {shown}"
+            raise ConfigError(msg)
+    elif origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        items: list[Any]
+        if isinstance(value, _EnvValue):
+            if attrs.has(item_tp):
+                msg = f"{where} is a list of tables: set it in the TOML file"
+                raise ConfigError(msg)
+            items = [s.strip() for s in value.raw.split(",") if s.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            msg = f"{where} must be a list, got {shown}"
+            raise ConfigError(msg)
+        result = tuple(
+            _convert(f"{setting}[{i}]", item_tp, item, meta) for i, item in enumerate(items)
+        )
+    elif attrs.has(tp):
+        if not isinstance(raw, Mapping):
+            msg = f"{where} must be a table, got {shown}"
+            raise ConfigError(msg)
+        result = _build(tp, raw, prefix=f"{setting}.")
+    else:  # pragma: no cover - a field type the loader does not know is a programming error
+        msg = f"{where} has an unsupported type {tp!r}"
+        raise TypeError(msg)
+    return result

@@ -1,0 +1,109 @@
+"""Configuration: one TOML file plus STEWARD_* variables, validated with errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server._config import ConfigError, Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "steward.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.resource_url == "http://127.0.0.1:8000/mcp"
+    assert settings.tier_names() == ("free", "pro", "enterprise")
+
+
+def test_toml_file_and_nested_tables_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        port = 9000
+        public_url = "https://mcp.example.com"
+        allowed_origins = ["https://app.example.com"]
+        [upstream]
+        issuer = "https://idp.example.com"
+        authorization_endpoint = "https://idp.example.com/authorize"
+        token_endpoint = "https://idp.example.com/token"
+        client_id = "steward"
+        [[tiers]]
+        name = "basic"
+        requests_per_minute = 10
+        [[clients]]
+        client_id = "desktop"
+        redirect_uris = ["http://127.0.0.1:3000/callback"]
+        """,
+    )
+    settings = load_settings(path, environ={})
+    assert settings.port == 9000
+    assert settings.resource_url == "https://mcp.example.com/mcp"
+    assert settings.upstream is not None
+    assert settings.upstream.client_id == "steward"
+    assert settings.tier_names() == ("basic",)
+    assert settings.tiers[0].requests_per_minute == 10
+    assert settings.clients[0].redirect_uris == ("http://127.0.0.1:3000/callback",)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 9000\n[upstream]\nissuer = 'https://a.example'\n"
+                 "authorization_endpoint = 'https://a.example/authorize'\n"
+                 "token_endpoint = 'https://a.example/token'\nclient_id = 'one'\n")
+    settings = load_settings(
+        path,
+        environ={
+            "STEWARD_PORT": "9100",
+            "STEWARD_UPSTREAM__CLIENT_ID": "two",
+            "STEWARD_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "STEWARD_DEV_IDP": "false",
+            "UNRELATED": "x",
+        },
+    )
+    assert settings.port == 9100
+    assert settings.upstream is not None and settings.upstream.client_id == "two"
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.dev_idp is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"STEWARD_PORT": "eighty"}, "setting 'port' (environment variable STEWARD_PORT) must be an integer"),
+        ({"STEWARD_PORT": "70000"}, "must be from 0 to 65535"),
+        ({"STEWARD_WORKERS": "0"}, "setting 'workers' (environment variable STEWARD_WORKERS) must be from 1"),
+        ({"STEWARD_LOG_LEVEL": "loud"}, "must be one of debug, info, warning, error"),
+        ({"STEWARD_PUBLIC_URL": "ftp://x"}, "must be an http:// or https:// URL"),
+        ({"STEWARD_DEV_IDP": "maybe"}, "must be true or false"),
+        ({"STEWARD_COLOUR": "blue"}, "unknown setting 'colour'"),
+    ],
+)
+def test_bad_values_name_the_setting_and_the_expected_form(
+    environ: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        load_settings(environ=environ)
+    assert fragment in str(info.value)
+
+
+def test_secrets_are_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STEWARD_UPSTREAM__CLIENT_SECRET": "hunter2"})
+    # the upstream table is incomplete: the error names what is missing, never the secret
+    assert "hunter2" not in str(info.value)
+    assert "upstream.issuer" in str(info.value)
+
+
+def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings(write(tmp_path, "port = = 1"), environ={})
+    with pytest.raises(ConfigError, match=r"setting 'tiers\[0\]' .*must be a table|'tiers\[0\]'"):
+        load_settings(write(tmp_path, "tiers = [1]"), environ={})
