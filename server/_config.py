@@ -183,11 +183,12 @@ class _EnvValue:
 
 def _build(cls: type[T], data: Mapping[str, Any], *, prefix: str) -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
-        msg = f"unknown setting {prefix + unknown[0]!r} in {where}; known: {', '.join(sorted(fields))}"
+        known = ", ".join(sorted(fields))
+        msg = f"unknown setting {prefix + unknown[0]!r} in {where}; known: {known}"
         raise ConfigError(msg)
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
@@ -208,7 +209,11 @@ def _describe(setting: str, value: Any) -> str:
 
 def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
     where = _describe(setting, value)
-    shown = "<hidden>" if meta.get("secret") else repr(value.raw if isinstance(value, _EnvValue) else value)
+    shown = (
+        "<hidden>"
+        if meta.get("secret")
+        else repr(value.raw if isinstance(value, _EnvValue) else value)
+    )
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -220,7 +225,16 @@ def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
     if tp is bool:
         if isinstance(raw, bool):
             result = raw
-        elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        elif isinstance(raw, str) and raw.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             result = raw.lower() in ("1", "true", "yes", "on")
         else:
             msg = f"{where} must be true or false, got {shown}"

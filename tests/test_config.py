@@ -1,4 +1,4 @@
-"""Configuration: one TOML file plus STEWARD_* variables, validated with errors that name the setting."""
+"""Configuration: a TOML file plus STEWARD_* variables, validated with errors naming the setting."""
 
 from __future__ import annotations
 
@@ -53,9 +53,12 @@ def test_toml_file_and_nested_tables_are_read(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "port = 9000\n[upstream]\nissuer = 'https://a.example'\n"
-                 "authorization_endpoint = 'https://a.example/authorize'\n"
-                 "token_endpoint = 'https://a.example/token'\nclient_id = 'one'\n")
+    path = write(
+        tmp_path,
+        "port = 9000\n[upstream]\nissuer = 'https://a.example'\n"
+        "authorization_endpoint = 'https://a.example/authorize'\n"
+        "token_endpoint = 'https://a.example/token'\nclient_id = 'one'\n",
+    )
     settings = load_settings(
         path,
         environ={
@@ -75,9 +78,15 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("environ", "fragment"),
     [
-        ({"STEWARD_PORT": "eighty"}, "setting 'port' (environment variable STEWARD_PORT) must be an integer"),
+        (
+            {"STEWARD_PORT": "eighty"},
+            "setting 'port' (environment variable STEWARD_PORT) must be an integer",
+        ),
         ({"STEWARD_PORT": "70000"}, "must be from 0 to 65535"),
-        ({"STEWARD_WORKERS": "0"}, "setting 'workers' (environment variable STEWARD_WORKERS) must be from 1"),
+        (
+            {"STEWARD_WORKERS": "0"},
+            "setting 'workers' (environment variable STEWARD_WORKERS) must be from 1",
+        ),
         ({"STEWARD_LOG_LEVEL": "loud"}, "must be one of debug, info, warning, error"),
         ({"STEWARD_PUBLIC_URL": "ftp://x"}, "must be an http:// or https:// URL"),
         ({"STEWARD_DEV_IDP": "maybe"}, "must be true or false"),
