@@ -1,0 +1,526 @@
+"""Supervisors: OTP's strategies, restart types, restart intensity and backoff, on Trio nurseries.
+
+Design notes live in docs/runtime.md. Each child incarnation runs in its own cancel scope inside
+the supervisor's nursery, so a supervisor can stop children one by one in reverse start order
+(python-trio/trio#1521) and tell its own stop (a shutdown) from an enclosing cancellation.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from runtime._errors import (
+    IntensityExceededError,
+    MaxChildrenError,
+    StartTimeout,
+    SupervisionError,
+    UnknownChild,
+)
+from runtime._events import ChildExited, ChildRestarted, ChildStarted, IntensityExceeded, publish
+from runtime._exit import Exit, ExitKind, classify_exit
+from runtime._spec import ChildSpec, Restart, Strategy
+
+__all__ = ["ChildInfo", "DynamicSupervisor", "Supervisor", "SupervisorHandle", "TreeNode", "tree"]
+
+log = structlog.get_logger("runtime")
+
+_RUNNING = ("starting", "running")
+
+
+@attrs.frozen
+class ChildInfo:
+    """A snapshot of one child of a supervisor."""
+
+    id: str
+    state: str  # starting | running | stopping | restarting | stopped
+    restarts: int
+    face: object = attrs.field(eq=False, repr=False)
+    last_exit: Exit | None = None
+
+
+@attrs.frozen
+class TreeNode:
+    """A snapshot of a supervision tree, JSON-friendly through ``to_dict()``."""
+
+    id: str
+    kind: str  # supervisor | dynamic_supervisor | worker
+    state: str
+    restarts: int
+    children: tuple[TreeNode, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "restarts": self.restarts,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+@attrs.define(eq=False)
+class _Child:
+    spec: ChildSpec
+    state: str = "stopped"
+    face: object = None
+    scope: trio.CancelScope | None = None
+    done: trio.Event | None = None
+    incarnation: int = 0
+    restarts: int = 0
+    backoff_attempt: int = 0
+    started_at: float = 0.0
+    stop_reason: str | None = None
+    last_exit: Exit | None = None
+
+    def info(self) -> ChildInfo:
+        return ChildInfo(self.spec.id, self.state, self.restarts, self.face, self.last_exit)
+
+
+class _Status:
+    """Passes ``started(face)`` through to the supervisor while remembering the face."""
+
+    def __init__(self, inner: trio.TaskStatus[object], child: _Child) -> None:
+        self._inner = inner
+        self._child = child
+        self.started_called = False
+
+    def started(self, value: object = None) -> None:
+        self.started_called = True
+        self._child.face = value
+        self._inner.started(value)
+
+
+_live: list[Supervisor] = []
+
+
+class SupervisorHandle:
+    """The face of a running supervisor."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+
+    @property
+    def name(self) -> str:
+        return self._sup.name
+
+    def child(self, id: str) -> object | None:
+        """The face of the running child ``id``, or None."""
+        c = self._sup._find(id)
+        return c.face if c is not None and c.state in _RUNNING else None
+
+    def which_children(self) -> list[ChildInfo]:
+        return [c.info() for c in self._sup._children]
+
+    async def start_child(self, spec: ChildSpec) -> object:
+        """Start a child at run time (dynamic supervisors) and return its face."""
+        return await self._sup._add_child(spec)
+
+    async def terminate_child(self, id: str, reason: str = "terminated") -> None:
+        """Stop one child gracefully; it is not restarted and leaves a dynamic supervisor."""
+        await self._sup._terminate(id, reason)
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        """Stop every child in reverse start order, then the supervisor itself."""
+        self._sup._request_stop(reason)
+        await self._sup._exited.wait()
+
+    async def wait_exited(self) -> Exit:
+        await self._sup._exited.wait()
+        assert self._sup._exit is not None
+        return self._sup._exit
+
+    def tree(self) -> TreeNode:
+        return self._sup._tree_node("running", 0)
+
+
+class Supervisor:
+    """A static supervisor: children start left to right and stop right to left.
+
+    Args:
+        name: the supervisor's name in events, logs and ``tree()``.
+        children: child specs, in start order.
+        strategy: which children restart when one exits.
+        intensity: how many restarts ``period`` seconds may hold before the supervisor gives up
+            and escalates to its parent with ``IntensityExceededError``.
+    """
+
+    dynamic = False
+
+    def __init__(
+        self,
+        name: str,
+        children: Sequence[ChildSpec] = (),
+        *,
+        strategy: Strategy = Strategy.ONE_FOR_ONE,
+        intensity: int = 3,
+        period: float = 5.0,
+    ) -> None:
+        ids = [spec.id for spec in children]
+        if len(set(ids)) != len(ids):
+            msg = f"supervisor {name!r}: child ids must be unique, got {ids}"
+            raise ValueError(msg)
+        self.name = name
+        self.strategy = strategy
+        self.intensity = intensity
+        self.period = period
+        self._children: list[_Child] = [_Child(spec) for spec in children]
+        self._handle = SupervisorHandle(self)
+        self._nursery: trio.Nursery | None = None
+        self._exits: collections.deque[tuple[_Child, int, Exit]] = collections.deque()
+        self._wake = trio.Event()
+        self._lock = trio.Lock()
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._stop_reason: str | None = None
+        self._exited = trio.Event()
+        self._exit: Exit | None = None
+        self._pending_restarts: set[trio.CancelScope] = set()
+        self._rng = random.Random()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SupervisorHandle] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the supervisor: start its children, report readiness, supervise until stopped."""
+        error: BaseException | None = None
+        _live.append(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    for child in list(self._children):
+                        await self._start(child)
+                    task_status.started(self._handle)
+                    await self._loop()
+                finally:
+                    for pending in self._pending_restarts:
+                        pending.cancel()
+                    await self._stop_all(
+                        "shutdown" if self._stop_reason is None else self._stop_reason
+                    )
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = _unwrap(group)
+            if error is group:
+                raise
+            raise error from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _live.remove(self)
+            if error is None and self._stop_reason is not None:
+                # stop() returns normally so a caller's nursery is not torn down by it
+                self._exit = Exit(ExitKind.SHUTDOWN, self._stop_reason)
+            else:
+                self._exit = classify_exit(error) or Exit(ExitKind.SHUTDOWN, "cancelled")
+            self._exited.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._exits and self._stop_reason is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+            if self._stop_reason is not None:
+                return
+            child, incarnation, exit = self._exits.popleft()
+            async with self._lock:
+                await self._on_exit(child, incarnation, exit)
+
+    def _post(self, child: _Child, incarnation: int, exit: Exit) -> None:
+        # at most one exit per incarnation is ever queued: the deque is bounded by the child count
+        self._exits.append((child, incarnation, exit))
+        self._wake.set()
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    async def _on_exit(self, child: _Child, incarnation: int, exit: Exit) -> None:
+        if incarnation != child.incarnation or child.state in ("stopping", "stopped"):
+            return
+        child.state = "stopped"
+        child.last_exit = exit
+        now = trio.current_time()
+        publish(ChildExited(self.name, child.spec.id, exit, now))
+        log_method = log.warning if exit.kind is ExitKind.ERROR else log.info
+        log_method(
+            "child_exited", supervisor=self.name, child=child.spec.id, reason=exit.describe()
+        )
+        if not _should_restart(child.spec.restart, exit):
+            if self.dynamic or child.spec.restart is Restart.TEMPORARY:
+                self._remove(child)
+            return
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] <= now - self.period:
+            self._restart_times.popleft()
+        if len(self._restart_times) > self.intensity:
+            publish(
+                IntensityExceeded(
+                    self.name, child.spec.id, len(self._restart_times), self.period, now
+                )
+            )
+            log.error(
+                "intensity_exceeded",
+                supervisor=self.name,
+                child=child.spec.id,
+                restarts=len(self._restart_times),
+                period=self.period,
+            )
+            raise IntensityExceededError(self.name, len(self._restart_times), self.period)
+        group = self._restart_group(child)
+        for other in reversed(group):
+            if other is not child and other.state in _RUNNING:
+                await self._stop_child(other, f"restart_after_{child.spec.id}")
+        for other in group:
+            if other is not child and other.spec.restart is Restart.TEMPORARY:
+                self._remove(other)
+        group = [c for c in group if c is child or c.spec.restart is not Restart.TEMPORARY]
+        delay = 0.0
+        backoff = child.spec.backoff
+        if backoff is not None:
+            if now - child.started_at >= backoff.reset_after:
+                child.backoff_attempt = 0
+            delay = backoff.delay(child.backoff_attempt, self._rng)
+            child.backoff_attempt += 1
+        for c in group:
+            c.state = "restarting"
+        child.restarts += 1
+        publish(ChildRestarted(self.name, child.spec.id, child.restarts, delay, now))
+        log.info("child_restarted", supervisor=self.name, child=child.spec.id, delay=delay)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._restart_later, group, delay)
+
+    def _restart_group(self, child: _Child) -> list[_Child]:
+        if self.dynamic or self.strategy is Strategy.ONE_FOR_ONE:
+            return [child]
+        if self.strategy is Strategy.ONE_FOR_ALL:
+            return [c for c in self._children if c is child or c.state != "stopped"]
+        index = self._children.index(child)
+        return [c for c in self._children[index:] if c is child or c.state != "stopped"]
+
+    async def _restart_later(self, group: list[_Child], delay: float) -> None:
+        pending = trio.CancelScope()
+        self._pending_restarts.add(pending)
+        with pending:
+            await trio.sleep(delay)
+            async with self._lock:
+                for c in group:
+                    if c.state != "restarting":
+                        continue
+                    try:
+                        await self._start(c)
+                    except (Exception, trio.Cancelled) as exc:
+                        if isinstance(exc, trio.Cancelled):
+                            raise
+                        # a failed restart is a failure of that child: the strategy applies again
+                        c.state = "running"
+                        self._post(c, c.incarnation, Exit(ExitKind.ERROR, None, exc))
+                        for rest in group:
+                            if rest.state == "restarting" and rest is not c:
+                                rest.state = "stopped"
+                        break
+        self._pending_restarts.discard(pending)
+
+    # -- starting and stopping children -------------------------------------------------------
+
+    async def _start(self, child: _Child) -> object:
+        assert self._nursery is not None
+        child.incarnation += 1
+        child.state = "starting"
+        child.scope = trio.CancelScope()
+        child.done = trio.Event()
+        child.stop_reason = None
+        try:
+            with trio.fail_after(child.spec.start_grace):
+                face = await self._nursery.start(self._incarnation, child, child.incarnation)
+        except trio.TooSlowError:
+            child.state = "stopped"
+            msg = (
+                f"child {child.spec.id!r} of {self.name!r} did not report readiness "
+                f"within its start grace ({child.spec.start_grace}s)"
+            )
+            raise StartTimeout(msg) from None
+        except BaseException:
+            child.state = "stopped"
+            raise
+        child.state = "running"
+        child.started_at = trio.current_time()
+        publish(ChildStarted(self.name, child.spec.id, child.started_at))
+        log.debug("child_started", supervisor=self.name, child=child.spec.id)
+        return face
+
+    async def _incarnation(
+        self, child: _Child, incarnation: int, task_status: trio.TaskStatus[object]
+    ) -> None:
+        status = _Status(task_status, child)
+        scope = child.scope
+        done = child.done
+        assert scope is not None and done is not None
+        error: BaseException | None = None
+        try:
+            with scope:
+                await child.spec.start(*child.spec.args, task_status=status)
+        except BaseException as exc:
+            error = exc
+        if not status.started_called:
+            done.set()
+            if error is not None:
+                raise error
+            msg = f"child {child.spec.id!r} of {self.name!r} returned before reporting readiness"
+            raise SupervisionError(msg)
+        exit = classify_exit(
+            error,
+            own_cancel=error is None and scope.cancelled_caught,
+            own_reason=child.stop_reason,
+        )
+        if exit is None:
+            done.set()
+            assert error is not None
+            raise error
+        stopped_by_us = child.incarnation == incarnation and child.stop_reason is not None
+        if child.incarnation == incarnation:
+            child.last_exit = exit
+        done.set()
+        if not stopped_by_us:  # a stop is reported by _stop_child itself
+            self._post(child, incarnation, exit)
+
+    async def _stop_child(self, child: _Child, reason: str) -> None:
+        if child.scope is None or child.done is None:
+            child.state = "stopped"
+            return
+        child.state = "stopping"
+        child.stop_reason = reason
+        child.scope.cancel(reason=reason)
+        with trio.move_on_after(child.spec.shutdown_grace, shield=True) as grace:
+            await child.done.wait()
+        if grace.cancelled_caught:
+            log.warning(
+                "child_overstayed_grace",
+                supervisor=self.name,
+                child=child.spec.id,
+                grace=child.spec.shutdown_grace,
+            )
+        child.state = "stopped"
+        exit = Exit(ExitKind.SHUTDOWN, reason)
+        child.last_exit = exit
+        publish(ChildExited(self.name, child.spec.id, exit, trio.current_time()))
+
+    async def _stop_all(self, reason: str) -> None:
+        for child in reversed(self._children):
+            if child.state in (*_RUNNING, "stopping"):
+                await self._stop_child(child, reason)
+
+    async def _terminate(self, id: str, reason: str) -> None:
+        async with self._lock:
+            child = self._find(id)
+            if child is None:
+                msg = f"supervisor {self.name!r} has no child {id!r}"
+                raise UnknownChild(msg)
+            await self._stop_child(child, reason)
+            if self.dynamic or child.spec.restart is not Restart.PERMANENT:
+                self._remove(child)
+
+    async def _add_child(self, spec: ChildSpec) -> object:
+        async with self._lock:
+            if self._nursery is None or self._stop_reason is not None:
+                msg = f"supervisor {self.name!r} is not running"
+                raise SupervisionError(msg)
+            if self._find(spec.id) is not None:
+                msg = f"supervisor {self.name!r} already has a child {spec.id!r}"
+                raise SupervisionError(msg)
+            child = _Child(spec)
+            self._children.append(child)
+            try:
+                return await self._start(child)
+            except BaseException:
+                self._remove(child)
+                raise
+
+    def _find(self, id: str) -> _Child | None:
+        for child in self._children:
+            if child.spec.id == id:
+                return child
+        return None
+
+    def _remove(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
+    def _tree_node(self, state: str, restarts: int) -> TreeNode:
+        nodes = []
+        for child in self._children:
+            face = child.face
+            if isinstance(face, SupervisorHandle) and child.state in _RUNNING:
+                nodes.append(face._sup._tree_node(child.state, child.restarts))
+            else:
+                nodes.append(TreeNode(child.spec.id, "worker", child.state, child.restarts))
+        kind = "dynamic_supervisor" if self.dynamic else "supervisor"
+        return TreeNode(self.name, kind, state, restarts, tuple(nodes))
+
+
+class DynamicSupervisor(Supervisor):
+    """Children added at run time, of any spec, with no order; each restarts on its own and
+    all stop in parallel. ``max_children`` bounds how many may run at once."""
+
+    dynamic = True
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_children: int | None = None,
+        intensity: int = 3,
+        period: float = 5.0,
+    ) -> None:
+        super().__init__(
+            name, (), strategy=Strategy.ONE_FOR_ONE, intensity=intensity, period=period
+        )
+        self.max_children = max_children
+
+    async def _add_child(self, spec: ChildSpec) -> object:
+        if self.max_children is not None and len(self._children) >= self.max_children:
+            msg = f"dynamic supervisor {self.name!r} is full ({self.max_children} children)"
+            raise MaxChildrenError(msg)
+        return await super()._add_child(spec)
+
+    async def _stop_all(self, reason: str) -> None:
+        async with trio.open_nursery() as nursery:
+            for child in list(self._children):
+                if child.state in (*_RUNNING, "stopping"):
+                    nursery.start_soon(self._stop_child, child, reason)
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A nursery wraps even one error in a group; a supervisor's parent wants the error."""
+    if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
+        inner = group.exceptions[0]
+        return _unwrap(inner) if isinstance(inner, BaseExceptionGroup) else inner
+    return group
+
+
+def _should_restart(restart: Restart, exit: Exit) -> bool:
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return exit.kind is ExitKind.ERROR
+    return False
+
+
+def tree() -> list[TreeNode]:
+    """Snapshots of every live supervision tree in the process (roots only; nested inside)."""
+    nested = {
+        id(child.face._sup)
+        for sup in _live
+        for child in sup._children
+        if isinstance(child.face, SupervisorHandle)
+    }
+    return [sup._tree_node("running", 0) for sup in _live if id(sup) not in nested]
