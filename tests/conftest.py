@@ -1,0 +1,29 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness._pg import Cluster, create_database, drop_database, start_cluster, stop_cluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster for the whole session (DATABASE_URL overrides)."""
+    cluster, folder = start_cluster()
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster, folder)
+
+
+@pytest.fixture
+def fresh_db(pg_cluster: Cluster) -> Iterator[str]:
+    """A new empty database; its DSN. Dropped after the test."""
+    name = create_database(pg_cluster)
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        drop_database(pg_cluster, name)

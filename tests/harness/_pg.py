@@ -1,0 +1,85 @@
+"""Throwaway PostgreSQL clusters for the tests (or an existing server named by DATABASE_URL)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import trio
+
+from server._embedded_pg import EmbeddedPostgres
+
+
+class ExternalPostgres:
+    """A server the tests did not start: they can use it but not stop or kill it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.port = urlsplit(url).port or 5432
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+    async def stop(self, mode: str = "fast") -> None:
+        pytest.skip("DATABASE_URL points at an existing server: the tests cannot stop it")
+
+    async def start(self) -> None:
+        pytest.skip("DATABASE_URL points at an existing server: the tests cannot start it")
+
+    def kill(self) -> None:
+        pytest.skip("DATABASE_URL points at an existing server: the tests cannot kill it")
+
+
+Cluster = EmbeddedPostgres | ExternalPostgres
+
+
+def start_cluster() -> tuple[Cluster, Path | None]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return ExternalPostgres(url), None
+    folder = Path(tempfile.mkdtemp(prefix="stw-pg-", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    cluster = EmbeddedPostgres(folder, durable=False)
+    trio.run(cluster.start)
+    return cluster, folder
+
+
+def stop_cluster(cluster: Cluster, folder: Path | None) -> None:
+    if isinstance(cluster, EmbeddedPostgres):
+        trio.run(cluster.stop, "immediate")
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def psql(dsn: str, sql: str) -> str:
+    out = subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        msg = f"psql failed: {out.stderr.strip()}"
+        raise RuntimeError(msg)
+    return out.stdout.strip()
+
+
+def create_database(cluster: Cluster, template: str | None = None) -> str:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    clause = f" TEMPLATE {template}" if template else ""
+    psql(cluster.dsn("postgres"), f"CREATE DATABASE {name}{clause}")
+    return name
+
+
+def drop_database(cluster: Cluster, name: str) -> None:
+    # the cluster may be down after a fault test; then the database goes with the cluster
+    with contextlib.suppress(RuntimeError):
+        psql(cluster.dsn("postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
