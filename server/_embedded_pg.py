@@ -241,7 +241,9 @@ class EmbeddedPostgres:
             "-c shared_buffers=64MB",
         ]
         if not self.durable:
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            # fsync off survives a killed server (the OS keeps the pages); synchronous_commit stays
+            # on so that an acknowledged commit survives a kill, as the fault tests require
+            options += ["-c fsync=off", "-c full_page_writes=off"]
         result = await self._run(
             [
                 str(self.bindir / "pg_ctl"),
