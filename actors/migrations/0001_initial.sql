@@ -86,6 +86,8 @@ CREATE TABLE upstream_tokens (
     refresh_ciphertext bytea,
     access_expires_at  timestamptz NOT NULL,
     refresh_generation bigint NOT NULL DEFAULT 0,  -- bumped on each refresh: single-flight re-read
+    refresh_lease_until timestamptz,               -- a node refreshing holds this lease (single flight)
+    refresh_lease_owner text,
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX upstream_tokens_key_idx ON upstream_tokens (key_id);

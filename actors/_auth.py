@@ -1,0 +1,748 @@
+"""Authorization domain: clients, the authorization flow, grants, Steward's tokens, audit events.
+
+Steward's tokens are opaque (256 random bits) and stored only as SHA-256 hashes, bound to the
+user, the client, the grant and the resource. Upstream tokens are AES-GCM encrypted with the key
+ring, their associated data binding them to their row. Every authentication event goes to the
+``auth_events`` table and the log, never with a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import attrs
+import structlog
+
+from actors._crypto import KeyRing, hash_token, new_token
+from actors._store import Conn, Op, Store
+from actors._upstream import UpstreamClient, UpstreamTokens
+
+__all__ = [
+    "AuthPolicy",
+    "AuthService",
+    "ConsentNeeded",
+    "IssuedTokens",
+    "OAuthError",
+    "Principal",
+    "valid_redirect_uri",
+]
+
+log = structlog.get_logger("auth")
+UTC = datetime.UTC
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+def _in(seconds: float) -> datetime.datetime:
+    return _now() + datetime.timedelta(seconds=seconds)
+
+
+class OAuthError(Exception):
+    """An OAuth error response: ``error`` code, a description, an HTTP status."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+@attrs.frozen
+class Principal:
+    """Who is calling, from a verified Steward access token."""
+
+    user_id: str
+    client_id: str
+    grant_id: uuid.UUID
+    issuer: str
+    subject: str
+    scopes: frozenset[str]
+    tier: str
+    resource: str
+    expires_at: float
+
+
+@attrs.frozen
+class IssuedTokens:
+    access_token: str = attrs.field(repr=False)
+    refresh_token: str = attrs.field(repr=False)
+    expires_in: int
+    scope: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "scope": self.scope,
+        }
+
+
+@attrs.frozen
+class ConsentNeeded:
+    """The callback found no remembered consent: show the consent page."""
+
+    request_token: str = attrs.field(repr=False)
+    csrf_token: str = attrs.field(repr=False)
+    client_id: str
+    client_name: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    user_id: str
+
+
+@attrs.frozen
+class AuthPolicy:
+    issuer: str  # Steward's base URL (the authorization server facade)
+    resource: str  # this server's resource URL: the audience of its tokens
+    access_ttl: float = 3600.0
+    refresh_ttl: float = 30 * 86400.0
+    refresh_grace: float = 30.0
+    code_ttl: float = 60.0
+    request_ttl: float = 600.0
+    session_ttl: float = 30 * 86400.0
+    scopes_supported: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
+    default_scopes: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
+
+
+def valid_redirect_uri(uri: str) -> bool:
+    """Redirect URIs are https, or http on a loopback host (MCP-R28)."""
+    parts = urlsplit(uri)
+    if parts.fragment:
+        return False
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
+
+
+def s256(verifier: str) -> str:
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+        .rstrip(b"=")
+        .decode()
+    )
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: Store,
+        keyring: KeyRing,
+        upstream: UpstreamClient,
+        policy: AuthPolicy,
+        *,
+        node_id: str = "node",
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.upstream = upstream
+        self.policy = policy
+        self.node_id = node_id
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit(
+        self,
+        kind: str,
+        *,
+        user_id: str | None = None,
+        client_id: str | None = None,
+        grant_id: uuid.UUID | None = None,
+        **detail: Any,
+    ) -> None:
+        """Record an authentication event in the audit table and the log. Never pass a secret."""
+        self.store.write_nowait(
+            Op(
+                "INSERT INTO auth_events (event_id, kind, user_id, client_id, grant_id, node_id, detail) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                (uuid.uuid4(), kind, user_id, client_id, grant_id, self.node_id, detail),
+            )
+        )
+        log.info(
+            "auth_event",
+            kind=kind,
+            user_id=user_id,
+            client_id=client_id,
+            grant_id=str(grant_id) if grant_id else None,
+            **detail,
+        )
+
+    # -- clients -----------------------------------------------------------------------------------
+
+    async def register_client(
+        self, metadata: dict[str, Any], *, source: str = "dynamic", client_id: str | None = None
+    ) -> dict[str, Any]:
+        """Dynamic client registration (RFC 7591): validates and stores a public client."""
+        uris = metadata.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            raise OAuthError(
+                "invalid_redirect_uri", "redirect_uris must be a non-empty list of URIs"
+            )
+        bad = [u for u in uris if not valid_redirect_uri(u)]
+        if bad:
+            raise OAuthError(
+                "invalid_redirect_uri",
+                f"redirect URIs must be https or http on localhost: {bad[0]!r}",
+            )
+        method = metadata.get("token_endpoint_auth_method", "none")
+        if method != "none":
+            raise OAuthError(
+                "invalid_client_metadata",
+                "only public clients (token_endpoint_auth_method none) may register",
+            )
+        grant_types = metadata.get("grant_types", ["authorization_code", "refresh_token"])
+        if not isinstance(grant_types, list) or not set(grant_types) <= {
+            "authorization_code",
+            "refresh_token",
+        }:
+            raise OAuthError(
+                "invalid_client_metadata",
+                "grant_types may hold authorization_code and refresh_token only",
+            )
+        name = metadata.get("client_name")
+        if name is not None and (not isinstance(name, str) or len(name) > 200):
+            raise OAuthError(
+                "invalid_client_metadata", "client_name must be a string of at most 200 characters"
+            )
+        scope = metadata.get("scope")
+        if scope is not None and not isinstance(scope, str):
+            raise OAuthError("invalid_client_metadata", "scope must be a string")
+        client_id = client_id or f"stw-{secrets.token_urlsafe(16)}"
+        await self.store.write(
+            Op(
+                "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, grant_types, token_endpoint_auth_method, scope, source, metadata, fetched_at) "
+                "VALUES ($1, $2, $3, $4, 'none', $5, $6, $7, CASE WHEN $6 = 'metadata_document' THEN now() END) "
+                "ON CONFLICT (client_id) DO UPDATE SET client_name = EXCLUDED.client_name, redirect_uris = EXCLUDED.redirect_uris, "
+                "scope = EXCLUDED.scope, metadata = EXCLUDED.metadata, fetched_at = EXCLUDED.fetched_at",
+                (
+                    client_id,
+                    name,
+                    uris,
+                    grant_types,
+                    scope,
+                    source,
+                    {k: v for k, v in metadata.items() if k != "client_secret"},
+                ),
+            )
+        )
+        self.audit("client_registered", client_id=client_id, source=source)
+        return {
+            "client_id": client_id,
+            "client_id_issued_at": int(_now().timestamp()),
+            "redirect_uris": uris,
+            "grant_types": grant_types,
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            **({"client_name": name} if name else {}),
+            **({"scope": scope} if scope else {}),
+        }
+
+    async def client(self, client_id: str) -> dict[str, Any] | None:
+        return await self.store.fetchrow(
+            "SELECT client_id, client_name, redirect_uris, scope, source, fetched_at FROM oauth_clients WHERE client_id = $1",
+            client_id,
+        )
+
+    # -- the authorization flow ----------------------------------------------------------------------
+
+    def _scopes(self, requested: str | None) -> tuple[str, ...]:
+        if not requested:
+            return self.policy.default_scopes
+        scopes = tuple(dict.fromkeys(requested.split()))
+        unknown = [s for s in scopes if s not in self.policy.scopes_supported]
+        if unknown:
+            raise OAuthError(
+                "invalid_scope",
+                f"unknown scope {unknown[0]!r}; supported: {' '.join(self.policy.scopes_supported)}",
+            )
+        return scopes
+
+    async def begin(self, params: dict[str, str], *, callback_uri: str) -> str:
+        """Validate an /authorize request and return the upstream IdP URL to redirect to.
+
+        Raises:
+            OAuthError: before the redirect URI is verified, errors are shown, never redirected.
+        """
+        client_id = params.get("client_id", "")
+        client = await self.client(client_id) if client_id else None
+        if client is None:
+            raise OAuthError("invalid_client", "unknown client_id")
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in client["redirect_uris"]:
+            raise OAuthError(
+                "invalid_request", "redirect_uri does not exactly match a registered redirect URI"
+            )
+        if params.get("response_type") != "code":
+            raise OAuthError("unsupported_response_type", "response_type must be code")
+        challenge = params.get("code_challenge", "")
+        if params.get("code_challenge_method") != "S256" or not (43 <= len(challenge) <= 128):
+            raise OAuthError("invalid_request", "PKCE with code_challenge_method S256 is required")
+        state = params.get("state", "")
+        if not state or len(state) > 1024:
+            raise OAuthError("invalid_request", "state is required (at most 1024 characters)")
+        resource = params.get("resource") or self.policy.resource
+        if resource.rstrip("/") != self.policy.resource.rstrip("/"):
+            raise OAuthError("invalid_target", f"resource must be {self.policy.resource}")
+        scopes = self._scopes(params.get("scope"))
+        request_token = new_token()
+        verifier = new_token() + new_token()
+        request_hash = hash_token(request_token)
+        key_id, verifier_ct = self.keyring.encrypt(verifier, aad=request_hash)
+        await self.store.write(
+            Op(
+                "INSERT INTO authorization_requests (request_hash, client_id, redirect_uri, client_state, code_challenge, scopes, resource, key_id, verifier_ciphertext, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                (
+                    request_hash,
+                    client_id,
+                    redirect_uri,
+                    state,
+                    challenge,
+                    list(scopes),
+                    self.policy.resource,
+                    key_id,
+                    verifier_ct,
+                    _in(self.policy.request_ttl),
+                ),
+            )
+        )
+        return self.upstream.authorize_url(
+            state=request_token,
+            code_challenge=s256(verifier),
+            redirect_uri=callback_uri,
+            login_hint=params.get("login_hint"),
+        )
+
+    async def callback(self, *, state: str, code: str, callback_uri: str) -> ConsentNeeded | str:
+        """The upstream IdP's redirect back: sign the user in. Returns the consent to ask for, or
+        (consent remembered) the URL to send the user back to the client with a code."""
+        request_hash = hash_token(state)
+        row = await self.store.fetchrow(
+            "SELECT * FROM authorization_requests WHERE request_hash = $1 AND consumed_at IS NULL AND user_id IS NULL AND expires_at > now()",
+            request_hash,
+        )
+        if row is None:
+            raise OAuthError("invalid_request", "unknown, used or expired state")
+        verifier = self.keyring.decrypt(row["key_id"], row["verifier_ciphertext"], aad=request_hash)
+        tokens = await self.upstream.exchange_code(
+            code=code, code_verifier=verifier, redirect_uri=callback_uri
+        )
+        info = await self.upstream.userinfo(tokens.access_token)
+        subject = str(info.get("sub") or "")
+        if not subject:
+            raise OAuthError(
+                "server_error", "the identity provider returned no subject", status=502
+            )
+        issuer = self.upstream.config.issuer
+        user_id = f"{issuer}|{subject}"
+        tier = str(info.get(self.upstream.config.tier_claim) or "free")
+        blob = json.dumps(
+            {"a": tokens.access_token, "r": tokens.refresh_token, "e": tokens.expires_at}
+        )
+        key_id, upstream_ct = self.keyring.encrypt(blob, aad=request_hash)
+        csrf = new_token()
+        consent = await self.store.fetchrow(
+            "SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2",
+            user_id,
+            row["client_id"],
+        )
+        await self.store.write(
+            Op(
+                "INSERT INTO users (user_id, issuer, subject, email, tier) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, tier = EXCLUDED.tier, updated_at = now()",
+                (user_id, issuer, subject, info.get("email"), tier),
+            ),
+            Op(
+                "UPDATE authorization_requests SET user_id = $2, tier = $3, upstream_ciphertext = $4, key_id = $5, csrf_hash = $6 "
+                "WHERE request_hash = $1 AND user_id IS NULL",
+                (request_hash, user_id, tier, upstream_ct, key_id, hash_token(csrf)),
+            ),
+        )
+        self.audit("upstream_sign_in", user_id=user_id, client_id=row["client_id"])
+        if consent is not None and set(row["scopes"]) <= set(consent["scopes"]):
+            return await self._complete(request_hash)
+        client = await self.client(row["client_id"])
+        return ConsentNeeded(
+            request_token=state,
+            csrf_token=csrf,
+            client_id=row["client_id"],
+            client_name=(client or {}).get("client_name") or row["client_id"],
+            redirect_uri=row["redirect_uri"],
+            scopes=tuple(row["scopes"]),
+            user_id=user_id,
+        )
+
+    async def consent(self, *, request_token: str, csrf_token: str, approve: bool) -> str:
+        """The consent form's answer; returns where to send the browser."""
+        request_hash = hash_token(request_token)
+        row = await self.store.fetchrow(
+            "SELECT * FROM authorization_requests WHERE request_hash = $1 AND consumed_at IS NULL AND user_id IS NOT NULL AND expires_at > now()",
+            request_hash,
+        )
+        if (
+            row is None
+            or row["csrf_hash"] is None
+            or not hmac.compare_digest(row["csrf_hash"], hash_token(csrf_token))
+        ):
+            raise OAuthError(
+                "invalid_request",
+                "unknown or expired consent request, or a bad CSRF token",
+                status=403,
+            )
+        if not approve:
+            await self.store.write(
+                Op(
+                    "UPDATE authorization_requests SET consumed_at = now() WHERE request_hash = $1",
+                    (request_hash,),
+                )
+            )
+            self.audit("consent_denied", user_id=row["user_id"], client_id=row["client_id"])
+            return _with_params(
+                row["redirect_uri"],
+                {"error": "access_denied", "state": row["client_state"], "iss": self.policy.issuer},
+            )
+        await self.store.write(
+            Op(
+                "INSERT INTO consents (user_id, client_id, scopes) VALUES ($1, $2, $3) "
+                "ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = (SELECT array_agg(DISTINCT s) FROM unnest(consents.scopes || EXCLUDED.scopes) s), granted_at = now()",
+                (row["user_id"], row["client_id"], row["scopes"]),
+            )
+        )
+        self.audit(
+            "consent_granted",
+            user_id=row["user_id"],
+            client_id=row["client_id"],
+            scopes=list(row["scopes"]),
+        )
+        return await self._complete(request_hash)
+
+    async def _complete(self, request_hash: bytes) -> str:
+        """Consume the request: create the grant (the user session) and a one-time code."""
+        code = new_token()
+        grant_id = uuid.uuid4()
+
+        async def complete(conn: Conn) -> dict[str, Any] | None:
+            row = await conn.fetchrow(
+                "UPDATE authorization_requests SET consumed_at = now() WHERE request_hash = $1 AND consumed_at IS NULL AND user_id IS NOT NULL RETURNING *",
+                request_hash,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "INSERT INTO grants (grant_id, user_id, client_id, resource, tier, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                grant_id,
+                row["user_id"],
+                row["client_id"],
+                row["resource"],
+                row["tier"],
+                row["scopes"],
+                _in(self.policy.session_ttl),
+            )
+            blob = self.keyring.decrypt(row["key_id"], row["upstream_ciphertext"], aad=request_hash)
+            tokens = json.loads(blob)
+            key_id, access_ct = self.keyring.encrypt(tokens["a"], aad=grant_id.bytes)
+            refresh_ct = (
+                self.keyring.encrypt(tokens["r"], aad=grant_id.bytes)[1] if tokens["r"] else None
+            )
+            await conn.execute(
+                "INSERT INTO upstream_tokens (grant_id, user_id, key_id, access_ciphertext, refresh_ciphertext, access_expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                grant_id,
+                row["user_id"],
+                key_id,
+                access_ct,
+                refresh_ct,
+                datetime.datetime.fromtimestamp(tokens["e"], UTC),
+            )
+            await conn.execute(
+                "UPDATE authorization_requests SET upstream_ciphertext = NULL WHERE request_hash = $1",
+                request_hash,
+            )
+            await conn.execute(
+                "INSERT INTO authorization_codes (code_hash, grant_id, user_id, client_id, redirect_uri, code_challenge, resource, scopes, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                hash_token(code),
+                grant_id,
+                row["user_id"],
+                row["client_id"],
+                row["redirect_uri"],
+                row["code_challenge"],
+                row["resource"],
+                row["scopes"],
+                _in(self.policy.code_ttl),
+            )
+            return dict(row)
+
+        row = await self.store.transact(complete)
+        if row is None:
+            raise OAuthError("invalid_request", "this authorization request was already completed")
+        self.audit("sign_in", user_id=row["user_id"], client_id=row["client_id"], grant_id=grant_id)
+        return _with_params(
+            row["redirect_uri"],
+            {"code": code, "state": row["client_state"], "iss": self.policy.issuer},
+        )
+
+    # -- the token endpoint --------------------------------------------------------------------------
+
+    async def exchange_code(self, f: dict[str, str]) -> IssuedTokens:
+        code = f.get("code", "")
+        verifier = f.get("code_verifier", "")
+        if not code or not verifier:
+            raise OAuthError("invalid_request", "code and code_verifier are required")
+
+        async def take(conn: Conn) -> dict[str, Any] | None:
+            row = await conn.fetchrow(
+                "SELECT * FROM authorization_codes WHERE code_hash = $1 FOR UPDATE",
+                hash_token(code),
+            )
+            if row is None:
+                return None
+            if row["used_at"] is not None:
+                # a code used twice: revoke what the first use issued (OAuth 2.1 §4.1.3)
+                await conn.execute(
+                    "UPDATE token_families SET revoked_at = now(), revoke_reason = 'code_reuse' WHERE grant_id = $1 AND revoked_at IS NULL",
+                    row["grant_id"],
+                )
+                return {"reused": True, **dict(row)}
+            await conn.execute(
+                "UPDATE authorization_codes SET used_at = now() WHERE code_hash = $1",
+                hash_token(code),
+            )
+            return dict(row)
+
+        row = await self.store.transact(take)
+        if row is None:
+            raise OAuthError("invalid_grant", "unknown authorization code")
+        if row.get("reused"):
+            self.audit(
+                "code_reuse_detected",
+                user_id=row["user_id"],
+                client_id=row["client_id"],
+                grant_id=row["grant_id"],
+            )
+            raise OAuthError("invalid_grant", "authorization code already used")
+        if row["expires_at"] < _now():
+            raise OAuthError("invalid_grant", "authorization code expired")
+        if f.get("client_id") != row["client_id"]:
+            raise OAuthError("invalid_grant", "the code was issued to another client")
+        if f.get("redirect_uri", row["redirect_uri"]) != row["redirect_uri"]:
+            raise OAuthError(
+                "invalid_grant", "redirect_uri does not match the authorization request"
+            )
+        resource = f.get("resource")
+        if resource and resource.rstrip("/") != row["resource"].rstrip("/"):
+            raise OAuthError("invalid_target", "resource does not match the authorization request")
+        if not hmac.compare_digest(s256(verifier), row["code_challenge"]):
+            raise OAuthError("invalid_grant", "PKCE verification failed")
+        family_id = uuid.uuid4()
+        tokens, ops = self._issue(family_id, row, parent=None)
+        await self.store.write(
+            Op(
+                "INSERT INTO token_families (family_id, grant_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                (family_id, row["grant_id"], row["user_id"]),
+            ),
+            *ops,
+        )
+        self.audit(
+            "token_issued",
+            user_id=row["user_id"],
+            client_id=row["client_id"],
+            grant_id=row["grant_id"],
+        )
+        return tokens
+
+    def _issue(
+        self, family_id: uuid.UUID, row: dict[str, Any], *, parent: bytes | None
+    ) -> tuple[IssuedTokens, list[Op]]:
+        access, refresh = new_token(), new_token()
+        sql = (
+            "INSERT INTO tokens (token_hash, kind, family_id, grant_id, user_id, client_id, resource, scopes, parent_hash, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+        )
+        common = (
+            family_id,
+            row["grant_id"],
+            row["user_id"],
+            row["client_id"],
+            row["resource"],
+            list(row["scopes"]),
+        )
+        ops = [
+            Op(sql, (hash_token(access), "access", *common, parent, _in(self.policy.access_ttl))),
+            Op(
+                sql, (hash_token(refresh), "refresh", *common, parent, _in(self.policy.refresh_ttl))
+            ),
+        ]
+        return IssuedTokens(
+            access, refresh, int(self.policy.access_ttl), " ".join(row["scopes"])
+        ), ops
+
+    async def refresh(self, f: dict[str, str]) -> IssuedTokens:
+        token = f.get("refresh_token", "")
+        if not token:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        token_hash = hash_token(token)
+        grace = self.policy.refresh_grace
+
+        async def rotate(conn: Conn) -> dict[str, Any]:
+            row = await conn.fetchrow(
+                "SELECT t.*, f.revoked_at AS family_revoked, g.status FROM tokens t JOIN token_families f USING (family_id) "
+                "JOIN grants g ON g.grant_id = t.grant_id WHERE t.token_hash = $1 AND t.kind = 'refresh' FOR UPDATE OF t",
+                token_hash,
+            )
+            if row is None:
+                return {"outcome": "unknown"}
+            row = dict(row)
+            if (
+                row["family_revoked"] is not None
+                or row["revoked_at"] is not None
+                or row["status"] != "active"
+            ):
+                return {"outcome": "revoked", **row}
+            if row["expires_at"] < _now():
+                return {"outcome": "expired", **row}
+            if row["rotated_at"] is not None:
+                successor_used = await conn.fetchval(
+                    "SELECT bool_or(rotated_at IS NOT NULL) FROM tokens WHERE parent_hash = $1 AND kind = 'refresh' AND revoked_at IS NULL",
+                    token_hash,
+                )
+                if successor_used or _now() - row["rotated_at"] > datetime.timedelta(seconds=grace):
+                    await conn.execute(
+                        "UPDATE token_families SET revoked_at = now(), revoke_reason = 'refresh_reuse' WHERE family_id = $1",
+                        row["family_id"],
+                    )
+                    return {"outcome": "reuse", **row}
+                # within the grace window and the successor unused: the client lost the answer;
+                # the unused successor is replaced
+                await conn.execute(
+                    "UPDATE tokens SET revoked_at = now() WHERE parent_hash = $1", token_hash
+                )
+            else:
+                await conn.execute(
+                    "UPDATE tokens SET rotated_at = now() WHERE token_hash = $1", token_hash
+                )
+            return {"outcome": "ok", **row}
+
+        row = await self.store.transact(rotate)
+        outcome = row["outcome"]
+        if outcome == "unknown":
+            raise OAuthError("invalid_grant", "unknown refresh token")
+        if f.get("client_id") and f.get("client_id") != row["client_id"]:
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if outcome == "reuse":
+            self.audit(
+                "refresh_reuse_detected",
+                user_id=row["user_id"],
+                client_id=row["client_id"],
+                grant_id=row["grant_id"],
+            )
+            raise OAuthError(
+                "invalid_grant", "refresh token reuse detected; the token family is revoked"
+            )
+        if outcome != "ok":
+            raise OAuthError("invalid_grant", f"refresh token {outcome}")
+        tokens, ops = self._issue(row["family_id"], row, parent=token_hash)
+        await self.store.write(*ops)
+        self.audit(
+            "token_refresh",
+            user_id=row["user_id"],
+            client_id=row["client_id"],
+            grant_id=row["grant_id"],
+        )
+        return tokens
+
+    async def revoke_token(self, token: str) -> tuple[str, uuid.UUID] | None:
+        """RFC 7009: revoke a refresh token's family, or one access token. Returns (user, grant)."""
+        row = await self.store.fetchrow(
+            "SELECT kind, family_id, grant_id, user_id, client_id FROM tokens WHERE token_hash = $1",
+            hash_token(token),
+        )
+        if row is None:
+            return None
+        if row["kind"] == "refresh":
+            await self.store.write(
+                Op(
+                    "UPDATE token_families SET revoked_at = now(), revoke_reason = 'revoked' WHERE family_id = $1 AND revoked_at IS NULL",
+                    (row["family_id"],),
+                )
+            )
+        else:
+            await self.store.write(
+                Op(
+                    "UPDATE tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+                    (hash_token(token),),
+                )
+            )
+        self.audit(
+            "token_revoked",
+            user_id=row["user_id"],
+            client_id=row["client_id"],
+            grant_id=row["grant_id"],
+            token_kind=row["kind"],
+        )
+        return row["user_id"], row["grant_id"]
+
+    # -- the resource server ---------------------------------------------------------------------------
+
+    async def verify_access(self, token: str) -> Principal | None:
+        """The principal behind a Steward access token, or None if it is not valid for this server."""
+        row = await self.store.fetchrow(
+            "SELECT t.user_id, t.client_id, t.grant_id, t.scopes, t.resource, t.expires_at, g.tier, u.issuer, u.subject "
+            "FROM tokens t JOIN token_families f USING (family_id) JOIN grants g ON g.grant_id = t.grant_id JOIN users u ON u.user_id = t.user_id "
+            "WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND f.revoked_at IS NULL "
+            "AND g.status = 'active' AND u.revoked_at IS NULL AND t.expires_at > now()",
+            hash_token(token),
+        )
+        if row is None or row["resource"].rstrip("/") != self.policy.resource.rstrip("/"):
+            return None
+        return Principal(
+            user_id=row["user_id"],
+            client_id=row["client_id"],
+            grant_id=row["grant_id"],
+            issuer=row["issuer"],
+            subject=row["subject"],
+            scopes=frozenset(row["scopes"]),
+            tier=row["tier"],
+            resource=row["resource"],
+            expires_at=row["expires_at"].timestamp(),
+        )
+
+    # -- upstream tokens -----------------------------------------------------------------------------
+
+    def encrypt_upstream(
+        self, grant_id: uuid.UUID, tokens: UpstreamTokens
+    ) -> tuple[str, bytes, bytes | None]:
+        key_id, access_ct = self.keyring.encrypt(tokens.access_token, aad=grant_id.bytes)
+        refresh_ct = (
+            self.keyring.encrypt(tokens.refresh_token, aad=grant_id.bytes)[1]
+            if tokens.refresh_token
+            else None
+        )
+        return key_id, access_ct, refresh_ct
+
+    def decrypt_upstream(self, row: dict[str, Any]) -> UpstreamTokens:
+        grant_id: uuid.UUID = row["grant_id"]
+        access = self.keyring.decrypt(row["key_id"], row["access_ciphertext"], aad=grant_id.bytes)
+        refresh = (
+            self.keyring.decrypt(row["key_id"], row["refresh_ciphertext"], aad=grant_id.bytes)
+            if row["refresh_ciphertext"]
+            else None
+        )
+        return UpstreamTokens(access, refresh, row["access_expires_at"].timestamp())
+
+
+def _with_params(uri: str, params: dict[str, str]) -> str:
+    return f"{uri}{'&' if '?' in uri else '?'}{urlencode(params)}"

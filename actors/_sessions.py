@@ -1,0 +1,765 @@
+"""User sessions as supervised actors, each owning its token keeper and its connection actors.
+
+    sessions (dynamic supervisor, registry by grant id)
+    └── session[grant]              transient; rest_for_one over:
+        ├── token_keeper            refreshes upstream tokens ahead of expiry (single flight across nodes)
+        └── connections             dynamic supervisor
+            └── connection[id]      temporary: one SSE stream, bounded outbox, heartbeat, final error event
+
+See docs/sessions.md for the lifecycle and what each failure does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import structlog
+import trio
+
+from actors._auth import AuthService, Principal
+from actors._store import Op, Store
+from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
+from runtime import (
+    Backoff,
+    ChildSpec,
+    DynamicSupervisor,
+    Registry,
+    Restart,
+    Shutdown,
+    Strategy,
+    Supervisor,
+    SupervisorHandle,
+    fault_point,
+)
+
+__all__ = [
+    "Connection",
+    "SessionInvalid",
+    "SessionManager",
+    "SessionPolicy",
+    "StreamEvent",
+    "TransportSession",
+    "UserContext",
+    "UserSession",
+]
+
+log = structlog.get_logger("sessions")
+UTC = datetime.UTC
+ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
+
+
+@attrs.frozen
+class UserContext:
+    """What an operator's handler sees of the caller."""
+
+    user_id: str
+    grant_id: uuid.UUID
+    client_id: str
+    tier: str
+    scopes: frozenset[str]
+    session_id: str | None = None
+
+
+@attrs.frozen
+class StreamEvent:
+    """One SSE event: a JSON-RPC message, a priming event, a keep-alive comment or the final error."""
+
+    data: dict[str, Any] | None = None
+    event_id: str | None = None
+    event: str | None = None
+    retry_ms: int | None = None
+    comment: str | None = None
+    final: bool = False
+
+
+@attrs.frozen
+class TransportSession:
+    session_id: str
+    grant_id: uuid.UUID
+    user_id: str
+    client_id: str
+    protocol_version: str
+    client_info: dict[str, Any]
+    capabilities: dict[str, Any]
+    log_level: str | None
+
+
+class SessionInvalid(Exception):
+    """The grant is not active (re-authorization required, revoked, expired, ended)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen
+class SessionPolicy:
+    outbox_size: int = 256  # events buffered per stream; past it the slow stream is closed
+    heartbeat: float = 15.0  # keep-alive comment interval on every stream
+    idle_timeout: float = 1800.0  # a session actor with no request and no stream stops (rows stay)
+    refresh_lead: float = 60.0  # refresh upstream tokens this long before they expire
+    refresh_jitter: float = 0.2  # fraction of the lead, spread so a fleet does not refresh at once
+    lease: float = 30.0  # how long a node may hold the single-flight refresh lease
+    max_sessions: int = 100_000
+    max_connections: int = 64  # streams per user session
+    touch_interval: float = 30.0  # last_seen writes per session at most this often
+    keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
+
+
+class Connection:
+    """The face of one connection actor: one live SSE stream."""
+
+    def __init__(
+        self,
+        session: UserSession,
+        kind: ConnectionKind,
+        session_id: str | None,
+        stream_id: str,
+        outbox_size: int,
+    ) -> None:
+        self.id = uuid.uuid4()
+        self.session = session
+        self.kind = kind
+        self.session_id = session_id
+        self.stream_id = stream_id
+        self._send, self.outbox = trio.open_memory_channel[StreamEvent](outbox_size)
+        self.closed_reason: str | None = None
+        self._closed = trio.Event()
+        self._seq = 0
+        self.sent = 0
+
+    def next_event_id(self) -> str:
+        self._seq += 1
+        return f"{self.stream_id}:{self._seq}"
+
+    def send_nowait(self, event: StreamEvent) -> None:
+        """Queue an event; a full outbox means a slow client: its stream is closed with an error."""
+        if self.closed_reason is not None:
+            return
+        try:
+            self._send.send_nowait(event)
+            self.sent += 1
+        except trio.WouldBlock:
+            log.warning("stream_overflow", connection=str(self.id), kind=self.kind)
+            self._finish("slow_client", send_final=False)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def send(self, event: StreamEvent) -> None:
+        self.send_nowait(event)
+        await trio.lowlevel.checkpoint()
+
+    def fail(self, reason: str, message: str) -> None:
+        """Send a final error event and close the stream."""
+        if self.closed_reason is not None:
+            return
+        final = StreamEvent(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/message",
+                "params": {
+                    "level": "error",
+                    "logger": "steward",
+                    "data": {"error": reason, "message": message},
+                },
+            },
+            event="error",
+            final=True,
+        )
+        try:
+            self._send.send_nowait(final)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        self._finish(reason, send_final=False)
+
+    def _finish(self, reason: str, *, send_final: bool) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._send.close()
+            self._closed.set()
+
+    async def close(self, reason: str) -> None:
+        """The HTTP side is done with this stream (client gone, request complete)."""
+        self._finish(reason, send_final=False)
+        await trio.lowlevel.checkpoint()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        store = self.session.manager.store
+        node = self.session.manager.node_id
+        store.write_nowait(
+            Op(
+                "INSERT INTO connections (connection_id, node_id, grant_id, user_id, session_id, kind) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                (
+                    self.id,
+                    node,
+                    self.session.grant_id,
+                    self.session.context.user_id,
+                    self.session_id,
+                    self.kind,
+                ),
+            )
+        )
+        task_status.started(self)
+        try:
+            while True:
+                with trio.move_on_after(self.session.manager.policy.heartbeat):
+                    await self._closed.wait()
+                    break
+                await fault_point("connection.heartbeat")
+                self.send_nowait(StreamEvent(comment="keep-alive"))
+                store.write_nowait(
+                    Op(
+                        "UPDATE connections SET heartbeat_at = now() WHERE connection_id = $1 AND closed_at IS NULL",
+                        (self.id,),
+                    )
+                )
+        finally:
+            if self.closed_reason is None:
+                self.fail("connection_stopped", "the stream's actor stopped")
+            store.write_nowait(
+                Op(
+                    "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE connection_id = $1 AND closed_at IS NULL",
+                    (self.id, self.closed_reason),
+                )
+            )
+
+
+class TokenKeeper:
+    """Keeps a session's upstream access token fresh; one per session actor."""
+
+    def __init__(self, session: UserSession) -> None:
+        self.session = session
+        self.tokens: UpstreamTokens | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[TokenKeeper] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        manager = self.session.manager
+        row = await manager.store.fetchrow(
+            "SELECT * FROM upstream_tokens WHERE grant_id = $1", self.session.grant_id
+        )
+        if row is not None:
+            self.tokens = manager.auth.decrypt_upstream(row)
+        task_status.started(self)
+        if self.tokens is None:
+            await trio.sleep_forever()
+        policy = manager.policy
+        while True:
+            assert self.tokens is not None
+            lead = policy.refresh_lead * (
+                1 + random.uniform(-policy.refresh_jitter, policy.refresh_jitter)
+            )
+            await trio.sleep(max(0.0, self.tokens.expires_at - lead - time.time()))
+            await fault_point("token_keeper.refresh")
+            try:
+                self.tokens = await manager.refresh_upstream(self.session.grant_id)
+            except UpstreamRevoked as exc:
+                log.info("upstream_refresh_revoked", grant_id=str(self.session.grant_id))
+                manager.auth.audit(
+                    "upstream_refresh_failed",
+                    user_id=self.session.context.user_id,
+                    grant_id=self.session.grant_id,
+                    outcome="invalid_grant",
+                )
+                await self.session.invalidate(
+                    "reauth_required", "the identity provider revoked the grant; sign in again"
+                )
+                raise Shutdown("revoked") from exc
+            except UpstreamUnavailable:
+                manager.auth.audit(
+                    "upstream_refresh_failed",
+                    user_id=self.session.context.user_id,
+                    grant_id=self.session.grant_id,
+                    outcome="unavailable",
+                )
+                raise
+
+
+class UserSession:
+    """The face of one user-session actor (one grant: a user through one client)."""
+
+    def __init__(self, manager: SessionManager, row: dict[str, Any]) -> None:
+        self.manager = manager
+        self.grant_id: uuid.UUID = row["grant_id"]
+        self.context = UserContext(
+            row["user_id"], row["grant_id"], row["client_id"], row["tier"], frozenset(row["scopes"])
+        )
+        self.expires_at: float = row["expires_at"].timestamp()
+        self._keeper: TokenKeeper | None = None
+        self._connections: SupervisorHandle | None = None
+        self._sup: SupervisorHandle | None = None
+        self._last_touch = 0.0
+        self.last_active = trio.current_time()
+        self.invalid_reason: str | None = None
+
+    def context_for(self, session_id: str | None) -> UserContext:
+        return attrs.evolve(self.context, session_id=session_id) if session_id else self.context
+
+    def touch(self) -> None:
+        """A request arrived: keep the actor alive; write last_seen at most every touch_interval."""
+        now = trio.current_time()
+        self.last_active = now
+        if now - self._last_touch >= self.manager.policy.touch_interval:
+            self._last_touch = now
+            self.manager.store.write_nowait(
+                Op("UPDATE grants SET last_seen_at = now() WHERE grant_id = $1", (self.grant_id,))
+            )
+
+    def connections(self) -> list[Connection]:
+        if self._connections is None:
+            return []
+        return [
+            c.face
+            for c in self._connections.which_children()
+            if isinstance(c.face, Connection) and c.face.closed_reason is None
+        ]
+
+    async def open_connection(
+        self, *, kind: ConnectionKind, session_id: str | None, stream_id: str | None = None
+    ) -> Connection:
+        if self.invalid_reason is not None:
+            raise SessionInvalid(self.invalid_reason)
+        assert self._connections is not None
+        conn = Connection(
+            self,
+            kind,
+            session_id,
+            stream_id or secrets.token_hex(8),
+            self.manager.policy.outbox_size,
+        )
+        face = await self._connections.start_child(
+            ChildSpec(str(conn.id), conn.run, restart=Restart.TEMPORARY, shutdown_grace=1.0)
+        )
+        assert face is conn
+        return conn
+
+    async def upstream_access_token(self) -> str:
+        keeper = self._keeper
+        if keeper is None or keeper.tokens is None:
+            raise UpstreamUnavailable("no upstream token for this session")
+        if keeper.tokens.expires_at <= time.time():
+            raise UpstreamUnavailable(
+                "the upstream token expired and its refresh has not succeeded yet"
+            )
+        return keeper.tokens.access_token
+
+    async def invalidate(self, status: str, message: str) -> None:
+        """End this session: in one transaction the grant's status changes and its open connection
+        rows close; each stream gets a final error event; the actor stops."""
+        if self.invalid_reason is not None:
+            return
+        self.invalid_reason = status
+        self.manager.forget(self.grant_id, self.context.user_id)
+        await self.manager.store.write(
+            Op(
+                "UPDATE grants SET status = $2, status_reason = $3 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
+                (self.grant_id, status, message),
+            ),
+            Op(
+                "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
+                (self.grant_id, status),
+            ),
+        )
+        self.close_streams(status, message)
+        log.info("session_invalidated", grant_id=str(self.grant_id), status=status)
+        if self._sup is not None:
+            self.manager._stop_soon(self)
+
+    def close_streams(self, reason: str, message: str) -> None:
+        for conn in self.connections():
+            conn.fail(reason, message)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        keeper = TokenKeeper(self)
+        children = [
+            ChildSpec(
+                "token_keeper",
+                keeper.run,
+                restart=Restart.TRANSIENT,
+                backoff=self.manager.policy.keeper_backoff,
+                shutdown_grace=1.0,
+            ),
+            ChildSpec(
+                "connections",
+                DynamicSupervisor(
+                    "connections",
+                    max_children=self.manager.policy.max_connections,
+                    intensity=1000,
+                    period=1.0,
+                ).run,
+            ),
+        ]
+        sup = Supervisor(
+            f"session:{self.grant_id}",
+            children,
+            strategy=Strategy.REST_FOR_ONE,
+            intensity=5,
+            period=60.0,
+        )
+        async with trio.open_nursery() as nursery:
+            handle: SupervisorHandle = await nursery.start(sup.run)
+            self._sup = handle
+            self._keeper = keeper
+            connections = handle.child("connections")
+            assert isinstance(connections, SupervisorHandle)
+            self._connections = connections
+            with self.manager.registry.register(self.grant_id, self):
+                task_status.started(self)
+                nursery.start_soon(self._idle_watch, handle)
+                exit = await handle.wait_exited()
+                nursery.cancel_scope.cancel()
+        if self.invalid_reason is not None or exit.kind.value != "error":
+            return
+        raise RuntimeError(f"session {self.grant_id} failed: {exit.describe()}")
+
+    async def _idle_watch(self, handle: SupervisorHandle) -> None:
+        idle = self.manager.policy.idle_timeout
+        while True:
+            await trio.sleep(idle / 4)
+            if not self.connections() and trio.current_time() - self.last_active > idle:
+                log.info("session_idle_stop", grant_id=str(self.grant_id))
+                await handle.stop("idle")
+                return
+
+
+class SessionManager:
+    """The face of the ``sessions`` dynamic supervisor."""
+
+    def __init__(
+        self,
+        store: Store,
+        auth: AuthService,
+        upstream: UpstreamClient,
+        *,
+        node_id: str,
+        policy: SessionPolicy | None = None,
+        on_forget: Callable[[uuid.UUID, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.upstream = upstream
+        self.node_id = node_id
+        self.policy = policy or SessionPolicy()
+        self.registry: Registry[uuid.UUID, UserSession] = Registry("sessions")
+        self._sup: SupervisorHandle | None = None
+        self._hydrating: dict[uuid.UUID, trio.Event] = {}
+        self._on_forget = on_forget
+        self._nursery: trio.Nursery | None = None
+        self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
+
+    def child_spec(self) -> ChildSpec:
+        return ChildSpec("sessions", self.run, shutdown_grace=5.0)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SessionManager] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        sup = DynamicSupervisor(
+            "sessions", max_children=self.policy.max_sessions, intensity=1000, period=1.0
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._sup = await nursery.start(sup.run)
+            task_status.started(self)
+            await self._sup.wait_exited()
+
+    def forget(self, grant_id: uuid.UUID, user_id: str) -> None:
+        if self._on_forget is not None:
+            self._on_forget(grant_id, user_id)
+
+    def _stop_soon(self, session: UserSession) -> None:
+        if self._nursery is not None and self._sup is not None:
+            sup = self._sup
+
+            async def stop() -> None:
+                try:
+                    await sup.terminate_child(
+                        str(session.grant_id), session.invalid_reason or "invalidated"
+                    )
+                except Exception as exc:  # the session may have stopped on its own meanwhile
+                    log.debug(
+                        "session_stop_skipped",
+                        grant_id=str(session.grant_id),
+                        error=type(exc).__name__,
+                    )
+
+            self._nursery.start_soon(stop)
+
+    def live(self) -> list[UserSession]:
+        return [s for _, s in self.registry.items()]
+
+    async def session_for(self, principal: Principal) -> UserSession:
+        """The live session of this principal's grant, hydrated from the database if need be."""
+        session = self.registry.lookup(principal.grant_id)
+        if session is not None:
+            if session.invalid_reason is not None:
+                raise SessionInvalid(session.invalid_reason)
+            return session
+        pending = self._hydrating.get(principal.grant_id)
+        if pending is not None:
+            await pending.wait()
+            return await self.session_for(principal)
+        done = self._hydrating[principal.grant_id] = trio.Event()
+        try:
+            return await self._hydrate(principal)
+        finally:
+            del self._hydrating[principal.grant_id]
+            done.set()
+
+    async def _hydrate(self, principal: Principal) -> UserSession:
+        row = await self.store.fetchrow(
+            "SELECT * FROM grants WHERE grant_id = $1", principal.grant_id
+        )
+        if (
+            row is None
+            or row["user_id"] != principal.user_id
+            or row["client_id"] != principal.client_id
+        ):
+            raise SessionInvalid("unknown_session")
+        if row["status"] not in ("active", "refreshing"):
+            raise SessionInvalid(row["status"])
+        if row["expires_at"] <= datetime.datetime.now(UTC):
+            await self.store.write(
+                Op(
+                    "UPDATE grants SET status = 'expired' WHERE grant_id = $1 AND status = 'active'",
+                    (row["grant_id"],),
+                )
+            )
+            raise SessionInvalid("expired")
+        session = UserSession(self, row)
+        assert self._sup is not None
+        await self._sup.start_child(
+            ChildSpec(
+                str(row["grant_id"]),
+                self._session_start,
+                args=(row["grant_id"],),
+                restart=Restart.TRANSIENT,
+                shutdown_grace=3.0,
+            )
+        )
+        live = self.registry.lookup(row["grant_id"])
+        log.info("session_hydrated", grant_id=str(row["grant_id"]), user_id=row["user_id"])
+        return live or session
+
+    async def _session_start(
+        self,
+        grant_id: uuid.UUID,
+        *,
+        task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Each incarnation re-reads the grant, so a restarted session rehydrates."""
+        row = await self.store.fetchrow("SELECT * FROM grants WHERE grant_id = $1", grant_id)
+        if row is None or row["status"] not in ("active", "refreshing"):
+            raise Shutdown(row["status"] if row else "unknown_session")
+        await UserSession(self, row).run(task_status=task_status)
+
+    # -- transport sessions ----------------------------------------------------------------------------
+
+    async def create_transport_session(
+        self,
+        session: UserSession,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        capabilities: dict[str, Any],
+    ) -> str:
+        session_id = secrets.token_urlsafe(24)
+        await self.store.write(
+            Op(
+                "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                (
+                    session_id,
+                    session.grant_id,
+                    session.context.user_id,
+                    session.context.client_id,
+                    protocol_version,
+                    client_info,
+                    capabilities,
+                ),
+            )
+        )
+        self._ts_cache[session_id] = TransportSession(
+            session_id,
+            session.grant_id,
+            session.context.user_id,
+            session.context.client_id,
+            protocol_version,
+            client_info,
+            capabilities,
+            None,
+        )
+        if len(self._ts_cache) > 50_000:
+            self._ts_cache.pop(next(iter(self._ts_cache)))
+        return session_id
+
+    async def transport_session(
+        self, principal: Principal, session_id: str
+    ) -> TransportSession | None:
+        """The transport session, or None when it does not exist, ended, or belongs to another
+        principal (MCP-R20: answered exactly as if it did not exist)."""
+        ts = self._ts_cache.get(session_id)
+        if ts is None:
+            row = await self.store.fetchrow(
+                "SELECT * FROM transport_sessions WHERE session_id = $1 AND ended_at IS NULL",
+                session_id,
+            )
+            if row is None:
+                return None
+            ts = TransportSession(
+                row["session_id"],
+                row["grant_id"],
+                row["user_id"],
+                row["client_id"],
+                row["protocol_version"],
+                row["client_info"],
+                row["capabilities"],
+                row["log_level"],
+            )
+            self._ts_cache[session_id] = ts
+        if (
+            ts.grant_id != principal.grant_id
+            or ts.user_id != principal.user_id
+            or ts.client_id != principal.client_id
+        ):
+            return None
+        return ts
+
+    async def end_transport_session(self, principal: Principal, session_id: str) -> bool:
+        if await self.transport_session(principal, session_id) is None:
+            return False
+        self._ts_cache.pop(session_id, None)
+        await self.store.write(
+            Op(
+                "UPDATE transport_sessions SET ended_at = now() WHERE session_id = $1 AND ended_at IS NULL",
+                (session_id,),
+            ),
+            Op(
+                "UPDATE connections SET closed_at = now(), close_reason = 'session_deleted' WHERE session_id = $1 AND closed_at IS NULL",
+                (session_id,),
+            ),
+        )
+        session = self.registry.lookup(principal.grant_id)
+        if session is not None:
+            for conn in session.connections():
+                if conn.session_id == session_id:
+                    conn.fail("session_deleted", "the client ended this MCP session")
+        return True
+
+    # -- invalidation ----------------------------------------------------------------------------------
+
+    async def invalidate(
+        self, grant_id: uuid.UUID, *, reason: str, message: str | None = None
+    ) -> None:
+        session = self.registry.lookup(grant_id)
+        if session is not None:
+            await session.invalidate(reason, message or f"the session was {reason}")
+            return
+        await self.store.write(
+            Op(
+                "UPDATE grants SET status = $2, status_reason = $3 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
+                (grant_id, reason, message),
+            ),
+            Op(
+                "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
+                (grant_id, reason),
+            ),
+        )
+
+    async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> None:
+        """Revoke every grant of a user: each of their streams closes with an error event."""
+        await self.store.write(
+            Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (user_id,)),
+            Op(
+                "UPDATE grants SET status = 'revoked', status_reason = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
+                (user_id, reason),
+            ),
+            Op(
+                "UPDATE connections SET closed_at = now(), close_reason = 'revoked' WHERE user_id = $1 AND closed_at IS NULL",
+                (user_id,),
+            ),
+        )
+        for session in self.live():
+            if session.context.user_id == user_id:
+                await session.invalidate("revoked", "access was revoked")
+        self.auth.audit("revoked", user_id=user_id, reason=reason)
+
+    # -- upstream refresh, single flight across nodes ------------------------------------------------------
+
+    async def refresh_upstream(self, grant_id: uuid.UUID) -> UpstreamTokens:
+        """Refresh the grant's upstream tokens; with the same grant live on several nodes, only the
+        node holding the lease calls the IdP and the others read its result."""
+        policy = self.policy
+        deadline = trio.current_time() + policy.lease * 2
+        while True:
+            row = await self.store.fetchrow(
+                "UPDATE upstream_tokens SET refresh_lease_until = now() + make_interval(secs => $2), refresh_lease_owner = $3 "
+                "WHERE grant_id = $1 AND (refresh_lease_until IS NULL OR refresh_lease_until < now()) RETURNING *",
+                grant_id,
+                policy.lease,
+                self.node_id,
+            )
+            if row is not None:
+                current = self.auth.decrypt_upstream(row)
+                if current.expires_at - time.time() > policy.refresh_lead:
+                    await self._release(grant_id)
+                    return current  # another node refreshed meanwhile
+                break
+            # another node holds the lease: wait for its result
+            await trio.sleep(0.05 + random.random() * 0.05)
+            latest = await self.store.fetchrow(
+                "SELECT * FROM upstream_tokens WHERE grant_id = $1", grant_id
+            )
+            if latest is None:
+                raise UpstreamRevoked("the grant has no upstream tokens")
+            tokens = self.auth.decrypt_upstream(latest)
+            if tokens.expires_at - time.time() > policy.refresh_lead:
+                return tokens
+            if trio.current_time() > deadline:
+                raise UpstreamUnavailable("another node's refresh did not finish in time")
+        if current.refresh_token is None:
+            await self._release(grant_id)
+            raise UpstreamRevoked("no upstream refresh token")
+        try:
+            fresh = await self.upstream.refresh(current.refresh_token)
+        except BaseException:
+            await self._release(grant_id)
+            raise
+        key_id, access_ct, refresh_ct = self.auth.encrypt_upstream(grant_id, fresh)
+        await self.store.write(
+            Op(
+                "UPDATE upstream_tokens SET key_id = $2, access_ciphertext = $3, refresh_ciphertext = COALESCE($4, refresh_ciphertext), "
+                "access_expires_at = $5, refresh_generation = refresh_generation + 1, refresh_lease_until = NULL, refresh_lease_owner = NULL, updated_at = now() "
+                "WHERE grant_id = $1",
+                (
+                    grant_id,
+                    key_id,
+                    access_ct,
+                    refresh_ct,
+                    datetime.datetime.fromtimestamp(fresh.expires_at, UTC),
+                ),
+            )
+        )
+        self.auth.audit("upstream_refresh", grant_id=grant_id)
+        return fresh
+
+    async def _release(self, grant_id: uuid.UUID) -> None:
+        await self.store.write(
+            Op(
+                "UPDATE upstream_tokens SET refresh_lease_until = NULL, refresh_lease_owner = NULL WHERE grant_id = $1 AND refresh_lease_owner = $2",
+                (grant_id, self.node_id),
+            )
+        )

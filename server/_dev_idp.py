@@ -1,0 +1,317 @@
+"""The development identity provider: a small, real OAuth 2.1 server with demo users.
+
+Steward serves it on its own port when no upstream IdP is configured, so that a first run needs
+no configuration. It has one demo user per tier and fault controls under ``/_control/`` (fail or
+slow the next refreshes, revoke a user, change a tier, shorten token lifetimes) that the tests and
+the fault harness drive over HTTP. State lives in memory: it is a stand-in, not a product.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import html
+import json
+import math
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import attrs
+import structlog
+import trio
+
+from server._http import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    form,
+    header,
+    query,
+    read_body,
+    redirect,
+    send_html,
+    send_json,
+)
+
+__all__ = ["DEMO_USERS", "DevIdP"]
+
+log = structlog.get_logger("dev_idp")
+
+DEMO_USERS = {
+    "alice": {"email": "alice@example.com", "tier": "free"},
+    "bob": {"email": "bob@example.com", "tier": "pro"},
+    "carol": {"email": "carol@example.com", "tier": "enterprise"},
+}
+_MAX_BODY = 64 * 1024
+_MAX_GRANTS = 100_000
+
+
+@attrs.define
+class _Code:
+    user: str
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    scope: str
+    expires: float
+
+
+@attrs.define
+class _Grant:
+    user: str
+    client_id: str
+    scope: str
+    refresh: str
+    access: set[str] = attrs.field(factory=set)
+
+
+def pkce_s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class DevIdP:
+    """The development IdP as an ASGI application."""
+
+    def __init__(
+        self,
+        issuer: str = "http://127.0.0.1",
+        *,
+        control_secret: str | None = None,
+        access_ttl: float = 3600.0,
+    ) -> None:
+        self.issuer = issuer
+        self.control_secret = control_secret or secrets.token_urlsafe(16)
+        self.access_ttl = access_ttl
+        self.users = {name: dict(info) for name, info in DEMO_USERS.items()}
+        self.revoked_users: set[str] = set()
+        self._codes: dict[str, _Code] = {}
+        self._grants: dict[str, _Grant] = {}  # by refresh token
+        self._access: dict[str, tuple[str, float]] = {}  # access token -> (user, expires)
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._refresh_faults: collections.deque[str] = (
+            collections.deque()
+        )  # modes for the next refreshes
+        self.slow_seconds = 30.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        self.calls[path] += 1
+        try:
+            body = await read_body(receive, _MAX_BODY) if method == "POST" else b""
+        except BodyTooLarge:
+            await send_json(
+                send, 413, {"error": "invalid_request", "error_description": "body too large"}
+            )
+            return
+        route = {
+            ("GET", "/.well-known/oauth-authorization-server"): self._metadata,
+            ("GET", "/.well-known/openid-configuration"): self._metadata,
+            ("GET", "/authorize"): self._authorize,
+            ("POST", "/token"): self._token,
+            ("GET", "/userinfo"): self._userinfo,
+            ("POST", "/revoke"): self._revoke,
+        }.get((method, path))
+        if route is not None:
+            await route(scope, body, send)
+        elif path.startswith("/_control/") and method in ("GET", "POST"):
+            await self._control(scope, path.removeprefix("/_control/"), body, send)
+        else:
+            await send_json(send, 404, {"error": "not_found"})
+
+    # -- OAuth -------------------------------------------------------------------------------------
+
+    async def _metadata(self, scope: Scope, body: bytes, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "userinfo_endpoint": f"{self.issuer}/userinfo",
+                "revocation_endpoint": f"{self.issuer}/revoke",
+                "response_types_supported": ["code"],
+                "grant_types_supported": ["authorization_code", "refresh_token"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["none", "client_secret_post"],
+            },
+        )
+
+    async def _authorize(self, scope: Scope, body: bytes, send: Send) -> None:
+        q = query(scope)
+        missing = [
+            k for k in ("client_id", "redirect_uri", "code_challenge", "state") if not q.get(k)
+        ]
+        if missing or q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
+            await send_json(
+                send,
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": f"missing or bad: {missing or 'response_type/code_challenge_method'}",
+                },
+            )
+            return
+        user = q.get("login_hint")
+        if user not in self.users:
+            links = "".join(
+                f'<li><a href="/authorize?{html.escape(urlencode({**q, "login_hint": name}))}">{name}</a> ({info["tier"]})</li>'
+                for name, info in self.users.items()
+            )
+            await send_html(
+                send,
+                200,
+                f"<!doctype html><title>Sign in</title><h1>Development sign-in</h1><p>Choose a demo user:</p><ul>{links}</ul>",
+            )
+            return
+        if user in self.revoked_users:
+            await redirect(send, q["redirect_uri"], {"error": "access_denied", "state": q["state"]})
+            return
+        code = secrets.token_urlsafe(24)
+        if len(self._codes) > _MAX_GRANTS:
+            self._codes.clear()
+        self._codes[code] = _Code(
+            user,
+            q["client_id"],
+            q["redirect_uri"],
+            q["code_challenge"],
+            q.get("scope", ""),
+            time.time() + 120,
+        )
+        await redirect(
+            send, q["redirect_uri"], {"code": code, "state": q["state"], "iss": self.issuer}
+        )
+
+    async def _token(self, scope: Scope, body: bytes, send: Send) -> None:
+        f = form(body)
+        grant_type = f.get("grant_type")
+        if grant_type == "authorization_code":
+            code = self._codes.pop(f.get("code", ""), None)
+            if (
+                code is None
+                or code.expires < time.time()
+                or code.redirect_uri != f.get("redirect_uri")
+                or code.client_id != f.get("client_id")
+                or not hmac.compare_digest(pkce_s256(f.get("code_verifier", "")), code.challenge)
+            ):
+                await send_json(send, 400, {"error": "invalid_grant"})
+                return
+            grant = _Grant(code.user, code.client_id, code.scope, secrets.token_urlsafe(32))
+            self._grants[grant.refresh] = grant
+            await send_json(send, 200, self._issue(grant))
+        elif grant_type == "refresh_token":
+            self.calls["refresh"] += 1
+            if self._refresh_faults:
+                mode = self._refresh_faults.popleft()
+                log.info("dev_idp_refresh_fault", mode=mode)
+                if mode == "5xx":
+                    await send_json(send, 503, {"error": "temporarily_unavailable"})
+                    return
+                if mode == "slow":
+                    await trio.sleep(self.slow_seconds)
+                if mode == "invalid_grant":
+                    await send_json(send, 400, {"error": "invalid_grant"})
+                    return
+            found = self._grants.pop(f.get("refresh_token", ""), None)
+            if found is None or found.user in self.revoked_users:
+                await send_json(send, 400, {"error": "invalid_grant"})
+                return
+            found.refresh = secrets.token_urlsafe(32)
+            self._grants[found.refresh] = found
+            await send_json(send, 200, self._issue(found))
+        else:
+            await send_json(send, 400, {"error": "unsupported_grant_type"})
+
+    def _issue(self, grant: _Grant) -> dict[str, Any]:
+        access = secrets.token_urlsafe(32)
+        self._access[access] = (grant.user, time.time() + self.access_ttl)
+        if len(self._access) > _MAX_GRANTS:
+            now = time.time()
+            self._access = {k: v for k, v in self._access.items() if v[1] > now}
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": math.ceil(self.access_ttl),
+            "refresh_token": grant.refresh,
+            "scope": grant.scope,
+        }
+
+    async def _userinfo(self, scope: Scope, body: bytes, send: Send) -> None:
+        auth = header(scope, b"authorization") or ""
+        entry = self._access.get(auth.removeprefix("Bearer ").strip())
+        if entry is None or entry[1] < time.time() or entry[0] in self.revoked_users:
+            await send_json(
+                send,
+                401,
+                {"error": "invalid_token"},
+                [(b"www-authenticate", b'Bearer error="invalid_token"')],
+            )
+            return
+        user = entry[0]
+        await send_json(
+            send,
+            200,
+            {"sub": user, "email": self.users[user]["email"], "tier": self.users[user]["tier"]},
+        )
+
+    async def _revoke(self, scope: Scope, body: bytes, send: Send) -> None:
+        token = form(body).get("token", "")
+        self._grants.pop(token, None)
+        self._access.pop(token, None)
+        await send_json(send, 200, {})
+
+    # -- fault controls ------------------------------------------------------------------------------
+
+    async def _control(self, scope: Scope, action: str, body: bytes, send: Send) -> None:
+        if not hmac.compare_digest(header(scope, b"x-control-secret") or "", self.control_secret):
+            await send_json(send, 403, {"error": "forbidden"})
+            return
+        try:
+            args = json.loads(body) if body else {}
+        except json.JSONDecodeError:
+            await send_json(send, 400, {"error": "invalid_json"})
+            return
+        if action == "fail_refresh":
+            mode = args.get("mode", "5xx")
+            if mode not in ("5xx", "invalid_grant", "slow"):
+                await send_json(send, 400, {"error": "mode must be 5xx, invalid_grant or slow"})
+                return
+            self.slow_seconds = float(args.get("seconds", self.slow_seconds))
+            self._refresh_faults.extend([mode] * int(args.get("count", 1)))
+        elif action == "revoke_user":
+            self.revoked_users.add(args["user"])
+            for refresh, grant in list(self._grants.items()):
+                if grant.user == args["user"]:
+                    del self._grants[refresh]
+        elif action == "set_tier":
+            self.users[args["user"]]["tier"] = args["tier"]
+        elif action == "token_ttl":
+            self.access_ttl = float(args["seconds"])
+        elif action == "reset":
+            self._refresh_faults.clear()
+            self.revoked_users.clear()
+            self.calls.clear()
+        elif action != "stats":
+            await send_json(send, 404, {"error": f"unknown control {action!r}"})
+            return
+        await send_json(
+            send,
+            200,
+            {"calls": dict(self.calls), "pending_refresh_faults": list(self._refresh_faults)},
+        )

@@ -1,0 +1,139 @@
+"""Small ASGI helpers shared by Steward's endpoints: bodies with a bound, JSON, forms, redirects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+__all__ = [
+    "BodyTooLarge",
+    "Headers",
+    "Receive",
+    "Scope",
+    "Send",
+    "form",
+    "header",
+    "query",
+    "read_body",
+    "redirect",
+    "send_html",
+    "send_json",
+    "send_response",
+]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+SECURITY_HEADERS: Headers = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the endpoint accepts (answer 413)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (name in lower case), decoded as latin-1."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def query(scope: Scope) -> dict[str, str]:
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def form(body: bytes) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body; a repeated field keeps its first value."""
+    out: dict[str, str] = {}
+    for key, value in parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True):
+        out.setdefault(key, value)
+    return out
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    await send_response(
+        send,
+        status,
+        json.dumps(payload, separators=(",", ":")).encode(),
+        b"application/json",
+        headers,
+    )
+
+
+async def send_html(
+    send: Send, status: int, html: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    frame = [
+        (b"x-frame-options", b"DENY"),
+        (
+            b"content-security-policy",
+            b"frame-ancestors 'none'; default-src 'self'; style-src 'unsafe-inline'",
+        ),
+    ]
+    await send_response(
+        send, status, html.encode(), b"text/html; charset=utf-8", [*frame, *headers]
+    )
+
+
+async def redirect(
+    send: Send,
+    location: str,
+    params: dict[str, str] | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    if params:
+        location = f"{location}{'&' if '?' in location else '?'}{urlencode(params)}"
+    await send_response(send, 302, b"", b"text/plain", [(b"location", location.encode()), *headers])

@@ -1,0 +1,445 @@
+"""OAuth 2.1 at the edge: the resource server check and the authorization-server facade endpoints.
+
+The flow (MCP-R21..R31): client → ``/authorize`` (validated) → the upstream IdP (Steward's own
+PKCE and state) → ``/callback`` (the user is known) → the consent page, per user and client,
+unless remembered → ``/consent`` → the client's redirect URI with a one-time code and ``iss`` →
+``/token``.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import structlog
+
+from actors import StoreUnavailable
+from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal, valid_redirect_uri
+from actors._crypto import hash_token
+from actors._upstream import UpstreamRevoked, UpstreamUnavailable
+from server._http import (
+    BodyTooLarge,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    form,
+    header,
+    query,
+    read_body,
+    redirect,
+    send_html,
+    send_json,
+)
+
+__all__ = ["AuthError", "OAuthEndpoints", "ResourceServer"]
+
+log = structlog.get_logger("oauth")
+
+CSRF_COOKIE = "__Host-steward_csrf"
+_FORM_LIMIT = 64 * 1024
+_METADATA_DOC_LIMIT = 64 * 1024
+
+
+class AuthError(Exception):
+    """An HTTP authentication failure, to send as is."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: Headers | None = None) -> None:
+        super().__init__(f"{status} {body.get('error')}")
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+@attrs.define
+class _CacheEntry:
+    principal: Principal
+    until: float
+
+
+class ResourceServer:
+    """Checks the bearer token of every MCP request (MCP-R18, R23, R25).
+
+    Verified tokens are cached (bounded, least recently used out first) for at most ``cache_ttl``
+    seconds and never past their expiry, so a database outage does not turn into 401s.
+    """
+
+    def __init__(
+        self,
+        auth: AuthService,
+        *,
+        cache_size: int = 10_000,
+        cache_ttl: float = 60.0,
+        retry_after: int = 5,
+    ) -> None:
+        self.auth = auth
+        self.resource = auth.policy.resource
+        parts = urlsplit(self.resource)
+        base = f"{parts.scheme}://{parts.netloc}"
+        self.metadata_url = f"{base}/.well-known/oauth-protected-resource{parts.path}"
+        self.scopes = auth.policy.default_scopes
+        self.cache_size = cache_size
+        self.cache_ttl = cache_ttl
+        self.retry_after = retry_after
+        self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
+
+    def challenge(
+        self, error: str | None = None, description: str | None = None, *, status: int = 401
+    ) -> AuthError:
+        parts = [f'resource_metadata="{self.metadata_url}"', f'scope="{" ".join(self.scopes)}"']
+        if error:
+            parts.insert(0, f'error="{error}"')
+        if description:
+            parts.append(f'error_description="{description}"')
+        body = {
+            "error": error or "invalid_token",
+            "error_description": description or "a bearer token is required",
+        }
+        return AuthError(
+            status, body, [(b"www-authenticate", ("Bearer " + ", ".join(parts)).encode())]
+        )
+
+    def insufficient_scope(
+        self, needed: set[str] | frozenset[str], have: frozenset[str] = frozenset()
+    ) -> AuthError:
+        scopes = " ".join(sorted(set(have) | set(needed)))
+        value = f'Bearer error="insufficient_scope", scope="{scopes}", resource_metadata="{self.metadata_url}"'
+        body = {
+            "error": "insufficient_scope",
+            "error_description": f"this needs the scopes: {' '.join(sorted(needed))}",
+        }
+        return AuthError(403, body, [(b"www-authenticate", value.encode())])
+
+    async def authenticate(self, scope: Scope) -> Principal:
+        """The principal of this request, or AuthError (401, 400, or 503 during an outage)."""
+        if b"access_token=" in scope.get("query_string", b""):
+            raise AuthError(
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": "access tokens in query strings are refused; use the Authorization header",
+                },
+            )
+        auth = header(scope, b"authorization")
+        if auth is None:
+            raise self.challenge()
+        kind, _, token = auth.partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            raise self.challenge("invalid_request", "use the Bearer scheme")
+        key = hash_token(token)
+        now = time.time()
+        entry = self._cache.get(key)
+        if entry is not None:
+            if entry.until > now:
+                self._cache.move_to_end(key)
+                return entry.principal
+            del self._cache[key]
+        try:
+            principal = await self.auth.verify_access(token)
+        except StoreUnavailable:
+            body = {
+                "error": "temporarily_unavailable",
+                "error_description": "the session store is unreachable; retry shortly",
+            }
+            raise AuthError(503, body, [(b"retry-after", str(self.retry_after).encode())]) from None
+        if principal is None:
+            raise self.challenge(
+                "invalid_token", "the token is invalid, expired, revoked or for another resource"
+            )
+        self._cache[key] = _CacheEntry(principal, min(now + self.cache_ttl, principal.expires_at))
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def forget_grant(self, grant_id: uuid.UUID) -> None:
+        for key in [k for k, e in self._cache.items() if e.principal.grant_id == grant_id]:
+            del self._cache[key]
+
+    def forget_user(self, user_id: str) -> None:
+        for key in [k for k, e in self._cache.items() if e.principal.user_id == user_id]:
+            del self._cache[key]
+
+    def forget_token(self, token: str) -> None:
+        self._cache.pop(hash_token(token), None)
+
+
+class OAuthEndpoints:
+    """The authorization-server facade and the metadata documents, as one ASGI application."""
+
+    def __init__(
+        self,
+        auth: AuthService,
+        resource_server: ResourceServer,
+        *,
+        base_url: str,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.auth = auth
+        self.rs = resource_server
+        self.base_url = base_url.rstrip("/")
+        self.callback_uri = f"{self.base_url}/callback"
+        self._http = http or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        resource_path = urlsplit(auth.policy.resource).path
+        self._routes = {
+            ("GET", "/.well-known/oauth-protected-resource"): self._resource_metadata,
+            (
+                "GET",
+                f"/.well-known/oauth-protected-resource{resource_path}",
+            ): self._resource_metadata,
+            ("GET", "/.well-known/oauth-authorization-server"): self._server_metadata,
+            ("GET", "/.well-known/openid-configuration"): self._server_metadata,
+            ("GET", "/authorize"): self._authorize,
+            ("GET", "/callback"): self._callback,
+            ("POST", "/consent"): self._consent,
+            ("POST", "/token"): self._token,
+            ("POST", "/revoke"): self._revoke,
+            ("POST", "/register"): self._register,
+        }
+        self.paths = frozenset(path for _, path in self._routes)
+
+    def handles(self, path: str) -> bool:
+        return path in self.paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get((scope["method"], scope["path"]))
+        if route is None:
+            await send_json(send, 405, {"error": "method_not_allowed"})
+            return
+        try:
+            body = await read_body(receive, _FORM_LIMIT) if scope["method"] == "POST" else b""
+            await route(scope, body, send)
+        except BodyTooLarge:
+            await send_json(
+                send,
+                413,
+                {
+                    "error": "invalid_request",
+                    "error_description": f"the body exceeds {_FORM_LIMIT} bytes",
+                },
+            )
+        except OAuthError as exc:
+            await send_json(send, exc.status, exc.body())
+        except StoreUnavailable:
+            await send_json(
+                send,
+                503,
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "the session store is unreachable",
+                },
+                [(b"retry-after", b"5")],
+            )
+        except UpstreamUnavailable as exc:
+            log.warning("upstream_unavailable", error=str(exc))
+            await send_json(
+                send,
+                502,
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "the identity provider is unreachable",
+                },
+                [(b"retry-after", b"5")],
+            )
+        except UpstreamRevoked:
+            await send_json(
+                send,
+                400,
+                {
+                    "error": "access_denied",
+                    "error_description": "the identity provider refused the sign-in",
+                },
+            )
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    async def _resource_metadata(self, scope: Scope, body: bytes, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "resource": self.auth.policy.resource,
+                "authorization_servers": [self.base_url],
+                "scopes_supported": list(self.auth.policy.scopes_supported),
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Steward MCP server",
+            },
+        )
+
+    async def _server_metadata(self, scope: Scope, body: bytes, send: Send) -> None:
+        b = self.base_url
+        await send_json(
+            send,
+            200,
+            {
+                "issuer": b,
+                "authorization_endpoint": f"{b}/authorize",
+                "token_endpoint": f"{b}/token",
+                "registration_endpoint": f"{b}/register",
+                "revocation_endpoint": f"{b}/revoke",
+                "response_types_supported": ["code"],
+                "grant_types_supported": ["authorization_code", "refresh_token"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["none"],
+                "revocation_endpoint_auth_methods_supported": ["none"],
+                "scopes_supported": list(self.auth.policy.scopes_supported),
+                "authorization_response_iss_parameter_supported": True,
+                "client_id_metadata_document_supported": True,
+            },
+        )
+
+    # -- the flow ------------------------------------------------------------------------------------
+
+    async def _authorize(self, scope: Scope, body: bytes, send: Send) -> None:
+        params = query(scope)
+        client_id = params.get("client_id", "")
+        if client_id.startswith(("https://", "http://")):
+            await self._ensure_metadata_client(client_id)
+        location = await self.auth.begin(params, callback_uri=self.callback_uri)
+        await redirect(send, location)
+
+    async def _ensure_metadata_client(self, client_id: str) -> None:
+        """Client ID metadata documents: the client id is a URL serving the client's metadata."""
+        parts = urlsplit(client_id)
+        if not (parts.scheme == "https" or valid_redirect_uri(client_id)) or not parts.path.strip(
+            "/"
+        ):
+            raise OAuthError(
+                "invalid_client", "a URL client_id must be https (or http on localhost) with a path"
+            )
+        known = await self.auth.client(client_id)
+        if (
+            known is not None
+            and known["source"] == "metadata_document"
+            and known["fetched_at"] is not None
+            and time.time() - known["fetched_at"].timestamp() < 3600
+        ):
+            return
+        try:
+            async with self._http.stream(
+                "GET", client_id, headers={"accept": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise OAuthError(
+                        "invalid_client",
+                        f"the client metadata document answered {response.status_code}",
+                    )
+                raw = b""
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > _METADATA_DOC_LIMIT:
+                        raise OAuthError(
+                            "invalid_client", "the client metadata document is too large"
+                        )
+        except httpx.HTTPError as exc:
+            raise OAuthError(
+                "invalid_client",
+                f"the client metadata document could not be fetched ({type(exc).__name__})",
+            ) from None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise OAuthError("invalid_client", "the client metadata document is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("client_id") != client_id:
+            raise OAuthError(
+                "invalid_client", "the client metadata document's client_id must equal its URL"
+            )
+        await self.auth.register_client(doc, source="metadata_document", client_id=client_id)
+
+    async def _callback(self, scope: Scope, body: bytes, send: Send) -> None:
+        params = query(scope)
+        if "error" in params:
+            raise OAuthError("access_denied", f"the identity provider answered {params['error']}")
+        outcome = await self.auth.callback(
+            state=params.get("state", ""),
+            code=params.get("code", ""),
+            callback_uri=self.callback_uri,
+        )
+        if isinstance(outcome, str):
+            await redirect(send, outcome)
+            return
+        await self._consent_page(send, outcome)
+
+    async def _consent_page(self, send: Send, c: ConsentNeeded) -> None:
+        e = html.escape
+        scopes = "".join(f"<li>{e(s)}</li>" for s in c.scopes)
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Allow access?</title></head>
+<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto">
+<h1>Allow {e(c.client_name)}?</h1>
+<p>The application <strong>{e(c.client_name)}</strong> (client id <code>{e(c.client_id)}</code>) asks to act for
+<strong>{e(c.user_id)}</strong> on this MCP server with these scopes:</p><ul>{scopes}</ul>
+<p>After you answer you will be sent to <code>{e(c.redirect_uri)}</code>.</p>
+<form method="post" action="/consent">
+<input type="hidden" name="request" value="{e(c.request_token)}">
+<input type="hidden" name="csrf" value="{e(c.csrf_token)}">
+<button name="decision" value="allow">Allow</button> <button name="decision" value="deny">Deny</button>
+</form></body></html>"""
+        cookie = (
+            f"{CSRF_COOKIE}={c.csrf_token}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
+        )
+        await send_html(send, 200, page, [(b"set-cookie", cookie.encode())])
+
+    async def _consent(self, scope: Scope, body: bytes, send: Send) -> None:
+        f = form(body)
+        cookie = _cookie(header(scope, b"cookie") or "", CSRF_COOKIE)
+        if not cookie or cookie != f.get("csrf"):
+            raise OAuthError("invalid_request", "the consent form's CSRF check failed", status=403)
+        origin = header(scope, b"origin")
+        if origin is not None and origin.rstrip("/") != self.base_url:
+            raise OAuthError(
+                "invalid_request", "the consent form was posted from another origin", status=403
+            )
+        location = await self.auth.consent(
+            request_token=f.get("request", ""),
+            csrf_token=cookie,
+            approve=f.get("decision") == "allow",
+        )
+        clear = f"{CSRF_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"
+        await redirect(send, location, headers=[(b"set-cookie", clear.encode())])
+
+    async def _token(self, scope: Scope, body: bytes, send: Send) -> None:
+        f = form(body)
+        grant_type = f.get("grant_type")
+        if grant_type == "authorization_code":
+            tokens = await self.auth.exchange_code(f)
+        elif grant_type == "refresh_token":
+            tokens = await self.auth.refresh(f)
+        else:
+            raise OAuthError(
+                "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
+            )
+        await send_json(send, 200, tokens.body(), [(b"pragma", b"no-cache")])
+
+    async def _revoke(self, scope: Scope, body: bytes, send: Send) -> None:
+        token = form(body).get("token", "")
+        if not token:
+            raise OAuthError("invalid_request", "token is required")
+        revoked = await self.auth.revoke_token(token)
+        self.rs.forget_token(token)
+        if revoked is not None:
+            self.rs.forget_grant(revoked[1])
+        await send_json(send, 200, {})
+
+    async def _register(self, scope: Scope, body: bytes, send: Send) -> None:
+        try:
+            metadata = json.loads(body)
+        except ValueError:
+            raise OAuthError("invalid_client_metadata", "the body must be a JSON object") from None
+        if not isinstance(metadata, dict):
+            raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
+        await send_json(send, 201, await self.auth.register_client(metadata))
+
+
+def _cookie(raw: str, name: str) -> str | None:
+    for part in raw.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
