@@ -72,6 +72,7 @@ class StreamEvent:
     """One SSE event: a JSON-RPC message, a priming event, a keep-alive comment or the final error."""
 
     data: dict[str, Any] | None = None
+    text: str | None = None  # raw data instead of JSON (the legacy transport's endpoint event)
     event_id: str | None = None
     event: str | None = None
     retry_ms: int | None = None

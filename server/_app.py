@@ -302,7 +302,10 @@ class Steward:
                 params,
                 required,
                 annotations,
-                any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()),
+                any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD
+                    for p in inspect.signature(fn).parameters.values()
+                ),
             )
             return fn
 

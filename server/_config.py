@@ -221,6 +221,8 @@ def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
             return None
         return _convert(setting, args[0], value, meta)
     raw = value.raw if isinstance(value, _EnvValue) else value
+    if isinstance(raw, Path):
+        raw = str(raw)
     result: Any
     if tp is bool:
         if isinstance(raw, bool):

@@ -1,0 +1,146 @@
+"""The ``steward`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from server._app import Steward
+from server._config import ConfigError, Settings, load_settings
+from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
+from server._logging import configure_logging
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steward", description="A session runtime for remote MCP servers."
+    )
+    parser.add_argument(
+        "--config", type=Path, help="a TOML configuration file (STEWARD_* variables override it)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="serve MCP (a private PostgreSQL starts when no database URL is set)"
+    )
+    serve.add_argument(
+        "--app", help="the application to serve, as module:attribute (default: the demo)"
+    )
+    serve.add_argument(
+        "--ready-file", type=Path, help="write the URLs as JSON here once Steward accepts requests"
+    )
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--database-url")
+    migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
+    migrate.add_argument("--data-dir", type=Path)
+    migrate.add_argument("--database-url")
+    return parser
+
+
+def load_app(spec: str | None) -> Steward:
+    if spec is None:
+        from server._demo import demo
+
+        return demo
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        msg = f"--app must be module:attribute, got {spec!r}"
+        raise ConfigError(msg)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"--app {spec!r}: cannot import {module_name!r}: {exc}"
+        raise ConfigError(msg) from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Steward):
+        msg = f"--app {spec!r}: {attribute!r} is not a Steward application"
+        raise ConfigError(msg)
+    return app
+
+
+async def _with_database(settings: Settings, fn: Any) -> None:
+    """Run ``fn(dsn)`` against the configured database, or a private cluster in the data folder."""
+    if settings.database_url:
+        await fn(settings.database_url)
+        return
+    cluster = EmbeddedPostgres(settings.data_dir / "postgres", durable=True)
+    await cluster.start()
+    try:
+        await fn(cluster.dsn("postgres"))
+    finally:
+        with trio.move_on_after(30, shield=True):
+            await cluster.stop()
+
+
+async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> None:
+    from server._node import run_node, write_ready_file
+
+    async def run(dsn: str) -> None:
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(
+                lambda task_status: run_node(settings, app, dsn=dsn, task_status=task_status)
+            )
+            if ready_file is not None:
+                write_ready_file(ready_file, node)
+            print(f"Steward is serving MCP at {node.info.mcp_url}", file=sys.stderr)
+            if node.info.dev_idp_url:
+                print(
+                    f"Development IdP (demo users alice, bob, carol) at {node.info.dev_idp_url}",
+                    file=sys.stderr,
+                )
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("Stopping…", file=sys.stderr)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    await _with_database(settings, run)
+
+
+async def _migrate(settings: Settings) -> None:
+    from actors import Store, migrate
+    from runtime import Supervisor
+
+    async def run(dsn: str) -> None:
+        store = Store(dsn)
+        from actors import store_child_spec
+
+        async with trio.open_nursery() as nursery:
+            sup = await nursery.start(Supervisor("migrate", [store_child_spec(store)]).run)
+            applied = await migrate(store)
+            print(f"applied migrations: {applied or 'none (up to date)'}")
+            await sup.stop()
+
+    await _with_database(settings, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "database_url")}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        configure_logging(settings.log_level)
+        if args.command == "serve":
+            app = load_app(args.app)
+            trio.run(_serve, settings, app, args.ready_file)
+        elif args.command == "migrate":
+            trio.run(_migrate, settings)
+    except (ConfigError, PostgresNotFound, PostgresStartError) as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""JSON-RPC dispatch of MCP methods to the operator's application.
+
+Lean on purpose: plain dicts and a few checks on the hot path (docs/protocol.md explains why no
+validation framework runs per request); what Steward sends is validated against ``mcp-types`` in
+the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from actors._sessions import UserContext
+from actors._upstream import UpstreamUnavailable
+from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
+
+__all__ = [
+    "LATEST_2025",
+    "SUPPORTED_VERSIONS",
+    "V2026",
+    "Dispatcher",
+    "RpcError",
+    "ScopeRequired",
+    "error_response",
+]
+
+log = structlog.get_logger("mcp")
+
+V2026 = "2026-07-28"
+LATEST_2025 = "2025-11-25"
+SUPPORTED_2025 = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+SUPPORTED_VERSIONS = (V2026, *SUPPORTED_2025)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+UPSTREAM_UNAVAILABLE = -32002
+RESOURCE_NOT_FOUND = -32002
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ScopeRequired(Exception):
+    """The caller lacks a scope or the tier a tool needs: HTTP 403 insufficient_scope."""
+
+    def __init__(self, needed: frozenset[str], message: str) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+def error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_dict()}
+
+
+def _content(value: Any) -> dict[str, Any]:
+    """A tool's return value as a CallToolResult."""
+    if isinstance(value, dict) and "content" in value:
+        return value
+    if isinstance(value, str):
+        return {"content": [{"type": "text", "text": value}], "isError": False}
+    if isinstance(value, list) and all(isinstance(v, dict) and "type" in v for v in value):
+        return {"content": value, "isError": False}
+    import json
+
+    return {
+        "content": [{"type": "text", "text": json.dumps(value)}],
+        "structuredContent": value if isinstance(value, dict) else {"result": value},
+        "isError": False,
+    }
+
+
+class Dispatcher:
+    """Runs one JSON-RPC request for one caller."""
+
+    def __init__(
+        self,
+        app: Steward,
+        *,
+        on_subscribe: Callable[[str | None, str, bool], None] | None = None,
+        on_log_level: Callable[[str | None, str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.on_subscribe = on_subscribe
+        self.on_log_level = on_log_level
+        self._methods: dict[
+            str, Callable[[UserContext, dict[str, Any], Any], Awaitable[dict[str, Any]]]
+        ] = {
+            "ping": self._ping,
+            "tools/list": self._tools_list,
+            "tools/call": self._tools_call,
+            "resources/list": self._resources_list,
+            "resources/templates/list": self._templates_list,
+            "resources/read": self._resources_read,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._unsubscribe,
+            "prompts/list": self._prompts_list,
+            "prompts/get": self._prompts_get,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
+
+    def knows(self, method: str) -> bool:
+        return method in self._methods
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "tools": {"listChanged": True},
+            "resources": {"subscribe": True, "listChanged": True},
+            "prompts": {"listChanged": True},
+            "logging": {},
+            "completions": {},
+        }
+
+    def server_info(self) -> dict[str, Any]:
+        return {"name": self.app.name, "version": self.app.version}
+
+    def initialize_result(self, requested: Any) -> dict[str, Any]:
+        version = requested if requested in SUPPORTED_2025 else LATEST_2025
+        result: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": self.server_info(),
+        }
+        if self.app.instructions:
+            result["instructions"] = self.app.instructions
+        return result
+
+    def discover_result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "supportedVersions": list(SUPPORTED_VERSIONS),
+            "capabilities": self.capabilities(),
+            "serverInfo": self.server_info(),
+        }
+        if self.app.instructions:
+            result["instructions"] = self.app.instructions
+        return result
+
+    async def call(
+        self, user: UserContext, method: str, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        handler = self._methods.get(method)
+        if handler is None:
+            raise RpcError(METHOD_NOT_FOUND, f"method {method!r} not found")
+        return await handler(user, params, emitter)
+
+    async def _ping(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        return {}
+
+    async def _tools_list(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        return {"tools": [t.describe() for t in self.app.tools.values()]}
+
+    async def _tools_call(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        name = params.get("name")
+        tool = self.app.tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}")
+        missing = tool.scopes - user.scopes
+        if missing:
+            raise ScopeRequired(
+                tool.scopes, f"tool {tool.name!r} needs the scopes {' '.join(sorted(missing))}"
+            )
+        if not self.app.tier_allows(user.tier, tool.min_tier):
+            raise ScopeRequired(
+                tool.scopes,
+                f"tool {tool.name!r} needs the {tool.min_tier} tier or above; this account is {user.tier}",
+            )
+        try:
+            arguments = check_arguments(tool, params.get("arguments"))
+        except InvalidArguments as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        meta = params.get("_meta") or {}
+        ctx = Context(user, emitter, meta.get("progressToken") if isinstance(meta, dict) else None)
+        try:
+            return _content(await tool.fn(ctx, **arguments))
+        except ToolError as exc:
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        except UpstreamUnavailable as exc:
+            raise RpcError(
+                UPSTREAM_UNAVAILABLE,
+                "the upstream service is temporarily unavailable; retry shortly",
+                {"retryable": True, "retryAfter": 5, "detail": str(exc)},
+            ) from None
+        except RpcError:
+            raise
+        except Exception as exc:
+            log.warning("tool_failed", tool=tool.name, error=type(exc).__name__)
+            return {
+                "content": [
+                    {
+                        "type": "text",
+                        "text": f"tool {tool.name!r} failed: {type(exc).__name__}: {exc}",
+                    }
+                ],
+                "isError": True,
+            }
+
+    async def _resources_list(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        return {"resources": [r.describe() for r in self.app.resources.values()]}
+
+    async def _templates_list(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        return {"resourceTemplates": [r.describe() for r in self.app.templates]}
+
+    async def _resources_read(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        uri = params.get("uri")
+        found = self.app.find_resource(uri) if isinstance(uri, str) else None
+        if found is None:
+            raise RpcError(RESOURCE_NOT_FOUND, f"resource {uri!r} not found", {"uri": uri})
+        resource, variables = found
+        value = await resource.fn(Context(user, emitter), **variables)
+        if isinstance(value, dict) and "contents" in value:
+            return value
+        if isinstance(value, bytes):
+            item = {
+                "uri": uri,
+                "mimeType": resource.mime_type,
+                "blob": base64.b64encode(value).decode(),
+            }
+        else:
+            item = {"uri": uri, "mimeType": resource.mime_type, "text": str(value)}
+        return {"contents": [item]}
+
+    async def _subscribe(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise RpcError(INVALID_PARAMS, "uri must be a string")
+        if self.on_subscribe is not None:
+            self.on_subscribe(user.session_id, uri, True)
+        return {}
+
+    async def _unsubscribe(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise RpcError(INVALID_PARAMS, "uri must be a string")
+        if self.on_subscribe is not None:
+            self.on_subscribe(user.session_id, uri, False)
+        return {}
+
+    async def _prompts_list(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        return {"prompts": [p.describe() for p in self.app.prompts.values()]}
+
+    async def _prompts_get(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        name = params.get("name")
+        prompt = self.app.prompts.get(name) if isinstance(name, str) else None
+        if prompt is None:
+            raise RpcError(INVALID_PARAMS, f"unknown prompt {name!r}")
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise RpcError(INVALID_PARAMS, "arguments must be an object")
+        missing = [
+            a["name"] for a in prompt.arguments if a["required"] and a["name"] not in arguments
+        ]
+        if missing:
+            raise RpcError(
+                INVALID_PARAMS, f"prompt {prompt.name!r} is missing the argument {missing[0]!r}"
+            )
+        known = {a["name"] for a in prompt.arguments}
+        value = await prompt.fn(
+            Context(user, emitter), **{k: v for k, v in arguments.items() if k in known}
+        )
+        if isinstance(value, dict) and "messages" in value:
+            return value
+        if isinstance(value, str):
+            value = [{"role": "user", "content": {"type": "text", "text": value}}]
+        return {"description": prompt.description, "messages": value}
+
+    async def _complete(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        ref = params.get("ref") or {}
+        argument = params.get("argument") or {}
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise RpcError(INVALID_PARAMS, "ref and argument must be objects")
+        key = (
+            ref.get("type"),
+            ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri"),
+        )
+        fn = self.app.completions.get(key)  # type: ignore[arg-type]
+        values: list[str] = []
+        if fn is not None:
+            values = list(
+                await fn(
+                    Context(user, emitter),
+                    argument.get("name"),
+                    argument.get("value", ""),
+                    params.get("context") or {},
+                )
+            )
+        return {
+            "completion": {
+                "values": values[:100],
+                "total": len(values),
+                "hasMore": len(values) > 100,
+            }
+        }
+
+    async def _set_level(
+        self, user: UserContext, params: dict[str, Any], emitter: Any
+    ) -> dict[str, Any]:
+        level = params.get("level")
+        levels = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+        if level not in levels:
+            raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(levels)}")
+        if self.on_log_level is not None:
+            self.on_log_level(user.session_id, level)
+        return {}

@@ -1,0 +1,270 @@
+"""One Steward node: the supervision tree of one process, assembled from the settings.
+
+root (one_for_one)
+├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
+├── store        the persistence actor
+├── sessions     dynamic supervisor of user sessions
+└── http         Hypercorn serving Steward: migrates first, started last, stopped first
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors import Store, StorePolicy, WriteQueue, migrate, store_child_spec
+from actors._auth import AuthPolicy, AuthService
+from actors._crypto import KeyRing
+from actors._sessions import SessionManager
+from actors._upstream import UpstreamClient, UpstreamConfig
+from actors._usage import TierLimit, UsageMeter
+from runtime import ChildSpec, Supervisor, SupervisorHandle
+from server._app import Steward
+from server._asgi import StewardAsgi
+from server._config import Settings
+from server._dev_idp import DevIdP
+from server._dispatch import Dispatcher
+from server._mcp_http import McpHttp
+from server._oauth import OAuthEndpoints, ResourceServer
+
+__all__ = ["Node", "NodeInfo", "bind_socket", "run_node"]
+
+log = structlog.get_logger("node")
+
+
+@attrs.frozen
+class NodeInfo:
+    node_id: str
+    base_url: str
+    mcp_url: str
+    issuer_url: str
+    dev_idp_url: str | None
+    dev_idp_control_secret: str | None = attrs.field(default=None, repr=False)
+
+    def ready_document(self) -> dict[str, Any]:
+        doc = {
+            "node_id": self.node_id,
+            "mcp_url": self.mcp_url,
+            "issuer_url": self.issuer_url,
+            "base_url": self.base_url,
+        }
+        if self.dev_idp_url is not None:
+            doc["dev_idp_url"] = self.dev_idp_url
+        return doc
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+async def serve_http(
+    app: Any,
+    sock: socket.socket,
+    graceful: float,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = HypercornConfig()
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    config.graceful_timeout = graceful
+    config.accesslog = None
+    config.errorlog = None
+    # hypercorn 0.18's trio worker races the app's last send against its own send_eof when a
+    # connection reaches keep_alive_max_requests (BusyResourceError, a lost response): keep the
+    # limit out of reach; the keep-alive timeout still recycles idle connections
+    config.keep_alive_max_requests = 2**31
+    await hypercorn_serve(app, config, task_status=task_status)
+
+
+@attrs.define(eq=False)
+class Node:
+    """Everything one node holds; tests and the admin view read it."""
+
+    settings: Settings
+    info: NodeInfo
+    store: Store
+    auth: AuthService
+    resource_server: ResourceServer
+    oauth: OAuthEndpoints
+    sessions: SessionManager
+    mcp: McpHttp
+    asgi: StewardAsgi
+    usage: UsageMeter
+    dev_idp: DevIdP | None
+    root: SupervisorHandle | None = None
+
+
+async def run_node(
+    settings: Settings,
+    app: Steward,
+    *,
+    dsn: str,
+    sock: socket.socket | None = None,
+    idp_sock: socket.socket | None = None,
+    on_ready: Callable[[Node], None] | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one node until cancelled: its tree starts left to right and stops right to left."""
+    node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sock = sock or bind_socket(settings.host, settings.port)
+    base_url = settings.public_url.rstrip("/") if settings.public_url else _url(sock)
+    resource = f"{base_url}/mcp"
+
+    dev_idp: DevIdP | None = None
+    if settings.upstream is not None:
+        u = settings.upstream
+        upstream_config = UpstreamConfig(
+            u.issuer,
+            u.authorization_endpoint,
+            u.token_endpoint,
+            u.client_id,
+            u.userinfo_endpoint,
+            u.revocation_endpoint,
+            u.client_secret,
+            u.scopes,
+            u.tier_claim,
+        )
+    elif settings.dev_idp:
+        idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
+        idp_url = _url(idp_sock)
+        dev_idp = DevIdP(idp_url)
+        upstream_config = UpstreamConfig(
+            idp_url,
+            f"{idp_url}/authorize",
+            f"{idp_url}/token",
+            "steward",
+            f"{idp_url}/userinfo",
+            f"{idp_url}/revoke",
+        )
+    else:
+        msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
+        raise ValueError(msg)
+
+    if settings.encryption_key:
+        keyring = KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key)
+    else:
+        keyring = KeyRing.load_or_create(
+            settings.data_dir / "upstream-token.key", settings.encryption_key_id
+        )
+
+    policy = StorePolicy()
+    store = Store(
+        dsn,
+        policy=policy,
+        queue=WriteQueue(
+            memory_bound=policy.memory_bound,
+            journal_path=settings.data_dir / f"store-{node_id}.journal",
+        ),
+    )
+    upstream = UpstreamClient(upstream_config)
+    auth_policy = AuthPolicy(
+        issuer=base_url,
+        resource=resource,
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+        refresh_grace=settings.refresh_grace,
+        session_ttl=settings.session_ttl,
+        scopes_supported=settings.scopes_supported,
+        default_scopes=settings.default_scopes,
+    )
+    auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
+    rs = ResourceServer(auth)
+    sessions = SessionManager(
+        store,
+        auth,
+        upstream,
+        node_id=node_id,
+        on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
+    )
+    oauth = OAuthEndpoints(auth, rs, base_url=base_url)
+    usage = UsageMeter(
+        store, {t.name: TierLimit(t.requests_per_minute, t.burst) for t in settings.tiers}
+    )
+    app.tiers = settings.tier_names()
+    mcp = McpHttp(
+        Dispatcher(app),
+        sessions,
+        rs,
+        store,
+        usage,
+        max_body=settings.max_body_bytes,
+        allowed_origins=settings.allowed_origins,
+    )
+    asgi = StewardAsgi(mcp, oauth)
+    info = NodeInfo(
+        node_id,
+        base_url,
+        resource,
+        base_url,
+        dev_idp.issuer if dev_idp else None,
+        dev_idp.control_secret if dev_idp else None,
+    )
+    node = Node(settings, info, store, auth, rs, oauth, sessions, mcp, asgi, usage, dev_idp)
+
+    async def http(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await migrate(store)
+        await _register_configured_clients(settings, auth)
+        await serve_http(asgi, sock, 3.0, task_status=task_status)
+
+    children = []
+    if dev_idp is not None:
+        assert idp_sock is not None
+        children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
+    children += [
+        store_child_spec(store),
+        sessions.child_spec(),
+        ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0),
+    ]
+    root = Supervisor("root", children, intensity=10, period=60.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            node.root = await nursery.start(root.run)
+            log.info(
+                "node_ready", node_id=node_id, mcp_url=info.mcp_url, dev_idp_url=info.dev_idp_url
+            )
+            if on_ready is not None:
+                on_ready(node)
+            task_status.started(node)
+    finally:
+        with trio.move_on_after(2, shield=True):
+            await upstream.aclose()
+
+
+async def _register_configured_clients(settings: Settings, auth: AuthService) -> None:
+    for client in settings.clients:
+        metadata: dict[str, Any] = {"redirect_uris": list(client.redirect_uris)}
+        if client.client_name:
+            metadata["client_name"] = client.client_name
+        if client.scope:
+            metadata["scope"] = client.scope
+        await auth.register_client(metadata, source="config", client_id=client.client_id)
+
+
+def write_ready_file(path: Path, node: Node) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(node.info.ready_document(), indent=2))
+    tmp.replace(path)
