@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 import structlog
+
 from server._redact import redact_secrets
 
 __all__ = ["configure_logging"]

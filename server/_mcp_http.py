@@ -465,30 +465,31 @@ class McpHttp:
                     trio.current_time() - started,
                 )
 
+        forbidden: _Reply | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             await exchange.decided.wait()
-            if not exchange.stream or not stream_ok:
-                final = exchange.final
-                if final is not None and "forbidden" in final:
-                    denied: ScopeRequired = final["forbidden"]
+            if exchange.stream and stream_ok:
+                conn = await session.open_connection(kind="post", session_id=session_id)
+                for buffered in exchange.buffer:
+                    self.emit(conn, buffered)
+                exchange.conn = conn
+                if exchange.final is not None:
+                    self.emit(conn, exchange.final, final=True)
+                await self._pump(conn, send, None, priming=session_id is not None)
+            else:
+                while exchange.final is None:  # a stream is not possible: wait for the result
+                    exchange.decided = trio.Event()
+                    await exchange.decided.wait()
+                denied = exchange.final.get("forbidden")
+                if isinstance(denied, ScopeRequired):
                     err = self.rs.insufficient_scope(denied.needed, user.scopes)
                     err.body["error_description"] = str(denied)
-                    raise _Reply(403, err.body, err.headers)
-                if final is None:  # stream not possible: wait for the result
-                    while exchange.final is None:
-                        exchange.decided = trio.Event()
-                        await exchange.decided.wait()
-                    final = exchange.final
-                await send_json(send, 200, final)
-                return
-            conn = await session.open_connection(kind="post", session_id=session_id)
-            for buffered in exchange.buffer:
-                self.emit(conn, buffered)
-            exchange.conn = conn
-            if exchange.final is not None:
-                self.emit(conn, exchange.final, final=True)
-            await self._pump(conn, send, None, priming=session_id is not None)
+                    forbidden = _Reply(403, err.body, err.headers)
+                else:
+                    await send_json(send, 200, exchange.final)
+        if forbidden is not None:
+            raise forbidden
 
     # -- SSE pumping ----------------------------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""OAuth 2.1: the authorization-server facade and the resource server, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import trio
+
+from server._redact import REDACTED, redact_secrets
+from tests.harness._pg import Cluster, psql
+from tests.harness._steward import (
+    REDIRECT_URI,
+    McpClient,
+    authorize,
+    pkce,
+    register,
+    running_node,
+    sign_in,
+)
+
+
+async def refresh(http: httpx.AsyncClient, base: str, token: str, client_id: str) -> httpx.Response:
+    return await http.post(
+        f"{base}/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id},
+    )
+
+
+async def test_metadata_documents(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        meta = (
+            await http.get(f"{node.info.base_url}/.well-known/oauth-authorization-server")
+        ).json()
+        assert meta["code_challenge_methods_supported"] == ["S256"]
+        assert meta["issuer"] == node.info.issuer_url
+        assert meta["authorization_response_iss_parameter_supported"] is True
+        assert "offline_access" not in meta["scopes_supported"]
+        for path in (
+            "/.well-known/oauth-protected-resource",
+            "/.well-known/oauth-protected-resource/mcp",
+        ):
+            prm = (await http.get(f"{node.info.base_url}{path}")).json()
+            assert prm["authorization_servers"] == [node.info.issuer_url]
+
+
+async def test_refresh_rotates_with_a_grace_window_and_reuse_revokes_the_family(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        first = await sign_in(http, node, "alice")
+        base, cid = node.info.base_url, first["client_id"]
+        second = (await refresh(http, base, first["refresh_token"], cid)).json()
+        assert second["refresh_token"] != first["refresh_token"]
+        # the answer was lost: the old token works once more within the grace window
+        again = await refresh(http, base, first["refresh_token"], cid)
+        assert again.status_code == 200
+        third = again.json()
+        # the new successor is used: from now on the old token is a replay
+        fourth = (await refresh(http, base, third["refresh_token"], cid)).json()
+        replay = await refresh(http, base, first["refresh_token"], cid)
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        assert "reuse" in replay.json()["error_description"]
+        # the whole family is revoked, including the newest tokens
+        assert (await refresh(http, base, fourth["refresh_token"], cid)).status_code == 400
+        mcp = McpClient(http, node, fourth["access_token"])
+        r = await mcp.post("ping")
+        assert r.status_code == 401
+        events = psql(fresh_db, "SELECT string_agg(kind, ',') FROM auth_events")
+        assert "refresh_reuse_detected" in events
+
+
+async def test_codes_are_one_time_and_bound_to_pkce(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        client_id = await register(http, node)
+        code, verifier = await authorize(http, node, client_id, "alice")
+        base = node.info.base_url
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+        }
+        wrong = await http.post(f"{base}/token", data={**form, "code_verifier": pkce()[0]})
+        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+        # the failed attempt used the code up: a correct verifier now finds it spent
+        again = await http.post(f"{base}/token", data={**form, "code_verifier": verifier})
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+async def test_authorize_refuses_bad_requests_without_redirecting(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        client_id = await register(http, node)
+        _, challenge = pkce()
+        good = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        cases = [
+            ({"redirect_uri": "http://127.0.0.1:9/other"}, "invalid_request"),
+            ({"client_id": "nobody"}, "invalid_client"),
+            ({"code_challenge_method": "plain"}, "invalid_request"),
+            ({"state": ""}, "invalid_request"),
+            ({"resource": "https://elsewhere.example/mcp"}, "invalid_target"),
+            ({"scope": "mcp:tools offline_access"}, "invalid_scope"),
+        ]
+        for change, error in cases:
+            r = await http.get(f"{node.info.base_url}/authorize", params={**good, **change})
+            assert r.status_code == 400, (change, r.text)
+            assert r.json()["error"] == error
+            assert "location" not in r.headers
+        bad_client = await http.post(
+            f"{node.info.base_url}/register", json={"redirect_uris": ["http://evil.example/cb"]}
+        )
+        assert (
+            bad_client.status_code == 400 and bad_client.json()["error"] == "invalid_redirect_uri"
+        )
+
+
+async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        client_id = await register(http, node)
+        await authorize(http, node, client_id, "carol")
+        # second time: no consent page, straight back to the client
+        _, challenge = pkce()
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": "again",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "login_hint": "carol",
+        }
+        r = await http.get(f"{node.info.base_url}/authorize", params=params)
+        r = await http.get(r.headers["location"])
+        r = await http.get(r.headers["location"])
+        assert r.status_code == 302 and "code=" in r.headers["location"]
+        # another user on the same client is asked, and a form without the cookie is refused
+        other = await http.get(
+            f"{node.info.base_url}/authorize", params={**params, "login_hint": "bob"}
+        )
+        other = await http.get(other.headers["location"])
+        page = await http.get(other.headers["location"])
+        assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+        assert page.headers["set-cookie"].startswith("__Host-steward_csrf=")
+        assert "Secure" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
+        fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', page.text))
+        forged = await http.post(
+            f"{node.info.base_url}/consent", data={**fields, "decision": "allow"}
+        )
+        assert forged.status_code == 403
+
+
+async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        narrow = await sign_in(http, node, "bob", scope="mcp:resources")
+        mcp = McpClient(http, node, narrow["access_token"])
+        await mcp.initialize()
+        r = await mcp.post("tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        assert r.status_code == 403
+        challenge = r.headers["www-authenticate"]
+        assert (
+            'error="insufficient_scope"' in challenge
+            and "mcp:tools" in challenge
+            and "mcp:resources" in challenge
+        )
+        free = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, free["access_token"])
+        await mcp.initialize()
+        r = await mcp.post("tools/call", {"name": "report", "arguments": {"topic": "x"}})
+        assert r.status_code == 403 and "pro tier" in r.json()["error_description"]
+
+
+async def test_tokens_in_query_strings_and_for_other_audiences_are_refused(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        r = await http.post(
+            f"{node.info.mcp_url}?access_token={tokens['access_token']}",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        )
+        assert r.status_code == 400 and "query strings" in r.json()["error_description"]
+        psql(fresh_db, "UPDATE tokens SET resource = 'https://other.example/mcp'")
+        other = await sign_in(http, node, "bob")  # this one stays ours
+        psql(
+            fresh_db,
+            "UPDATE tokens SET resource = 'https://other.example/mcp' WHERE kind = 'access' AND user_id LIKE '%|bob'",
+        )
+        r = await McpClient(http, node, other["access_token"]).post("ping")
+        assert r.status_code == 401
+
+
+async def test_revocation_ends_the_token_family(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        r = await http.post(f"{node.info.base_url}/revoke", data={"token": tokens["refresh_token"]})
+        assert r.status_code == 200
+        assert (await mcp.post("ping")).status_code == 401
+        assert (
+            await refresh(http, node.info.base_url, tokens["refresh_token"], tokens["client_id"])
+        ).status_code == 400
+        unknown = await http.post(f"{node.info.base_url}/revoke", data={"token": "never-issued"})
+        assert unknown.status_code == 200  # RFC 7009
+
+
+async def test_a_database_outage_is_503_for_new_tokens_and_cached_tokens_keep_working(
+    pg_cluster: Cluster, fresh_db: str
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=30) as http:
+        known = await sign_in(http, node, "alice")
+        stranger = await sign_in(http, node, "bob")
+        mcp = McpClient(http, node, known["access_token"])
+        await mcp.initialize()
+        await pg_cluster.stop("immediate")
+        try:
+            ok = await mcp.post("ping")
+            assert ok.status_code == 200
+            r = await McpClient(http, node, stranger["access_token"]).post("ping")
+            assert r.status_code == 503 and r.headers["retry-after"]
+        finally:
+            await pg_cluster.start()
+        late = McpClient(http, node, stranger["access_token"])
+        with trio.fail_after(20):
+            while (await late.post("tools/list")).status_code == 503:
+                await trio.sleep(0.1)
+        assert (await late.initialize())["protocolVersion"] == "2025-11-25"
+
+
+async def test_no_secret_reaches_the_audit_table(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "bob")
+        again = (
+            await refresh(http, node.info.base_url, tokens["refresh_token"], tokens["client_id"])
+        ).json()
+        await node.store.write()  # flush queued audit events
+        with trio.fail_after(5):
+            while node.store.statistics().queue_depth:
+                await trio.sleep(0.01)
+        audit = psql(fresh_db, "SELECT json_agg(a) FROM auth_events a")
+        kinds = {e["kind"] for e in json.loads(audit)}
+        assert {"sign_in", "token_issued", "token_refresh", "consent_granted"} <= kinds
+        for secret in (
+            tokens["access_token"],
+            tokens["refresh_token"],
+            again["access_token"],
+            again["refresh_token"],
+        ):
+            assert secret not in audit
+        stored = psql(fresh_db, "SELECT string_agg(encode(token_hash, 'escape'), '') FROM tokens")
+        assert tokens["access_token"] not in stored
+
+
+def test_the_log_redactor_hides_secrets() -> None:
+    event = {
+        "event": "x",
+        "access_token": "abc",
+        "headers": {"authorization": "Bearer abc", "accept": "json"},
+        "url": "https://h/cb?code=xyz&state=s1&ok=1",
+        "note": "sent Bearer eyJhbGciOi to upstream",
+        "dsn": "postgresql://u:pw@h/db",
+    }
+    out = redact_secrets(None, "info", dict(event))
+    assert out["access_token"] == REDACTED
+    assert out["headers"] == {"authorization": REDACTED, "accept": "json"}
+    assert "xyz" not in out["url"] and "ok=1" in out["url"]
+    assert "eyJhbGciOi" not in out["note"]
+    assert out["dsn"] == REDACTED
