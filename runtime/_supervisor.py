@@ -336,22 +336,39 @@ class Supervisor:
         assert self._nursery is not None
         child.incarnation += 1
         child.state = "starting"
-        child.scope = trio.CancelScope()
+        # Shielded so that an enclosing cancellation reaches children only through their
+        # supervisor, which stops them one by one in reverse start order, each bounded by its
+        # shutdown grace (a stop cancels this scope itself, which the shield does not block).
+        child.scope = trio.CancelScope(shield=True)
         child.done = trio.Event()
         child.stop_reason = None
+        # the child's scope is shielded, so a plain deadline around start() would not reach it:
+        # a watchdog cancels the child's own scope when its start grace runs out (trio#2258)
+        timed_out = False
+        watchdog = trio.CancelScope()
+        scope = child.scope
+
+        async def watch() -> None:
+            nonlocal timed_out
+            with watchdog:
+                await trio.sleep(child.spec.start_grace)
+                timed_out = True
+                scope.cancel(reason="start_timeout")
+
+        self._nursery.start_soon(watch)
         try:
-            with trio.fail_after(child.spec.start_grace):
-                face = await self._nursery.start(self._incarnation, child, child.incarnation)
-        except trio.TooSlowError:
-            child.state = "stopped"
-            msg = (
-                f"child {child.spec.id!r} of {self.name!r} did not report readiness "
-                f"within its start grace ({child.spec.start_grace}s)"
-            )
-            raise StartTimeout(msg) from None
+            face = await self._nursery.start(self._incarnation, child, child.incarnation)
         except BaseException:
             child.state = "stopped"
+            if timed_out:
+                msg = (
+                    f"child {child.spec.id!r} of {self.name!r} did not report readiness "
+                    f"within its start grace ({child.spec.start_grace}s)"
+                )
+                raise StartTimeout(msg) from None
             raise
+        finally:
+            watchdog.cancel()
         child.state = "running"
         child.started_at = trio.current_time()
         publish(ChildStarted(self.name, child.spec.id, child.started_at))

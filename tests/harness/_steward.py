@@ -194,3 +194,52 @@ def sse_messages(text: str) -> list[dict[str, Any]]:
         if data and data[0]:
             out.append(json.loads("\n".join(data)))
     return out
+
+
+class SseReader:
+    """Reads events from a streaming httpx response; keep-alive comments are skipped."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+
+    async def next(self) -> dict[str, Any] | None:
+        import json
+
+        event: dict[str, Any] = {}
+        data: list[str] = []
+        async for line in self._lines:
+            if line == "":
+                if data or event:
+                    raw = "\n".join(data)
+                    try:
+                        event["data"] = json.loads(raw) if raw.strip() else None
+                    except ValueError:
+                        event["data"] = raw
+                    return event
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "data":
+                data.append(value)
+            else:
+                event[key] = value
+        return None
+
+    async def next_message(self) -> dict[str, Any] | None:
+        """The next event that carries data (priming events are skipped)."""
+        while True:
+            event = await self.next()
+            if event is None or event.get("data") is not None:
+                return event
+
+
+@asynccontextmanager
+async def get_stream(mcp: McpClient, **headers: str) -> AsyncIterator[SseReader]:
+    async with mcp.http.stream(
+        "GET", mcp.url, headers={**mcp.headers(**headers), "accept": "text/event-stream"}
+    ) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        yield SseReader(response)
