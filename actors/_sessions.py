@@ -161,6 +161,8 @@ class Connection:
         """Send a final error event and close the stream."""
         if self.closed_reason is not None:
             return
+        # a JSON-RPC notification every MCP client understands (a custom SSE event type is
+        # dropped by some clients), marked final so the stream ends after it
         final = StreamEvent(
             {
                 "jsonrpc": "2.0",
@@ -171,7 +173,6 @@ class Connection:
                     "data": {"error": reason, "message": message},
                 },
             },
-            event="error",
             final=True,
         )
         try:

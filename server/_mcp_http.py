@@ -537,9 +537,7 @@ class McpHttp:
                     {"type": "http.response.body", "body": encode_event(event), "more_body": True}
                 )
                 if event.final:
-                    await conn.close(
-                        "complete" if event.event != "error" else conn.closed_reason or "error"
-                    )
+                    await conn.close("complete")  # keeps the reason of a close that came first
                     break
             nursery.cancel_scope.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -37,7 +37,7 @@ async def test_revoking_a_user_closes_each_of_their_streams_with_an_error_and_no
             with trio.fail_after(5):
                 for s in (s1, s2):
                     event = await s.next()
-                    assert event is not None and event["event"] == "error"
+                    assert event is not None and event["data"]["params"]["level"] == "error"
                     assert event["data"]["params"]["data"]["error"] == "revoked"
                     assert await s.next() is None  # the stream ended
             assert node.mcp.notify_resource_updated("demo://readme") == 1
@@ -158,7 +158,11 @@ async def test_a_crashing_connection_actor_closes_only_its_own_stream(fresh_db: 
                 for s in (s1, s2):
                     with trio.move_on_after(1.0):
                         event = await s.next()
-                        outcomes.append(event["event"] if event else "ended")
+                        outcomes.append(
+                            event["data"]["params"]["data"]["error"]
+                            if event and event.get("data")
+                            else "ended"
+                        )
                         continue
                     outcomes.append("open")
                 session = node.sessions.live()[0]
@@ -166,7 +170,7 @@ async def test_a_crashing_connection_actor_closes_only_its_own_stream(fresh_db: 
                 assert node.root is not None
         finally:
             faults.reset()
-        assert sorted(outcomes) == ["error", "open"]
+        assert sorted(outcomes) == ["connection_stopped", "open"]
         sessions_sup = {c.id: c for c in node.root.which_children()}["sessions"]
         assert sessions_sup.restarts == 0
         assert (await tab1.post("ping")).status_code == 200
