@@ -373,11 +373,29 @@ class UserSession:
                 "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
                 (self.grant_id, status),
             ),
+            *self.manager.publish(
+                "revoke_grant",
+                grant_id=self.grant_id,
+                user_id=self.context.user_id,
+                payload={"status": status, "message": message},
+            ),
         )
         self.close_streams(status, message)
         log.info("session_invalidated", grant_id=str(self.grant_id), status=status)
         if self._sup is not None:
             self.manager._stop_soon(self)
+
+    async def end_locally(self, status: str, message: str) -> None:
+        """Another node (or the janitor) already changed the rows: close this node's streams with
+        an error event and stop the actor."""
+        if self.invalid_reason is not None:
+            return
+        self.invalid_reason = status
+        self.manager.forget(self.grant_id, self.context.user_id)
+        self.close_streams(status, message)
+        if self._sup is not None:
+            self.manager._stop_soon(self)
+        await trio.lowlevel.checkpoint()
 
     def close_streams(self, reason: str, message: str) -> None:
         for conn in self.connections():
@@ -450,6 +468,7 @@ class SessionManager:
         node_id: str,
         policy: SessionPolicy | None = None,
         on_forget: Callable[[uuid.UUID, str], None] | None = None,
+        on_forget_user: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.auth = auth
@@ -460,6 +479,7 @@ class SessionManager:
         self._sup: SupervisorHandle | None = None
         self._hydrating: dict[uuid.UUID, trio.Event] = {}
         self._on_forget = on_forget
+        self._on_forget_user = on_forget_user
         self._nursery: trio.Nursery | None = None
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
 
@@ -679,7 +699,51 @@ class SessionManager:
                 "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
                 (grant_id, reason),
             ),
+            *self.publish(
+                "revoke_grant",
+                grant_id=grant_id,
+                payload={"status": reason, "message": message or reason},
+            ),
         )
+
+    def publish(
+        self,
+        kind: str,
+        *,
+        user_id: str | None = None,
+        grant_id: uuid.UUID | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> list[Op]:
+        """Ops that tell the other nodes (the notifier delivers them), to commit with the change."""
+        from actors._cluster import cluster_event_ops
+
+        return cluster_event_ops(
+            kind, origin=self.node_id, user_id=user_id, grant_id=grant_id, payload=payload
+        )
+
+    def forget_user(self, user_id: str) -> None:
+        for session in self.live():
+            if session.context.user_id == user_id:
+                self.forget(session.grant_id, user_id)
+        if self._on_forget_user is not None:
+            self._on_forget_user(user_id)
+
+    async def set_tier(self, user_id: str, tier: str) -> None:
+        """Change a user's tier everywhere: rows, live sessions on every node, verified-token caches."""
+        await self.store.write(
+            Op(
+                "UPDATE users SET tier = $2, updated_at = now() WHERE user_id = $1", (user_id, tier)
+            ),
+            Op(
+                "UPDATE grants SET tier = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
+                (user_id, tier),
+            ),
+            *self.publish("tier_changed", user_id=user_id, payload={"tier": tier}),
+        )
+        for session in self.live():
+            if session.context.user_id == user_id:
+                session.context = attrs.evolve(session.context, tier=tier)
+        self.forget_user(user_id)
 
     async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> None:
         """Revoke every grant of a user: each of their streams closes with an error event."""
@@ -693,10 +757,12 @@ class SessionManager:
                 "UPDATE connections SET closed_at = now(), close_reason = 'revoked' WHERE user_id = $1 AND closed_at IS NULL",
                 (user_id,),
             ),
+            *self.publish("revoke_user", user_id=user_id),
         )
         for session in self.live():
             if session.context.user_id == user_id:
-                await session.invalidate("revoked", "access was revoked")
+                await session.end_locally("revoked", "access was revoked")
+        self.forget_user(user_id)
         self.auth.audit("revoked", user_id=user_id, reason=reason)
 
     # -- upstream refresh, single flight across nodes ------------------------------------------------------

@@ -3,8 +3,11 @@
 root (one_for_one)
 ├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
 ├── store        the persistence actor
+├── schema       applies migrations before anything that reads the schema starts
 ├── sessions     dynamic supervisor of user sessions
-└── http         Hypercorn serving Steward: migrates first, started last, stopped first
+├── notifier     LISTEN/NOTIFY: other nodes' events
+├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
+└── http         Hypercorn serving Steward: started last, stopped first
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Store, StorePolicy, WriteQueue, migrate, store_child_spec
 from actors._auth import AuthPolicy, AuthService
+from actors._cluster import Janitor, Notifier
 from actors._crypto import KeyRing
 from actors._sessions import SessionManager
 from actors._upstream import UpstreamClient, UpstreamConfig
@@ -52,6 +56,7 @@ class NodeInfo:
     issuer_url: str
     dev_idp_url: str | None
     dev_idp_control_secret: str | None = attrs.field(default=None, repr=False)
+    listen_url: str = ""  # where this node's socket listens (differs from base_url behind a proxy)
 
     def ready_document(self) -> dict[str, Any]:
         doc = {
@@ -114,6 +119,8 @@ class Node:
     asgi: StewardAsgi
     usage: UsageMeter
     dev_idp: DevIdP | None
+    notifier: Notifier
+    janitor: Janitor
     root: SupervisorHandle | None = None
 
 
@@ -199,7 +206,10 @@ async def run_node(
         upstream,
         node_id=node_id,
         on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
+        on_forget_user=rs.forget_user,
     )
+    notifier = Notifier(store, sessions, node_id=node_id)
+    janitor = Janitor(store, sessions, node_id=node_id)
     oauth = OAuthEndpoints(auth, rs, base_url=base_url)
     usage = UsageMeter(
         store, {t.name: TierLimit(t.requests_per_minute, t.burst) for t in settings.tiers}
@@ -222,12 +232,32 @@ async def run_node(
         base_url,
         dev_idp.issuer if dev_idp else None,
         dev_idp.control_secret if dev_idp else None,
+        _url(sock),
     )
-    node = Node(settings, info, store, auth, rs, oauth, sessions, mcp, asgi, usage, dev_idp)
+    node = Node(
+        settings,
+        info,
+        store,
+        auth,
+        rs,
+        oauth,
+        sessions,
+        mcp,
+        asgi,
+        usage,
+        dev_idp,
+        notifier,
+        janitor,
+    )
 
-    async def http(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Migrates before anything that reads the schema starts, then holds nothing."""
         await migrate(store)
         await _register_configured_clients(settings, auth)
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def http(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_http(asgi, sock, 3.0, task_status=task_status)
 
     children = []
@@ -236,7 +266,10 @@ async def run_node(
         children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
     children += [
         store_child_spec(store),
+        ChildSpec("schema", schema, start_grace=120.0),
         sessions.child_spec(),
+        notifier.child_spec(),
+        janitor.child_spec(),
         ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0),
     ]
     root = Supervisor("root", children, intensity=10, period=60.0)

@@ -49,7 +49,7 @@ def pkce() -> tuple[str, str]:
 
 async def register(http: httpx.AsyncClient, node: Node, name: str = "test client") -> str:
     r = await http.post(
-        f"{node.info.base_url}/register",
+        f"{node.info.listen_url}/register",
         json={"redirect_uris": [REDIRECT_URI], "client_name": name},
     )
     assert r.status_code == 201, r.text
@@ -75,16 +75,17 @@ async def authorize(
     }
     if scope:
         params["scope"] = scope
-    r = await http.get(f"{node.info.base_url}/authorize", params=params)
+    r = await http.get(f"{node.info.listen_url}/authorize", params=params)
     assert r.status_code == 302, r.text
     r = await http.get(r.headers["location"])  # the development IdP signs the user in
     assert r.status_code == 302, r.text
-    r = await http.get(r.headers["location"])  # back to Steward's callback
+    callback = r.headers["location"].replace(node.info.base_url, node.info.listen_url, 1)
+    r = await http.get(callback)  # back to Steward's callback
     if r.status_code == 200:  # the consent page
         cookie = r.headers["set-cookie"].split(";")[0]
         fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
         r = await http.post(
-            f"{node.info.base_url}/consent",
+            f"{node.info.listen_url}/consent",
             data={**fields, "decision": "allow"},
             headers={"cookie": cookie, "origin": node.info.base_url},
         )
@@ -108,7 +109,7 @@ async def sign_in(
     client_id = client_id or await register(http, node)
     code, verifier = await authorize(http, node, client_id, user, scope=scope)
     r = await http.post(
-        f"{node.info.base_url}/token",
+        f"{node.info.listen_url}/token",
         data={
             "grant_type": "authorization_code",
             "code": code,
@@ -132,7 +133,7 @@ class McpClient:
 
     def __init__(self, http: httpx.AsyncClient, node: Node, token: str) -> None:
         self.http = http
-        self.url = node.info.mcp_url
+        self.url = f"{node.info.listen_url}/mcp"
         self.token = token
         self.session_id: str | None = None
         self._id = 0

@@ -1,0 +1,234 @@
+"""The notifier and the janitor: the actors that keep one node in step with the others.
+
+notifier: cross-node events (revocations, invalidations, session ends, tier changes) are rows in
+``cluster_events`` plus a NOTIFY; each node LISTENs, and after its listening connection drops it
+catches up from the last sequence number it saw, so no event is lost to a dropped connection.
+
+janitor: periodically writes this node's heartbeat, expires sessions, reaps stale connections
+and dead nodes' connections, and deletes rows past their retention.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from actors._sessions import SessionManager
+from actors._store import Op, Store, StoreUnavailable
+from runtime import Backoff, ChildSpec, fault_point
+
+__all__ = ["CHANNEL", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
+
+log = structlog.get_logger("cluster")
+
+CHANNEL = "steward_events"
+
+
+def cluster_event_ops(
+    kind: str,
+    *,
+    origin: str,
+    user_id: str | None = None,
+    grant_id: uuid.UUID | None = None,
+    payload: dict[str, Any] | None = None,
+) -> list[Op]:
+    """The ops that publish a cluster event: a row, and a NOTIFY delivered when it commits."""
+    return [
+        Op(
+            "INSERT INTO cluster_events (kind, user_id, grant_id, payload, origin_node) VALUES ($1, $2, $3, $4, $5)",
+            (kind, user_id, grant_id, payload or {}, origin),
+        ),
+        Op("SELECT pg_notify($1, $2)", (CHANNEL, kind)),
+    ]
+
+
+class Notifier:
+    """Brings other nodes' events to this node's sessions."""
+
+    def __init__(
+        self,
+        store: Store,
+        sessions: SessionManager,
+        *,
+        node_id: str,
+        reconnect: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.node_id = node_id
+        self.reconnect = reconnect or Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)
+        self.last_seq: int | None = None
+        self.applied = 0
+
+    def child_spec(self) -> ChildSpec:
+        return ChildSpec("notifier", self.run, backoff=self.reconnect, shutdown_grace=2.0)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Notifier] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self.last_seq is None:
+            self.last_seq = int(
+                await self.store.fetchval("SELECT coalesce(max(seq), 0) FROM cluster_events") or 0
+            )
+        task_status.started(self)
+        async with self.store.listen(CHANNEL) as inbox:
+            await self.catch_up()  # events committed before LISTEN took effect
+            async for _ in inbox:
+                await fault_point("notifier.deliver")
+                await self.catch_up()
+        # the listening connection was lost: crash, so the supervisor reconnects with backoff
+        # and the next incarnation catches up from last_seq
+        msg = "the LISTEN connection was lost"
+        raise StoreUnavailable(msg)
+
+    async def catch_up(self) -> int:
+        rows = await self.store.fetch(
+            "SELECT seq, kind, user_id, grant_id, payload, origin_node FROM cluster_events WHERE seq > $1 ORDER BY seq LIMIT 10000",
+            self.last_seq or 0,
+        )
+        for row in rows:
+            self.last_seq = row["seq"]
+            if row["origin_node"] == self.node_id:
+                continue
+            await self.apply(row)
+        return len(rows)
+
+    async def apply(self, row: dict[str, Any]) -> None:
+        kind = row["kind"]
+        self.applied += 1
+        log.info("cluster_event", kind=kind, origin=row["origin_node"], user_id=row["user_id"])
+        if kind == "revoke_user" and row["user_id"]:
+            for session in self.sessions.live():
+                if session.context.user_id == row["user_id"]:
+                    await session.end_locally("revoked", "access was revoked")
+            self.sessions.forget_user(row["user_id"])
+        elif kind in ("revoke_grant", "end_session", "reauth_required") and row["grant_id"]:
+            live = self.sessions.registry.lookup(row["grant_id"])
+            if live is not None:
+                await live.end_locally(
+                    row["payload"].get("status", kind),
+                    row["payload"].get("message", f"the session was ended: {kind}"),
+                )
+            self.sessions.forget(row["grant_id"], row["user_id"] or "")
+        elif kind == "tier_changed" and row["user_id"]:
+            for session in self.sessions.live():
+                if session.context.user_id == row["user_id"]:
+                    session.context = attrs.evolve(session.context, tier=row["payload"]["tier"])
+            self.sessions.forget_user(row["user_id"])
+
+
+@attrs.frozen
+class JanitorPolicy:
+    interval: float = 30.0  # between sweeps (and heartbeats)
+    stale_connection: float = 120.0  # an open connection row whose heartbeat is older is closed
+    dead_node: float = 90.0  # a node whose heartbeat is older is dead
+
+
+class Janitor:
+    def __init__(
+        self,
+        store: Store,
+        sessions: SessionManager,
+        *,
+        node_id: str,
+        policy: JanitorPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.node_id = node_id
+        self.policy = policy or JanitorPolicy()
+        self.sweeps = 0
+
+    def child_spec(self) -> ChildSpec:
+        return ChildSpec(
+            "janitor", self.run, backoff=Backoff(min=1.0, max=30.0), shutdown_grace=2.0
+        )
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Janitor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started(self)
+        while True:
+            try:
+                await self.sweep()
+            except StoreUnavailable:
+                log.warning("janitor_sweep_skipped", reason="database unreachable")
+            await trio.sleep(self.policy.interval)
+
+    async def sweep(self) -> dict[str, int]:
+        """One pass; returns what it changed, by kind."""
+        p = self.policy
+        await self.store.write(
+            Op(
+                "INSERT INTO nodes (node_id, heartbeat_at, status, info) VALUES ($1, now(), 'alive', $2) "
+                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive'",
+                (self.node_id, {"sessions": len(self.sessions.registry)}),
+            )
+        )
+
+        async def sweep(conn: Any) -> dict[str, int]:
+            expired = await conn.fetch(
+                "UPDATE grants SET status = 'expired', status_reason = 'session lifetime ended' "
+                "WHERE status IN ('active', 'refreshing') AND expires_at < now() RETURNING grant_id, user_id"
+            )
+            dead = await conn.fetch(
+                "UPDATE nodes SET status = 'dead' WHERE status = 'alive' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING node_id",
+                p.dead_node,
+            )
+            dead_conns = await conn.execute(
+                "UPDATE connections SET closed_at = now(), close_reason = 'node_dead' WHERE closed_at IS NULL AND node_id = ANY($1::text[])",
+                [r["node_id"] for r in dead],
+            )
+            stale = await conn.execute(
+                "UPDATE connections SET closed_at = now(), close_reason = 'stale' "
+                "WHERE closed_at IS NULL AND heartbeat_at < now() - make_interval(secs => $1)",
+                p.stale_connection,
+            )
+            for grant in expired:
+                await conn.execute(
+                    "UPDATE connections SET closed_at = now(), close_reason = 'expired' WHERE grant_id = $1 AND closed_at IS NULL",
+                    grant["grant_id"],
+                )
+            deleted = 0
+            for sql in _RETENTION:
+                deleted += int((await conn.execute(sql)).split()[-1])
+            return {
+                "expired_sessions": len(expired),
+                "dead_nodes": len(dead),
+                "dead_node_connections": int(dead_conns.split()[-1]),
+                "stale_connections": int(stale.split()[-1]),
+                "retention_deleted": deleted,
+                "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
+            }
+
+        result = await self.store.transact(sweep)
+        for grant_id in result.pop("_expired"):  # type: ignore[attr-defined]
+            session = self.sessions.registry.lookup(grant_id)
+            if session is not None:
+                await session.end_locally("expired", "the session's lifetime ended; sign in again")
+        self.sweeps += 1
+        if any(result.values()):
+            log.info("janitor_sweep", **result)
+        return result
+
+
+# one statement per retention rule stated in the schema's comments
+_RETENTION = (
+    "DELETE FROM grants WHERE status IN ('ended', 'revoked', 'expired', 'reauth_required') AND coalesce(ended_at, last_seen_at) < now() - interval '30 days'",
+    "DELETE FROM tokens WHERE expires_at < now() - interval '1 day'",
+    "DELETE FROM transport_sessions WHERE ended_at < now() - interval '7 days'",
+    "DELETE FROM connections WHERE closed_at < now() - interval '7 days'",
+    "DELETE FROM stream_events WHERE created_at < now() - interval '1 hour'",
+    "DELETE FROM usage_events WHERE occurred_at < now() - interval '7 days'",
+    "DELETE FROM usage_rollups WHERE minute < now() - interval '90 days'",
+    "DELETE FROM auth_events WHERE occurred_at < now() - interval '90 days'",
+    "DELETE FROM cluster_events WHERE created_at < now() - interval '1 hour'",
+    "DELETE FROM nodes WHERE status = 'dead' AND heartbeat_at < now() - interval '7 days'",
+    "DELETE FROM store_applied_ops WHERE applied_at < now() - interval '7 days'",
+    "DELETE FROM authorization_requests WHERE expires_at < now()",
+    "DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 hour'",
+)
