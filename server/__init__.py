@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server._app import Context, InvalidArguments, Steward, ToolError
 from server._config import ConfigError, Settings, load_settings
 from server._embedded_pg import (
     EmbeddedPostgres,
@@ -12,10 +13,14 @@ from server._embedded_pg import (
 
 __all__ = [
     "ConfigError",
+    "Context",
     "EmbeddedPostgres",
+    "InvalidArguments",
     "PostgresNotFound",
     "PostgresStartError",
     "Settings",
+    "Steward",
+    "ToolError",
     "find_postgres_bindir",
     "load_settings",
 ]

@@ -12,7 +12,9 @@ from actors._sessions import UserContext
 from server._demo import demo
 from server._dispatch import Dispatcher, RpcError
 
-USER = UserContext("u", uuid.uuid4(), "c", "enterprise", frozenset({"mcp:tools", "mcp:resources", "mcp:prompts"}))
+USER = UserContext(
+    "u", uuid.uuid4(), "c", "enterprise", frozenset({"mcp:tools", "mcp:resources", "mcp:prompts"})
+)
 
 
 class Quiet:
@@ -35,19 +37,32 @@ CASES: list[tuple[str, dict[str, Any], type[Any]]] = [
     ("tools/list", {}, t.ListToolsResult),
     ("tools/call", {"name": "echo", "arguments": {"text": "x"}}, t.CallToolResult),
     ("tools/call", {"name": "whoami", "arguments": {}}, t.CallToolResult),
-    ("tools/call", {"name": "count", "arguments": {"to": 2}, "_meta": {"progressToken": 1}}, t.CallToolResult),
+    (
+        "tools/call",
+        {"name": "count", "arguments": {"to": 2}, "_meta": {"progressToken": 1}},
+        t.CallToolResult,
+    ),
     ("resources/list", {}, t.ListResourcesResult),
     ("resources/templates/list", {}, t.ListResourceTemplatesResult),
     ("resources/read", {"uri": "demo://readme"}, t.ReadResourceResult),
     ("resources/read", {"uri": "demo://users/ada"}, t.ReadResourceResult),
     ("prompts/list", {}, t.ListPromptsResult),
     ("prompts/get", {"name": "greet", "arguments": {"name": "Ada"}}, t.GetPromptResult),
-    ("completion/complete", {"ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "name", "value": "a"}}, t.CompleteResult),
+    (
+        "completion/complete",
+        {
+            "ref": {"type": "ref/prompt", "name": "greet"},
+            "argument": {"name": "name", "value": "a"},
+        },
+        t.CompleteResult,
+    ),
     ("ping", {}, t.EmptyResult),
 ]
 
 
-@pytest.mark.parametrize(("method", "params", "model"), CASES, ids=[c[0] + ":" + str(i) for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("method", "params", "model"), CASES, ids=[c[0] + ":" + str(i) for i, c in enumerate(CASES)]
+)
 async def test_results_validate(method: str, params: dict[str, Any], model: type[Any]) -> None:
     emitter = Quiet()
     result = await Dispatcher(demo).call(USER, method, params, emitter)
@@ -69,7 +84,9 @@ def test_initialize_and_discover_results_validate() -> None:
 
 async def test_errors_are_json_rpc_errors() -> None:
     with pytest.raises(RpcError) as info:
-        await Dispatcher(demo).call(USER, "tools/call", {"name": "echo", "arguments": {"text": 3}}, Quiet())
+        await Dispatcher(demo).call(
+            USER, "tools/call", {"name": "echo", "arguments": {"text": 3}}, Quiet()
+        )
     error = {"jsonrpc": "2.0", "id": 1, "error": info.value.to_dict()}
     t.JSONRPCError.model_validate(error)
     assert info.value.code == -32602 and "'text'" in info.value.message

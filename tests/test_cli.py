@@ -1,0 +1,149 @@
+"""The steward command: serve an operator's app with an embedded PostgreSQL, migrate, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench._servers import obtain_token
+
+ROOT = Path(__file__).resolve().parent.parent
+STEWARD = [sys.executable, "-m", "server._cli"]
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="stw-cli-"))
+    os.chmod(folder, 0o755)
+    return folder
+
+
+def test_serve_runs_the_readme_app_on_an_embedded_database_and_stops_cleanly(
+    data_dir: Path,
+) -> None:
+    ready = data_dir / "ready.json"
+    proc = subprocess.Popen(
+        [
+            *STEWARD,
+            "serve",
+            "--app",
+            "tests.example_app:app",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir / "data"),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        doc = json.loads(ready.read_text())
+        assert set(doc) >= {"mcp_url", "issuer_url", "dev_idp_url"}
+        token = obtain_token(doc, "bob")
+        headers = {
+            "authorization": f"Bearer {token}",
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+        }
+        with httpx.Client(timeout=30) as http:
+            init = http.post(
+                doc["mcp_url"],
+                headers=headers,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                },
+            )
+            assert init.status_code == 200
+            headers["mcp-session-id"] = init.headers["mcp-session-id"]
+            call = http.post(
+                doc["mcp_url"],
+                headers=headers,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tools/call",
+                    "params": {"name": "forecast", "arguments": {"city": "Oslo"}},
+                },
+            )
+            assert (
+                call.json()["result"]["content"][0]["text"]
+                == "sunny in Oslo for 3 days (pro account)"
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    # the data folder is kept between runs: a second start finds the same database
+    assert (data_dir / "data" / "postgres" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_migrate_applies_the_schema_to_a_database_url(fresh_db: str) -> None:
+    out = subprocess.run(
+        [*STEWARD, "migrate", "--database-url", fresh_db],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "applied migrations: [1, 2, 3]" in out.stdout
+    again = subprocess.run(
+        [*STEWARD, "migrate", "--database-url", fresh_db],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "up to date" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["serve", "--app", "nowhere:app"], {}, "--app 'nowhere:app': cannot import 'nowhere'"),
+        (["serve", "--app", "tests.example_app"], {}, "--app must be module:attribute"),
+        (
+            ["serve"],
+            {"STEWARD_PORT": "eighty"},
+            "setting 'port' (environment variable STEWARD_PORT) must be an integer",
+        ),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    out = subprocess.run(
+        [*STEWARD, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
