@@ -24,7 +24,7 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
-from actors._store import Op, Store
+from actors._store import Op, Store, StoreUnavailable
 from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
 from runtime import (
     Backoff,
@@ -44,6 +44,7 @@ __all__ = [
     "SessionInvalid",
     "SessionManager",
     "SessionPolicy",
+    "SessionRestarting",
     "StreamEvent",
     "TransportSession",
     "UserContext",
@@ -92,6 +93,14 @@ class TransportSession:
     log_level: str | None
 
 
+class SessionRestarting(Exception):
+    """The session's actor is restarting; the request may be retried shortly (503)."""
+
+    def __init__(self, grant_id: uuid.UUID) -> None:
+        super().__init__(f"session {grant_id} is restarting")
+        self.grant_id = grant_id
+
+
 class SessionInvalid(Exception):
     """The grant is not active (re-authorization required, revoked, expired, ended)."""
 
@@ -110,6 +119,7 @@ class SessionPolicy:
     lease: float = 30.0  # how long a node may hold the single-flight refresh lease
     max_sessions: int = 100_000
     max_connections: int = 64  # streams per user session
+    restart_wait: float = 2.0  # how long a request waits for a restarting session before 503
     touch_interval: float = 30.0  # last_seen writes per session at most this often
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
@@ -405,14 +415,10 @@ class UserSession:
         self, *, task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED
     ) -> None:
         keeper = TokenKeeper(self)
+        # rest_for_one with the connections first: a crashing token keeper restarts alone and the
+        # streams stay (docs/sessions.md); a crashing connections supervisor takes the keeper
+        # with it, which only re-reads the tokens
         children = [
-            ChildSpec(
-                "token_keeper",
-                keeper.run,
-                restart=Restart.TRANSIENT,
-                backoff=self.manager.policy.keeper_backoff,
-                shutdown_grace=1.0,
-            ),
             ChildSpec(
                 "connections",
                 DynamicSupervisor(
@@ -421,6 +427,13 @@ class UserSession:
                     intensity=1000,
                     period=1.0,
                 ).run,
+            ),
+            ChildSpec(
+                "token_keeper",
+                keeper.run,
+                restart=Restart.TRANSIENT,
+                backoff=self.manager.policy.keeper_backoff,
+                shutdown_grace=1.0,
             ),
         ]
         sup = Supervisor(
@@ -450,6 +463,7 @@ class UserSession:
         idle = self.manager.policy.idle_timeout
         while True:
             await trio.sleep(idle / 4)
+            await fault_point("session.tick")
             if not self.connections() and trio.current_time() - self.last_active > idle:
                 log.info("session_idle_stop", grant_id=str(self.grant_id))
                 await handle.stop("idle")
@@ -561,20 +575,42 @@ class SessionManager:
                 )
             )
             raise SessionInvalid("expired")
-        session = UserSession(self, row)
         assert self._sup is not None
-        await self._sup.start_child(
-            ChildSpec(
-                str(row["grant_id"]),
-                self._session_start,
-                args=(row["grant_id"],),
-                restart=Restart.TRANSIENT,
-                shutdown_grace=3.0,
+        grant_id: uuid.UUID = row["grant_id"]
+        if any(c.id == str(grant_id) for c in self._sup.which_children()):
+            return await self._await_restart(grant_id)
+        try:
+            await self._sup.start_child(
+                ChildSpec(
+                    str(grant_id),
+                    self._session_start,
+                    args=(grant_id,),
+                    restart=Restart.TRANSIENT,
+                    shutdown_grace=3.0,
+                )
             )
-        )
-        live = self.registry.lookup(row["grant_id"])
-        log.info("session_hydrated", grant_id=str(row["grant_id"]), user_id=row["user_id"])
-        return live or session
+        except BaseExceptionGroup as group:
+            # a start that failed inside the session's own nursery: surface the cause
+            if group.subgroup(StoreUnavailable) is not None:
+                raise StoreUnavailable("the database is unreachable") from group
+            if group.subgroup(SessionInvalid) is not None:
+                raise SessionInvalid("unknown_session") from group
+            raise
+        live = self.registry.lookup(grant_id)
+        if live is None:
+            raise SessionRestarting(grant_id)
+        log.info("session_hydrated", grant_id=str(grant_id), user_id=row["user_id"])
+        return live
+
+    async def _await_restart(self, grant_id: uuid.UUID) -> UserSession:
+        """The session's actor is between incarnations (restarting with backoff): wait a little."""
+        with trio.move_on_after(self.policy.restart_wait):
+            while True:
+                live = self.registry.lookup(grant_id)
+                if live is not None:
+                    return live
+                await trio.sleep(0.02)
+        raise SessionRestarting(grant_id)
 
     async def _session_start(
         self,

@@ -133,10 +133,20 @@ class EmbeddedPostgres:
         bindir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
+        self.port = port or self._running_port() or free_port()
         self.durable = durable
         self.bindir = bindir or find_postgres_bindir()
         self._as_root = os.geteuid() == 0
+
+    def _running_port(self) -> int | None:
+        """A cluster left running in this folder (its owner was killed): reuse it on its port."""
+        try:
+            lines = (self.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError, IndexError):
+            return None
+        return port if stat.rsplit(")", 1)[-1].split()[0] != "Z" else None
 
     @property
     def pgdata(self) -> Path:

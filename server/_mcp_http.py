@@ -21,6 +21,7 @@ from actors._sessions import (
     Connection,
     SessionInvalid,
     SessionManager,
+    SessionRestarting,
     StreamEvent,
     UserContext,
     UserSession,
@@ -251,6 +252,12 @@ class McpHttp:
             raise _Reply(
                 503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"5")]
             ) from None
+        except SessionRestarting:
+            body = {
+                "error": "temporarily_unavailable",
+                "error_description": "the session is restarting",
+            }
+            raise _Reply(503, body, [(b"retry-after", b"1")]) from None
         session.touch()
         return principal, session
 

@@ -31,7 +31,7 @@ from actors import Store, StorePolicy, WriteQueue, migrate, store_child_spec
 from actors._auth import AuthPolicy, AuthService
 from actors._cluster import Janitor, Notifier
 from actors._crypto import KeyRing
-from actors._sessions import SessionManager
+from actors._sessions import SessionManager, SessionPolicy
 from actors._upstream import UpstreamClient, UpstreamConfig
 from actors._usage import TierLimit, UsageMeter
 from runtime import ChildSpec, Supervisor, SupervisorHandle
@@ -132,6 +132,8 @@ async def run_node(
     sock: socket.socket | None = None,
     idp_sock: socket.socket | None = None,
     on_ready: Callable[[Node], None] | None = None,
+    store_policy: StorePolicy | None = None,
+    session_policy: SessionPolicy | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled: its tree starts left to right and stops right to left."""
@@ -178,7 +180,7 @@ async def run_node(
             settings.data_dir / "upstream-token.key", settings.encryption_key_id
         )
 
-    policy = StorePolicy()
+    policy = store_policy or StorePolicy()
     store = Store(
         dsn,
         policy=policy,
@@ -207,6 +209,7 @@ async def run_node(
         node_id=node_id,
         on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
         on_forget_user=rs.forget_user,
+        policy=session_policy,
     )
     notifier = Notifier(store, sessions, node_id=node_id)
     janitor = Janitor(store, sessions, node_id=node_id)

@@ -26,12 +26,26 @@ REDIRECT_URI = "http://127.0.0.1:9/callback"
 
 
 @asynccontextmanager
-async def running_node(dsn: str, app: Steward = demo, **overrides: Any) -> AsyncIterator[Node]:
+async def running_node(
+    dsn: str,
+    app: Steward = demo,
+    *,
+    store_policy: Any = None,
+    session_policy: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[Node]:
     data_dir = Path(tempfile.mkdtemp(prefix="stw-node-"))
     settings = load_settings(environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides})
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(
-            lambda task_status: run_node(settings, app, dsn=dsn, task_status=task_status)
+            lambda task_status: run_node(
+                settings,
+                app,
+                dsn=dsn,
+                store_policy=store_policy,
+                session_policy=session_policy,
+                task_status=task_status,
+            )
         )
         try:
             yield node
@@ -198,36 +212,45 @@ def sse_messages(text: str) -> list[dict[str, Any]]:
 
 
 class SseReader:
-    """Reads events from a streaming httpx response; keep-alive comments are skipped."""
+    """Reads events from a streaming httpx response in a background task, so that a reader may
+    stop waiting (a timeout) without tearing the HTTP stream down. Keep-alive comments are
+    skipped; ``next()`` returns None once the stream ended."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self._lines = response.aiter_lines()
+        self._send, self._receive = trio.open_memory_channel[dict[str, Any] | None](10_000)
 
-    async def next(self) -> dict[str, Any] | None:
+    async def _pump(self) -> None:
         import json
 
         event: dict[str, Any] = {}
         data: list[str] = []
-        async for line in self._lines:
-            if line == "":
-                if data or event:
-                    raw = "\n".join(data)
-                    try:
-                        event["data"] = json.loads(raw) if raw.strip() else None
-                    except ValueError:
-                        event["data"] = raw
-                    return event
-                continue
-            if line.startswith(":"):
-                continue
-            key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if key == "data":
-                data.append(value)
-            else:
-                event[key] = value
-        return None
+        try:
+            async for line in self.response.aiter_lines():
+                if line == "":
+                    if data or event:
+                        raw = "\n".join(data)
+                        try:
+                            event["data"] = json.loads(raw) if raw.strip() else None
+                        except ValueError:
+                            event["data"] = raw
+                        await self._send.send(event)
+                    event, data = {}, []
+                    continue
+                if line.startswith(":"):
+                    continue
+                key, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if key == "data":
+                    data.append(value)
+                else:
+                    event[key] = value
+        except (httpx.HTTPError, trio.ClosedResourceError):
+            pass
+        await self._send.send(None)
+
+    async def next(self) -> dict[str, Any] | None:
+        return await self._receive.receive()
 
     async def next_message(self) -> dict[str, Any] | None:
         """The next event that carries data (priming events are skipped)."""
@@ -243,4 +266,10 @@ async def get_stream(mcp: McpClient, **headers: str) -> AsyncIterator[SseReader]
         "GET", mcp.url, headers={**mcp.headers(**headers), "accept": "text/event-stream"}
     ) as response:
         assert response.status_code == 200, (await response.aread()).decode()
-        yield SseReader(response)
+        reader = SseReader(response)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._pump)
+            try:
+                yield reader
+            finally:
+                nursery.cancel_scope.cancel()
