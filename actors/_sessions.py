@@ -11,6 +11,7 @@ See docs/sessions.md for the lifecycle and what each failure does.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import random
 import secrets
@@ -495,6 +496,7 @@ class SessionManager:
         self._on_forget = on_forget
         self._on_forget_user = on_forget_user
         self._nursery: trio.Nursery | None = None
+        self.refreshes: collections.Counter[str] = collections.Counter()  # by outcome
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
 
     def child_spec(self) -> ChildSpec:
@@ -839,9 +841,15 @@ class SessionManager:
             raise UpstreamRevoked("no upstream refresh token")
         try:
             fresh = await self.upstream.refresh(current.refresh_token)
-        except BaseException:
+        except UpstreamRevoked:
+            self.refreshes["revoked"] += 1
             await self._release(grant_id)
             raise
+        except BaseException:
+            self.refreshes["failed"] += 1
+            await self._release(grant_id)
+            raise
+        self.refreshes["ok"] += 1
         key_id, access_ct, refresh_ct = self.auth.encrypt_upstream(grant_id, fresh)
         await self.store.write(
             Op(

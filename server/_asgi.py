@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import structlog
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
-from server._http import Receive, Scope, Send, send_json
+import structlog
+from prometheus_client import CollectorRegistry
+
+from server._http import Receive, Scope, Send, send_json, send_response
 from server._mcp_http import McpHttp
+from server._metrics import RequestCounter, render_metrics
 from server._oauth import OAuthEndpoints
 
 __all__ = ["StewardAsgi"]
@@ -13,13 +18,16 @@ __all__ = ["StewardAsgi"]
 log = structlog.get_logger("asgi")
 
 _MCP_PATHS = frozenset({"/mcp", "/sse", "/messages"})
+_OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class StewardAsgi:
     def __init__(self, mcp: McpHttp, oauth: OAuthEndpoints) -> None:
         self.mcp = mcp
         self.oauth = oauth
-        self.requests = 0
+        self.requests = RequestCounter()
+        self.metrics: CollectorRegistry | None = None
+        self.readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -32,18 +40,41 @@ class StewardAsgi:
                     return
         if scope["type"] != "http":
             return
-        self.requests += 1
         path = scope["path"]
+        route = (
+            path
+            if path in _MCP_PATHS or path in _OPS_PATHS or self.oauth.handles(path)
+            else "other"
+        )
+        status = 0
+
+        async def counting_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
             if path in _MCP_PATHS:
-                await self.mcp(scope, receive, send)
+                await self.mcp(scope, receive, counting_send)
             elif self.oauth.handles(path):
-                await self.oauth(scope, receive, send)
+                await self.oauth(scope, receive, counting_send)
             elif path == "/healthz":
-                await send_json(send, 200, {"status": "ok"})
+                await send_json(counting_send, 200, {"status": "ok"})
+            elif path == "/readyz":
+                await self._ready(counting_send)
+            elif path == "/metrics" and self.metrics is not None:
+                await send_response(
+                    counting_send,
+                    200,
+                    render_metrics(self.metrics),
+                    b"text/plain; version=0.0.4; charset=utf-8",
+                )
             else:
                 await send_json(
-                    send, 404, {"error": "not_found", "error_description": f"no endpoint at {path}"}
+                    counting_send,
+                    404,
+                    {"error": "not_found", "error_description": f"no endpoint at {path}"},
                 )
         except Exception as exc:
             # a defect: logged with its type, answered without a traceback
@@ -54,3 +85,9 @@ class StewardAsgi:
                 )
             except Exception:  # the response had already started
                 pass
+        finally:
+            self.requests.add(scope["method"], route, status)
+
+    async def _ready(self, send: Send) -> None:
+        report = await self.readiness() if self.readiness is not None else {"ready": True}
+        await send_json(send, 200 if report.get("ready") else 503, report)

@@ -27,7 +27,15 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors import Store, StorePolicy, WriteQueue, migrate, store_child_spec
+from actors import (
+    Store,
+    StorePolicy,
+    StoreUnavailable,
+    WriteQueue,
+    migrate,
+    pending_migrations,
+    store_child_spec,
+)
 from actors._auth import AuthPolicy, AuthService
 from actors._cluster import Janitor, Notifier
 from actors._crypto import KeyRing
@@ -41,6 +49,7 @@ from server._config import Settings
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
 from server._mcp_http import McpHttp
+from server._metrics import new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
 
 __all__ = ["Node", "NodeInfo", "bind_socket", "run_node"]
@@ -252,6 +261,18 @@ async def run_node(
         notifier,
         janitor,
     )
+
+    node.asgi.metrics = new_registry(node, asgi.requests)
+
+    async def readiness() -> dict[str, Any]:
+        try:
+            await store.fetchval("SELECT 1")
+            pending = [m.version for m in await pending_migrations(store)]
+        except StoreUnavailable:
+            return {"ready": False, "database": "unreachable"}
+        return {"ready": not pending, "database": "ok", "pending_migrations": pending}
+
+    asgi.readiness = readiness
 
     async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Migrates before anything that reads the schema starts, then holds nothing."""

@@ -1,0 +1,142 @@
+"""``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz``.
+
+Everything but the request counter is read when scraped, so the request path pays one dict
+increment and nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from runtime import TreeNode, tree
+
+if TYPE_CHECKING:
+    from server._node import Node
+
+__all__ = ["NodeCollector", "RequestCounter", "render_metrics"]
+
+
+class RequestCounter:
+    """HTTP requests by route and status."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
+
+    def add(self, method: str, route: str, status: int) -> None:
+        self.counts[(method, route, status)] += 1
+
+
+def _restarts(node: TreeNode, out: collections.Counter[str]) -> None:
+    for child in node.children:
+        kind = (
+            child.id
+            if child.id.count("-") != 4
+            else ("session" if node.id == "sessions" else "connection")
+        )
+        if child.restarts:
+            out[kind] += child.restarts
+        _restarts(child, out)
+
+
+class NodeCollector:
+    def __init__(self, node: Node, requests: RequestCounter) -> None:
+        self.node = node
+        self.requests = requests
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        req = CounterMetricFamily(
+            "steward_http_requests",
+            "HTTP requests by method, route and status",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), n in self.requests.counts.items():
+            req.add_metric([method, route, str(status)], n)
+        yield req
+        sessions = GaugeMetricFamily(
+            "steward_live_sessions", "live user sessions on this node by tier", labels=["tier"]
+        )
+        streams = GaugeMetricFamily(
+            "steward_live_streams",
+            "live SSE streams on this node by tier and kind",
+            labels=["tier", "kind"],
+        )
+        by_tier: collections.Counter[str] = collections.Counter()
+        by_stream: collections.Counter[tuple[str, str]] = collections.Counter()
+        for session in node.sessions.live():
+            by_tier[session.context.tier] += 1
+            for conn in session.connections():
+                by_stream[(session.context.tier, conn.kind)] += 1
+        for tier, n in by_tier.items():
+            sessions.add_metric([tier], n)
+        for (tier, kind), n in by_stream.items():
+            streams.add_metric([tier, kind], n)
+        yield sessions
+        yield streams
+        refreshes = CounterMetricFamily(
+            "steward_upstream_refreshes", "upstream token refreshes by outcome", labels=["outcome"]
+        )
+        for outcome, n in node.sessions.refreshes.items():
+            refreshes.add_metric([outcome], n)
+        yield refreshes
+        stats = node.store.statistics()
+        yield GaugeMetricFamily(
+            "steward_store_queue_depth", "writes waiting for a commit", value=stats.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "steward_store_journal_depth",
+            "write groups spilled to the journal",
+            value=stats.journal_depth,
+        )
+        yield CounterMetricFamily(
+            "steward_store_batches",
+            "transactions committed by the writer",
+            value=stats.batches_committed,
+        )
+        yield CounterMetricFamily("steward_store_ops", "ops committed", value=stats.ops_committed)
+        yield GaugeMetricFamily(
+            "steward_store_batch_size_mean", "mean ops per transaction", value=stats.mean_batch_size
+        )
+        latency = GaugeMetricFamily(
+            "steward_store_commit_latency_ms",
+            "commit latency over the recent window",
+            labels=["quantile"],
+        )
+        latency.add_metric(["0.5"], stats.commit_latency_p50_ms)
+        latency.add_metric(["0.99"], stats.commit_latency_p99_ms)
+        yield latency
+        yield GaugeMetricFamily(
+            "steward_store_connected",
+            "1 when the store is connected to PostgreSQL",
+            value=1 if stats.connected else 0,
+        )
+        restarts = CounterMetricFamily(
+            "steward_actor_restarts", "restarts of live actors by kind", labels=["kind"]
+        )
+        counted: collections.Counter[str] = collections.Counter()
+        for root in tree():
+            _restarts(root, counted)
+        for kind, n in counted.items():
+            restarts.add_metric([kind], n)
+        yield restarts
+        yield CounterMetricFamily(
+            "steward_rate_limited",
+            "requests refused by tier rate limits",
+            value=node.usage.rejected,
+        )
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    out: bytes = generate_latest(registry)
+    return out
+
+
+def new_registry(node: Node, requests: RequestCounter) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node, requests))
+    return registry
