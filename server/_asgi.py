@@ -28,6 +28,7 @@ class StewardAsgi:
         self.requests = RequestCounter()
         self.metrics: CollectorRegistry | None = None
         self.readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self.admin: Any = None  # the admin API, once the node exists
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -43,7 +44,10 @@ class StewardAsgi:
         path = scope["path"]
         route = (
             path
-            if path in _MCP_PATHS or path in _OPS_PATHS or self.oauth.handles(path)
+            if path in _MCP_PATHS
+            or path in _OPS_PATHS
+            or self.oauth.handles(path)
+            or path.startswith("/admin/")
             else "other"
         )
         status = 0
@@ -59,6 +63,8 @@ class StewardAsgi:
                 await self.mcp(scope, receive, counting_send)
             elif self.oauth.handles(path):
                 await self.oauth(scope, receive, counting_send)
+            elif self.admin is not None and self.admin.handles(path):
+                await self.admin(scope, receive, counting_send)
             elif path == "/healthz":
                 await send_json(counting_send, 200, {"status": "ok"})
             elif path == "/readyz":

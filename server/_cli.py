@@ -92,6 +92,11 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
             if ready_file is not None:
                 write_ready_file(ready_file, node)
             print(f"Steward is serving MCP at {node.info.mcp_url}", file=sys.stderr)
+            if not settings.admin_token:
+                print(
+                    f"Admin API at {node.info.base_url}/admin/api/ (token for this run: {node.admin_token})",
+                    file=sys.stderr,
+                )
             if node.info.dev_idp_url:
                 print(
                     f"Development IdP (demo users alice, bob, carol) at {node.info.dev_idp_url}",

@@ -43,6 +43,7 @@ from actors._sessions import SessionManager, SessionPolicy
 from actors._upstream import UpstreamClient, UpstreamConfig
 from actors._usage import TierLimit, UsageMeter
 from runtime import ChildSpec, Supervisor, SupervisorHandle
+from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
 from server._config import Settings
@@ -73,6 +74,7 @@ class NodeInfo:
             "mcp_url": self.mcp_url,
             "issuer_url": self.issuer_url,
             "base_url": self.base_url,
+            "admin_url": f"{self.base_url}/admin/api/",
         }
         if self.dev_idp_url is not None:
             doc["dev_idp_url"] = self.dev_idp_url
@@ -131,6 +133,7 @@ class Node:
     notifier: Notifier
     janitor: Janitor
     root: SupervisorHandle | None = None
+    admin_token: str = attrs.field(default="", repr=False)
 
 
 async def run_node(
@@ -273,6 +276,9 @@ async def run_node(
         return {"ready": not pending, "database": "ok", "pending_migrations": pending}
 
     asgi.readiness = readiness
+    admin_token = settings.admin_token or secrets.token_urlsafe(24)
+    asgi.admin = AdminApi(node, admin_token)
+    node.admin_token = admin_token
 
     async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Migrates before anything that reads the schema starts, then holds nothing."""

@@ -40,3 +40,54 @@ async def test_metrics_health_and_readiness(pg_cluster: Cluster, fresh_db: str) 
             assert (await http.get(f"{base}/healthz")).status_code == 200
         finally:
             await pg_cluster.start()
+
+
+async def test_the_admin_api_lists_sessions_and_revokes_users(fresh_db: str) -> None:
+    async with (
+        running_node(fresh_db, admin_token="admin-secret") as node,
+        httpx.AsyncClient(timeout=20) as http,
+    ):
+        base = f"{node.info.listen_url}/admin/api"
+        admin = {"authorization": "Bearer admin-secret"}
+        assert (await http.get(f"{base}/sessions")).status_code == 401
+        assert (
+            await http.get(f"{base}/sessions", headers={"authorization": "Bearer wrong"})
+        ).status_code == 401
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        sessions = (
+            await http.get(f"{base}/sessions", params={"user": "alice"}, headers=admin)
+        ).json()["sessions"]
+        assert (
+            len(sessions) == 1
+            and sessions[0]["tier"] == "free"
+            and sessions[0]["live_here"] is True
+        )
+        tree = (await http.get(f"{base}/tree", headers=admin)).json()
+        root = next(t for t in tree["trees"] if t["id"] == "root")
+        assert [c["id"] for c in root["children"]] == [
+            "dev_idp",
+            "store",
+            "schema",
+            "sessions",
+            "notifier",
+            "janitor",
+            "http",
+        ]
+        bad = await http.post(
+            f"{base}/users/set-tier",
+            json={"user_id": sessions[0]["user_id"], "tier": "platinum"},
+            headers=admin,
+        )
+        assert bad.status_code == 400 and "tier must be one of" in bad.json()["error_description"]
+        ok = await http.post(
+            f"{base}/users/revoke", json={"user_id": sessions[0]["user_id"]}, headers=admin
+        )
+        assert ok.status_code == 200
+        assert (await mcp.post("ping")).status_code == 401
+        events = (await http.get(f"{base}/events", headers=admin)).json()["events"]
+        assert "revoked" in {e["kind"] for e in events}
+        assert (
+            await http.post(f"{base}/users/revoke", content=b"[1]", headers=admin)
+        ).status_code == 400
