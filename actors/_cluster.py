@@ -10,6 +10,7 @@ and dead nodes' connections, and deletes rows past their retention.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -165,8 +166,8 @@ class Janitor:
         await self.store.write(
             Op(
                 "INSERT INTO nodes (node_id, heartbeat_at, status, info) VALUES ($1, now(), 'alive', $2) "
-                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive'",
-                (self.node_id, {"sessions": len(self.sessions.registry)}),
+                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive', info = EXCLUDED.info",
+                (self.node_id, {"sessions": len(self.sessions.registry), "pid": os.getpid()}),
             )
         )
 

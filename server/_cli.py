@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--database-url")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (nodes) sharing the port and the database"
+    )
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.add_argument("--data-dir", type=Path)
     migrate.add_argument("--database-url")
@@ -111,6 +114,121 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
     await _with_database(settings, run)
 
 
+async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: Path | None) -> None:
+    """N worker processes, each a node with its own supervision tree, on one database and one
+    port (SO_REUSEPORT). This process keeps what they share: the embedded database, the
+    development IdP and the upstream-token key."""
+    import json
+    import os
+    import secrets
+    import tempfile
+
+    from actors._crypto import KeyRing
+    from server._dev_idp import DevIdP
+    from server._node import bind_socket, serve_http
+
+    async def run(dsn: str) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        key = settings.encryption_key
+        if not key:
+            KeyRing.load_or_create(
+                settings.data_dir / "upstream-token.key", settings.encryption_key_id
+            )
+            key = (settings.data_dir / "upstream-token.key").read_text().strip()
+        probe = bind_socket(settings.host, settings.port, reuse_port=True)
+        port = probe.getsockname()[1]
+        public = settings.public_url or f"http://{settings.host}:{port}"
+        env = {
+            **os.environ,
+            "STEWARD_DATABASE_URL": dsn,
+            "STEWARD_PORT": str(port),
+            "STEWARD_PUBLIC_URL": public,
+            "STEWARD_ENCRYPTION_KEY": key,
+            "STEWARD_WORKERS": "1",
+            "STEWARD_REUSE_PORT": "true",
+            "STEWARD_ADMIN_TOKEN": settings.admin_token or secrets.token_urlsafe(24),
+        }
+        async with trio.open_nursery() as nursery:
+            idp_url = None
+            if settings.upstream is None and settings.dev_idp:
+                idp_sock = bind_socket(settings.host, settings.dev_idp_port)
+                host, idp_port = idp_sock.getsockname()[:2]
+                idp_url = f"http://{host}:{idp_port}"
+                await nursery.start(serve_http, DevIdP(idp_url), idp_sock, 1.0)
+                env.update(
+                    {
+                        "STEWARD_DEV_IDP": "false",
+                        "STEWARD_UPSTREAM__ISSUER": idp_url,
+                        "STEWARD_UPSTREAM__AUTHORIZATION_ENDPOINT": f"{idp_url}/authorize",
+                        "STEWARD_UPSTREAM__TOKEN_ENDPOINT": f"{idp_url}/token",
+                        "STEWARD_UPSTREAM__USERINFO_ENDPOINT": f"{idp_url}/userinfo",
+                        "STEWARD_UPSTREAM__REVOCATION_ENDPOINT": f"{idp_url}/revoke",
+                        "STEWARD_UPSTREAM__CLIENT_ID": "steward",
+                        "STEWARD_UPSTREAM__SCOPES": "openid,profile,email",
+                    }
+                )
+            folder = Path(tempfile.mkdtemp(prefix="steward-workers-"))
+            procs = []
+            for i in range(settings.workers):
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "server._cli",
+                    "serve",
+                    "--ready-file",
+                    str(folder / f"{i}.json"),
+                ]
+                if app_spec:
+                    cmd += ["--app", app_spec]
+                worker_env = {
+                    **env,
+                    "STEWARD_NODE_ID": f"{settings.node_id or 'node'}-{i}",
+                    "STEWARD_DATA_DIR": str(settings.data_dir / f"worker-{i}"),
+                }
+                procs.append(await trio.lowlevel.open_process(cmd, env=worker_env))
+            probe.close()
+            with trio.fail_after(120):
+                while not all((folder / f"{i}.json").exists() for i in range(settings.workers)):
+                    if any(p.returncode is not None for p in procs):
+                        msg = "a worker exited during start"
+                        raise RuntimeError(msg)
+                    await trio.sleep(0.1)
+            nodes = [
+                json.loads((folder / f"{i}.json").read_text()) for i in range(settings.workers)
+            ]
+            doc = {
+                **nodes[0],
+                "node_id": [n["node_id"] for n in nodes],
+                "workers": settings.workers,
+            }
+            if idp_url:
+                doc["dev_idp_url"] = idp_url
+            if ready_file is not None:
+                ready_file.write_text(json.dumps(doc, indent=2))
+            print(
+                f"Steward is serving MCP at {doc['mcp_url']} with {settings.workers} workers",
+                file=sys.stderr,
+            )
+            if not settings.admin_token:
+                print(
+                    f"Admin API at {doc['admin_url']} (token for this run: {env['STEWARD_ADMIN_TOKEN']})",
+                    file=sys.stderr,
+                )
+            try:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+            finally:
+                with trio.move_on_after(30, shield=True):
+                    for p in procs:
+                        p.terminate()
+                    for p in procs:
+                        await p.wait()
+                nursery.cancel_scope.cancel()
+
+    await _with_database(settings, run)
+
+
 async def _migrate(settings: Settings) -> None:
     from actors import Store, migrate
     from runtime import Supervisor
@@ -130,11 +248,16 @@ async def _migrate(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir", "database_url")}
+    overrides = {
+        k: getattr(args, k, None) for k in ("host", "port", "data_dir", "database_url", "workers")
+    }
     try:
         settings = load_settings(args.config, overrides=overrides)
         configure_logging(settings.log_level)
-        if args.command == "serve":
+        if args.command == "serve" and settings.workers > 1:
+            load_app(args.app)  # fail early, in this process, on a bad --app
+            trio.run(_serve_workers, settings, args.app, args.ready_file)
+        elif args.command == "serve":
             app = load_app(args.app)
             trio.run(_serve, settings, app, args.ready_file)
         elif args.command == "migrate":

@@ -94,6 +94,9 @@ class Settings:
         default=None, metadata={"secret": True, "help": "postgresql://… (none: embedded cluster)"}
     )
     workers: int = attrs.field(default=1, metadata={"min": 1, "max": 64})
+    reuse_port: bool = attrs.field(
+        default=False, metadata={"help": "share the port with sibling workers (set by --workers)"}
+    )
     node_id: str | None = None
     log_level: str = attrs.field(
         default="info", metadata={"choices": ("debug", "info", "warning", "error")}

@@ -81,10 +81,12 @@ class NodeInfo:
         return doc
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # sibling worker processes share the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     return sock
@@ -151,7 +153,7 @@ async def run_node(
     """Run one node until cancelled: its tree starts left to right and stops right to left."""
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    sock = sock or bind_socket(settings.host, settings.port)
+    sock = sock or bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
     base_url = settings.public_url.rstrip("/") if settings.public_url else _url(sock)
     resource = f"{base_url}/mcp"
 

@@ -1,0 +1,214 @@
+"""Three Steward nodes in three processes on one machine and one PostgreSQL (steward serve --workers 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bench._servers import obtain_token
+from tests.harness._steward import SseReader
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = "multi-admin"
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+@pytest.fixture
+def three_nodes(fresh_db: str) -> Iterator[dict[str, Any]]:
+    folder = Path(tempfile.mkdtemp(prefix="stw-multi-"))
+    os.chmod(folder, 0o755)
+    ready = folder / "ready.json"
+    env = {**os.environ, "STEWARD_ADMIN_TOKEN": ADMIN}
+    cmd = [
+        sys.executable,
+        "-m",
+        "server._cli",
+        "serve",
+        "--workers",
+        "3",
+        "--port",
+        "0",
+        "--database-url",
+        fresh_db,
+        "--data-dir",
+        str(folder / "data"),
+        "--ready-file",
+        str(ready),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        yield json.loads(ready.read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+async def initialize(url: str, token: str) -> str:
+    async with httpx.AsyncClient(timeout=20) as http:  # a fresh connection: any node may take it
+        r = await http.post(
+            url,
+            headers={**HEADERS, "authorization": f"Bearer {token}"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            },
+        )
+        assert r.status_code == 200, r.text
+        return r.headers["mcp-session-id"]
+
+
+def worker_pids(parent: int) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-P", str(parent), "-f", "server._cli serve"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+async def test_three_nodes_spread_sessions_revoke_everywhere_and_survive_a_killed_node(
+    three_nodes: dict[str, Any], fresh_db: str
+) -> None:
+    doc = three_nodes
+    url = doc["mcp_url"]
+    assert len(doc["node_id"]) == 3
+    tokens = [await trio.to_thread.run_sync(obtain_token, doc, "alice") for _ in range(9)]
+    session_ids = [await initialize(url, t) for t in tokens]
+    readers: list[tuple[httpx.AsyncClient, Any, SseReader]] = []
+    async with trio.open_nursery() as nursery:
+        for token, sid in zip(tokens, session_ids, strict=True):
+            http = httpx.AsyncClient(timeout=30)
+            headers = {
+                **HEADERS,
+                "accept": "text/event-stream",
+                "authorization": f"Bearer {token}",
+                "mcp-session-id": sid,
+                "mcp-protocol-version": "2025-11-25",
+            }
+            cm = http.stream("GET", url, headers=headers)
+            response = await cm.__aenter__()
+            assert response.status_code == 200
+            reader = SseReader(response)
+            nursery.start_soon(reader._pump)
+            readers.append((http, cm, reader))
+        for _, _, reader in readers:
+            await reader.next()  # priming
+        from tests.harness._pg import psql
+
+        nodes = psql(
+            fresh_db, "SELECT count(DISTINCT node_id) FROM connections WHERE closed_at IS NULL"
+        )
+        assert int(nodes) >= 2, "the kernel spread nine connections over fewer than two nodes"
+        user_id = psql(fresh_db, "SELECT user_id FROM users WHERE subject = 'alice'")
+        async with httpx.AsyncClient(timeout=20) as admin:
+            started = trio.current_time()
+            r = await admin.post(
+                f"{doc['admin_url']}users/revoke",
+                json={"user_id": user_id},
+                headers={"authorization": f"Bearer {ADMIN}"},
+            )
+            assert r.status_code == 200
+        with trio.fail_after(1.0):
+            for _, _, reader in readers:
+                event = await reader.next()
+                assert event is not None and event["data"]["params"]["data"]["error"] == "revoked"
+        assert trio.current_time() - started < 1.0
+        nursery.cancel_scope.cancel()
+    for http, cm, _ in readers:
+        await cm.__aexit__(None, None, None)
+        await http.aclose()
+
+
+async def test_a_killed_nodes_clients_resume_on_another(
+    three_nodes: dict[str, Any], fresh_db: str
+) -> None:
+    doc = three_nodes
+    url = doc["mcp_url"]
+    from tests.harness._pg import psql
+
+    token = await trio.to_thread.run_sync(obtain_token, doc, "bob")
+    sid = await initialize(url, token)
+    headers = {
+        **HEADERS,
+        "authorization": f"Bearer {token}",
+        "mcp-session-id": sid,
+        "mcp-protocol-version": "2025-11-25",
+    }
+    async with httpx.AsyncClient(timeout=20) as http:
+        r = await http.post(
+            url,
+            headers=headers,
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "resources/subscribe",
+                "params": {"uri": "demo://readme"},
+            },
+        )
+        assert r.status_code == 200
+    # which node holds the session's stream: open it, find the node from its row, kill that process
+    async with (
+        httpx.AsyncClient(timeout=20) as http,
+        http.stream("GET", url, headers={**headers, "accept": "text/event-stream"}) as response,
+    ):
+        reader = SseReader(response)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._pump)
+            first = await reader.next()
+            assert first is not None and first["id"]
+            node = psql(
+                fresh_db,
+                "SELECT node_id FROM connections WHERE closed_at IS NULL AND kind = 'get' ORDER BY opened_at DESC LIMIT 1",
+            )
+            pid = int(
+                psql(fresh_db, f"SELECT info->>'pid' FROM nodes WHERE node_id = '{node}'") or 0
+            )
+            assert pid, "the node row names its process"
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(10):
+                assert await reader.next() is None  # the stream broke with its node
+            nursery.cancel_scope.cancel()
+    # the client reconnects (the kernel now sends it to a live node) and resumes
+    async with (
+        httpx.AsyncClient(timeout=20) as http,
+        http.stream(
+            "GET",
+            url,
+            headers={**headers, "accept": "text/event-stream", "last-event-id": first["id"]},
+        ) as response,
+    ):
+        assert response.status_code == 200
+    async with httpx.AsyncClient(timeout=20) as http:
+        r = await http.post(
+            url,
+            headers=headers,
+            json={
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "still here"}},
+            },
+        )
+        assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "still here"
