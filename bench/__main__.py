@@ -27,7 +27,9 @@ def _markdown(results: dict[str, Any]) -> str:
                         f"| {server} | {p['workers']} | {p['sessions_per_s']} | {p['calls_per_s']} | {p['call_p50_ms']} | {p['call_p99_ms']} | {p['errors']} | {p['generator_cpu_fraction']} |"
                     )
         else:
-            lines += [f"- {k}: {v}" for k, v in result.items() if k not in ("benchmark", "taken_at")]
+            lines += [
+                f"- {k}: {v}" for k, v in result.items() if k not in ("benchmark", "taken_at")
+            ]
         if "ratios_steward_vs_peer" in result:
             lines += [
                 "",
@@ -40,13 +42,17 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("name", choices=["tool-calls", "wire-types", "all"])
+    parser.add_argument("name", choices=["tool-calls", "wire-types", "scale-out", "all"])
     parser.add_argument("--quick", action="store_true", help="short points (about 1.5 s each)")
     args = parser.parse_args()
-    from bench import tool_calls, wire_types
+    from bench import scale_out, tool_calls, wire_types
 
     duration = 1.5 if args.quick else 5.0
-    runs = {"tool-calls": lambda: tool_calls.run(duration=duration), "wire-types": wire_types.run}
+    runs = {
+        "tool-calls": lambda: tool_calls.run(duration=duration),
+        "wire-types": wire_types.run,
+        "scale-out": lambda: scale_out.run(duration=duration),
+    }
     names = list(runs) if args.name == "all" else [args.name]
     RESULTS.mkdir(exist_ok=True)
     latest_path = RESULTS / "latest.json"

@@ -25,8 +25,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pinned(cmd: list[str], core: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(core), *cmd]
     return cmd
 
@@ -82,7 +82,7 @@ def peer(json_response: bool = False, core: int = 0) -> Iterator[dict[str, Any]]
 
 
 @contextlib.contextmanager
-def steward(core: int = 0) -> Iterator[dict[str, Any]]:
+def steward(core: int | None = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
     folder = Path(tempfile.mkdtemp(prefix="stw-bench-"))
     os.chmod(folder, 0o755)
     ready = folder / "ready.json"
@@ -91,7 +91,12 @@ def steward(core: int = 0) -> Iterator[dict[str, Any]]:
     config.write_text(
         '[[tiers]]\nname = "enterprise"\nrequests_per_minute = 100000000\nburst = 1000000\n'
     )
-    env = {**os.environ, "STEWARD_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "STEWARD_LOG_LEVEL": "warning",
+        "STEWARD_ADMIN_TOKEN": "bench-admin",
+        "STEWARD_WORKERS": str(workers),
+    }
     cmd = pinned(
         [
             sys.executable,
@@ -127,6 +132,7 @@ def steward(core: int = 0) -> Iterator[dict[str, Any]]:
             "pid": proc.pid,
             "token": obtain_token(doc),
             "ready": doc,
+            "admin": "bench-admin",
         }
     finally:
         proc.terminate()
