@@ -42,16 +42,19 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("name", choices=["tool-calls", "wire-types", "scale-out", "all"])
+    parser.add_argument(
+        "name", choices=["tool-calls", "wire-types", "scale-out", "restart-recovery", "all"]
+    )
     parser.add_argument("--quick", action="store_true", help="short points (about 1.5 s each)")
     args = parser.parse_args()
-    from bench import scale_out, tool_calls, wire_types
+    from bench import restart_recovery, scale_out, tool_calls, wire_types
 
     duration = 1.5 if args.quick else 5.0
     runs = {
         "tool-calls": lambda: tool_calls.run(duration=duration),
         "wire-types": wire_types.run,
         "scale-out": lambda: scale_out.run(duration=duration),
+        "restart-recovery": lambda: restart_recovery.run(sessions=500 if args.quick else 10_000),
     }
     names = list(runs) if args.name == "all" else [args.name]
     RESULTS.mkdir(exist_ok=True)
