@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from runtime._errors import DuplicateKey
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "live_registries"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -20,6 +21,7 @@ class Registry(Generic[K, V]):
     def __init__(self, name: str = "registry") -> None:
         self.name = name
         self._entries: dict[K, V] = {}
+        _all.add(self)
 
     @contextlib.contextmanager
     def register(self, key: K, face: V) -> Iterator[V]:
@@ -47,3 +49,11 @@ class Registry(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
+
+
+_all: weakref.WeakSet[Registry[Any, Any]] = weakref.WeakSet()
+
+
+def live_registries() -> list[Registry[Any, Any]]:
+    """Every registry still alive in the process (leak checks read it)."""
+    return list(_all)

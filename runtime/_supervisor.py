@@ -384,7 +384,11 @@ class Supervisor:
         assert scope is not None and done is not None
         error: BaseException | None = None
         try:
-            with scope:
+            # every log event of this actor (and of the tasks it starts) names it
+            with (
+                scope,
+                structlog.contextvars.bound_contextvars(actor=child.spec.id, supervisor=self.name),
+            ):
                 await child.spec.start(*child.spec.args, task_status=status)
         except BaseException as exc:
             error = exc

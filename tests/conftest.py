@@ -27,3 +27,14 @@ def fresh_db(pg_cluster: Cluster) -> Iterator[str]:
         yield pg_cluster.dsn(name)
     finally:
         drop_database(pg_cluster, name)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: no supervision tree is left running and every registry is empty."""
+    yield
+    from runtime import live_registries, tree
+
+    assert tree() == [], "a supervision tree outlived its test"
+    leftover = {r.name: len(r) for r in live_registries() if len(r)}
+    assert leftover == {}, f"registries not empty after the test: {leftover}"

@@ -240,3 +240,48 @@ async def test_fault_points_raise_delay_and_hang_only_when_armed(
     assert not faults.active
     with pytest.raises(ValueError, match="arm it with error=, delay= or hang=True"):
         faults.arm("nothing")
+
+
+async def test_send_waits_for_room_when_the_mailbox_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with open_mailbox("m", 1) as (handle, inbox):
+        handle.send_nowait("first")
+        sent = trio.Event()
+
+        async def sender() -> None:
+            await handle.send("second")
+            sent.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            await trio.sleep(1.0)
+            assert not sent.is_set()  # backpressure: the sender waits
+            assert await inbox.receive() == "first"
+            await sent.wait()
+            assert await inbox.receive() == "second"
+
+
+async def test_each_actor_logs_with_its_name_bound() -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    from runtime import Supervisor
+
+    async def talker(*, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        structlog.get_logger().info("hello")
+        task_status.started(None)
+        await trio.sleep_forever()
+
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.testing.LogCapture()]
+    )
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            async with trio.open_nursery() as nursery:
+                sup = await nursery.start(Supervisor("s", [ChildSpec("talker", talker)]).run)
+                await sup.stop()
+    finally:
+        structlog.reset_defaults()
+    hello = [e for e in logs if e["event"] == "hello"]
+    assert hello and hello[0]["actor"] == "talker" and hello[0]["supervisor"] == "s"

@@ -343,3 +343,31 @@ async def test_tree_shows_nested_supervisors_with_states_and_restart_counts() ->
         }
         await outer.stop()
     assert [t for t in tree() if t.id == "outer"] == []
+
+
+async def test_intensity_escalates_through_two_levels(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """leaf exceeds its intensity → middle restarts it; middle exceeds too → top gives up."""
+    journal = Journal()
+    leaf_specs = specs(journal, "x")
+
+    async def middle(*, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        leaf = Supervisor("leaf", leaf_specs, intensity=0, period=100.0)
+        await Supervisor("middle", [ChildSpec("leaf", leaf.run)], intensity=1, period=100.0).run(
+            task_status=task_status
+        )
+
+    top = Supervisor("top", [ChildSpec("middle", middle)], intensity=0, period=100.0)
+    with subscribe_events() as sub:
+        with pytest.RaisesGroup(IntensityExceededError) as info:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(top.run)
+                for _ in range(
+                    3
+                ):  # leaf fails: middle restarts leaf once, then gives up; top gives up
+                    journal.crash_now("x")
+                    await settle()
+        exceeded = [e.supervisor for e in drain(sub) if isinstance(e, IntensityExceeded)]
+    assert exceeded == ["leaf", "leaf", "middle", "top"]
+    assert "supervisor 'top' exceeded restart intensity" in str(info.value.exceptions[0])
