@@ -579,7 +579,7 @@ class SessionManager:
             raise SessionInvalid("expired")
         assert self._sup is not None
         grant_id: uuid.UUID = row["grant_id"]
-        if any(c.id == str(grant_id) for c in self._sup.which_children()):
+        if self._sup.has_child(str(grant_id)):
             return await self._await_restart(grant_id)
         try:
             await self._sup.start_child(

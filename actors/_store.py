@@ -81,7 +81,7 @@ class StorePolicy:
     """The store's bounds and durations (seconds)."""
 
     batch_max: int = 500  # ops per transaction
-    batch_window: float = 0.002  # how long the writer waits for more ops to join a batch
+    batch_window: float = 0.0  # extra wait for more ops to join a batch (0: a batch is what queued during the previous commit)
     memory_bound: int = 20_000  # queued ops held in memory before spilling to the journal
     pool_min: int = 2
     pool_max: int = 8
@@ -530,6 +530,8 @@ class Store:
             await self.queue.wait_work()
             if self.policy.batch_window > 0 and self.queue.depth < self.policy.batch_max:
                 await trio.sleep(self.policy.batch_window)
+            else:
+                await trio.lowlevel.checkpoint()  # let writers that are ready now join this batch
             batch = self.queue.peek(self.policy.batch_max)
             await fault_point("store.commit")
             started = trio.current_time()
@@ -570,8 +572,11 @@ class Store:
             self.queue.ack([entry])
 
     async def _commit(self, pool: Any, batch: list[_Entry]) -> None:
+        """One transaction for the whole batch. Consecutive ops with the same statement, across
+        entries, go to the server as one ``executemany`` (one round trip, not one per op)."""
         timeout = self.policy.command_timeout
         async with pool.acquire(timeout=self.policy.connect_timeout) as conn, conn.transaction():
+            ops: list[Op] = []
             for entry in batch:
                 if entry.journaled:
                     fresh = await conn.fetchval(
@@ -581,19 +586,19 @@ class Store:
                     )
                     if not fresh:
                         continue  # applied before a crash lost the acknowledgement
-                ops = entry.ops
-                i = 0
-                while i < len(ops):
-                    j = i + 1
-                    while j < len(ops) and ops[j].sql == ops[i].sql:
-                        j += 1
-                    if j - i == 1:
-                        await conn.execute(ops[i].sql, *ops[i].args, timeout=timeout)
-                    else:
-                        await conn.executemany(
-                            ops[i].sql, [op.args for op in ops[i:j]], timeout=timeout
-                        )
-                    i = j
+                ops.extend(entry.ops)
+            i = 0
+            while i < len(ops):
+                j = i + 1
+                while j < len(ops) and ops[j].sql == ops[i].sql:
+                    j += 1
+                if j - i == 1:
+                    await conn.execute(ops[i].sql, *ops[i].args, timeout=timeout)
+                else:
+                    await conn.executemany(
+                        ops[i].sql, [op.args for op in ops[i:j]], timeout=timeout
+                    )
+                i = j
 
 
 def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:

@@ -115,8 +115,12 @@ class SupervisorHandle:
         c = self._sup._find(id)
         return c.face if c is not None and c.state in _RUNNING else None
 
+    def has_child(self, id: str) -> bool:
+        """Whether ``id`` is a child in any state (running, restarting, stopping)."""
+        return self._sup._find(id) is not None
+
     def which_children(self) -> list[ChildInfo]:
-        return [c.info() for c in self._sup._children]
+        return [c.info() for c in self._sup._children.values()]
 
     async def start_child(self, spec: ChildSpec) -> object:
         """Start a child at run time (dynamic supervisors) and return its face."""
@@ -170,7 +174,8 @@ class Supervisor:
         self.strategy = strategy
         self.intensity = intensity
         self.period = period
-        self._children: list[_Child] = [_Child(spec) for spec in children]
+        # by id, in start order (dicts keep insertion order): O(1) lookups for dynamic supervisors
+        self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in children}
         self._handle = SupervisorHandle(self)
         self._nursery: trio.Nursery | None = None
         self._exits: collections.deque[tuple[_Child, int, Exit]] = collections.deque()
@@ -193,7 +198,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    for child in list(self._children):
+                    for child in list(self._children.values()):
                         await self._start(child)
                     task_status.started(self._handle)
                     await self._loop()
@@ -303,9 +308,10 @@ class Supervisor:
         if self.dynamic or self.strategy is Strategy.ONE_FOR_ONE:
             return [child]
         if self.strategy is Strategy.ONE_FOR_ALL:
-            return [c for c in self._children if c is child or c.state != "stopped"]
-        index = self._children.index(child)
-        return [c for c in self._children[index:] if c is child or c.state != "stopped"]
+            return [c for c in self._children.values() if c is child or c.state != "stopped"]
+        ordered = list(self._children.values())
+        index = ordered.index(child)
+        return [c for c in ordered[index:] if c is child or c.state != "stopped"]
 
     async def _restart_later(self, group: list[_Child], delay: float) -> None:
         pending = trio.CancelScope()
@@ -436,7 +442,7 @@ class Supervisor:
         publish(ChildExited(self.name, child.spec.id, exit, trio.current_time()))
 
     async def _stop_all(self, reason: str) -> None:
-        for child in reversed(self._children):
+        for child in reversed(list(self._children.values())):
             if child.state in (*_RUNNING, "stopping"):
                 await self._stop_child(child, reason)
 
@@ -459,7 +465,7 @@ class Supervisor:
                 msg = f"supervisor {self.name!r} already has a child {spec.id!r}"
                 raise SupervisionError(msg)
             child = _Child(spec)
-            self._children.append(child)
+            self._children[spec.id] = child
             try:
                 return await self._start(child)
             except BaseException:
@@ -467,18 +473,15 @@ class Supervisor:
                 raise
 
     def _find(self, id: str) -> _Child | None:
-        for child in self._children:
-            if child.spec.id == id:
-                return child
-        return None
+        return self._children.get(id)
 
     def _remove(self, child: _Child) -> None:
-        if child in self._children:
-            self._children.remove(child)
+        if self._children.get(child.spec.id) is child:
+            del self._children[child.spec.id]
 
     def _tree_node(self, state: str, restarts: int) -> TreeNode:
         nodes = []
-        for child in self._children:
+        for child in self._children.values():
             face = child.face
             if isinstance(face, SupervisorHandle) and child.state in _RUNNING:
                 nodes.append(face._sup._tree_node(child.state, child.restarts))
@@ -515,7 +518,7 @@ class DynamicSupervisor(Supervisor):
 
     async def _stop_all(self, reason: str) -> None:
         async with trio.open_nursery() as nursery:
-            for child in list(self._children):
+            for child in list(self._children.values()):
                 if child.state in (*_RUNNING, "stopping"):
                     nursery.start_soon(self._stop_child, child, reason)
 
@@ -541,7 +544,7 @@ def tree() -> list[TreeNode]:
     nested = {
         id(child.face._sup)
         for sup in _live
-        for child in sup._children
+        for child in sup._children.values()
         if isinstance(child.face, SupervisorHandle)
     }
     return [sup._tree_node("running", 0) for sup in _live if id(sup) not in nested]

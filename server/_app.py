@@ -83,6 +83,16 @@ class Context:
         )
         return result
 
+    async def close_stream(self) -> None:
+        """Close the SSE stream this request's reply travels on, without ending the request.
+
+        The client reconnects with ``Last-Event-ID`` and receives what the handler sends next
+        (SSE polling, SEP-1699); on a JSON reply or a transport without resumption it does nothing.
+        """
+        close = getattr(self._emit, "close_stream", None)
+        if close is not None:
+            await close()
+
     async def elicit(self, message: str, requested_schema: dict[str, Any]) -> dict[str, Any]:
         """Ask the user for structured input (elicitation/create) and return the answer."""
         result: dict[str, Any] = await self._emit.request(

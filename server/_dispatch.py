@@ -8,6 +8,7 @@ the tests.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,9 +17,27 @@ import structlog
 from actors._sessions import UserContext
 from actors._upstream import UpstreamUnavailable
 from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
+from server._jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RESOURCE_NOT_FOUND,
+    UPSTREAM_UNAVAILABLE,
+    RpcError,
+    error_response,
+)
 
 __all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
     "LATEST_2025",
+    "LOG_LEVELS",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "SUPPORTED_2025",
     "SUPPORTED_VERSIONS",
     "V2026",
     "Dispatcher",
@@ -34,27 +53,7 @@ LATEST_2025 = "2025-11-25"
 SUPPORTED_2025 = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 SUPPORTED_VERSIONS = (V2026, *SUPPORTED_2025)
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-UPSTREAM_UNAVAILABLE = -32002
-RESOURCE_NOT_FOUND = -32002
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_dict(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return error
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 class ScopeRequired(Exception):
@@ -65,10 +64,6 @@ class ScopeRequired(Exception):
         self.needed = needed
 
 
-def error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_dict()}
-
-
 def _content(value: Any) -> dict[str, Any]:
     """A tool's return value as a CallToolResult."""
     if isinstance(value, dict) and "content" in value:
@@ -77,8 +72,6 @@ def _content(value: Any) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": value}], "isError": False}
     if isinstance(value, list) and all(isinstance(v, dict) and "type" in v for v in value):
         return {"content": value, "isError": False}
-    import json
-
     return {
         "content": [{"type": "text", "text": json.dumps(value)}],
         "structuredContent": value if isinstance(value, dict) else {"result": value},
@@ -334,9 +327,9 @@ class Dispatcher:
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
         level = params.get("level")
-        levels = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-        if level not in levels:
-            raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(levels)}")
+        if level not in LOG_LEVELS:
+            msg = f"level must be one of {', '.join(LOG_LEVELS)}, got {level!r}"
+            raise RpcError(INVALID_PARAMS, msg)
         if self.on_log_level is not None:
             self.on_log_level(user.session_id, level)
         return {}
