@@ -1,4 +1,5 @@
-"""The top-level ASGI application: routes to the MCP endpoints, the OAuth endpoints and health."""
+"""The top-level ASGI application: ``/mcp``, the deprecated ``/sse`` + ``/messages``, the OAuth
+endpoints, admin, health and metrics; a JSON 404 for anything else."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from server._http import Receive, Scope, Send, send_json, send_response
+from server._legacy_sse import LegacySse
 from server._mcp_http import McpHttp
 from server._metrics import RequestCounter, render_metrics
 from server._oauth import OAuthEndpoints
@@ -18,12 +20,14 @@ __all__ = ["StewardAsgi"]
 log = structlog.get_logger("asgi")
 
 _MCP_PATHS = frozenset({"/mcp", "/sse", "/messages"})
+_LEGACY_PATHS = frozenset({"/sse", "/messages"})
 _OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class StewardAsgi:
     def __init__(self, mcp: McpHttp, oauth: OAuthEndpoints) -> None:
         self.mcp = mcp
+        self.legacy = LegacySse(mcp)
         self.oauth = oauth
         self.requests = RequestCounter()
         self.metrics: CollectorRegistry | None = None
@@ -59,8 +63,10 @@ class StewardAsgi:
             await send(message)
 
         try:
-            if path in _MCP_PATHS:
+            if path == "/mcp":
                 await self.mcp(scope, receive, counting_send)
+            elif path in _LEGACY_PATHS:
+                await self.legacy(scope, receive, counting_send)
             elif self.oauth.handles(path):
                 await self.oauth(scope, receive, counting_send)
             elif self.admin is not None and self.admin.handles(path):

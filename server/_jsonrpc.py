@@ -12,17 +12,17 @@ import json
 from typing import Any, Literal
 
 __all__ = [
+    "HEADER_MISMATCH",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "REQUEST_CANCELLED",
+    "REQUEST_TIMEOUT",
     "RESOURCE_NOT_FOUND",
     "UNSUPPORTED_VERSION",
     "UPSTREAM_UNAVAILABLE",
-    "HEADER_MISMATCH",
-    "REQUEST_TIMEOUT",
     "InvalidMessage",
     "Kind",
     "RpcError",
@@ -120,12 +120,12 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
         raise InvalidMessage(INVALID_REQUEST, msg)
     has_id = "id" in message
     request_id = message.get("id")
-    if has_id and not (type(request_id) is str or type(request_id) is int):
-        if not (request_id is None and "error" in message):  # an error answer may carry id null
-            msg = f"id must be a string or an integer, got {json.dumps(request_id)[:40]}"
-            raise InvalidMessage(INVALID_REQUEST, msg)
+    bad_id = has_id and not (type(request_id) is str or type(request_id) is int)
+    if bad_id and not (request_id is None and "error" in message):  # an error may carry id null
+        msg = f"id must be a string or an integer, got {json.dumps(request_id)[:40]}"
+        raise InvalidMessage(INVALID_REQUEST, msg)
     if message.get("jsonrpc") != "2.0":
-        msg = f"jsonrpc must be \"2.0\", got {json.dumps(message.get('jsonrpc'))[:40]}"
+        msg = f'jsonrpc must be "2.0", got {json.dumps(message.get("jsonrpc"))[:40]}'
         raise InvalidMessage(INVALID_REQUEST, msg, request_id)
     if "method" in message:
         method = message["method"]
@@ -139,6 +139,8 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
             raise InvalidMessage(INVALID_REQUEST, msg, request_id)
         return message
     if not has_id or ("result" in message) == ("error" in message):
-        msg = "a message needs a method (request or notification), or an id with a result or an error"
+        msg = (
+            "a message needs a method (request or notification), or an id with a result or an error"
+        )
         raise InvalidMessage(INVALID_REQUEST, msg, request_id)
     return message

@@ -1,16 +1,17 @@
-"""MCP over HTTP on one endpoint, both protocol eras, plus the deprecated HTTP+SSE transport.
+"""MCP Streamable HTTP on ``/mcp``, both protocol eras, chosen per request (MCP-R17).
 
-Per request (MCP-R17): ``initialize`` starts a 2025-era transport session; a request carrying
+``initialize`` starts a 2025-era transport session; a request carrying
 ``_meta["io.modelcontextprotocol/protocolVersion"]`` is a 2026-07-28 stateless request; anything
 else needs an ``Mcp-Session-Id``. A request's reply is JSON unless the handler sends something
-before its result (progress, logging, sampling, elicitation): then the reply becomes an SSE stream,
-owned by a connection actor under the user's session.
+before its result (progress, logging, sampling, elicitation): then it becomes an SSE stream owned by
+a connection actor under the user's session (docs/protocol.md, "JSON or SSE").
 """
 
 from __future__ import annotations
 
-import json
+import collections
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,21 +24,18 @@ from actors._sessions import (
     SessionManager,
     SessionRestarting,
     StreamEvent,
+    TransportSession,
     UserContext,
     UserSession,
 )
 from actors._usage import RateLimited, UsageMeter
+from runtime import MaxChildrenError
 from server._dispatch import (
-    INTERNAL_ERROR,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    PARSE_ERROR,
+    LOG_LEVELS,
     SUPPORTED_2025,
     SUPPORTED_VERSIONS,
     Dispatcher,
-    RpcError,
     ScopeRequired,
-    error_response,
 )
 from server._http import (
     BodyTooLarge,
@@ -46,13 +44,26 @@ from server._http import (
     Scope,
     Send,
     header,
-    query,
     read_body,
     send_json,
     send_response,
 )
+from server._jsonrpc import (
+    HEADER_MISMATCH,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    REQUEST_CANCELLED,
+    REQUEST_TIMEOUT,
+    UNSUPPORTED_VERSION,
+    InvalidMessage,
+    RpcError,
+    error_response,
+    notification,
+    parse_message,
+    result_response,
+)
 from server._oauth import AuthError, ResourceServer
-from server._sse import encode_event
+from server._sse import SSE_HEADERS, encode_event
 
 __all__ = ["McpHttp"]
 
@@ -60,13 +71,17 @@ log = structlog.get_logger("mcp_http")
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
-RETRY_MS = 2000
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+DEFAULT_2025 = "2025-03-26"  # MCP-R12: a request without MCP-Protocol-Version
+RETRY_MS = 1000  # the `retry:` of priming events: how soon a client reconnects a closed stream
+TAIL = 256  # events of a live request stream kept in memory, for resumption on this node
 _NAMED = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
-_UNCOUNTED = frozenset({"initialize", "ping", "tools/list", "notifications/initialized"})
+_UNCOUNTED = frozenset({"initialize", "ping", "tools/list"})
+_LISTEN_KEYS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
 
 
-class _Reply(Exception):
+class Reply(Exception):
     """A finished HTTP answer raised out of the request path."""
 
     def __init__(
@@ -77,36 +92,68 @@ class _Reply(Exception):
         self.headers = headers or []
 
 
-def _rpc_reply(status: int, request_id: Any, code: int, message: str, data: Any = None) -> _Reply:
-    return _Reply(status, error_response(request_id, RpcError(code, message, data)))
+def rpc_reply(status: int, request_id: Any, code: int, message: str, data: Any = None) -> Reply:
+    return Reply(status, error_response(request_id, RpcError(code, message, data)))
 
 
-class _Exchange:
-    """The outbound side of one request: JSON until the handler sends something first, then SSE."""
+def _unavailable(description: str = "the database is unreachable; retry shortly") -> Reply:
+    body = {"error": "temporarily_unavailable", "error_description": description}
+    return Reply(503, body, [(b"retry-after", b"5")])
 
-    def __init__(self, owner: McpHttp, request_id: Any) -> None:
+
+class Exchange:
+    """The outbound side of one request: JSON until the handler sends something first, then SSE.
+
+    Once the stream is open every message gets an event id ``<stream>:<seq>``, is kept in a
+    bounded tail (resumption on this node) and, on a 2025 transport session, stored in
+    ``stream_events`` (resumption after a restart or on another node).
+    """
+
+    def __init__(
+        self,
+        owner: McpHttp,
+        request_id: Any,
+        *,
+        session_id: str | None,
+        user_id: str,
+        log_level: str | None,
+        legacy_conn: Connection | None = None,
+    ) -> None:
         self.owner = owner
         self.request_id = request_id
+        self.session_id = session_id
+        self.user_id = user_id
+        self.log_level = log_level
+        self.legacy_conn = legacy_conn
+        self.stream_id = secrets.token_hex(8)
+        self.cancel_scope = trio.CancelScope()
         self.buffer: list[dict[str, Any]] = []
-        self.conn: Connection | None = None
         self.final: dict[str, Any] | None = None
+        self.denied: ScopeRequired | None = None
         self.decided = trio.Event()
-        self.stream = False
-        self.min_log_level: str | None = None
+        self.attached = trio.Event()
+        self.conn: Connection | None = None
+        self.seq = 0
+        self.tail: collections.deque[tuple[int, dict[str, Any], bool]] = collections.deque(
+            maxlen=TAIL
+        )
+        self.close_requested = False
 
-    def _out(self, message: dict[str, Any]) -> None:
-        if self.conn is not None:
-            self.owner.emit(self.conn, message)
-        else:
-            self.buffer.append(message)
-            self.stream = True
-            self.decided.set()
+    # -- what the handler's Context calls ------------------------------------------------------------
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
-        self._out({"jsonrpc": "2.0", "method": method, "params": params})
+        self._out(notification(method, params))
         await trio.lowlevel.checkpoint()
 
     async def log(self, params: dict[str, Any]) -> None:
+        level = params.get("level")
+        if (
+            self.log_level in LOG_LEVELS
+            and level in LOG_LEVELS
+            and LOG_LEVELS.index(level) < LOG_LEVELS.index(self.log_level)
+        ):
+            await trio.lowlevel.checkpoint()
+            return
         await self.notify("notifications/message", params)
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -117,27 +164,102 @@ class _Exchange:
             with trio.fail_after(self.owner.client_request_timeout):
                 await slot[0].wait()
         except trio.TooSlowError:
-            raise RpcError(INTERNAL_ERROR, f"the client did not answer {method} in time") from None
+            msg = f"the client did not answer {method} within {self.owner.client_request_timeout}s"
+            raise RpcError(REQUEST_TIMEOUT, msg) from None
         finally:
             self.owner.pending.pop(request_id, None)
         answer = slot[1]
         if "error" in answer:
-            raise RpcError(
-                INTERNAL_ERROR, f"the client refused {method}: {answer['error'].get('message')}"
-            )
-        result: dict[str, Any] = answer.get("result", {})
+            error = answer["error"] if isinstance(answer["error"], dict) else {}
+            msg = f"the client refused {method}: {error.get('message')}"
+            raise RpcError(error.get("code", INVALID_REQUEST), msg)
+        result: dict[str, Any] = answer.get("result") or {}
         return result
 
-    def finish(self, message: dict[str, Any]) -> None:
+    async def close_stream(self) -> None:
+        """SEP-1699 polling: end the HTTP response now; the client resumes with Last-Event-ID."""
+        if self.session_id is None or self.legacy_conn is not None:
+            return
+        if self.buffer and not self.attached.is_set():
+            await self.attached.wait()
         if self.conn is not None:
-            self.owner.emit(self.conn, message, final=True)
+            await self.conn.close("reconnect")
         else:
-            self.final = message
+            self.close_requested = True
+
+    # -- the transport's side ------------------------------------------------------------------------
+
+    def _out(self, message: dict[str, Any], *, final: bool = False) -> None:
+        if self.legacy_conn is not None:
+            self.owner.emit(self.legacy_conn, message)
+        elif self.attached.is_set():
+            self._event(message, final)
+        else:
+            if final:
+                self.final = message
+            else:
+                self.buffer.append(message)
+            self.decided.set()
+
+    def next_id(self) -> str:
+        self.seq += 1
+        return f"{self.stream_id}:{self.seq}"
+
+    def _event(self, message: dict[str, Any], final: bool) -> None:
+        event_id = self.next_id()
+        self.tail.append((self.seq, message, final))
+        if self.session_id is not None:
+            self.owner.store_event(self.session_id, self.stream_id, self.seq, self.user_id, message)
+        conn = self.conn
+        if conn is not None and conn.closed_reason is None:
+            conn.send_nowait(StreamEvent(message, event_id=event_id, final=final))
+
+    def attach(self, conn: Connection) -> None:
+        """The SSE stream is open: flush what was buffered, in order."""
+        self.conn = conn
+        self.attached.set()
+        for message in self.buffer:
+            self._event(message, False)
+        self.buffer.clear()
+        if self.final is not None:
+            self._event(self.final, True)
+
+    def resume(self, conn: Connection, after: int) -> None:
+        """A client reconnected to this stream: replay what it missed, then continue on ``conn``."""
+        for seq, message, final in self.tail:
+            if seq > after:
+                conn.send_nowait(
+                    StreamEvent(message, event_id=f"{self.stream_id}:{seq}", final=final)
+                )
+        self.conn = conn
+
+    def finish(self, message: dict[str, Any]) -> None:
+        self._out(message, final=True)
+
+    def deny(self, exc: ScopeRequired) -> None:
+        if self.attached.is_set() or self.legacy_conn is not None:
+            msg = f"insufficient_scope: {exc}"
+            self.finish(error_response(self.request_id, RpcError(INVALID_REQUEST, msg)))
+        else:
+            self.denied = exc
+            self.decided.set()
+
+    def cancelled(self) -> None:
+        """The client cancelled: send no response (a JSON reply, already owed, says so)."""
+        if self.legacy_conn is not None:
+            return
+        if self.attached.is_set():
+            conn = self.conn
+            if conn is not None and conn.closed_reason is None:
+                conn.send_nowait(StreamEvent(comment="cancelled", final=True))
+        else:
+            msg = "the request was cancelled"
+            self.final = error_response(self.request_id, RpcError(REQUEST_CANCELLED, msg))
             self.decided.set()
 
 
 class McpHttp:
-    """The ``/mcp``, ``/sse`` and ``/messages`` endpoints."""
+    """The ``/mcp`` endpoint (and the plumbing the deprecated ``/sse`` transport shares)."""
 
     def __init__(
         self,
@@ -151,6 +273,8 @@ class McpHttp:
         allowed_origins: tuple[str, ...] = (),
         client_request_timeout: float = 60.0,
         max_pending: int = 10_000,
+        max_inflight: int = 10_000,
+        max_remembered: int = 50_000,
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
@@ -161,39 +285,62 @@ class McpHttp:
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
         self.client_request_timeout = client_request_timeout
         self.max_pending = max_pending
+        self.max_inflight = max_inflight
+        self.max_remembered = max_remembered
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
+        self.inflight: dict[tuple[str, Any], Exchange] = {}  # (caller key, request id)
+        self.live_streams: dict[tuple[str, str], Exchange] = {}  # (session, stream) -> request
         self.get_streams: dict[str, Connection] = {}  # transport session -> its GET stream
         self.legacy_streams: dict[str, Connection] = {}  # legacy session -> its SSE stream
+        self.listeners: dict[Connection, dict[str, Any]] = {}  # 2026 listen streams, filters
         self.subscriptions: dict[str, set[str]] = {}  # uri -> transport sessions
+        self.log_levels: collections.OrderedDict[str, str] = collections.OrderedDict()
         dispatcher.on_subscribe = self._on_subscribe
+        dispatcher.on_log_level = self._on_log_level
 
     # -- shared plumbing ---------------------------------------------------------------------------
 
     def pending_slot(self, request_id: str) -> tuple[trio.Event, dict[str, Any]]:
         if len(self.pending) >= self.max_pending:
-            raise RpcError(INTERNAL_ERROR, "too many server requests awaiting an answer")
+            msg = f"too many server requests awaiting an answer (max_pending={self.max_pending})"
+            raise RpcError(INVALID_REQUEST, msg)
         slot: tuple[trio.Event, dict[str, Any]] = (trio.Event(), {})
         self.pending[request_id] = slot
         return slot
 
+    def store_event(
+        self, session_id: str, stream_id: str, seq: int, user_id: str, message: dict[str, Any]
+    ) -> None:
+        self.store.write_nowait(
+            Op(
+                "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                (session_id, stream_id, seq, user_id, message),
+            )
+        )
+
     def emit(self, conn: Connection, message: dict[str, Any], *, final: bool = False) -> None:
+        """Send one message on a stream that is not a request's reply (GET, legacy, listen)."""
         event_id = conn.next_event_id()
-        if conn.session_id is not None:
+        if conn.session_id is not None and conn.kind == "get":
             stream, _, seq = event_id.rpartition(":")
-            self.store.write_nowait(
-                Op(
-                    "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    (conn.session_id, stream, int(seq), conn.session.context.user_id, message),
-                )
+            self.store_event(
+                conn.session_id, stream, int(seq), conn.session.context.user_id, message
             )
         conn.send_nowait(
             StreamEvent(
                 message,
-                event_id=event_id,
+                event_id=None if conn.kind == "legacy_sse" else event_id,
                 event="message" if conn.kind == "legacy_sse" else None,
                 final=final,
             )
         )
+
+    def _remember(self, table: collections.OrderedDict[str, str], key: str, value: str) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self.max_remembered:
+            table.popitem(last=False)
 
     def _on_subscribe(self, session_id: str | None, uri: str, on: bool) -> None:
         if session_id is None:
@@ -203,346 +350,391 @@ class McpHttp:
             subscribers.add(session_id)
         else:
             subscribers.discard(session_id)
+            if not subscribers:
+                del self.subscriptions[uri]
+
+    def _on_log_level(self, session_id: str | None, level: str) -> None:
+        if session_id is None:
+            return
+        self._remember(self.log_levels, session_id, level)
+        self.store.write_nowait(
+            Op(
+                "UPDATE transport_sessions SET log_level = $2 WHERE session_id = $1",
+                (session_id, level),
+            )
+        )
+
+    def _session_stream(self, session_id: str) -> Connection | None:
+        conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
+        return conn if conn is not None and conn.closed_reason is None else None
 
     def notify_resource_updated(self, uri: str) -> int:
-        """Send notifications/resources/updated to each subscribed session's stream on this node."""
+        """Send notifications/resources/updated to each subscriber's stream on this node (one
+        stream per subscriber, MCP-R6); returns how many were sent."""
+        message = notification("notifications/resources/updated", {"uri": uri})
         sent = 0
         for session_id in self.subscriptions.get(uri, ()):
-            conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
-            if conn is not None and conn.closed_reason is None:
-                self.emit(
-                    conn,
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "notifications/resources/updated",
-                        "params": {"uri": uri},
-                    },
-                )
+            conn = self._session_stream(session_id)
+            if conn is not None:
+                self.emit(conn, message)
+                sent += 1
+        for conn, wanted in self.listeners.items():
+            if uri in (wanted.get("resourceSubscriptions") or ()):
+                self.emit(conn, message)
                 sent += 1
         return sent
 
-    def _check_origin(self, scope: Scope) -> None:
+    def notify_list_changed(self, kind: str) -> int:
+        """``notifications/{kind}/list_changed`` (tools, prompts, resources) to every session
+        stream and every listen stream that asked for it on this node."""
+        message = notification(f"notifications/{kind}/list_changed", {})
+        sent = 0
+        for conn in [*self.get_streams.values(), *self.legacy_streams.values()]:
+            if conn.closed_reason is None:
+                self.emit(conn, message)
+                sent += 1
+        for conn, wanted in self.listeners.items():
+            if wanted.get(f"{kind}ListChanged"):
+                self.emit(conn, message)
+                sent += 1
+        return sent
+
+    def check_origin(self, scope: Scope) -> None:
+        """MCP-R2: a present Origin must be allowed (loopback origins when none is configured)."""
         origin = header(scope, b"origin")
         if origin is None:
             return
         origin = origin.rstrip("/")
         if origin in self.allowed_origins:
             return
-        host = origin.split("://", 1)[-1].split(":", 1)[0].strip("[]")
-        if host in ("localhost", "127.0.0.1", "::1") and not self.allowed_origins:
+        host = origin.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        if not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1"):
             return
-        raise _Reply(
-            403, {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
-        )
+        body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
+        raise Reply(403, body)
 
-    async def _auth(self, scope: Scope) -> tuple[Any, UserSession]:
+    async def authenticate(self, scope: Scope) -> tuple[Any, UserSession]:
+        """MCP-R18: every request, each stream's opening one included, carries a valid token."""
         try:
             principal = await self.rs.authenticate(scope)
         except AuthError as exc:
-            raise _Reply(exc.status, exc.body, exc.headers) from None
+            raise Reply(exc.status, exc.body, exc.headers) from None
         try:
             session = await self.sessions.session_for(principal)
         except SessionInvalid as exc:
-            self.rs.forget_grant(principal.grant_id)
-            err = self.rs.challenge(
-                "invalid_token", f"the session is {exc.reason}; authorize again"
-            )
-            raise _Reply(err.status, err.body, err.headers) from None
+            raise self._invalid(principal.grant_id, exc) from None
         except StoreUnavailable:
-            raise _Reply(
-                503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"5")]
-            ) from None
+            raise _unavailable() from None
         except SessionRestarting:
-            body = {
-                "error": "temporarily_unavailable",
-                "error_description": "the session is restarting",
-            }
-            raise _Reply(503, body, [(b"retry-after", b"1")]) from None
+            raise Reply(
+                503,
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "the session is restarting",
+                },
+                [(b"retry-after", b"1")],
+            ) from None
         session.touch()
         return principal, session
+
+    def _invalid(self, grant_id: Any, exc: SessionInvalid) -> Reply:
+        self.rs.forget_grant(grant_id)
+        err = self.rs.challenge("invalid_token", f"the session is {exc.reason}; authorize again")
+        return Reply(err.status, err.body, err.headers)
+
+    async def open_stream(
+        self,
+        session: UserSession,
+        kind: Any,
+        session_id: str | None,
+        stream_id: str | None = None,
+    ) -> Connection:
+        try:
+            return await session.open_connection(
+                kind=kind, session_id=session_id, stream_id=stream_id
+            )
+        except SessionInvalid as exc:
+            raise self._invalid(session.grant_id, exc) from None
+        except MaxChildrenError:
+            limit = self.sessions.policy.max_connections
+            msg = f"this session already holds its maximum of {limit} streams"
+            raise Reply(429, {"error": "too_many_streams", "error_description": msg}) from None
+
+    async def transport(self, principal: Any, session_id: str) -> TransportSession:
+        """MCP-R10/R20: an unknown, ended or foreign session id is 404, never anything else."""
+        try:
+            ts = await self.sessions.transport_session(principal, session_id)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        if ts is None:
+            raise rpc_reply(404, None, INVALID_REQUEST, "Session not found")
+        return ts
+
+    async def read_message(self, receive: Receive) -> dict[str, Any]:
+        try:
+            body = await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            msg = f"the body exceeds max_body_bytes ({self.max_body} bytes)"
+            raise rpc_reply(413, None, INVALID_REQUEST, msg) from None
+        try:
+            return parse_message(body)
+        except InvalidMessage as exc:
+            raise Reply(400, error_response(exc.request_id, exc)) from None
+
+    def client_message(self, key: str, message: dict[str, Any]) -> None:
+        """A response to a server request, or a notification (cancellation) from the client."""
+        if "method" not in message:
+            slot = self.pending.get(str(message.get("id")))
+            if slot is not None:
+                slot[1].update(message)
+                slot[0].set()
+            return
+        if message["method"] == "notifications/cancelled":
+            exchange = self.inflight.get((key, message["params"].get("requestId")))
+            if exchange is not None:
+                log.info("request_cancelled", request_id=str(exchange.request_id))
+                exchange.cancel_scope.cancel()
 
     # -- the ASGI entry ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._check_origin(scope)
-            path, method = scope["path"], scope["method"]
-            if path == "/mcp":
-                if method == "POST":
-                    await self._post(scope, receive, send)
-                elif method == "GET":
-                    await self._get(scope, receive, send)
-                elif method == "DELETE":
-                    await self._delete(scope, send)
-                else:
-                    raise _Reply(
-                        405, {"error": "method_not_allowed"}, [(b"allow", b"GET, POST, DELETE")]
-                    )
-            elif path == "/sse" and method == "GET":
-                await self._legacy_get(scope, receive, send)
-            elif path == "/messages" and method == "POST":
-                await self._legacy_post(scope, receive, send)
+            self.check_origin(scope)
+            method = scope["method"]
+            if method == "POST":
+                await self._post(scope, receive, send)
+            elif method == "GET":
+                await self._get(scope, receive, send)
+            elif method == "DELETE":
+                await self._delete(scope, send)
             else:
-                raise _Reply(405, {"error": "method_not_allowed"})
-        except _Reply as reply:
+                body = {"error": "method_not_allowed", "error_description": f"{method} /mcp"}
+                raise Reply(405, body, [(b"allow", b"GET, POST, DELETE")])
+        except Reply as reply:
             await send_json(send, reply.status, reply.body, reply.headers)
         except ClientGone:
             return
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
-        try:
-            body = await read_body(receive, self.max_body)
-        except BodyTooLarge:
-            raise _rpc_reply(
-                413, None, INVALID_REQUEST, f"the body exceeds {self.max_body} bytes"
-            ) from None
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise _rpc_reply(400, None, PARSE_ERROR, "the body is not valid JSON") from None
-
     # -- POST /mcp -------------------------------------------------------------------------------------
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accept = header(scope, b"accept") or ""
         content_type = header(scope, b"content-type") or ""
-        if "application/json" not in content_type:
-            raise _rpc_reply(415, None, INVALID_REQUEST, "Content-Type must be application/json")
-        principal, session = await self._auth(scope)
-        message = await self._read_json(scope, receive)
-        if isinstance(message, list):
-            raise _rpc_reply(400, None, INVALID_REQUEST, "JSON-RPC batches are not accepted")
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            raise _rpc_reply(
-                400, None, INVALID_REQUEST, "the body must be one JSON-RPC 2.0 message"
-            )
+        if not content_type.startswith("application/json"):
+            msg = f"Content-Type must be application/json, got {content_type!r}"
+            raise rpc_reply(415, None, INVALID_REQUEST, msg)
+        principal, session = await self.authenticate(scope)
+        message = await self.read_message(receive)
+        params: dict[str, Any] = message.get("params") or {}
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and META_VERSION in meta:
+            await self._post_2026(scope, receive, send, principal, session, message, meta)
+            return
         method = message.get("method")
         request_id = message.get("id")
-        is_request = isinstance(method, str) and "id" in message
-        if method is not None and not isinstance(method, str):
-            raise _rpc_reply(400, request_id, INVALID_REQUEST, "method must be a string")
+        accept = header(scope, b"accept") or ""
         if (
-            "id" in message and not (request_id is None or isinstance(request_id, (str, int)))
-        ) or isinstance(request_id, bool):
-            raise _rpc_reply(400, None, INVALID_REQUEST, "id must be a string or a number")
-        params = message.get("params", {})
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise _rpc_reply(400, request_id, INVALID_REQUEST, "params must be an object")
-        if method is None and "result" not in message and "error" not in message:
-            raise _rpc_reply(
-                400, request_id, INVALID_REQUEST, "a message needs a method, a result or an error"
-            )
-        meta = params.get("_meta")
-        era_2026 = isinstance(meta, dict) and META_VERSION in meta
-        if is_request and (
-            "application/json" not in accept or ("text/event-stream" not in accept and not era_2026)
+            "id" in message
+            and method is not None
+            and not ("application/json" in accept and "text/event-stream" in accept)
         ):
-            raise _rpc_reply(
-                406,
-                request_id,
-                INVALID_REQUEST,
-                "Accept must list application/json and text/event-stream",
-            )
-        if era_2026:
-            await self._post_2026(scope, send, session, message, meta)  # type: ignore[arg-type]
-            return
+            msg = "Accept must list application/json and text/event-stream (MCP-R3)"
+            raise rpc_reply(406, request_id, INVALID_REQUEST, msg)
         if method == "initialize":
             await self._initialize(send, session, request_id, params)
             return
         session_id = header(scope, SESSION_HEADER)
         if session_id is None:
-            raise _rpc_reply(
-                400, request_id, INVALID_REQUEST, "Mcp-Session-Id is required (initialize first)"
-            )
-        ts = await self._transport(principal, session_id)
-        version = header(scope, VERSION_HEADER)
-        if version is not None and version not in SUPPORTED_2025:
-            raise _rpc_reply(
-                400,
-                request_id,
-                INVALID_REQUEST,
-                f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_2025)}",
-            )
-        if method is None:
-            self._client_response(message)
+            msg = "Mcp-Session-Id is required after initialize (MCP-R9)"
+            raise rpc_reply(400, request_id, INVALID_REQUEST, msg)
+        ts = await self.transport(principal, session_id)
+        version = header(scope, VERSION_HEADER) or DEFAULT_2025
+        if version not in SUPPORTED_2025:
+            msg = f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_2025)}"
+            raise rpc_reply(400, request_id, INVALID_REQUEST, msg)
+        if method is None or "id" not in message:
+            self.client_message(ts.session_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
-        if not is_request:
-            await send_response(send, 202, b"", b"application/json")
-            return
-        await self._run_request(
+        await self.run_request(
             send,
+            receive,
             session,
             session.context_for(ts.session_id),
-            ts.session_id,
             message,
+            key=ts.session_id,
+            session_id=ts.session_id,
+            log_level=self.log_levels.get(ts.session_id, ts.log_level),
             stream_ok=True,
+            cancel_on_disconnect=False,
         )
-
-    async def _transport(self, principal: Any, session_id: str) -> Any:
-        try:
-            ts = await self.sessions.transport_session(principal, session_id)
-        except StoreUnavailable:
-            raise _Reply(
-                503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"5")]
-            ) from None
-        if ts is None:
-            raise _rpc_reply(404, None, INVALID_REQUEST, "Session not found")
-        return ts
-
-    def _client_response(self, message: dict[str, Any]) -> None:
-        slot = self.pending.get(str(message.get("id")))
-        if slot is not None:
-            slot[1].update(message)
-            slot[0].set()
 
     async def _initialize(
         self, send: Send, session: UserSession, request_id: Any, params: dict[str, Any]
     ) -> None:
         result = self.dispatcher.initialize_result(params.get("protocolVersion"))
-        client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-        capabilities = (
-            params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
-        )
+        client_info = params.get("clientInfo")
+        capabilities = params.get("capabilities")
         try:
             session_id = await self.sessions.create_transport_session(
                 session,
                 protocol_version=result["protocolVersion"],
-                client_info=client_info or {},
-                capabilities=capabilities or {},
+                client_info=client_info if isinstance(client_info, dict) else {},
+                capabilities=capabilities if isinstance(capabilities, dict) else {},
             )
         except StoreUnavailable:
-            raise _Reply(
-                503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"5")]
-            ) from None
+            raise _unavailable() from None
         await send_json(
-            send,
-            200,
-            {"jsonrpc": "2.0", "id": request_id, "result": result},
-            [(b"mcp-session-id", session_id.encode())],
+            send, 200, result_response(request_id, result), [(SESSION_HEADER, session_id.encode())]
         )
 
-    async def _run_request(
+    async def run_request(
         self,
         send: Send,
+        receive: Receive,
         session: UserSession,
         user: UserContext,
-        session_id: str | None,
         message: dict[str, Any],
         *,
+        key: str,
+        session_id: str | None,
+        log_level: str | None,
         stream_ok: bool,
+        cancel_on_disconnect: bool,
     ) -> None:
+        """Run one request and answer it: JSON, or SSE once the handler sends something first."""
         method: str = message["method"]
         request_id = message["id"]
-        params = message.get("params") or {}
-        if method not in _UNCOUNTED:
-            try:
-                self.usage.check(user.user_id, user.tier)
-            except RateLimited as exc:
-                raise _rpc_reply(
-                    429,
-                    request_id,
-                    INVALID_REQUEST,
-                    "rate limit exceeded for this subscription tier",
-                    {"retryAfter": exc.retry_after},
-                ) from None
-        exchange = _Exchange(self, request_id)
+        params: dict[str, Any] = message["params"]
+        self._count(user, method, request_id)
+        if len(self.inflight) >= self.max_inflight:
+            raise _unavailable(f"too many requests in flight (max_inflight={self.max_inflight})")
+        exchange = Exchange(
+            self, request_id, session_id=session_id, user_id=user.user_id, log_level=log_level
+        )
         started = trio.current_time()
+        slot = (key, request_id)
+        self.inflight[slot] = exchange
 
         async def run() -> None:
             outcome = "ok"
             try:
-                result = await self.dispatcher.call(user, method, params, exchange)
-                exchange.finish({"jsonrpc": "2.0", "id": request_id, "result": result})
-            except RpcError as exc:
-                outcome = "error"
-                exchange.finish(error_response(request_id, exc))
-            except ScopeRequired as exc:
-                outcome = "forbidden"
-                exchange.final = {"forbidden": exc}  # only possible before anything was sent
-                exchange.decided.set()
+                with exchange.cancel_scope:
+                    try:
+                        result = await self.dispatcher.call(user, method, params, exchange)
+                    except RpcError as exc:
+                        outcome = "error"
+                        exchange.finish(error_response(request_id, exc))
+                    except ScopeRequired as exc:
+                        outcome = "forbidden"
+                        exchange.deny(exc)
+                    else:
+                        exchange.finish(result_response(request_id, result))
+                if exchange.cancel_scope.cancelled_caught:
+                    outcome = "cancelled"
+                    exchange.cancelled()
             finally:
-                self.usage.record(
-                    user,
-                    method,
-                    params.get("name") if method == "tools/call" else None,
-                    outcome,
-                    trio.current_time() - started,
-                )
+                if self.inflight.get(slot) is exchange:
+                    del self.inflight[slot]
+                # resumption after this point reads the stored events
+                self.live_streams.pop((session_id or "", exchange.stream_id), None)
+                name = params.get("name") if method == "tools/call" else None
+                self.usage.record(user, method, name, outcome, trio.current_time() - started)
 
-        forbidden: _Reply | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            await exchange.decided.wait()
-            if exchange.stream and stream_ok:
-                conn = await session.open_connection(kind="post", session_id=session_id)
-                for buffered in exchange.buffer:
-                    self.emit(conn, buffered)
-                exchange.conn = conn
-                if exchange.final is not None:
-                    self.emit(conn, exchange.final, final=True)
-                await self._pump(conn, send, None, priming=session_id is not None)
-            else:
-                while exchange.final is None:  # a stream is not possible: wait for the result
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await exchange.decided.wait()
+                if exchange.buffer and stream_ok:
+                    await self._reply_stream(
+                        send, receive, session, exchange, user, cancel_on_disconnect
+                    )
+                    return
+                while exchange.final is None and exchange.denied is None:
                     exchange.decided = trio.Event()
                     await exchange.decided.wait()
-                denied = exchange.final.get("forbidden")
-                if isinstance(denied, ScopeRequired):
-                    err = self.rs.insufficient_scope(denied.needed, user.scopes)
-                    err.body["error_description"] = str(denied)
-                    forbidden = _Reply(403, err.body, err.headers)
-                else:
-                    await send_json(send, 200, exchange.final)
-        if forbidden is not None:
-            raise forbidden
+                if exchange.denied is not None:
+                    err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
+                    err.body["error_description"] = str(exchange.denied)
+                    raise Reply(403, err.body, err.headers)
+                await send_json(send, 200, exchange.final)
+        finally:
+            if self.inflight.get(slot) is exchange:
+                del self.inflight[slot]
+
+    def _count(self, user: UserContext, method: str, request_id: Any) -> None:
+        if method in _UNCOUNTED:
+            return
+        try:
+            self.usage.check(user.user_id, user.tier)
+        except RateLimited as exc:
+            reply = rpc_reply(
+                429,
+                request_id,
+                INVALID_REQUEST,
+                f"rate limit of the {user.tier} tier exceeded; retry after {exc.retry_after}s",
+                {"retryAfter": exc.retry_after},
+            )
+            reply.headers.append((b"retry-after", str(exc.retry_after).encode()))
+            raise reply from None
+
+    async def _reply_stream(
+        self,
+        send: Send,
+        receive: Receive,
+        session: UserSession,
+        exchange: Exchange,
+        user: UserContext,
+        cancel_on_disconnect: bool,
+    ) -> None:
+        conn = await self.open_stream(session, "post", exchange.session_id, exchange.stream_id)
+        resumable = exchange.session_id is not None
+        priming = exchange.next_id() if resumable else None
+        if resumable:
+            self.live_streams[(exchange.session_id or "", exchange.stream_id)] = exchange
+        exchange.attach(conn)
+        if exchange.close_requested:
+            await conn.close("reconnect")
+
+        def gone() -> None:
+            if cancel_on_disconnect:  # MCP-R15; in the 2025 era a disconnect is no cancel (R4)
+                exchange.cancel_scope.cancel()
+
+        await self.pump(conn, send, receive, priming_id=priming, on_disconnect=gone)
 
     # -- SSE pumping ----------------------------------------------------------------------------------
 
-    async def _pump(
+    async def pump(
         self,
         conn: Connection,
         send: Send,
         receive: Receive | None,
         *,
-        priming: bool,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        priming_id: str | None,
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
-        """Write a connection's outbox to the HTTP response until its final event or the client leaves."""
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-            *(extra_headers or []),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if priming:
+        """Write a connection's outbox to the HTTP response until its final event, until the
+        stream is closed, or until the client leaves."""
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        if priming_id is not None:  # MCP-R4: an id to resume from, and how soon to come back
+            event = StreamEvent(event_id=priming_id, retry_ms=RETRY_MS)
             await send(
-                {
-                    "type": "http.response.body",
-                    "body": encode_event(
-                        StreamEvent(event_id=conn.next_event_id(), retry_ms=RETRY_MS, data=None)
-                    ),
-                    "more_body": True,
-                }
+                {"type": "http.response.body", "body": encode_event(event), "more_body": True}
             )
         async with trio.open_nursery() as nursery:
             if receive is not None:
 
                 async def watch() -> None:
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            await conn.close("client_disconnected")
-                            nursery.cancel_scope.cancel()
-                            return
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    await conn.close("client_disconnected")
+                    if on_disconnect is not None:
+                        on_disconnect()
+                    nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch)
             async for event in conn.outbox:
-                await send(
-                    {"type": "http.response.body", "body": encode_event(event), "more_body": True}
-                )
+                body = encode_event(event)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
                 if event.final:
                     await conn.close("complete")  # keeps the reason of a close that came first
                     break
@@ -553,61 +745,105 @@ class McpHttp:
 
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
         if "text/event-stream" not in (header(scope, b"accept") or ""):
-            raise _Reply(
-                406,
-                {
-                    "error": "not_acceptable",
-                    "error_description": "Accept must list text/event-stream",
-                },
-            )
-        principal, session = await self._auth(scope)
+            body = {
+                "error": "not_acceptable",
+                "error_description": "Accept must list text/event-stream (MCP-R5)",
+            }
+            raise Reply(406, body)
+        principal, session = await self.authenticate(scope)
         session_id = header(scope, SESSION_HEADER)
         if session_id is None:
-            raise _rpc_reply(400, None, INVALID_REQUEST, "Mcp-Session-Id is required")
-        ts = await self._transport(principal, session_id)
+            raise rpc_reply(400, None, INVALID_REQUEST, "Mcp-Session-Id is required (MCP-R9)")
+        ts = await self.transport(principal, session_id)
         last = header(scope, b"last-event-id")
-        replay: list[dict[str, Any]] = []
-        stream_id: str | None = None
         if last:
-            stream_id, _, seq = last.rpartition(":")
-            if not stream_id or not seq.isdigit():
-                raise _rpc_reply(
-                    400, None, INVALID_REQUEST, "Last-Event-ID is not an event id of this server"
-                )
-            replay = await self.store.fetch(
-                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 AND seq > $3 ORDER BY seq LIMIT 10000",
+            await self._resume(send, receive, principal, session, ts, last)
+            return
+        existing = self.get_streams.get(ts.session_id)
+        if existing is not None and existing.closed_reason is None:
+            msg = "this session already has a GET stream; resume it with Last-Event-ID"
+            raise rpc_reply(409, None, INVALID_REQUEST, msg)
+        conn = await self.open_stream(session, "get", ts.session_id)
+        await self._serve_get(conn, send, receive, ts.session_id, priming_id=conn.next_event_id())
+
+    async def _serve_get(
+        self,
+        conn: Connection,
+        send: Send,
+        receive: Receive,
+        session_id: str,
+        *,
+        priming_id: str | None,
+    ) -> None:
+        self.get_streams[session_id] = conn
+        try:
+            await self.pump(conn, send, receive, priming_id=priming_id)
+        finally:
+            if self.get_streams.get(session_id) is conn:
+                del self.get_streams[session_id]
+
+    async def _resume(
+        self,
+        send: Send,
+        receive: Receive,
+        principal: Any,
+        session: UserSession,
+        ts: TransportSession,
+        last: str,
+    ) -> None:
+        """MCP-R7: replay only the disconnected stream's messages after ``Last-Event-ID``."""
+        stream_id, _, seq_text = last.rpartition(":")
+        if not stream_id or not seq_text.isdigit():
+            msg = f"Last-Event-ID {last[:80]!r} is not an event id of this server"
+            raise rpc_reply(400, None, INVALID_REQUEST, msg)
+        after = int(seq_text)
+        exchange = self.live_streams.get((ts.session_id, stream_id))
+        if exchange is not None:  # the request still runs on this node
+            conn = await self.open_stream(session, "post", ts.session_id, stream_id)
+            old = exchange.conn
+            exchange.resume(conn, after)
+            if old is not None and old is not conn:
+                await old.close("resumed")
+            await self.pump(conn, send, receive, priming_id=None)
+            return
+        try:
+            await self.store.write()  # what this node queued is committed before reading it back
+            rows = await self.store.fetch(
+                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 "
+                "AND seq > $3 ORDER BY seq LIMIT 10000",
                 ts.session_id,
                 stream_id,
-                int(seq),
+                after,
             )
-        existing = self.get_streams.get(ts.session_id)
-        if existing is not None and existing.closed_reason is None and not last:
-            raise _rpc_reply(409, None, INVALID_REQUEST, "this session already has a GET stream")
-        conn = await session.open_connection(
-            kind="get", session_id=ts.session_id, stream_id=stream_id
-        )
-        if replay:
-            conn._seq = max(r["seq"] for r in replay)
-            for row in replay:
-                conn.send_nowait(
-                    StreamEvent(row["payload"], event_id=f"{conn.stream_id}:{row['seq']}")
-                )
-        self.get_streams[ts.session_id] = conn
-        try:
-            await self._pump(conn, send, receive, priming=not replay)
-        finally:
-            if self.get_streams.get(ts.session_id) is conn:
-                del self.get_streams[ts.session_id]
+        except StoreUnavailable:
+            raise _unavailable() from None
+        replay = [(int(r["seq"]), r["payload"]) for r in rows]
+        ends = any(_is_response(payload) for _, payload in replay)
+        conn = await self.open_stream(session, "post" if ends else "get", ts.session_id, stream_id)
+        conn._seq = max([after, *(seq for seq, _ in replay)])
+        for seq, payload in replay:
+            conn.send_nowait(
+                StreamEvent(payload, event_id=f"{stream_id}:{seq}", final=_is_response(payload))
+            )
+        if ends:  # a request's stream: it ends with the response
+            await self.pump(conn, send, receive, priming_id=None)
+        else:  # the session's GET stream continues where it left off
+            await self._serve_get(conn, send, receive, ts.session_id, priming_id=None)
 
     async def _delete(self, scope: Scope, send: Send) -> None:
-        principal, _session = await self._auth(scope)
+        principal, _session = await self.authenticate(scope)
         session_id = header(scope, SESSION_HEADER)
         if session_id is None:
-            raise _rpc_reply(400, None, INVALID_REQUEST, "Mcp-Session-Id is required")
-        if not await self.sessions.end_transport_session(principal, session_id):
-            raise _rpc_reply(404, None, INVALID_REQUEST, "Session not found")
-        for subscribers in self.subscriptions.values():
-            subscribers.discard(session_id)
+            raise rpc_reply(400, None, INVALID_REQUEST, "Mcp-Session-Id is required (MCP-R9)")
+        try:
+            ended = await self.sessions.end_transport_session(principal, session_id)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        if not ended:
+            raise rpc_reply(404, None, INVALID_REQUEST, "Session not found")
+        for uri in list(self.subscriptions):
+            self._on_subscribe(session_id, uri, False)
+        self.log_levels.pop(session_id, None)
         await send_response(send, 204, b"", b"application/json")
 
     # -- 2026-07-28 stateless requests ---------------------------------------------------------------------
@@ -615,7 +851,9 @@ class McpHttp:
     async def _post_2026(
         self,
         scope: Scope,
+        receive: Receive,
         send: Send,
+        principal: Any,
         session: UserSession,
         message: dict[str, Any],
         meta: dict[str, Any],
@@ -623,118 +861,89 @@ class McpHttp:
         request_id = message.get("id")
         version = meta.get(META_VERSION)
         if version not in SUPPORTED_VERSIONS:
-            raise _rpc_reply(
+            raise rpc_reply(
                 400,
                 request_id,
-                -32022,
+                UNSUPPORTED_VERSION,
                 f"unsupported protocol version {version!r}",
-                {"supported": list(SUPPORTED_VERSIONS)},
+                {"supported": list(SUPPORTED_VERSIONS), "requested": version},
             )
-        if header(scope, VERSION_HEADER) != version:
-            raise _rpc_reply(
-                400,
-                request_id,
-                -32020,
-                "the MCP-Protocol-Version header must equal _meta's protocol version",
-            )
+        sent_header = header(scope, VERSION_HEADER)
+        if sent_header != version:
+            msg = f"the MCP-Protocol-Version header ({sent_header!r}) must equal _meta's protocol version ({version!r})"
+            raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
         method = message.get("method")
-        if header(scope, b"mcp-method") != method:
-            raise _rpc_reply(
-                400,
-                request_id,
-                INVALID_REQUEST,
-                "the Mcp-Method header must equal the body's method",
+        if method is None:  # a response to a server request
+            self.client_message(f"grant:{principal.grant_id}", message)
+            await send_response(send, 202, b"", b"application/json")
+            return
+        sent_method = header(scope, b"mcp-method")
+        if sent_method != method:
+            msg = (
+                f"the Mcp-Method header ({sent_method!r}) must equal the body's method ({method!r})"
             )
-        name_key = _NAMED.get(method or "")
-        if name_key is not None and header(scope, b"mcp-name") != (message.get("params") or {}).get(
-            name_key
-        ):
-            raise _rpc_reply(
-                400,
-                request_id,
-                INVALID_REQUEST,
-                f"the Mcp-Name header must equal the body's {name_key}",
-            )
+            raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
+        name_key = _NAMED.get(method)
+        if name_key is not None:
+            sent_name, name = header(scope, b"mcp-name"), message["params"].get(name_key)
+            if sent_name != name:
+                msg = f"the Mcp-Name header ({sent_name!r}) must equal the body's {name_key} ({name!r})"
+                raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
         if "id" not in message:
+            self.client_message(f"grant:{principal.grant_id}", message)
             await send_response(send, 202, b"", b"application/json")
             return
         if method == "server/discover":
             await send_json(
-                send,
-                200,
-                {"jsonrpc": "2.0", "id": request_id, "result": self.dispatcher.discover_result()},
+                send, 200, result_response(request_id, self.dispatcher.discover_result())
             )
             return
         if method == "subscriptions/listen":
-            conn = await session.open_connection(kind="listen", session_id=None)
-            await self._pump(conn, send, None, priming=False)
+            await self._listen(send, receive, principal, session, message)
             return
-        if not self.dispatcher.knows(method or ""):
-            raise _rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
-        await self._run_request(
+        if not self.dispatcher.knows(method):
+            raise rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
+        level = meta.get(META_LOG_LEVEL)
+        await self.run_request(
             send,
+            receive,
             session,
             session.context,
-            None,
             message,
+            key=f"grant:{principal.grant_id}",
+            session_id=None,
+            log_level=level if isinstance(level, str) else None,
             stream_ok="text/event-stream" in (header(scope, b"accept") or ""),
+            cancel_on_disconnect=True,
         )
 
-    # -- the deprecated HTTP+SSE transport (2024-11-05) ------------------------------------------------------
-
-    async def _legacy_get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        _principal, session = await self._auth(scope)
-        session_id = await self.sessions.create_transport_session(
-            session, protocol_version="2024-11-05", client_info={}, capabilities={}
-        )
-        conn = await session.open_connection(kind="legacy_sse", session_id=None)
-        self.legacy_streams[session_id] = conn
-        conn.send_nowait(StreamEvent(event="endpoint", text=f"/messages?session_id={session_id}"))
+    async def _listen(
+        self,
+        send: Send,
+        receive: Receive,
+        principal: Any,
+        session: UserSession,
+        message: dict[str, Any],
+    ) -> None:
+        """MCP-R16: a long-lived stream of the notifications the client asked for."""
+        requested = message["params"].get("notifications")
+        if not isinstance(requested, dict):
+            raise rpc_reply(
+                400, message["id"], -32602, "subscriptions/listen needs params.notifications"
+            )
+        honoured: dict[str, Any] = {k: True for k in _LISTEN_KEYS if requested.get(k) is True}
+        uris = requested.get("resourceSubscriptions")
+        if isinstance(uris, list):
+            honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)][:1000]
+        conn = await self.open_stream(session, "listen", None)
+        self.listeners[conn] = honoured
+        ack = notification("notifications/subscriptions/acknowledged", {"notifications": honoured})
+        self.emit(conn, ack)
         try:
-            await self._pump(conn, send, receive, priming=False)
+            await self.pump(conn, send, receive, priming_id=None)
         finally:
-            self.legacy_streams.pop(session_id, None)
+            self.listeners.pop(conn, None)
 
-    async def _legacy_post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session_id = query(scope).get("session_id", "")
-        message = await self._read_json(scope, receive)
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            raise _rpc_reply(
-                400, None, INVALID_REQUEST, "the body must be one JSON-RPC 2.0 message"
-            )
-        principal, session = await self._auth(scope)
-        ts = await self._transport(principal, session_id)
-        conn = self.legacy_streams.get(session_id)
-        if conn is None or conn.closed_reason is not None:
-            raise _rpc_reply(404, message.get("id"), INVALID_REQUEST, "Session not found")
-        await send_response(send, 202, b"", b"application/json")
-        method = message.get("method")
-        if method is None:
-            self._client_response(message)
-            return
-        if "id" not in message:
-            return
-        user = session.context_for(ts.session_id)
-        request_id = message["id"]
-        params = message.get("params") or {}
-        if method == "initialize":
-            self.emit(
-                conn,
-                {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "result": self.dispatcher.initialize_result(params.get("protocolVersion")),
-                },
-            )
-            return
-        exchange = _Exchange(self, request_id)
-        exchange.conn = conn
-        try:
-            result = await self.dispatcher.call(user, method, params, exchange)
-            self.emit(conn, {"jsonrpc": "2.0", "id": request_id, "result": result})
-        except RpcError as exc:
-            self.emit(conn, error_response(request_id, exc))
-        except ScopeRequired as exc:
-            self.emit(
-                conn, error_response(request_id, RpcError(-32001, f"insufficient_scope: {exc}"))
-            )
+
+def _is_response(payload: Any) -> bool:
+    return isinstance(payload, dict) and "method" not in payload and "id" in payload

@@ -1,0 +1,119 @@
+"""The deprecated HTTP+SSE transport (MCP 2024-11-05), kept for old clients (MCP-R13).
+
+GET ``/sse`` opens the stream and sends an ``endpoint`` event naming the URI to POST to,
+``/messages?session_id=…``; every POST is answered 202 and its reply travels on the stream as a
+``message`` event. Each stream is a connection actor and a transport session row, authenticated
+like any other request; a POST must come from the stream's principal (404 otherwise, MCP-R20).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from actors import StoreUnavailable
+from actors._sessions import StreamEvent
+from server._dispatch import ScopeRequired
+from server._http import ClientGone, Receive, Scope, Send, query, send_json, send_response
+from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
+from server._mcp_http import Exchange, McpHttp, Reply, rpc_reply
+
+__all__ = ["LegacySse"]
+
+log = structlog.get_logger("legacy_sse")
+
+LEGACY_VERSION = "2024-11-05"
+
+
+class LegacySse:
+    """``GET /sse`` and ``POST /messages``, sharing authentication and dispatch with ``/mcp``."""
+
+    def __init__(self, mcp: McpHttp, *, messages_path: str = "/messages") -> None:
+        self.mcp = mcp
+        self.messages_path = messages_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self.mcp.check_origin(scope)
+            path, method = scope["path"], scope["method"]
+            if path == "/sse" and method == "GET":
+                await self._stream(scope, receive, send)
+            elif path == self.messages_path and method == "POST":
+                await self._message(scope, receive, send)
+            else:
+                allow = b"GET" if path == "/sse" else b"POST"
+                body = {"error": "method_not_allowed", "error_description": f"{method} {path}"}
+                raise Reply(405, body, [(b"allow", allow)])
+        except Reply as reply:
+            await send_json(send, reply.status, reply.body, reply.headers)
+        except ClientGone:
+            return
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _principal, session = await self.mcp.authenticate(scope)
+        try:
+            session_id = await self.mcp.sessions.create_transport_session(
+                session, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
+            )
+        except StoreUnavailable:
+            body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
+            raise Reply(503, body, [(b"retry-after", b"5")]) from None
+        conn = await self.mcp.open_stream(session, "legacy_sse", session_id)
+        self.mcp.legacy_streams[session_id] = conn
+        endpoint = f"{self.messages_path}?session_id={session_id}"
+        conn.send_nowait(StreamEvent(event="endpoint", text=endpoint))
+        try:
+            await self.mcp.pump(conn, send, receive, priming_id=None)
+        finally:
+            if self.mcp.legacy_streams.get(session_id) is conn:
+                del self.mcp.legacy_streams[session_id]
+            self.mcp.log_levels.pop(session_id, None)
+
+    async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal, session = await self.mcp.authenticate(scope)
+        session_id = query(scope).get("session_id", "")
+        ts = await self.mcp.transport(principal, session_id)
+        conn = self.mcp.legacy_streams.get(ts.session_id)
+        if conn is None or conn.closed_reason is not None:
+            raise rpc_reply(404, None, INVALID_REQUEST, "Session not found (its stream is closed)")
+        message = await self.mcp.read_message(receive)
+        await send_response(send, 202, b"", b"application/json")
+        if "method" not in message or "id" not in message:
+            self.mcp.client_message(ts.session_id, message)
+            return
+        request_id, method = message["id"], message["method"]
+        params: dict[str, Any] = message["params"]
+        if method == "initialize":
+            result = self.mcp.dispatcher.initialize_result(params.get("protocolVersion"))
+            self.mcp.emit(conn, result_response(request_id, result))
+            return
+        user = session.context_for(ts.session_id)
+        try:
+            self.mcp._count(user, method, request_id)
+        except Reply:
+            msg = f"rate limit of the {user.tier} tier exceeded"
+            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
+            return
+        exchange = Exchange(
+            self.mcp,
+            request_id,
+            session_id=ts.session_id,
+            user_id=user.user_id,
+            log_level=self.mcp.log_levels.get(ts.session_id, ts.log_level),
+            legacy_conn=conn,
+        )
+        key = (ts.session_id, request_id)
+        self.mcp.inflight[key] = exchange
+        try:
+            with exchange.cancel_scope:
+                result = await self.mcp.dispatcher.call(user, method, params, exchange)
+                self.mcp.emit(conn, result_response(request_id, result))
+        except RpcError as exc:
+            self.mcp.emit(conn, error_response(request_id, exc))
+        except ScopeRequired as exc:
+            msg = f"insufficient_scope: {exc}"
+            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
+        finally:
+            if self.mcp.inflight.get(key) is exchange:
+                del self.mcp.inflight[key]
