@@ -160,7 +160,7 @@ async def test_writes_queued_during_an_outage_commit_after_recovery(
         await store.write(event(user="before"))
         await pg_cluster.stop("immediate")
         try:
-            for i in range(30):
+            for i in range(10_000):
                 store.write_nowait(event(user=f"during{i}"))
             with pytest.raises(StoreUnavailable):
                 with trio.fail_after(15):
@@ -172,7 +172,7 @@ async def test_writes_queued_during_an_outage_commit_after_recovery(
             await pg_cluster.start()
         with trio.fail_after(20):
             await store.write(event(user="after"))
-        assert await store.fetchval("SELECT count(*) FROM auth_events") == 32
+        assert await store.fetchval("SELECT count(*) FROM auth_events") == 10_002
         stats = store.statistics()
         assert stats.connected and stats.outage_since is None and stats.reconnects >= 1
 
@@ -236,3 +236,20 @@ async def test_bridge_cancel_returns_promptly_and_the_pool_stays_usable(fresh_db
 
 def test_database_is_untouched_by_the_harness(fresh_db: str) -> None:
     assert psql(fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+async def test_a_cancelled_write_is_still_applied_exactly_once(pg_cluster: Cluster, fresh_db: str) -> None:
+    """The caller stopped waiting; the write was queued, so it commits once after recovery."""
+    async with running_store(fresh_db, policy=StorePolicy(read_wait=0.2)) as (store, sup):
+        await pg_cluster.stop("immediate")
+        try:
+            op = event(user="cancelled")
+            with trio.move_on_after(0.2) as scope:
+                await store.write(op)
+            assert scope.cancelled_caught
+        finally:
+            await pg_cluster.start()
+        with trio.fail_after(20):
+            await store.write(event(user="after"))
+        assert await store.fetchval("SELECT count(*) FROM auth_events WHERE user_id = 'cancelled'") == 1
+        assert [c.restarts for c in sup.which_children()] == [0]  # the store reconnected, never crashed
