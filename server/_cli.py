@@ -15,6 +15,7 @@ from server._app import Steward
 from server._config import ConfigError, Settings, load_settings
 from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
 from server._logging import configure_logging
+from server._ops_cli import add_commands, run_command
 
 __all__ = ["main"]
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="worker processes (nodes) sharing the port and the database"
     )
+    add_commands(sub)
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.add_argument("--data-dir", type=Path)
     migrate.add_argument("--database-url")
@@ -80,8 +82,9 @@ async def _with_database(settings: Settings, fn: Any) -> None:
     try:
         await fn(cluster.dsn("postgres"))
     finally:
-        with trio.move_on_after(30, shield=True):
-            await cluster.stop()
+        if cluster.started_here:  # a cluster a running Steward uses is left to it
+            with trio.move_on_after(30, shield=True):
+                await cluster.stop()
 
 
 async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> None:
@@ -262,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             trio.run(_serve, settings, app, args.ready_file)
         elif args.command == "migrate":
             trio.run(_migrate, settings)
+        else:
+            run_command(args, settings, _with_database)
     except (ConfigError, PostgresNotFound, PostgresStartError) as exc:
         print(f"steward: {exc}", file=sys.stderr)
         return 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import trio
 import trio.lowlevel
 
 from server._app import Context, Steward, ToolError
 
-__all__ = ["demo"]
+__all__ = ["demo", "everything"]
 
 demo = Steward("steward-demo", "0.1.0", instructions="A demo MCP server run by Steward.")
 
@@ -71,3 +74,277 @@ async def complete_name(
     ctx: Context, argument: str, value: str, context: dict[str, object]
 ) -> list[str]:
     return [n for n in ("alice", "bob", "carol") if n.startswith(value)]
+
+
+# -- the conformance suite's "everything" fixtures ------------------------------------------------
+# Names and answers follow the fixtures the official conformance suite calls (the python-sdk's
+# everything-server is the reference for what each returns).
+
+everything = Steward("steward-everything", "0.1.0", instructions="Conformance fixtures.")
+
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+WAV_EMPTY = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
+WATCHED_URI = "test://watched-resource"
+
+
+def _image() -> dict[str, object]:
+    return {"type": "image", "data": PNG_1PX, "mimeType": "image/png"}
+
+
+def _text(text: str) -> dict[str, object]:
+    return {"type": "text", "text": text}
+
+
+@everything.tool()
+async def test_simple_text(ctx: Context) -> str:
+    """Tests simple text content response"""
+    return "This is a simple text response for testing."
+
+
+@everything.tool()
+async def test_image_content(ctx: Context) -> list[dict[str, object]]:
+    """Tests image content response"""
+    return [_image()]
+
+
+@everything.tool()
+async def test_audio_content(ctx: Context) -> list[dict[str, object]]:
+    """Tests audio content response"""
+    return [{"type": "audio", "data": WAV_EMPTY, "mimeType": "audio/wav"}]
+
+
+@everything.tool()
+async def test_embedded_resource(ctx: Context) -> list[dict[str, object]]:
+    """Tests embedded resource content response"""
+    resource = {
+        "uri": "test://embedded-resource",
+        "mimeType": "text/plain",
+        "text": "This is an embedded resource content.",
+    }
+    return [{"type": "resource", "resource": resource}]
+
+
+@everything.tool()
+async def test_multiple_content_types(ctx: Context) -> list[dict[str, object]]:
+    """Tests response with multiple content types (text, image, resource)"""
+    resource = {
+        "uri": "test://mixed-content-resource",
+        "mimeType": "application/json",
+        "text": '{"test": "data", "value": 123}',
+    }
+    return [
+        _text("Multiple content types test:"),
+        _image(),
+        {"type": "resource", "resource": resource},
+    ]
+
+
+@everything.tool()
+async def test_tool_with_logging(ctx: Context) -> str:
+    """Tests tool that emits log messages during execution"""
+    for step in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+        await ctx.log("info", step)
+        await trio.sleep(0.05)
+    return "Tool with logging executed successfully"
+
+
+@everything.tool()
+async def test_tool_with_progress(ctx: Context) -> str:
+    """Tests tool that reports progress notifications"""
+    for done in (0, 50, 100):
+        await ctx.progress(done, 100, f"Completed step {done} of 100")
+        await trio.sleep(0.05)
+    return str(ctx.progress_token if ctx.progress_token is not None else 0)
+
+
+@everything.tool()
+async def test_error_handling(ctx: Context) -> str:
+    """Tests error response handling"""
+    raise ToolError("This tool intentionally returns an error for testing")
+
+
+@everything.tool()
+async def test_sampling(ctx: Context, prompt: str) -> str:
+    """Tests server-initiated sampling (LLM completion request)"""
+    result = await ctx.sample([{"role": "user", "content": _text(prompt)}], max_tokens=100)
+    content = result.get("content")
+    answer = content.get("text") if isinstance(content, dict) else None
+    return f"LLM response: {answer if isinstance(answer, str) else 'No response'}"
+
+
+def _answer(result: dict[str, object]) -> tuple[object, str]:
+    action = result.get("action")
+    content = result.get("content") if action == "accept" else {}
+    return action, json.dumps(content, separators=(",", ":"))
+
+
+@everything.tool()
+async def test_elicitation(ctx: Context, message: str) -> str:
+    """Tests server-initiated elicitation (user input request)"""
+    schema = {
+        "type": "object",
+        "properties": {"response": {"type": "string", "description": "User's response"}},
+        "required": ["response"],
+    }
+    action, content = _answer(await ctx.elicit(message, schema))
+    return f"User response: action={action}, content={content}"
+
+
+@everything.tool()
+async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+    """Tests elicitation with default values for all primitive types (SEP-1034)"""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "default": "John Doe", "description": "User name"},
+            "age": {"type": "integer", "default": 30, "description": "User age"},
+            "score": {"type": "number", "default": 95.5, "description": "User score"},
+            "status": {
+                "type": "string",
+                "enum": ["active", "inactive", "pending"],
+                "default": "active",
+                "description": "User status",
+            },
+            "verified": {"type": "boolean", "default": True, "description": "Verification status"},
+        },
+    }
+    action, content = _answer(await ctx.elicit("Please provide user information", schema))
+    return f"Elicitation result: action={action}, content={content}"
+
+
+@everything.tool()
+async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+    """Tests elicitation with enum schema variations per SEP-1330"""
+
+    def titled(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+        return [{"const": value, "title": title} for value, title in pairs]
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {
+                "type": "string",
+                "description": "Simple enum without titles",
+                "enum": ["active", "inactive", "pending"],
+            },
+            "titledSingle": {
+                "type": "string",
+                "description": "Enum with titled options (oneOf)",
+                "oneOf": titled(
+                    ("low", "Low Priority"),
+                    ("medium", "Medium Priority"),
+                    ("high", "High Priority"),
+                ),
+            },
+            "untitledMulti": {
+                "type": "array",
+                "description": "Multi-select without titles",
+                "items": {"type": "string", "enum": ["read", "write", "execute"]},
+            },
+            "titledMulti": {
+                "type": "array",
+                "description": "Multi-select with titled options",
+                "items": {
+                    "anyOf": titled(
+                        ("feature", "New Feature"), ("bug", "Bug Fix"), ("docs", "Documentation")
+                    )
+                },
+            },
+            "legacyEnum": {
+                "type": "string",
+                "description": "Legacy enum with enumNames",
+                "enum": ["small", "medium", "large"],
+                "enumNames": ["Small Size", "Medium Size", "Large Size"],
+            },
+        },
+        "required": [
+            "untitledSingle",
+            "titledSingle",
+            "untitledMulti",
+            "titledMulti",
+            "legacyEnum",
+        ],
+    }
+    message = "Please select values using different enum schema types"
+    action, content = _answer(await ctx.elicit(message, schema))
+    return f"Elicitation completed: action={action}, content={content}"
+
+
+@everything.tool()
+async def test_reconnection(ctx: Context) -> str:
+    """Tests SSE polling by closing stream mid-call (SEP-1699)"""
+    await ctx.log("info", "Before disconnect")
+    await ctx.close_stream()
+    await trio.sleep(0.2)  # the client reconnects with Last-Event-ID meanwhile
+    await ctx.log("info", "After reconnect")
+    return "Reconnection test completed"
+
+
+@everything.resource("test://static-text")
+async def static_text(ctx: Context) -> str:
+    """A static text resource for testing"""
+    return "This is the content of the static text resource."
+
+
+@everything.resource("test://static-binary", mime_type="image/png")
+async def static_binary(ctx: Context) -> bytes:
+    """A static binary resource (image) for testing"""
+    return base64.b64decode(PNG_1PX)
+
+
+@everything.resource_template("test://template/{id}/data", mime_type="application/json")
+async def template_data(ctx: Context, id: str) -> str:
+    """A resource template with parameter substitution"""
+    return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
+
+
+@everything.resource(WATCHED_URI)
+async def watched(ctx: Context) -> str:
+    """A resource that can be subscribed to for updates"""
+    return "Watched resource content"
+
+
+@everything.prompt()
+async def test_simple_prompt(ctx: Context) -> list[dict[str, object]]:
+    """A simple prompt without arguments"""
+    return [{"role": "user", "content": _text("This is a simple prompt for testing.")}]
+
+
+@everything.prompt()
+async def test_prompt_with_arguments(ctx: Context, arg1: str, arg2: str) -> list[dict[str, object]]:
+    """A prompt with required arguments"""
+    text = f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"
+    return [{"role": "user", "content": _text(text)}]
+
+
+@everything.prompt()
+async def test_prompt_with_embedded_resource(
+    ctx: Context, resourceUri: str
+) -> list[dict[str, object]]:
+    """A prompt that includes an embedded resource"""
+    resource = {
+        "uri": resourceUri,
+        "mimeType": "text/plain",
+        "text": "Embedded resource content for testing.",
+    }
+    return [
+        {"role": "user", "content": {"type": "resource", "resource": resource}},
+        {"role": "user", "content": _text("Please process the embedded resource above.")},
+    ]
+
+
+@everything.prompt()
+async def test_prompt_with_image(ctx: Context) -> list[dict[str, object]]:
+    """A prompt that includes image content"""
+    return [
+        {"role": "user", "content": _image()},
+        {"role": "user", "content": _text("Please analyze the image above.")},
+    ]
+
+
+@everything.completion("ref/prompt", "test_prompt_with_arguments")
+async def complete_arguments(
+    ctx: Context, argument: str, value: str, context: dict[str, object]
+) -> list[str]:
+    options = {"arg1": ["alpha", "apple", "avocado"], "arg2": ["beta", "banana"]}
+    return [o for o in options.get(argument, []) if o.startswith(value)]

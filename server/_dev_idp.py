@@ -172,7 +172,12 @@ class DevIdP:
             )
             return
         user = q.get("login_hint")
-        if user is not None and user not in self.users and _NAME.fullmatch(user) and len(self.users) < _MAX_USERS:
+        if (
+            user is not None
+            and user not in self.users
+            and _NAME.fullmatch(user)
+            and len(self.users) < _MAX_USERS
+        ):
             # any other well-formed name signs in as a new free-tier user (benchmarks need many)
             self.users[user] = {"email": f"{user}@example.com", "tier": "free"}
         if user not in self.users:

@@ -137,6 +137,7 @@ class EmbeddedPostgres:
         self.durable = durable
         self.bindir = bindir or find_postgres_bindir()
         self._as_root = os.geteuid() == 0
+        self.started_here = False  # whether start() started it (or found it running)
 
     def _running_port(self) -> int | None:
         """A cluster left running in this folder (its owner was killed): reuse it on its port."""
@@ -242,7 +243,9 @@ class EmbeddedPostgres:
         """Create (if needed) and start the cluster; returns once it accepts connections."""
         await self.initdb()
         if self.running:
+            self.started_here = False
             return
+        self.started_here = True
         options = [
             "-c listen_addresses=127.0.0.1",
             f"-c port={self.port}",

@@ -147,3 +147,43 @@ def test_bad_configuration_is_a_clear_error(
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_operator_commands_list_show_and_revoke_across_processes(fresh_db: str) -> None:
+    import trio
+
+    from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+
+    def steward(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*STEWARD, *args, "--database-url", fresh_db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        async with get_stream(mcp) as stream:
+            await stream.next()
+            listed = await trio.to_thread.run_sync(steward, "sessions", "list", "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = json.loads(listed.stdout)
+            assert len(rows) == 1 and rows[0]["status"] == "active" and rows[0]["streams"] == 1
+            shown = await trio.to_thread.run_sync(steward, "sessions", "show", rows[0]["grant_id"])
+            assert "streams (1 open)" in shown.stdout and "tier      free" in shown.stdout
+            bad = await trio.to_thread.run_sync(
+                steward, "users", "set-tier", rows[0]["user_id"], "gold"
+            )
+            assert bad.returncode == 2 and "tier must be one of free, pro, enterprise" in bad.stderr
+            nobody = await trio.to_thread.run_sync(steward, "sessions", "show", "not-a-uuid")
+            assert nobody.returncode == 2 and "is not a session id" in nobody.stderr
+            revoked = await trio.to_thread.run_sync(steward, "users", "revoke", rows[0]["user_id"])
+            assert revoked.returncode == 0, revoked.stderr
+            with trio.fail_after(5):  # the command's cluster event reaches the running node
+                event = await stream.next()
+            assert event is not None and event["data"]["params"]["data"]["error"] == "revoked"
+        assert (await mcp.post("ping")).status_code == 401

@@ -238,7 +238,9 @@ def test_database_is_untouched_by_the_harness(fresh_db: str) -> None:
     assert psql(fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
 
 
-async def test_a_cancelled_write_is_still_applied_exactly_once(pg_cluster: Cluster, fresh_db: str) -> None:
+async def test_a_cancelled_write_is_still_applied_exactly_once(
+    pg_cluster: Cluster, fresh_db: str
+) -> None:
     """The caller stopped waiting; the write was queued, so it commits once after recovery."""
     async with running_store(fresh_db, policy=StorePolicy(read_wait=0.2)) as (store, sup):
         await pg_cluster.stop("immediate")
@@ -251,5 +253,10 @@ async def test_a_cancelled_write_is_still_applied_exactly_once(pg_cluster: Clust
             await pg_cluster.start()
         with trio.fail_after(20):
             await store.write(event(user="after"))
-        assert await store.fetchval("SELECT count(*) FROM auth_events WHERE user_id = 'cancelled'") == 1
-        assert [c.restarts for c in sup.which_children()] == [0]  # the store reconnected, never crashed
+        assert (
+            await store.fetchval("SELECT count(*) FROM auth_events WHERE user_id = 'cancelled'")
+            == 1
+        )
+        assert [c.restarts for c in sup.which_children()] == [
+            0
+        ]  # the store reconnected, never crashed

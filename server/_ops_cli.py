@@ -1,0 +1,248 @@
+"""Operator commands: ``steward sessions list|show|end`` and ``steward users revoke|set-tier``.
+
+They talk to the database (the embedded cluster of the data folder, or the configured URL) and
+publish cluster events, so every running node closes the affected streams at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from actors import Op, Store, store_child_spec
+from actors._cluster import cluster_event_ops
+from runtime import Supervisor
+from server._config import ConfigError, Settings
+
+__all__ = ["add_commands", "run_command"]
+
+ORIGIN = "cli"
+
+
+def add_commands(sub: Any) -> None:
+    sessions = sub.add_parser("sessions", help="list, show or end user sessions").add_subparsers(
+        dest="action", required=True
+    )
+    ls = sessions.add_parser("list", help="user sessions, newest first")
+    ls.add_argument("--user", default="", help="only users whose id contains this")
+    ls.add_argument("--status", default="", help="only this status (active, revoked, …)")
+    ls.add_argument("--limit", type=int, default=50)
+    show = sessions.add_parser(
+        "show", help="one user session with its streams and transport sessions"
+    )
+    show.add_argument("grant_id")
+    end = sessions.add_parser("end", help="end a user session on every node")
+    end.add_argument("grant_id")
+    users = sub.add_parser("users", help="revoke a user or change a tier").add_subparsers(
+        dest="action", required=True
+    )
+    revoke = users.add_parser("revoke", help="revoke every session of a user on every node")
+    revoke.add_argument("user_id")
+    tier = users.add_parser("set-tier", help="change a user's subscription tier everywhere")
+    tier.add_argument("user_id")
+    tier.add_argument("tier")
+    for p in (ls, show, end, revoke, tier):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--data-dir", type=str)
+        p.add_argument("--database-url")
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        msg = f"{text!r} is not a session id (a UUID, as `steward sessions list` shows)"
+        raise ConfigError(msg) from None
+
+
+def _out(args: argparse.Namespace, payload: Any, human: Callable[[Any], str]) -> None:
+    print(json.dumps(payload, default=str, indent=2) if args.json else human(payload))
+
+
+async def _with_store(dsn: str, fn: Callable[[Store], Awaitable[None]]) -> None:
+    store = Store(dsn)
+    async with trio.open_nursery() as nursery:
+        sup = await nursery.start(Supervisor("cli", [store_child_spec(store)]).run)
+        try:
+            await fn(store)
+        finally:
+            await sup.stop()
+
+
+async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
+    rows = await store.fetch(
+        "SELECT g.grant_id, g.user_id, g.client_id, g.tier, g.status, g.last_seen_at, "
+        "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS streams "
+        "FROM grants g WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') AND ($2 = '' OR g.status = $2) "
+        "ORDER BY g.last_seen_at DESC LIMIT $3",
+        args.user,
+        args.status,
+        max(1, min(args.limit, 10_000)),
+    )
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no sessions"
+        lines = [
+            f"{'SESSION':36}  {'STATUS':15}  {'TIER':10}  {'STREAMS':7}  {'LAST SEEN':19}  USER"
+        ]
+        for r in rows:
+            seen = r["last_seen_at"].astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(
+                f"{r['grant_id']!s:36}  {r['status']:15}  {r['tier']:10}  {r['streams']:7}  {seen}  {r['user_id']}"
+            )
+        return "\n".join(lines)
+
+    _out(args, rows, human)
+
+
+async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
+    grant_id = _uuid(args.grant_id)
+    grant = await store.fetchrow("SELECT * FROM grants WHERE grant_id = $1", grant_id)
+    if grant is None:
+        msg = f"no session {grant_id}"
+        raise ConfigError(msg)
+    streams = await store.fetch(
+        "SELECT connection_id, node_id, kind, session_id, opened_at, closed_at, close_reason FROM connections WHERE grant_id = $1 ORDER BY opened_at DESC LIMIT 100",
+        grant_id,
+    )
+    transports = await store.fetch(
+        "SELECT session_id, protocol_version, created_at, ended_at FROM transport_sessions WHERE grant_id = $1 ORDER BY created_at DESC LIMIT 100",
+        grant_id,
+    )
+    payload = {"session": grant, "streams": streams, "transport_sessions": transports}
+
+    def human(p: dict[str, Any]) -> str:
+        g = p["session"]
+        lines = [
+            f"session   {g['grant_id']}",
+            f"user      {g['user_id']}",
+            f"client    {g['client_id']}",
+            f"status    {g['status']}" + (f" ({g['status_reason']})" if g["status_reason"] else ""),
+            f"tier      {g['tier']}",
+            f"scopes    {' '.join(g['scopes'])}",
+            f"expires   {g['expires_at']}",
+            "",
+        ]
+        lines.append(f"streams ({sum(1 for s in p['streams'] if s['closed_at'] is None)} open)")
+        lines += [
+            f"  {s['kind']:10} {s['node_id']:16} {'open' if s['closed_at'] is None else 'closed: ' + str(s['close_reason'])}"
+            for s in p["streams"]
+        ]
+        lines.append(f"transport sessions ({len(p['transport_sessions'])})")
+        lines += [
+            f"  {t['session_id']}  {t['protocol_version']}  {'ended' if t['ended_at'] else 'live'}"
+            for t in p["transport_sessions"]
+        ]
+        return "\n".join(lines)
+
+    _out(args, payload, human)
+
+
+async def _sessions_end(store: Store, args: argparse.Namespace) -> None:
+    grant_id = _uuid(args.grant_id)
+    row = await store.fetchrow("SELECT user_id, status FROM grants WHERE grant_id = $1", grant_id)
+    if row is None:
+        msg = f"no session {grant_id}"
+        raise ConfigError(msg)
+    await store.write(
+        Op(
+            "UPDATE grants SET status = 'ended', status_reason = 'ended by an operator', ended_at = now() WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
+            (grant_id,),
+        ),
+        Op(
+            "UPDATE connections SET closed_at = now(), close_reason = 'ended' WHERE grant_id = $1 AND closed_at IS NULL",
+            (grant_id,),
+        ),
+        *cluster_event_ops(
+            "revoke_grant",
+            origin=ORIGIN,
+            grant_id=grant_id,
+            user_id=row["user_id"],
+            payload={"status": "ended", "message": "an operator ended this session"},
+        ),
+    )
+    _out(args, {"ended": str(grant_id)}, lambda p: f"ended session {p['ended']}")
+
+
+async def _users_revoke(store: Store, args: argparse.Namespace) -> None:
+    n = await store.fetchval("SELECT count(*) FROM users WHERE user_id = $1", args.user_id)
+    if not n:
+        msg = f"no user {args.user_id!r} (ids look like <issuer>|<subject>; see `steward sessions list`)"
+        raise ConfigError(msg)
+    await store.write(
+        Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (args.user_id,)),
+        Op(
+            "UPDATE grants SET status = 'revoked', status_reason = 'revoked by an operator' WHERE user_id = $1 AND status IN ('active', 'refreshing')",
+            (args.user_id,),
+        ),
+        Op(
+            "UPDATE connections SET closed_at = now(), close_reason = 'revoked' WHERE user_id = $1 AND closed_at IS NULL",
+            (args.user_id,),
+        ),
+        Op(
+            "INSERT INTO auth_events (event_id, kind, user_id, node_id) VALUES ($1, 'revoked', $2, $3)",
+            (uuid.uuid4(), args.user_id, ORIGIN),
+        ),
+        *cluster_event_ops("revoke_user", origin=ORIGIN, user_id=args.user_id),
+    )
+    _out(args, {"revoked": args.user_id}, lambda p: f"revoked {p['revoked']}")
+
+
+async def _users_set_tier(store: Store, args: argparse.Namespace, settings: Settings) -> None:
+    if args.tier not in settings.tier_names():
+        msg = f"tier must be one of {', '.join(settings.tier_names())}, got {args.tier!r}"
+        raise ConfigError(msg)
+    await store.write(
+        Op(
+            "UPDATE users SET tier = $2, updated_at = now() WHERE user_id = $1",
+            (args.user_id, args.tier),
+        ),
+        Op(
+            "UPDATE grants SET tier = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
+            (args.user_id, args.tier),
+        ),
+        *cluster_event_ops(
+            "tier_changed", origin=ORIGIN, user_id=args.user_id, payload={"tier": args.tier}
+        ),
+    )
+    _out(
+        args,
+        {"user_id": args.user_id, "tier": args.tier},
+        lambda p: f"{p['user_id']} is now {p['tier']}",
+    )
+
+
+def run_command(
+    args: argparse.Namespace, settings: Settings, with_database: Callable[..., Awaitable[None]]
+) -> None:
+    handlers: dict[tuple[str, str], Callable[[Store], Awaitable[None]]] = {
+        ("sessions", "list"): lambda s: _sessions_list(s, args),
+        ("sessions", "show"): lambda s: _sessions_show(s, args),
+        ("sessions", "end"): lambda s: _sessions_end(s, args),
+        ("users", "revoke"): lambda s: _users_revoke(s, args),
+        ("users", "set-tier"): lambda s: _users_set_tier(s, args, settings),
+    }
+    handler = handlers[(args.command, args.action)]
+
+    async def main() -> None:
+        async def with_dsn(dsn: str) -> None:
+            await _with_store(dsn, handler)
+
+        await with_database(settings, with_dsn)
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # a ConfigError raised inside the store's nursery
+        config = group.subgroup(ConfigError)
+        if config is not None:
+            raise config.exceptions[0] from None
+        raise
+    sys.stdout.flush()
