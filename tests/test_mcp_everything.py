@@ -4,6 +4,7 @@ every result Steward sends is validated against the official mcp-types models.""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import mcp_types as t
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import TypeAdapter
 
 from actors._sessions import UserContext
 from server._demo import PNG_1PX, WATCHED_URI, everything
@@ -178,11 +180,11 @@ class Recorder:
         return {"action": "accept", "content": {"response": "ok"}}
 
 
-USER = UserContext("u", __import__("uuid").uuid4(), "c", "free", frozenset())
+USER = UserContext("u", uuid.uuid4(), "c", "free", frozenset())
 TOOL_ARGS = {"test_sampling": {"prompt": "p"}, "test_elicitation": {"message": "m"}}
-SERVER_REQUESTS = {
-    "sampling/createMessage": t.CreateMessageRequestParams,
-    "elicitation/create": t.ElicitRequestParams,
+SERVER_REQUESTS: dict[str, TypeAdapter[Any]] = {
+    "sampling/createMessage": TypeAdapter(t.CreateMessageRequestParams),
+    "elicitation/create": TypeAdapter(t.ElicitRequestParams),
 }
 
 
@@ -195,7 +197,7 @@ async def test_each_fixture_tool_sends_valid_mcp_types(name: str) -> None:
     for message in emitter.sent:
         if "id" in message:
             t.JSONRPCRequest.model_validate(message)
-            SERVER_REQUESTS[message["method"]].model_validate(message["params"])
+            SERVER_REQUESTS[message["method"]].validate_python(message["params"])
         else:
             t.JSONRPCNotification.model_validate(message)
 
