@@ -348,3 +348,10 @@ async def complete_arguments(
 ) -> list[str]:
     options = {"arg1": ["alpha", "apple", "avocado"], "arg2": ["beta", "banana"]}
     return [o for o in options.get(argument, []) if o.startswith(value)]
+
+
+@demo.tool()
+async def profile(ctx: Context) -> dict[str, object]:
+    """Whether Steward holds a valid upstream token for you (never shows the token)."""
+    token = await ctx.upstream_token()
+    return {"user": ctx.user.user_id, "upstream_token_length": len(token)}

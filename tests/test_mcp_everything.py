@@ -43,6 +43,7 @@ async def elicitation(context: Any, params: Any) -> types.ElicitResult:
     return types.ElicitResult(action="accept", content=defaults)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 2025-era methods the suite still calls
 async def test_every_fixture_answers_like_the_reference_server(fresh_db: str) -> None:
     async with running_node(fresh_db, app=everything) as node:
         async with httpx.AsyncClient() as http:
@@ -122,6 +123,11 @@ async def test_every_fixture_answers_like_the_reference_server(fresh_db: str) ->
             }
             enums = (await call("test_elicitation_sep1330_enums"))[0].text
             assert enums == "Elicitation completed: action=decline, content={}"
+
+            logs.clear()  # SEP-1699: the server closes the stream mid-call, the client resumes
+            reconnected = await call("test_reconnection")
+            assert reconnected[0].text == "Reconnection test completed"
+            assert logs == ["Before disconnect", "After reconnect"]
 
             text = await session.read_resource("test://static-text")
             assert text.contents[0].text == "This is the content of the static text resource."  # type: ignore[union-attr]
