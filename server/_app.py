@@ -93,6 +93,21 @@ class Context:
         if close is not None:
             await close()
 
+    async def upstream_token(self) -> str:
+        """The user's access token at the upstream IdP, for calling the IdP's APIs on their behalf.
+
+        Raises:
+            UpstreamUnavailable: it expired and its refresh has not succeeded yet (the client gets
+                a retryable error).
+        """
+        session = getattr(self._emit, "session", None)
+        if session is None:
+            from actors._upstream import UpstreamUnavailable
+
+            raise UpstreamUnavailable("no user session for this request")
+        token: str = await session.upstream_access_token()
+        return token
+
     async def elicit(self, message: str, requested_schema: dict[str, Any]) -> dict[str, Any]:
         """Ask the user for structured input (elicitation/create) and return the answer."""
         result: dict[str, Any] = await self._emit.request(

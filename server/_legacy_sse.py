@@ -103,6 +103,7 @@ class LegacySse:
             log_level=self.mcp.log_levels.get(ts.session_id, ts.log_level),
             legacy_conn=conn,
         )
+        exchange.session = session
         key = (ts.session_id, request_id)
         self.mcp.inflight[key] = exchange
         try:

@@ -138,6 +138,7 @@ class Exchange:
             maxlen=TAIL
         )
         self.close_requested = False
+        self.session: UserSession | None = None
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -611,6 +612,7 @@ class McpHttp:
         exchange = Exchange(
             self, request_id, session_id=session_id, user_id=user.user_id, log_level=log_level
         )
+        exchange.session = session  # handlers reach the upstream token through it
         started = trio.current_time()
         slot = (key, request_id)
         self.inflight[slot] = exchange

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import httpx
 
 from tests.harness._steward import McpClient, running_node, sign_in, sse_messages
@@ -65,3 +66,19 @@ async def test_requests_without_a_valid_token_get_a_challenge(fresh_db: str) -> 
         ]
         bad = await http.post(node.info.mcp_url, json={}, headers={"authorization": "Bearer nope"})
         assert bad.status_code == 401
+
+
+async def test_a_tool_reaches_the_upstream_token_and_a_dead_one_is_a_retryable_error(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "bob")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        ok = await mcp.call("tools/call", {"name": "profile", "arguments": {}})
+        assert ok["result"]["structuredContent"]["upstream_token_length"] >= 32
+        session = node.sessions.live()[0]
+        assert session._keeper is not None and session._keeper.tokens is not None
+        session._keeper.tokens = attrs.evolve(session._keeper.tokens, expires_at=0.0)
+        dead = await mcp.call("tools/call", {"name": "profile", "arguments": {}})
+        assert dead["error"]["code"] == -32002 and dead["error"]["data"]["retryable"] is True
