@@ -101,6 +101,11 @@ def _unavailable(description: str = "the database is unreachable; retry shortly"
     return Reply(503, body, [(b"retry-after", b"5")])
 
 
+def _first_leaf(group: BaseExceptionGroup[Reply]) -> Reply:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class Exchange:
     """The outbound side of one request: JSON until the handler sends something first, then SSE.
 
@@ -515,6 +520,14 @@ class McpHttp:
             await send_json(send, reply.status, reply.body, reply.headers)
         except ClientGone:
             return
+        except BaseExceptionGroup as group:
+            # a Reply raised inside a request's nursery arrives wrapped in a group
+            replies = group.subgroup(Reply)
+            rest = group.subgroup(lambda e: not isinstance(e, (Reply, BaseExceptionGroup)))
+            if replies is None or rest is not None:
+                raise
+            wrapped = _first_leaf(replies)
+            await send_json(send, wrapped.status, wrapped.body, wrapped.headers)
 
     # -- POST /mcp -------------------------------------------------------------------------------------
 
@@ -728,10 +741,10 @@ class McpHttp:
                 async def watch() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    await conn.close("client_disconnected")
-                    if on_disconnect is not None:
+                    if on_disconnect is not None:  # before a checkpoint: the close ends the pump
                         on_disconnect()
                     nursery.cancel_scope.cancel()
+                    await conn.close("client_disconnected")
 
                 nursery.start_soon(watch)
             async for event in conn.outbox:
