@@ -1,0 +1,328 @@
+"""Streamable HTTP on /mcp over real HTTP and real PostgreSQL: the status codes of MCP-R2 to R12 and
+R20, the 2026-07-28 header rules (R14 to R16), cancellation, SSE polling and resumption (R4, R7)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import trio
+
+from server._app import Context, Steward
+from server._demo import everything
+from tests.harness._steward import (
+    MCP_HEADERS,
+    McpClient,
+    SseReader,
+    get_stream,
+    running_node,
+    sign_in,
+    sse_messages,
+)
+
+V2026 = "2026-07-28"
+app = Steward("transport-test")
+seen: dict[str, Any] = {}
+
+
+@app.tool()
+async def echo(ctx: Context, text: str) -> str:
+    return text
+
+
+@app.tool()
+async def wait_quietly(ctx: Context) -> str:
+    """Sleeps until cancelled, sending nothing first (its reply would be JSON)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        seen["quiet_cancelled"] = True
+    return "never"
+
+
+@app.tool()
+async def wait_streaming(ctx: Context, label: str) -> str:
+    """Logs once (the reply becomes SSE), then sleeps until cancelled."""
+    await ctx.log("info", f"started {label}")
+    try:
+        await trio.sleep_forever()
+    finally:
+        seen[label] = "cancelled"
+    return "never"
+
+
+@app.resource("test://watched")
+async def watched(ctx: Context) -> str:
+    return "w"
+
+
+async def client(http: httpx.AsyncClient, node: Any, user: str = "carol") -> McpClient:
+    tokens = await sign_in(http, node, user)
+    mcp = McpClient(http, node, tokens["access_token"])
+    await mcp.initialize()
+    return mcp
+
+
+def rpc(method: str, params: dict[str, Any] | None = None, id: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}}
+
+
+async def test_2025_requests_get_the_status_codes_the_transport_specifies(fresh_db: str) -> None:
+    async with (
+        running_node(fresh_db, app=app, max_body_bytes=2048) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        mcp = await client(http, node)
+        url = mcp.url
+
+        async def post(body: Any, **headers: str) -> httpx.Response:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return await http.post(url, content=raw, headers=mcp.headers(**headers))
+
+        r = await post(rpc("ping"), origin="https://evil.example")  # R2
+        assert r.status_code == 403 and "evil.example" in r.json()["error_description"]
+        assert (await post(rpc("ping"), origin="http://localhost:5173")).status_code == 200
+        r = await post(rpc("tools/call", {"name": "echo", "arguments": {"text": "x" * 4000}}))
+        assert r.status_code == 413 and r.json()["error"]["code"] == -32600
+        r = await post(b"{not json")
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+        r = await post([rpc("ping")])  # R3: no batches in 2025-11-25
+        assert r.status_code == 400 and "batches" in r.json()["error"]["message"]
+        r = await post({"jsonrpc": "1.0", "id": 3, "method": "ping"})
+        assert r.status_code == 400 and r.json()["id"] == 3
+        assert (await post(rpc("ping"), **{"content-type": "text/plain"})).status_code == 415
+        assert (await post(rpc("ping"), accept="application/json")).status_code == 406
+        r = await post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert r.status_code == 202 and r.content == b""
+        old = {**mcp.headers(), "mcp-protocol-version": "1999-01-01"}
+        r = await http.post(url, json=rpc("ping"), headers=old)  # R12
+        assert r.status_code == 400 and "1999-01-01" in r.json()["error"]["message"]
+        r = await http.put(url, headers=mcp.headers())
+        assert r.status_code == 405 and "POST" in r.headers["allow"]
+        r = await http.post(url, json=rpc("ping"), headers={**mcp.headers(), "mcp-session-id": ""})
+        assert r.status_code == 404
+        anonymous = {k: v for k, v in mcp.headers().items() if k != "mcp-session-id"}
+        r = await http.post(url, json=rpc("ping"), headers=anonymous)  # R9
+        assert r.status_code == 400 and "Mcp-Session-Id" in r.json()["error"]["message"]
+        r = await http.post(url, json=rpc("ping"), headers={**anonymous, "mcp-session-id": "nope"})
+        assert r.status_code == 404 and r.json()["error"]["message"] == "Session not found"
+        r = await http.get(url, headers=mcp.headers(accept="application/json"))  # R5
+        assert r.status_code == 406
+        async with get_stream(mcp) as stream:
+            priming = await stream.next()
+            assert priming is not None and priming["data"] is None and priming["retry"]
+            async with http.stream(
+                "GET", url, headers={**mcp.headers(), "accept": "text/event-stream"}
+            ) as second:
+                assert second.status_code == 409
+        r = await http.delete(url, headers=mcp.headers())  # R11
+        assert r.status_code == 204
+        assert (await post(rpc("ping"))).status_code == 404  # R10
+        assert (await http.delete(url, headers=mcp.headers())).status_code == 404
+
+
+async def test_another_principals_session_id_is_answered_as_if_it_did_not_exist(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db, app=app) as node, httpx.AsyncClient(timeout=10) as http:
+        bob = await client(http, node, "bob")
+        carol = await client(http, node, "carol")
+        assert bob.session_id is not None
+        carol.session_id = bob.session_id  # carol presents bob's session id (MCP-R20)
+        r = await carol.post("ping")
+        assert r.status_code == 404 and r.json()["error"]["message"] == "Session not found"
+        r = await http.get(carol.url, headers={**carol.headers(), "accept": "text/event-stream"})
+        assert r.status_code == 404
+        assert (await http.delete(carol.url, headers=carol.headers())).status_code == 404
+        assert (await bob.post("ping")).status_code == 200  # bob's session is untouched
+
+
+def headers_2026(token: str, method: str, name: str | None = None, **extra: str) -> dict[str, str]:
+    h = {
+        **MCP_HEADERS,
+        "authorization": f"Bearer {token}",
+        "mcp-protocol-version": V2026,
+        "mcp-method": method,
+        **extra,
+    }
+    if name is not None:
+        h["mcp-name"] = name
+    return h
+
+
+def rpc_2026(method: str, params: dict[str, Any] | None = None, *, version: str = V2026) -> Any:
+    meta = {"io.modelcontextprotocol/protocolVersion": version}
+    return {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": method,
+        "params": {**(params or {}), "_meta": meta},
+    }
+
+
+async def test_2026_requests_are_stateless_and_their_headers_must_match_the_body(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db, app=app) as node, httpx.AsyncClient(timeout=10) as http:
+        token = (await sign_in(http, node, "carol"))["access_token"]
+        url = node.info.mcp_url
+
+        async def post(body: Any, headers: dict[str, str]) -> httpx.Response:
+            return await http.post(url, json=body, headers=headers)
+
+        r = await post(rpc_2026("server/discover"), headers_2026(token, "server/discover"))
+        assert r.status_code == 200 and "mcp-session-id" not in r.headers
+        assert V2026 in r.json()["result"]["supportedVersions"]
+        r = await post(
+            rpc_2026("server/discover"),
+            headers_2026(token, "server/discover", **{"mcp-protocol-version": "2025-11-25"}),
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+        r = await post(
+            rpc_2026("server/discover", version="2030-01-01"),
+            {**headers_2026(token, "server/discover"), "mcp-protocol-version": "2030-01-01"},
+        )
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["code"] == -32022
+        assert V2026 in error["data"]["supported"]
+        r = await post(rpc_2026("tools/list"), headers_2026(token, "ping"))  # Mcp-Method
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+        call = rpc_2026("tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+        r = await post(call, headers_2026(token, "tools/call"))  # Mcp-Name is missing
+        assert r.status_code == 400 and "Mcp-Name" in r.json()["error"]["message"]
+        r = await post(call, headers_2026(token, "tools/call", "other"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+        r = await post(call, headers_2026(token, "tools/call", "echo"))
+        assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "hi"
+        r = await post(rpc_2026("no/such"), headers_2026(token, "no/such"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == -32601
+        note = rpc_2026("notifications/roots/list_changed")
+        del note["id"]
+        r = await post(note, headers_2026(token, "notifications/roots/list_changed"))
+        assert r.status_code == 202
+
+
+async def test_a_listen_stream_acknowledges_its_filter_and_gets_only_what_it_asked_for(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db, app=app) as node, httpx.AsyncClient(timeout=10) as http:
+        token = (await sign_in(http, node, "carol"))["access_token"]
+        wanted = {"toolsListChanged": True, "resourceSubscriptions": ["test://watched"]}
+        body = rpc_2026("subscriptions/listen", {"notifications": wanted})
+        async with http.stream(
+            "POST",
+            node.info.mcp_url,
+            json=body,
+            headers=headers_2026(token, "subscriptions/listen"),
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["x-accel-buffering"] == "no"
+            reader = SseReader(response)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader._pump)
+                with trio.fail_after(5):
+                    ack = await reader.next_message()
+                assert ack is not None
+                assert ack["data"]["method"] == "notifications/subscriptions/acknowledged"
+                assert ack["data"]["params"]["notifications"] == wanted
+                assert node.mcp.notify_resource_updated("test://other") == 0
+                assert node.mcp.notify_list_changed("prompts") == 0
+                assert node.mcp.notify_resource_updated("test://watched") == 1
+                assert node.mcp.notify_list_changed("tools") == 1
+                with trio.fail_after(5):
+                    updated = await reader.next_message()
+                    changed = await reader.next_message()
+                assert updated is not None and changed is not None
+                assert updated["data"]["params"] == {"uri": "test://watched"}
+                assert changed["data"]["method"] == "notifications/tools/list_changed"
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_request_gets_no_result(fresh_db: str) -> None:
+    async with running_node(fresh_db, app=app) as node, httpx.AsyncClient(timeout=10) as http:
+        mcp = await client(http, node)
+        seen.clear()
+
+        async def cancel_soon(request_id: int) -> None:
+            while not node.mcp.inflight:
+                await trio.sleep(0.01)
+            r = await http.post(
+                mcp.url,
+                json={
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": request_id, "reason": "user stopped it"},
+                },
+                headers=mcp.headers(),
+            )
+            assert r.status_code == 202
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_soon, mcp._id + 1)
+                r = await mcp.post("tools/call", {"name": "wait_quietly", "arguments": {}})
+        assert seen["quiet_cancelled"] is True
+        assert r.status_code == 200 and r.json()["error"]["code"] == -32800
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_soon, mcp._id + 1)
+                r = await mcp.post(
+                    "tools/call", {"name": "wait_streaming", "arguments": {"label": "s"}}
+                )
+        assert seen["s"] == "cancelled"
+        messages = sse_messages(r.text)
+        assert [m.get("method") for m in messages] == ["notifications/message"]  # no response
+        assert node.mcp.inflight == {}
+
+
+async def test_closing_a_2026_reply_stream_cancels_its_request(fresh_db: str) -> None:
+    async with running_node(fresh_db, app=app) as node, httpx.AsyncClient(timeout=10) as http:
+        token = (await sign_in(http, node, "carol"))["access_token"]
+        seen.clear()
+        body = rpc_2026("tools/call", {"name": "wait_streaming", "arguments": {"label": "r15"}})
+        async with http.stream(
+            "POST",
+            node.info.mcp_url,
+            json=body,
+            headers=headers_2026(token, "tools/call", "wait_streaming"),
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # the log message arrived: the tool is running
+        with trio.fail_after(5):  # MCP-R15: closing the stream is a cancellation
+            while seen.get("r15") != "cancelled":
+                await trio.sleep(0.01)
+
+
+async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str) -> None:
+    async with (
+        running_node(fresh_db, app=everything) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        mcp = await client(http, node)
+        r = await mcp.post("tools/call", {"name": "test_reconnection", "arguments": {}})
+        assert r.headers["content-type"].startswith("text/event-stream")
+        blocks = [b for b in r.text.split("\n\n") if b.strip()]
+        assert "retry: " in blocks[0]  # R4: the priming event says when to come back
+        ids = [line[4:] for b in blocks for line in b.split("\n") if line.startswith("id: ")]
+        first = sse_messages(r.text)
+        assert [m["params"]["data"] for m in first] == ["Before disconnect"]  # and no result
+        async with get_stream(mcp, **{"last-event-id": ids[-1]}) as resumed:
+            with trio.fail_after(5):
+                after = await resumed.next()
+                result = await resumed.next()
+                end = await resumed.next()
+        assert after is not None and after["data"]["params"]["data"] == "After reconnect"
+        assert after["id"].rpartition(":")[0] == ids[-1].rpartition(":")[0]  # the same stream
+        assert result is not None and result["data"]["result"]["content"][0]["text"] == (
+            "Reconnection test completed"
+        )
+        assert end is None  # the request's stream ends with its response
+        # the events are in PostgreSQL too: resuming again replays them from the database
+        async with get_stream(mcp, **{"last-event-id": ids[-1]}) as again:
+            with trio.fail_after(5):
+                replayed = [await again.next(), await again.next(), await again.next()]
+        assert [e["id"] if e else None for e in replayed] == [after["id"], result["id"], None]
