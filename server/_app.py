@@ -176,6 +176,11 @@ class PromptDef:
 
 def _json_type(tp: Any) -> dict[str, Any]:
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:  # Annotated[int, "what it is"]: the string describes it
+        base, *extras = typing.get_args(tp)
+        out = _json_type(base)
+        notes = [e for e in extras if isinstance(e, str)]
+        return {**out, "description": notes[0]} if notes else out
     if tp is str:
         return {"type": "string"}
     if tp is bool:
@@ -201,7 +206,7 @@ def _json_type(tp: Any) -> dict[str, Any]:
 
 def _schema(fn: Handler) -> tuple[dict[str, Any], tuple[str, ...], frozenset[str]]:
     sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     params = list(sig.parameters.values())[1:]  # the first is the Context
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -298,6 +303,10 @@ class Steward:
         except ValueError:
             return False
 
+    @typing.overload
+    def tool(self, name: Handler) -> Handler: ...
+
+    @typing.overload
     def tool(
         self,
         name: str | None = None,
@@ -307,13 +316,33 @@ class Steward:
         min_tier: str | None = None,
         input_schema: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
-    ) -> Callable[[Handler], Handler]:
+    ) -> Callable[[Handler], Handler]: ...
+
+    def tool(
+        self,
+        name: str | Handler | None = None,
+        *,
+        description: str | None = None,
+        scopes: Iterable[str] = (),
+        min_tier: str | None = None,
+        input_schema: dict[str, Any] | None = None,
+        annotations: dict[str, Any] | None = None,
+    ) -> Callable[[Handler], Handler] | Handler:
+        """Register a tool: ``@app.tool`` or ``@app.tool("name", scopes=..., min_tier=...)``.
+
+        Its input schema comes from the handler's type hints (``Annotated[T, "description"]``
+        describes an argument) unless ``input_schema`` is given; a caller without every scope in
+        ``scopes`` or below ``min_tier`` gets 403 insufficient_scope.
+        """
+        if callable(name):
+            return self.tool()(name)
+
         def register(fn: Handler) -> Handler:
             schema, params, required = _schema(fn)
             if input_schema is not None:
                 schema = input_schema
                 required = frozenset(input_schema.get("required", ()))
-            tool_name = name or fn.__name__
+            tool_name = name if isinstance(name, str) else fn.__name__
             if min_tier is not None and min_tier not in self.tiers:
                 msg = f"tool {tool_name!r}: min_tier {min_tier!r} is not one of {self.tiers}"
                 raise ValueError(msg)
