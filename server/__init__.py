@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from server._app import Context, InvalidArguments, Steward, ToolError
 from server._config import ConfigError, Settings, load_settings
+from server._demo import demo, everything
 from server._embedded_pg import (
     EmbeddedPostgres,
     PostgresNotFound,
     PostgresStartError,
     find_postgres_bindir,
 )
+from server._jsonrpc import RpcError
 
 __all__ = [
     "ConfigError",
@@ -18,9 +20,12 @@ __all__ = [
     "InvalidArguments",
     "PostgresNotFound",
     "PostgresStartError",
+    "RpcError",
     "Settings",
     "Steward",
     "ToolError",
+    "demo",
+    "everything",
     "find_postgres_bindir",
     "load_settings",
 ]
