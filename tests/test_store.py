@@ -10,13 +10,22 @@ import trio
 
 from actors import Conn, MigrationError, Op, StorePolicy, StoreUnavailable, WriteRejected, migrate
 from actors._migrations import load_migrations
-from runtime import faults
+from runtime import ChildRestarted, faults, subscribe_events
 from tests.harness._pg import Cluster, psql
 from tests.harness._store import running_store
 
 INSERT = (
     "INSERT INTO auth_events (event_id, kind, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 )
+
+
+def _drain(sub: object) -> list[object]:
+    events = []
+    while True:
+        try:
+            events.append(sub.receive.receive_nowait())  # type: ignore[attr-defined]
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return events
 
 
 def event(kind: str = "sign_in", user: str = "u1") -> Op:
@@ -139,6 +148,13 @@ async def test_listen_receives_notifications(fresh_db: str) -> None:
 
 
 async def test_a_store_crash_loses_no_queued_write(fresh_db: str) -> None:
+    with subscribe_events() as sub:
+        await _crash_scenario(fresh_db)
+        restarted = [e.child for e in _drain(sub) if isinstance(e, ChildRestarted)]
+    assert restarted == ["store"]  # only the store restarted
+
+
+async def _crash_scenario(fresh_db: str) -> None:
     async with running_store(fresh_db) as (store, sup):
         faults.arm("store.commit", error=RuntimeError("crash in commit"), times=1)
         try:
@@ -156,6 +172,13 @@ async def test_a_store_crash_loses_no_queued_write(fresh_db: str) -> None:
 async def test_writes_queued_during_an_outage_commit_after_recovery(
     pg_cluster: Cluster, fresh_db: str
 ) -> None:
+    with subscribe_events() as sub:
+        await _outage_scenario(pg_cluster, fresh_db)
+        restarted = [e.child for e in _drain(sub) if isinstance(e, ChildRestarted)]
+    assert restarted == []  # the store reconnected within its incarnation: nothing restarted
+
+
+async def _outage_scenario(pg_cluster: Cluster, fresh_db: str) -> None:
     async with running_store(fresh_db, policy=StorePolicy(read_wait=0.2)) as (store, _):
         await store.write(event(user="before"))
         await pg_cluster.stop("immediate")

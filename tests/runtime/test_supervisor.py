@@ -371,3 +371,21 @@ async def test_intensity_escalates_through_two_levels(
         exceeded = [e.supervisor for e in drain(sub) if isinstance(e, IntensityExceeded)]
     assert exceeded == ["leaf", "leaf", "middle", "top"]
     assert "supervisor 'top' exceeded restart intensity" in str(info.value.exceptions[0])
+
+
+async def test_a_transient_child_stopped_by_a_siblings_failure_is_restarted() -> None:
+    """OTP: under one_for_all a transient sibling comes back; only temporary ones do not."""
+    journal = Journal()
+    children = [
+        ChildSpec("a", journal.worker("a")),
+        ChildSpec("t", journal.worker("t"), restart=Restart.TRANSIENT),
+        ChildSpec("tmp", journal.worker("tmp"), restart=Restart.TEMPORARY),
+    ]
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(Supervisor("s", children, strategy=Strategy.ONE_FOR_ALL).run)
+        journal.lines.clear()
+        journal.crash_now("a")
+        await settle()
+        assert journal.lines == ["stop a", "stop tmp", "stop t", "start a", "start t"]
+        assert {c.id: c.state for c in handle.which_children()} == {"a": "running", "t": "running"}
+        await handle.stop()
