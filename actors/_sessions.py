@@ -690,12 +690,19 @@ class SessionManager:
                 row["log_level"],
             )
             self._ts_cache[session_id] = ts
-        if (
-            ts.grant_id != principal.grant_id
-            or ts.user_id != principal.user_id
-            or ts.client_id != principal.client_id
-        ):
+        # bound to the principal (user and client, MCP-R19), not to a grant: after the user
+        # authorized again the same client keeps its transport session under the new grant
+        if ts.user_id != principal.user_id or ts.client_id != principal.client_id:
             return None
+        if ts.grant_id != principal.grant_id:
+            ts = attrs.evolve(ts, grant_id=principal.grant_id)
+            self._ts_cache[session_id] = ts
+            self.store.write_nowait(
+                Op(
+                    "UPDATE transport_sessions SET grant_id = $2 WHERE session_id = $1",
+                    (session_id, principal.grant_id),
+                )
+            )
         return ts
 
     async def end_transport_session(self, principal: Principal, session_id: str) -> bool:

@@ -1,0 +1,136 @@
+"""The official SDK client's OAuth flow against Steward: discovery from the 401 (MCP-R21, R25),
+registration (R29), authorization with PKCE and consent (R22, R26, R28, R30, R31), token refresh
+(R27) and re-authorization after the session was invalidated (R23)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import httpx2
+import trio
+from mcp import ClientSession
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+
+from tests.harness._pg import psql
+from tests.harness._steward import running_node
+
+REDIRECT = "http://127.0.0.1:9/oauth/callback"
+
+
+class Storage:
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+class Browser:
+    """Plays the user: signs in at the development IdP as ``user`` and allows the consent."""
+
+    def __init__(self, node: Any, user: str) -> None:
+        self.node = node
+        self.user = user
+        self.result: AuthorizationCodeResult | None = None
+        self.sign_ins = 0
+
+    async def redirect(self, url: str) -> None:
+        self.sign_ins += 1
+        local = url.replace(self.node.info.base_url, self.node.info.listen_url, 1)
+        async with httpx.AsyncClient(timeout=20) as http:
+            r = await http.get(local + f"&login_hint={self.user}")
+            assert r.status_code == 302, r.text
+            r = await http.get(r.headers["location"])
+            r = await http.get(
+                r.headers["location"].replace(self.node.info.base_url, self.node.info.listen_url, 1)
+            )
+            if r.status_code == 200:
+                assert "Allow" in r.text and self.node.info.base_url not in ("",)
+                cookie = r.headers["set-cookie"].split(";")[0]
+                fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
+                r = await http.post(
+                    f"{self.node.info.listen_url}/consent",
+                    data={**fields, "decision": "allow"},
+                    headers={"cookie": cookie},
+                )
+            assert r.status_code == 302, r.text
+            location = r.headers["location"]
+            assert location.startswith(REDIRECT)
+            q = parse_qs(urlsplit(location).query)
+            self.result = AuthorizationCodeResult(
+                code=q["code"][0], state=q["state"][0], iss=q["iss"][0]
+            )
+
+    async def callback(self) -> AuthorizationCodeResult:
+        assert self.result is not None
+        return self.result
+
+
+async def test_the_sdk_oauth_provider_signs_in_refreshes_and_reauthorizes(fresh_db: str) -> None:
+    async with running_node(fresh_db, access_token_ttl=2.0, refresh_grace=0.0) as node:
+        browser = Browser(node, "bob")
+        storage = Storage()
+        provider = OAuthClientProvider(
+            server_url=node.info.mcp_url,
+            client_metadata=OAuthClientMetadata(
+                client_name="sdk test",
+                redirect_uris=[REDIRECT],
+                grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"],
+                token_endpoint_auth_method="none",
+            ),
+            storage=storage,
+            redirect_handler=browser.redirect,
+            callback_handler=browser.callback,
+        )
+        url = f"{node.info.listen_url}/mcp"
+        # the client reaches Steward on its socket; the URLs it discovers name the same host
+        async with (
+            httpx2.AsyncClient(auth=provider, timeout=30) as client,
+            streamable_http_client(url, http_client=client) as (read, write, *_),
+        ):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                assert browser.sign_ins == 1 and storage.tokens is not None
+                first_access = storage.tokens.access_token
+                assert (await session.call_tool("whoami", {})).structured_content["tier"] == "pro"  # type: ignore[index]
+                # the access token expires: the SDK refreshes before its next request
+                await trio.sleep(2.5)
+                await session.call_tool("echo", {"text": "after refresh"})
+                assert storage.tokens.access_token != first_access
+                refreshes = int(
+                    psql(fresh_db, "SELECT count(*) FROM auth_events WHERE kind = 'token_refresh'")
+                    or 0
+                )
+                assert refreshes >= 1 and browser.sign_ins == 1
+                # the operator ends the grant: the next request gets 401, the refresh is refused,
+                # and the SDK goes back through authorization and continues
+                grant = psql(fresh_db, "SELECT grant_id FROM grants WHERE status = 'active'")
+                import uuid
+
+                await node.sessions.invalidate(
+                    uuid.UUID(grant), reason="reauth_required", message="sign in again"
+                )
+                result = await session.call_tool("echo", {"text": "after re-authorization"})
+                assert result.content[0].text == "after re-authorization"  # type: ignore[union-attr]
+                assert browser.sign_ins == 2
