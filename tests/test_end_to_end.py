@@ -45,6 +45,7 @@ async def test_progress_turns_the_reply_into_an_sse_stream(fresh_db: str) -> Non
 
 
 async def test_requests_without_a_valid_token_get_a_challenge(fresh_db: str) -> None:
+    """MCP-R18, R21, R23: every request needs a valid token; the 401 points at the metadata."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         r = await http.post(
             node.info.mcp_url,

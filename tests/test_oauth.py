@@ -29,6 +29,7 @@ async def refresh(http: httpx.AsyncClient, base: str, token: str, client_id: str
 
 
 async def test_metadata_documents(fresh_db: str) -> None:
+    """MCP-R21, R22, R31: protected-resource and authorization-server metadata; S256 only; no offline_access."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         meta = (
             await http.get(f"{node.info.base_url}/.well-known/oauth-authorization-server")
@@ -48,6 +49,7 @@ async def test_metadata_documents(fresh_db: str) -> None:
 async def test_refresh_rotates_with_a_grace_window_and_reuse_revokes_the_family(
     fresh_db: str,
 ) -> None:
+    """MCP-R27: refresh tokens rotate; a replay after the grace window revokes the family."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         first = await sign_in(http, node, "alice")
         base, cid = node.info.base_url, first["client_id"]
@@ -72,6 +74,7 @@ async def test_refresh_rotates_with_a_grace_window_and_reuse_revokes_the_family(
 
 
 async def test_codes_are_one_time_and_bound_to_pkce(fresh_db: str) -> None:
+    """MCP-R22: PKCE S256 is required; codes are single use."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         client_id = await register(http, node)
         code, verifier = await authorize(http, node, client_id, "alice")
@@ -90,6 +93,7 @@ async def test_codes_are_one_time_and_bound_to_pkce(fresh_db: str) -> None:
 
 
 async def test_authorize_refuses_bad_requests_without_redirecting(fresh_db: str) -> None:
+    """MCP-R25, R26, R28: 400 for malformed requests, exact redirect URIs (localhost or https), `resource` bound."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         client_id = await register(http, node)
         _, challenge = pkce()
@@ -123,6 +127,7 @@ async def test_authorize_refuses_bad_requests_without_redirecting(fresh_db: str)
 
 
 async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
+    """MCP-R30: consent per user and client, CSRF-bound form, no framing, __Host- cookies."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         client_id = await register(http, node)
         await authorize(http, node, client_id, "carol")
@@ -158,6 +163,7 @@ async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
 
 
 async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
+    """MCP-R25: 403 insufficient_scope listing existing and needed scopes."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         narrow = await sign_in(http, node, "bob", scope="mcp:resources")
         mcp = McpClient(http, node, narrow["access_token"])
@@ -178,6 +184,7 @@ async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
 
 
 async def test_tokens_in_query_strings_and_for_other_audiences_are_refused(fresh_db: str) -> None:
+    """MCP-R23: bearer in the header only; the audience must be this server (RFC 8707)."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         tokens = await sign_in(http, node, "alice")
         r = await http.post(
@@ -196,6 +203,7 @@ async def test_tokens_in_query_strings_and_for_other_audiences_are_refused(fresh
 
 
 async def test_revocation_ends_the_token_family(fresh_db: str) -> None:
+    """MCP-R27: revocation (RFC 7009) ends the family."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         tokens = await sign_in(http, node, "alice")
         mcp = McpClient(http, node, tokens["access_token"])
@@ -272,3 +280,111 @@ def test_the_log_redactor_hides_secrets() -> None:
     assert "xyz" not in out["url"] and "ok=1" in out["url"]
     assert "eyJhbGciOi" not in out["note"]
     assert out["dsn"] == REDACTED
+
+
+async def test_a_session_id_is_never_authentication(fresh_db: str) -> None:
+    """MCP-R18: a valid Mcp-Session-Id without a valid bearer token is refused with 401."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        headers = {k: v for k, v in mcp.headers().items() if k != "authorization"}
+        r = await http.post(
+            mcp.url, json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, headers=headers
+        )
+        assert r.status_code == 401 and "resource_metadata=" in r.headers["www-authenticate"]
+
+
+async def test_state_is_single_use(fresh_db: str) -> None:
+    """MCP-R28: the state Steward sent upstream works once; a replayed callback is refused."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        client_id = await register(http, node)
+        _, challenge = pkce()
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": "s1",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "login_hint": "alice",
+        }
+        r = await http.get(f"{node.info.listen_url}/authorize", params=params)
+        r = await http.get(r.headers["location"])
+        callback = r.headers["location"].replace(node.info.base_url, node.info.listen_url, 1)
+        first = await http.get(callback)
+        assert first.status_code == 200  # the consent page
+        replay = await http.get(callback)
+        assert replay.status_code == 400 and "state" in replay.json()["error_description"]
+
+
+async def test_the_client_token_is_never_passed_upstream(fresh_db: str) -> None:
+    """MCP-R24: tools reach the upstream IdP with the upstream token, never the client's."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "bob")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        session = node.sessions.live()[0]
+        upstream = await session.upstream_access_token()
+        assert upstream != tokens["access_token"]
+        assert node.dev_idp is not None and upstream in node.dev_idp._access
+        assert tokens["access_token"] not in node.dev_idp._access
+
+
+async def test_client_id_metadata_documents_and_configured_clients(fresh_db: str) -> None:
+    """MCP-R29: a URL client id is fetched as a metadata document (bounded); clients from the
+    configuration need no registration."""
+    import json as _json
+
+    from server._node import bind_socket, serve_http
+
+    doc: dict[str, object] = {}
+
+    async def metadata_app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()  # type: ignore[operator]
+                await send({"type": message["type"] + ".complete"})  # type: ignore[operator]
+                if message["type"] == "lifespan.shutdown":
+                    return
+        body = _json.dumps(doc).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    sock = bind_socket("127.0.0.1", 0)
+    client_url = f"http://127.0.0.1:{sock.getsockname()[1]}/client.json"
+    doc.update(
+        {"client_id": client_url, "client_name": "Doc Client", "redirect_uris": [REDIRECT_URI]}
+    )
+    configured = [{"client_id": "desk", "client_name": "Desk", "redirect_uris": [REDIRECT_URI]}]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_http, metadata_app, sock, 1.0)
+        async with running_node(fresh_db, clients=configured) as node, httpx.AsyncClient() as http:
+            for client_id in (client_url, "desk"):
+                _, challenge = pkce()
+                params = {
+                    "response_type": "code",
+                    "client_id": client_id,
+                    "redirect_uri": REDIRECT_URI,
+                    "state": "s",
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                }
+                r = await http.get(f"{node.info.listen_url}/authorize", params=params)
+                assert r.status_code == 302, r.text  # on to the identity provider
+            doc["client_id"] = "https://someone.else/client.json"
+            psql(
+                fresh_db,
+                "UPDATE oauth_clients SET fetched_at = now() - interval '2 hours' WHERE source = 'metadata_document'",
+            )
+            r = await http.get(
+                f"{node.info.listen_url}/authorize", params={**params, "client_id": client_url}
+            )
+            assert r.status_code == 400 and "must equal its URL" in r.json()["error_description"]
+        nursery.cancel_scope.cancel()

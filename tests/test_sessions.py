@@ -100,6 +100,7 @@ async def test_upstream_refresh_is_single_flight(fresh_db: str) -> None:
 
 
 async def test_another_principals_session_id_is_not_found(fresh_db: str) -> None:
+    """MCP-R19, R20: session ids are random and bound to their principal; another's is 404."""
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         alice = await connected(http, node, "alice")
         bob = await connected(http, node, "bob")
