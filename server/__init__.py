@@ -9,6 +9,7 @@ from server._embedded_pg import (
     EmbeddedPostgres,
     PostgresNotFound,
     PostgresStartError,
+    StopMode,
     find_postgres_bindir,
 )
 from server._jsonrpc import RpcError
@@ -23,6 +24,7 @@ __all__ = [
     "RpcError",
     "Settings",
     "Steward",
+    "StopMode",
     "ToolError",
     "demo",
     "everything",

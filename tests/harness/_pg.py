@@ -14,11 +14,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import trio
 
-from server._embedded_pg import EmbeddedPostgres
+from server._embedded_pg import EmbeddedPostgres, StopMode
 
 
 class ExternalPostgres:
     """A server the tests did not start: they can use it but not stop or kill it."""
+
+    socket_dir: Path | None = None  # reached over TCP only
+    running = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -28,7 +31,7 @@ class ExternalPostgres:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(path=f"/{dbname}"))
 
-    async def stop(self, mode: str = "fast") -> None:
+    async def stop(self, mode: StopMode = "fast") -> None:
         pytest.skip("DATABASE_URL points at an existing server: the tests cannot stop it")
 
     async def start(self) -> None:
@@ -42,6 +45,8 @@ Cluster = EmbeddedPostgres | ExternalPostgres
 
 
 def start_cluster() -> tuple[Cluster, Path | None]:
+    """The session's cluster: DATABASE_URL's server, or a new one in a folder under /tmp (short
+    enough for its unix socket, traversable by the service user when running as root)."""
     url = os.environ.get("DATABASE_URL")
     if url:
         return ExternalPostgres(url), None
@@ -53,13 +58,19 @@ def start_cluster() -> tuple[Cluster, Path | None]:
 
 
 def stop_cluster(cluster: Cluster, folder: Path | None) -> None:
+    """Stop the session's cluster (whatever state the tests left it in) and remove its folder."""
     if isinstance(cluster, EmbeddedPostgres):
-        trio.run(cluster.stop, "immediate")
+        try:
+            trio.run(cluster.stop, "immediate")
+        finally:
+            if cluster.running:  # pg_ctl gave up: no postgres outlives the session
+                cluster.kill()
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def psql(dsn: str, sql: str) -> str:
+    """Run ``sql`` with psql (stops at the first error); its unaligned, tuples-only output."""
     out = subprocess.run(
         ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
@@ -73,6 +84,7 @@ def psql(dsn: str, sql: str) -> str:
 
 
 def create_database(cluster: Cluster, template: str | None = None) -> str:
+    """CREATE DATABASE with a unique name; the name."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     clause = f" TEMPLATE {template}" if template else ""
     psql(cluster.dsn("postgres"), f"CREATE DATABASE {name}{clause}")
