@@ -392,6 +392,12 @@ class UserSession:
             ),
         )
         self.close_streams(status, message)
+        self.manager.auth.audit(
+            status,
+            user_id=self.context.user_id,
+            client_id=self.context.client_id,
+            grant_id=self.grant_id,
+        )
         log.info("session_invalidated", grant_id=str(self.grant_id), status=status)
         if self._sup is not None:
             self.manager._stop_soon(self)

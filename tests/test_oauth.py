@@ -388,3 +388,28 @@ async def test_client_id_metadata_documents_and_configured_clients(fresh_db: str
             )
             assert r.status_code == 400 and "must equal its URL" in r.json()["error_description"]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_development_idp_fault_controls_over_http(fresh_db: str) -> None:
+    """The fault harness drives the development IdP over HTTP, behind its control secret."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        assert node.dev_idp is not None and node.info.dev_idp_url is not None
+        control = f"{node.info.dev_idp_url}/_control"
+        secret = {"x-control-secret": node.dev_idp.control_secret}
+        assert (await http.post(f"{control}/fail_refresh", json={"mode": "5xx"})).status_code == 403
+        r = await http.post(
+            f"{control}/fail_refresh", json={"mode": "invalid_grant", "count": 2}, headers=secret
+        )
+        assert r.json()["pending_refresh_faults"] == ["invalid_grant", "invalid_grant"]
+        assert (
+            await http.post(f"{control}/fail_refresh", json={"mode": "bogus"}, headers=secret)
+        ).status_code == 400
+        assert (
+            await http.post(
+                f"{control}/set_tier", json={"user": "alice", "tier": "pro"}, headers=secret
+            )
+        ).status_code == 200
+        await sign_in(http, node, "alice")
+        assert psql(fresh_db, "SELECT tier FROM users WHERE subject = 'alice'") == "pro"
+        stats = (await http.get(f"{control}/stats", headers=secret)).json()
+        assert stats["calls"]["/token"] >= 1
