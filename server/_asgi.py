@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from server._http import Receive, Scope, Send, send_json, send_response
+from server._http import Receive, Scope, Send, lifespan, send_json, send_response
 from server._legacy_sse import LegacySse
 from server._mcp_http import McpHttp
 from server._metrics import RequestCounter, render_metrics
@@ -36,13 +36,8 @@ class StewardAsgi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]

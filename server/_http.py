@@ -15,6 +15,7 @@ __all__ = [
     "Send",
     "form",
     "header",
+    "lifespan",
     "query",
     "read_body",
     "redirect",
@@ -40,6 +41,15 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan conversation: nothing to start or stop beyond the supervision tree."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
 
 
 def header(scope: Scope, name: bytes) -> str | None:
