@@ -27,7 +27,7 @@ from runtime._events import (
 from runtime._exit import Exit, ExitKind, classify_exit
 from runtime._faults import FaultPoints, fault_point, faults
 from runtime._mailbox import ActorHandle, Mailbox, MailboxStatistics, Reply, open_mailbox
-from runtime._registry import Registry, live_registries
+from runtime._registry import Registration, Registry, live_registries
 from runtime._spec import Backoff, ChildSpec, Restart, Strategy
 from runtime._supervisor import (
     ChildInfo,
@@ -58,6 +58,7 @@ __all__ = [
     "Mailbox",
     "MailboxStatistics",
     "MaxChildrenError",
+    "Registration",
     "Registry",
     "Reply",
     "Restart",

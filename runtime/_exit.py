@@ -48,7 +48,8 @@ def classify_exit(
 
     Args:
         error: what the actor raised, or None when it returned (or its own scope absorbed a cancel).
-        own_cancel: the actor's own per-incarnation scope was cancelled (a stop by its supervisor).
+        own_cancel: the actor's own per-incarnation scope was cancelled (a stop by its
+            supervisor); a cancel that surfaces as ``asyncio.CancelledError`` is then ours.
         own_reason: the reason given to that cancel.
 
     Returns:
@@ -69,6 +70,8 @@ def classify_exit(
         if rest is None:
             return Exit(ExitKind.SHUTDOWN, own_reason or "shutdown") if own_cancel else None
         leaves = _leaves(rest)
+        if own_cancel and all(isinstance(leaf, asyncio.CancelledError) for leaf in leaves):
+            return Exit(ExitKind.SHUTDOWN, own_reason or "shutdown")
         reasons = [leaf.reason for leaf in leaves if isinstance(leaf, Shutdown)]
         if len(reasons) == len(leaves):
             return Exit(ExitKind.SHUTDOWN, "; ".join(reasons))
@@ -81,7 +84,10 @@ def classify_exit(
     if isinstance(error, Shutdown):
         return Exit(ExitKind.SHUTDOWN, error.reason)
     if isinstance(error, asyncio.CancelledError):
-        # an asyncio cancel that leaked through a bridge is not our cancel: an error
+        # the asyncio bridge turns our own stop into an asyncio cancel: that is a shutdown;
+        # one that leaked through the bridge on its own is not our cancel, so an error
+        if own_cancel:
+            return Exit(ExitKind.SHUTDOWN, own_reason or "shutdown")
         return Exit(ExitKind.ERROR, None, error)
     return Exit(ExitKind.ERROR, None, error)
 

@@ -18,13 +18,24 @@ class _Arming:
     times: int | None
 
 
+_active = False  # the one module-level flag fault_point() reads: true while any point is armed
+
+
 class FaultPoints:
     """The process's fault points. Tests arm them; ``fault_point(name)`` fires them."""
 
     def __init__(self) -> None:
         self._armed: dict[str, _Arming] = {}
         self._hits: dict[str, int] = {}
-        self.active = False  # the one flag the fast path reads
+
+    @property
+    def active(self) -> bool:
+        """Whether any fault point is armed."""
+        return bool(self._armed)
+
+    def _update(self) -> None:
+        global _active
+        _active = bool(self._armed)
 
     def arm(
         self,
@@ -40,17 +51,20 @@ class FaultPoints:
         if error is None and delay is None and not hang:
             msg = f"fault point {name!r}: arm it with error=, delay= or hang=True"
             raise ValueError(msg)
+        if times is not None and times < 1:
+            msg = f"fault point {name!r}: times must be at least 1 (or None for every hit), got {times}"
+            raise ValueError(msg)
         self._armed[name] = _Arming(error, delay, hang, times)
-        self.active = True
+        self._update()
 
     def disarm(self, name: str) -> None:
         self._armed.pop(name, None)
-        self.active = bool(self._armed)
+        self._update()
 
     def reset(self) -> None:
         self._armed.clear()
         self._hits.clear()
-        self.active = False
+        self._update()
 
     def hits(self, name: str) -> int:
         """How many times an armed point fired."""
@@ -79,5 +93,5 @@ faults = FaultPoints()
 
 async def fault_point(name: str) -> None:
     """A named place where a test may inject a fault; a flag check when none is armed."""
-    if faults.active:
+    if _active:
         await faults._fire(name)

@@ -2,38 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from runtime._errors import DuplicateKey
 
-__all__ = ["Registry", "live_registries"]
+__all__ = ["Registration", "Registry", "live_registries"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class Registry(Generic[K, V]):
-    """Unique keys to actor faces. ``with registry.register(key, face):`` for the actor's life."""
+    """Unique keys to actor faces.
+
+    ``with registry.register(key, face):`` (or ``async with``) around the actor's life: the
+    entry is removed however the block is left, so a crashed actor never lingers in it.
+    """
 
     def __init__(self, name: str = "registry") -> None:
         self.name = name
         self._entries: dict[K, V] = {}
         _all.add(self)
 
-    @contextlib.contextmanager
-    def register(self, key: K, face: V) -> Iterator[V]:
-        if key in self._entries:
-            msg = f"{self.name}: key {key!r} is already registered"
-            raise DuplicateKey(msg)
-        self._entries[key] = face
-        try:
-            yield face
-        finally:
-            if self._entries.get(key) is face:
-                del self._entries[key]
+    def register(self, key: K, face: V) -> Registration[K, V]:
+        """Claim ``key`` for ``face`` for the life of the returned context manager.
+
+        Raises:
+            DuplicateKey: on entering, when ``key`` is already registered.
+        """
+        return Registration(self, key, face)
 
     def lookup(self, key: K) -> V | None:
         return self._entries.get(key)
@@ -49,6 +49,44 @@ class Registry(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
+
+
+class Registration(Generic[K, V]):
+    """One claimed key; a sync and async context manager yielding the face."""
+
+    def __init__(self, registry: Registry[K, V], key: K, face: V) -> None:
+        self._registry = registry
+        self._key = key
+        self._face = face
+
+    def __enter__(self) -> V:
+        entries = self._registry._entries
+        if self._key in entries:
+            msg = f"{self._registry.name}: key {self._key!r} is already registered"
+            raise DuplicateKey(msg)
+        entries[self._key] = self._face
+        return self._face
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entries = self._registry._entries
+        if entries.get(self._key) is self._face:
+            del entries[self._key]
+
+    async def __aenter__(self) -> V:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 _all: weakref.WeakSet[Registry[Any, Any]] = weakref.WeakSet()

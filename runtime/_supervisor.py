@@ -25,6 +25,7 @@ from runtime._errors import (
 )
 from runtime._events import ChildExited, ChildRestarted, ChildStarted, IntensityExceeded, publish
 from runtime._exit import Exit, ExitKind, classify_exit
+from runtime._mailbox import ActorHandle
 from runtime._spec import ChildSpec, Restart, Strategy
 
 __all__ = ["ChildInfo", "DynamicSupervisor", "Supervisor", "SupervisorHandle", "TreeNode", "tree"]
@@ -78,6 +79,7 @@ class _Child:
     started_at: float = 0.0
     stop_reason: str | None = None
     last_exit: Exit | None = None
+    final: Exit | None = None  # how the current incarnation ended, once it has
 
     def info(self) -> ChildInfo:
         return ChildInfo(self.spec.id, self.state, self.restarts, self.face, self.last_exit)
@@ -90,9 +92,11 @@ class _Status:
         self._inner = inner
         self._child = child
         self.started_called = False
+        self.face: object = None
 
     def started(self, value: object = None) -> None:
         self.started_called = True
+        self.face = value
         self._child.face = value
         self._inner.started(value)
 
@@ -101,10 +105,12 @@ _live: list[Supervisor] = []
 
 
 class SupervisorHandle:
-    """The face of a running supervisor."""
+    """The face of one run of a supervisor."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
+        self._exited = trio.Event()
+        self._exit: Exit | None = None
 
     @property
     def name(self) -> str:
@@ -132,13 +138,15 @@ class SupervisorHandle:
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Stop every child in reverse start order, then the supervisor itself."""
-        self._sup._request_stop(reason)
-        await self._sup._exited.wait()
+        if not self._exited.is_set():  # a handle of a finished run must not stop a new one
+            self._sup._request_stop(reason)
+        await self._exited.wait()
 
     async def wait_exited(self) -> Exit:
-        await self._sup._exited.wait()
-        assert self._sup._exit is not None
-        return self._sup._exit
+        """How this run of the supervisor ended."""
+        await self._exited.wait()
+        assert self._exit is not None
+        return self._exit
 
     def tree(self) -> TreeNode:
         return self._sup._tree_node("running", 0)
@@ -174,8 +182,15 @@ class Supervisor:
         self.strategy = strategy
         self.intensity = intensity
         self.period = period
+        self._specs = tuple(children)
+        self._rng = random.Random()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state for a run: a parent restarting this supervisor calls ``run`` again, and
+        like a new OTP supervisor process it starts with new children and an empty window."""
         # by id, in start order (dicts keep insertion order): O(1) lookups for dynamic supervisors
-        self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in children}
+        self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in self._specs}
         self._handle = SupervisorHandle(self)
         self._nursery: trio.Nursery | None = None
         self._exits: collections.deque[tuple[_Child, int, Exit]] = collections.deque()
@@ -183,16 +198,20 @@ class Supervisor:
         self._lock = trio.Lock()
         self._restart_times: collections.deque[float] = collections.deque()
         self._stop_reason: str | None = None
-        self._exited = trio.Event()
-        self._exit: Exit | None = None
         self._pending_restarts: set[trio.CancelScope] = set()
-        self._rng = random.Random()
+        self._closing = False
 
     async def run(
         self, *, task_status: trio.TaskStatus[SupervisorHandle] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the supervisor: start its children, report readiness, supervise until stopped."""
+        if self in _live:
+            msg = f"supervisor {self.name!r} is already running"
+            raise SupervisionError(msg)
+        self._reset()
+        handle = self._handle
         error: BaseException | None = None
+        cancel_reason: str | None = None
         _live.append(self)
         try:
             async with trio.open_nursery() as nursery:
@@ -200,14 +219,20 @@ class Supervisor:
                 try:
                     for child in list(self._children.values()):
                         await self._start(child)
-                    task_status.started(self._handle)
+                    task_status.started(handle)
                     await self._loop()
+                except trio.Cancelled as cancelled:
+                    # a parent's stop or an enclosing deadline: the children learn its reason
+                    cancel_reason = cancelled.reason or "cancelled"
+                    raise
+                except IntensityExceededError:
+                    cancel_reason = "intensity_exceeded"
+                    raise
                 finally:
+                    self._closing = True
                     for pending in self._pending_restarts:
                         pending.cancel()
-                    await self._stop_all(
-                        "shutdown" if self._stop_reason is None else self._stop_reason
-                    )
+                    await self._stop_all(self._stop_reason or cancel_reason or "shutdown")
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             error = _unwrap(group)
@@ -221,10 +246,11 @@ class Supervisor:
             _live.remove(self)
             if error is None and self._stop_reason is not None:
                 # stop() returns normally so a caller's nursery is not torn down by it
-                self._exit = Exit(ExitKind.SHUTDOWN, self._stop_reason)
+                handle._exit = Exit(ExitKind.SHUTDOWN, self._stop_reason)
             else:
-                self._exit = classify_exit(error) or Exit(ExitKind.SHUTDOWN, "cancelled")
-            self._exited.set()
+                exit = classify_exit(error)
+                handle._exit = exit or Exit(ExitKind.SHUTDOWN, cancel_reason or "cancelled")
+            handle._exited.set()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -340,6 +366,10 @@ class Supervisor:
 
     async def _start(self, child: _Child) -> object:
         assert self._nursery is not None
+        if self._closing:
+            # a child started after the stop would outlive it (its scope is shielded)
+            msg = f"supervisor {self.name!r} is stopping: child {child.spec.id!r} not started"
+            raise SupervisionError(msg)
         child.incarnation += 1
         child.state = "starting"
         # Shielded so that an enclosing cancellation reaches children only through their
@@ -348,6 +378,7 @@ class Supervisor:
         child.scope = trio.CancelScope(shield=True)
         child.done = trio.Event()
         child.stop_reason = None
+        child.final = None
         # the child's scope is shielded, so a plain deadline around start() would not reach it:
         # a watchdog cancels the child's own scope when its start grace runs out (trio#2258)
         timed_out = False
@@ -404,18 +435,22 @@ class Supervisor:
                 raise error
             msg = f"child {child.spec.id!r} of {self.name!r} returned before reporting readiness"
             raise SupervisionError(msg)
+        current = child.incarnation == incarnation
+        stopped_by_us = current and child.stop_reason is not None
         exit = classify_exit(
             error,
-            own_cancel=error is None and scope.cancelled_caught,
-            own_reason=child.stop_reason,
+            own_cancel=stopped_by_us or (error is None and scope.cancelled_caught),
+            own_reason=child.stop_reason if current else None,
         )
+        if isinstance(status.face, ActorHandle):
+            # a handle whose actor did not close its own mailbox still learns of the exit
+            status.face._mark_exited(exit or Exit(ExitKind.SHUTDOWN, "cancelled"))
         if exit is None:
             done.set()
             assert error is not None
             raise error
-        stopped_by_us = child.incarnation == incarnation and child.stop_reason is not None
-        if child.incarnation == incarnation:
-            child.last_exit = exit
+        if current:
+            child.last_exit = child.final = exit
         done.set()
         if not stopped_by_us:  # a stop is reported by _stop_child itself
             self._post(child, incarnation, exit)
@@ -437,7 +472,8 @@ class Supervisor:
                 grace=child.spec.shutdown_grace,
             )
         child.state = "stopped"
-        exit = Exit(ExitKind.SHUTDOWN, reason)
+        # how it really ended (an error while stopping stays an error), or the stop's reason
+        exit = child.final or Exit(ExitKind.SHUTDOWN, reason)
         child.last_exit = exit
         publish(ChildExited(self.name, child.spec.id, exit, trio.current_time()))
 
@@ -456,21 +492,30 @@ class Supervisor:
             if self.dynamic or child.spec.restart is not Restart.PERMANENT:
                 self._remove(child)
 
+    def _check_room(self) -> None:
+        """A dynamic supervisor refuses a child past ``max_children``."""
+
     async def _add_child(self, spec: ChildSpec) -> object:
-        async with self._lock:
-            if self._nursery is None or self._stop_reason is not None:
-                msg = f"supervisor {self.name!r} is not running"
-                raise SupervisionError(msg)
-            if self._find(spec.id) is not None:
-                msg = f"supervisor {self.name!r} already has a child {spec.id!r}"
-                raise SupervisionError(msg)
-            child = _Child(spec)
-            self._children[spec.id] = child
-            try:
+        # admission is synchronous (no checkpoint between the checks and the insert), so
+        # concurrent start_child calls can neither overshoot max_children nor share an id
+        if self._nursery is None or self._closing:
+            msg = f"supervisor {self.name!r} is not running"
+            raise SupervisionError(msg)
+        self._check_room()
+        if self._find(spec.id) is not None:
+            msg = f"supervisor {self.name!r} already has a child {spec.id!r}"
+            raise SupervisionError(msg)
+        child = _Child(spec, state="starting")
+        self._children[spec.id] = child
+        try:
+            if self.dynamic:
+                # children of a dynamic supervisor are independent: they start in parallel
                 return await self._start(child)
-            except BaseException:
-                self._remove(child)
-                raise
+            async with self._lock:
+                return await self._start(child)
+        except BaseException:
+            self._remove(child)
+            raise
 
     def _find(self, id: str) -> _Child | None:
         return self._children.get(id)
@@ -510,11 +555,10 @@ class DynamicSupervisor(Supervisor):
         )
         self.max_children = max_children
 
-    async def _add_child(self, spec: ChildSpec) -> object:
+    def _check_room(self) -> None:
         if self.max_children is not None and len(self._children) >= self.max_children:
             msg = f"dynamic supervisor {self.name!r} is full ({self.max_children} children)"
             raise MaxChildrenError(msg)
-        return await super()._add_child(spec)
 
     async def _stop_all(self, reason: str) -> None:
         async with trio.open_nursery() as nursery:
