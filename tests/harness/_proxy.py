@@ -1,7 +1,7 @@
 """A TCP fault proxy (Trio) between Steward and a backend such as PostgreSQL.
 
 Modes, switchable at run time: pass through, delay every chunk, black-hole (hold connections,
-forward nothing), reset (close every connection with RST and refuse new ones).
+forward nothing), reset (close every connection with RST and reset new ones).
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from functools import partial
 import attrs
 import trio
 
+__all__ = ["FaultProxy", "Mode", "ProxyStatistics"]
+
+CHUNK = 65536  # bytes read at once: the most a connection buffers inside the proxy, each way
+CLOSE_GRACE = 1.0  # seconds to close a client's socket once its connection ends
+
 
 class Mode(enum.Enum):
     PASS = "pass"
@@ -26,15 +31,17 @@ class Mode(enum.Enum):
 
 @attrs.frozen
 class ProxyStatistics:
+    """The proxy's counters: connections accepted in all, open now, and bytes forwarded."""
+
     mode: Mode
     accepted: int
     active: int
-    bytes_up: int
-    bytes_down: int
+    bytes_up: int  # client -> target
+    bytes_down: int  # target -> client
 
 
 def _rst(stream: trio.SocketStream) -> None:
-    """Close with RST instead of FIN: SO_LINGER with a zero timeout."""
+    """Close with RST instead of FIN: SO_LINGER on with a zero timeout."""
     try:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
@@ -42,16 +49,27 @@ def _rst(stream: trio.SocketStream) -> None:
     stream.socket.close()
 
 
+@attrs.define(eq=False)
+class _Connection:
+    client: trio.SocketStream
+    scope: trio.CancelScope
+    upstream: trio.SocketStream | None = None
+
+
 class FaultProxy:
+    """Listens on 127.0.0.1 (``port``) and forwards each connection to ``target``.
+
+    Open it with `FaultProxy.open`; switch modes at any time with `pass_through`, `delay`,
+    `blackhole` and `reset`.
+    """
+
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self._mode = Mode.PASS
         self._delay = 0.0
         self._changed = trio.Event()
-        self._conns: set[tuple[trio.SocketStream, trio.SocketStream | None, trio.CancelScope]] = (
-            set()
-        )
+        self._conns: set[_Connection] = set()
         self._accepted = 0
         self._up = 0
         self._down = 0
@@ -59,6 +77,8 @@ class FaultProxy:
     @classmethod
     @asynccontextmanager
     async def open(cls, target_host: str, target_port: int) -> AsyncIterator[FaultProxy]:
+        """A proxy listening on a free port of 127.0.0.1 until the block ends (its
+        connections end with it)."""
         proxy = cls(target_host, target_port)
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
@@ -70,32 +90,46 @@ class FaultProxy:
             finally:
                 nursery.cancel_scope.cancel()
 
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
     def _set(self, mode: Mode) -> None:
         self._mode = mode
         self._changed.set()
         self._changed = trio.Event()
 
     def pass_through(self) -> None:
+        """Forward everything; connections held by a black hole go on."""
         self._set(Mode.PASS)
 
     def delay(self, seconds: float) -> None:
+        """Hold every chunk, each way, ``seconds`` before forwarding it."""
+        if seconds < 0:
+            msg = f"a proxy delay must be at least 0 seconds, got {seconds}"
+            raise ValueError(msg)
         self._delay = seconds
         self._set(Mode.DELAY)
 
     def blackhole(self) -> None:
+        """Accept and hold connections, forward nothing: new and existing connections stall."""
         self._set(Mode.BLACKHOLE)
 
     def reset(self) -> None:
-        """Reset every current connection and every new one until the mode changes."""
+        """Reset every current connection, both sides, and every new one until the mode changes."""
         self._set(Mode.RESET)
-        for client, upstream, scope in list(self._conns):
-            _rst(client)
-            if upstream is not None:
-                _rst(upstream)
-            scope.cancel()
+        for conn in list(self._conns):
+            _rst(conn.client)
+            if conn.upstream is not None:
+                _rst(conn.upstream)
+            conn.scope.cancel()
 
     def statistics(self) -> ProxyStatistics:
         return ProxyStatistics(self._mode, self._accepted, len(self._conns), self._up, self._down)
+
+    async def _wait_not_blackholed(self) -> None:
+        while self._mode is Mode.BLACKHOLE:
+            await self._changed.wait()
 
     async def _handle(self, client: trio.SocketStream) -> None:
         self._accepted += 1
@@ -103,30 +137,22 @@ class FaultProxy:
             _rst(client)
             return
         with trio.CancelScope() as scope:
-            entry: tuple[trio.SocketStream, trio.SocketStream | None, trio.CancelScope] = (
-                client,
-                None,
-                scope,
-            )
-            self._conns.add(entry)
+            conn = _Connection(client, scope)
+            self._conns.add(conn)
             try:
-                while self._mode is Mode.BLACKHOLE:
-                    await self._changed.wait()
-                if self._mode is Mode.RESET:
-                    _rst(client)
-                    return
-                upstream = await trio.open_tcp_stream(*self.target)
-                self._conns.discard(entry)
-                entry = (client, upstream, scope)
-                self._conns.add(entry)
+                await self._wait_not_blackholed()
+                upstream = conn.upstream = await trio.open_tcp_stream(*self.target)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, client, upstream, True, nursery.cancel_scope)
                     nursery.start_soon(self._pump, upstream, client, False, nursery.cancel_scope)
             except OSError:
+                # the target refused: the client sees a reset, as it would without the proxy
                 _rst(client)
             finally:
-                self._conns.discard(entry)
-        with trio.move_on_after(1, shield=True):
+                self._conns.discard(conn)
+                if conn.upstream is not None:
+                    conn.upstream.socket.close()
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
             try:
                 await client.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -137,11 +163,10 @@ class FaultProxy:
     ) -> None:
         try:
             while True:
-                data = await src.receive_some(65536)
+                data = await src.receive_some(CHUNK)
                 if not data:
                     break
-                while self._mode is Mode.BLACKHOLE:
-                    await self._changed.wait()
+                await self._wait_not_blackholed()
                 if self._mode is Mode.DELAY:
                     await trio.sleep(self._delay)
                 await dst.send_all(data)
