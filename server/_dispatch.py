@@ -44,6 +44,7 @@ __all__ = [
     "RpcError",
     "ScopeRequired",
     "error_response",
+    "stamp_2026",
 ]
 
 log = structlog.get_logger("mcp")
@@ -62,6 +63,29 @@ class ScopeRequired(Exception):
     def __init__(self, needed: frozenset[str], message: str) -> None:
         super().__init__(message)
         self.needed = needed
+
+
+_CACHEABLE = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+    }
+)
+
+
+def stamp_2026(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """What a 2026-07-28 result carries besides its payload: ``resultType`` on every result, and a
+    cache hint (``ttlMs``, ``cacheScope``) on the cacheable ones. Steward's lists depend on the
+    caller (scopes, tier), so they are private and not cached by default."""
+    result.setdefault("resultType", "complete")
+    if method in _CACHEABLE:
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return result
 
 
 def _content(value: Any) -> dict[str, Any]:

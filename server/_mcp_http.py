@@ -36,6 +36,7 @@ from server._dispatch import (
     SUPPORTED_VERSIONS,
     Dispatcher,
     ScopeRequired,
+    stamp_2026,
 )
 from server._http import (
     BodyTooLarge,
@@ -144,6 +145,8 @@ class Exchange:
         )
         self.close_requested = False
         self.session: UserSession | None = None
+        self.stateless = False  # 2026-07-28: server requests travel as input_required results
+        self.grant_id: Any = None
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -165,7 +168,17 @@ class Exchange:
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         request_id = f"s-{secrets.token_hex(8)}"
         slot = self.owner.pending_slot(request_id)
-        self._out({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        state: str | None = None
+        if self.stateless:  # the reply asks for input; the client retries with the answer
+            state = self.owner.park(self)
+            asked = {
+                "resultType": "input_required",
+                "inputRequests": {request_id: {"method": method, "params": params}},
+                "requestState": state,
+            }
+            self._out(result_response(self.request_id, asked), final=True)
+        else:
+            self._out({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         try:
             with trio.fail_after(self.owner.client_request_timeout):
                 await slot[0].wait()
@@ -174,6 +187,8 @@ class Exchange:
             raise RpcError(REQUEST_TIMEOUT, msg) from None
         finally:
             self.owner.pending.pop(request_id, None)
+            if state is not None:
+                self.owner.parked.pop(state, None)
         answer = slot[1]
         if "error" in answer:
             error = answer["error"] if isinstance(answer["error"], dict) else {}
@@ -242,6 +257,19 @@ class Exchange:
     def finish(self, message: dict[str, Any]) -> None:
         self._out(message, final=True)
 
+    def rebind(self, request_id: Any) -> None:
+        """The client's retry of a request that asked for input answers on a new HTTP reply."""
+        self.request_id = request_id
+        self.final = None
+        self.denied = None
+        self.buffer = []
+        self.decided = trio.Event()
+        self.attached = trio.Event()
+        self.conn = None
+        self.stream_id = secrets.token_hex(8)
+        self.seq = 0
+        self.tail.clear()
+
     def deny(self, exc: ScopeRequired) -> None:
         if self.attached.is_set() or self.legacy_conn is not None:
             msg = f"insufficient_scope: {exc}"
@@ -296,6 +324,7 @@ class McpHttp:
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
         self.inflight: dict[tuple[str, Any], Exchange] = {}  # (caller key, request id)
         self.live_streams: dict[tuple[str, str], Exchange] = {}  # (session, stream) -> request
+        self.parked: dict[str, Exchange] = {}  # 2026 requestState -> the request awaiting input
         self.get_streams: dict[str, Connection] = {}  # transport session -> its GET stream
         self.legacy_streams: dict[str, Connection] = {}  # legacy session -> its SSE stream
         self.listeners: dict[Connection, dict[str, Any]] = {}  # 2026 listen streams, filters
@@ -313,6 +342,15 @@ class McpHttp:
         slot: tuple[trio.Event, dict[str, Any]] = (trio.Event(), {})
         self.pending[request_id] = slot
         return slot
+
+    def park(self, exchange: Exchange) -> str:
+        """Keep a 2026 request that asked the client for input until its retry arrives."""
+        if len(self.parked) >= self.max_pending:
+            msg = f"too many requests awaiting input (max_pending={self.max_pending})"
+            raise RpcError(INVALID_REQUEST, msg)
+        state = secrets.token_urlsafe(16)
+        self.parked[state] = exchange
+        return state
 
     def store_event(
         self, session_id: str, stream_id: str, seq: int, user_id: str, message: dict[str, Any]
@@ -579,7 +617,6 @@ class McpHttp:
             session_id=ts.session_id,
             log_level=self.log_levels.get(ts.session_id, ts.log_level),
             stream_ok=True,
-            cancel_on_disconnect=False,
         )
 
     async def _initialize(
@@ -613,7 +650,7 @@ class McpHttp:
         session_id: str | None,
         log_level: str | None,
         stream_ok: bool,
-        cancel_on_disconnect: bool,
+        stateless: bool = False,
     ) -> None:
         """Run one request and answer it: JSON, or SSE once the handler sends something first."""
         method: str = message["method"]
@@ -626,6 +663,8 @@ class McpHttp:
             self, request_id, session_id=session_id, user_id=user.user_id, log_level=log_level
         )
         exchange.session = session  # handlers reach the upstream token through it
+        exchange.stateless = stateless
+        exchange.grant_id = user.grant_id
         started = trio.current_time()
         slot = (key, request_id)
         self.inflight[slot] = exchange
@@ -638,12 +677,14 @@ class McpHttp:
                         result = await self.dispatcher.call(user, method, params, exchange)
                     except RpcError as exc:
                         outcome = "error"
-                        exchange.finish(error_response(request_id, exc))
+                        exchange.finish(error_response(exchange.request_id, exc))
                     except ScopeRequired as exc:
                         outcome = "forbidden"
                         exchange.deny(exc)
                     else:
-                        exchange.finish(result_response(request_id, result))
+                        if stateless:
+                            result = stamp_2026(method, result)
+                        exchange.finish(result_response(exchange.request_id, result))
                 if exchange.cancel_scope.cancelled_caught:
                     outcome = "cancelled"
                     exchange.cancelled()
@@ -658,23 +699,62 @@ class McpHttp:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
-                await exchange.decided.wait()
-                if exchange.buffer and stream_ok:
-                    await self._reply_stream(
-                        send, receive, session, exchange, user, cancel_on_disconnect
-                    )
-                    return
-                while exchange.final is None and exchange.denied is None:
-                    exchange.decided = trio.Event()
-                    await exchange.decided.wait()
-                if exchange.denied is not None:
-                    err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
-                    err.body["error_description"] = str(exchange.denied)
-                    raise Reply(403, err.body, err.headers)
-                await send_json(send, 200, exchange.final)
+                await self._answer(send, receive, session, exchange, user, stream_ok=stream_ok)
         finally:
             if self.inflight.get(slot) is exchange:
                 del self.inflight[slot]
+
+    async def _answer(
+        self,
+        send: Send,
+        receive: Receive,
+        session: UserSession,
+        exchange: Exchange,
+        user: UserContext,
+        *,
+        stream_ok: bool,
+    ) -> None:
+        """Answer the HTTP request with what the handler produces: JSON, or an SSE stream."""
+        await exchange.decided.wait()
+        if exchange.buffer and stream_ok:
+            await self._reply_stream(send, receive, session, exchange, user, exchange.stateless)
+            return
+        while exchange.final is None and exchange.denied is None:
+            exchange.decided = trio.Event()
+            await exchange.decided.wait()
+        if exchange.denied is not None:
+            err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
+            err.body["error_description"] = str(exchange.denied)
+            raise Reply(403, err.body, err.headers)
+        await send_json(send, 200, exchange.final)
+
+    async def _continue(
+        self,
+        scope: Scope,
+        send: Send,
+        receive: Receive,
+        session: UserSession,
+        message: dict[str, Any],
+        exchange: Exchange,
+    ) -> None:
+        """A 2026 retry carrying ``inputResponses``: the parked handler continues and its next
+        output answers this request."""
+        exchange.rebind(message["id"])
+        responses = message["params"].get("inputResponses")
+        for key, answer in (responses if isinstance(responses, dict) else {}).items():
+            slot = self.pending.get(key)
+            if slot is not None:
+                slot[1]["result"] = answer
+                slot[0].set()
+        accept = header(scope, b"accept") or ""
+        await self._answer(
+            send,
+            receive,
+            session,
+            exchange,
+            session.context,
+            stream_ok="text/event-stream" in accept,
+        )
 
     def _count(self, user: UserContext, method: str, request_id: Any) -> None:
         if method in _UNCOUNTED:
@@ -909,15 +989,20 @@ class McpHttp:
             await send_response(send, 202, b"", b"application/json")
             return
         if method == "server/discover":
-            await send_json(
-                send, 200, result_response(request_id, self.dispatcher.discover_result())
-            )
+            result = stamp_2026(method, self.dispatcher.discover_result())
+            await send_json(send, 200, result_response(request_id, result))
             return
         if method == "subscriptions/listen":
             await self._listen(send, receive, principal, session, message)
             return
         if not self.dispatcher.knows(method):
             raise rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
+        state = message["params"].get("requestState")
+        parked = self.parked.get(state) if isinstance(state, str) else None
+        if parked is not None and parked.grant_id == principal.grant_id:
+            del self.parked[state]
+            await self._continue(scope, send, receive, session, message, parked)
+            return
         level = meta.get(META_LOG_LEVEL)
         await self.run_request(
             send,
@@ -929,7 +1014,7 @@ class McpHttp:
             session_id=None,
             log_level=level if isinstance(level, str) else None,
             stream_ok="text/event-stream" in (header(scope, b"accept") or ""),
-            cancel_on_disconnect=True,
+            stateless=True,
         )
 
     async def _listen(
