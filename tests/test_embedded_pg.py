@@ -3,58 +3,205 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, find_postgres_bindir
-from tests.harness._pg import Cluster, psql
+import server._embedded_pg as embedded
+from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
+from tests.harness._pg import Cluster, create_database, drop_database, psql
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
+    """A folder under /tmp (short socket paths; parents traversable by the service user)."""
     folder = Path(tempfile.mkdtemp(prefix="stw-e-", dir="/tmp"))
     os.chmod(folder, 0o755)
     yield folder
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_missing_binaries_name_the_package_to_install(tmp_path: Path) -> None:
-    with pytest.raises(PostgresNotFound, match="apt-get install postgresql"):
-        find_postgres_bindir([str(tmp_path)])
+@pytest.fixture
+def no_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Nothing on PATH, and the Debian folders searched under an empty tmp_path."""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(embedded, "DEBIAN_BINDIRS", str(tmp_path / "lib/postgresql/*/bin"))
+    return tmp_path
+
+
+def psql_socket(pg: EmbeddedPostgres, sql: str) -> str:
+    """psql over the cluster's unix socket."""
+    where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "steward", "-d", "postgres"]
+    out = subprocess.run(
+        ["psql", *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        msg = f"psql failed: {out.stderr.strip()}"
+        raise RuntimeError(msg)
+    return out.stdout.strip()
+
+
+def test_missing_binaries_name_the_package_to_install(no_binaries: Path) -> None:
+    with pytest.raises(PostgresNotFound, match=r"apt-get install postgresql`"):
+        EmbeddedPostgres(no_binaries / "pg")
+    assert not (no_binaries / "pg").exists()
+
+
+def test_the_highest_complete_installed_version_is_chosen(no_binaries: Path) -> None:
+    for version, names in {
+        "9.6": ("initdb", "pg_ctl", "postgres"),
+        "10": ("initdb", "pg_ctl", "postgres"),
+        "16": ("initdb", "pg_ctl"),  # no server binary: not an installation
+    }.items():
+        bindir = no_binaries / "lib/postgresql" / version / "bin"
+        bindir.mkdir(parents=True)
+        for name in names:
+            (bindir / name).write_text("#!/bin/sh\n")
+            (bindir / name).chmod(0o755)
+    assert find_postgres_bindir() == no_binaries / "lib/postgresql/10/bin"
 
 
 def test_binaries_are_found_on_this_machine() -> None:
     bindir = find_postgres_bindir()
-    assert (bindir / "initdb").exists() and (bindir / "postgres").exists()
+    assert all(os.access(bindir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
 
 
-async def test_data_is_kept_between_runs_and_survives_a_kill(data_dir: Path) -> None:
-    pg = EmbeddedPostgres(data_dir, durable=True)
+async def test_a_cluster_starts_stops_and_recovers_from_a_kill(data_dir: Path) -> None:
+    pg = EmbeddedPostgres(data_dir, durable=False)
+    assert not pg.running
     await pg.start()
     try:
-        assert pg.running
-        psql(pg.dsn(), "CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        assert pg.running and pg.started_here
+        assert pg.socket_dir.parent == data_dir and pg.log_file.parent == data_dir
+        assert psql_socket(pg, "SELECT 1") == "1"
+        assert psql(pg.dsn(), "SHOW listen_addresses") == "127.0.0.1"
+        assert psql(pg.dsn(), "SHOW fsync") == "off"
+        if os.geteuid() == 0:
+            owner = pwd.getpwuid(pg.pgdata.stat().st_uid).pw_name
+            assert owner == "steward-pg"
+            assert psql(pg.dsn(), "SELECT current_setting('data_directory')") == str(pg.pgdata)
+        psql(pg.dsn(), "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+
         await pg.stop()
         assert not pg.running
+        with pytest.raises(RuntimeError, match="psql failed"):
+            psql_socket(pg, "SELECT 1")
+
         await pg.start()
-        assert psql(pg.dsn(), "SELECT v FROM kept") == "42"
+        assert psql(pg.dsn(), "INSERT INTO t VALUES (2); SELECT count(*) FROM t") == "2"
+
         pg.kill()
         assert not pg.running
+        assert not embedded._any_process_in(pg.pgdata), "a backend outlived its postmaster"
         with pytest.raises(RuntimeError, match="psql failed"):
             psql(pg.dsn(), "SELECT 1")
-        await pg.start()  # crash recovery
-        assert psql(pg.dsn(), "SELECT v FROM kept") == "42"
+
+        await pg.start()  # crash recovery: the committed rows are there
+        assert psql_socket(pg, "SELECT sum(v) FROM t") == "3"
+        assert "database system was interrupted" in pg.log_file.read_text()
     finally:
         await pg.stop("immediate")
     assert not pg.running
+    assert not embedded._any_process_in(pg.pgdata)
 
 
-def test_fresh_databases_are_isolated(pg_cluster: Cluster, fresh_db: str) -> None:
+async def test_the_data_folder_is_kept_between_runs(data_dir: Path) -> None:
+    first = EmbeddedPostgres(data_dir)
+    await first.start()
+    try:
+        psql(first.dsn(), "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('from run 1')")
+        # a second owner finds the cluster running on its port and leaves it to the first
+        second = EmbeddedPostgres(data_dir)
+        assert second.port == first.port
+        await second.start()
+        assert not second.started_here
+    finally:
+        await first.stop()
+    assert not first.running
+
+    later = EmbeddedPostgres(data_dir)
+    await later.start()
+    try:
+        assert later.started_here
+        assert psql(later.dsn(), "SELECT v FROM kept") == "from run 1"
+    finally:
+        await later.stop()
+
+
+async def test_a_start_that_fails_reports_the_log_tail(data_dir: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    try:
+        pg = EmbeddedPostgres(data_dir, port=busy, durable=False)
+        with pytest.raises(PostgresStartError) as failed:
+            await pg.start()
+        message = str(failed.value)
+        assert f"did not start on port {busy}" in message
+        assert "log tail" in message and "Address already in use" in message
+        assert not pg.running
+    finally:
+        holder.close()
+
+
+async def test_a_port_chosen_here_and_taken_meanwhile_is_replaced(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    ports = iter([busy])
+    real_free_port = embedded.free_port
+    monkeypatch.setattr(embedded, "free_port", lambda: next(ports, None) or real_free_port())
+    try:
+        pg = EmbeddedPostgres(data_dir, durable=False)
+        assert pg.port == busy
+        await pg.start()
+        try:
+            assert pg.port != busy
+            assert psql(pg.dsn(), "SELECT 1") == "1"
+        finally:
+            await pg.stop("immediate")
+    finally:
+        holder.close()
+
+
+async def test_a_data_folder_too_long_for_a_unix_socket_is_refused() -> None:
+    folder = Path("/tmp") / ("x" * 100)
+    pg = EmbeddedPostgres(folder)
+    with pytest.raises(
+        PostgresStartError, match="longer than 107 bytes; use a shorter data folder"
+    ):
+        await pg.start()
+    assert not folder.exists()
+
+
+def test_fresh_databases_are_isolated_and_dropped(pg_cluster: Cluster, fresh_db: str) -> None:
     psql(fresh_db, "CREATE TABLE mine (v int)")
     assert psql(fresh_db, "SELECT count(*) FROM mine") == "0"
     assert "mine" not in psql(pg_cluster.dsn("postgres"), "SELECT tablename FROM pg_tables")
+
+    other = create_database(pg_cluster)
+    exists = f"SELECT count(*) FROM pg_database WHERE datname = '{other}'"
+    assert psql(pg_cluster.dsn("postgres"), exists) == "1"
+    drop_database(pg_cluster, other)
+    assert psql(pg_cluster.dsn("postgres"), exists) == "0"
+
+
+def test_the_session_cluster_answers_on_its_socket_in_its_data_folder(pg_cluster: Cluster) -> None:
+    if not isinstance(pg_cluster, EmbeddedPostgres):
+        pytest.skip("DATABASE_URL points at an existing server: it has no socket folder of ours")
+    assert pg_cluster.running and pg_cluster.socket_dir.parent == pg_cluster.data_dir
+    assert psql_socket(pg_cluster, "SHOW unix_socket_directories") == str(pg_cluster.socket_dir)
