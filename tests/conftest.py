@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
-from tests.harness._pg import Cluster, create_database, drop_database, start_cluster, stop_cluster
+from tests.harness._pg import (
+    Cluster,
+    ExternalPostgres,
+    create_database,
+    drop_database,
+    start_cluster,
+    stop_cluster,
+)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +24,22 @@ def pg_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         stop_cluster(cluster, folder)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test skipped because DATABASE_URL's server cannot be stopped or killed says so."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("pg_cluster")
+    if isinstance(cluster, ExternalPostgres) and cluster.skipped and report.when != "setup":
+        if report.skipped and isinstance(report.longrepr, tuple):
+            path, line, _ = report.longrepr
+            report.longrepr = (path, line, f"Skipped: {cluster.skipped}")
+        if report.when == "teardown":
+            cluster.skipped = None
+    return report
 
 
 @pytest.fixture

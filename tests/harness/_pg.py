@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -26,19 +27,26 @@ class ExternalPostgres:
     def __init__(self, url: str) -> None:
         self.url = url
         self.port = urlsplit(url).port or 5432
+        # why the current test was skipped: pytest-trio drops the reason of a skip raised inside
+        # a nursery, and conftest puts it back into the report
+        self.skipped: str | None = None
+
+    def _skip(self, what: str) -> NoReturn:
+        self.skipped = f"DATABASE_URL points at an existing server: the tests cannot {what} it"
+        pytest.skip(self.skipped)
 
     def dsn(self, dbname: str = "postgres") -> str:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(path=f"/{dbname}"))
 
     async def stop(self, mode: StopMode = "fast") -> None:
-        pytest.skip("DATABASE_URL points at an existing server: the tests cannot stop it")
+        self._skip("stop")
 
     async def start(self) -> None:
-        pytest.skip("DATABASE_URL points at an existing server: the tests cannot start it")
+        self._skip("start")
 
     def kill(self) -> None:
-        pytest.skip("DATABASE_URL points at an existing server: the tests cannot kill it")
+        self._skip("kill")
 
 
 Cluster = EmbeddedPostgres | ExternalPostgres
