@@ -65,6 +65,9 @@ class ActorHandle(Generic[Msg]):
 
     async def send(self, msg: Msg) -> None:
         """Deliver ``msg``, waiting for room. Raises ActorExited if the actor is gone."""
+        if self._exited.is_set():
+            await trio.lowlevel.checkpoint()
+            raise ActorExited(f"actor {self.name!r} has exited")
         try:
             await self._send.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -73,6 +76,8 @@ class ActorHandle(Generic[Msg]):
 
     def send_nowait(self, msg: Msg) -> None:
         """Deliver ``msg`` now. Raises trio.WouldBlock when the mailbox is full."""
+        if self._exited.is_set():
+            raise ActorExited(f"actor {self.name!r} has exited")
         try:
             self._send.send_nowait(msg)
         except trio.WouldBlock:
@@ -133,7 +138,9 @@ class Mailbox(Generic[Msg]):
     """``with open_mailbox(name, capacity) as (handle, inbox):`` around an actor's life.
 
     Leaving the block closes the mailbox and resolves ``handle.wait_exited()`` with how the
-    block was left (a cancel counts as a shutdown).
+    block was left (a cancel counts as a shutdown). An actor that gives ``handle`` to
+    ``task_status.started`` without the block is covered by its supervisor instead, which
+    resolves ``wait_exited()`` with the incarnation's classified exit.
     """
 
     def __init__(self, name: str, capacity: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -38,7 +38,7 @@ class Journal:
 
     def worker(
         self, name: str, *, exit_with: BaseException | None = None, after: float | None = None
-    ) -> Callable[..., object]:
+    ) -> Callable[..., Awaitable[object]]:
         async def start(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
             self.lines.append(f"start {name}")
             event = self.crash[name] = trio.Event()
