@@ -178,6 +178,12 @@ class Supervisor:
         if len(set(ids)) != len(ids):
             msg = f"supervisor {name!r}: child ids must be unique, got {ids}"
             raise ValueError(msg)
+        if intensity < 0:
+            msg = f"supervisor {name!r}: intensity must be >= 0, got {intensity}"
+            raise ValueError(msg)
+        if period <= 0:
+            msg = f"supervisor {name!r}: period must be > 0 seconds, got {period}"
+            raise ValueError(msg)
         self.name = name
         self.strategy = strategy
         self.intensity = intensity
@@ -553,6 +559,9 @@ class DynamicSupervisor(Supervisor):
         super().__init__(
             name, (), strategy=Strategy.ONE_FOR_ONE, intensity=intensity, period=period
         )
+        if max_children is not None and max_children < 1:
+            msg = f"dynamic supervisor {name!r}: max_children must be >= 1, got {max_children}"
+            raise ValueError(msg)
         self.max_children = max_children
 
     def _check_room(self) -> None:

@@ -409,3 +409,14 @@ async def test_terminating_an_unknown_child_names_it() -> None:
         with pytest.raises(UnknownChild, match="supervisor 's' has no child 'ghost'"):
             await handle.terminate_child("ghost")
         await handle.stop()
+
+
+def test_supervisor_policies_are_checked_when_built() -> None:
+    with pytest.raises(ValueError, match="supervisor 's': intensity must be >= 0, got -1"):
+        Supervisor("s", intensity=-1)
+    with pytest.raises(ValueError, match="supervisor 's': period must be > 0 seconds, got 0"):
+        Supervisor("s", period=0)
+    with pytest.raises(ValueError, match="'d': max_children must be >= 1, got 0"):
+        DynamicSupervisor("d", max_children=0)
+    with pytest.raises(ValueError, match="child ids must be unique"):
+        Supervisor("s", [ChildSpec("a", Log().worker("a")), ChildSpec("a", Log().worker("a"))])
