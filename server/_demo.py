@@ -280,6 +280,26 @@ async def test_reconnection(ctx: Context) -> str:
     return "Reconnection test completed"
 
 
+@everything.tool(
+    description="Tool with JSON Schema 2020-12 features",
+    input_schema={
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "$defs": {
+            "address": {
+                "type": "object",
+                "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+            }
+        },
+        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "additionalProperties": False,
+    },
+)
+async def json_schema_2020_12_tool(ctx: Context, **arguments: object) -> str:
+    """An explicit input schema is served as given, 2020-12 keywords included (SEP-1613)."""
+    return f"received {sorted(arguments)}"
+
+
 @everything.resource("test://static-text")
 async def static_text(ctx: Context) -> str:
     """A static text resource for testing"""

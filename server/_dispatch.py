@@ -77,11 +77,20 @@ _CACHEABLE = frozenset(
 )
 
 
-def stamp_2026(method: str, result: dict[str, Any]) -> dict[str, Any]:
+SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
+
+
+def stamp_2026(method: str, result: dict[str, Any], server_meta: dict[str, Any]) -> dict[str, Any]:
     """What a 2026-07-28 result carries besides its payload: ``resultType`` on every result, and a
     cache hint (``ttlMs``, ``cacheScope``) on the cacheable ones. Steward's lists depend on the
-    caller (scopes, tier), so they are private and not cached by default."""
+    caller (scopes, tier), so they are private and not cached by default. ``server_meta`` names
+    the server in ``_meta`` (``Dispatcher.server_meta``)."""
     result.setdefault("resultType", "complete")
+    meta = result.get("_meta")
+    if not isinstance(meta, dict):
+        result["_meta"] = server_meta
+    elif SERVER_INFO_META not in meta:
+        result["_meta"] = {**meta, **server_meta}
     if method in _CACHEABLE:
         result.setdefault("ttlMs", 0)
         result.setdefault("cacheScope", "private")
@@ -116,6 +125,7 @@ class Dispatcher:
         self.app = app
         self.on_subscribe = on_subscribe
         self.on_log_level = on_log_level
+        self._server_meta: dict[str, Any] | None = None
         self._methods: dict[
             str, Callable[[UserContext, dict[str, Any], Any], Awaitable[dict[str, Any]]]
         ] = {
@@ -147,6 +157,13 @@ class Dispatcher:
 
     def server_info(self) -> dict[str, Any]:
         return {"name": self.app.name, "version": self.app.version}
+
+    @property
+    def server_meta(self) -> dict[str, Any]:
+        """``_meta`` that names this server on 2026-07-28 results (built once, shared)."""
+        if self._server_meta is None:
+            self._server_meta = {SERVER_INFO_META: self.server_info()}
+        return self._server_meta
 
     def initialize_result(self, requested: Any) -> dict[str, Any]:
         version = requested if requested in SUPPORTED_2025 else LATEST_2025

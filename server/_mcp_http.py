@@ -34,6 +34,7 @@ from server._dispatch import (
     LOG_LEVELS,
     SUPPORTED_2025,
     SUPPORTED_VERSIONS,
+    V2026,
     Dispatcher,
     ScopeRequired,
     stamp_2026,
@@ -51,6 +52,7 @@ from server._http import (
 )
 from server._jsonrpc import (
     HEADER_MISMATCH,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     REQUEST_CANCELLED,
@@ -79,6 +81,13 @@ RETRY_MS = 1000  # the `retry:` of priming events: how soon a client reconnects 
 TAIL = 256  # events of a live request stream kept in memory, for resumption on this node
 _NAMED = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 _UNCOUNTED = frozenset({"initialize", "ping", "tools/list"})
+_ONLY_2026 = frozenset({V2026})  # versions that exist only in the stateless era
+_METHODS_2026 = frozenset({"server/discover", "subscriptions/listen"})
+_REMOVED_2026 = frozenset(
+    {"ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+META_CAPS = "io.modelcontextprotocol/clientCapabilities"
+META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 _LISTEN_KEYS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
 
 
@@ -424,7 +433,7 @@ class McpHttp:
                 sent += 1
         for conn, wanted in self.listeners.items():
             if uri in (wanted.get("resourceSubscriptions") or ()):
-                self.emit(conn, message)
+                self.emit(conn, _tagged(message, wanted["_id"]))
                 sent += 1
         return sent
 
@@ -439,7 +448,7 @@ class McpHttp:
                 sent += 1
         for conn, wanted in self.listeners.items():
             if wanted.get(f"{kind}ListChanged"):
-                self.emit(conn, message)
+                self.emit(conn, _tagged(message, wanted["_id"]))
                 sent += 1
         return sent
 
@@ -578,7 +587,11 @@ class McpHttp:
         message = await self.read_message(receive)
         params: dict[str, Any] = message.get("params") or {}
         meta = params.get("_meta")
-        if isinstance(meta, dict) and META_VERSION in meta:
+        if (
+            (isinstance(meta, dict) and META_VERSION in meta)
+            or header(scope, VERSION_HEADER) in _ONLY_2026
+            or message.get("method") in _METHODS_2026
+        ):
             await self._post_2026(scope, receive, send, principal, session, message, meta)
             return
         method = message.get("method")
@@ -683,7 +696,7 @@ class McpHttp:
                         exchange.deny(exc)
                     else:
                         if stateless:
-                            result = stamp_2026(method, result)
+                            result = stamp_2026(method, result, self.dispatcher.server_meta)
                         exchange.finish(result_response(exchange.request_id, result))
                 if exchange.cancel_scope.cancelled_caught:
                     outcome = "cancelled"
@@ -951,10 +964,17 @@ class McpHttp:
         principal: Any,
         session: UserSession,
         message: dict[str, Any],
-        meta: dict[str, Any],
+        meta: Any,
     ) -> None:
         request_id = message.get("id")
-        version = meta.get(META_VERSION)
+        if not isinstance(meta, dict) or META_VERSION not in meta:
+            msg = f"a {V2026} message carries params._meta with {META_VERSION!r}"
+            raise rpc_reply(400, request_id, INVALID_PARAMS, msg)
+        version = meta[META_VERSION]
+        sent_header = header(scope, VERSION_HEADER)
+        if sent_header != version:
+            msg = f"the MCP-Protocol-Version header ({sent_header!r}) must equal _meta's protocol version ({version!r})"
+            raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
         if version not in SUPPORTED_VERSIONS:
             raise rpc_reply(
                 400,
@@ -963,10 +983,9 @@ class McpHttp:
                 f"unsupported protocol version {version!r}",
                 {"supported": list(SUPPORTED_VERSIONS), "requested": version},
             )
-        sent_header = header(scope, VERSION_HEADER)
-        if sent_header != version:
-            msg = f"the MCP-Protocol-Version header ({sent_header!r}) must equal _meta's protocol version ({version!r})"
-            raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
+        if "id" in message and "method" in message and not isinstance(meta.get(META_CAPS), dict):
+            msg = f"a {V2026} request carries params._meta with {META_CAPS!r}"
+            raise rpc_reply(400, request_id, INVALID_PARAMS, msg)
         method = message.get("method")
         if method is None:  # a response to a server request
             self.client_message(f"grant:{principal.grant_id}", message)
@@ -989,13 +1008,15 @@ class McpHttp:
             await send_response(send, 202, b"", b"application/json")
             return
         if method == "server/discover":
-            result = stamp_2026(method, self.dispatcher.discover_result())
+            result = stamp_2026(
+                method, self.dispatcher.discover_result(), self.dispatcher.server_meta
+            )
             await send_json(send, 200, result_response(request_id, result))
             return
         if method == "subscriptions/listen":
             await self._listen(send, receive, principal, session, message)
             return
-        if not self.dispatcher.knows(method):
+        if not self.dispatcher.knows(method) or method in _REMOVED_2026:
             raise rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
         state = message["params"].get("requestState")
         parked = self.parked.get(state) if isinstance(state, str) else None
@@ -1036,13 +1057,19 @@ class McpHttp:
         if isinstance(uris, list):
             honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)][:1000]
         conn = await self.open_stream(session, "listen", None)
-        self.listeners[conn] = honoured
-        ack = notification("notifications/subscriptions/acknowledged", {"notifications": honoured})
-        self.emit(conn, ack)
+        self.listeners[conn] = {**honoured, "_id": message["id"]}
+        ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}
+        self.emit(conn, notification("notifications/subscriptions/acknowledged", ack))
         try:
             await self.pump(conn, send, receive, priming_id=None)
         finally:
             self.listeners.pop(conn, None)
+
+
+def _tagged(message: dict[str, Any], subscription_id: Any) -> dict[str, Any]:
+    """A notification on a listen stream names its subscription (the listen request's id)."""
+    params = {**message["params"], "_meta": {META_SUBSCRIPTION: subscription_id}}
+    return {**message, "params": params}
 
 
 def _is_response(payload: Any) -> bool:

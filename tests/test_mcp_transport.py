@@ -152,7 +152,10 @@ def headers_2026(token: str, method: str, name: str | None = None, **extra: str)
 
 
 def rpc_2026(method: str, params: dict[str, Any] | None = None, *, version: str = V2026) -> Any:
-    meta = {"io.modelcontextprotocol/protocolVersion": version}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
     return {
         "jsonrpc": "2.0",
         "id": 9,
@@ -173,7 +176,20 @@ async def test_2026_requests_are_stateless_and_their_headers_must_match_the_body
 
         r = await post(rpc_2026("server/discover"), headers_2026(token, "server/discover"))
         assert r.status_code == 200 and "mcp-session-id" not in r.headers
-        assert V2026 in r.json()["result"]["supportedVersions"]
+        discovered = r.json()["result"]
+        assert V2026 in discovered["supportedVersions"]
+        assert discovered["resultType"] == "complete"
+        assert discovered["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == app.name
+        bare = {"jsonrpc": "2.0", "id": 5, "method": "server/discover", "params": {}}
+        r = await post(bare, headers_2026(token, "server/discover"))  # no _meta at all
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32602
+        assert r.json()["id"] == 5
+        no_caps = rpc_2026("server/discover")
+        del no_caps["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]
+        r = await post(no_caps, headers_2026(token, "server/discover"))
+        assert r.status_code == 400 and "clientCapabilities" in r.json()["error"]["message"]
+        r = await post(rpc_2026("ping"), headers_2026(token, "ping"))  # removed in 2026
+        assert r.status_code == 404 and r.json()["error"]["code"] == -32601
         r = await post(
             rpc_2026("server/discover"),
             headers_2026(token, "server/discover", **{"mcp-protocol-version": "2025-11-25"}),
@@ -234,7 +250,10 @@ async def test_a_listen_stream_acknowledges_its_filter_and_gets_only_what_it_ask
                     updated = await reader.next_message()
                     changed = await reader.next_message()
                 assert updated is not None and changed is not None
-                assert updated["data"]["params"] == {"uri": "test://watched"}
+                assert updated["data"]["params"] == {
+                    "uri": "test://watched",
+                    "_meta": {"io.modelcontextprotocol/subscriptionId": 9},  # the listen's id
+                }
                 assert changed["data"]["method"] == "notifications/tools/list_changed"
                 nursery.cancel_scope.cancel()
 
