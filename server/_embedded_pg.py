@@ -192,7 +192,9 @@ class EmbeddedPostgres:
         self.durable = durable
         self.bindir = bindir or find_postgres_bindir()
         self._as_root = os.geteuid() == 0
-        self.started_here = False  # whether start() started it (False: found it running)
+        # whether this object owns the running cluster: it started it, or adopted it from an owner
+        # that died; False when another live process started it (then `stop` is left to that one)
+        self.started_here = False
 
     @property
     def pgdata(self) -> Path:
@@ -205,6 +207,22 @@ class EmbeddedPostgres:
     @property
     def log_file(self) -> Path:
         return self.data_dir / "postgres.log"
+
+    @property
+    def owner_file(self) -> Path:
+        """The pid of the process that owns the running cluster."""
+        return self.data_dir / "owner.pid"
+
+    def _owner_alive(self) -> bool:
+        try:
+            pid = int(self.owner_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return _alive(pid)
+
+    def _claim(self) -> None:
+        self.owner_file.write_text(f"{os.getpid()}\n")
+        self.started_here = True
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq URL for ``dbname`` over TCP on 127.0.0.1."""
@@ -305,15 +323,20 @@ class EmbeddedPostgres:
     async def start(self) -> None:
         """Create (if needed) and start the cluster; returns once it accepts connections.
 
-        A cluster already running in the folder is used as it is. When the port was chosen
-        here and another process took it first, a new one is chosen (a bounded number of times).
+        A cluster already running in the folder is used as it is, and adopted (``started_here``)
+        when the process that started it has died. When the port was chosen here and another
+        process took it first, a new one is chosen (a bounded number of times).
 
         Raises:
             PostgresStartError: with the tail of the cluster's log.
         """
         await self.initdb()
         if self.running:
-            self.started_here = False
+            if self._owner_alive():
+                self.started_here = False
+            else:
+                self._claim()
+                log.info("cluster_adopted", port=self.port, data_dir=str(self.data_dir))
             return
         for attempt in range(1, PORT_ATTEMPTS + 1):
             log_offset = self.log_file.stat().st_size
@@ -328,7 +351,7 @@ class EmbeddedPostgres:
             stderr = result.stderr.decode(errors="replace").strip()[-500:]
             msg = f"PostgreSQL did not start on port {self.port} (pg_ctl: {stderr})\n{tail}"
             raise PostgresStartError(msg)
-        self.started_here = True
+        self._claim()
         await self._wait_accepting()
         log.info("cluster_started", port=self.port, data_dir=str(self.data_dir))
 
@@ -402,6 +425,9 @@ class EmbeddedPostgres:
             stderr = result.stderr.decode(errors="replace").strip()[-500:]
             msg = f"PostgreSQL on port {self.port} did not stop ({mode}) within {STOP_WAIT}s: {stderr}"
             raise PostgresStartError(msg)
+        with contextlib.suppress(FileNotFoundError):
+            self.owner_file.unlink()
+        self.started_here = False
         log.info("cluster_stopped", port=self.port, mode=mode)
 
     def kill(self) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 import server._embedded_pg as embedded
 from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
@@ -136,6 +137,25 @@ async def test_the_data_folder_is_kept_between_runs(data_dir: Path) -> None:
         assert psql(later.dsn(), "SELECT v FROM kept") == "from run 1"
     finally:
         await later.stop()
+
+
+async def test_a_cluster_whose_owner_died_is_adopted_and_stopped_by_the_next(
+    data_dir: Path,
+) -> None:
+    first = EmbeddedPostgres(data_dir, durable=False)
+    await first.start()
+    try:
+        dead = await trio.lowlevel.open_process(["true"])
+        await dead.wait()  # its pid no longer runs
+        first.owner_file.write_text(f"{dead.pid}\n")  # as if the owner had been killed
+        heir = EmbeddedPostgres(data_dir, durable=False)
+        await heir.start()
+        assert heir.started_here and heir.port == first.port
+        assert heir.owner_file.read_text().strip() == str(os.getpid())
+        await heir.stop()
+        assert not first.running and not heir.owner_file.exists()
+    finally:
+        await first.stop("immediate")
 
 
 async def test_a_start_that_fails_reports_the_log_tail(data_dir: Path) -> None:
