@@ -8,6 +8,7 @@ the supervisor's nursery, so a supervisor can stop children one by one in revers
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -88,14 +89,18 @@ class _Child:
 class _Status:
     """Passes ``started(face)`` through to the supervisor while remembering the face."""
 
-    def __init__(self, inner: trio.TaskStatus[object], child: _Child) -> None:
+    def __init__(
+        self, inner: trio.TaskStatus[object], child: _Child, scope: trio.CancelScope
+    ) -> None:
         self._inner = inner
         self._child = child
+        self._scope = scope
         self.started_called = False
         self.face: object = None
 
     def started(self, value: object = None) -> None:
         self.started_called = True
+        self._scope.deadline = math.inf  # the start grace no longer applies
         self.face = value
         self._child.face = value
         self._inner.started(value)
@@ -381,37 +386,20 @@ class Supervisor:
         # Shielded so that an enclosing cancellation reaches children only through their
         # supervisor, which stops them one by one in reverse start order, each bounded by its
         # shutdown grace (a stop cancels this scope itself, which the shield does not block).
-        child.scope = trio.CancelScope(shield=True)
+        # The scope is shielded, so a deadline around nursery.start() would not reach the
+        # child: the scope's own deadline bounds the start instead, and started() lifts it
+        # (a start can otherwise hang, see python-trio/trio#2258).
+        child.scope = trio.CancelScope(
+            shield=True, deadline=trio.current_time() + child.spec.start_grace
+        )
         child.done = trio.Event()
         child.stop_reason = None
         child.final = None
-        # the child's scope is shielded, so a plain deadline around start() would not reach it:
-        # a watchdog cancels the child's own scope when its start grace runs out (trio#2258)
-        timed_out = False
-        watchdog = trio.CancelScope()
-        scope = child.scope
-
-        async def watch() -> None:
-            nonlocal timed_out
-            with watchdog:
-                await trio.sleep(child.spec.start_grace)
-                timed_out = True
-                scope.cancel(reason="start_timeout")
-
-        self._nursery.start_soon(watch)
         try:
             face = await self._nursery.start(self._incarnation, child, child.incarnation)
         except BaseException:
             child.state = "stopped"
-            if timed_out:
-                msg = (
-                    f"child {child.spec.id!r} of {self.name!r} did not report readiness "
-                    f"within its start grace ({child.spec.start_grace}s)"
-                )
-                raise StartTimeout(msg) from None
             raise
-        finally:
-            watchdog.cancel()
         child.state = "running"
         child.started_at = trio.current_time()
         publish(ChildStarted(self.name, child.spec.id, child.started_at))
@@ -421,10 +409,10 @@ class Supervisor:
     async def _incarnation(
         self, child: _Child, incarnation: int, task_status: trio.TaskStatus[object]
     ) -> None:
-        status = _Status(task_status, child)
         scope = child.scope
         done = child.done
         assert scope is not None and done is not None
+        status = _Status(task_status, child, scope)
         error: BaseException | None = None
         try:
             # every log event of this actor (and of the tasks it starts) names it
@@ -437,6 +425,12 @@ class Supervisor:
             error = exc
         if not status.started_called:
             done.set()
+            if scope.cancel_called and child.stop_reason is None:
+                msg = (
+                    f"child {child.spec.id!r} of {self.name!r} did not report readiness "
+                    f"within its start grace ({child.spec.start_grace}s)"
+                )
+                raise StartTimeout(msg) from error
             if error is not None:
                 raise error
             msg = f"child {child.spec.id!r} of {self.name!r} returned before reporting readiness"

@@ -30,6 +30,7 @@ from runtime import (
     Registry,
     Reply,
     Restart,
+    StartTimeout,
     Strategy,
     SupervisionEvent,
     Supervisor,
@@ -420,3 +421,32 @@ def test_supervisor_policies_are_checked_when_built() -> None:
         DynamicSupervisor("d", max_children=0)
     with pytest.raises(ValueError, match="child ids must be unique"):
         Supervisor("s", [ChildSpec("a", Log().worker("a")), ChildSpec("a", Log().worker("a"))])
+
+
+async def test_a_restart_that_never_reports_ready_is_a_failure_bounded_by_its_start_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    starts: list[float] = []
+
+    async def ready_once(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        starts.append(trio.current_time())
+        if len(starts) > 1:
+            try:
+                await trio.sleep_forever()  # never ready again
+            except trio.Cancelled:
+                raise OSError("gave up") from None  # even a converted cancel is a timeout
+        task_status.started(None)
+        await trio.sleep(1.0)
+        raise RuntimeError("crash")
+
+    spec = ChildSpec("w", ready_once, start_grace=5.0)
+    with subscribe_events() as sub:
+        with pytest.RaisesGroup(IntensityExceededError):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Supervisor("s", [spec], intensity=1, period=100.0).run)
+        events = drain(sub)
+    exits = [(e.at, e.exit.error) for e in events if isinstance(e, ChildExited)]
+    assert isinstance(exits[0][1], RuntimeError)
+    assert isinstance(exits[1][1], StartTimeout) and "start grace (5.0s)" in str(exits[1][1])
+    assert starts == [0.0, 1.0]
+    assert exits[1][0] == 6.0  # the failed restart was given exactly its grace, then counted
