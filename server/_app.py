@@ -74,14 +74,45 @@ class Context:
             params["logger"] = logger
         await self._emit.log(params)
 
+    @property
+    def client_capabilities(self) -> dict[str, Any]:
+        """What the client declared it supports (``sampling``, ``elicitation``, ``roots``...)."""
+        capabilities = getattr(self._emit, "client_capabilities", None)
+        return capabilities if isinstance(capabilities, dict) else {}
+
+    async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Ask the client several things at once — ``{key: (method, params)}`` with methods
+        ``sampling/createMessage``, ``elicitation/create`` or ``roots/list`` — and return their
+        results by key. In the 2026-07-28 era they travel together as one ``input_required``
+        result (SEP-2322) and ``key`` is what the client sees."""
+        many = getattr(self._emit, "request_many", None)
+        if many is not None:
+            answers: dict[str, Any] = await many(requests)
+            return answers
+        return {k: await self._emit.request(m, p) for k, (m, p) in requests.items()}
+
+    async def _ask_one(self, key: str | None, method: str, params: dict[str, Any]) -> Any:
+        name = key or method.replace("/", "_")
+        return (await self.ask({name: (method, params)}))[name]
+
     async def sample(
-        self, messages: list[dict[str, Any]], *, max_tokens: int = 256, **extra: Any
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int = 256,
+        key: str | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         """Ask the client's model (sampling/createMessage) and return its result."""
-        result: dict[str, Any] = await self._emit.request(
-            "sampling/createMessage", {"messages": messages, "maxTokens": max_tokens, **extra}
-        )
+        params = {"messages": messages, "maxTokens": max_tokens, **extra}
+        result: dict[str, Any] = await self._ask_one(key, "sampling/createMessage", params)
         return result
+
+    async def list_roots(self, *, key: str | None = None) -> list[dict[str, Any]]:
+        """The client's roots (roots/list)."""
+        result = await self._ask_one(key, "roots/list", {})
+        roots = result.get("roots") if isinstance(result, dict) else None
+        return roots if isinstance(roots, list) else []
 
     async def close_stream(self) -> None:
         """Close the SSE stream this request's reply travels on, without ending the request.
@@ -108,11 +139,12 @@ class Context:
         token: str = await session.upstream_access_token()
         return token
 
-    async def elicit(self, message: str, requested_schema: dict[str, Any]) -> dict[str, Any]:
+    async def elicit(
+        self, message: str, requested_schema: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any]:
         """Ask the user for structured input (elicitation/create) and return the answer."""
-        result: dict[str, Any] = await self._emit.request(
-            "elicitation/create", {"message": message, "requestedSchema": requested_schema}
-        )
+        params = {"message": message, "requestedSchema": requested_schema}
+        result: dict[str, Any] = await self._ask_one(key, "elicitation/create", params)
         return result
 
 

@@ -375,3 +375,121 @@ async def profile(ctx: Context) -> dict[str, object]:
     """Whether Steward holds a valid upstream token for you (never shows the token)."""
     token = await ctx.upstream_token()
     return {"user": ctx.user.user_id, "upstream_token_length": len(token)}
+
+
+# -- SEP-2322 input requests (2026-07-28: input_required results; 2025: server requests) ---------
+
+
+def _object(**properties: str) -> dict[str, object]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": kind} for name, kind in properties.items()},
+        "required": list(properties),
+    }
+
+
+def _said(result: dict[str, object]) -> str:
+    content = result.get("content")
+    text = content.get("text") if isinstance(content, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def _field(answer: dict[str, object], name: str) -> object:
+    content = answer.get("content")
+    return content.get(name) if isinstance(content, dict) else None
+
+
+@everything.tool()
+async def test_input_required_result_elicitation(ctx: Context) -> str:
+    """Asks the user's name through an input request keyed user_name"""
+    answer = await ctx.elicit("What is your name?", _object(name="string"), key="user_name")
+    return f"Hello, {_field(answer, 'name')}!"
+
+
+@everything.tool()
+async def test_input_required_result_sampling(ctx: Context) -> str:
+    """Asks the client's model through an input request keyed capital_question"""
+    question = [{"role": "user", "content": _text("What is the capital of France?")}]
+    result = await ctx.sample(question, max_tokens=100, key="capital_question")
+    return f"The model answered: {_said(result)}"
+
+
+@everything.tool()
+async def test_input_required_result_list_roots(ctx: Context) -> str:
+    """Asks for the client's roots through an input request keyed client_roots"""
+    roots = await ctx.list_roots(key="client_roots")
+    return "Client roots: " + ", ".join(str(r.get("uri")) for r in roots)
+
+
+@everything.tool()
+async def test_input_required_result_request_state(ctx: Context) -> str:
+    """Continues only through the requestState it issued"""
+    answer = await ctx.elicit("Please confirm", _object(ok="boolean"), key="confirm")
+    return f"state-ok: confirmed={_field(answer, 'ok')}"
+
+
+@everything.tool()
+async def test_input_required_result_tampered_state(ctx: Context) -> str:
+    """A requestState that was altered is refused"""
+    answer = await ctx.elicit("Please confirm", _object(ok="boolean"), key="confirm")
+    return f"state-ok: confirmed={_field(answer, 'ok')}"
+
+
+@everything.tool()
+async def test_input_required_result_multiple_inputs(ctx: Context) -> str:
+    """Asks for three inputs at once"""
+    greeting = [{"role": "user", "content": _text("Generate a greeting")}]
+    answers = await ctx.ask(
+        {
+            "user_name": (
+                "elicitation/create",
+                {"message": "What is your name?", "requestedSchema": _object(name="string")},
+            ),
+            "greeting": ("sampling/createMessage", {"messages": greeting, "maxTokens": 50}),
+            "client_roots": ("roots/list", {}),
+        }
+    )
+    roots = answers["client_roots"].get("roots") or []
+    return (
+        f"name={_field(answers['user_name'], 'name')}, greeting={_said(answers['greeting'])}, "
+        f"roots={len(roots)}"
+    )
+
+
+@everything.tool()
+async def test_input_required_result_multi_round(ctx: Context) -> str:
+    """Asks twice, one round after the other"""
+    first = await ctx.elicit("Step 1: What is your name?", _object(name="string"), key="step1")
+    second = await ctx.elicit(
+        "Step 2: What is your favorite color?", _object(color="string"), key="step2"
+    )
+    return f"name={_field(first, 'name')}, color={_field(second, 'color')}"
+
+
+@everything.tool()
+async def test_input_required_result_capabilities(ctx: Context) -> str:
+    """Asks only for what the client declared it supports"""
+    wanted: dict[str, tuple[str, dict[str, object]]] = {}
+    if "sampling" in ctx.client_capabilities:
+        prompt = [{"role": "user", "content": _text("Say hello")}]
+        wanted["greeting"] = ("sampling/createMessage", {"messages": prompt, "maxTokens": 20})
+    if "elicitation" in ctx.client_capabilities:
+        schema = _object(name="string")
+        wanted["user_name"] = (
+            "elicitation/create",
+            {"message": "Name?", "requestedSchema": schema},
+        )
+    if not wanted:
+        return "the client declared neither sampling nor elicitation: nothing to ask"
+    answers = await ctx.ask(wanted)
+    return "answered: " + ", ".join(sorted(answers))
+
+
+@everything.prompt()
+async def test_input_required_result_prompt(ctx: Context) -> list[dict[str, object]]:
+    """A prompt that asks the user for its context first"""
+    answer = await ctx.elicit(
+        "What context should the prompt use?", _object(context="string"), key="user_context"
+    )
+    text = f"Use this context: {_field(answer, 'context')}"
+    return [{"role": "user", "content": _text(text)}]

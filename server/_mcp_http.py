@@ -63,6 +63,7 @@ from server._jsonrpc import (
     error_response,
     notification,
     parse_message,
+    request,
     result_response,
 )
 from server._oauth import AuthError, ResourceServer
@@ -156,6 +157,10 @@ class Exchange:
         self.session: UserSession | None = None
         self.stateless = False  # 2026-07-28: server requests travel as input_required results
         self.grant_id: Any = None
+        self.client_capabilities: dict[str, Any] = {}
+        self.asked: dict[str, dict[str, Any]] = {}  # 2026: input requests still unanswered
+        self.asked_ids: dict[str, str] = {}
+        self.state: str | None = None  # 2026: the requestState the client must echo
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -175,36 +180,74 @@ class Exchange:
         await self.notify("notifications/message", params)
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        request_id = f"s-{secrets.token_hex(8)}"
-        slot = self.owner.pending_slot(request_id)
-        state: str | None = None
-        if self.stateless:  # the reply asks for input; the client retries with the answer
-            state = self.owner.park(self)
-            asked = {
-                "resultType": "input_required",
-                "inputRequests": {request_id: {"method": method, "params": params}},
-                "requestState": state,
-            }
-            self._out(result_response(self.request_id, asked), final=True)
-        else:
-            self._out({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        key = f"s-{secrets.token_hex(8)}"
+        return (await self.request_many({key: (method, params)}))[key]
+
+    async def request_many(
+        self, requests: dict[str, tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Ask the client several things at once; their results by key.
+
+        2025 era: one server request per key on this request's stream, answered by POSTs.
+        2026 era: one ``input_required`` result naming them all (SEP-2322); the client retries
+        the request with ``inputResponses`` and this handler, parked meanwhile, continues.
+        """
+        slots: dict[str, tuple[str, tuple[trio.Event, dict[str, Any]]]] = {}
         try:
+            for key in requests:
+                wire_id = f"{id(self):x}:{key}" if self.stateless else f"s-{secrets.token_hex(8)}"
+                slots[key] = (wire_id, self.owner.pending_slot(wire_id))
+            if self.stateless:
+                self.asked = {k: {"method": m, "params": p} for k, (m, p) in requests.items()}
+                self.asked_ids = {k: wire_id for k, (wire_id, _) in slots.items()}
+                self.ask_again()
+            else:
+                for key, (method, params) in requests.items():
+                    self._out(request(slots[key][0], method, params))
             with trio.fail_after(self.owner.client_request_timeout):
-                await slot[0].wait()
+                for _wire_id, (event, _answer) in slots.values():
+                    await event.wait()
         except trio.TooSlowError:
-            msg = f"the client did not answer {method} within {self.owner.client_request_timeout}s"
+            names = ", ".join(m for m, _ in requests.values())
+            msg = f"the client did not answer {names} within {self.owner.client_request_timeout}s"
             raise RpcError(REQUEST_TIMEOUT, msg) from None
         finally:
-            self.owner.pending.pop(request_id, None)
-            if state is not None:
-                self.owner.parked.pop(state, None)
-        answer = slot[1]
-        if "error" in answer:
-            error = answer["error"] if isinstance(answer["error"], dict) else {}
-            msg = f"the client refused {method}: {error.get('message')}"
-            raise RpcError(error.get("code", INVALID_REQUEST), msg)
-        result: dict[str, Any] = answer.get("result") or {}
-        return result
+            for wire_id, _slot in slots.values():
+                self.owner.pending.pop(wire_id, None)
+            self.asked = {}
+            if self.state is not None:
+                self.owner.parked.pop(self.state, None)
+                self.state = None
+        results: dict[str, dict[str, Any]] = {}
+        for key, (_wire_id, (_event, answer)) in slots.items():
+            if "error" in answer:
+                error = answer["error"] if isinstance(answer["error"], dict) else {}
+                msg = f"the client refused {requests[key][0]}: {error.get('message')}"
+                raise RpcError(error.get("code", INVALID_REQUEST), msg)
+            results[key] = answer.get("result") or {}
+        return results
+
+    def ask_again(self) -> None:
+        """Reply ``input_required`` for what is still unanswered, under a fresh requestState."""
+        if self.state is not None:
+            self.owner.parked.pop(self.state, None)
+        self.state = self.owner.park(self)
+        asked = {
+            "resultType": "input_required",
+            "inputRequests": self.asked,
+            "requestState": self.state,
+        }
+        self._out(result_response(self.request_id, asked), final=True)
+
+    def answer(self, responses: Any) -> None:
+        """A retry's ``inputResponses``: wake what they answer; keys not asked are ignored."""
+        for key, result in (responses if isinstance(responses, dict) else {}).items():
+            if key in self.asked and isinstance(result, dict):
+                slot = self.owner.pending.get(self.asked_ids[key])
+                if slot is not None:
+                    slot[1]["result"] = result
+                    slot[0].set()
+                del self.asked[key]
 
     async def close_stream(self) -> None:
         """SEP-1699 polling: end the HTTP response now; the client resumes with Last-Event-ID."""
@@ -630,6 +673,7 @@ class McpHttp:
             session_id=ts.session_id,
             log_level=self.log_levels.get(ts.session_id, ts.log_level),
             stream_ok=True,
+            client_capabilities=ts.capabilities,
         )
 
     async def _initialize(
@@ -664,6 +708,7 @@ class McpHttp:
         log_level: str | None,
         stream_ok: bool,
         stateless: bool = False,
+        client_capabilities: Any = None,
     ) -> None:
         """Run one request and answer it: JSON, or SSE once the handler sends something first."""
         method: str = message["method"]
@@ -678,6 +723,8 @@ class McpHttp:
         exchange.session = session  # handlers reach the upstream token through it
         exchange.stateless = stateless
         exchange.grant_id = user.grant_id
+        if isinstance(client_capabilities, dict):
+            exchange.client_capabilities = client_capabilities
         started = trio.current_time()
         slot = (key, request_id)
         self.inflight[slot] = exchange
@@ -753,12 +800,9 @@ class McpHttp:
         """A 2026 retry carrying ``inputResponses``: the parked handler continues and its next
         output answers this request."""
         exchange.rebind(message["id"])
-        responses = message["params"].get("inputResponses")
-        for key, answer in (responses if isinstance(responses, dict) else {}).items():
-            slot = self.pending.get(key)
-            if slot is not None:
-                slot[1]["result"] = answer
-                slot[0].set()
+        exchange.answer(message["params"].get("inputResponses"))
+        if exchange.asked:  # SEP-2322: re-request what is missing rather than fail
+            exchange.ask_again()
         accept = header(scope, b"accept") or ""
         await self._answer(
             send,
@@ -1019,9 +1063,16 @@ class McpHttp:
         if not self.dispatcher.knows(method) or method in _REMOVED_2026:
             raise rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
         state = message["params"].get("requestState")
-        parked = self.parked.get(state) if isinstance(state, str) else None
-        if parked is not None and parked.grant_id == principal.grant_id:
+        if state is not None:
+            parked = self.parked.get(state) if isinstance(state, str) else None
+            if parked is None or parked.grant_id != principal.grant_id:
+                msg = "requestState is not one this server issued to this caller, or it expired"
+                await send_json(
+                    send, 200, error_response(request_id, RpcError(INVALID_PARAMS, msg))
+                )
+                return
             del self.parked[state]
+            parked.state = None
             await self._continue(scope, send, receive, session, message, parked)
             return
         level = meta.get(META_LOG_LEVEL)
@@ -1036,6 +1087,7 @@ class McpHttp:
             log_level=level if isinstance(level, str) else None,
             stream_ok="text/event-stream" in (header(scope, b"accept") or ""),
             stateless=True,
+            client_capabilities=meta.get(META_CAPS),
         )
 
     async def _listen(

@@ -183,6 +183,8 @@ class Recorder:
         self.sent.append({"jsonrpc": "2.0", "id": "s-1", "method": method, "params": params})
         if method == "sampling/createMessage":
             return {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}
+        if method == "roots/list":
+            return {"roots": [{"uri": "file:///work", "name": "work"}]}
         return {"action": "accept", "content": {"response": "ok"}}
 
 
@@ -191,6 +193,7 @@ TOOL_ARGS = {"test_sampling": {"prompt": "p"}, "test_elicitation": {"message": "
 SERVER_REQUESTS: dict[str, TypeAdapter[Any]] = {
     "sampling/createMessage": TypeAdapter(t.CreateMessageRequestParams),
     "elicitation/create": TypeAdapter(t.ElicitRequestParams),
+    "roots/list": TypeAdapter(t.RequestParams),
 }
 
 
