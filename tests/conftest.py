@@ -19,11 +19,11 @@ from tests.harness._pg import (
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     """A PostgreSQL cluster for the whole session (DATABASE_URL overrides)."""
-    cluster, folder = start_cluster()
+    session = start_cluster()
     try:
-        yield cluster
+        yield session.cluster
     finally:
-        stop_cluster(cluster, folder)
+        stop_cluster(session)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -7,6 +7,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,38 @@ def test_the_session_cluster_answers_on_its_socket_in_its_data_folder(pg_cluster
         pytest.skip("DATABASE_URL points at an existing server: it has no socket folder of ours")
     assert pg_cluster.running and pg_cluster.socket_dir.parent == pg_cluster.data_dir
     assert psql_socket(pg_cluster, "SHOW unix_socket_directories") == str(pg_cluster.socket_dir)
+
+
+async def test_a_test_run_killed_before_its_teardown_leaves_no_cluster_behind() -> None:
+    script = (
+        "from tests.harness._pg import start_cluster\n"
+        "s = start_cluster()\n"
+        "print('READY', s.folder, s.reaper.pid, flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    run = await trio.lowlevel.open_process(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert run.stdout is not None
+        output = b""
+        with trio.fail_after(60):  # structlog's events come first on the same stdout
+            while not (b"READY " in output and output.endswith(b"\n")):
+                chunk = await run.stdout.receive_some(4096)
+                assert chunk, f"the run exited before its cluster started: {output!r}"
+                output += chunk
+        folder_text, reaper_pid = output.decode().rpartition("READY ")[2].split()
+        folder = Path(folder_text)
+        postmaster = int((folder / "pgdata/postmaster.pid").read_text().split()[0])
+        assert embedded._alive(postmaster)
+    finally:
+        run.kill()
+        await run.wait()
+    with trio.fail_after(30):
+        while embedded._alive(postmaster) or folder.exists() or embedded._alive(int(reaper_pid)):
+            await trio.sleep(0.1)

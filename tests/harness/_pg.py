@@ -6,12 +6,14 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import pytest
 import trio
 
@@ -52,29 +54,50 @@ class ExternalPostgres:
 Cluster = EmbeddedPostgres | ExternalPostgres
 
 
-def start_cluster() -> tuple[Cluster, Path | None]:
+@attrs.frozen
+class SessionCluster:
+    """The test session's cluster, its folder and the sidecar that reaps it if the run is killed."""
+
+    cluster: Cluster
+    folder: Path | None = None
+    reaper: subprocess.Popen[bytes] | None = None
+
+
+def start_cluster() -> SessionCluster:
     """The session's cluster: DATABASE_URL's server, or a new one in a folder under /tmp (short
     enough for its unix socket, traversable by the service user when running as root)."""
     url = os.environ.get("DATABASE_URL")
     if url:
-        return ExternalPostgres(url), None
+        return SessionCluster(ExternalPostgres(url))
     folder = Path(tempfile.mkdtemp(prefix="stw-pg-", dir="/tmp"))
     os.chmod(folder, 0o755)
+    reaper = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness._reaper", str(os.getpid()), str(folder)],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,  # a Ctrl-C or a kill of the run's process group spares it
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cluster = EmbeddedPostgres(folder, durable=False)
     trio.run(cluster.start)
-    return cluster, folder
+    return SessionCluster(cluster, folder, reaper)
 
 
-def stop_cluster(cluster: Cluster, folder: Path | None) -> None:
-    """Stop the session's cluster (whatever state the tests left it in) and remove its folder."""
+def stop_cluster(session: SessionCluster) -> None:
+    """Stop the session's cluster (whatever state the tests left it in), remove its folder and
+    end the reaper."""
+    cluster = session.cluster
     if isinstance(cluster, EmbeddedPostgres):
         try:
             trio.run(cluster.stop, "immediate")
         finally:
             if cluster.running:  # pg_ctl gave up: no postgres outlives the session
                 cluster.kill()
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    if session.folder is not None:
+        shutil.rmtree(session.folder, ignore_errors=True)
+    if session.reaper is not None:
+        session.reaper.terminate()
+        session.reaper.wait()
 
 
 def psql(dsn: str, sql: str) -> str:
