@@ -450,3 +450,30 @@ async def test_a_restart_that_never_reports_ready_is_a_failure_bounded_by_its_st
     assert isinstance(exits[1][1], StartTimeout) and "start grace (5.0s)" in str(exits[1][1])
     assert starts == [0.0, 1.0]
     assert exits[1][0] == 6.0  # the failed restart was given exactly its grace, then counted
+
+
+async def test_a_child_stopped_for_good_is_not_brought_back_by_a_siblings_failure() -> None:
+    log = Log()
+
+    async def finishes(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        log.lines.append("start done")
+        task_status.started(None)
+        await trio.lowlevel.checkpoint()
+
+    children = [
+        ChildSpec("a", log.worker("a")),
+        ChildSpec("done", finishes, restart=Restart.TRANSIENT),
+        ChildSpec("ended", log.worker("ended")),
+    ]
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor("s", children, strategy=Strategy.ONE_FOR_ALL)
+        handle = await nursery.start(sup.run)
+        await handle.terminate_child("ended")
+        await trio.testing.wait_all_tasks_blocked()
+        log.lines.clear()
+        log.crash["a"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.lines == ["stop a", "start a"]
+        states = {c.id: c.state for c in handle.which_children()}
+        assert states == {"a": "running", "done": "stopped", "ended": "stopped"}
+        await handle.stop()
