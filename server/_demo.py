@@ -287,16 +287,27 @@ async def test_reconnection(ctx: Context) -> str:
         "type": "object",
         "$defs": {
             "address": {
+                "$anchor": "addressDef",
                 "type": "object",
                 "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
             }
         },
-        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "properties": {
+            "name": {"type": "string"},
+            "address": {"$ref": "#/$defs/address"},
+            "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+            "phone": {"type": "string"},
+            "email": {"type": "string"},
+        },
+        "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+        "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+        "then": {"required": ["phone"]},
+        "else": {"required": ["email"]},
         "additionalProperties": False,
     },
 )
 async def json_schema_2020_12_tool(ctx: Context, **arguments: object) -> str:
-    """An explicit input schema is served as given, 2020-12 keywords included (SEP-1613)."""
+    """An explicit input schema is served as given, 2020-12 keywords included (SEP-1613, 2106)."""
     return f"received {sorted(arguments)}"
 
 
@@ -493,3 +504,32 @@ async def test_input_required_result_prompt(ctx: Context) -> list[dict[str, obje
     )
     text = f"Use this context: {_field(answer, 'context')}"
     return [{"role": "user", "content": _text(text)}]
+
+
+# -- 2026-07-28 diagnostics ----------------------------------------------------------------------
+
+
+@everything.tool()
+async def test_missing_capability(ctx: Context) -> str:
+    """Needs sampling: a client that did not declare it gets -32021"""
+    prompt = [{"role": "user", "content": _text("Say hello")}]
+    result = await ctx.sample(prompt, max_tokens=20, key="greeting")
+    return f"The model said: {_said(result)}"
+
+
+@everything.tool()
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Reports progress, then asks the user: the stream carries notifications and the input
+    request as a result, never an independent request"""
+    await ctx.progress(1, 2, "asking")
+    answer = await ctx.elicit("What is your name?", _object(name="string"), key="user_name")
+    await ctx.progress(2, 2, "answered")
+    return f"Hello, {_field(answer, 'name')}!"
+
+
+@everything.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs at every level; a 2026 request without a logLevel receives none of it"""
+    for level in ("debug", "info", "warning", "error"):
+        await ctx.log(level, f"a {level} message")
+    return "logged"

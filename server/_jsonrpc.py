@@ -17,6 +17,7 @@ __all__ = [
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
+    "MISSING_CAPABILITY",
     "PARSE_ERROR",
     "REQUEST_CANCELLED",
     "REQUEST_TIMEOUT",
@@ -44,6 +45,7 @@ UPSTREAM_UNAVAILABLE = -32002  # with data.retryable: docs/sessions.md names thi
 REQUEST_CANCELLED = -32800
 HEADER_MISMATCH = -32020  # 2026-07-28: a header and the body (or its _meta) disagree
 REQUEST_TIMEOUT = -32001
+MISSING_CAPABILITY = -32021  # 2026-07-28: the request needs a capability the client lacks
 UNSUPPORTED_VERSION = -32022  # 2026-07-28: a version this server does not speak
 
 Kind = Literal["request", "notification", "response"]

@@ -55,6 +55,7 @@ from server._jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
     REQUEST_CANCELLED,
     REQUEST_TIMEOUT,
     UNSUPPORTED_VERSION,
@@ -89,6 +90,11 @@ _REMOVED_2026 = frozenset(
 )
 META_CAPS = "io.modelcontextprotocol/clientCapabilities"
 META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+_NEEDS = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
 _LISTEN_KEYS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
 
 
@@ -170,7 +176,7 @@ class Exchange:
 
     async def log(self, params: dict[str, Any]) -> None:
         level = params.get("level")
-        if (
+        if (self.stateless and self.log_level is None) or (
             self.log_level in LOG_LEVELS
             and level in LOG_LEVELS
             and LOG_LEVELS.index(level) < LOG_LEVELS.index(self.log_level)
@@ -192,6 +198,15 @@ class Exchange:
         2026 era: one ``input_required`` result naming them all (SEP-2322); the client retries
         the request with ``inputResponses`` and this handler, parked meanwhile, continues.
         """
+        if self.stateless:  # SEP-2575: never rely on a capability the client did not declare
+            missing: dict[str, dict[str, Any]] = {
+                _NEEDS[m]: {}
+                for m, _ in requests.values()
+                if _NEEDS.get(m) and _NEEDS[m] not in self.client_capabilities
+            }
+            if missing:
+                msg = f"this request needs the client capabilities {', '.join(sorted(missing))}"
+                raise RpcError(MISSING_CAPABILITY, msg, {"requiredCapabilities": missing})
         slots: dict[str, tuple[str, tuple[trio.Event, dict[str, Any]]]] = {}
         try:
             for key in requests:
@@ -786,7 +801,10 @@ class McpHttp:
             err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
             err.body["error_description"] = str(exchange.denied)
             raise Reply(403, err.body, err.headers)
-        await send_json(send, 200, exchange.final)
+        final = exchange.final or {}
+        error = final.get("error")
+        status = 400 if isinstance(error, dict) and error.get("code") == MISSING_CAPABILITY else 200
+        await send_json(send, status, final)
 
     async def _continue(
         self,

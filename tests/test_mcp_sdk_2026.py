@@ -36,6 +36,7 @@ async def test_the_sdk_client_in_auto_mode_uses_2026_and_answers_input_requests(
                 sampling_callback=sampling,
                 elicitation_callback=elicitation,
                 logging_callback=on_log,
+                log_level="info",  # 2026: no log messages for a request without a logLevel
             ) as client,
         ):
             assert client.protocol_version == "2026-07-28"

@@ -345,3 +345,67 @@ async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str
             with trio.fail_after(5):
                 replayed = [await again.next(), await again.next(), await again.next()]
         assert [e["id"] if e else None for e in replayed] == [after["id"], result["id"], None]
+
+
+async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_db: str) -> None:
+    async with (
+        running_node(fresh_db, app=everything) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        token = (await sign_in(http, node, "carol"))["access_token"]
+        headers = headers_2026(token, "tools/call", "test_input_required_result_multi_round")
+        caps = {"elicitation": {}, "sampling": {}}
+
+        async def call(name: str, extra: dict[str, Any], capabilities: Any = caps) -> Any:
+            body = rpc_2026("tools/call", {"name": name, "arguments": {}, **extra})
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = capabilities
+            return await http.post(
+                node.info.mcp_url, json=body, headers={**headers, "mcp-name": name}
+            )
+
+        first = (await call("test_input_required_result_multi_round", {})).json()["result"]
+        assert first["resultType"] == "input_required"
+        assert list(first["inputRequests"]) == ["step1"]
+        assert first["inputRequests"]["step1"]["method"] == "elicitation/create"
+        altered = first["requestState"][:-1] + ("A" if first["requestState"][-1] != "A" else "B")
+        answer = {"step1": {"action": "accept", "content": {"name": "Ada"}}}
+        r = await call(
+            "test_input_required_result_multi_round",
+            {"inputResponses": answer, "requestState": altered},
+        )
+        assert (
+            r.json()["error"]["code"] == -32602 and "requestState" in r.json()["error"]["message"]
+        )
+        r = await call(  # only an unknown key: asked again for step1, under a new state
+            "test_input_required_result_multi_round",
+            {"inputResponses": {"other": {}}, "requestState": first["requestState"]},
+        )
+        again = r.json()["result"]
+        assert list(again["inputRequests"]) == ["step1"]
+        assert again["requestState"] != first["requestState"]
+        second = (
+            await call(
+                "test_input_required_result_multi_round",
+                {"inputResponses": answer, "requestState": again["requestState"]},
+            )
+        ).json()["result"]
+        assert list(second["inputRequests"]) == ["step2"]
+        color = {"step2": {"action": "accept", "content": {"color": "teal"}}}
+        done = (
+            await call(
+                "test_input_required_result_multi_round",
+                {"inputResponses": color, "requestState": second["requestState"]},
+            )
+        ).json()["result"]
+        assert done["resultType"] == "complete"
+        assert done["content"][0]["text"] == "name=Ada, color=teal"
+
+        r = await call("test_missing_capability", {}, capabilities={})  # sampling undeclared
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == -32021
+        assert r.json()["error"]["data"]["requiredCapabilities"] == {"sampling": {}}
+
+        r = await call("test_logging_tool", {})  # no logLevel in _meta: no log messages
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["result"]["content"][0]["text"] == "logged"
+        assert node.mcp.parked == {}
