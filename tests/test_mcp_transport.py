@@ -301,6 +301,7 @@ async def test_closing_a_2026_reply_stream_cancels_its_request(fresh_db: str) ->
         token = (await sign_in(http, node, "carol"))["access_token"]
         seen.clear()
         body = rpc_2026("tools/call", {"name": "wait_streaming", "arguments": {"label": "r15"}})
+        body["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = "info"  # log, so SSE
         async with http.stream(
             "POST",
             node.info.mcp_url,
@@ -354,7 +355,7 @@ async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_
     ):
         token = (await sign_in(http, node, "carol"))["access_token"]
         headers = headers_2026(token, "tools/call", "test_input_required_result_multi_round")
-        caps = {"elicitation": {}, "sampling": {}}
+        caps: dict[str, Any] = {"elicitation": {}, "sampling": {}}
 
         async def call(name: str, extra: dict[str, Any], capabilities: Any = caps) -> Any:
             body = rpc_2026("tools/call", {"name": name, "arguments": {}, **extra})
