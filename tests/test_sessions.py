@@ -74,7 +74,9 @@ async def test_invalid_grant_upstream_requires_reauthorization(fresh_db: str) ->
             while (r := await mcp.post("ping")).status_code != 401:
                 await trio.sleep(0.05)
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
-        assert psql(fresh_db, "SELECT status FROM grants") == "reauth_required"
+        with trio.fail_after(5):  # the 401 may come before the row's commit
+            while psql(fresh_db, "SELECT status FROM grants") != "reauth_required":
+                await trio.sleep(0.05)
         await node.store.write()
         kinds = psql(fresh_db, "SELECT string_agg(kind, ',') FROM auth_events")
         assert "upstream_refresh_failed" in kinds
