@@ -1,18 +1,27 @@
-"""The performance peer: the official MCP Python SDK server with one echo tool.
+"""The performance peer: the official MCP Python SDK server (mcp 2.3.0) with one echo tool.
 
-Run as a script: ``python -m bench._peer PORT [json|sse]``.
+Run in its own process (see ``bench._servers.peer``)::
+
+    python -m bench._peer --port PORT [--replies sse|json] [--stateless]
+
+``--replies json`` is the SDK's ``json_response=True``; ``--stateless`` its ``stateless_http``.
+The SDK's own defaults are stateful with SSE replies (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._peer")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--replies", choices=("sse", "json"), default="sse")
+    parser.add_argument("--stateless", action="store_true")
+    args = parser.parse_args(argv)
+
     from mcp.server.mcpserver import MCPServer
 
-    port = int(sys.argv[1])
-    json_response = len(sys.argv) > 2 and sys.argv[2] == "json"
     mcp = MCPServer("echo-peer", log_level="WARNING")
 
     @mcp.tool()
@@ -22,9 +31,9 @@ def main() -> None:
     mcp.run(
         "streamable-http",
         host="127.0.0.1",
-        port=port,
-        stateless_http=False,
-        json_response=json_response,
+        port=args.port,
+        stateless_http=args.stateless,
+        json_response=args.replies == "json",
     )
 
 

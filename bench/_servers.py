@@ -1,4 +1,9 @@
-"""Starting the servers under test as separate processes, pinned to a core when possible."""
+"""Starting the servers under test as separate processes, pinned to a core when possible.
+
+``peer()`` and ``steward()`` are context managers yielding a :class:`Server`; a server that cannot
+be started raises :class:`Unavailable` whose message says why (the benchmark reports that reason
+instead of figures). ``obtain_token`` signs a user in to Steward through its OAuth endpoints.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +23,63 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
+import attrs
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE = 0
+GENERATOR_CORE = 1
+START_LIMIT = 120.0  # seconds a server may take to listen (Steward starts its PostgreSQL first)
+STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
+OAUTH_HOPS = 10  # redirects followed by obtain_token before it gives up
+LOG_TAIL = 600  # characters of a failed server's log quoted in the reason
+
+# The benchmarks measure serving, not rate limiting: every tier far above what they send.
+STEWARD_CONFIG = "".join(
+    f'[[tiers]]\nname = "{tier}"\nrequests_per_minute = 100000000\nburst = 1000000\n\n'
+    for tier in ("free", "pro", "enterprise")
+)
+
+
+class Unavailable(Exception):
+    """A server under test could not be started; the message says why."""
+
+
+@attrs.frozen
+class Server:
+    """A running server under test."""
+
+    name: str
+    port: int
+    pid: int
+    path: str = "/mcp"
+    token: str | None = None
+    ready: dict[str, Any] = attrs.field(factory=dict)
+    admin: str | None = None
 
 
 def pinned(cmd: list[str], core: int | None) -> list[str]:
+    """``cmd`` run on one core with taskset, when there are two cores or more to choose from."""
     if core is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(core), *cmd]
     return cmd
+
+
+@contextlib.contextmanager
+def generator_pinned(core: int | None = GENERATOR_CORE) -> Iterator[int | None]:
+    """Run this process (the load generator) on ``core`` inside the block, then restore its
+    affinity; yields the core pinned to, or None where pinning is not possible."""
+    if core is None or not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def free_port() -> int:
@@ -38,153 +89,222 @@ def free_port() -> int:
         return port
 
 
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
+def _tail(log: Path) -> str:
+    with contextlib.suppress(OSError):
+        text = log.read_text(errors="replace").strip()
+        return text[-LOG_TAIL:] if text else "(empty log)"
+    return "(no log)"
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, what: str) -> None:
+    end = time.monotonic() + START_LIMIT
     while time.monotonic() < end:
+        if proc.poll() is not None:
+            msg = f"{what} exited with status {proc.returncode} before listening: {_tail(log)}"
+            raise Unavailable(msg)
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", port), timeout=0.5),
         ):
             return
         time.sleep(0.1)
-    msg = f"nothing listened on port {port} within {timeout}s"
-    raise TimeoutError(msg)
+    msg = f"{what} did not listen on port {port} within START_LIMIT ({START_LIMIT}s)"
+    raise Unavailable(msg)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def rss_kb(pid: int) -> int:
-    """Resident memory of a process and its children (kB)."""
-    total = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    for p in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+    """Resident memory of one process (kB), from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    msg = f"/proc/{pid}/status has no VmRSS line"
+    raise LookupError(msg)
 
 
 @contextlib.contextmanager
-def peer(json_response: bool = False, core: int = 0) -> Iterator[dict[str, Any]]:
+def peer(
+    *, replies: str = "sse", stateless: bool = False, core: int | None = SERVER_CORE
+) -> Iterator[Server]:
+    """The official MCP Python SDK server in a subprocess on a free port."""
     port = free_port()
-    cmd = pinned(
-        [sys.executable, "-m", "bench._peer", str(port), "json" if json_response else "sse"], core
-    )
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = Path(tempfile.mkdtemp(prefix="peer-bench-"))
+    log_path = folder / "peer.log"
+    cmd = [sys.executable, "-m", "bench._peer", "--port", str(port), "--replies", replies]
+    if stateless:
+        cmd.append("--stateless")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, stdout=log, stderr=log)
     try:
-        wait_port(port)
-        yield {"name": "mcp-sdk", "port": port, "pid": proc.pid, "token": None}
+        _wait_listening(proc, port, log_path, "the MCP SDK peer")
+        yield Server("mcp-sdk", port, proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def steward(core: int | None = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
+def steward(
+    *, core: int | None = SERVER_CORE, workers: int = 1, user: str = "carol"
+) -> Iterator[Server]:
+    """``steward serve --ready-file F`` on a fresh data folder, with a token for ``user``."""
+    if not (ROOT / "server" / "_cli.py").exists():
+        msg = "the steward command (server/_cli.py) does not exist in this tree"
+        raise Unavailable(msg)
     folder = Path(tempfile.mkdtemp(prefix="stw-bench-"))
-    os.chmod(folder, 0o755)
-    ready = folder / "ready.json"
+    os.chmod(folder, 0o755)  # the embedded PostgreSQL may run as another user
+    ready_path = folder / "ready.json"
     config = folder / "steward.toml"
-    # the benchmark measures serving, not rate limiting: limits far above what it sends
-    config.write_text(
-        '[[tiers]]\nname = "enterprise"\nrequests_per_minute = 100000000\nburst = 1000000\n'
-    )
+    config.write_text(STEWARD_CONFIG)
+    log_path = folder / "steward.log"
     env = {
         **os.environ,
         "STEWARD_LOG_LEVEL": "warning",
         "STEWARD_ADMIN_TOKEN": "bench-admin",
         "STEWARD_WORKERS": str(workers),
     }
-    cmd = pinned(
-        [
-            sys.executable,
-            "-m",
-            "server._cli",
-            "--config",
-            str(config),
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(folder / "data"),
-            "--ready-file",
-            str(ready),
-        ],
-        core,
-    )
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "server._cli",
+        "--config",
+        str(config),
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(folder / "data"),
+        "--ready-file",
+        str(ready_path),
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
-        end = time.monotonic() + 120
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > end:
-                msg = "steward serve did not become ready"
-                raise RuntimeError(msg)
+        end = time.monotonic() + START_LIMIT
+        while not ready_path.exists():
+            if proc.poll() is not None:
+                msg = f"steward serve exited with status {proc.returncode}: {_tail(log_path)}"
+                raise Unavailable(msg)
+            if time.monotonic() > end:
+                msg = f"steward serve wrote no ready file within START_LIMIT ({START_LIMIT}s)"
+                raise Unavailable(msg)
             time.sleep(0.1)
-        doc = json.loads(ready.read_text())
-        port = urlsplit(doc["mcp_url"]).port
-        yield {
-            "name": "steward",
-            "port": port,
-            "pid": proc.pid,
-            "token": obtain_token(doc),
-            "ready": doc,
-            "admin": "bench-admin",
-        }
-    finally:
-        proc.terminate()
+        ready = json.loads(ready_path.read_text())
+        url = urlsplit(ready["mcp_url"])
+        if url.port is None:
+            msg = f"the ready file's mcp_url {ready['mcp_url']!r} names no port"
+            raise Unavailable(msg)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            token = obtain_token(ready, user)
+        except (httpx.HTTPError, LookupError, ValueError) as exc:
+            msg = f"no token from Steward's OAuth flow: {type(exc).__name__}: {exc}"
+            raise Unavailable(msg) from exc
+        yield Server(
+            "steward",
+            url.port,
+            proc.pid,
+            path=url.path or "/",
+            token=token,
+            ready=ready,
+            admin="bench-admin",
+        )
+    finally:
+        _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def obtain_token(ready: dict[str, Any], user: str = "carol") -> str:
-    """The authorization-code flow with PKCE through the development IdP (auto sign-in)."""
-    base = ready["base_url"]
+    """An access token for ``user``: the authorization-code flow with PKCE, over HTTP.
+
+    Discovers the endpoints from the authorization server metadata at ``issuer_url``, registers
+    a client dynamically, follows ``/authorize`` through the development IdP (``login_hint`` signs
+    the user in without a page) and back, accepts the consent page if one is shown, and exchanges
+    the code.
+
+    Raises:
+        LookupError: the flow ended somewhere other than the client's redirect URI with a code.
+        httpx.HTTPError: a request failed or answered an error status.
+    """
+    issuer = ready["issuer_url"].rstrip("/")
     redirect_uri = "http://127.0.0.1:9/callback"
     with httpx.Client(timeout=30) as http:
-        client_id = http.post(
-            f"{base}/register", json={"redirect_uris": [redirect_uri], "client_name": "bench"}
-        ).json()["client_id"]
-        verifier = secrets.token_urlsafe(48)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode()
+        meta = http.get(f"{issuer}/.well-known/oauth-authorization-server")
+        meta.raise_for_status()
+        endpoints = meta.json()
+        registered = http.post(
+            endpoints["registration_endpoint"],
+            json={
+                "redirect_uris": [redirect_uri],
+                "client_name": "steward-bench",
+                "token_endpoint_auth_method": "none",
+            },
         )
-        params = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": redirect_uri,
-            "state": "b",
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            "login_hint": user,
-        }
-        r = http.get(f"{base}/authorize", params=params)
-        r = http.get(r.headers["location"])
-        r = http.get(r.headers["location"])
-        if r.status_code == 200:
-            cookie = r.headers["set-cookie"].split(";")[0]
-            fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
-            r = http.post(
-                f"{base}/consent", data={**fields, "decision": "allow"}, headers={"cookie": cookie}
-            )
-        code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+        registered.raise_for_status()
+        client_id = registered.json()["client_id"]
+        verifier, challenge = _pkce()
+        state = secrets.token_urlsafe(12)
+        r = http.get(
+            endpoints["authorization_endpoint"],
+            params={
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": redirect_uri,
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "login_hint": user,
+                "resource": ready["mcp_url"],
+            },
+        )
+        for _ in range(OAUTH_HOPS):
+            if r.status_code in (301, 302, 303, 307, 308):
+                location = urljoin(str(r.url), r.headers["location"])
+                if location.startswith(redirect_uri):
+                    answer = parse_qs(urlsplit(location).query)
+                    if answer.get("state") != [state] or "code" not in answer:
+                        msg = f"the authorization answered {location!r}"
+                        raise LookupError(msg)
+                    break
+                r = http.get(location)
+            elif r.status_code == 200 and 'action="/consent"' in r.text:
+                fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
+                cookie = r.headers["set-cookie"].split(";")[0]
+                r = http.post(
+                    urljoin(str(r.url), "/consent"),
+                    data={**fields, "decision": "allow"},
+                    headers={"cookie": cookie},
+                )
+            else:
+                msg = f"the authorization flow stopped at {r.url} with status {r.status_code}"
+                raise LookupError(msg)
+        else:
+            msg = f"the authorization flow took more than OAUTH_HOPS ({OAUTH_HOPS}) redirects"
+            raise LookupError(msg)
         tokens = http.post(
-            f"{base}/token",
+            endpoints["token_endpoint"],
             data={
                 "grant_type": "authorization_code",
-                "code": code,
+                "code": answer["code"][0],
                 "code_verifier": verifier,
                 "client_id": client_id,
                 "redirect_uri": redirect_uri,
+                "resource": ready["mcp_url"],
             },
-        ).json()
-        token: str = tokens["access_token"]
+        )
+        tokens.raise_for_status()
+        token: str = tokens.json()["access_token"]
         return token

@@ -164,10 +164,10 @@ def run(sessions: int = 10_000) -> dict[str, Any]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     with peer() as p:
-        url = f"http://127.0.0.1:{p['port']}/mcp"
+        url = f"http://127.0.0.1:{p.port}/mcp"
         ids = trio.run(_create, url, None, min(sessions, 1000))
     with peer() as p2, contextlib.suppress(Exception):
-        url = f"http://127.0.0.1:{p2['port']}/mcp"
+        url = f"http://127.0.0.1:{p2.port}/mcp"
         probe = trio.run(_probe, url, None, ids[:100], 30.0)
         out["mcp-sdk"] = {
             "answered": probe["answered"],

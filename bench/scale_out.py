@@ -6,6 +6,7 @@ generator shares them (its CPU is reported).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx
@@ -76,12 +77,12 @@ def run(duration: float = 5.0, users: int = 40) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "scale-out", "duration_per_point_s": duration, "churn": {}}
     for workers in (1, 2):
         with steward(core=None, workers=workers) as s:
-            trio.run(run_load, "127.0.0.1", s["port"], 4, 0.5, s["token"])  # warm-up
-            out["churn"][f"{workers}_worker"] = trio.run(
-                run_load, "127.0.0.1", s["port"], 32, duration, s["token"]
-            )
+            load = functools.partial(run_load, "127.0.0.1", s.port, token=s.token, path=s.path)
+            trio.run(load, 4, 0.5)  # warm-up
+            out["churn"][f"{workers}_worker"] = trio.run(load, 32, duration).as_dict()
             if workers == 2:
-                lat = sorted(trio.run(_revocation_latencies, s["ready"], s["admin"], users))
+                assert s.admin is not None
+                lat = sorted(trio.run(_revocation_latencies, s.ready, s.admin, users))
                 out["revocation"] = {
                     "users": users,
                     "delivered": len(lat),

@@ -1,0 +1,156 @@
+"""memory-streams: the server's resident memory per idle GET SSE stream.
+
+For each level N (cumulative), sessions are created until there are N, the server's RSS is read
+from /proc/PID/status, then one idle ``GET`` SSE stream is opened on each new session (its own
+connection, held open and never read) and the RSS is read again. Reported per level: kB per
+stream (the second step over its streams) and kB per session plus stream (over the baseline).
+Only the server's own process is measured (Steward's embedded PostgreSQL is a separate process
+and holds no per-stream state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from bench._loadgen import Connection, ProtocolError, open_session
+from bench._servers import SERVER_CORE, Server, Unavailable, generator_pinned, peer, rss_kb, steward
+
+LEVELS = (500, 1000, 2000)
+QUICK_LEVELS = (100, 200)
+OPENERS = 16  # sessions and streams being opened at once
+SETTLE = 1.0  # seconds between the last open and reading the RSS
+
+
+async def _sessions(server: Server, n: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    async def opener(count: int) -> None:
+        conn = Connection("127.0.0.1", server.port)
+        try:
+            for _ in range(count):
+                out.append(await open_session(conn, server.path, server.token))
+        finally:
+            await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(OPENERS):
+            nursery.start_soon(opener, n // OPENERS + (1 if i < n % OPENERS else 0))
+    return out
+
+
+async def _open_streams(
+    server: Server, sessions: list[dict[str, str]], held: list[Connection]
+) -> int:
+    """Open one GET stream per session, appending each open one to ``held``; the failures."""
+    failures = 0
+    limiter = trio.CapacityLimiter(OPENERS)
+
+    async def one(headers: dict[str, str]) -> None:
+        nonlocal failures
+        get = {k: v for k, v in headers.items() if k != "content-type"}
+        get["accept"] = "text/event-stream"
+        conn = Connection("127.0.0.1", server.port)
+        async with limiter:
+            try:
+                await conn.send_request("GET", server.path, get)
+                status, head = await conn.read_head()
+            except (OSError, trio.BrokenResourceError, ProtocolError):
+                failures += 1
+                await conn.aclose()
+                return
+        if status == 200 and head.get("content-type", "").startswith("text/event-stream"):
+            held.append(conn)
+        else:
+            failures += 1
+            await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for headers in sessions:
+            nursery.start_soon(one, headers)
+    return failures
+
+
+async def _measure_async(server: Server, levels: tuple[int, ...]) -> dict[str, Any]:
+    held: list[Connection] = []
+    await trio.sleep(SETTLE)
+    baseline = rss_kb(server.pid)
+    points = []
+    previous = 0
+    try:
+        for level in levels:
+            added = level - previous
+            sessions = await _sessions(server, added)
+            await trio.sleep(SETTLE)
+            rss_sessions = rss_kb(server.pid)
+            failures = await _open_streams(server, sessions, held)
+            await trio.sleep(SETTLE)
+            rss_streams = rss_kb(server.pid)
+            opened = added - failures
+            points.append(
+                {
+                    "streams": len(held),
+                    "stream_failures": failures,
+                    "rss_kb_before_streams": rss_sessions,
+                    "rss_kb": rss_streams,
+                    "kb_per_stream": round((rss_streams - rss_sessions) / opened, 1)
+                    if opened
+                    else None,
+                    "kb_per_session_and_stream": round((rss_streams - baseline) / len(held), 1)
+                    if held
+                    else None,
+                }
+            )
+            previous = level
+    finally:
+        for conn in held:
+            await conn.aclose()
+    return {"available": True, "baseline_rss_kb": baseline, "points": points}
+
+
+def _measure(
+    start: Callable[[], contextlib.AbstractContextManager[Server]], levels: tuple[int, ...]
+) -> dict[str, Any]:
+    try:
+        with start() as server:
+            started = time.monotonic()
+            result = trio.run(_measure_async, server, levels)
+            result["seconds"] = round(time.monotonic() - started, 1)
+            return result
+    except Unavailable as exc:
+        return {"available": False, "reason": str(exc)}
+
+
+def run(*, levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
+    with generator_pinned() as core:
+        servers = {"mcp-sdk": _measure(peer, levels), "steward": _measure(steward, levels)}
+    figures: dict[str, Any] = {}
+    for name, prefix in (("steward", "steward"), ("mcp-sdk", "peer")):
+        points = servers[name].get("points") or []
+        if points:
+            last = points[-1]
+            figures[f"{prefix}_streams"] = last["streams"]
+            figures[f"{prefix}_kb_per_stream"] = last["kb_per_stream"]
+            figures[f"{prefix}_kb_per_session_and_stream"] = last["kb_per_session_and_stream"]
+            figures[f"{prefix}_stream_failures"] = sum(p["stream_failures"] for p in points)
+    ratios: dict[str, float | None] = {}
+    for key in ("kb_per_stream", "kb_per_session_and_stream"):
+        a, b = figures.get(f"steward_{key}"), figures.get(f"peer_{key}")
+        ratios[key] = round(a / b, 2) if a is not None and b else None
+    out: dict[str, Any] = {
+        "benchmark": "memory-streams",
+        "levels": list(levels),
+        "server_core": SERVER_CORE if core is not None else None,
+        "generator_core": core,
+        "servers": servers,
+        "figures": figures,
+        "ratios": ratios,
+    }
+    unavailable = {n: s["reason"] for n, s in servers.items() if not s["available"]}
+    if unavailable:
+        out["unavailable"] = unavailable
+    return out
