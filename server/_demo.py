@@ -533,3 +533,21 @@ async def test_logging_tool(ctx: Context) -> str:
     for level in ("debug", "info", "warning", "error"):
         await ctx.log(level, f"a {level} message")
     return "logged"
+
+
+@everything.tool(
+    input_schema={
+        "type": "object",
+        "properties": {
+            "region": {
+                "type": "string",
+                "description": "Mirrored into the Mcp-Param-Region header (SEP-2243)",
+                "x-mcp-header": "Region",
+            }
+        },
+        "required": ["region"],
+    }
+)
+async def test_custom_header(ctx: Context, region: str) -> str:
+    """An argument that also travels as an HTTP header, checked against the body"""
+    return f"region={region}"

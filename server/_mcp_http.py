@@ -9,7 +9,10 @@ a connection actor under the user's session (docs/protocol.md, "JSON or SSE").
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -167,6 +170,7 @@ class Exchange:
         self.asked: dict[str, dict[str, Any]] = {}  # 2026: input requests still unanswered
         self.asked_ids: dict[str, str] = {}
         self.state: str | None = None  # 2026: the requestState the client must echo
+        self.provided: dict[str, Any] = {}  # 2026: inputResponses sent without a requestState
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -198,6 +202,14 @@ class Exchange:
         2026 era: one ``input_required`` result naming them all (SEP-2322); the client retries
         the request with ``inputResponses`` and this handler, parked meanwhile, continues.
         """
+        ready: dict[str, dict[str, Any]] = {}
+        if self.provided:  # answers the client sent with the request itself (no requestState)
+            ready = {
+                k: self.provided.pop(k) for k in requests if isinstance(self.provided.get(k), dict)
+            }
+            requests = {k: v for k, v in requests.items() if k not in ready}
+            if not requests:
+                return ready
         if self.stateless:  # SEP-2575: never rely on a capability the client did not declare
             missing: dict[str, dict[str, Any]] = {
                 _NEEDS[m]: {}
@@ -240,7 +252,7 @@ class Exchange:
                 msg = f"the client refused {requests[key][0]}: {error.get('message')}"
                 raise RpcError(error.get("code", INVALID_REQUEST), msg)
             results[key] = answer.get("result") or {}
-        return results
+        return {**ready, **results}
 
     def ask_again(self) -> None:
         """Reply ``input_required`` for what is still unanswered, under a fresh requestState."""
@@ -740,6 +752,9 @@ class McpHttp:
         exchange.grant_id = user.grant_id
         if isinstance(client_capabilities, dict):
             exchange.client_capabilities = client_capabilities
+        provided = params.get("inputResponses") if stateless else None
+        if isinstance(provided, dict):
+            exchange.provided = dict(provided)
         started = trio.current_time()
         slot = (key, request_id)
         self.inflight[slot] = exchange
@@ -1053,7 +1068,7 @@ class McpHttp:
             self.client_message(f"grant:{principal.grant_id}", message)
             await send_response(send, 202, b"", b"application/json")
             return
-        sent_method = header(scope, b"mcp-method")
+        sent_method = (header(scope, b"mcp-method") or "").strip() or None
         if sent_method != method:
             msg = (
                 f"the Mcp-Method header ({sent_method!r}) must equal the body's method ({method!r})"
@@ -1061,10 +1076,15 @@ class McpHttp:
             raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
         name_key = _NAMED.get(method)
         if name_key is not None:
-            sent_name, name = header(scope, b"mcp-name"), message["params"].get(name_key)
+            sent_name = (header(scope, b"mcp-name") or "").strip() or None
+            name = message["params"].get(name_key)
             if sent_name != name:
                 msg = f"the Mcp-Name header ({sent_name!r}) must equal the body's {name_key} ({name!r})"
                 raise rpc_reply(400, request_id, HEADER_MISMATCH, msg)
+        if method == "tools/call":
+            problem = self._param_headers(scope, message["params"])
+            if problem is not None:
+                raise rpc_reply(400, request_id, HEADER_MISMATCH, problem)
         if "id" not in message:
             self.client_message(f"grant:{principal.grant_id}", message)
             await send_response(send, 202, b"", b"application/json")
@@ -1108,6 +1128,34 @@ class McpHttp:
             client_capabilities=meta.get(META_CAPS),
         )
 
+    def _param_headers(self, scope: Scope, params: dict[str, Any]) -> str | None:
+        """SEP-2243: an argument whose schema names an ``x-mcp-header`` travels in
+        ``Mcp-Param-<name>`` too (literal, or ``=?base64?…?=``) and must equal the body."""
+        tool = self.dispatcher.app.tools.get(params.get("name"))  # type: ignore[arg-type]
+        if tool is None:
+            return None
+        arguments = params.get("arguments")
+        arguments = arguments if isinstance(arguments, dict) else {}
+        for prop, schema in (tool.input_schema.get("properties") or {}).items():
+            name = schema.get("x-mcp-header") if isinstance(schema, dict) else None
+            if not isinstance(name, str):
+                continue
+            sent = header(scope, b"mcp-param-" + name.lower().encode("latin-1"))
+            value = arguments.get(prop)
+            if value is None:
+                if sent is not None:
+                    return f"Mcp-Param-{name} was sent but argument {prop!r} was not"
+                continue
+            if sent is None:
+                return f"argument {prop!r} needs the header Mcp-Param-{name}"
+            decoded = _header_value(sent.strip())
+            if decoded is None:
+                return f"Mcp-Param-{name} is not valid =?base64?...?= encoding"
+            expected = json.dumps(value) if isinstance(value, bool) else str(value)
+            if decoded != expected:
+                return f"Mcp-Param-{name} ({decoded!r}) must equal argument {prop!r} ({expected!r})"
+        return None
+
     async def _listen(
         self,
         send: Send,
@@ -1134,6 +1182,16 @@ class McpHttp:
             await self.pump(conn, send, receive, priming_id=None)
         finally:
             self.listeners.pop(conn, None)
+
+
+def _header_value(raw: str) -> str | None:
+    """A header value as sent: ``=?base64?…?=`` decoded strictly, anything else literally."""
+    if not (raw.startswith("=?base64?") and raw.endswith("?=")):
+        return raw
+    try:
+        return base64.b64decode(raw[9:-2], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def _tagged(message: dict[str, Any], subscription_id: Any) -> dict[str, Any]:

@@ -189,7 +189,11 @@ class Recorder:
 
 
 USER = UserContext("u", uuid.uuid4(), "c", "free", frozenset())
-TOOL_ARGS = {"test_sampling": {"prompt": "p"}, "test_elicitation": {"message": "m"}}
+TOOL_ARGS = {
+    "test_sampling": {"prompt": "p"},
+    "test_elicitation": {"message": "m"},
+    "test_custom_header": {"region": "eu"},
+}
 SERVER_REQUESTS: dict[str, TypeAdapter[Any]] = {
     "sampling/createMessage": TypeAdapter(t.CreateMessageRequestParams),
     "elicitation/create": TypeAdapter(t.ElicitRequestParams),

@@ -410,3 +410,51 @@ async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["result"]["content"][0]["text"] == "logged"
         assert node.mcp.parked == {}
+
+
+async def test_2026_param_headers_must_mirror_the_body_and_answers_may_come_with_the_request(
+    fresh_db: str,
+) -> None:
+    async with (
+        running_node(fresh_db, app=everything) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        token = (await sign_in(http, node, "carol"))["access_token"]
+
+        async def call(name: str, arguments: dict[str, Any], **extra: str) -> httpx.Response:
+            body = rpc_2026("tools/call", {"name": name, "arguments": arguments})
+            headers = {**headers_2026(token, "tools/call", name), **extra}
+            return await http.post(node.info.mcp_url, json=body, headers=headers)
+
+        ok = await call("test_custom_header", {"region": "Hello"}, **{"mcp-param-region": "Hello"})
+        assert ok.json()["result"]["content"][0]["text"] == "region=Hello"
+        encoded = await call(  # SEP-2243: =?base64?...?= is decoded
+            "test_custom_header", {"region": "Hello"}, **{"mcp-param-region": "=?base64?SGVsbG8=?="}
+        )
+        assert encoded.status_code == 200 and "result" in encoded.json()
+        for sent in ("=?base64?SGVsbG8?=", "Goodbye"):  # bad padding; a different value
+            r = await call("test_custom_header", {"region": "Hello"}, **{"mcp-param-region": sent})
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+        missing = await call("test_custom_header", {"region": "Hello"})
+        assert (
+            missing.status_code == 400 and "Mcp-Param-Region" in missing.json()["error"]["message"]
+        )
+
+        body = rpc_2026(  # an answer sent with the request itself: no round trip needed
+            "tools/call",
+            {
+                "name": "test_input_required_result_elicitation",
+                "arguments": {},
+                "inputResponses": {
+                    "user_name": {"action": "accept", "content": {"name": "Alice"}},
+                    "unrelated": {"action": "accept", "content": {}},
+                },
+            },
+        )
+        body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}}
+        r = await http.post(
+            node.info.mcp_url,
+            json=body,
+            headers=headers_2026(token, "tools/call", "test_input_required_result_elicitation"),
+        )
+        assert r.json()["result"]["content"][0]["text"] == "Hello, Alice!"
