@@ -18,6 +18,7 @@ import inspect
 import re
 import types
 import typing
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
@@ -326,6 +327,31 @@ class Steward:
         self.templates: list[ResourceDef] = []
         self.prompts: dict[str, PromptDef] = {}
         self.completions: dict[tuple[str, str], Handler] = {}
+        self._watchers: list[weakref.WeakMethod[Callable[[str], object]]] = []
+
+    def watch(self, callback: Callable[[str], object]) -> None:
+        """Call ``callback(kind)`` ("tools", "resources", "prompts") after the lists change; held
+        weakly, so a server that stops serving this application is dropped. ``callback`` must be a
+        bound method."""
+        self._watchers = [w for w in self._watchers if w() is not None]
+        self._watchers.append(weakref.WeakMethod(callback))
+
+    def changed(self, kind: str) -> None:
+        """Tell every server of this application that a list changed (list_changed)."""
+        for ref in self._watchers:
+            callback = ref()
+            if callback is not None:
+                callback(kind)
+
+    def remove_tool(self, name: str) -> None:
+        """Stop offering a tool; clients are told (notifications/tools/list_changed)."""
+        if self.tools.pop(name, None) is not None:
+            self.changed("tools")
+
+    def remove_prompt(self, name: str) -> None:
+        """Stop offering a prompt; clients are told (notifications/prompts/list_changed)."""
+        if self.prompts.pop(name, None) is not None:
+            self.changed("prompts")
 
     def tier_allows(self, tier: str, min_tier: str | None) -> bool:
         if min_tier is None:
@@ -393,6 +419,7 @@ class Steward:
                     for p in inspect.signature(fn).parameters.values()
                 ),
             )
+            self.changed("tools")
             return fn
 
         return register
@@ -409,6 +436,7 @@ class Steward:
             self.resources[uri] = ResourceDef(
                 uri, fn, name or fn.__name__, description or inspect.getdoc(fn) or "", mime_type
             )
+            self.changed("resources")
             return fn
 
         return register
@@ -432,6 +460,7 @@ class Steward:
                     _template_pattern(uri_template),
                 )
             )
+            self.changed("resources")
             return fn
 
         return register
@@ -449,6 +478,7 @@ class Steward:
             self.prompts[prompt_name] = PromptDef(
                 prompt_name, fn, description or inspect.getdoc(fn) or "", args
             )
+            self.changed("prompts")
             return fn
 
         return register

@@ -551,3 +551,31 @@ async def test_logging_tool(ctx: Context) -> str:
 async def test_custom_header(ctx: Context, region: str) -> str:
     """An argument that also travels as an HTTP header, checked against the body"""
     return f"region={region}"
+
+
+async def _dynamic_tool(ctx: Context) -> str:
+    return "I come and go"
+
+
+async def _dynamic_prompt(ctx: Context) -> str:
+    return "A prompt that comes and goes."
+
+
+@everything.tool()
+async def test_trigger_tool_change(ctx: Context) -> str:
+    """Adds or removes the tool test_dynamic_tool: listeners get tools/list_changed"""
+    if "test_dynamic_tool" in everything.tools:
+        everything.remove_tool("test_dynamic_tool")
+        return "removed test_dynamic_tool"
+    everything.tool("test_dynamic_tool")(_dynamic_tool)
+    return "added test_dynamic_tool"
+
+
+@everything.tool()
+async def test_trigger_prompt_change(ctx: Context) -> str:
+    """Adds or removes the prompt test_dynamic_prompt: listeners get prompts/list_changed"""
+    if "test_dynamic_prompt" in everything.prompts:
+        everything.remove_prompt("test_dynamic_prompt")
+        return "removed test_dynamic_prompt"
+    everything.prompt("test_dynamic_prompt")(_dynamic_prompt)
+    return "added test_dynamic_prompt"

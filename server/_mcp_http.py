@@ -411,6 +411,7 @@ class McpHttp:
         self.log_levels: collections.OrderedDict[str, str] = collections.OrderedDict()
         dispatcher.on_subscribe = self._on_subscribe
         dispatcher.on_log_level = self._on_log_level
+        dispatcher.app.watch(self.notify_list_changed)
 
     # -- shared plumbing ---------------------------------------------------------------------------
 

@@ -207,6 +207,8 @@ async def test_each_fixture_tool_sends_valid_mcp_types(name: str) -> None:
     params = {"name": name, "arguments": TOOL_ARGS.get(name, {}), "_meta": {"progressToken": 7}}
     result = await Dispatcher(everything).call(USER, "tools/call", params, emitter)
     t.CallToolResult.model_validate(result)
+    if name.startswith("test_trigger_"):  # the hooks toggle a tool or prompt: toggle it back
+        await Dispatcher(everything).call(USER, "tools/call", params, emitter)
     for message in emitter.sent:
         if "id" in message:
             t.JSONRPCRequest.model_validate(message)

@@ -249,6 +249,16 @@ async def test_a_listen_stream_acknowledges_its_filter_and_gets_only_what_it_ask
                 with trio.fail_after(5):
                     updated = await reader.next_message()
                     changed = await reader.next_message()
+                app.tool("late_tool")(echo)  # the operator's list changes while serving
+                app.prompt("late_prompt")(echo)  # not asked for: not sent
+                app.remove_tool("late_tool")
+                app.remove_prompt("late_prompt")
+                with trio.fail_after(5):
+                    added = await reader.next_message()
+                    removed = await reader.next_message()
+                for event in (added, removed):
+                    assert event is not None
+                    assert event["data"]["method"] == "notifications/tools/list_changed"
                 assert updated is not None and changed is not None
                 assert updated["data"]["params"] == {
                     "uri": "test://watched",
