@@ -5,7 +5,8 @@ from /proc/PID/status, then one idle ``GET`` SSE stream is opened on each new se
 connection, held open and never read) and the RSS is read again. Reported per level: kB per
 stream (the second step over its streams) and kB per session plus stream (over the baseline).
 Only the server's own process is measured (Steward's embedded PostgreSQL is a separate process
-and holds no per-stream state).
+and holds no per-stream state). Steward bounds the streams of one user session, so its sessions
+are spread over users, STREAMS_PER_USER each; the peer's sessions carry no token.
 """
 
 from __future__ import annotations
@@ -17,41 +18,72 @@ from typing import Any
 
 import trio
 
-from bench._loadgen import Connection, ProtocolError, open_session
-from bench._servers import SERVER_CORE, Server, Unavailable, generator_pinned, peer, rss_kb, steward
+from bench._loadgen import ERROR_KINDS, Body, Connection, ProtocolError, open_session
+from bench._servers import (
+    SERVER_CORE,
+    Server,
+    Unavailable,
+    generator_pinned,
+    obtain_token,
+    peer,
+    rss_kb,
+    steward,
+)
 
 LEVELS = (500, 1000, 2000)
 QUICK_LEVELS = (100, 200)
 OPENERS = 16  # sessions and streams being opened at once
 SETTLE = 1.0  # seconds between the last open and reading the RSS
+STREAMS_PER_USER = 50  # below Steward's max_connections (64 streams per user session)
 
 
-async def _sessions(server: Server, n: int) -> list[dict[str, str]]:
+async def _sessions(server: Server, tokens: list[str | None]) -> list[dict[str, str]]:
+    """One new transport session per entry of ``tokens``, signed with it."""
     out: list[dict[str, str]] = []
+    todo = iter(tokens)
 
-    async def opener(count: int) -> None:
+    async def opener() -> None:
         conn = Connection("127.0.0.1", server.port)
         try:
-            for _ in range(count):
-                out.append(await open_session(conn, server.path, server.token))
+            for token in todo:
+                out.append(await open_session(conn, server.path, token))
         finally:
             await conn.aclose()
 
     async with trio.open_nursery() as nursery:
-        for i in range(OPENERS):
-            nursery.start_soon(opener, n // OPENERS + (1 if i < n % OPENERS else 0))
+        for _ in range(OPENERS):
+            nursery.start_soon(opener)
     return out
+
+
+async def _tokens(server: Server, n: int) -> list[str | None]:
+    """A token for each of ``n`` sessions: Steward's are spread over users, STREAMS_PER_USER
+    each (it bounds the streams of one user session); the peer needs none."""
+    if server.token is None:
+        return [None] * n
+    users = -(-n // STREAMS_PER_USER)
+    tokens: list[str | None] = [server.token]
+    for i in range(1, users):
+        token = await trio.to_thread.run_sync(obtain_token, server.ready, f"streams{i}")
+        tokens.append(token)
+    return [tokens[i // STREAMS_PER_USER] for i in range(n)]
 
 
 async def _open_streams(
     server: Server, sessions: list[dict[str, str]], held: list[Connection]
-) -> int:
-    """Open one GET stream per session, appending each open one to ``held``; the failures."""
-    failures = 0
+) -> dict[str, int]:
+    """Open one GET stream per session, appending each open one to ``held``; the failures by
+    kind."""
+    failures: dict[str, int] = {}
     limiter = trio.CapacityLimiter(OPENERS)
 
+    def fail(kind: str) -> None:
+        if kind in failures or len(failures) < ERROR_KINDS:
+            failures[kind] = failures.get(kind, 0) + 1
+        else:
+            failures["other"] = failures.get("other", 0) + 1
+
     async def one(headers: dict[str, str]) -> None:
-        nonlocal failures
         get = {k: v for k, v in headers.items() if k != "content-type"}
         get["accept"] = "text/event-stream"
         conn = Connection("127.0.0.1", server.port)
@@ -59,14 +91,15 @@ async def _open_streams(
             try:
                 await conn.send_request("GET", server.path, get)
                 status, head = await conn.read_head()
-            except (OSError, trio.BrokenResourceError, ProtocolError):
-                failures += 1
+            except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
+                fail(type(exc).__name__)
                 await conn.aclose()
                 return
         if status == 200 and head.get("content-type", "").startswith("text/event-stream"):
             held.append(conn)
         else:
-            failures += 1
+            body = await Body(conn, head).next() if "content-length" in head else b""
+            fail(f"{status} {(body or b'')[:100]!r}")
             await conn.aclose()
 
     async with trio.open_nursery() as nursery:
@@ -81,20 +114,22 @@ async def _measure_async(server: Server, levels: tuple[int, ...]) -> dict[str, A
     baseline = rss_kb(server.pid)
     points = []
     previous = 0
+    tokens = await _tokens(server, max(levels))
     try:
         for level in levels:
             added = level - previous
-            sessions = await _sessions(server, added)
+            sessions = await _sessions(server, tokens[previous:level])
             await trio.sleep(SETTLE)
             rss_sessions = rss_kb(server.pid)
             failures = await _open_streams(server, sessions, held)
             await trio.sleep(SETTLE)
             rss_streams = rss_kb(server.pid)
-            opened = added - failures
+            opened = added - sum(failures.values())
             points.append(
                 {
                     "streams": len(held),
-                    "stream_failures": failures,
+                    "stream_failures": sum(failures.values()),
+                    "failure_kinds": failures,
                     "rss_kb_before_streams": rss_sessions,
                     "rss_kb": rss_streams,
                     "kb_per_stream": round((rss_streams - rss_sessions) / opened, 1)

@@ -1,18 +1,161 @@
-"""The benchmark's load generator speaks correct HTTP and MCP to a live Steward (no timing asserted)."""
+"""The benchmark's load generator speaks correct HTTP/1.1 and MCP to real servers: a Hypercorn app
+that frames replies in every way the parser handles, the official SDK server in both reply modes,
+and a live Steward with a token from the OAuth flow. No timing is asserted."""
 
 from __future__ import annotations
 
-import httpx
+import contextlib
+import functools
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
-from bench._loadgen import run_load
-from tests.harness._steward import running_node, sign_in
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from bench._loadgen import Connection, exchange, run_load
+from bench._servers import obtain_token, peer
+from tests.harness._steward import running_node
+
+Scope = dict[str, Any]
 
 
-async def test_the_load_generator_completes_sessions_without_errors(fresh_db: str) -> None:
-    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
-        tokens = await sign_in(http, node, "carol")
+async def framing_app(scope: Scope, receive: Any, send: Any) -> None:
+    """``/sse``: a chunked event stream whose response event (to the request's id) comes after a
+    comment, a notification and another id's response, split across pieces with CRLF endings.
+    ``/json``: a Content-Length JSON reply. ``/close``: a reply that closes the connection.
+    Every request's method, headers and body are echoed back in the reply."""
+    if scope["type"] == "lifespan":
+        while (event := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            break
+    seen = {
+        "method": scope["method"],
+        "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+        "body": body.decode(),
+    }
+    request_id = json.loads(body)["id"] if body else None
+    reply = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": seen}).encode()
+    if scope["path"] == "/sse":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        pieces = [
+            b": a comment\r\n\r\n",
+            b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\r\n\r\n',
+            b'data: {"jsonrpc":"2.0","id":"other","result":{}}\n\n',
+            b"event: message\r\ndata: " + reply[:20],
+            reply[20:] + b"\r",
+            b"\n\r\n",
+            b'data: {"jsonrpc":"2.0","method":"late"}\n\n',
+        ]
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(reply))]
+    if scope["path"] == "/close":
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": reply})
+
+
+@contextlib.asynccontextmanager
+async def hypercorn_on_a_free_port() -> AsyncIterator[int]:
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(
+            functools.partial(
+                serve, cast(Any, framing_app), config, shutdown_trigger=trio.sleep_forever
+            )
+        )
+        yield int(urls[0].rsplit(":", 1)[1])
+        nursery.cancel_scope.cancel()
+
+
+async def test_replies_are_parsed_in_every_framing_on_one_kept_alive_connection() -> None:
+    async with hypercorn_on_a_free_port() as port:
+        conn = Connection("127.0.0.1", port)
+        headers = {"content-type": "application/json", "authorization": "Bearer t0k"}
+        body = b'{"jsonrpc":"2.0","id":7,"method":"tools/call"}'
+
+        sse = await exchange(conn, "POST", "/sse", headers, body, request_id=7)
+        json_reply = await exchange(conn, "POST", "/json", headers, body, request_id=7)
+
+        assert sse.status == 200
+        assert sse.message is not None and sse.message["id"] == 7
+        seen = sse.message["result"]
+        assert seen["method"] == "POST"
+        assert seen["headers"]["authorization"] == "Bearer t0k"
+        assert seen["headers"]["content-length"] == str(len(body))
+        assert seen["headers"]["host"] == f"127.0.0.1:{port}"
+        assert seen["body"] == body.decode()
+        assert json_reply.message is not None and json_reply.message["result"] == seen
+        assert conn.opened == 1  # the SSE body was drained to its end, so the connection was kept
+        await conn.aclose()
+
+
+async def test_a_reply_that_closes_the_connection_makes_the_next_request_reconnect() -> None:
+    async with hypercorn_on_a_free_port() as port:
+        conn = Connection("127.0.0.1", port)
+        body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        first = await exchange(conn, "POST", "/close", {}, body, request_id=1)
+        assert not conn.reusable
+        second = await exchange(conn, "POST", "/json", {}, body, request_id=1)
+        assert first.message is not None and second.message is not None
+        assert second.message["result"]["body"] == body.decode()
+        assert conn.opened == 2
+        await conn.aclose()
+
+
+async def _with_peer(replies: str, stateless: bool) -> tuple[int, Any]:
+    stack = contextlib.ExitStack()
+    server = await trio.to_thread.run_sync(
+        stack.enter_context, peer(replies=replies, stateless=stateless, core=None)
+    )
+    return server.port, stack
+
+
+async def test_the_generator_completes_whole_sessions_against_the_sdk_peer_in_both_reply_modes() -> (
+    None
+):
+    for replies, stateless in (("sse", False), ("json", True)):
+        port, stack = await _with_peer(replies, stateless)
+        try:
+            point = await run_load("127.0.0.1", port, 2, 0.3)
+        finally:
+            await trio.to_thread.run_sync(stack.close)
+        assert point.errors == 0, (replies, point.error_kinds)
+        assert point.sessions > 0
+        assert point.calls == 10 * point.sessions  # every started session is finished
+        assert point.call_p50_ms is not None and point.call_p99_ms is not None
+
+
+async def test_the_generator_completes_sessions_against_steward_with_a_token_from_obtain_token(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node:
+        token = await trio.to_thread.run_sync(obtain_token, node.info.ready_document(), "carol")
         port = int(node.info.mcp_url.rsplit(":", 1)[1].split("/")[0])
-        result = await run_load("127.0.0.1", port, 2, 0.5, tokens["access_token"])
-        assert result["errors"] == 0, result["error_kinds"]
-        assert result["sessions_per_s"] > 0 and result["calls_per_s"] > 0
-        assert result["calls_per_s"] >= 9 * result["sessions_per_s"]  # ten calls per session
+        point = await run_load("127.0.0.1", port, 2, 0.3, token)
+        assert point.errors == 0, point.error_kinds
+        assert point.sessions > 0
+        assert point.calls == 10 * point.sessions
+
+        unsigned = await run_load("127.0.0.1", port, 1, 0.05)
+        assert unsigned.sessions == 0 and unsigned.errors > 0
+        assert any("401" in kind for kind in unsigned.error_kinds), unsigned.error_kinds
