@@ -554,10 +554,12 @@ async def test_custom_header(ctx: Context, region: str) -> str:
 
 
 async def _dynamic_tool(ctx: Context) -> str:
+    """A tool that the trigger hook adds and removes"""
     return "I come and go"
 
 
 async def _dynamic_prompt(ctx: Context) -> str:
+    """A prompt that the trigger hook adds and removes"""
     return "A prompt that comes and goes."
 
 

@@ -267,7 +267,9 @@ class Dispatcher:
         uri = params.get("uri")
         found = self.app.find_resource(uri) if isinstance(uri, str) else None
         if found is None:
-            raise RpcError(RESOURCE_NOT_FOUND, f"resource {uri!r} not found", {"uri": uri})
+            # SEP-2164: -32602 from 2026-07-28 on; earlier eras said -32002
+            code = INVALID_PARAMS if getattr(emitter, "stateless", False) else RESOURCE_NOT_FOUND
+            raise RpcError(code, f"resource {uri!r} not found", {"uri": uri})
         resource, variables = found
         value = await resource.fn(Context(user, emitter), **variables)
         if isinstance(value, dict) and "contents" in value:
