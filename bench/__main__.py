@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = _runs(args.quick, args.peer_replies)
     names = list(runs) if args.name == "all" else [args.name]
     summaries = []
+    notes: list[str] = []
     for name in names:
         try:
             result = runs[name]()
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2), flush=True)
         notes = record(name, result)
         summaries.append(summary(name, result))
-        for note in notes:
-            print(note, file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
     for s in summaries:
         print(json.dumps(s))
     return 1 if any("failed" in s for s in summaries) else 0
