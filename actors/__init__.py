@@ -6,6 +6,7 @@ from actors._migrations import (
     Migration,
     MigrationError,
     applied_migrations,
+    load_migrations,
     migrate,
     pending_migrations,
 )
@@ -20,12 +21,21 @@ from actors._store import (
     WriteRejected,
     store_child_spec,
 )
+from actors._store_retention import (
+    RETENTION_RULES,
+    RetentionPolicy,
+    RetentionRule,
+    retention_sweep,
+)
 
 __all__ = [
+    "RETENTION_RULES",
     "Conn",
     "Migration",
     "MigrationError",
     "Op",
+    "RetentionPolicy",
+    "RetentionRule",
     "Store",
     "StorePolicy",
     "StoreStatistics",
@@ -33,7 +43,9 @@ __all__ = [
     "WriteQueue",
     "WriteRejected",
     "applied_migrations",
+    "load_migrations",
     "migrate",
     "pending_migrations",
+    "retention_sweep",
     "store_child_spec",
 ]

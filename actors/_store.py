@@ -10,15 +10,10 @@ that is replayed exactly once after recovery.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
-import datetime
 import json
-import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -27,6 +22,7 @@ import structlog
 import trio
 import trio_asyncio
 
+from actors._store_queue import Op, WriteQueue, _Entry
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = [
@@ -65,14 +61,6 @@ class Conn(Protocol):
     ) -> None: ...
 
 
-@attrs.frozen
-class Op:
-    """One idempotent SQL statement (an upsert, ON CONFLICT DO NOTHING, a conditional UPDATE)."""
-
-    sql: str
-    args: tuple[Any, ...] = ()
-
-
 RECONNECT_BACKOFF = Backoff(min=0.05, max=2.0, jitter=0.2, reset_after=30.0)
 
 
@@ -81,13 +69,16 @@ class StorePolicy:
     """The store's bounds and durations (seconds)."""
 
     batch_max: int = 500  # ops per transaction
-    batch_window: float = 0.0  # extra wait for more ops to join a batch (0: a batch is what queued during the previous commit)
+    # extra wait for more ops to join a batch; 0: a batch is what queued during the previous
+    # commit, which measured better than a fixed window (docs/store.md)
+    batch_window: float = 0.0
     memory_bound: int = 20_000  # queued ops held in memory before spilling to the journal
     pool_min: int = 2
     pool_max: int = 8
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
     read_wait: float = 1.0  # how long a read waits for a connected store before StoreUnavailable
+    stop_drain: float = 2.0  # on stop, time given to commit what is queued before persisting it
     latency_window: int = 1024  # commit latencies kept for percentiles
     listen_buffer: int = 1000  # notifications buffered per listener (then dropped and counted)
     reconnect: Backoff = RECONNECT_BACKOFF
@@ -95,190 +86,23 @@ class StorePolicy:
 
 @attrs.frozen
 class StoreStatistics:
-    queue_depth: int
-    journal_depth: int
+    """A snapshot of the store: its queue, its commits, its connection."""
+
+    queue_depth: int  # write entries waiting (memory, journal and spill buffer)
+    journal_depth: int  # of which in the journal file
     batches_committed: int
     ops_committed: int
     mean_batch_size: float
     max_batch_size: int
-    commit_latency_p50_ms: float
+    commit_latency_p50_ms: float  # over the last ``latency_window`` batches
     commit_latency_p99_ms: float
     connected: bool
-    outage_since: float | None
+    outage_since: float | None  # trio clock time the outage began, None when connected
     reconnects: int
     rejected_ops: int
-
-
-@attrs.define(eq=False)
-class _Entry:
-    """One ``write`` call: its ops commit together, in one transaction."""
-
-    id: uuid.UUID
-    ops: tuple[Op, ...]
-    done: trio.Event | None = None
-    error: BaseException | None = None
-    journaled: bool = False
-
-
-# -- journal encoding: op args are JSON with tags for the types JSON lacks ---------------------
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return {"$u": str(value)}
-    if isinstance(value, bytes):
-        return {"$b": base64.b64encode(value).decode()}
-    if isinstance(value, datetime.datetime):
-        return {"$t": value.isoformat()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    if isinstance(value, dict):
-        return {"$j": value}
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "$u" in value:
-            return uuid.UUID(value["$u"])
-        if "$b" in value:
-            return base64.b64decode(value["$b"])
-        if "$t" in value:
-            return datetime.datetime.fromisoformat(value["$t"])
-        if "$j" in value:
-            return value["$j"]
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-class WriteQueue:
-    """Pending writes, owned by the store's supervisor slot so that they outlive a crash.
-
-    In memory up to ``memory_bound`` ops; past it, entries go to an append-only journal file
-    (fsynced) and stay there, in order, until committed. Entries are never dropped.
-    """
-
-    def __init__(self, *, memory_bound: int = 20_000, journal_path: Path | None = None) -> None:
-        self.memory_bound = memory_bound
-        self.journal_path = journal_path
-        self._memory: collections.deque[_Entry] = collections.deque()
-        self._memory_ops = 0
-        self._journal: collections.deque[_Entry] = collections.deque()  # loaded from the file
-        self._journal_count = 0
-        self._waiters: dict[uuid.UUID, _Entry] = {}
-        self._has_work = trio.Event()
-        if journal_path is not None and journal_path.exists():
-            self._load_journal()
-
-    def _load_journal(self) -> None:
-        assert self.journal_path is not None
-        for line in self.journal_path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("journal_line_unreadable", path=str(self.journal_path))
-                continue  # a torn last line from a crash mid-append
-            ops = tuple(Op(o["sql"], tuple(_decode(a) for a in o["args"])) for o in record["ops"])
-            self._journal.append(_Entry(uuid.UUID(record["id"]), ops, journaled=True))
-        self._journal_count = len(self._journal)
-        if self._journal:
-            self._has_work.set()
-            log.info("journal_loaded", entries=len(self._journal))
-
-    def put(self, ops: Sequence[Op], *, wait: bool) -> _Entry:
-        entry = _Entry(uuid.uuid4(), tuple(ops), trio.Event() if wait else None)
-        spill = self.journal_path is not None and (
-            self._journal_count > 0 or self._memory_ops + len(ops) > self.memory_bound
-        )
-        if spill:
-            self._append_journal(entry)
-        else:
-            self._memory.append(entry)
-            self._memory_ops += len(ops)
-        if entry.done is not None:
-            self._waiters[entry.id] = entry
-        self._has_work.set()
-        return entry
-
-    def _append_journal(self, entry: _Entry) -> None:
-        assert self.journal_path is not None
-        record = {
-            "id": str(entry.id),
-            "ops": [{"sql": op.sql, "args": [_encode(a) for a in op.args]} for op in entry.ops],
-        }
-        with self.journal_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        entry.journaled = True
-        self._journal.append(entry)
-        self._journal_count += 1
-
-    async def wait_work(self) -> None:
-        while not (self._memory or self._journal):
-            self._has_work = trio.Event()
-            await self._has_work.wait()
-
-    def peek(self, max_ops: int) -> list[_Entry]:
-        """The oldest entries, up to ``max_ops`` ops (at least one entry): memory first."""
-        source = self._memory if self._memory else self._journal
-        batch: list[_Entry] = []
-        count = 0
-        for entry in source:
-            if batch and count + len(entry.ops) > max_ops:
-                break
-            batch.append(entry)
-            count += len(entry.ops)
-        return batch
-
-    def ack(self, batch: list[_Entry], *, error: BaseException | None = None) -> None:
-        """Remove committed (or rejected) entries from the head and wake their waiters."""
-        journaled = False
-        for entry in batch:
-            if entry.journaled:
-                head = self._journal.popleft()
-                journaled = True
-            else:
-                head = self._memory.popleft()
-                self._memory_ops -= len(head.ops)
-            assert head is entry
-            waiter = self._waiters.pop(entry.id, None)
-            if waiter is not None and waiter.done is not None:
-                waiter.error = error
-                waiter.done.set()
-        if journaled:
-            self._rewrite_journal()
-
-    def _rewrite_journal(self) -> None:
-        assert self.journal_path is not None
-        self._journal_count = len(self._journal)
-        if not self._journal:
-            self.journal_path.unlink(missing_ok=True)
-            return
-        tmp = self.journal_path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            for entry in self._journal:
-                record = {
-                    "id": str(entry.id),
-                    "ops": [
-                        {"sql": o.sql, "args": [_encode(a) for a in o.args]} for o in entry.ops
-                    ],
-                }
-                f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.journal_path)
-
-    @property
-    def depth(self) -> int:
-        return len(self._memory) + len(self._journal)
-
-    @property
-    def journal_depth(self) -> int:
-        return self._journal_count
+    journal_spills: int = 0  # appends (each one fsync) to the journal
+    incarnations: int = 0
+    notifications_dropped: int = 0
 
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -291,10 +115,19 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
+_MARK_APPLIED = (
+    "INSERT INTO store_applied_ops (op_id) SELECT unnest($1::uuid[]) "
+    "ON CONFLICT DO NOTHING RETURNING op_id"
+)
+
 
 def _is_rejection(exc: BaseException) -> bool:
     """A statement the database refused on its merits (retrying the same op cannot help)."""
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _CONNECTION_ERRORS)
+
+
+class _AsyncioFault(Exception):
+    """An exception the asyncio loop reported outside any call: the incarnation crashes."""
 
 
 class Store:
@@ -324,11 +157,14 @@ class Store:
         self._reconnects = 0
         self._incarnations = 0
         self._rejected = 0
+        self._dropped = 0
 
     # -- the public API ------------------------------------------------------------------------
 
     async def write(self, *ops: Op) -> None:
         """Queue ``ops`` (one transaction) and return after they committed.
+
+        A caller that stops waiting (cancelled) does not withdraw its ops: they still commit.
 
         Raises:
             WriteRejected: the database refused them; nothing of them was applied.
@@ -361,7 +197,11 @@ class Store:
         )
 
     async def transact(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run ``fn(conn)`` in one transaction on the store's loop and return its result."""
+        """Run ``fn(conn)`` in one transaction on the store's loop and return its result.
+
+        Not batched and not retried: after an ambiguous failure (``StoreUnavailable``) the
+        caller may run it again only if ``fn`` is idempotent.
+        """
 
         async def run(pool: Any) -> T:
             async with (
@@ -375,8 +215,9 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def listen(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[str]]:
-        """Notifications on ``channel`` while the block runs. The channel ends when the listening
-        connection is lost (the caller reconnects and catches up)."""
+        """Notifications on ``channel`` while the block runs, through a bounded channel (a full
+        channel drops the newest and counts it). The channel ends when the listening connection
+        is lost (the caller reconnects and catches up)."""
         await self._wait_attached()
         loop = self._loop
         send, receive = trio.open_memory_channel[str](self.policy.listen_buffer)
@@ -385,6 +226,7 @@ class Store:
             try:
                 send.send_nowait(payload)
             except trio.WouldBlock:
+                self._dropped += 1
                 log.warning("notification_dropped", channel=channel)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
@@ -401,7 +243,10 @@ class Store:
         try:
             conn = await loop.run_aio_coroutine(connect())
         except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"cannot listen on {channel!r}: {exc}") from exc
+            msg = (
+                f"cannot listen on {channel!r}: the database is unreachable ({type(exc).__name__})"
+            )
+            raise StoreUnavailable(msg) from exc
         try:
             async with receive:
                 yield receive
@@ -437,6 +282,9 @@ class Store:
             outage_since=self._outage_since,
             reconnects=self._reconnects,
             rejected_ops=self._rejected,
+            journal_spills=self.queue.spills,
+            incarnations=self._incarnations,
+            notifications_dropped=self._dropped,
         )
 
     # -- internals -------------------------------------------------------------------------------
@@ -446,7 +294,8 @@ class Store:
             with trio.move_on_after(self.policy.read_wait):
                 await self._attached.wait()
         if not self._attached.is_set():
-            raise StoreUnavailable("the database is unreachable")
+            msg = f"the database is unreachable (no connection within read_wait={self.policy.read_wait}s)"
+            raise StoreUnavailable(msg)
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         await self._wait_attached()
@@ -455,9 +304,8 @@ class Store:
         try:
             result: T = await loop.run_aio_coroutine(fn(pool))
         except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"the database is unreachable: {type(exc).__name__}") from exc
-        except asyncpg.exceptions.InterfaceError as exc:  # pragma: no cover - pool closed under us
-            raise StoreUnavailable(str(exc)) from exc
+            msg = f"the database is unreachable: {type(exc).__name__}"
+            raise StoreUnavailable(msg) from exc
         return result
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
@@ -465,31 +313,62 @@ class Store:
 
         It reports ready at once (its face is stable), then connects, reconnecting with backoff
         while the database is away; queued writes wait in the queue meanwhile. Anything other
-        than a lost connection crashes the incarnation, and the supervisor starts a new one.
+        than a lost connection crashes the incarnation, and the supervisor starts a new one
+        with a new loop and pool. Stopped, it commits what it can within ``stop_drain`` and
+        writes the rest to the journal.
         """
         self._incarnations += 1
-        async with trio_asyncio.open_loop() as loop:
-            loop.set_exception_handler(_log_asyncio_error)
-            task_status.started(self)
+        fault_box: list[BaseException] = []
+        fault_seen = trio.Event()
+
+        def on_asyncio_error(_loop: Any, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            log.warning(
+                "asyncio_error",
+                message=context.get("message"),
+                error=type(exc).__name__ if exc else None,
+            )
+            if exc is not None and not isinstance(
+                exc, (*_CONNECTION_ERRORS, asyncio.CancelledError)
+            ):
+                fault_box.append(exc)
+                fault_seen.set()
+
+        try:  # the queue outlives the incarnation; on a stop it also outlives the process
+            async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+                loop.set_exception_handler(on_asyncio_error)
+
+                async def crash_on_asyncio_fault() -> None:
+                    await fault_seen.wait()
+                    msg = f"the asyncio loop reported {type(fault_box[0]).__name__}: {fault_box[0]}"
+                    raise _AsyncioFault(msg) from fault_box[0]
+
+                nursery.start_soon(crash_on_asyncio_fault)
+                task_status.started(self)
+                await self._connect_loop(loop)
+        finally:
+            self.queue.persist()
+
+    async def _connect_loop(self, loop: Any) -> None:
+        attempt = 0
+        while True:
+            try:
+                pool = await loop.run_aio_coroutine(self._create_pool())
+            except _CONNECTION_ERRORS as exc:
+                if self._outage_since is None:
+                    self._outage_since = trio.current_time()
+                delay = self.policy.reconnect.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "store_connect_failed", error=type(exc).__name__, retry_in=round(delay, 3)
+                )
+                await trio.sleep(delay)
+                continue
             attempt = 0
-            while True:
-                try:
-                    pool = await loop.run_aio_coroutine(self._create_pool())
-                except _CONNECTION_ERRORS as exc:
-                    if self._outage_since is None:
-                        self._outage_since = trio.current_time()
-                    delay = self.policy.reconnect.delay(attempt)
-                    attempt += 1
-                    log.warning(
-                        "store_connect_failed", error=type(exc).__name__, retry_in=round(delay, 3)
-                    )
-                    await trio.sleep(delay)
-                    continue
-                attempt = 0
-                try:
-                    await self._attached_run(loop, pool)
-                except StoreUnavailable:
-                    self._reconnects += 1  # the connection was lost: reconnect
+            try:
+                await self._attached_run(loop, pool)
+            except StoreUnavailable:
+                self._reconnects += 1  # the connection was lost: reconnect
 
     async def _attached_run(self, loop: Any, pool: Any) -> None:
         self._loop, self._pool = loop, pool
@@ -499,6 +378,10 @@ class Store:
         self._outage_since = None
         try:
             await self._writer(loop, pool)
+        except trio.Cancelled:
+            with trio.move_on_after(self.policy.stop_drain, shield=True):
+                await self._drain(loop, pool)
+            raise
         finally:
             self._attached = trio.Event()
             self._pool = None
@@ -508,6 +391,20 @@ class Store:
                 with contextlib.suppress(Exception):
                     await loop.run_aio_coroutine(pool.close())
             pool.terminate()
+
+    async def _drain(self, loop: Any, pool: Any) -> None:
+        """On stop: commit what is queued (memory first) while the database answers."""
+        committed = 0
+        with contextlib.suppress(Exception):
+            while self.queue.depth:
+                batch = self.queue.peek(self.policy.batch_max)
+                started = trio.current_time()
+                await loop.run_aio_coroutine(self._commit(pool, batch))
+                self._count(batch, trio.current_time() - started)
+                self.queue.ack(batch)
+                committed += len(batch)
+        if committed or self.queue.depth:
+            log.info("store_drained", committed=committed, left=self.queue.depth)
 
     async def _create_pool(self) -> Any:
         async def init(conn: Any) -> None:
@@ -538,9 +435,10 @@ class Store:
             try:
                 await loop.run_aio_coroutine(self._commit(pool, batch))
             except _CONNECTION_ERRORS as exc:
-                # the batch stays queued; a new incarnation retries it (ops are idempotent)
+                # the batch stays queued and is retried after the reconnect (ops are idempotent)
                 log.warning("store_commit_failed", error=type(exc).__name__, batch=len(batch))
-                raise StoreUnavailable(f"commit failed: {type(exc).__name__}") from exc
+                msg = f"commit failed: {type(exc).__name__}"
+                raise StoreUnavailable(msg) from exc
             except asyncpg.PostgresError as exc:
                 if not _is_rejection(exc):
                     raise
@@ -559,6 +457,7 @@ class Store:
     async def _commit_one_by_one(self, loop: Any, pool: Any, batch: list[_Entry]) -> None:
         """A batch the database refused: find the refused entries, commit the others."""
         for entry in batch:
+            started = trio.current_time()
             try:
                 await loop.run_aio_coroutine(self._commit(pool, [entry]))
             except asyncpg.PostgresError as exc:
@@ -568,25 +467,23 @@ class Store:
                 log.error("store_op_rejected", error=type(exc).__name__, detail=str(exc)[:200])
                 self.queue.ack([entry], error=exc)
                 continue
-            self._count([entry], 0.0)
+            self._count([entry], trio.current_time() - started)
             self.queue.ack([entry])
 
     async def _commit(self, pool: Any, batch: list[_Entry]) -> None:
-        """One transaction for the whole batch. Consecutive ops with the same statement, across
-        entries, go to the server as one ``executemany`` (one round trip, not one per op)."""
+        """One transaction for the whole batch, run as one asyncio coroutine (the bridge is
+        crossed once). Entries read back from the journal record their ids in
+        ``store_applied_ops`` in the same transaction, and one already there is skipped: a
+        replay applies once. Consecutive ops with the same statement, across entries, go to
+        the server as one ``executemany``."""
         timeout = self.policy.command_timeout
         async with pool.acquire(timeout=self.policy.connect_timeout) as conn, conn.transaction():
-            ops: list[Op] = []
-            for entry in batch:
-                if entry.journaled:
-                    fresh = await conn.fetchval(
-                        "INSERT INTO store_applied_ops (op_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-                        entry.id,
-                        timeout=timeout,
-                    )
-                    if not fresh:
-                        continue  # applied before a crash lost the acknowledgement
-                ops.extend(entry.ops)
+            journaled = [e.id for e in batch if e.journaled]
+            fresh: set[object] = set()
+            if journaled:
+                rows = await conn.fetch(_MARK_APPLIED, journaled, timeout=timeout)
+                fresh = {r["op_id"] for r in rows}
+            ops = [op for e in batch if not e.journaled or e.id in fresh for op in e.ops]
             i = 0
             while i < len(ops):
                 j = i + 1
@@ -599,13 +496,6 @@ class Store:
                         ops[i].sql, [op.args for op in ops[i:j]], timeout=timeout
                     )
                 i = j
-
-
-def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
-    exc = context.get("exception")
-    log.warning(
-        "asyncio_error", message=context.get("message"), error=type(exc).__name__ if exc else None
-    )
 
 
 def store_child_spec(

@@ -1,0 +1,87 @@
+"""Retention: the rule of every table that grows (stated in the schema's comments), and a sweep
+that deletes the rows past it in bounded chunks. The janitor runs the sweep periodically."""
+
+from __future__ import annotations
+
+import attrs
+import structlog
+
+from actors._store import Conn, Store
+
+__all__ = ["RETENTION_RULES", "RetentionPolicy", "RetentionRule", "retention_sweep"]
+
+log = structlog.get_logger("retention")
+
+
+@attrs.frozen
+class RetentionRule:
+    """Rows of ``table`` matching ``expired`` (a SQL condition) are deleted."""
+
+    table: str
+    expired: str
+
+
+RETENTION_RULES: tuple[RetentionRule, ...] = (
+    RetentionRule(  # deletes cascade to the grant's token families, tokens, upstream tokens,
+        # transport sessions, connections and authorization codes
+        "grants",
+        "status IN ('ended', 'revoked', 'expired', 'reauth_required') "
+        "AND coalesce(ended_at, last_seen_at) < now() - interval '30 days'",
+    ),
+    RetentionRule("tokens", "expires_at < now() - interval '1 day'"),
+    RetentionRule("transport_sessions", "ended_at < now() - interval '7 days'"),
+    RetentionRule("connections", "closed_at < now() - interval '7 days'"),
+    RetentionRule("stream_events", "created_at < now() - interval '1 hour'"),
+    RetentionRule("usage_events", "occurred_at < now() - interval '7 days'"),
+    RetentionRule("usage_rollups", "minute < now() - interval '90 days'"),
+    RetentionRule("auth_events", "occurred_at < now() - interval '90 days'"),
+    RetentionRule("cluster_events", "created_at < now() - interval '1 hour'"),
+    RetentionRule("nodes", "status = 'dead' AND heartbeat_at < now() - interval '7 days'"),
+    RetentionRule("store_applied_ops", "applied_at < now() - interval '7 days'"),
+    RetentionRule("authorization_requests", "expires_at < now()"),
+    RetentionRule("authorization_codes", "expires_at < now() - interval '1 hour'"),
+)
+
+
+@attrs.frozen
+class RetentionPolicy:
+    """How much one sweep may delete: ``chunk`` rows per transaction, at most ``max_chunks``
+    transactions per table (the rest waits for the next sweep)."""
+
+    chunk: int = 5_000
+    max_chunks: int = 20
+
+
+async def retention_sweep(
+    store: Store,
+    *,
+    rules: tuple[RetentionRule, ...] = RETENTION_RULES,
+    policy: RetentionPolicy | None = None,
+) -> dict[str, int]:
+    """Delete rows past their retention, a chunk per transaction; returns rows deleted by table.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached (a later sweep continues).
+    """
+    policy = policy or RetentionPolicy()
+    deleted: dict[str, int] = {}
+    for rule in rules:
+        sql = (
+            f"DELETE FROM {rule.table} WHERE ctid = ANY(ARRAY("
+            f"SELECT ctid FROM {rule.table} WHERE {rule.expired} LIMIT $1))"
+        )
+
+        async def chunk(conn: Conn, sql: str = sql) -> int:
+            status = await conn.execute(sql, policy.chunk)
+            return int(status.split()[-1])
+
+        total = 0
+        for _ in range(policy.max_chunks):
+            n = await store.transact(chunk)
+            total += n
+            if n < policy.chunk:
+                break
+        deleted[rule.table] = total
+    if any(deleted.values()):
+        log.info("retention_swept", **{k: v for k, v in deleted.items() if v})
+    return deleted
