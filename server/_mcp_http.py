@@ -150,7 +150,7 @@ class Exchange:
         self.user_id = user_id
         self.log_level = log_level
         self.legacy_conn = legacy_conn
-        self.stream_id = secrets.token_hex(8)
+        self.stream_id = ""  # named when the reply becomes a stream (most replies are JSON)
         self.cancel_scope = trio.CancelScope()
         self.buffer: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
@@ -159,9 +159,7 @@ class Exchange:
         self.attached = trio.Event()
         self.conn: Connection | None = None
         self.seq = 0
-        self.tail: collections.deque[tuple[int, dict[str, Any], bool]] = collections.deque(
-            maxlen=TAIL
-        )
+        self.tail: collections.deque[tuple[int, dict[str, Any], bool]] | None = None
         self.close_requested = False
         self.session: UserSession | None = None
         self.stateless = False  # 2026-07-28: server requests travel as input_required results
@@ -307,6 +305,8 @@ class Exchange:
 
     def _event(self, message: dict[str, Any], final: bool) -> None:
         event_id = self.next_id()
+        if self.tail is None:
+            self.tail = collections.deque(maxlen=TAIL)
         self.tail.append((self.seq, message, final))
         if self.session_id is not None:
             self.owner.store_event(self.session_id, self.stream_id, self.seq, self.user_id, message)
@@ -326,7 +326,7 @@ class Exchange:
 
     def resume(self, conn: Connection, after: int) -> None:
         """A client reconnected to this stream: replay what it missed, then continue on ``conn``."""
-        for seq, message, final in self.tail:
+        for seq, message, final in self.tail or ():
             if seq > after:
                 conn.send_nowait(
                     StreamEvent(message, event_id=f"{self.stream_id}:{seq}", final=final)
@@ -345,9 +345,9 @@ class Exchange:
         self.decided = trio.Event()
         self.attached = trio.Event()
         self.conn = None
-        self.stream_id = secrets.token_hex(8)
+        self.stream_id = ""
         self.seq = 0
-        self.tail.clear()
+        self.tail = None
 
     def deny(self, exc: ScopeRequired) -> None:
         if self.attached.is_set() or self.legacy_conn is not None:
@@ -872,6 +872,7 @@ class McpHttp:
         user: UserContext,
         cancel_on_disconnect: bool,
     ) -> None:
+        exchange.stream_id = secrets.token_hex(8)
         conn = await self.open_stream(session, "post", exchange.session_id, exchange.stream_id)
         resumable = exchange.session_id is not None
         priming = exchange.next_id() if resumable else None
