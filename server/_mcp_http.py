@@ -14,6 +14,7 @@ import binascii
 import collections
 import json
 import secrets
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -531,7 +532,10 @@ class McpHttp:
         origin = origin.rstrip("/")
         if origin in self.allowed_origins:
             return
-        host = origin.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        try:
+            host = urllib.parse.urlsplit(origin).hostname
+        except ValueError:  # a malformed Origin is not an allowed one
+            host = None
         if not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1"):
             return
         body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}

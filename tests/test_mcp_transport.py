@@ -82,7 +82,10 @@ async def test_2025_requests_get_the_status_codes_the_transport_specifies(fresh_
 
         r = await post(rpc("ping"), origin="https://evil.example")  # R2
         assert r.status_code == 403 and "evil.example" in r.json()["error_description"]
-        assert (await post(rpc("ping"), origin="http://localhost:5173")).status_code == 200
+        for loopback in ("http://localhost:5173", "http://[::1]", "https://127.0.0.1"):
+            assert (await post(rpc("ping"), origin=loopback)).status_code == 200
+        for foreign in ("http://localhost.evil.example", "null", "http://[bad"):
+            assert (await post(rpc("ping"), origin=foreign)).status_code == 403
         r = await post(rpc("tools/call", {"name": "echo", "arguments": {"text": "x" * 4000}}))
         assert r.status_code == 413 and r.json()["error"]["code"] == -32600
         r = await post(b"{not json")
