@@ -139,7 +139,7 @@ async def migrate(store_or_dsn: Store | str, folder: Path = MIGRATIONS_DIR) -> l
         return await _apply_all(store_or_dsn, migrations)
     # a short-lived store of our own, whose reads wait as long as a connection attempt may take;
     # the error leaves the nursery as itself, not wrapped in a group
-    policy = StorePolicy(pool_min=1, pool_max=1)
+    policy = StorePolicy(pool_min=1, pool_max=2)
     store = Store(store_or_dsn, policy=attrs.evolve(policy, read_wait=policy.connect_timeout))
     error: Exception | None = None
     done: list[int] = []

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -74,7 +74,7 @@ class StorePolicy:
     batch_window: float = 0.0
     memory_bound: int = 20_000  # queued ops held in memory before spilling to the journal
     pool_min: int = 2
-    pool_max: int = 8
+    pool_max: int = attrs.field(default=8)  # the writer holds one; reads and transact share the rest
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
     read_wait: float = 1.0  # how long a read waits for a connected store before StoreUnavailable
@@ -82,6 +82,15 @@ class StorePolicy:
     latency_window: int = 1024  # commit latencies kept for percentiles
     listen_buffer: int = 1000  # notifications buffered per listener (then dropped and counted)
     reconnect: Backoff = RECONNECT_BACKOFF
+
+    @pool_max.validator
+    def _check_pool_max(self, _attribute: object, value: int) -> None:
+        if value < 2 or value < self.pool_min:
+            msg = (
+                f"pool_max must be at least 2 (the writer holds one connection) and at least "
+                f"pool_min={self.pool_min}, got {value}"
+            )
+            raise ValueError(msg)
 
 
 @attrs.frozen
@@ -399,7 +408,7 @@ class Store:
             while self.queue.depth:
                 batch = self.queue.peek(self.policy.batch_max)
                 started = trio.current_time()
-                await loop.run_aio_coroutine(self._commit(pool, batch))
+                await loop.run_aio_coroutine(self._commit_on(pool, batch))
                 self._count(batch, trio.current_time() - started)
                 self.queue.ack(batch)
                 committed += len(batch)
@@ -423,29 +432,44 @@ class Store:
         )
 
     async def _writer(self, loop: Any, pool: Any) -> None:
-        while True:
-            await self.queue.wait_work()
-            if self.policy.batch_window > 0 and self.queue.depth < self.policy.batch_max:
-                await trio.sleep(self.policy.batch_window)
-            else:
-                await trio.lowlevel.checkpoint()  # let writers that are ready now join this batch
-            batch = self.queue.peek(self.policy.batch_max)
-            await fault_point("store.commit")
-            started = trio.current_time()
-            try:
-                await loop.run_aio_coroutine(self._commit(pool, batch))
-            except _CONNECTION_ERRORS as exc:
-                # the batch stays queued and is retried after the reconnect (ops are idempotent)
-                log.warning("store_commit_failed", error=type(exc).__name__, batch=len(batch))
-                msg = f"commit failed: {type(exc).__name__}"
-                raise StoreUnavailable(msg) from exc
-            except asyncpg.PostgresError as exc:
-                if not _is_rejection(exc):
-                    raise
-                await self._commit_one_by_one(loop, pool, batch)
-                continue
-            self._count(batch, trio.current_time() - started)
-            self.queue.ack(batch)
+        """Group commit on one connection held for the incarnation's life (a pool release would
+        cost a reset round trip per batch)."""
+        try:
+            conn = await loop.run_aio_coroutine(pool.acquire(timeout=self.policy.connect_timeout))
+        except _CONNECTION_ERRORS as exc:
+            msg = f"cannot acquire the writer's connection: {type(exc).__name__}"
+            raise StoreUnavailable(msg) from exc
+        try:
+            while True:
+                await self.queue.wait_work()
+                if self.policy.batch_window > 0 and self.queue.depth < self.policy.batch_max:
+                    await trio.sleep(self.policy.batch_window)
+                else:
+                    await trio.lowlevel.checkpoint()  # writers that are ready now join the batch
+                batch = self.queue.peek(self.policy.batch_max)
+                await fault_point("store.commit")
+                started = trio.current_time()
+                try:
+                    await loop.run_aio_coroutine(self._commit(conn, batch))
+                except _CONNECTION_ERRORS as exc:
+                    # the batch stays queued and is retried after the reconnect (ops are
+                    # idempotent; entries read back from the journal are deduplicated)
+                    log.warning("store_commit_failed", error=type(exc).__name__, batch=len(batch))
+                    msg = f"commit failed: {type(exc).__name__}"
+                    raise StoreUnavailable(msg) from exc
+                except asyncpg.PostgresError as exc:
+                    if not _is_rejection(exc):
+                        raise
+                    await self._commit_one_by_one(loop, conn, batch)
+                    continue
+                self._count(batch, trio.current_time() - started)
+                self.queue.ack(batch)
+        finally:
+            with trio.move_on_after(self.policy.connect_timeout, shield=True):
+                with contextlib.suppress(Exception):
+                    await loop.run_aio_coroutine(
+                        pool.release(conn, timeout=self.policy.connect_timeout)
+                    )
 
     def _count(self, batch: list[_Entry], elapsed: float) -> None:
         n = sum(len(e.ops) for e in batch)
@@ -454,12 +478,12 @@ class Store:
         self._max_batch = max(self._max_batch, n)
         self._latencies.append(elapsed)
 
-    async def _commit_one_by_one(self, loop: Any, pool: Any, batch: list[_Entry]) -> None:
+    async def _commit_one_by_one(self, loop: Any, conn: Any, batch: list[_Entry]) -> None:
         """A batch the database refused: find the refused entries, commit the others."""
         for entry in batch:
             started = trio.current_time()
             try:
-                await loop.run_aio_coroutine(self._commit(pool, [entry]))
+                await loop.run_aio_coroutine(self._commit(conn, [entry]))
             except asyncpg.PostgresError as exc:
                 if not _is_rejection(exc):
                     raise
@@ -470,32 +494,53 @@ class Store:
             self._count([entry], trio.current_time() - started)
             self.queue.ack([entry])
 
-    async def _commit(self, pool: Any, batch: list[_Entry]) -> None:
+    async def _commit_on(self, pool: Any, batch: list[_Entry]) -> None:
+        async with pool.acquire(timeout=self.policy.connect_timeout) as conn:
+            await self._commit(conn, batch)
+
+    async def _commit(self, conn: Any, batch: list[_Entry]) -> None:
         """One transaction for the whole batch, run as one asyncio coroutine (the bridge is
-        crossed once). Entries read back from the journal record their ids in
+        crossed once). Consecutive ops with the same statement, across entries, go to the
+        server as one ``executemany``. A batch of one statement needs no BEGIN/COMMIT:
+        ``executemany`` is atomic on its own (one Sync, asyncpg >= 0.22), so it commits in
+        one round trip. Entries read back from the journal record their ids in
         ``store_applied_ops`` in the same transaction, and one already there is skipped: a
-        replay applies once. Consecutive ops with the same statement, across entries, go to
-        the server as one ``executemany``."""
+        replay applies once."""
         timeout = self.policy.command_timeout
-        async with pool.acquire(timeout=self.policy.connect_timeout) as conn, conn.transaction():
-            journaled = [e.id for e in batch if e.journaled]
-            fresh: set[object] = set()
+        runs = _runs(op for e in batch for op in e.ops)
+        journaled = [e.id for e in batch if e.journaled]
+        if not journaled and len(runs) <= 1:
+            if runs:
+                await _execute_run(conn, runs[0], timeout)
+            return
+        async with conn.transaction():
             if journaled:
                 rows = await conn.fetch(_MARK_APPLIED, journaled, timeout=timeout)
                 fresh = {r["op_id"] for r in rows}
-            ops = [op for e in batch if not e.journaled or e.id in fresh for op in e.ops]
-            i = 0
-            while i < len(ops):
-                j = i + 1
-                while j < len(ops) and ops[j].sql == ops[i].sql:
-                    j += 1
-                if j - i == 1:
-                    await conn.execute(ops[i].sql, *ops[i].args, timeout=timeout)
-                else:
-                    await conn.executemany(
-                        ops[i].sql, [op.args for op in ops[i:j]], timeout=timeout
+                if len(fresh) < len(journaled):  # some were applied before: leave them out
+                    runs = _runs(
+                        o for e in batch if not e.journaled or e.id in fresh for o in e.ops
                     )
-                i = j
+            for run in runs:
+                await _execute_run(conn, run, timeout)
+
+
+def _runs(ops: Iterable[Op]) -> list[list[Op]]:
+    """Consecutive ops that share a statement, grouped."""
+    runs: list[list[Op]] = []
+    for op in ops:
+        if runs and runs[-1][0].sql == op.sql:
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs
+
+
+async def _execute_run(conn: Any, run: list[Op], timeout: float) -> None:
+    if len(run) == 1:
+        await conn.execute(run[0].sql, *run[0].args, timeout=timeout)
+    else:
+        await conn.executemany(run[0].sql, [op.args for op in run], timeout=timeout)
 
 
 def store_child_spec(

@@ -218,3 +218,8 @@ async def test_a_full_listener_drops_the_newest_and_counts_them(fresh_db: str) -
             while store.statistics().notifications_dropped < 3:
                 await trio.sleep(0.01)
         assert [inbox.receive_nowait(), inbox.receive_nowait()] == ["0", "1"]
+
+
+def test_a_pool_too_small_for_the_writer_and_readers_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"pool_max must be at least 2 .* got 1"):
+        StorePolicy(pool_min=1, pool_max=1)
