@@ -324,6 +324,9 @@ class Exchange:
         self.buffer.clear()
         if self.final is not None:
             self._event(self.final, True)
+        elif self.denied is not None:  # refused after it had sent something: end the stream
+            msg = f"insufficient_scope: {self.denied}"
+            self._event(error_response(self.request_id, RpcError(INVALID_REQUEST, msg)), True)
 
     def resume(self, conn: Connection, after: int) -> None:
         """A client reconnected to this stream: replay what it missed, then continue on ``conn``."""
@@ -880,7 +883,7 @@ class McpHttp:
         conn = await self.open_stream(session, "post", exchange.session_id, exchange.stream_id)
         resumable = exchange.session_id is not None
         priming = exchange.next_id() if resumable else None
-        if resumable:
+        if resumable and exchange.final is None and exchange.denied is None:  # still running
             self.live_streams[(exchange.session_id or "", exchange.stream_id)] = exchange
         exchange.attach(conn)
         if exchange.close_requested:

@@ -165,6 +165,7 @@ async def test_every_fixture_answers_like_the_reference_server(fresh_db: str) ->
                 {"name": "arg1", "value": "a"},
             )
             assert completed.completion.values == ["alpha", "apple", "avocado"]
+        assert node.mcp.live_streams == {} and node.mcp.inflight == {} and node.mcp.pending == {}
 
 
 class Recorder:

@@ -359,6 +359,7 @@ async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str
             with trio.fail_after(5):
                 replayed = [await again.next(), await again.next(), await again.next()]
         assert [e["id"] if e else None for e in replayed] == [after["id"], result["id"], None]
+        assert node.mcp.live_streams == {} and node.mcp.inflight == {}  # nothing left behind
 
 
 async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_db: str) -> None:
