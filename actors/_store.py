@@ -74,7 +74,9 @@ class StorePolicy:
     batch_window: float = 0.0
     memory_bound: int = 20_000  # queued ops held in memory before spilling to the journal
     pool_min: int = 2
-    pool_max: int = attrs.field(default=8)  # the writer holds one; reads and transact share the rest
+    pool_max: int = attrs.field(
+        default=8
+    )  # the writer holds one; reads and transact share the rest
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
     read_wait: float = 1.0  # how long a read waits for a connected store before StoreUnavailable
