@@ -20,6 +20,7 @@ import trio
 
 from actors._sessions import SessionManager
 from actors._store import Op, Store, StoreUnavailable
+from actors._store_retention import retention_sweep
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = ["CHANNEL", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
@@ -194,19 +195,17 @@ class Janitor:
                     "UPDATE connections SET closed_at = now(), close_reason = 'expired' WHERE grant_id = $1 AND closed_at IS NULL",
                     grant["grant_id"],
                 )
-            deleted = 0
-            for sql in _RETENTION:
-                deleted += int((await conn.execute(sql)).split()[-1])
             return {
                 "expired_sessions": len(expired),
                 "dead_nodes": len(dead),
                 "dead_node_connections": int(dead_conns.split()[-1]),
                 "stale_connections": int(stale.split()[-1]),
-                "retention_deleted": deleted,
                 "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
             }
 
         result = await self.store.transact(sweep)
+        # the retention rules live with the schema (actors/_store_retention.py), in bounded chunks
+        result["retention_deleted"] = sum((await retention_sweep(self.store)).values())
         for grant_id in result.pop("_expired"):  # type: ignore[attr-defined]
             session = self.sessions.registry.lookup(grant_id)
             if session is not None:
@@ -215,21 +214,3 @@ class Janitor:
         if any(result.values()):
             log.info("janitor_sweep", **result)
         return result
-
-
-# one statement per retention rule stated in the schema's comments
-_RETENTION = (
-    "DELETE FROM grants WHERE status IN ('ended', 'revoked', 'expired', 'reauth_required') AND coalesce(ended_at, last_seen_at) < now() - interval '30 days'",
-    "DELETE FROM tokens WHERE expires_at < now() - interval '1 day'",
-    "DELETE FROM transport_sessions WHERE ended_at < now() - interval '7 days'",
-    "DELETE FROM connections WHERE closed_at < now() - interval '7 days'",
-    "DELETE FROM stream_events WHERE created_at < now() - interval '1 hour'",
-    "DELETE FROM usage_events WHERE occurred_at < now() - interval '7 days'",
-    "DELETE FROM usage_rollups WHERE minute < now() - interval '90 days'",
-    "DELETE FROM auth_events WHERE occurred_at < now() - interval '90 days'",
-    "DELETE FROM cluster_events WHERE created_at < now() - interval '1 hour'",
-    "DELETE FROM nodes WHERE status = 'dead' AND heartbeat_at < now() - interval '7 days'",
-    "DELETE FROM store_applied_ops WHERE applied_at < now() - interval '7 days'",
-    "DELETE FROM authorization_requests WHERE expires_at < now()",
-    "DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 hour'",
-)
