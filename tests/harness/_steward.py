@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,22 +36,25 @@ async def running_node(
     **overrides: Any,
 ) -> AsyncIterator[Node]:
     data_dir = Path(tempfile.mkdtemp(prefix="stw-node-"))
-    settings = load_settings(environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides})
-    async with trio.open_nursery() as nursery:
-        node: Node = await nursery.start(
-            lambda task_status: run_node(
-                settings,
-                app,
-                dsn=dsn,
-                store_policy=store_policy,
-                session_policy=session_policy,
-                task_status=task_status,
+    try:
+        settings = load_settings(environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides})
+        async with trio.open_nursery() as nursery:
+            node: Node = await nursery.start(
+                lambda task_status: run_node(
+                    settings,
+                    app,
+                    dsn=dsn,
+                    store_policy=store_policy,
+                    session_policy=session_policy,
+                    task_status=task_status,
+                )
             )
-        )
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def pkce() -> tuple[str, str]:
