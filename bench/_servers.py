@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -27,6 +26,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import attrs
 import httpx
+
+from tests.harness._serve import ServeFailed, steward_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
@@ -159,66 +160,35 @@ def steward(
     if not (ROOT / "server" / "_cli.py").exists():
         msg = "the steward command (server/_cli.py) does not exist in this tree"
         raise Unavailable(msg)
-    folder = Path(tempfile.mkdtemp(prefix="stw-bench-"))
-    os.chmod(folder, 0o755)  # the embedded PostgreSQL may run as another user
-    ready_path = folder / "ready.json"
-    config = folder / "steward.toml"
-    config.write_text(STEWARD_CONFIG)
-    log_path = folder / "steward.log"
     env = {
-        **os.environ,
         "STEWARD_LOG_LEVEL": "warning",
         "STEWARD_ADMIN_TOKEN": "bench-admin",
         "STEWARD_WORKERS": str(workers),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "server._cli",
-        "--config",
-        str(config),
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(folder / "data"),
-        "--ready-file",
-        str(ready_path),
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
-        end = time.monotonic() + START_LIMIT
-        while not ready_path.exists():
-            if proc.poll() is not None:
-                msg = f"steward serve exited with status {proc.returncode}: {_tail(log_path)}"
+        with steward_serve(
+            "--port", "0", config=STEWARD_CONFIG, env=env, launcher=pinned([], core)
+        ) as server:
+            url = urlsplit(server.ready["mcp_url"])
+            if url.port is None:
+                msg = f"the ready file's mcp_url {server.ready['mcp_url']!r} names no port"
                 raise Unavailable(msg)
-            if time.monotonic() > end:
-                msg = f"steward serve wrote no ready file within START_LIMIT ({START_LIMIT}s)"
-                raise Unavailable(msg)
-            time.sleep(0.1)
-        ready = json.loads(ready_path.read_text())
-        url = urlsplit(ready["mcp_url"])
-        if url.port is None:
-            msg = f"the ready file's mcp_url {ready['mcp_url']!r} names no port"
-            raise Unavailable(msg)
-        try:
-            token = obtain_token(ready, user)
-        except (httpx.HTTPError, LookupError, ValueError) as exc:
-            msg = f"no token from Steward's OAuth flow: {type(exc).__name__}: {exc}"
-            raise Unavailable(msg) from exc
-        yield Server(
-            "steward",
-            url.port,
-            proc.pid,
-            path=url.path or "/",
-            token=token,
-            ready=ready,
-            admin="bench-admin",
-        )
-    finally:
-        _stop(proc)
-        shutil.rmtree(folder, ignore_errors=True)
+            try:
+                token = obtain_token(server.ready, user)
+            except (httpx.HTTPError, LookupError, ValueError) as exc:
+                msg = f"no token from Steward's OAuth flow: {type(exc).__name__}: {exc}"
+                raise Unavailable(msg) from exc
+            yield Server(
+                "steward",
+                url.port,
+                server.pid,
+                path=url.path or "/",
+                token=token,
+                ready=server.ready,
+                admin="bench-admin",
+            )
+    except ServeFailed as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 def _pkce() -> tuple[str, str]:

@@ -8,20 +8,14 @@ The peer keeps sessions in process memory: after its restart every old id answer
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from bench._servers import ROOT, free_port, obtain_token, peer
+from bench._servers import free_port, obtain_token, peer
+from tests.harness._serve import steward_serve
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 INIT = {
@@ -100,56 +94,19 @@ async def _probe(url: str, token: str | None, ids: list[str], deadline: float) -
     }
 
 
-def _steward_proc(folder: Path, port: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    ready = folder / "ready.json"
-    ready.unlink(missing_ok=True)
-    config = folder / "steward.toml"
-    config.write_text(
-        '[[tiers]]\nname = "free"\nrequests_per_minute = 100000000\nburst = 1000000\n'
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "server._cli",
-        "--config",
-        str(config),
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(folder / "data"),
-        "--ready-file",
-        str(ready),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "STEWARD_LOG_LEVEL": "warning"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            msg = "steward serve did not become ready"
-            raise RuntimeError(msg)
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
-
-
 def run(sessions: int = 10_000) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "restart-recovery", "sessions": sessions}
-    folder = Path(tempfile.mkdtemp(prefix="stw-restart-"))
-    os.chmod(folder, 0o755)
-    port = free_port()
-    try:
-        proc, doc = _steward_proc(folder, port)
-        token = obtain_token(doc, "carol")
-        ids = trio.run(_create, doc["mcp_url"], token, sessions)
-        proc.terminate()
-        proc.wait(60)
+    with steward_serve(
+        "--port",
+        str(free_port()),
+        config='[[tiers]]\nname = "free"\nrequests_per_minute = 100000000\nburst = 1000000\n',
+        env={"STEWARD_LOG_LEVEL": "warning"},
+    ) as server:
+        token = obtain_token(server.ready, "carol")
+        ids = trio.run(_create, server.ready["mcp_url"], token, sessions)
+        server.stop()
         t0 = time.monotonic()
-        proc, doc = _steward_proc(folder, port)
+        doc = server.start()
         started = time.monotonic() - t0
         probe = trio.run(_probe, doc["mcp_url"], token, ids, 300.0)
         out["steward"] = {
@@ -159,10 +116,6 @@ def run(sessions: int = 10_000) -> dict[str, Any]:
             "answered": probe["answered"],
             "statuses": probe["statuses"],
         }
-        proc.terminate()
-        proc.wait(60)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     with peer() as p:
         url = f"http://127.0.0.1:{p.port}/mcp"
         ids = trio.run(_create, url, None, min(sessions, 1000))

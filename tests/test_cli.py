@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bench._servers import obtain_token
+from tests.harness._serve import steward_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 STEWARD = [sys.executable, "-m", "server._cli"]
@@ -30,31 +29,8 @@ def data_dir() -> Path:
 def test_serve_runs_the_readme_app_on_an_embedded_database_and_stops_cleanly(
     data_dir: Path,
 ) -> None:
-    ready = data_dir / "ready.json"
-    proc = subprocess.Popen(
-        [
-            *STEWARD,
-            "serve",
-            "--app",
-            "tests.example_app:app",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir / "data"),
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        doc = json.loads(ready.read_text())
+    with steward_serve("--app", "tests.example_app:app", "--port", "0", folder=data_dir) as server:
+        doc = server.ready
         assert set(doc) >= {"mcp_url", "issuer_url", "dev_idp_url"}
         token = obtain_token(doc, "bob")
         headers = {
@@ -93,9 +69,7 @@ def test_serve_runs_the_readme_app_on_an_embedded_database_and_stops_cleanly(
                 call.json()["result"]["content"][0]["text"]
                 == "sunny in Oslo for 3 days (pro account)"
             )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
+        code = server.stop()
     assert code == 0
     # the data folder is kept between runs: a second start finds the same database
     assert (data_dir / "data" / "postgres" / "pgdata" / "PG_VERSION").exists()

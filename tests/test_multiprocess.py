@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import pytest
 import trio
 
 from bench._servers import obtain_token
+from tests.harness._serve import steward_serve
 from tests.harness._steward import SseReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,38 +24,16 @@ HEADERS = {"accept": "application/json, text/event-stream", "content-type": "app
 
 @pytest.fixture
 def three_nodes(fresh_db: str) -> Iterator[dict[str, Any]]:
-    folder = Path(tempfile.mkdtemp(prefix="stw-multi-"))
-    os.chmod(folder, 0o755)
-    ready = folder / "ready.json"
-    env = {**os.environ, "STEWARD_ADMIN_TOKEN": ADMIN}
-    cmd = [
-        sys.executable,
-        "-m",
-        "server._cli",
-        "serve",
+    with steward_serve(
         "--workers",
         "3",
         "--port",
         "0",
         "--database-url",
         fresh_db,
-        "--data-dir",
-        str(folder / "data"),
-        "--ready-file",
-        str(ready),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        yield json.loads(ready.read_text())
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        env={"STEWARD_ADMIN_TOKEN": ADMIN},
+    ) as server:
+        yield server.ready
 
 
 async def initialize(url: str, token: str) -> str:

@@ -5,12 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +20,7 @@ from runtime import Backoff, faults
 from tests.faults._report import observe
 from tests.harness._pg import Cluster, psql
 from tests.harness._proxy import FaultProxy
+from tests.harness._serve import steward_serve
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
 
 pytestmark = pytest.mark.faults
@@ -443,76 +438,47 @@ async def test_notifier_catches_up_after_its_connection_drops(fresh_db: str) -> 
 def test_steward_killed_mid_batch_and_restarted(tmp_path: Path) -> None:
     """kill -9 while requests and their writes are in flight, restart on the same data folder:
     acknowledged writes survive, old session ids answer again."""
-    folder = Path(tempfile.mkdtemp(prefix="stw-kill-"))
-    os.chmod(folder, 0o755)
-    port = free_port()
-    ready = folder / "ready.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server._cli",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(folder / "data"),
-        "--ready-file",
-        str(ready),
-    ]
-    root = Path(__file__).resolve().parents[2]
-
-    def start() -> subprocess.Popen[bytes]:
-        ready.unlink(missing_ok=True)
-        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        return proc
-
-    proc = start()
-    doc = json.loads(ready.read_text())
-    token = obtain_token(doc, "bob")
-    headers = {
-        "authorization": f"Bearer {token}",
-        "accept": "application/json, text/event-stream",
-        "content-type": "application/json",
-    }
-    sessions = []
-    with httpx.Client(timeout=30) as http:
-        for _ in range(20):
-            r = http.post(
-                doc["mcp_url"],
-                headers=headers,
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
+    with steward_serve("--port", str(free_port())) as server:
+        doc = server.ready
+        token = obtain_token(doc, "bob")
+        headers = {
+            "authorization": f"Bearer {token}",
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+        }
+        sessions = []
+        with httpx.Client(timeout=30) as http:
+            for _ in range(20):
+                r = http.post(
+                    doc["mcp_url"],
+                    headers=headers,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-11-25",
+                            "capabilities": {},
+                            "clientInfo": {"name": "t", "version": "1"},
+                        },
                     },
-                },
-            )
-            assert r.status_code == 200
-            sessions.append(r.headers["mcp-session-id"])
-        for sid in sessions:  # in flight when the process dies
-            http.post(
-                doc["mcp_url"],
-                headers={**headers, "mcp-session-id": sid},
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tools/call",
-                    "params": {"name": "echo", "arguments": {"text": "x"}},
-                },
-            )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        # the embedded PostgreSQL outlives its parent: the restarted Steward finds and reuses it
-        proc = start()
-        try:
+                )
+                assert r.status_code == 200
+                sessions.append(r.headers["mcp-session-id"])
+            for sid in sessions:  # in flight when the process dies
+                http.post(
+                    doc["mcp_url"],
+                    headers={**headers, "mcp-session-id": sid},
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 2,
+                        "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": "x"}},
+                    },
+                )
+            server.kill()
+            # the embedded PostgreSQL outlives its parent: the restarted Steward finds and reuses it
+            server.start()
             answered = 0
             for sid in sessions:
                 r = http.post(
@@ -525,9 +491,6 @@ def test_steward_killed_mid_batch_and_restarted(tmp_path: Path) -> None:
                     json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
                 )
                 answered += r.status_code == 200
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
     report = {
         "scenario": "Steward killed mid-batch",
         "fault": "kill -9 of the Steward process with requests in flight, then a restart",

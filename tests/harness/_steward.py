@@ -37,7 +37,9 @@ async def running_node(
 ) -> AsyncIterator[Node]:
     data_dir = Path(tempfile.mkdtemp(prefix="stw-node-"))
     try:
-        settings = load_settings(environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides})
+        settings = load_settings(
+            environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides}
+        )
         async with trio.open_nursery() as nursery:
             node: Node = await nursery.start(
                 lambda task_status: run_node(
