@@ -41,8 +41,8 @@ from runtime import (
 )
 
 __all__ = [
+    "AuthenticationRequiredError",
     "Connection",
-    "SessionInvalid",
     "SessionManager",
     "SessionPolicy",
     "SessionRestarting",
@@ -102,12 +102,15 @@ class SessionRestarting(Exception):
         self.grant_id = grant_id
 
 
-class SessionInvalid(Exception):
-    """The grant is not active (re-authorization required, revoked, expired, ended)."""
+class AuthenticationRequiredError(Exception):
+    """The grant is not active any more (the upstream refresh failed for good, revoked, expired,
+    ended): the client must authorize again. The edge answers it in one place, with the 401
+    challenge that starts re-authorization (``McpHttp.reauthorize``)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, grant_id: uuid.UUID | None = None) -> None:
+        super().__init__(f"the session is {reason}; authorize again")
         self.reason = reason
+        self.grant_id = grant_id
 
 
 @attrs.frozen
@@ -278,7 +281,7 @@ class TokenKeeper:
             await fault_point("token_keeper.refresh")
             try:
                 self.tokens = await manager.refresh_upstream(self.session.grant_id)
-            except UpstreamRevoked as exc:
+            except AuthenticationRequiredError as exc:
                 log.info("upstream_refresh_revoked", grant_id=str(self.session.grant_id))
                 manager.auth.audit(
                     "upstream_refresh_failed",
@@ -343,7 +346,7 @@ class UserSession:
         self, *, kind: ConnectionKind, session_id: str | None, stream_id: str | None = None
     ) -> Connection:
         if self.invalid_reason is not None:
-            raise SessionInvalid(self.invalid_reason)
+            raise AuthenticationRequiredError(self.invalid_reason, self.grant_id)
         assert self._connections is not None
         conn = Connection(
             self,
@@ -359,6 +362,10 @@ class UserSession:
         return conn
 
     async def upstream_access_token(self) -> str:
+        """The upstream access token; AuthenticationRequiredError once its refresh failed for good,
+        UpstreamUnavailable while it is expired and a retried refresh may still succeed."""
+        if self.invalid_reason is not None:
+            raise AuthenticationRequiredError(self.invalid_reason, self.grant_id)
         keeper = self._keeper
         if keeper is None or keeper.tokens is None:
             raise UpstreamUnavailable("no upstream token for this session")
@@ -550,7 +557,7 @@ class SessionManager:
         session = self.registry.lookup(principal.grant_id)
         if session is not None:
             if session.invalid_reason is not None:
-                raise SessionInvalid(session.invalid_reason)
+                raise AuthenticationRequiredError(session.invalid_reason, principal.grant_id)
             return session
         pending = self._hydrating.get(principal.grant_id)
         if pending is not None:
@@ -572,9 +579,9 @@ class SessionManager:
             or row["user_id"] != principal.user_id
             or row["client_id"] != principal.client_id
         ):
-            raise SessionInvalid("unknown_session")
+            raise AuthenticationRequiredError("unknown_session", principal.grant_id)
         if row["status"] not in ("active", "refreshing"):
-            raise SessionInvalid(row["status"])
+            raise AuthenticationRequiredError(row["status"], principal.grant_id)
         if row["expires_at"] <= datetime.datetime.now(UTC):
             await self.store.write(
                 Op(
@@ -582,7 +589,7 @@ class SessionManager:
                     (row["grant_id"],),
                 )
             )
-            raise SessionInvalid("expired")
+            raise AuthenticationRequiredError("expired", principal.grant_id)
         assert self._sup is not None
         grant_id: uuid.UUID = row["grant_id"]
         if self._sup.has_child(str(grant_id)):
@@ -601,8 +608,8 @@ class SessionManager:
             # a start that failed inside the session's own nursery: surface the cause
             if group.subgroup(StoreUnavailable) is not None:
                 raise StoreUnavailable("the database is unreachable") from group
-            if group.subgroup(SessionInvalid) is not None:
-                raise SessionInvalid("unknown_session") from group
+            if group.subgroup(AuthenticationRequiredError) is not None:
+                raise AuthenticationRequiredError("unknown_session", grant_id) from group
             raise
         live = self.registry.lookup(grant_id)
         if live is None:
@@ -820,7 +827,19 @@ class SessionManager:
 
     async def refresh_upstream(self, grant_id: uuid.UUID) -> UpstreamTokens:
         """Refresh the grant's upstream tokens; with the same grant live on several nodes, only the
-        node holding the lease calls the IdP and the others read its result."""
+        node holding the lease calls the IdP and the others read its result.
+
+        Raises:
+            AuthenticationRequiredError: the refresh failed for good (``invalid_grant``, no refresh
+                token): the user must authorize again.
+            UpstreamUnavailable: it failed for now (network, timeout, 5xx); a retry may succeed.
+        """
+        try:
+            return await self._refresh_upstream(grant_id)
+        except UpstreamRevoked as exc:
+            raise AuthenticationRequiredError("reauth_required", grant_id) from exc
+
+    async def _refresh_upstream(self, grant_id: uuid.UUID) -> UpstreamTokens:
         policy = self.policy
         deadline = trio.current_time() + policy.lease * 2
         while True:

@@ -131,6 +131,8 @@ class Context:
         Raises:
             UpstreamUnavailable: it expired and its refresh has not succeeded yet (the client gets
                 a retryable error).
+            AuthenticationRequiredError: its refresh failed for good; the client gets the 401
+                challenge and authorizes again.
         """
         session = getattr(self._emit, "session", None)
         if session is None:

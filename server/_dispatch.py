@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from actors._sessions import UserContext
+from actors._sessions import AuthenticationRequiredError, UserContext
 from actors._upstream import UpstreamUnavailable
 from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
 from server._jsonrpc import (
@@ -237,7 +237,7 @@ class Dispatcher:
                 "the upstream service is temporarily unavailable; retry shortly",
                 {"retryable": True, "retryAfter": 5, "detail": str(exc)},
             ) from None
-        except RpcError:
+        except (RpcError, AuthenticationRequiredError):
             raise
         except Exception as exc:
             log.warning("tool_failed", tool=tool.name, error=type(exc).__name__)

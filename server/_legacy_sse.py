@@ -13,9 +13,9 @@ from typing import Any
 import structlog
 
 from actors import StoreUnavailable
-from actors._sessions import StreamEvent
+from actors._sessions import AuthenticationRequiredError, StreamEvent
 from server._dispatch import ScopeRequired
-from server._http import ClientGone, Receive, Scope, Send, query, send_json, send_response
+from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
 from server._mcp_http import Exchange, McpHttp, Reply, rpc_reply
 
@@ -34,21 +34,19 @@ class LegacySse:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self.mcp.check_origin(scope)
-            path, method = scope["path"], scope["method"]
-            if path == "/sse" and method == "GET":
-                await self._stream(scope, receive, send)
-            elif path == self.messages_path and method == "POST":
-                await self._message(scope, receive, send)
-            else:
-                allow = b"GET" if path == "/sse" else b"POST"
-                body = {"error": "method_not_allowed", "error_description": f"{method} {path}"}
-                raise Reply(405, body, [(b"allow", allow)])
-        except Reply as reply:
-            await send_json(send, reply.status, reply.body, reply.headers)
-        except ClientGone:
-            return
+        await self.mcp.answer(send, lambda: self._route(scope, receive, send))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.mcp.check_origin(scope)
+        path, method = scope["path"], scope["method"]
+        if path == "/sse" and method == "GET":
+            await self._stream(scope, receive, send)
+        elif path == self.messages_path and method == "POST":
+            await self._message(scope, receive, send)
+        else:
+            allow = b"GET" if path == "/sse" else b"POST"
+            body = {"error": "method_not_allowed", "error_description": f"{method} {path}"}
+            raise Reply(405, body, [(b"allow", allow)])
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         _principal, session = await self.mcp.authenticate(scope)
@@ -114,6 +112,9 @@ class LegacySse:
             self.mcp.emit(conn, error_response(request_id, exc))
         except ScopeRequired as exc:
             msg = f"insufficient_scope: {exc}"
+            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
+        except AuthenticationRequiredError as exc:  # answered 202 already: the reply says it
+            msg = f"authentication required: {exc}"
             self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
         finally:
             if self.mcp.inflight.get(key) is exchange:

@@ -15,7 +15,7 @@ import collections
 import json
 import secrets
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -23,8 +23,8 @@ import trio
 
 from actors import Op, Store, StoreUnavailable
 from actors._sessions import (
+    AuthenticationRequiredError,
     Connection,
-    SessionInvalid,
     SessionManager,
     SessionRestarting,
     StreamEvent,
@@ -122,9 +122,12 @@ def _unavailable(description: str = "the database is unreachable; retry shortly"
     return Reply(503, body, [(b"retry-after", b"5")])
 
 
-def _first_leaf(group: BaseExceptionGroup[Reply]) -> Reply:
+def _first_leaf(group: BaseExceptionGroup[Any]) -> Reply | AuthenticationRequiredError:
     first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    if isinstance(first, BaseExceptionGroup):
+        return _first_leaf(first)
+    assert isinstance(first, (Reply, AuthenticationRequiredError))
+    return first
 
 
 class Exchange:
@@ -552,8 +555,6 @@ class McpHttp:
             raise Reply(exc.status, exc.body, exc.headers) from None
         try:
             session = await self.sessions.session_for(principal)
-        except SessionInvalid as exc:
-            raise self._invalid(principal.grant_id, exc) from None
         except StoreUnavailable:
             raise _unavailable() from None
         except SessionRestarting:
@@ -568,10 +569,38 @@ class McpHttp:
         session.touch()
         return principal, session
 
-    def _invalid(self, grant_id: Any, exc: SessionInvalid) -> Reply:
-        self.rs.forget_grant(grant_id)
-        err = self.rs.challenge("invalid_token", f"the session is {exc.reason}; authorize again")
+    def reauthorize(self, exc: AuthenticationRequiredError) -> Reply:
+        """The one answer to AuthenticationRequiredError, wherever it is raised: 401 with the
+        challenge (``error="invalid_token"``, ``resource_metadata``) that starts re-authorization
+        (MCP-R21, R23). The grant's verified tokens leave the cache."""
+        if exc.grant_id is not None:
+            self.rs.forget_grant(exc.grant_id)
+        err = self.rs.challenge("invalid_token", str(exc))
         return Reply(err.status, err.body, err.headers)
+
+    async def answer(self, send: Send, handler: Callable[[], Awaitable[None]]) -> None:
+        """Run one endpoint's handler and send the error answer it raised, if any."""
+        try:
+            await handler()
+        except (Reply, AuthenticationRequiredError) as exc:
+            await self._send_error(send, exc)
+        except ClientGone:
+            return
+        except BaseExceptionGroup as group:
+            # a Reply raised inside a request's nursery arrives wrapped in a group
+            answers = group.subgroup((Reply, AuthenticationRequiredError))
+            rest = group.subgroup(
+                lambda e: (
+                    not isinstance(e, (Reply, AuthenticationRequiredError, BaseExceptionGroup))
+                )
+            )
+            if answers is None or rest is not None:
+                raise
+            await self._send_error(send, _first_leaf(answers))
+
+    async def _send_error(self, send: Send, exc: Reply | AuthenticationRequiredError) -> None:
+        reply = self.reauthorize(exc) if isinstance(exc, AuthenticationRequiredError) else exc
+        await send_json(send, reply.status, reply.body, reply.headers)
 
     async def open_stream(
         self,
@@ -584,8 +613,6 @@ class McpHttp:
             return await session.open_connection(
                 kind=kind, session_id=session_id, stream_id=stream_id
             )
-        except SessionInvalid as exc:
-            raise self._invalid(session.grant_id, exc) from None
         except MaxChildrenError:
             limit = self.sessions.policy.max_connections
             msg = f"this session already holds its maximum of {limit} streams"
@@ -629,30 +656,20 @@ class McpHttp:
     # -- the ASGI entry ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self.check_origin(scope)
-            method = scope["method"]
-            if method == "POST":
-                await self._post(scope, receive, send)
-            elif method == "GET":
-                await self._get(scope, receive, send)
-            elif method == "DELETE":
-                await self._delete(scope, send)
-            else:
-                body = {"error": "method_not_allowed", "error_description": f"{method} /mcp"}
-                raise Reply(405, body, [(b"allow", b"GET, POST, DELETE")])
-        except Reply as reply:
-            await send_json(send, reply.status, reply.body, reply.headers)
-        except ClientGone:
-            return
-        except BaseExceptionGroup as group:
-            # a Reply raised inside a request's nursery arrives wrapped in a group
-            replies = group.subgroup(Reply)
-            rest = group.subgroup(lambda e: not isinstance(e, (Reply, BaseExceptionGroup)))
-            if replies is None or rest is not None:
-                raise
-            wrapped = _first_leaf(replies)
-            await send_json(send, wrapped.status, wrapped.body, wrapped.headers)
+        await self.answer(send, lambda: self._route(scope, receive, send))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.check_origin(scope)
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send)
+        elif method == "GET":
+            await self._get(scope, receive, send)
+        elif method == "DELETE":
+            await self._delete(scope, send)
+        else:
+            body = {"error": "method_not_allowed", "error_description": f"{method} /mcp"}
+            raise Reply(405, body, [(b"allow", b"GET, POST, DELETE")])
 
     # -- POST /mcp -------------------------------------------------------------------------------------
 
@@ -779,6 +796,14 @@ class McpHttp:
                     except ScopeRequired as exc:
                         outcome = "forbidden"
                         exchange.deny(exc)
+                    except AuthenticationRequiredError as exc:
+                        outcome = "reauth_required"
+                        if not exchange.attached.is_set():
+                            raise  # answered 401 with the challenge, like any other request
+                        msg = f"authentication required: {exc}"
+                        exchange.finish(
+                            error_response(exchange.request_id, RpcError(INVALID_REQUEST, msg))
+                        )
                     else:
                         if stateless:
                             result = stamp_2026(method, result, self.dispatcher.server_meta)
