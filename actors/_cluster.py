@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import structlog
 import trio
 
+from actors._crypto import KeyRing
 from actors._sessions import SessionManager
 from actors._store import Op, Store, StoreUnavailable
 from actors._store_retention import retention_sweep
 from runtime import Backoff, ChildSpec, fault_point
 
-__all__ = ["CHANNEL", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
+__all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
 
 log = structlog.get_logger("cluster")
 
 CHANNEL = "steward_events"
+KEYS_ROTATED = "keys_rotated"  # the key file changed: reload it (actors/_keys.py)
 
 
 def cluster_event_ops(
@@ -58,10 +61,12 @@ class Notifier:
         *,
         node_id: str,
         reconnect: Backoff | None = None,
+        reload_keys: Callable[[], KeyRing] | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.node_id = node_id
+        self.reload_keys = reload_keys  # None: the key is set inline, only a restart changes it
         self.reconnect = reconnect or Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)
         self.last_seq: int | None = None
         self.applied = 0
@@ -116,11 +121,33 @@ class Notifier:
                     row["payload"].get("message", f"the session was ended: {kind}"),
                 )
             self.sessions.forget(row["grant_id"], row["user_id"] or "")
+        elif kind == KEYS_ROTATED:
+            await self._reload_keys()
         elif kind == "tier_changed" and row["user_id"]:
             for session in self.sessions.live():
                 if session.context.user_id == row["user_id"]:
                     session.context = attrs.evolve(session.context, tier=row["payload"]["tier"])
             self.sessions.forget_user(row["user_id"])
+
+    async def _reload_keys(self) -> None:
+        """Take up the key file's current ring and record its key id in this node's row (the
+        rotation waits for every live node to do so before re-encrypting)."""
+        if self.reload_keys is None:
+            log.warning("key_reload_skipped", reason="the key is set inline: restart to change it")
+            return
+        try:
+            ring = self.reload_keys()
+        except (OSError, ValueError) as exc:
+            log.error("key_reload_failed", error=str(exc))
+            return
+        self.sessions.auth.keyring = ring
+        log.info("keys_reloaded", key_id=ring.current, key_ids=ring.key_ids)
+        await self.store.write(
+            Op(
+                "UPDATE nodes SET info = info || jsonb_build_object('key_id', $2::text) WHERE node_id = $1",
+                (self.node_id, ring.current),
+            )
+        )
 
 
 @attrs.frozen
@@ -168,7 +195,14 @@ class Janitor:
             Op(
                 "INSERT INTO nodes (node_id, heartbeat_at, status, info) VALUES ($1, now(), 'alive', $2) "
                 "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive', info = EXCLUDED.info",
-                (self.node_id, {"sessions": len(self.sessions.registry), "pid": os.getpid()}),
+                (
+                    self.node_id,
+                    {
+                        "sessions": len(self.sessions.registry),
+                        "pid": os.getpid(),
+                        "key_id": self.sessions.auth.keyring.current,
+                    },
+                ),
             )
         )
 

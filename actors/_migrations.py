@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,15 @@ async def _apply_one(store: Store, migration: Migration) -> bool:
         raise MigrationError(msg) from exc
 
 
-async def migrate(store_or_dsn: Store | str, folder: Path = MIGRATIONS_DIR) -> list[int]:
+async def migrate(
+    store_or_dsn: Store | str,
+    folder: Path = MIGRATIONS_DIR,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
     """Apply every pending migration in version order; returns the versions applied now.
+
+    ``on_progress(files checked, files)`` is called after each file.
 
     Each file runs in its own transaction under an advisory lock, so concurrent runners apply
     each file once and a failed file leaves the ones before it applied.
@@ -136,7 +144,7 @@ async def migrate(store_or_dsn: Store | str, folder: Path = MIGRATIONS_DIR) -> l
     """
     migrations = load_migrations(folder)
     if isinstance(store_or_dsn, Store):
-        return await _apply_all(store_or_dsn, migrations)
+        return await _apply_all(store_or_dsn, migrations, on_progress)
     # a short-lived store of our own, whose reads wait as long as a connection attempt may take;
     # the error leaves the nursery as itself, not wrapped in a group
     policy = StorePolicy(pool_min=1, pool_max=2)
@@ -146,7 +154,7 @@ async def migrate(store_or_dsn: Store | str, folder: Path = MIGRATIONS_DIR) -> l
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         try:
-            done = await _apply_all(store, migrations)
+            done = await _apply_all(store, migrations, on_progress)
         except Exception as exc:
             error = exc
         finally:
@@ -156,12 +164,18 @@ async def migrate(store_or_dsn: Store | str, folder: Path = MIGRATIONS_DIR) -> l
     return done
 
 
-async def _apply_all(store: Store, migrations: list[Migration]) -> list[int]:
+async def _apply_all(
+    store: Store,
+    migrations: list[Migration],
+    on_progress: Callable[[int, int], None] | None,
+) -> list[int]:
     done = []
-    for migration in migrations:
+    for n, migration in enumerate(migrations, 1):
         if await _apply_one(store, migration):
             log.info("migration_applied", version=migration.version, name=migration.name)
             done.append(migration.version)
+        if on_progress is not None:
+            on_progress(n, len(migrations))
     return done
 
 

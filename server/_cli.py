@@ -16,6 +16,7 @@ from server._config import ConfigError, Settings, load_settings
 from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
 from server._logging import configure_logging
 from server._ops_cli import add_commands, run_command
+from server._progress import Progress
 
 __all__ = ["main"]
 
@@ -126,18 +127,18 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
     import secrets
     import tempfile
 
-    from actors._crypto import KeyRing
     from server._dev_idp import DevIdP
-    from server._node import bind_socket, serve_http
+    from server._node import bind_socket, open_keyring, serve_http
 
     async def run(dsn: str) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        key = settings.encryption_key
-        if not key:
-            KeyRing.load_or_create(
-                settings.data_dir / "upstream-token.key", settings.encryption_key_id
-            )
-            key = (settings.data_dir / "upstream-token.key").read_text().strip()
+        open_keyring(settings)  # made here once, shared by the workers
+        key_file = settings.key_file
+        key = (
+            {"STEWARD_ENCRYPTION_KEY_FILE": str(key_file.resolve())}
+            if key_file is not None
+            else {"STEWARD_ENCRYPTION_KEY": settings.encryption_key or ""}
+        )
         probe = bind_socket(settings.host, settings.port, reuse_port=True)
         port = probe.getsockname()[1]
         public = settings.public_url or f"http://{settings.host}:{port}"
@@ -146,7 +147,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             "STEWARD_DATABASE_URL": dsn,
             "STEWARD_PORT": str(port),
             "STEWARD_PUBLIC_URL": public,
-            "STEWARD_ENCRYPTION_KEY": key,
+            **key,
             "STEWARD_WORKERS": "1",
             "STEWARD_REUSE_PORT": "true",
             "STEWARD_ADMIN_TOKEN": settings.admin_token or secrets.token_urlsafe(24),
@@ -242,7 +243,11 @@ async def _migrate(settings: Settings) -> None:
 
         async with trio.open_nursery() as nursery:
             sup = await nursery.start(Supervisor("migrate", [store_child_spec(store)]).run)
-            applied = await migrate(store)
+            progress = Progress("migrations")
+            try:
+                applied = await migrate(store, on_progress=progress)
+            finally:
+                progress.close()
             print(f"applied migrations: {applied or 'none (up to date)'}")
             await sup.stop()
 

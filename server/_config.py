@@ -112,7 +112,17 @@ class Settings:
     encryption_key: str | None = attrs.field(
         default=None, metadata={"secret": True, "help": "base64 of 32 bytes"}
     )
-    encryption_key_id: str = "k1"
+    encryption_key_id: str = attrs.field(
+        default="k1",
+        metadata={"help": "the id of encryption_key, or of a bare key in the key file"},
+    )
+    encryption_key_file: Path | None = attrs.field(
+        default=None,
+        metadata={
+            "help": "the key file (default: <data_dir>/upstream-token.key, made on first start); "
+            "`steward keys rotate` rotates it"
+        },
+    )
     admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
     dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
     dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
@@ -130,6 +140,13 @@ class Settings:
         if self.public_url is not None:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def key_file(self) -> Path | None:
+        """The upstream-token key file, or None when the key is set inline (``encryption_key``)."""
+        if self.encryption_key:
+            return None
+        return self.encryption_key_file or self.data_dir / "upstream-token.key"
 
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)

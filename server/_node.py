@@ -53,7 +53,7 @@ from server._mcp_http import McpHttp
 from server._metrics import new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
 
-__all__ = ["Node", "NodeInfo", "bind_socket", "run_node"]
+__all__ = ["Node", "NodeInfo", "bind_socket", "open_keyring", "run_node"]
 
 log = structlog.get_logger("node")
 
@@ -90,6 +90,15 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     sock.bind((host, port))
     sock.listen(1024)
     return sock
+
+
+def open_keyring(settings: Settings) -> KeyRing:
+    """The upstream-token key ring: the inline key, or the key file (made on first use)."""
+    key_file = settings.key_file
+    if key_file is None:
+        assert settings.encryption_key is not None
+        return KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key)
+    return KeyRing.load_or_create(key_file, settings.encryption_key_id)
 
 
 def _url(sock: socket.socket) -> str:
@@ -187,12 +196,7 @@ async def run_node(
         msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
         raise ValueError(msg)
 
-    if settings.encryption_key:
-        keyring = KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key)
-    else:
-        keyring = KeyRing.load_or_create(
-            settings.data_dir / "upstream-token.key", settings.encryption_key_id
-        )
+    keyring = open_keyring(settings)
 
     policy = store_policy or StorePolicy()
     store = Store(
@@ -225,7 +229,17 @@ async def run_node(
         on_forget_user=rs.forget_user,
         policy=session_policy,
     )
-    notifier = Notifier(store, sessions, node_id=node_id)
+    key_file = settings.key_file
+    notifier = Notifier(
+        store,
+        sessions,
+        node_id=node_id,
+        reload_keys=(
+            None
+            if key_file is None
+            else partial(KeyRing.load, key_file, settings.encryption_key_id)
+        ),
+    )
     janitor = Janitor(store, sessions, node_id=node_id)
     oauth = OAuthEndpoints(auth, rs, base_url=base_url)
     usage = UsageMeter(

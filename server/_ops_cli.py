@@ -1,4 +1,5 @@
-"""Operator commands: ``steward sessions list|show|end`` and ``steward users revoke|set-tier``.
+"""Operator commands: ``steward sessions list|show|end``, ``steward users revoke|set-tier`` and
+``steward keys rotate``.
 
 They talk to the database (the embedded cluster of the data folder, or the configured URL) and
 publish cluster events, so every running node closes the affected streams at once.
@@ -20,6 +21,7 @@ from actors import Op, Store, store_child_spec
 from actors._cluster import cluster_event_ops
 from runtime import Supervisor
 from server._config import ConfigError, Settings
+from server._progress import Progress
 
 __all__ = ["add_commands", "run_command"]
 
@@ -38,8 +40,11 @@ def add_commands(sub: Any) -> None:
         "show", help="one user session with its streams and transport sessions"
     )
     show.add_argument("grant_id")
-    end = sessions.add_parser("end", help="end a user session on every node")
-    end.add_argument("grant_id")
+    end = sessions.add_parser(
+        "end", help="end a user session, or every active session of a user, on every node"
+    )
+    end.add_argument("grant_id", nargs="?", help="the session to end")
+    end.add_argument("--user", help="end every active session of this user id instead")
     users = sub.add_parser("users", help="revoke a user or change a tier").add_subparsers(
         dest="action", required=True
     )
@@ -48,7 +53,19 @@ def add_commands(sub: Any) -> None:
     tier = users.add_parser("set-tier", help="change a user's subscription tier everywhere")
     tier.add_argument("user_id")
     tier.add_argument("tier")
-    for p in (ls, show, end, revoke, tier):
+    keys = sub.add_parser("keys", help="the upstream-token encryption key").add_subparsers(
+        dest="action", required=True
+    )
+    rotate = keys.add_parser(
+        "rotate",
+        help="add a new key, re-encrypt every stored upstream token with it, retire the old one "
+        "(resumes an interrupted rotation)",
+    )
+    rotate.add_argument("--batch", type=int, default=500, help="rows per transaction")
+    rotate.add_argument(
+        "--wait", type=float, default=30.0, help="seconds running nodes get to load the new key"
+    )
+    for p in (ls, show, end, revoke, tier, rotate):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", type=str)
         p.add_argument("--database-url")
@@ -146,30 +163,64 @@ async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
     _out(args, payload, human)
 
 
+END_BATCH = 100  # sessions ended per transaction
+
+
 async def _sessions_end(store: Store, args: argparse.Namespace) -> None:
-    grant_id = _uuid(args.grant_id)
-    row = await store.fetchrow("SELECT user_id, status FROM grants WHERE grant_id = $1", grant_id)
-    if row is None:
-        msg = f"no session {grant_id}"
+    if (args.grant_id is None) == (args.user is None):
+        msg = "give a session id or --user, not both"
         raise ConfigError(msg)
+    if args.grant_id is not None:
+        grant_id = _uuid(args.grant_id)
+        row = await store.fetchrow("SELECT user_id FROM grants WHERE grant_id = $1", grant_id)
+        if row is None:
+            msg = f"no session {grant_id}"
+            raise ConfigError(msg)
+        await _end_grants(store, [(grant_id, row["user_id"])])
+        _out(args, {"ended": str(grant_id)}, lambda p: f"ended session {p['ended']}")
+        return
+    rows = await store.fetch(
+        "SELECT grant_id, user_id FROM grants WHERE user_id = $1 AND status IN ('active', 'refreshing') ORDER BY grant_id",
+        args.user,
+    )
+    progress = Progress("ending sessions", enabled=not args.json)
+    progress(0, len(rows))
+    for start in range(0, len(rows), END_BATCH):
+        chunk = rows[start : start + END_BATCH]
+        await _end_grants(store, [(r["grant_id"], r["user_id"]) for r in chunk])
+        progress(start + len(chunk), len(rows))
+    progress.close()
+    _out(
+        args,
+        {"user_id": args.user, "ended": [str(r["grant_id"]) for r in rows]},
+        lambda p: f"ended {len(p['ended'])} sessions of {p['user_id']}",
+    )
+
+
+async def _end_grants(store: Store, grants: list[tuple[uuid.UUID, str]]) -> None:
+    """End these sessions in one transaction and tell every node."""
+    ids = [g for g, _ in grants]
     await store.write(
         Op(
-            "UPDATE grants SET status = 'ended', status_reason = 'ended by an operator', ended_at = now() WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
-            (grant_id,),
+            "UPDATE grants SET status = 'ended', status_reason = 'ended by an operator', ended_at = now() WHERE grant_id = ANY($1::uuid[]) AND status IN ('active', 'refreshing')",
+            (ids,),
         ),
         Op(
-            "UPDATE connections SET closed_at = now(), close_reason = 'ended' WHERE grant_id = $1 AND closed_at IS NULL",
-            (grant_id,),
+            "UPDATE connections SET closed_at = now(), close_reason = 'ended' WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL",
+            (ids,),
         ),
-        *cluster_event_ops(
-            "revoke_grant",
-            origin=ORIGIN,
-            grant_id=grant_id,
-            user_id=row["user_id"],
-            payload={"status": "ended", "message": "an operator ended this session"},
+        *(
+            op
+            for grant_id, user_id in grants
+            for op in cluster_event_ops(
+                "revoke_grant",
+                origin=ORIGIN,
+                grant_id=grant_id,
+                user_id=user_id,
+                payload={"status": "ended", "message": "an operator ended this session"},
+            )
         ),
     )
-    _out(args, {"ended": str(grant_id)}, lambda p: f"ended session {p['ended']}")
 
 
 async def _users_revoke(store: Store, args: argparse.Namespace) -> None:
@@ -220,6 +271,47 @@ async def _users_set_tier(store: Store, args: argparse.Namespace, settings: Sett
     )
 
 
+async def _keys_rotate(store: Store, args: argparse.Namespace, settings: Settings) -> None:
+    from actors._keys import RotationBlocked, rotate_keys
+
+    key_file = settings.key_file
+    if key_file is None:
+        msg = (
+            "the upstream-token key is set inline (encryption_key): to rotate it with this "
+            "command, move it to a key file (encryption_key_file) holding '<key id> <base64 key>'"
+        )
+        raise ConfigError(msg)
+    if not key_file.exists():
+        msg = f"no key file at {str(key_file)!r} (a node makes it on its first start)"
+        raise ConfigError(msg)
+    progress = Progress("re-encrypting upstream tokens", enabled=not args.json)
+    try:
+        report = await rotate_keys(
+            store,
+            key_file,
+            default_id=settings.encryption_key_id,
+            batch=args.batch,
+            wait=args.wait,
+            origin=ORIGIN,
+            on_progress=progress,
+        )
+    except (RotationBlocked, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        progress.close()
+
+    def human(r: dict[str, Any]) -> str:
+        rows = sum(r["reencrypted"].values())
+        text = f"{'resumed: ' if r['resumed'] else ''}current key {r['key_id']}; re-encrypted {rows} rows in {r['batches']} batches"
+        if r["retired"]:
+            text += f"; retired {', '.join(r['retired'])}"
+        if r["remaining"]:
+            text += f"; {r['remaining']} rows could not be decrypted and stay under old keys (kept)"
+        return text
+
+    _out(args, report.to_dict(), human)
+
+
 def run_command(
     args: argparse.Namespace, settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> None:
@@ -229,6 +321,7 @@ def run_command(
         ("sessions", "end"): lambda s: _sessions_end(s, args),
         ("users", "revoke"): lambda s: _users_revoke(s, args),
         ("users", "set-tier"): lambda s: _users_set_tier(s, args, settings),
+        ("keys", "rotate"): lambda s: _keys_rotate(s, args, settings),
     }
     handler = handlers[(args.command, args.action)]
 
