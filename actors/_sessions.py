@@ -125,6 +125,7 @@ class SessionPolicy:
     max_connections: int = 64  # streams per user session
     restart_wait: float = 2.0  # how long a request waits for a restarting session before 503
     touch_interval: float = 30.0  # last_seen writes per session at most this often
+    reconnect_retry_ms: int = 1000  # the `retry:` of a stream's final reconnect event
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
 
@@ -138,6 +139,8 @@ class Connection:
         session_id: str | None,
         stream_id: str,
         outbox_size: int,
+        *,
+        reconnect_at: float | None = None,
     ) -> None:
         self.id = uuid.uuid4()
         self.session = session
@@ -149,6 +152,10 @@ class Connection:
         self._closed = trio.Event()
         self._seq = 0
         self.sent = 0
+        # trio time at which the stream ends with a reconnect hint: the access token that opened
+        # it has been expired for the configured grace (docs/sessions.md, "Streams outliving
+        # their token")
+        self.reconnect_at = reconnect_at
 
     def next_event_id(self) -> str:
         self._seq += 1
@@ -173,20 +180,27 @@ class Connection:
 
     def fail(self, reason: str, message: str) -> None:
         """Send a final error event and close the stream."""
+        self._end("error", {"error": reason, "message": message}, reason, None)
+
+    def reconnect(self, reason: str, message: str, retry_ms: int) -> None:
+        """Send a final event asking the client to reconnect (with a fresh token, resuming from
+        its last event id) after ``retry_ms``, and close the stream."""
+        data = {"error": reason, "message": message, "reconnect": True, "retryMs": retry_ms}
+        self._end("warning", data, reason, retry_ms)
+
+    def _end(self, level: str, data: dict[str, Any], reason: str, retry_ms: int | None) -> None:
         if self.closed_reason is not None:
             return
         # a JSON-RPC notification every MCP client understands (a custom SSE event type is
-        # dropped by some clients), marked final so the stream ends after it
+        # dropped by some clients), marked final so the stream ends after it; it carries no
+        # event id, so a client resuming with Last-Event-ID continues after the event before it
         final = StreamEvent(
             {
                 "jsonrpc": "2.0",
                 "method": "notifications/message",
-                "params": {
-                    "level": "error",
-                    "logger": "steward",
-                    "data": {"error": reason, "message": message},
-                },
+                "params": {"level": level, "logger": "steward", "data": data},
             },
+            retry_ms=retry_ms,
             final=True,
         )
         try:
@@ -228,11 +242,23 @@ class Connection:
             )
         )
         task_status.started(self)
+        policy = self.session.manager.policy
         try:
+            next_beat = trio.current_time() + policy.heartbeat
             while True:
-                with trio.move_on_after(self.session.manager.policy.heartbeat):
+                wake = next_beat if self.reconnect_at is None else min(next_beat, self.reconnect_at)
+                with trio.move_on_at(wake):
                     await self._closed.wait()
                     break
+                if self.reconnect_at is not None and trio.current_time() >= self.reconnect_at:
+                    log.info("stream_token_expired", connection=str(self.id), kind=self.kind)
+                    self.reconnect(
+                        "token_expired",
+                        "the access token that opened this stream expired; reconnect with a fresh token",
+                        policy.reconnect_retry_ms,
+                    )
+                    break
+                next_beat = trio.current_time() + policy.heartbeat
                 await fault_point("connection.heartbeat")
                 self.send_nowait(StreamEvent(comment="keep-alive"))
                 store.write_nowait(
@@ -343,7 +369,12 @@ class UserSession:
         ]
 
     async def open_connection(
-        self, *, kind: ConnectionKind, session_id: str | None, stream_id: str | None = None
+        self,
+        *,
+        kind: ConnectionKind,
+        session_id: str | None,
+        stream_id: str | None = None,
+        reconnect_at: float | None = None,
     ) -> Connection:
         if self.invalid_reason is not None:
             raise AuthenticationRequiredError(self.invalid_reason, self.grant_id)
@@ -354,6 +385,7 @@ class UserSession:
             session_id,
             stream_id or secrets.token_hex(8),
             self.manager.policy.outbox_size,
+            reconnect_at=reconnect_at,
         )
         face = await self._connections.start_child(
             ChildSpec(str(conn.id), conn.run, restart=Restart.TEMPORARY, shutdown_grace=1.0)

@@ -109,6 +109,13 @@ class Settings:
     refresh_token_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
     refresh_grace: float = attrs.field(default=30.0, metadata={"min": 0.0})
     session_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
+    stream_token_grace: float = attrs.field(
+        default=60.0,
+        metadata={
+            "min": 0.0,
+            "help": "a long-lived SSE stream ends with a reconnect event this long after the access token that opened it expired",
+        },
+    )
     encryption_key: str | None = attrs.field(
         default=None, metadata={"secret": True, "help": "base64 of 32 bytes"}
     )

@@ -49,7 +49,7 @@ class LegacySse:
             raise Reply(405, body, [(b"allow", allow)])
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        _principal, session = await self.mcp.authenticate(scope)
+        principal, session = await self.mcp.authenticate(scope)
         try:
             session_id = await self.mcp.sessions.create_transport_session(
                 session, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
@@ -57,7 +57,9 @@ class LegacySse:
         except StoreUnavailable:
             body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
             raise Reply(503, body, [(b"retry-after", b"5")]) from None
-        conn = await self.mcp.open_stream(session, "legacy_sse", session_id)
+        conn = await self.mcp.open_stream(
+            session, "legacy_sse", session_id, token_expires_at=principal.expires_at
+        )
         self.mcp.legacy_streams[session_id] = conn
         endpoint = f"{self.messages_path}?session_id={session_id}"
         conn.send_nowait(StreamEvent(event="endpoint", text=endpoint))

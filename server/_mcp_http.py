@@ -14,6 +14,7 @@ import binascii
 import collections
 import json
 import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -395,6 +396,7 @@ class McpHttp:
         max_pending: int = 10_000,
         max_inflight: int = 10_000,
         max_remembered: int = 50_000,
+        stream_token_grace: float = 60.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
@@ -407,6 +409,7 @@ class McpHttp:
         self.max_pending = max_pending
         self.max_inflight = max_inflight
         self.max_remembered = max_remembered
+        self.stream_token_grace = stream_token_grace
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
         self.inflight: dict[tuple[str, Any], Exchange] = {}  # (caller key, request id)
         self.live_streams: dict[tuple[str, str], Exchange] = {}  # (session, stream) -> request
@@ -608,10 +611,19 @@ class McpHttp:
         kind: Any,
         session_id: str | None,
         stream_id: str | None = None,
+        *,
+        token_expires_at: float | None = None,
     ) -> Connection:
+        """Start a connection actor for a stream. A long-lived one (GET, listen, legacy) passes
+        the expiry of the access token that opened it: ``stream_token_grace`` seconds past it, the
+        stream ends with a reconnect hint (the client comes back with a fresh token)."""
+        reconnect_at = None
+        if token_expires_at is not None:
+            left = token_expires_at + self.stream_token_grace - time.time()
+            reconnect_at = trio.current_time() + max(0.0, left)
         try:
             return await session.open_connection(
-                kind=kind, session_id=session_id, stream_id=stream_id
+                kind=kind, session_id=session_id, stream_id=stream_id, reconnect_at=reconnect_at
             )
         except MaxChildrenError:
             limit = self.sessions.policy.max_connections
@@ -982,7 +994,9 @@ class McpHttp:
         if existing is not None and existing.closed_reason is None:
             msg = "this session already has a GET stream; resume it with Last-Event-ID"
             raise rpc_reply(409, None, INVALID_REQUEST, msg)
-        conn = await self.open_stream(session, "get", ts.session_id)
+        conn = await self.open_stream(
+            session, "get", ts.session_id, token_expires_at=principal.expires_at
+        )
         await self._serve_get(conn, send, receive, ts.session_id, priming_id=conn.next_event_id())
 
     async def _serve_get(
@@ -1038,7 +1052,13 @@ class McpHttp:
             raise _unavailable() from None
         replay = [(int(r["seq"]), r["payload"]) for r in rows]
         ends = any(_is_response(payload) for _, payload in replay)
-        conn = await self.open_stream(session, "post" if ends else "get", ts.session_id, stream_id)
+        conn = await self.open_stream(
+            session,
+            "post" if ends else "get",
+            ts.session_id,
+            stream_id,
+            token_expires_at=None if ends else principal.expires_at,
+        )
         conn._seq = max([after, *(seq for seq, _ in replay)])
         for seq, payload in replay:
             conn.send_nowait(
@@ -1208,7 +1228,9 @@ class McpHttp:
         uris = requested.get("resourceSubscriptions")
         if isinstance(uris, list):
             honoured["resourceSubscriptions"] = [u for u in uris if isinstance(u, str)][:1000]
-        conn = await self.open_stream(session, "listen", None)
+        conn = await self.open_stream(
+            session, "listen", None, token_expires_at=principal.expires_at
+        )
         self.listeners[conn] = {**honoured, "_id": message["id"]}
         ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}
         self.emit(conn, notification("notifications/subscriptions/acknowledged", ack))

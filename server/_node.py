@@ -254,6 +254,7 @@ async def run_node(
         usage,
         max_body=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins,
+        stream_token_grace=settings.stream_token_grace,
     )
     asgi = StewardAsgi(mcp, oauth)
     info = NodeInfo(
