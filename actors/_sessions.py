@@ -47,6 +47,7 @@ __all__ = [
     "SessionPolicy",
     "SessionRestarting",
     "StreamEvent",
+    "StreamLimitReached",
     "TransportSession",
     "UserContext",
     "UserSession",
@@ -102,6 +103,14 @@ class SessionRestarting(Exception):
         self.grant_id = grant_id
 
 
+class StreamLimitReached(Exception):
+    """The user already holds the most long-lived streams their tier allows (429)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this account already holds its maximum of {limit} open streams")
+        self.limit = limit
+
+
 class AuthenticationRequiredError(Exception):
     """The grant is not active any more (the upstream refresh failed for good, revoked, expired,
     ended): the client must authorize again. The edge answers it in one place, with the 401
@@ -126,6 +135,7 @@ class SessionPolicy:
     restart_wait: float = 2.0  # how long a request waits for a restarting session before 503
     touch_interval: float = 30.0  # last_seen writes per session at most this often
     reconnect_retry_ms: int = 1000  # the `retry:` of a stream's final reconnect event
+    stream_count_wait: float = 0.25  # the read of other nodes' streams of a user, at most
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
 
@@ -156,6 +166,13 @@ class Connection:
         # it has been expired for the configured grace (docs/sessions.md, "Streams outliving
         # their token")
         self.reconnect_at = reconnect_at
+        self.counted = False  # holds one of its user's long-lived stream slots on this node
+
+    def release(self) -> None:
+        """Give back the user's stream slot (once)."""
+        if self.counted:
+            self.counted = False
+            self.session.manager.stream_closed(self.session.context.user_id)
 
     def next_event_id(self) -> str:
         self._seq += 1
@@ -268,6 +285,7 @@ class Connection:
                     )
                 )
         finally:
+            self.release()
             if self.closed_reason is None:
                 self.fail("connection_stopped", "the stream's actor stopped")
             store.write_nowait(
@@ -375,7 +393,11 @@ class UserSession:
         session_id: str | None,
         stream_id: str | None = None,
         reconnect_at: float | None = None,
+        max_streams: int | None = None,
     ) -> Connection:
+        """Start a connection actor. ``max_streams`` bounds the long-lived streams (all kinds but
+        POST replies) the user holds at once, on this node and (as the connections table says)
+        on the others: past it, StreamLimitReached."""
         if self.invalid_reason is not None:
             raise AuthenticationRequiredError(self.invalid_reason, self.grant_id)
         assert self._connections is not None
@@ -387,9 +409,16 @@ class UserSession:
             self.manager.policy.outbox_size,
             reconnect_at=reconnect_at,
         )
-        face = await self._connections.start_child(
-            ChildSpec(str(conn.id), conn.run, restart=Restart.TEMPORARY, shutdown_grace=1.0)
-        )
+        if max_streams is not None and kind != "post":
+            await self.manager.take_stream_slot(self.context.user_id, max_streams)
+            conn.counted = True
+        try:
+            face = await self._connections.start_child(
+                ChildSpec(str(conn.id), conn.run, restart=Restart.TEMPORARY, shutdown_grace=1.0)
+            )
+        except BaseException:
+            conn.release()
+            raise
         assert face is conn
         return conn
 
@@ -543,6 +572,7 @@ class SessionManager:
         self._nursery: trio.Nursery | None = None
         self.refreshes: collections.Counter[str] = collections.Counter()  # by outcome
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
+        self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec("sessions", self.run, shutdown_grace=5.0)
@@ -580,6 +610,34 @@ class SessionManager:
                     )
 
             self._nursery.start_soon(stop)
+
+    async def take_stream_slot(self, user_id: str, limit: int) -> None:
+        """Reserve one of the user's ``limit`` long-lived streams, or raise StreamLimitReached.
+        Other nodes' open streams are counted from the connections table when this node alone is
+        under the limit; that read is bounded and skipped when the database does not answer."""
+        if self.open_streams[user_id] < limit:
+            elsewhere = 0
+            with trio.move_on_after(self.policy.stream_count_wait):
+                try:
+                    elsewhere = int(
+                        await self.store.fetchval(
+                            "SELECT count(*) FROM connections WHERE user_id = $1 AND closed_at IS NULL "
+                            "AND kind <> 'post' AND node_id <> $2",
+                            user_id,
+                            self.node_id,
+                        )
+                    )
+                except StoreUnavailable:
+                    log.debug("stream_count_skipped", reason="database unreachable")
+            if self.open_streams[user_id] + elsewhere < limit:
+                self.open_streams[user_id] += 1
+                return
+        raise StreamLimitReached(limit)
+
+    def stream_closed(self, user_id: str) -> None:
+        self.open_streams[user_id] -= 1
+        if self.open_streams[user_id] <= 0:
+            del self.open_streams[user_id]
 
     def live(self) -> list[UserSession]:
         return [s for _, s in self.registry.items()]

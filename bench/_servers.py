@@ -39,7 +39,8 @@ LOG_TAIL = 600  # characters of a failed server's log quoted in the reason
 
 # The benchmarks measure serving, not rate limiting: every tier far above what they send.
 STEWARD_CONFIG = "".join(
-    f'[[tiers]]\nname = "{tier}"\nrequests_per_minute = 100000000\nburst = 1000000\n\n'
+    f'[[tiers]]\nname = "{tier}"\nrequests_per_minute = 100000000\nburst = 1000000\n'
+    "max_streams = 1000000\n\n"
     for tier in ("free", "pro", "enterprise")
 )
 

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from actors._usage import parse_quota
+
 __all__ = [
     "ClientSettings",
     "ConfigError",
@@ -53,13 +55,30 @@ class UpstreamSettings:
     tier_claim: str = "tier"
 
 
+def _quota(value: str) -> bool:
+    try:
+        parse_quota(value)
+    except ValueError:
+        return False
+    return True
+
+
 @attrs.frozen
 class TierSettings:
-    """Rate limits of one subscription tier (token bucket keyed by user)."""
+    """Limits of one subscription tier, all keyed by user: a request-rate token bucket, the
+    long-lived SSE streams held at once, and a tool-call quota per period."""
 
     name: str
     requests_per_minute: int = attrs.field(default=60, metadata={"min": 1})
     burst: int = attrs.field(default=20, metadata={"min": 1})
+    max_streams: int = attrs.field(default=10, metadata={"min": 1})
+    tool_call_quota: str | None = attrs.field(
+        default=None,
+        metadata={
+            "check": _quota,
+            "expect": "N/second, N/minute, N/hour or N/day with N at least 1 (e.g. 1000/day)",
+        },
+    )
 
 
 @attrs.frozen
@@ -74,9 +93,19 @@ class ClientSettings:
 
 
 DEFAULT_TIERS = (
-    TierSettings("free", requests_per_minute=60, burst=20),
-    TierSettings("pro", requests_per_minute=600, burst=100),
-    TierSettings("enterprise", requests_per_minute=6000, burst=1000),
+    TierSettings(
+        "free", requests_per_minute=60, burst=20, max_streams=10, tool_call_quota="1000/day"
+    ),
+    TierSettings(
+        "pro", requests_per_minute=600, burst=100, max_streams=50, tool_call_quota="20000/day"
+    ),
+    TierSettings(
+        "enterprise",
+        requests_per_minute=6000,
+        burst=1000,
+        max_streams=200,
+        tool_call_quota="200000/day",
+    ),
 )
 
 
@@ -291,7 +320,8 @@ def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         result = Path(raw) if tp is Path else raw
         check = meta.get("check")
         if check is not None and not check(raw):
-            msg = f"{where} must be an http:// or https:// URL, got {shown}"
+            expected = meta.get("expect", "an http:// or https:// URL")
+            msg = f"{where} must be {expected}, got {shown}"
             raise ConfigError(msg)
         choices = meta.get("choices")
         if choices is not None and raw not in choices:

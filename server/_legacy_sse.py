@@ -91,9 +91,10 @@ class LegacySse:
         user = session.context_for(ts.session_id)
         try:
             self.mcp._count(user, method, request_id)
-        except Reply:
-            msg = f"rate limit of the {user.tier} tier exceeded"
-            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
+        except (
+            Reply
+        ) as refused:  # answered 202 already: the 429's JSON-RPC error goes on the stream
+            self.mcp.emit(conn, refused.body)
             return
         exchange = Exchange(
             self.mcp,

@@ -29,11 +29,12 @@ from actors._sessions import (
     SessionManager,
     SessionRestarting,
     StreamEvent,
+    StreamLimitReached,
     TransportSession,
     UserContext,
     UserSession,
 )
-from actors._usage import RateLimited, UsageMeter
+from actors._usage import QuotaExceeded, RateLimited, UsageMeter
 from runtime import MaxChildrenError
 from server._dispatch import (
     LOG_LEVELS,
@@ -84,6 +85,7 @@ VERSION_HEADER = b"mcp-protocol-version"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 DEFAULT_2025 = "2025-03-26"  # MCP-R12: a request without MCP-Protocol-Version
+STREAM_RETRY_AFTER = 5  # the Retry-After of a refused stream: streams end at no known time
 RETRY_MS = 1000  # the `retry:` of priming events: how soon a client reconnects a closed stream
 TAIL = 256  # events of a live request stream kept in memory, for resumption on this node
 _NAMED = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
@@ -116,6 +118,17 @@ class Reply(Exception):
 
 def rpc_reply(status: int, request_id: Any, code: int, message: str, data: Any = None) -> Reply:
     return Reply(status, error_response(request_id, RpcError(code, message, data)))
+
+
+def too_many(
+    request_id: Any, message: str, retry_after: int, data: dict[str, Any] | None = None
+) -> Reply:
+    """429 with Retry-After and a JSON-RPC error whose data carries ``retryAfter`` (seconds)."""
+    reply = rpc_reply(
+        429, request_id, INVALID_REQUEST, message, {"retryAfter": retry_after, **(data or {})}
+    )
+    reply.headers.append((b"retry-after", str(retry_after).encode()))
+    return reply
 
 
 def _unavailable(description: str = "the database is unreachable; retry shortly") -> Reply:
@@ -623,12 +636,19 @@ class McpHttp:
             reconnect_at = trio.current_time() + max(0.0, left)
         try:
             return await session.open_connection(
-                kind=kind, session_id=session_id, stream_id=stream_id, reconnect_at=reconnect_at
+                kind=kind,
+                session_id=session_id,
+                stream_id=stream_id,
+                reconnect_at=reconnect_at,
+                max_streams=self.usage.max_streams(session.context.tier),
             )
         except MaxChildrenError:
             limit = self.sessions.policy.max_connections
             msg = f"this session already holds its maximum of {limit} streams"
-            raise Reply(429, {"error": "too_many_streams", "error_description": msg}) from None
+            raise too_many(None, msg, STREAM_RETRY_AFTER, {"limit": limit}) from None
+        except StreamLimitReached as exc:
+            msg = f"the {session.context.tier} tier allows {exc.limit} open streams per account; close one first"
+            raise too_many(None, msg, STREAM_RETRY_AFTER, {"limit": exc.limit}) from None
 
     async def transport(self, principal: Any, session_id: str) -> TransportSession:
         """MCP-R10/R20: an unknown, ended or foreign session id is 404, never anything else."""
@@ -892,20 +912,21 @@ class McpHttp:
         )
 
     def _count(self, user: UserContext, method: str, request_id: Any) -> None:
+        """The tier's limits, keyed by user (MCP-R19 aside, a reconnect resets nothing): the
+        request rate, and for tools/call the quota per period; 429 with Retry-After past them."""
         if method in _UNCOUNTED:
             return
         try:
             self.usage.check(user.user_id, user.tier)
+            if method == "tools/call":
+                self.usage.check_tool_call(user.user_id, user.tier)
+        except QuotaExceeded as exc:
+            msg = f"tool-call quota of the {user.tier} tier ({exc.quota}) used up; retry after {exc.retry_after}s"
+            data = {"quota": str(exc.quota)}
+            raise too_many(request_id, msg, exc.retry_after, data) from None
         except RateLimited as exc:
-            reply = rpc_reply(
-                429,
-                request_id,
-                INVALID_REQUEST,
-                f"rate limit of the {user.tier} tier exceeded; retry after {exc.retry_after}s",
-                {"retryAfter": exc.retry_after},
-            )
-            reply.headers.append((b"retry-after", str(exc.retry_after).encode()))
-            raise reply from None
+            msg = f"rate limit of the {user.tier} tier exceeded; retry after {exc.retry_after}s"
+            raise too_many(request_id, msg, exc.retry_after) from None
 
     async def _reply_stream(
         self,

@@ -41,12 +41,12 @@ from actors._cluster import Janitor, Notifier
 from actors._crypto import KeyRing
 from actors._sessions import SessionManager, SessionPolicy
 from actors._upstream import UpstreamClient, UpstreamConfig
-from actors._usage import TierLimit, UsageMeter
+from actors._usage import TierLimit, UsageMeter, parse_quota
 from runtime import ChildSpec, Supervisor, SupervisorHandle
 from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
-from server._config import Settings
+from server._config import Settings, TierSettings
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
 from server._mcp_http import McpHttp
@@ -242,9 +242,7 @@ async def run_node(
     )
     janitor = Janitor(store, sessions, node_id=node_id)
     oauth = OAuthEndpoints(auth, rs, base_url=base_url)
-    usage = UsageMeter(
-        store, {t.name: TierLimit(t.requests_per_minute, t.burst) for t in settings.tiers}
-    )
+    usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
     app.tiers = settings.tier_names()
     mcp = McpHttp(
         Dispatcher(app),
@@ -332,6 +330,11 @@ async def run_node(
     finally:
         with trio.move_on_after(2, shield=True):
             await upstream.aclose()
+
+
+def tier_limit(tier: TierSettings) -> TierLimit:
+    quota = None if tier.tool_call_quota is None else parse_quota(tier.tool_call_quota)
+    return TierLimit(tier.requests_per_minute, tier.burst, tier.max_streams, quota)
 
 
 async def _register_configured_clients(settings: Settings, auth: AuthService) -> None:

@@ -116,3 +116,22 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "port = = 1"), environ={})
     with pytest.raises(ConfigError, match=r"setting 'tiers\[0\]' .*must be a table|'tiers\[0\]'"):
         load_settings(write(tmp_path, "tiers = [1]"), environ={})
+
+
+def test_tier_stream_limits_and_tool_call_quotas_are_validated(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[tiers]]\nname = "basic"\nmax_streams = 3\ntool_call_quota = "500/hour"\n',
+    )
+    (tier,) = load_settings(path, environ={}).tiers
+    assert (tier.max_streams, tier.tool_call_quota) == (3, "500/hour")
+    assert [t.tool_call_quota for t in Settings().tiers] == ["1000/day", "20000/day", "200000/day"]
+    for bad in ('"ten/day"', '"5/fortnight"', '"0/day"', '"100"'):
+        path = write(tmp_path, f'[[tiers]]\nname = "basic"\ntool_call_quota = {bad}\n')
+        with pytest.raises(ConfigError) as err:
+            load_settings(path, environ={})
+        assert "tiers[0].tool_call_quota" in str(err.value)
+        assert "N/second, N/minute, N/hour or N/day" in str(err.value)
+    path = write(tmp_path, '[[tiers]]\nname = "basic"\nmax_streams = 0\n')
+    with pytest.raises(ConfigError, match=r"tiers\[0\]\.max_streams' must be at least 1"):
+        load_settings(path, environ={})
