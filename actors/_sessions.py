@@ -364,6 +364,11 @@ class UserSession:
         self.last_active = trio.current_time()
         self.invalid_reason: str | None = None
 
+    @property
+    def supervisor(self) -> SupervisorHandle | None:
+        """This session's supervisor (``runtime.tree()`` draws its connections under it)."""
+        return self._sup
+
     def context_for(self, session_id: str | None) -> UserContext:
         return attrs.evolve(self.context, session_id=session_id) if session_id else self.context
 
@@ -588,6 +593,11 @@ class SessionManager:
             self._sup = await nursery.start(sup.run)
             task_status.started(self)
             await self._sup.wait_exited()
+
+    @property
+    def supervisor(self) -> SupervisorHandle | None:
+        """The ``sessions`` dynamic supervisor (``runtime.tree()`` draws the sessions under it)."""
+        return self._sup
 
     def forget(self, grant_id: uuid.UUID, user_id: str) -> None:
         if self._on_forget is not None:

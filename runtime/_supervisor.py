@@ -527,9 +527,9 @@ class Supervisor:
     def _tree_node(self, state: str, restarts: int) -> TreeNode:
         nodes = []
         for child in self._children.values():
-            face = child.face
-            if isinstance(face, SupervisorHandle) and child.state in _RUNNING:
-                nodes.append(face._sup._tree_node(child.state, child.restarts))
+            handle = _supervisor_of(child.face)
+            if handle is not None and child.state in _RUNNING:
+                nodes.append(handle._sup._tree_node(child.state, child.restarts))
             else:
                 nodes.append(TreeNode(child.spec.id, "worker", child.state, child.restarts))
         kind = "dynamic_supervisor" if self.dynamic else "supervisor"
@@ -586,12 +586,21 @@ def _should_restart(restart: Restart, exit: Exit) -> bool:
     return False
 
 
+def _supervisor_of(face: object) -> SupervisorHandle | None:
+    """The supervisor a child runs: its face, or the face's ``supervisor`` attribute (an actor
+    whose face is an object of its own, drawn in ``tree()`` with that supervisor's children)."""
+    if isinstance(face, SupervisorHandle):
+        return face
+    handle = getattr(face, "supervisor", None)
+    return handle if isinstance(handle, SupervisorHandle) else None
+
+
 def tree() -> list[TreeNode]:
     """Snapshots of every live supervision tree in the process (roots only; nested inside)."""
     nested = {
-        id(child.face._sup)
+        id(handle._sup)
         for sup in _live
         for child in sup._children.values()
-        if isinstance(child.face, SupervisorHandle)
+        if (handle := _supervisor_of(child.face)) is not None
     }
     return [sup._tree_node("running", 0) for sup in _live if id(sup) not in nested]

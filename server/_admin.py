@@ -1,23 +1,52 @@
-"""The admin JSON API under ``/admin/api/``, protected by the admin token from the configuration.
+"""The admin view at ``/admin`` and the JSON API under ``/admin/api/``, both protected by the admin
+token from the configuration.
 
-GET  /admin/api/tree                      the live supervision trees of this node
+GET  /admin                               the admin view (a sign-in form without a valid cookie)
+POST /admin/login   (form: token)         sets the admin cookie: HttpOnly, SameSite=Strict, 8 hours
+POST /admin/logout                        clears it
+GET  /admin/static/admin.js|admin.css     the view's script and style (no build step, no CDN)
+GET  /admin/api/tree                      the live supervision tree of this node, with the store
 GET  /admin/api/sessions?user=…           grants (user sessions) with tier, scopes, status, streams
 GET  /admin/api/events?limit=…            recent authentication events
 POST /admin/api/users/revoke   {user_id}  revoke a user on every node
 POST /admin/api/users/set-tier {user_id, tier}
 POST /admin/api/sessions/end   {grant_id} end one user session on every node
+
+The API takes the token as ``Authorization: Bearer`` (scripts) or the admin cookie (the view).
+The cookie holds no token: an expiry and its HMAC under the admin token, so every node sharing
+the token accepts it. A POST made with the cookie must also carry ``X-CSRF-Token`` (an HMAC of
+the cookie, embedded in the page) and, when the browser sends one, a same-origin ``Origin``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import html
 import json
+import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
 
 from actors import StoreUnavailable
 from runtime import tree
-from server._http import BodyTooLarge, Receive, Scope, Send, header, query, read_body, send_json
+from server._http import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    form,
+    header,
+    query,
+    read_body,
+    send_json,
+    send_response,
+)
 
 if TYPE_CHECKING:
     from server._node import Node
@@ -25,26 +54,181 @@ if TYPE_CHECKING:
 __all__ = ["AdminApi"]
 
 PREFIX = "/admin/api/"
+VIEW = "/admin"
+COOKIE = "steward_admin"
+COOKIE_TTL = 8 * 3600  # seconds an admin sign-in lasts
+STATIC_DIR = Path(__file__).parent / "admin_static"
+STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
+# nothing inline, nothing from elsewhere: the page's script and style come from this server
+VIEW_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        b"img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" would make form posts send Origin: null
+]
+
+
+def _static(name: str) -> bytes:
+    return (STATIC_DIR / name).read_bytes()
 
 
 class AdminApi:
     def __init__(self, node: Node, token: str) -> None:
         self.node = node
         self.token = token
+        self.secure = node.info.base_url.startswith("https://")
+        self.static = {name: _static(name) for name in ("admin.js", "admin.css")}
+        self.page = _static("admin.html").decode()
+        self.login_page = _static("login.html").decode()
 
     def handles(self, path: str) -> bool:
-        return path.startswith(PREFIX)
+        return path == VIEW or path.startswith(VIEW + "/")
+
+    # -- the cookie and the CSRF token ------------------------------------------------------------
+
+    def _sign(self, purpose: str, value: str) -> str:
+        mac = hmac.new(self.token.encode(), f"{purpose}|{value}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+
+    def _new_cookie(self) -> str:
+        expires = str(int(time.time()) + COOKIE_TTL)
+        return f"{expires}.{self._sign('admin-session', expires)}"
+
+    def _cookie(self, scope: Scope) -> str | None:
+        """The request's admin cookie if it is valid and unexpired."""
+        for part in (header(scope, b"cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name != COOKIE:
+                continue
+            expires, _, mac = value.partition(".")
+            if (
+                expires.isdigit()
+                and int(expires) > time.time()
+                and hmac.compare_digest(mac, self._sign("admin-session", expires))
+            ):
+                return value
+        return None
+
+    def _csrf(self, cookie: str) -> str:
+        return self._sign("admin-csrf", cookie)
+
+    def _same_origin(self, scope: Scope) -> bool:
+        """No Origin (not a browser's cross-site request), or this server's own."""
+        origin = header(scope, b"origin")
+        if origin is None:
+            return True
+        base = urlsplit(self.node.info.base_url)
+        own = {f"{base.scheme}://{base.netloc}"}
+        host = header(scope, b"host")
+        if host:
+            own.add(f"{'https' if self.secure else 'http'}://{host}")
+        return origin in own
+
+    def _bearer_ok(self, scope: Scope) -> bool:
+        auth = header(scope, b"authorization") or ""
+        return auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)
+
+    # -- requests ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        auth = header(scope, b"authorization") or ""
-        if not auth.startswith("Bearer ") or not hmac.compare_digest(auth[7:].strip(), self.token):
+        path, method = scope["path"], scope["method"]
+        if path.startswith(PREFIX):
+            await self._api(scope, receive, send)
+        elif path == VIEW and method == "GET":
+            cookie = self._cookie(scope)
+            if cookie is None:
+                await self._send_login(send, 200, "")
+            else:
+                await self._send_page(send, cookie)
+        elif path == VIEW + "/login" and method == "POST":
+            await self._login(scope, receive, send)
+        elif path == VIEW + "/logout" and method == "POST":
+            await self._logout(scope, send)
+        elif path.startswith(VIEW + "/static/") and method == "GET":
+            body = self.static.get(path.rsplit("/", 1)[-1])
+            if body is None:
+                await send_json(send, 404, {"error": "not_found"})
+            else:
+                ctype = STATIC_TYPES[Path(path).suffix]
+                await send_response(send, 200, body, ctype)
+        else:
             await send_json(
                 send,
-                401,
-                {"error": "unauthorized", "error_description": "the admin token is required"},
-                [(b"www-authenticate", b'Bearer realm="steward-admin"')],
+                404,
+                {"error": "not_found", "error_description": f"no admin page {method} {path}"},
             )
+
+    async def _send_page(self, send: Send, cookie: str) -> None:
+        page = self.page.replace("{csrf}", html.escape(self._csrf(cookie))).replace(
+            "{node_id}", html.escape(self.node.info.node_id)
+        )
+        await send_response(send, 200, page.encode(), b"text/html; charset=utf-8", VIEW_HEADERS)
+
+    async def _send_login(self, send: Send, status: int, error: str) -> None:
+        page = self.login_page.replace("{error}", html.escape(error))
+        await send_response(send, status, page.encode(), b"text/html; charset=utf-8", VIEW_HEADERS)
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._same_origin(scope):
+            await self._send_login(send, 403, "Sign-in from another site refused.")
             return
+        try:
+            fields = form(await read_body(receive, 8 * 1024))
+        except BodyTooLarge:
+            await self._send_login(send, 413, "The form is too large.")
+            return
+        if not hmac.compare_digest(fields.get("token", "").strip(), self.token):
+            await self._send_login(send, 401, "That is not the admin token.")
+            return
+        secure = "; Secure" if self.secure else ""
+        cookie = (
+            f"{COOKIE}={self._new_cookie()}; Path={VIEW}; Max-Age={COOKIE_TTL}; "
+            f"HttpOnly; SameSite=Strict{secure}"
+        )
+        await send_response(
+            send,
+            303,
+            b"",
+            b"text/plain",
+            [(b"location", VIEW.encode()), (b"set-cookie", cookie.encode())],
+        )
+
+    async def _logout(self, scope: Scope, send: Send) -> None:
+        cookie = self._cookie(scope)
+        if cookie is None or not self._csrf_ok(scope, cookie):
+            await send_json(send, 403, {"error": "forbidden", "error_description": "CSRF check"})
+            return
+        expired = f"{COOKIE}=; Path={VIEW}; Max-Age=0; HttpOnly; SameSite=Strict"
+        await send_json(send, 200, {"signed_out": True}, [(b"set-cookie", expired.encode())])
+
+    def _csrf_ok(self, scope: Scope, cookie: str) -> bool:
+        sent = header(scope, b"x-csrf-token") or ""
+        return self._same_origin(scope) and hmac.compare_digest(sent, self._csrf(cookie))
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._bearer_ok(scope):
+            cookie = self._cookie(scope)
+            if cookie is None:
+                await send_json(
+                    send,
+                    401,
+                    {"error": "unauthorized", "error_description": "the admin token is required"},
+                    [(b"www-authenticate", b'Bearer realm="steward-admin"')],
+                )
+                return
+            if scope["method"] != "GET" and not self._csrf_ok(scope, cookie):
+                await send_json(
+                    send,
+                    403,
+                    {
+                        "error": "forbidden",
+                        "error_description": "a same-origin X-CSRF-Token is required",
+                    },
+                )
+                return
         route = scope["path"][len(PREFIX) :]
         try:
             body: dict[str, Any] = {}
@@ -77,7 +261,12 @@ class AdminApi:
     ) -> tuple[int, Any]:
         node = self.node
         if method == "GET" and route == "tree":
-            return 200, {"node_id": node.info.node_id, "trees": [t.to_dict() for t in tree()]}
+            trees = [node.root.tree()] if node.root is not None else tree()
+            return 200, {
+                "node_id": node.info.node_id,
+                "trees": [t.to_dict() for t in trees],
+                "store": attrs.asdict(node.store.statistics()),
+            }
         if method == "GET" and route == "sessions":
             live = {s.grant_id: len(s.connections()) for s in node.sessions.live()}
             rows = await node.store.fetch(

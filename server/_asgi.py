@@ -43,10 +43,9 @@ class StewardAsgi:
         path = scope["path"]
         route = (
             path
-            if path in _MCP_PATHS
-            or path in _OPS_PATHS
-            or self.oauth.handles(path)
-            or path.startswith("/admin/")
+            if path in _MCP_PATHS or path in _OPS_PATHS or self.oauth.handles(path)
+            else "/admin"
+            if path == "/admin" or path.startswith("/admin/")
             else "other"
         )
         status = 0

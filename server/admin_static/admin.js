@@ -1,0 +1,204 @@
+// Steward's admin view: polls the JSON API under /admin/api/ and renders it. Every value is
+// inserted as text (never as HTML); actions carry the page's CSRF token.
+"use strict";
+
+(function () {
+  const POLL_MS = 2000;
+  const API = "/admin/api/";
+  const csrf = document.querySelector('meta[name="steward-csrf"]').content;
+  const $ = (id) => document.getElementById(id);
+  let timer = null;
+  let busy = false;
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, value);
+      else node[key] = value;
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) {
+        node.append(child instanceof Node ? child : String(child));
+      }
+    }
+    return node;
+  }
+
+  async function api(method, route, body) {
+    const init = { method, credentials: "same-origin", headers: {} };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.headers["x-csrf-token"] = csrf;
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(API + route, init);
+    if (response.status === 401) {
+      window.location.reload(); // the sign-in expired: show the form
+      throw new Error("signed out");
+    }
+    const payload = await response.json();
+    if (!response.ok) {
+      throw new Error(payload.error_description || payload.error || response.statusText);
+    }
+    return payload;
+  }
+
+  function flash(text, isError) {
+    const box = $("flash");
+    box.textContent = text;
+    box.className = isError ? "error" : "";
+  }
+
+  function when(value) {
+    if (!value) return "";
+    const date = new Date(value);
+    return isNaN(date) ? String(value) : date.toLocaleString();
+  }
+
+  // -- the supervision tree ------------------------------------------------------------------
+
+  function treeNode(node) {
+    const restarts = el(
+      "span",
+      { class: "restarts" + (node.restarts ? " nonzero" : ""), "data-restarts": String(node.restarts) },
+      `restarts ${node.restarts}`
+    );
+    const item = el(
+      "li",
+      { class: "tnode", "data-id": node.id, "data-state": node.state },
+      el("span", { class: "id" }, node.id),
+      " ",
+      el("span", { class: "kind" }, node.kind),
+      " ",
+      el("span", { class: `badge state-${node.state}` }, node.state),
+      " ",
+      restarts
+    );
+    if (node.children && node.children.length) {
+      item.append(el("ul", {}, ...node.children.map(treeNode)));
+    }
+    return item;
+  }
+
+  function renderTree(doc) {
+    $("tree").replaceChildren(el("ul", { class: "tree" }, ...doc.trees.map(treeNode)));
+    const s = doc.store;
+    $("store-stats").textContent =
+      `store: ${s.connected ? "connected" : "database unreachable"}, ` +
+      `${s.queue_depth} writes queued, ${s.batches_committed} batches committed, ` +
+      `commit p50 ${s.commit_latency_p50_ms.toFixed(1)} ms`;
+  }
+
+  // -- sessions and events ---------------------------------------------------------------------
+
+  function action(label, title, run) {
+    const button = el("button", { type: "button", class: "danger", title }, label);
+    button.addEventListener("click", async () => {
+      if (!window.confirm(title + "?")) return;
+      button.disabled = true;
+      try {
+        flash(await run(), false);
+      } catch (err) {
+        flash(`${title} failed: ${err.message}`, true);
+      }
+      refresh();
+    });
+    return button;
+  }
+
+  function sessionRow(s) {
+    const live = s.status === "active" || s.status === "refreshing";
+    const actions = el("td", { class: "actions" });
+    if (live) {
+      actions.append(
+        action("End session", `End session ${s.grant_id}`, async () => {
+          await api("POST", "sessions/end", { grant_id: s.grant_id });
+          return `Ended session ${s.grant_id}.`;
+        }),
+        " "
+      );
+    }
+    actions.append(
+      action("Revoke user", `Revoke ${s.user_id}`, async () => {
+        await api("POST", "users/revoke", { user_id: s.user_id });
+        return `Revoked ${s.user_id}: every session of this user ended.`;
+      })
+    );
+    return el(
+      "tr",
+      { "data-grant": s.grant_id, "data-status": s.status },
+      el("td", { class: "user" }, s.user_id),
+      el("td", {}, s.tier),
+      el("td", {}, (s.scopes || []).join(" ")),
+      el("td", {}, el("span", { class: `badge status-${s.status}` }, s.status)),
+      el("td", { class: "streams" }, String(s.open_streams), s.live_here ? " (live here)" : ""),
+      el("td", {}, s.client_id),
+      el("td", {}, when(s.last_seen_at)),
+      actions
+    );
+  }
+
+  function renderSessions(doc) {
+    const rows = doc.sessions.map(sessionRow);
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 8 }, "no sessions")));
+    $("sessions").tBodies[0].replaceChildren(...rows);
+  }
+
+  function renderEvents(doc) {
+    const rows = doc.events.map((e) =>
+      el(
+        "tr",
+        { "data-kind": e.kind },
+        el("td", {}, when(e.occurred_at)),
+        el("td", {}, e.kind),
+        el("td", { class: "user" }, e.user_id || ""),
+        el("td", {}, e.client_id || ""),
+        el("td", {}, e.node_id || "")
+      )
+    );
+    $("events").tBodies[0].replaceChildren(...rows);
+  }
+
+  // -- polling -----------------------------------------------------------------------------------
+
+  async function refresh() {
+    if (busy) return;
+    busy = true;
+    clearTimeout(timer);
+    try {
+      const user = encodeURIComponent($("user-search").value.trim());
+      const [treeDoc, sessions, events] = await Promise.all([
+        api("GET", "tree"),
+        api("GET", `sessions?user=${user}`),
+        api("GET", "events?limit=20"),
+      ]);
+      renderTree(treeDoc);
+      renderSessions(sessions);
+      renderEvents(events);
+      $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    } catch (err) {
+      $("updated").textContent = `update failed: ${err.message}`;
+    } finally {
+      busy = false;
+      timer = setTimeout(refresh, POLL_MS);
+    }
+  }
+
+  let searchDelay = null;
+  $("user-search").addEventListener("input", () => {
+    clearTimeout(searchDelay);
+    searchDelay = setTimeout(refresh, 200);
+  });
+
+  $("logout").addEventListener("click", async () => {
+    await fetch("/admin/logout", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "x-csrf-token": csrf },
+    });
+    window.location.reload();
+  });
+
+  refresh();
+})();
