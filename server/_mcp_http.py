@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -76,7 +77,7 @@ from server._jsonrpc import (
 from server._oauth import AuthError, ResourceServer
 from server._sse import SSE_HEADERS, encode_event
 
-__all__ = ["McpHttp"]
+__all__ = ["McpHttp", "McpHttpStatistics"]
 
 log = structlog.get_logger("mcp_http")
 
@@ -103,6 +104,31 @@ _NEEDS = {
     "roots/list": "roots",
 }
 _LISTEN_KEYS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
+
+
+@attrs.frozen
+class McpHttpStatistics:
+    """A snapshot of the ``/mcp`` endpoint's in-memory state on this node (``McpHttp.statistics()``),
+    each bounded table next to its bound."""
+
+    live_exchanges: int  # requests being answered now (2025 and 2026 eras, legacy included)
+    max_inflight: int
+    parked_requests: int  # 2026 requests that asked for input and await the client's retry
+    pending_client_answers: int  # server requests (sampling, elicitation…) awaiting an answer
+    max_pending: int
+    resumable_streams: int  # live request streams a client can resume on this node
+    get_streams: int  # one per 2025 transport session at most
+    legacy_streams: int
+    listen_streams: int
+    subscribed_resources: int  # resource URIs with at least one subscriber
+    remembered_log_levels: int
+    max_remembered: int
+    events_stored: int  # stream events handed to the store for resumption, since start
+
+    @property
+    def open_streams(self) -> int:
+        """Long-lived streams open on this node (GET, legacy, listen)."""
+        return self.get_streams + self.legacy_streams + self.listen_streams
 
 
 class Reply(Exception):
@@ -423,6 +449,7 @@ class McpHttp:
         self.max_inflight = max_inflight
         self.max_remembered = max_remembered
         self.stream_token_grace = stream_token_grace
+        self.events_stored = 0
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
         self.inflight: dict[tuple[str, Any], Exchange] = {}  # (caller key, request id)
         self.live_streams: dict[tuple[str, str], Exchange] = {}  # (session, stream) -> request
@@ -455,9 +482,27 @@ class McpHttp:
         self.parked[state] = exchange
         return state
 
+    def statistics(self) -> McpHttpStatistics:
+        return McpHttpStatistics(
+            live_exchanges=len(self.inflight),
+            max_inflight=self.max_inflight,
+            parked_requests=len(self.parked),
+            pending_client_answers=len(self.pending),
+            max_pending=self.max_pending,
+            resumable_streams=len(self.live_streams),
+            get_streams=len(self.get_streams),
+            legacy_streams=len(self.legacy_streams),
+            listen_streams=len(self.listeners),
+            subscribed_resources=len(self.subscriptions),
+            remembered_log_levels=len(self.log_levels),
+            max_remembered=self.max_remembered,
+            events_stored=self.events_stored,
+        )
+
     def store_event(
         self, session_id: str, stream_id: str, seq: int, user_id: str, message: dict[str, Any]
     ) -> None:
+        self.events_stored += 1
         self.store.write_nowait(
             Op(
                 "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "

@@ -43,6 +43,27 @@ def _restarts(node: TreeNode, out: collections.Counter[str]) -> None:
         _restarts(child, out)
 
 
+# McpHttpStatistics fields exported as gauges: (metric, help, field)
+_MCP_GAUGES = (
+    ("steward_mcp_live_exchanges", "requests being answered", "live_exchanges"),
+    (
+        "steward_mcp_parked_requests",
+        "2026-era requests awaiting the client's input",
+        "parked_requests",
+    ),
+    (
+        "steward_mcp_pending_client_answers",
+        "server requests awaiting the client's answer",
+        "pending_client_answers",
+    ),
+    (
+        "steward_mcp_resumable_streams",
+        "live request streams resumable on this node",
+        "resumable_streams",
+    ),
+)
+
+
 class NodeCollector:
     def __init__(self, node: Node, requests: RequestCounter) -> None:
         self.node = node
@@ -128,6 +149,19 @@ class NodeCollector:
             "steward_rate_limited",
             "requests refused by tier rate limits",
             value=node.usage.rejected,
+        )
+        yield CounterMetricFamily(
+            "steward_quota_exceeded",
+            "tool calls refused by tier tool-call quotas",
+            value=node.usage.quota_rejected,
+        )
+        mcp = node.mcp.statistics()
+        for name, help_text, field in _MCP_GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=getattr(mcp, field))
+        yield CounterMetricFamily(
+            "steward_mcp_events_stored",
+            "stream events handed to the store for resumption",
+            value=mcp.events_stored,
         )
 
 

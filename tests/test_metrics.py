@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness._pg import Cluster
@@ -91,3 +94,93 @@ async def test_the_admin_api_lists_sessions_and_revokes_users(fresh_db: str) -> 
         assert (
             await http.post(f"{base}/users/revoke", content=b"[1]", headers=admin)
         ).status_code == 400
+
+
+async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics(
+    fresh_db: str,
+) -> None:
+    """McpHttp.statistics(): live exchanges, parked 2026 requests, server requests awaiting the
+    client, resumable and long-lived streams, events stored; the same figures in /metrics."""
+    from server._demo import everything
+    from tests.harness._steward import SseReader, get_stream
+
+    async with (
+        running_node(fresh_db, app=everything) as node,
+        httpx.AsyncClient(timeout=20) as http,
+    ):
+        idle = node.mcp.statistics()
+        assert (idle.live_exchanges, idle.parked_requests, idle.open_streams) == (0, 0, 0)
+        assert idle.max_inflight == 10_000 and idle.events_stored == 0
+        token = (await sign_in(http, node, "carol"))["access_token"]
+        name = "test_input_required_result_multi_round"
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        }
+        r = await http.post(  # a 2026 request asks for input: it is parked until the retry
+            node.info.mcp_url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": {}, "_meta": meta},
+            },
+            headers={
+                "accept": "application/json, text/event-stream",
+                "authorization": f"Bearer {token}",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+                "mcp-name": name,
+            },
+        )
+        assert r.json()["result"]["resultType"] == "input_required"
+        assert node.mcp.statistics().parked_requests == 1
+        mcp = McpClient(http, node, token)
+        await mcp.initialize()
+        async with get_stream(mcp) as stream:
+            await stream.next()
+            assert node.mcp.statistics().get_streams == node.mcp.statistics().open_streams == 1
+            body = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "test_sampling", "arguments": {"prompt": "hi"}},
+            }
+            async with http.stream("POST", mcp.url, json=body, headers=mcp.headers()) as reply:
+                reader = SseReader(reply)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader._pump)
+                    asked = await reader.next_message()
+                    assert asked is not None and asked["data"]["method"] == "sampling/createMessage"
+                    busy = node.mcp.statistics()
+                    # the parked 2026 request still runs and awaits its input too
+                    assert busy.live_exchanges == 2 and busy.pending_client_answers == 2
+                    assert busy.resumable_streams == 1 and busy.events_stored >= 1
+                    answer = {
+                        "jsonrpc": "2.0",
+                        "id": asked["data"]["id"],
+                        "result": {
+                            "role": "assistant",
+                            "content": {"type": "text", "text": "hello"},
+                            "model": "m",
+                        },
+                    }
+                    assert (
+                        await http.post(mcp.url, json=answer, headers=mcp.headers())
+                    ).status_code == 202
+                    done = await reader.next_message()
+                    assert done is not None and "LLM response: hello" in json.dumps(done["data"])
+                    nursery.cancel_scope.cancel()
+        with trio.fail_after(5):  # the server sees the GET stream's client leave
+            while node.mcp.statistics().open_streams:
+                await trio.sleep(0.02)
+        after = node.mcp.statistics()
+        assert (after.live_exchanges, after.pending_client_answers) == (1, 1)
+        assert after.resumable_streams == 0
+        assert after.events_stored == busy.events_stored + 1  # the response, stored too
+        text = (await http.get(f"{node.info.listen_url}/metrics")).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["steward_mcp_parked_requests"].samples[0].value == 1.0
+        assert families["steward_mcp_events_stored"].samples[0].value == after.events_stored
+        assert families["steward_mcp_pending_client_answers"].samples[0].value == 1.0
+        assert families["steward_mcp_live_exchanges"].samples[0].value == 1.0
