@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server._app import Context, InvalidArguments, Steward, ToolError
 from server._config import ConfigError, Settings, load_settings
-from server._demo import demo, everything
+from server._demo import demo
 from server._embedded_pg import (
     EmbeddedPostgres,
     PostgresNotFound,
@@ -27,7 +27,6 @@ __all__ = [
     "StopMode",
     "ToolError",
     "demo",
-    "everything",
     "find_postgres_bindir",
     "load_settings",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,6 +62,11 @@ def load_app(spec: str | None) -> Steward:
     if not module_name or not attribute:
         msg = f"--app must be module:attribute, got {spec!r}"
         raise ConfigError(msg)
+    # like other ASGI servers, --app is imported from the working folder (``steward`` is a console
+    # script: its own folder, not the working one, heads sys.path)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -123,7 +129,6 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
     port (SO_REUSEPORT). This process keeps what they share: the embedded database, the
     development IdP and the upstream-token key."""
     import json
-    import os
     import secrets
     import tempfile
 

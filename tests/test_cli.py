@@ -126,6 +126,22 @@ def test_bad_configuration_is_a_clear_error(
     assert "Traceback" not in out.stderr
 
 
+def test_app_is_imported_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``steward`` is a console script: the working folder is not on sys.path unless --app puts
+    it there (``steward serve --app examples.everything:app`` from the repository's root)."""
+    from server import Steward
+    from server._cli import load_app
+
+    (tmp_path / "stw_cwd_app.py").write_text('from server import Steward\napp = Steward("cwd")\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "stw_cwd_app", raising=False)
+    app = load_app("stw_cwd_app:app")
+    assert isinstance(app, Steward) and app.name == "cwd"
+
+
 async def test_operator_commands_list_show_and_revoke_across_processes(fresh_db: str) -> None:
     import trio
 

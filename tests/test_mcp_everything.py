@@ -16,7 +16,8 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import TypeAdapter
 
 from actors._sessions import UserContext
-from server._demo import PNG_1PX, WATCHED_URI, everything
+from examples.everything import PNG_1PX, WATCHED_URI
+from examples.everything import app as everything
 from server._dispatch import Dispatcher
 from tests.harness._steward import running_node, sign_in
 

@@ -12,7 +12,7 @@ import mcp
 from mcp import types
 from mcp.client.streamable_http import streamable_http_client
 
-from server._demo import everything
+from examples.everything import app as everything
 from tests.harness._steward import running_node, sign_in
 from tests.test_mcp_everything import elicitation, sampling
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import trio
 
+from examples.everything import app as everything
 from server._app import Context, Steward
-from server._demo import everything
 from tests.harness._steward import (
     MCP_HEADERS,
     McpClient,
