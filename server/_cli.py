@@ -14,6 +14,7 @@ import trio
 
 from server._app import Steward
 from server._config import ConfigError, Settings, load_settings
+from server._dev_auth import DEV_USER
 from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
 from server._logging import configure_logging
 from server._ops_cli import add_commands, run_command
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url")
     serve.add_argument(
         "--workers", type=int, help="worker processes (nodes) sharing the port and the database"
+    )
+    serve.add_argument(
+        "--dev-no-auth",
+        action="store_true",
+        default=None,
+        help="DEVELOPMENT ONLY: switch authorization off, every request runs as the development "
+        "user (refused without the development IdP or off loopback; for conformance runs)",
     )
     add_commands(sub)
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
@@ -113,6 +121,12 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
             if node.info.dev_idp_url:
                 print(
                     f"Development IdP (demo users alice, bob, carol) at {node.info.dev_idp_url}",
+                    file=sys.stderr,
+                )
+            if settings.dev_no_auth:
+                print(
+                    f"WARNING: --dev-no-auth: AUTHORIZATION IS OFF. Every request runs as the "
+                    f"development user {DEV_USER!r}, with or without a token. Development only.",
                     file=sys.stderr,
                 )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -262,7 +276,8 @@ async def _migrate(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {
-        k: getattr(args, k, None) for k in ("host", "port", "data_dir", "database_url", "workers")
+        k: getattr(args, k, None)
+        for k in ("host", "port", "data_dir", "database_url", "workers", "dev_no_auth")
     }
     try:
         settings = load_settings(args.config, overrides=overrides)

@@ -7,6 +7,7 @@ validated once, at start, and an error names the setting, the source and the exp
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import types
@@ -14,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -162,6 +164,13 @@ class Settings:
     admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
     dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
     dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
+    dev_no_auth: bool = attrs.field(
+        default=False,
+        metadata={
+            "help": "development only: authorization off, every request runs as the development "
+            "user (needs the development IdP and a loopback host)"
+        },
+    )
     upstream: UpstreamSettings | None = None
     tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
     clients: tuple[ClientSettings, ...] = ()
@@ -186,6 +195,44 @@ class Settings:
 
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
+
+    def __attrs_post_init__(self) -> None:
+        if self.dev_no_auth:
+            _check_dev_no_auth(self)
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_dev_no_auth(settings: Settings) -> None:
+    """``dev_no_auth`` switches authorization off: only for a development node on loopback."""
+    if settings.upstream is not None or not settings.dev_idp:
+        msg = (
+            "setting 'dev_no_auth' (--dev-no-auth) switches authorization off and is for "
+            "development only: it needs the development IdP (dev_idp = true, no [upstream])"
+        )
+        raise ConfigError(msg)
+    if not _loopback(settings.host):
+        msg = (
+            "setting 'dev_no_auth' (--dev-no-auth) binds to loopback only: host must be "
+            f"127.0.0.1, ::1 or localhost, got {settings.host!r}"
+        )
+        raise ConfigError(msg)
+    if settings.public_url is not None and not _loopback(urlsplit(settings.public_url).hostname):
+        msg = (
+            "setting 'dev_no_auth' (--dev-no-auth) serves loopback only: public_url must name "
+            f"a loopback host, got {settings.public_url!r}"
+        )
+        raise ConfigError(msg)
+    if settings.workers > 1:
+        msg = f"setting 'dev_no_auth' (--dev-no-auth) runs one process only, got workers = {settings.workers}"
+        raise ConfigError(msg)
 
 
 def load_settings(

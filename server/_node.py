@@ -7,6 +7,7 @@ root (one_for_one)
 ├── sessions     dynamic supervisor of user sessions
 ├── notifier     LISTEN/NOTIFY: other nodes' events
 ├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
+├── dev_user     dev_no_auth only: signs the development user in (server/_dev_auth.py)
 └── http         Hypercorn serving Steward: started last, stopped first
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -47,6 +49,7 @@ from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
 from server._config import Settings, TierSettings
+from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
 from server._mcp_http import McpHttp
@@ -302,6 +305,20 @@ async def run_node(
         task_status.started()
         await trio.sleep_forever()
 
+    async def dev_user(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """dev_no_auth: signs the development user in before HTTP starts, then holds nothing."""
+        async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+            rs.dev_principal = await sign_in_dev_user(auth, http, callback_uri=oauth.callback_uri)
+        log.warning(
+            "authorization_disabled",
+            setting="dev_no_auth",
+            user=rs.dev_principal.user_id,
+            tier=rs.dev_principal.tier,
+            note="every MCP request runs as this development user, with or without a token",
+        )
+        task_status.started()
+        await trio.sleep_forever()
+
     async def http(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_http(asgi, sock, 3.0, task_status=task_status)
 
@@ -315,8 +332,10 @@ async def run_node(
         sessions.child_spec(),
         notifier.child_spec(),
         janitor.child_spec(),
-        ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0),
     ]
+    if settings.dev_no_auth:
+        children.append(ChildSpec("dev_user", dev_user, start_grace=30.0))
+    children.append(ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0))
     root = Supervisor("root", children, intensity=10, period=60.0)
     try:
         async with trio.open_nursery() as nursery:

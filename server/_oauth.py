@@ -89,6 +89,8 @@ class ResourceServer:
         self.cache_ttl = cache_ttl
         self.retry_after = retry_after
         self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
+        # dev_no_auth: every request runs as this principal, token or not (server/_dev_auth.py)
+        self.dev_principal: Principal | None = None
 
     def challenge(
         self, error: str | None = None, description: str | None = None, *, status: int = 401
@@ -119,6 +121,8 @@ class ResourceServer:
 
     async def authenticate(self, scope: Scope) -> Principal:
         """The principal of this request, or AuthError (401, 400, or 503 during an outage)."""
+        if self.dev_principal is not None:
+            return self.dev_principal
         if b"access_token=" in scope.get("query_string", b""):
             raise AuthError(
                 400,

@@ -108,6 +108,16 @@ def test_migrate_applies_the_schema_to_a_database_url(fresh_db: str) -> None:
             {"STEWARD_PORT": "eighty"},
             "setting 'port' (environment variable STEWARD_PORT) must be an integer",
         ),
+        (
+            ["serve", "--dev-no-auth", "--host", "0.0.0.0"],
+            {},
+            "setting 'dev_no_auth' (--dev-no-auth) binds to loopback only",
+        ),
+        (
+            ["serve", "--dev-no-auth"],
+            {"STEWARD_DEV_IDP": "false"},
+            "it needs the development IdP",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error(

@@ -159,7 +159,9 @@ class McpClient:
         self._id = 0
 
     def headers(self, **extra: str) -> dict[str, str]:
-        h = {**MCP_HEADERS, "authorization": f"Bearer {self.token}", **extra}
+        # an empty token sends no Authorization header at all
+        auth = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        h = {**MCP_HEADERS, **auth, **extra}
         if self.session_id:
             h["mcp-session-id"] = self.session_id
             h["mcp-protocol-version"] = "2025-11-25"
