@@ -42,6 +42,7 @@ from server._http import (
     Send,
     form,
     header,
+    parse_json,
     query,
     read_body,
     send_json,
@@ -234,7 +235,7 @@ class AdminApi:
             body: dict[str, Any] = {}
             if scope["method"] == "POST":
                 raw = await read_body(receive, 64 * 1024)
-                loaded = json.loads(raw or b"{}")
+                loaded = parse_json(raw or b"{}")
                 if not isinstance(loaded, dict):
                     raise ValueError
                 body = loaded

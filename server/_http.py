@@ -16,6 +16,7 @@ __all__ = [
     "form",
     "header",
     "lifespan",
+    "parse_json",
     "query",
     "read_body",
     "redirect",
@@ -79,6 +80,16 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads``, with nesting too deep to parse refused as ValueError like any bad JSON
+    (``json.loads`` raises RecursionError for it)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        msg = "the JSON is nested too deeply"
+        raise ValueError(msg) from None
 
 
 def form(body: bytes) -> dict[str, str]:

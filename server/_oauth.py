@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import html
-import json
 import time
 import uuid
 from typing import Any
@@ -32,6 +31,7 @@ from server._http import (
     Send,
     form,
     header,
+    parse_json,
     query,
     read_body,
     redirect,
@@ -348,7 +348,7 @@ class OAuthEndpoints:
                 f"the client metadata document could not be fetched ({type(exc).__name__})",
             ) from None
         try:
-            doc = json.loads(raw)
+            doc = parse_json(raw)
         except ValueError:
             raise OAuthError("invalid_client", "the client metadata document is not JSON") from None
         if not isinstance(doc, dict) or doc.get("client_id") != client_id:
@@ -433,7 +433,7 @@ class OAuthEndpoints:
 
     async def _register(self, scope: Scope, body: bytes, send: Send) -> None:
         try:
-            metadata = json.loads(body)
+            metadata = parse_json(body)
         except ValueError:
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object") from None
         if not isinstance(metadata, dict):

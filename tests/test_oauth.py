@@ -413,3 +413,17 @@ async def test_the_development_idp_fault_controls_over_http(fresh_db: str) -> No
         assert psql(fresh_db, "SELECT tier FROM users WHERE subject = 'alice'") == "pro"
         stats = (await http.get(f"{control}/stats", headers=secret)).json()
         assert stats["calls"]["/token"] >= 1
+
+
+async def test_registration_refuses_json_nested_too_deeply_with_400(fresh_db: str) -> None:
+    """A body nested deeper than the JSON parser's recursion limit is bad JSON, not a 500."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        for body in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
+            r = await http.post(
+                f"{node.info.base_url}/register",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == "invalid_client_metadata"
+        assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == "0"
