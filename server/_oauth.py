@@ -215,7 +215,12 @@ class OAuthEndpoints:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._routes.get((scope["method"], scope["path"]))
         if route is None:
-            await send_json(send, 405, {"error": "method_not_allowed"})
+            allowed = sorted(m for m, path in self._routes if path == scope["path"])
+            refusal = {
+                "error": "method_not_allowed",
+                "error_description": f"{scope['path']} accepts {' and '.join(allowed)} only",
+            }
+            await send_json(send, 405, refusal, [(b"allow", ", ".join(allowed).encode())])
             return
         try:
             body = await read_body(receive, _FORM_LIMIT) if scope["method"] == "POST" else b""

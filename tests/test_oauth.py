@@ -427,3 +427,17 @@ async def test_registration_refuses_json_nested_too_deeply_with_400(fresh_db: st
             assert r.status_code == 400, r.text
             assert r.json()["error"] == "invalid_client_metadata"
         assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == "0"
+
+
+async def test_a_wrong_method_on_an_oauth_endpoint_is_a_405_that_names_the_right_one(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        r = await http.get(f"{node.info.base_url}/register")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.json() == {
+            "error": "method_not_allowed",
+            "error_description": "/register accepts POST only",
+        }
+        r = await http.post(f"{node.info.base_url}/authorize")
+        assert r.status_code == 405 and r.headers["allow"] == "GET"
