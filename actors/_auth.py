@@ -596,6 +596,7 @@ class AuthService:
             raise OAuthError("invalid_request", "refresh_token is required")
         token_hash = hash_token(token)
         grace = self.policy.refresh_grace
+        client_id = f.get("client_id")
 
         async def rotate(conn: Conn) -> dict[str, Any]:
             row = await conn.fetchrow(
@@ -606,6 +607,8 @@ class AuthService:
             if row is None:
                 return {"outcome": "unknown"}
             row = dict(row)
+            if client_id and client_id != row["client_id"]:  # refused before anything changes
+                return {"outcome": "wrong_client", **row}
             if (
                 row["family_revoked"] is not None
                 or row["revoked_at"] is not None
@@ -640,7 +643,7 @@ class AuthService:
         outcome = row["outcome"]
         if outcome == "unknown":
             raise OAuthError("invalid_grant", "unknown refresh token")
-        if f.get("client_id") and f.get("client_id") != row["client_id"]:
+        if outcome == "wrong_client":
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         if outcome == "reuse":
             self.audit(

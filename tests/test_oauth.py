@@ -441,3 +441,25 @@ async def test_a_wrong_method_on_an_oauth_endpoint_is_a_405_that_names_the_right
         }
         r = await http.post(f"{node.info.base_url}/authorize")
         assert r.status_code == 405 and r.headers["allow"] == "GET"
+
+
+async def test_a_refresh_token_presented_by_another_client_is_refused_without_effect(
+    fresh_db: str,
+) -> None:
+    """The refusal leaves the token unrotated: its own client refreshes with it afterwards, even
+    with no grace window (a rotation would have made that a reuse and revoked the family)."""
+    async with (
+        running_node(fresh_db, refresh_grace=0) as node,
+        httpx.AsyncClient() as http,
+    ):
+        tokens = await sign_in(http, node, "alice")
+        other = await register(http, node, "another client")
+        base = node.info.base_url
+        stolen = await refresh(http, base, tokens["refresh_token"], other)
+        assert stolen.status_code == 400
+        assert (
+            stolen.json()["error_description"] == "the refresh token was issued to another client"
+        )
+        assert psql(fresh_db, "SELECT count(*) FROM tokens WHERE rotated_at IS NOT NULL") == "0"
+        own = await refresh(http, base, tokens["refresh_token"], tokens["client_id"])
+        assert own.status_code == 200, own.text
