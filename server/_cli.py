@@ -58,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.add_argument("--data-dir", type=Path)
     migrate.add_argument("--database-url")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configuration, database, migrations, IdP, key file and port; "
+        "say how to fix each failure",
+    )
+    doctor.add_argument("--data-dir", type=Path)
+    doctor.add_argument("--database-url")
+    doctor.add_argument("--host")
+    doctor.add_argument("--port", type=int)
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -273,12 +283,28 @@ async def _migrate(settings: Settings) -> None:
     await _with_database(settings, run)
 
 
+def _doctor(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from server._doctor import run_doctor
+
+    configure_logging("error")  # the report is the output
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except ConfigError as exc:
+        return run_doctor(None, exc, as_json=args.json, with_database=_with_database)
+    try:
+        return run_doctor(settings, None, as_json=args.json, with_database=_with_database)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {
         k: getattr(args, k, None)
         for k in ("host", "port", "data_dir", "database_url", "workers", "dev_no_auth")
     }
+    if args.command == "doctor":
+        return _doctor(args, overrides)
     try:
         settings = load_settings(args.config, overrides=overrides)
         configure_logging(settings.log_level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,8 @@ def test_migrate_applies_the_schema_to_a_database_url(fresh_db: str) -> None:
 
     expected = [m.version for m in load_migrations()]
     assert f"applied migrations: {expected}" in out.stdout
+    n = len(expected)
+    assert f"migrations: {n}/{n} (100%)" in out.stderr  # the progress line
     again = subprocess.run(
         [*STEWARD, "migrate", "--database-url", fresh_db],
         cwd=ROOT,
@@ -190,3 +193,116 @@ async def test_operator_commands_list_show_and_revoke_across_processes(fresh_db:
                 event = await stream.next()
             assert event is not None and event["data"]["params"]["data"]["error"] == "revoked"
         assert (await mcp.post("ping")).status_code == 401
+
+
+def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, str]]]:
+    """``steward doctor --json``: the exit status and the checks by name."""
+    out = subprocess.run(
+        [*STEWARD, "doctor", "--json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.returncode, {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+
+
+def upstream_env(issuer: str) -> dict[str, str]:
+    return {
+        "STEWARD_UPSTREAM__ISSUER": issuer,
+        "STEWARD_UPSTREAM__AUTHORIZATION_ENDPOINT": f"{issuer}/authorize",
+        "STEWARD_UPSTREAM__TOKEN_ENDPOINT": f"{issuer}/token",
+        "STEWARD_UPSTREAM__CLIENT_ID": "steward",
+    }
+
+
+async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
+    fresh_db: str, data_dir: Path
+) -> None:
+    import trio
+
+    from server._embedded_pg import free_port
+    from tests.harness._steward import running_node
+
+    async with running_node(fresh_db) as node:  # migrates the database, serves an IdP
+        assert node.info.dev_idp_url is not None
+        env = {**upstream_env(node.info.dev_idp_url), "STEWARD_ADMIN_TOKEN": "doctor-test"}
+        args = ["--database-url", fresh_db, "--data-dir", str(data_dir), "--port", str(free_port())]
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=env))
+    assert {name: c["status"] for name, c in checks.items()} == {
+        "configuration": "ok",
+        "data folder": "ok",
+        "encryption key": "ok",
+        "port": "ok",
+        "database": "ok",
+        "migrations": "ok",
+        "identity provider": "ok",
+    }
+    assert code == 0
+    assert checks["identity provider"]["detail"].endswith("oauth-authorization-server answers")
+
+
+def test_doctor_names_each_failure_and_its_fix(data_dir: Path) -> None:
+    key_file = data_dir / "upstream-token.key"
+    key_file.write_text("k1 " + "A" * 43 + "=\n")
+    key_file.chmod(0o644)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, checks = doctor(
+            "--database-url",
+            "postgresql://steward@127.0.0.1:1/steward",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            env=upstream_env("http://127.0.0.1:1"),
+        )
+    assert code == 1
+    failed = {name: c for name, c in checks.items() if c["status"] == "fail"}
+    assert set(failed) == {"database", "identity provider", "encryption key", "port"}
+    assert "check database_url" in failed["database"]["fix"]
+    assert "127.0.0.1:1" not in failed["database"]["detail"]  # the URL may hold a password
+    assert failed["identity provider"]["detail"].startswith("cannot reach http://127.0.0.1:1/")
+    assert failed["encryption key"]["fix"] == f"chmod 600 {key_file}"
+    assert f"{port}: in use" in failed["port"]["detail"]
+
+    code, checks = doctor(env={"STEWARD_PORT": "eighty"})
+    assert code == 1
+    assert checks["configuration"]["status"] == "fail"
+    assert "STEWARD_PORT" in checks["configuration"]["detail"]
+
+
+async def test_sessions_end_for_a_user_ends_each_of_their_sessions_with_progress(
+    fresh_db: str,
+) -> None:
+    import trio
+
+    from tests.harness._steward import running_node, sign_in
+
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
+        for user in ("alice", "alice", "alice", "bob"):
+            await sign_in(http, node, user)
+        alice = await node.store.fetchval("SELECT user_id FROM users WHERE subject = 'alice'")
+        out = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [*STEWARD, "sessions", "end", "--user", alice, "--database-url", fresh_db],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"ended 3 sessions of {alice}"
+        assert "ending sessions: 3/3 (100%)" in out.stderr
+        rows = await node.store.fetch("SELECT user_id, status FROM grants ORDER BY user_id")
+        assert sorted((r["user_id"].rsplit("|", 1)[-1], r["status"]) for r in rows) == [
+            ("alice", "ended"),
+            ("alice", "ended"),
+            ("alice", "ended"),
+            ("bob", "active"),
+        ]

@@ -1,0 +1,274 @@
+"""``steward doctor``: checks what Steward needs before it can serve, and says how to fix each
+failure. Exits 1 when a check fails (warnings do not fail), ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import httpx
+import trio
+
+from actors import Store, StorePolicy, StoreUnavailable, pending_migrations, store_child_spec
+from actors._crypto import KeyRing
+from runtime import Supervisor
+from server._config import ConfigError, Settings
+from server._embedded_pg import PostgresNotFound, PostgresStartError, find_postgres_bindir
+
+__all__ = ["Check", "run_doctor"]
+
+Status = Literal["ok", "warn", "fail"]
+IDP_TIMEOUT = 5.0  # seconds for the IdP's metadata
+DB_WAIT = 5.0  # seconds for a database connection
+
+
+@attrs.frozen
+class Check:
+    """One check's outcome; ``fix`` says what to do when it is not ok."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def check_key_file(settings: Settings) -> Check:
+    key_file = settings.key_file
+    if key_file is None:
+        try:
+            KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key or "")
+        except ValueError as exc:
+            return Check(
+                "encryption key",
+                "fail",
+                str(exc),
+                "set encryption_key to base64 of 32 random bytes",
+            )
+        return Check("encryption key", "ok", f"set inline (key id {settings.encryption_key_id!r})")
+    if not key_file.exists():
+        return Check(
+            "encryption key", "ok", f"{key_file} will be made on the first start (mode 0600)"
+        )
+    mode = stat.S_IMODE(key_file.stat().st_mode)
+    if mode & 0o077:
+        return Check(
+            "encryption key",
+            "fail",
+            f"{key_file} is readable by others (mode {mode:04o})",
+            f"chmod 600 {key_file}",
+        )
+    try:
+        ring = KeyRing.load(key_file, settings.encryption_key_id)
+    except (OSError, ValueError) as exc:
+        return Check("encryption key", "fail", str(exc), f"restore {key_file} from a backup")
+    rotating = (
+        " (a rotation is unfinished: run `steward keys rotate`)" if len(ring.key_ids) > 1 else ""
+    )
+    return Check(
+        "encryption key",
+        "warn" if rotating else "ok",
+        f"{key_file}, mode {mode:04o}, current key {ring.current}{rotating}",
+        "steward keys rotate" if rotating else "",
+    )
+
+
+def check_port(name: str, host: str, port: int) -> Check:
+    if port == 0:
+        return Check(name, "ok", f"{host}: a free port is chosen at start")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            return Check(
+                name,
+                "fail",
+                f"cannot listen on {host}:{port}: {why}",
+                "stop what holds the port (a Steward already running?) or choose another "
+                "(port / STEWARD_PORT, --port)",
+            )
+    return Check(name, "ok", f"{host}:{port} is free")
+
+
+def check_data_dir(settings: Settings) -> Check:
+    folder = settings.data_dir
+    probe = (
+        folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return Check(
+            "data folder",
+            "fail",
+            f"{folder} is not writable",
+            f"make {probe} writable for this user, or set data_dir",
+        )
+    return Check("data folder", "ok", f"{folder.resolve()}")
+
+
+async def check_idp(settings: Settings) -> Check:
+    if settings.upstream is None:
+        if settings.dev_idp:
+            return Check("identity provider", "ok", "the development IdP (built in, demo users)")
+        return Check(
+            "identity provider",
+            "fail",
+            "no upstream IdP and the development IdP is off",
+            "configure [upstream] (issuer, endpoints, client_id) or set dev_idp = true",
+        )
+    issuer = settings.upstream.issuer.rstrip("/")
+    urls = [
+        f"{issuer}/.well-known/oauth-authorization-server",
+        f"{issuer}/.well-known/openid-configuration",
+    ]
+    problem = ""
+    async with httpx.AsyncClient(timeout=IDP_TIMEOUT) as http:
+        for url in urls:
+            try:
+                r = await http.get(url)
+            except httpx.HTTPError as exc:
+                problem = f"cannot reach {url}: {type(exc).__name__}"
+                break
+            if r.status_code == 200:
+                try:
+                    doc = r.json()
+                except ValueError:
+                    problem = f"{url} is not JSON"
+                    continue
+                if doc.get("issuer", issuer).rstrip("/") != issuer:
+                    problem = f"{url} names issuer {doc.get('issuer')!r}, not {issuer!r}"
+                    continue
+                return Check("identity provider", "ok", f"{url} answers")
+            problem = f"{url} answered {r.status_code}"
+    return Check(
+        "identity provider",
+        "fail",
+        problem,
+        "check upstream.issuer and that this machine reaches the IdP (network, proxy, TLS)",
+    )
+
+
+async def check_database(
+    settings: Settings, with_database: Callable[..., Awaitable[None]]
+) -> list[Check]:
+    where = (
+        "database_url"
+        if settings.database_url
+        else f"embedded cluster in {settings.data_dir / 'postgres'}"
+    )
+    checks: list[Check] = []
+
+    async def probe(dsn: str) -> None:
+        policy = StorePolicy(pool_min=1, pool_max=2, read_wait=DB_WAIT, connect_timeout=DB_WAIT)
+        store = Store(dsn, policy=policy)
+        async with trio.open_nursery() as nursery:
+            sup = await nursery.start(Supervisor("doctor", [store_child_spec(store)]).run)
+            try:
+                version = await store.fetchval("SHOW server_version")
+                checks.append(Check("database", "ok", f"{where}: PostgreSQL {version}"))
+                pending = [m.filename for m in await pending_migrations(store)]
+                if pending:
+                    checks.append(
+                        Check(
+                            "migrations",
+                            "fail",
+                            f"{len(pending)} not applied: {', '.join(pending)}",
+                            "steward migrate (steward serve also applies them at start)",
+                        )
+                    )
+                else:
+                    checks.append(Check("migrations", "ok", "the schema is current"))
+            finally:
+                await sup.stop()
+
+    fix = (
+        "check database_url (host, port, database, user, password) and that PostgreSQL runs "
+        "and accepts this machine"
+        if settings.database_url
+        else "install the PostgreSQL server binaries (Debian: apt-get install postgresql) or set database_url"
+    )
+    try:
+        await with_database(settings, probe)
+    except* StoreUnavailable as group:
+        checks.append(Check("database", "fail", f"{where}: {group.exceptions[0]}", fix))
+    except* (PostgresNotFound, PostgresStartError) as group:
+        checks.append(Check("database", "fail", str(group.exceptions[0]), fix))
+    except* Exception as group:  # a malformed URL, a refused login: the driver's own words
+        exc = group.exceptions[0]
+        checks.append(Check("database", "fail", f"{where}: {type(exc).__name__}: {exc}", fix))
+    return checks
+
+
+async def run_checks(
+    settings: Settings, with_database: Callable[..., Awaitable[None]]
+) -> list[Check]:
+    checks = [Check("configuration", "ok", "valid")]
+    checks.append(check_data_dir(settings))
+    checks.append(check_key_file(settings))
+    checks.append(check_port("port", settings.host, settings.port))
+    if settings.upstream is None and settings.dev_idp and settings.dev_idp_port:
+        checks.append(check_port("development IdP port", settings.host, settings.dev_idp_port))
+    if not settings.database_url:
+        try:
+            find_postgres_bindir()
+        except PostgresNotFound as exc:
+            checks.append(
+                Check(
+                    "database", "fail", str(exc), "apt-get install postgresql, or set database_url"
+                )
+            )
+            checks.append(await check_idp(settings))
+            return checks
+    checks += await check_database(settings, with_database)
+    checks.append(await check_idp(settings))
+    if not settings.admin_token:
+        checks.append(
+            Check(
+                "admin token",
+                "warn",
+                "not set: each start makes a new one (printed by steward serve)",
+                "set admin_token (STEWARD_ADMIN_TOKEN) to keep one",
+            )
+        )
+    return checks
+
+
+def run_doctor(
+    settings: Settings | None,
+    config_error: ConfigError | None,
+    *,
+    as_json: bool,
+    with_database: Callable[..., Awaitable[None]],
+) -> int:
+    """Run every check, print the outcome; returns the exit status (1 if any check failed)."""
+    if settings is None:
+        checks = [
+            Check(
+                "configuration",
+                "fail",
+                str(config_error),
+                "fix the setting named above in the TOML file or the STEWARD_* variable",
+            )
+        ]
+    else:
+        checks = trio.run(run_checks, settings, with_database)
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        payload: dict[str, Any] = {"ok": not failed, "checks": [attrs.asdict(c) for c in checks]}
+        print(json.dumps(payload, indent=2))
+    else:
+        marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+        for c in checks:
+            print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+            if c.status != "ok" and c.fix:
+                print(f"       fix: {c.fix}")
+        print("Steward is ready to serve." if not failed else "Fix the failures above.")
+    return 1 if failed else 0
