@@ -86,23 +86,28 @@ class Browser:
         return self.result
 
 
+def sdk_provider(node: Any, browser: Browser, storage: Storage) -> OAuthClientProvider:
+    """The SDK's OAuth provider for a public client, signing in through ``browser``."""
+    return OAuthClientProvider(
+        server_url=node.info.mcp_url,
+        client_metadata=OAuthClientMetadata(
+            client_name="sdk test",
+            redirect_uris=[REDIRECT],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage,
+        redirect_handler=browser.redirect,
+        callback_handler=browser.callback,
+    )
+
+
 async def test_the_sdk_oauth_provider_signs_in_refreshes_and_reauthorizes(fresh_db: str) -> None:
     async with running_node(fresh_db, access_token_ttl=2.0, refresh_grace=0.0) as node:
         browser = Browser(node, "bob")
         storage = Storage()
-        provider = OAuthClientProvider(
-            server_url=node.info.mcp_url,
-            client_metadata=OAuthClientMetadata(
-                client_name="sdk test",
-                redirect_uris=[REDIRECT],
-                grant_types=["authorization_code", "refresh_token"],
-                response_types=["code"],
-                token_endpoint_auth_method="none",
-            ),
-            storage=storage,
-            redirect_handler=browser.redirect,
-            callback_handler=browser.callback,
-        )
+        provider = sdk_provider(node, browser, storage)
         url = f"{node.info.listen_url}/mcp"
         # the client reaches Steward on its socket; the URLs it discovers name the same host
         async with (

@@ -49,6 +49,11 @@ def user_id(db: str, name: str) -> str:
 
 
 async def test_database_killed(pg_cluster: Cluster, fresh_db: str) -> None:
+    """(c) PostgreSQL goes down while a stream is open: the PostgreSQL server is killed (SIGKILL)
+    under a live node with Alice's GET stream open. Her stream stays open; five tool calls with
+    her already verified token succeed while the database is away, each usage event queued in the
+    store; PostgreSQL comes back, the store reconnects and commits the queue, the stream is still
+    open, and all five usage events are in the database: nothing lost, the store not restarted."""
     with observe(
         "database killed",
         "SIGKILL the PostgreSQL postmaster, restart it",
