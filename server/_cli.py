@@ -125,7 +125,7 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
             print(f"Steward is serving MCP at {node.info.mcp_url}", file=sys.stderr)
             if not settings.admin_token:
                 print(
-                    f"Admin API at {node.info.base_url}/admin/api/ (token for this run: {node.admin_token})",
+                    f"Admin view at {node.info.base_url}/admin (token for this run: {node.admin_token})",
                     file=sys.stderr,
                 )
             if node.info.dev_idp_url:
@@ -244,7 +244,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             )
             if not settings.admin_token:
                 print(
-                    f"Admin API at {doc['admin_url']} (token for this run: {env['STEWARD_ADMIN_TOKEN']})",
+                    f"Admin view at {doc['base_url']}/admin (token for this run: {env['STEWARD_ADMIN_TOKEN']})",
                     file=sys.stderr,
                 )
             try:

@@ -16,7 +16,14 @@ import attrs
 import httpx
 import trio
 
-from actors import Store, StorePolicy, StoreUnavailable, pending_migrations, store_child_spec
+from actors import (
+    Store,
+    StorePolicy,
+    StoreUnavailable,
+    applied_migrations,
+    load_migrations,
+    store_child_spec,
+)
 from actors._crypto import KeyRing
 from runtime import Supervisor
 from server._config import ConfigError, Settings
@@ -156,6 +163,30 @@ async def check_idp(settings: Settings) -> Check:
     )
 
 
+async def _check_migrations(store: Store) -> Check:
+    on_disk = {m.version: m for m in load_migrations()}
+    applied = {r["version"]: r["checksum"] for r in await applied_migrations(store)}
+    changed = [
+        on_disk[v].filename for v, c in applied.items() if v in on_disk and on_disk[v].checksum != c
+    ]
+    if changed:
+        return Check(
+            "migrations",
+            "fail",
+            f"changed after they were applied: {', '.join(changed)}",
+            "restore those files as they were applied; put schema changes in a new migration",
+        )
+    pending = [m.filename for v, m in sorted(on_disk.items()) if v not in applied]
+    if pending:
+        return Check(
+            "migrations",
+            "warn",
+            f"{len(pending)} not applied yet: {', '.join(pending)}",
+            "steward serve applies them at start (or run steward migrate now)",
+        )
+    return Check("migrations", "ok", f"the schema is current ({len(applied)} applied)")
+
+
 async def check_database(
     settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> list[Check]:
@@ -174,18 +205,7 @@ async def check_database(
             try:
                 version = await store.fetchval("SHOW server_version")
                 checks.append(Check("database", "ok", f"{where}: PostgreSQL {version}"))
-                pending = [m.filename for m in await pending_migrations(store)]
-                if pending:
-                    checks.append(
-                        Check(
-                            "migrations",
-                            "fail",
-                            f"{len(pending)} not applied: {', '.join(pending)}",
-                            "steward migrate (steward serve also applies them at start)",
-                        )
-                    )
-                else:
-                    checks.append(Check("migrations", "ok", "the schema is current"))
+                checks.append(await _check_migrations(store))
             finally:
                 await sup.stop()
 
