@@ -55,6 +55,7 @@ class LoadPoint:
     call_p99_ms: float | None
     generator_cpu_s: float
     error_kinds: dict[str, int]
+    opened: int = 0  # sessions whose initialize succeeded (``sessions`` counts finished ones)
 
     @property
     def sessions_per_s(self) -> float:
@@ -74,6 +75,7 @@ class LoadPoint:
             "workers": self.workers,
             "seconds": round(self.seconds, 2),
             "sessions": self.sessions,
+            "sessions_opened": self.opened,
             "calls": self.calls,
             "sessions_per_s": self.sessions_per_s,
             "calls_per_s": self.calls_per_s,
@@ -363,6 +365,7 @@ async def open_session(conn: Connection, path: str, token: str | None) -> dict[s
 @attrs.define
 class _Tally:
     sessions: int = 0
+    opened: int = 0
     calls: int = 0
     errors: int = 0
     seen: int = 0
@@ -398,6 +401,7 @@ async def _worker(
         while time.monotonic() < deadline:
             try:
                 headers = await open_session(conn, path, token)
+                tally.opened += 1
                 for i in range(calls_per_session):
                     request_id = i + 2
                     params = {"name": "echo", "arguments": {"text": f"hello {i}"}}
@@ -463,4 +467,5 @@ async def run_load(
         call_p99_ms=pct(0.99),
         generator_cpu_s=cpu,
         error_kinds=dict(sorted(tally.kinds.items(), key=lambda kv: -kv[1])),
+        opened=tally.opened,
     )

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import attrs
 import httpx
+import trio
 
 from tests.harness._serve import ServeFailed, steward_serve
 
@@ -36,6 +37,7 @@ START_LIMIT = 120.0  # seconds a server may take to listen (Steward starts its P
 STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
 OAUTH_HOPS = 10  # redirects followed by obtain_token before it gives up
 LOG_TAIL = 600  # characters of a failed server's log quoted in the reason
+REDIRECT_URI = "http://127.0.0.1:9/callback"  # never called: the code is read from the redirect
 
 # The benchmarks measure serving, not rate limiting: every tier far above what they send.
 STEWARD_CONFIG = "".join(
@@ -155,9 +157,17 @@ def peer(
 
 @contextlib.contextmanager
 def steward(
-    *, core: int | None = SERVER_CORE, workers: int = 1, user: str = "carol"
+    *,
+    core: int | None = SERVER_CORE,
+    workers: int = 1,
+    user: str = "carol",
+    node_options: list[str] | None = None,
 ) -> Iterator[Server]:
-    """``steward serve --ready-file F`` on a fresh data folder, with a token for ``user``."""
+    """``steward serve --ready-file F`` on a fresh data folder, with a token for ``user``.
+
+    With ``node_options`` the node is ``python -m bench._node`` with those options instead (the
+    same node with a session policy of the benchmark's choosing; its ready file also names the
+    database URL, the development IdP's control secret and the admin token)."""
     if not (ROOT / "server" / "_cli.py").exists():
         msg = "the steward command (server/_cli.py) does not exist in this tree"
         raise Unavailable(msg)
@@ -168,7 +178,11 @@ def steward(
     }
     try:
         with steward_serve(
-            "--port", "0", config=STEWARD_CONFIG, env=env, launcher=pinned([], core)
+            *(["--port", "0"] if node_options is None else node_options),
+            config=STEWARD_CONFIG,
+            env=env,
+            launcher=pinned([], core),
+            module="server._cli" if node_options is None else "bench._node",
         ) as server:
             url = urlsplit(server.ready["mcp_url"])
             if url.port is None:
@@ -192,6 +206,20 @@ def steward(
         raise Unavailable(str(exc)) from exc
 
 
+def on_steward(
+    node_options: list[str], measure: Callable[[Server], dict[str, Any]]
+) -> tuple[int | None, dict[str, Any]]:
+    """``measure`` run against ``bench._node`` started with ``node_options`` (pinned to the server
+    core, this process to the generator core): the generator core and what ``measure`` returned,
+    or ``{"available": False, "reason": ...}`` when Steward could not be started."""
+    with generator_pinned() as core:
+        try:
+            with steward(node_options=node_options) as server:
+                return core, measure(server)
+        except Unavailable as exc:
+            return core, {"available": False, "reason": str(exc)}
+
+
 def _pkce() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     digest = hashlib.sha256(verifier.encode()).digest()
@@ -199,83 +227,116 @@ def _pkce() -> tuple[str, str]:
 
 
 def obtain_token(ready: dict[str, Any], user: str = "carol") -> str:
-    """An access token for ``user``: the authorization-code flow with PKCE, over HTTP.
+    """An access token for ``user``: the authorization-code flow with PKCE, over HTTP (see
+    :func:`obtain_tokens`); for synchronous callers and worker threads.
+
+    Raises:
+        LookupError: the flow ended somewhere other than the client's redirect URI with a code.
+        httpx.HTTPError: a request failed or answered an error status.
+    """
+    return trio.run(obtain_tokens, ready, [user])[0]
+
+
+async def obtain_tokens(
+    ready: dict[str, Any], users: list[str], *, concurrency: int = 1
+) -> list[str]:
+    """An access token for each of ``users`` (in order): the authorization-code flow with PKCE.
 
     Discovers the endpoints from the authorization server metadata at ``issuer_url``, registers
-    a client dynamically, follows ``/authorize`` through the development IdP (``login_hint`` signs
-    the user in without a page) and back, accepts the consent page if one is shown, and exchanges
-    the code.
+    one client dynamically, and for each user follows ``/authorize`` through the development IdP
+    (``login_hint`` signs the user in without a page) and back, accepts the consent page if one
+    is shown, and exchanges the code; ``concurrency`` users at a time.
 
     Raises:
         LookupError: the flow ended somewhere other than the client's redirect URI with a code.
         httpx.HTTPError: a request failed or answered an error status.
     """
     issuer = ready["issuer_url"].rstrip("/")
-    redirect_uri = "http://127.0.0.1:9/callback"
-    with httpx.Client(timeout=30) as http:
-        meta = http.get(f"{issuer}/.well-known/oauth-authorization-server")
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        meta = await http.get(f"{issuer}/.well-known/oauth-authorization-server")
         meta.raise_for_status()
         endpoints = meta.json()
-        registered = http.post(
+        registered = await http.post(
             endpoints["registration_endpoint"],
             json={
-                "redirect_uris": [redirect_uri],
+                "redirect_uris": [REDIRECT_URI],
                 "client_name": "steward-bench",
                 "token_endpoint_auth_method": "none",
             },
         )
         registered.raise_for_status()
         client_id = registered.json()["client_id"]
-        verifier, challenge = _pkce()
-        state = secrets.token_urlsafe(12)
-        r = http.get(
-            endpoints["authorization_endpoint"],
-            params={
-                "response_type": "code",
-                "client_id": client_id,
-                "redirect_uri": redirect_uri,
-                "state": state,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-                "login_hint": user,
-                "resource": ready["mcp_url"],
-            },
-        )
-        for _ in range(OAUTH_HOPS):
-            if r.status_code in (301, 302, 303, 307, 308):
-                location = urljoin(str(r.url), r.headers["location"])
-                if location.startswith(redirect_uri):
-                    answer = parse_qs(urlsplit(location).query)
-                    if answer.get("state") != [state] or "code" not in answer:
-                        msg = f"the authorization answered {location!r}"
-                        raise LookupError(msg)
-                    break
-                r = http.get(location)
-            elif r.status_code == 200 and 'action="/consent"' in r.text:
-                fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
-                cookie = r.headers["set-cookie"].split(";")[0]
-                r = http.post(
-                    urljoin(str(r.url), "/consent"),
-                    data={**fields, "decision": "allow"},
-                    headers={"cookie": cookie},
-                )
-            else:
-                msg = f"the authorization flow stopped at {r.url} with status {r.status_code}"
-                raise LookupError(msg)
+        tokens: list[str] = [""] * len(users)
+        todo = iter(enumerate(users))
+
+        async def signer() -> None:
+            for i, user in todo:
+                tokens[i] = await _sign_in(http, ready, endpoints, client_id, user)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, min(concurrency, len(users)))):
+                nursery.start_soon(signer)
+        return tokens
+
+
+async def _sign_in(
+    http: httpx.AsyncClient,
+    ready: dict[str, Any],
+    endpoints: dict[str, Any],
+    client_id: str,
+    user: str,
+) -> str:
+    verifier, challenge = _pkce()
+    state = secrets.token_urlsafe(12)
+    r = await http.get(
+        endpoints["authorization_endpoint"],
+        params={
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "login_hint": user,
+            "resource": ready["mcp_url"],
+        },
+    )
+    for _ in range(OAUTH_HOPS):
+        if r.status_code in (301, 302, 303, 307, 308):
+            location = urljoin(str(r.url), r.headers["location"])
+            if location.startswith(REDIRECT_URI):
+                answer = parse_qs(urlsplit(location).query)
+                if answer.get("state") != [state] or "code" not in answer:
+                    msg = f"the authorization answered {location!r}"
+                    raise LookupError(msg)
+                break
+            r = await http.get(location)
+        elif r.status_code == 200 and 'action="/consent"' in r.text:
+            fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
+            cookie = r.headers["set-cookie"].split(";")[0]
+            r = await http.post(
+                urljoin(str(r.url), "/consent"),
+                data={**fields, "decision": "allow"},
+                headers={"cookie": cookie},
+            )
         else:
-            msg = f"the authorization flow took more than OAUTH_HOPS ({OAUTH_HOPS}) redirects"
+            msg = f"the authorization flow stopped at {r.url} with status {r.status_code}"
             raise LookupError(msg)
-        tokens = http.post(
-            endpoints["token_endpoint"],
-            data={
-                "grant_type": "authorization_code",
-                "code": answer["code"][0],
-                "code_verifier": verifier,
-                "client_id": client_id,
-                "redirect_uri": redirect_uri,
-                "resource": ready["mcp_url"],
-            },
-        )
-        tokens.raise_for_status()
-        token: str = tokens.json()["access_token"]
-        return token
+    else:
+        msg = f"the authorization flow took more than OAUTH_HOPS ({OAUTH_HOPS}) redirects"
+        raise LookupError(msg)
+    tokens = await http.post(
+        endpoints["token_endpoint"],
+        data={
+            "grant_type": "authorization_code",
+            "code": answer["code"][0],
+            "code_verifier": verifier,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "resource": ready["mcp_url"],
+        },
+    )
+    tokens.raise_for_status()
+    token: str = tokens.json()["access_token"]
+    return token

@@ -21,21 +21,27 @@ LEVELS = (1, 8, 32, 128)
 WARM_UP = 0.5  # seconds of load before the measured points, at two clients
 
 
-def _measure(
+def measure(
     start: Callable[[], contextlib.AbstractContextManager[Server]],
     levels: tuple[int, ...],
     duration: float,
+    check: Callable[[Server, list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The warm-up, then one point per level; with ``check``, its result (from the server and
+    every point, warm-up first, before the server stops) under ``"check"``."""
     try:
         with start() as server:
             load = functools.partial(
                 run_load, "127.0.0.1", server.port, token=server.token, path=server.path
             )
-            trio.run(load, 2, WARM_UP)
+            warm = trio.run(load, 2, WARM_UP).as_dict()
             points = [trio.run(load, w, duration).as_dict() for w in levels]
+            out: dict[str, Any] = {"available": True, "points": points}
+            if check is not None:
+                out["check"] = check(server, [warm, *points])
     except Unavailable as exc:
         return {"available": False, "reason": str(exc)}
-    return {"available": True, "points": points}
+    return out
 
 
 def run(
@@ -44,8 +50,8 @@ def run(
     """Both servers at every level for ``duration`` seconds per point."""
     with generator_pinned() as core:
         servers = {
-            "mcp-sdk": _measure(lambda: peer(replies=peer_replies), levels, duration),
-            "steward": _measure(steward, levels, duration),
+            "mcp-sdk": measure(lambda: peer(replies=peer_replies), levels, duration),
+            "steward": measure(steward, levels, duration),
         }
     out: dict[str, Any] = {
         "benchmark": "tool-calls",

@@ -45,7 +45,8 @@ class StewardProcess:
 
     ``folder`` holds the data folder, the ready file, the log and the configuration file (written
     from ``config`` when it is not empty); ``launcher`` prefixes the command (``taskset -c 0``);
-    ``env`` is added to this process's environment. ``start()`` may be called again after
+    ``env`` is added to this process's environment; ``module`` is what ``python -m`` runs (a
+    benchmark's node takes the same command line). ``start()`` may be called again after
     ``stop()`` or ``kill()``: the node comes back on the same data folder.
     """
 
@@ -56,6 +57,7 @@ class StewardProcess:
     launcher: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, Any] = attrs.field(factory=dict)
+    module: str = "server._cli"
 
     @property
     def ready_path(self) -> Path:
@@ -77,7 +79,7 @@ class StewardProcess:
             *self.launcher,
             sys.executable,
             "-m",
-            "server._cli",
+            self.module,
             *(("--config", str(self.folder / "steward.toml")) if self.config else ()),
             "serve",
             "--data-dir",
@@ -143,6 +145,7 @@ def steward_serve(
     env: Mapping[str, str] | None = None,
     launcher: Sequence[str] = (),
     folder: Path | None = None,
+    module: str = "server._cli",
 ) -> Iterator[StewardProcess]:
     """A started ``steward serve [args]``, stopped at the end of the block. Without ``folder`` a
     fresh temporary one is used and removed afterwards; a given folder is kept."""
@@ -150,7 +153,7 @@ def steward_serve(
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="stw-serve-"))
         os.chmod(folder, 0o755)  # the embedded PostgreSQL may run as another user
-    server = StewardProcess(folder, args, config, env or {}, launcher)
+    server = StewardProcess(folder, args, config, env or {}, launcher, module=module)
     try:
         server.start()
         yield server
