@@ -1,5 +1,5 @@
 """Results: the per-benchmark summary line, ``latest.json`` merged per benchmark, the markdown
-table ``latest.md``, and PNG plots when matplotlib is importable (it is not a dependency)."""
+table ``latest.md``, and PNG plots (matplotlib, a dev dependency, with the Agg backend)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def _server_tables(name: str, servers: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    if name == "memory-streams":
+    points = [p for m in servers.values() for p in m.get("points", [])]
+    if points and "streams" in points[0]:  # idle-streams (formerly memory-streams)
         header = [
             "| server | streams | RSS kB | kB per stream | kB per session + stream | failures |",
             "|---|---|---|---|---|---|",
@@ -130,13 +131,13 @@ def plots(results: dict[str, Any], folder: Path) -> list[str]:
     try:
         matplotlib = importlib.import_module("matplotlib")
     except ImportError:
-        return ["no plots: matplotlib is not installed (it is not a dependency)"]
+        return ["no plots: matplotlib is not installed (pip install -e '.[dev]')"]
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
     written = []
     charts = {
         "tool-calls": ("workers", "calls_per_s", "concurrent clients", "tool calls/s"),
-        "memory-streams": ("streams", "rss_kb", "idle GET SSE streams", "server RSS (kB)"),
+        "idle-streams": ("streams", "rss_kb", "idle GET SSE streams", "server RSS (kB)"),
     }
     for name, (x, y, x_label, y_label) in charts.items():
         servers = results.get(name, {}).get("servers", {})
