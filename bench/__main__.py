@@ -19,22 +19,29 @@ from bench._report import record, summary
 
 NAMES = (
     "tool-calls",
-    "memory-streams",
+    "session-churn",
+    "idle-streams",
+    "revocation-fanout",
+    "refresh-storm",
     "runtime",
     "group-commit",
     "scale-out",
     "restart-recovery",
     "wire-types",
 )
+ALIASES = {"memory-streams": "idle-streams"}  # the earlier name of idle-streams
 
 
 def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, Any]]]:
     from bench import (
         group_commit,
-        memory_streams,
+        idle_streams,
+        refresh_storm,
         restart_recovery,
+        revocation_fanout,
         runtime_bench,
         scale_out,
+        session_churn,
         tool_calls,
         wire_types,
     )
@@ -42,9 +49,14 @@ def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, An
     duration = 1.0 if quick else 5.0
     return {
         "tool-calls": lambda: tool_calls.run(duration=duration, peer_replies=peer_replies),
-        "memory-streams": lambda: memory_streams.run(
-            levels=memory_streams.QUICK_LEVELS if quick else memory_streams.LEVELS
+        "session-churn": lambda: session_churn.run(
+            levels=session_churn.QUICK_LEVELS if quick else session_churn.LEVELS, duration=duration
         ),
+        "idle-streams": lambda: idle_streams.run(
+            levels=idle_streams.QUICK_LEVELS if quick else idle_streams.LEVELS
+        ),
+        "revocation-fanout": lambda: revocation_fanout.run(quick=quick),
+        "refresh-storm": lambda: refresh_storm.run(quick=quick),
         "runtime": lambda: runtime_bench.run(quick=quick),
         "group-commit": lambda: group_commit.run(duration=duration),
         "scale-out": lambda: scale_out.run(duration=duration),
@@ -55,7 +67,7 @@ def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("name", choices=[*NAMES, "all"])
+    parser.add_argument("name", choices=[*NAMES, *ALIASES, "all"])
     parser.add_argument("--quick", action="store_true", help="~1 s points, fewer sessions")
     parser.add_argument(
         "--peer-replies",
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     runs = _runs(args.quick, args.peer_replies)
-    names = list(runs) if args.name == "all" else [args.name]
+    names = list(runs) if args.name == "all" else [ALIASES.get(args.name, args.name)]
     summaries = []
     notes: list[str] = []
     for name in names:

@@ -8,13 +8,16 @@ import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from bench import idle_streams, refresh_storm, revocation_fanout, session_churn
 from bench._loadgen import Connection, exchange, run_load
+from bench._report import plots
 from bench._servers import obtain_token, peer
 from tests.harness._steward import running_node
 
@@ -159,3 +162,65 @@ async def test_the_generator_completes_sessions_against_steward_with_a_token_fro
         unsigned = await run_load("127.0.0.1", port, 1, 0.05)
         assert unsigned.sessions == 0 and unsigned.errors > 0
         assert any("401" in kind for kind in unsigned.error_kinds), unsigned.error_kinds
+
+
+# -- the benchmarks themselves, end to end at tiny sizes: they run and their checks hold ---------------
+
+
+def test_session_churn_records_every_steward_session_and_compares_both_peer_modes() -> None:
+    result = session_churn.run(levels=(2,), duration=0.3)
+
+    for name in ("mcp-sdk", "mcp-sdk-json", "steward"):
+        point = result["servers"][name]["points"][0]
+        assert point["errors"] == 0, (name, point["error_kinds"])
+        assert point["sessions"] > 0
+    check = result["servers"]["steward"]["check"]
+    assert check["all_recorded"], check
+    assert check["rows_recorded"] == check["sessions_opened"] > 0
+    for key in ("sessions_per_s_vs_peer", "calls_per_s_vs_peer", "sessions_per_s_vs_peer_json"):
+        assert isinstance(result["ratios"][key], float), key
+
+
+def test_idle_streams_measures_every_server_and_reports_the_ratio() -> None:
+    result = idle_streams.run(levels=(4,), settle=0.2)
+
+    for prefix in ("steward", "peer", "peer_json"):
+        assert result["figures"][f"{prefix}_streams"] == 4
+        assert result["figures"][f"{prefix}_stream_failures"] == 0
+    assert isinstance(result["ratios"]["rss_per_stream_vs_peer"], float)
+    assert result["fd_limit"] >= 4 * idle_streams.FDS_PER_STREAM
+
+
+def test_revocation_fanout_ends_every_stream_of_the_user_session_with_an_error() -> None:
+    result = revocation_fanout.run(streams=5, rounds=2)
+
+    rounds = result["servers"]["steward"]["rounds"]
+    assert [(r["streams"], r["ended_with_error"]) for r in rounds] == [(5, 5), (5, 5)]
+    assert result["figures"]["all_streams_ended_with_error"] is True
+    assert result["figures"]["revocation_p99_ms_5"] is not None
+    assert result["ratios"] == {} and "no user revocation" in result["peer"]
+
+
+def test_refresh_storm_refreshes_each_session_once() -> None:
+    result = refresh_storm.run(sessions=5, lead=1.0, settle=0.5)
+
+    figures = result["figures"]
+    assert figures["idp_refresh_calls"] == 5
+    assert figures["sessions_refreshed_once"] == 5
+    assert figures["sessions_not_refreshed"] == figures["sessions_refreshed_more_than_once"] == 0
+    assert figures["refresh_errors"] == 0
+
+
+def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> None:
+    points = {"points": [{"workers": 1, "calls_per_s": 10.0}, {"workers": 8, "calls_per_s": 50.0}]}
+    streams = {"points": [{"streams": 100, "rss_kb": 1000}, {"streams": 200, "rss_kb": 1500}]}
+    results = {
+        "tool-calls": {"servers": {"steward": points, "mcp-sdk": points}},
+        "idle-streams": {"servers": {"steward": streams}},
+    }
+
+    written = plots(results, tmp_path)
+
+    assert sorted(Path(p).name for p in written) == ["idle-streams.png", "tool-calls.png"]
+    for p in written:
+        assert Path(p).read_bytes().startswith(b"\x89PNG")

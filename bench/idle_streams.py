@@ -1,4 +1,4 @@
-"""memory-streams: the server's resident memory per idle GET SSE stream.
+"""idle-streams (formerly memory-streams): the server's resident memory per idle SSE stream.
 
 For each level N (cumulative), sessions are created until there are N, the server's RSS is read
 from /proc/PID/status, then one idle ``GET`` SSE stream is opened on each new session (its own
@@ -12,6 +12,8 @@ are spread over users, STREAMS_PER_USER each; the peer's sessions carry no token
 from __future__ import annotations
 
 import contextlib
+import functools
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,14 +26,15 @@ from bench._servers import (
     Server,
     Unavailable,
     generator_pinned,
-    obtain_token,
+    obtain_tokens,
     peer,
     rss_kb,
     steward,
 )
 
-LEVELS = (500, 1000, 2000)
+LEVELS = (1000, 10_000)
 QUICK_LEVELS = (100, 200)
+FDS_PER_STREAM = 2  # the generator's socket and the server's (the servers inherit the limit)
 OPENERS = 16  # sessions and streams being opened at once
 SETTLE = 1.0  # seconds between the last open and reading the RSS
 STREAMS_PER_USER = 50  # below Steward's max_connections (64 streams per user session)
@@ -62,10 +65,10 @@ async def _tokens(server: Server, n: int) -> list[str | None]:
     if server.token is None:
         return [None] * n
     users = -(-n // STREAMS_PER_USER)
-    tokens: list[str | None] = [server.token]
-    for i in range(1, users):
-        token = await trio.to_thread.run_sync(obtain_token, server.ready, f"streams{i}")
-        tokens.append(token)
+    others = await obtain_tokens(
+        server.ready, [f"streams{i}" for i in range(1, users)], concurrency=OPENERS
+    )
+    tokens: list[str | None] = [server.token, *others]
     return [tokens[i // STREAMS_PER_USER] for i in range(n)]
 
 
@@ -108,9 +111,9 @@ async def _open_streams(
     return failures
 
 
-async def _measure_async(server: Server, levels: tuple[int, ...]) -> dict[str, Any]:
+async def _measure_async(server: Server, levels: tuple[int, ...], settle: float) -> dict[str, Any]:
     held: list[Connection] = []
-    await trio.sleep(SETTLE)
+    await trio.sleep(settle)
     baseline = rss_kb(server.pid)
     points = []
     previous = 0
@@ -119,14 +122,15 @@ async def _measure_async(server: Server, levels: tuple[int, ...]) -> dict[str, A
         for level in levels:
             added = level - previous
             sessions = await _sessions(server, tokens[previous:level])
-            await trio.sleep(SETTLE)
+            await trio.sleep(settle)
             rss_sessions = rss_kb(server.pid)
             failures = await _open_streams(server, sessions, held)
-            await trio.sleep(SETTLE)
+            await trio.sleep(settle)
             rss_streams = rss_kb(server.pid)
             opened = added - sum(failures.values())
             points.append(
                 {
+                    "level": level,
                     "streams": len(held),
                     "stream_failures": sum(failures.values()),
                     "failure_kinds": failures,
@@ -148,24 +152,48 @@ async def _measure_async(server: Server, levels: tuple[int, ...]) -> dict[str, A
 
 
 def _measure(
-    start: Callable[[], contextlib.AbstractContextManager[Server]], levels: tuple[int, ...]
+    start: Callable[[], contextlib.AbstractContextManager[Server]],
+    levels: tuple[int, ...],
+    settle: float,
 ) -> dict[str, Any]:
     try:
         with start() as server:
             started = time.monotonic()
-            result = trio.run(_measure_async, server, levels)
+            result = trio.run(_measure_async, server, levels, settle)
             result["seconds"] = round(time.monotonic() - started, 1)
             return result
     except Unavailable as exc:
         return {"available": False, "reason": str(exc)}
 
 
-def run(*, levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's open-file limit (inherited by the servers it starts) towards
+    ``needed``, up to the hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+PREFIXES = {"steward": "steward", "mcp-sdk": "peer", "mcp-sdk-json": "peer_json"}
+
+
+def run(*, levels: tuple[int, ...] = LEVELS, settle: float = SETTLE) -> dict[str, Any]:
+    """The peer (default, then ``json_response=True``) and Steward at every level."""
+    fd_limit = raise_fd_limit(max(levels) * FDS_PER_STREAM + 1024)
     with generator_pinned() as core:
-        servers = {"mcp-sdk": _measure(peer, levels), "steward": _measure(steward, levels)}
+        servers = {
+            "mcp-sdk": _measure(peer, levels, settle),
+            "mcp-sdk-json": _measure(functools.partial(peer, replies="json"), levels, settle),
+            "steward": _measure(steward, levels, settle),
+        }
     figures: dict[str, Any] = {}
-    for name, prefix in (("steward", "steward"), ("mcp-sdk", "peer")):
+    for name, prefix in PREFIXES.items():
         points = servers[name].get("points") or []
+        for p in points:
+            figures[f"{prefix}_kb_per_stream_{p['level']}"] = p["kb_per_stream"]
+            figures[f"{prefix}_rss_mb_{p['level']}"] = round(p["rss_kb"] / 1024, 1)
         if points:
             last = points[-1]
             figures[f"{prefix}_streams"] = last["streams"]
@@ -173,12 +201,24 @@ def run(*, levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
             figures[f"{prefix}_kb_per_session_and_stream"] = last["kb_per_session_and_stream"]
             figures[f"{prefix}_stream_failures"] = sum(p["stream_failures"] for p in points)
     ratios: dict[str, float | None] = {}
-    for key in ("kb_per_stream", "kb_per_session_and_stream"):
-        a, b = figures.get(f"steward_{key}"), figures.get(f"peer_{key}")
-        ratios[key] = round(a / b, 2) if a is not None and b else None
+    for key, ratio in (
+        ("kb_per_stream", "rss_per_stream"),
+        ("kb_per_session_and_stream", "rss_per_session_and_stream"),
+    ):
+        for suffix in ("", "_json"):
+            a, b = figures.get(f"steward_{key}"), figures.get(f"peer{suffix}_{key}")
+            ratios[f"{ratio}_vs_peer{suffix}"] = round(a / b, 2) if a is not None and b else None
+    for level in levels:
+        a, b = (
+            figures.get(f"steward_kb_per_stream_{level}"),
+            figures.get(f"peer_kb_per_stream_{level}"),
+        )
+        ratios[f"rss_per_stream_vs_peer_{level}"] = round(a / b, 2) if a is not None and b else None
     out: dict[str, Any] = {
-        "benchmark": "memory-streams",
+        "benchmark": "idle-streams",
         "levels": list(levels),
+        "fd_limit": fd_limit,
+        "goal": "rss_per_stream_vs_peer <= 0.5",
         "server_core": SERVER_CORE if core is not None else None,
         "generator_core": core,
         "servers": servers,

@@ -1,0 +1,111 @@
+"""session-churn: whole sessions per second with concurrent clients, every one durably recorded.
+
+A session is initialize -> notifications/initialized -> 10 x tools/call echo -> DELETE
+(docs/benchmarks.md). The SDK peer in its default configuration (SSE replies), the peer with
+``json_response=True`` and Steward run in turn in one run, each pinned to core 0, with the same
+generator pinned to core 1. While Steward still runs, its PostgreSQL is asked how many transport
+sessions were recorded and how many were ended: both must equal what the generator counted
+(initialize answered, DELETE answered), or the run says how many are missing. Ratios are Steward
+over the peer at ``HEADLINE`` clients; every level's ratios are reported too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import asyncpg
+
+from bench._servers import SERVER_CORE, Server, generator_pinned, peer, steward
+from bench.tool_calls import measure
+
+LEVELS = (8, 32, 128)
+QUICK_LEVELS = (32,)
+HEADLINE = 32  # clients: the level the headline ratios are taken at (declared before measuring)
+PEERS = {"mcp-sdk": "sse", "mcp-sdk-json": "json"}
+
+
+async def _count(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS recorded, count(ended_at) AS ended FROM transport_sessions"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row["recorded"]), int(row["ended"])
+
+
+def durable_rows(server: Server, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steward's transport-session rows against the generator's counts (every point and the
+    warm-up)."""
+    recorded, ended = asyncio.run(_count(server.ready["dsn"]))
+    opened = sum(p["sessions_opened"] for p in points)
+    finished = sum(p["sessions"] for p in points)
+    return {
+        "rows_recorded": recorded,
+        "rows_ended": ended,
+        "sessions_opened": opened,
+        "sessions_finished": finished,
+        "all_recorded": recorded == opened and ended == finished,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def run(*, levels: tuple[int, ...] = LEVELS, duration: float = 5.0) -> dict[str, Any]:
+    """The peer (both reply modes) and Steward at every level for ``duration`` s per point."""
+    with generator_pinned() as core:
+        servers = {
+            name: measure(functools.partial(peer, replies=mode), levels, duration)
+            for name, mode in PEERS.items()
+        }
+        servers["steward"] = measure(
+            lambda: steward(node_options=[]), levels, duration, durable_rows
+        )
+    figures: dict[str, Any] = {}
+    for name, measured in servers.items():
+        prefix = {"steward": "steward", "mcp-sdk": "peer", "mcp-sdk-json": "peer_json"}[name]
+        for p in measured.get("points", []):
+            w = p["workers"]
+            for key in ("sessions_per_s", "calls_per_s", "call_p50_ms", "call_p99_ms", "errors"):
+                figures[f"{prefix}_{key}_w{w}"] = p[key]
+            figures[f"{prefix}_generator_cpu_w{w}"] = p["generator_cpu_fraction"]
+    check = servers["steward"].get("check")
+    if check is not None:
+        figures["steward_rows_recorded"] = check["rows_recorded"]
+        figures["steward_sessions_opened"] = check["sessions_opened"]
+        figures["steward_rows_ended"] = check["rows_ended"]
+        figures["steward_sessions_finished"] = check["sessions_finished"]
+        figures["steward_all_sessions_recorded"] = check["all_recorded"]
+    ratios: dict[str, float | None] = {}
+    head = HEADLINE if HEADLINE in levels else levels[-1]
+    for w in levels:
+        for key in ("sessions_per_s", "calls_per_s", "call_p99_ms"):
+            for suffix, peer_prefix in (("", "peer"), ("_json", "peer_json")):
+                ratio = _ratio(
+                    figures.get(f"steward_{key}_w{w}"), figures.get(f"{peer_prefix}_{key}_w{w}")
+                )
+                ratios[f"{key}_w{w}_vs_peer{suffix}"] = ratio
+                if w == head:
+                    ratios[f"{key}_vs_peer{suffix}"] = ratio
+    out: dict[str, Any] = {
+        "benchmark": "session-churn",
+        "duration_per_point_s": duration,
+        "levels": list(levels),
+        "headline_clients": head,
+        "server_core": SERVER_CORE if core is not None else None,
+        "generator_core": core,
+        "servers": servers,
+        "figures": figures,
+        "ratios": dict(sorted(ratios.items(), key=lambda kv: (kv[0].count("_w"), kv[0]))),
+        "goal": "sessions_per_s_vs_peer >= 1.5",
+    }
+    unavailable = {n: s["reason"] for n, s in servers.items() if not s["available"]}
+    if unavailable:
+        out["unavailable"] = unavailable
+    return out
