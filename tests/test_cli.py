@@ -306,3 +306,28 @@ async def test_sessions_end_for_a_user_ends_each_of_their_sessions_with_progress
             ("alice", "ended"),
             ("bob", "active"),
         ]
+
+
+async def test_the_readme_sdk_client_signs_in_through_the_development_idp_and_calls_tools(
+    fresh_db: str,
+) -> None:
+    import trio
+
+    from tests.harness._steward import running_node
+
+    async with running_node(fresh_db) as node:
+        command = [sys.executable, "-m", "examples.sdk_client", node.info.mcp_url, "--user", "bob"]
+        out = await trio.to_thread.run_sync(
+            lambda: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        )
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("whoami → {'user': ") and "'tier': 'pro'" in lines[0]
+        assert lines[1] == "echo → hello from the SDK client"
+        assert (
+            await node.store.fetchval(
+                "SELECT count(*) FROM grants g JOIN oauth_clients c USING (client_id) "
+                "WHERE g.status = 'active' AND c.client_name = 'Steward quick start'"
+            )
+            == 1
+        )
