@@ -4,11 +4,17 @@ client resumes with a fresh token. Each stream keeps its own opening token's dea
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
+import httpx2
 import trio
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.test_sdk_oauth import Browser, Storage, sdk_provider
 
 
 async def test_a_stream_whose_opening_token_expired_ends_with_a_reconnect_hint_and_no_other(
@@ -68,3 +74,52 @@ async def test_a_stream_whose_opening_token_expired_ends_with_a_reconnect_hint_a
         await node.store.write()
         closed = "SELECT count(*) FROM connections WHERE close_reason = 'token_expired'"
         assert psql(fresh_db, closed) == "2"
+
+
+async def test_the_sdk_client_reconnects_its_get_stream_with_a_fresh_token(fresh_db: str) -> None:
+    """The official SDK client: its GET stream ends with the reconnect hint, it reconnects after
+    the hinted ``retry`` with Last-Event-ID and a refreshed token, and notifications reach it on
+    the new stream."""
+    async with running_node(
+        fresh_db, access_token_ttl=2.0, refresh_grace=0.0, stream_token_grace=0.5
+    ) as node:
+        browser, storage = Browser(node, "bob"), Storage()
+        send, received = trio.open_memory_channel[Any](16)
+
+        async def on_message(message: Any) -> None:
+            if not isinstance(message, Exception):
+                send.send_nowait(message)
+
+        async with (
+            httpx2.AsyncClient(auth=sdk_provider(node, browser, storage), timeout=30) as http,
+            streamable_http_client(f"{node.info.listen_url}/mcp", http_client=http) as (
+                read,
+                write,
+                *_,
+            ),
+            ClientSession(read, write, message_handler=on_message) as session,
+        ):
+            await session.initialize()
+            assert storage.tokens is not None
+            opened_with = storage.tokens.access_token
+            with trio.fail_after(10):
+                while not node.mcp.get_streams:
+                    await trio.sleep(0.02)
+            (first,) = node.mcp.get_streams.values()
+            with trio.fail_after(10):  # the hint ends it, the client comes back on its own
+                while (
+                    first.closed_reason is None
+                    or not node.mcp.get_streams
+                    or first in node.mcp.get_streams.values()
+                ):
+                    await trio.sleep(0.02)
+            assert first.closed_reason == "token_expired"
+            assert storage.tokens.access_token != opened_with  # it refreshed before reconnecting
+            hint = await received.receive()  # the SDK hands the hint to the application
+            assert isinstance(hint, types.LoggingMessageNotification)
+            assert hint.params.data["error"] == "token_expired"
+            assert node.mcp.notify_list_changed("tools") == 1
+            with trio.fail_after(5):
+                note = await received.receive()
+            assert isinstance(note, types.ToolListChangedNotification)
+            assert browser.sign_ins == 1
