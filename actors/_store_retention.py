@@ -36,6 +36,15 @@ RETENTION_RULES: tuple[RetentionRule, ...] = (
     RetentionRule("usage_rollups", "minute < now() - interval '90 days'"),
     RetentionRule("auth_events", "occurred_at < now() - interval '90 days'"),
     RetentionRule("cluster_events", "created_at < now() - interval '1 hour'"),
+    RetentionRule("outbox", "created_at < now() - interval '1 hour'"),
+    RetentionRule(  # a subscription outlives neither its transport session nor its listen stream
+        "resource_subscriptions",
+        "created_at < now() - interval '1 minute' AND NOT EXISTS ("
+        "SELECT 1 FROM transport_sessions t WHERE t.ended_at IS NULL "
+        "AND resource_subscriptions.target = 'session:' || t.session_id) AND NOT EXISTS ("
+        "SELECT 1 FROM connections c WHERE c.closed_at IS NULL "
+        "AND resource_subscriptions.target = 'listen:' || c.connection_id::text)",
+    ),
     RetentionRule("nodes", "status = 'dead' AND heartbeat_at < now() - interval '7 days'"),
     RetentionRule("store_applied_ops", "applied_at < now() - interval '7 days'"),
     RetentionRule("authorization_requests", "expires_at < now()"),

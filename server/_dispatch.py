@@ -119,7 +119,7 @@ class Dispatcher:
         self,
         app: Steward,
         *,
-        on_subscribe: Callable[[str | None, str, bool], None] | None = None,
+        on_subscribe: Callable[[str | None, str, bool], Awaitable[None]] | None = None,
         on_log_level: Callable[[str | None, str], None] | None = None,
     ) -> None:
         self.app = app
@@ -291,7 +291,7 @@ class Dispatcher:
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, "uri must be a string")
         if self.on_subscribe is not None:
-            self.on_subscribe(user.session_id, uri, True)
+            await self.on_subscribe(user.session_id, uri, True)
         return {}
 
     async def _unsubscribe(
@@ -301,7 +301,7 @@ class Dispatcher:
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, "uri must be a string")
         if self.on_subscribe is not None:
-            self.on_subscribe(user.session_id, uri, False)
+            await self.on_subscribe(user.session_id, uri, False)
         return {}
 
     async def _prompts_list(

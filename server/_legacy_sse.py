@@ -13,7 +13,13 @@ from typing import Any
 import structlog
 
 from actors import StoreUnavailable
-from actors._sessions import AuthenticationRequiredError, StreamEvent
+from actors._sessions import (
+    AuthenticationRequiredError,
+    Connection,
+    StreamEvent,
+    TransportSession,
+    UserSession,
+)
 from server._dispatch import ScopeRequired
 from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
@@ -61,6 +67,9 @@ class LegacySse:
             session, "legacy_sse", session_id, token_expires_at=principal.expires_at
         )
         self.mcp.legacy_streams[session_id] = conn
+        # the stream's row is committed before the client learns where to POST: a POST that
+        # reaches another node finds this one through it (server/_relay.py)
+        await self.mcp.store.write()
         endpoint = f"{self.messages_path}?session_id={session_id}"
         conn.send_nowait(StreamEvent(event="endpoint", text=endpoint))
         try:
@@ -70,18 +79,39 @@ class LegacySse:
                 del self.mcp.legacy_streams[session_id]
             self.mcp.log_levels.pop(session_id, None)
 
+    def _stream_of(self, session_id: str) -> Connection | None:
+        conn = self.mcp.legacy_streams.get(session_id)
+        return conn if conn is not None and conn.closed_reason is None else None
+
     async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal, session = await self.mcp.authenticate(scope)
         session_id = query(scope).get("session_id", "")
         ts = await self.mcp.transport(principal, session_id)
-        conn = self.mcp.legacy_streams.get(ts.session_id)
-        if conn is None or conn.closed_reason is not None:
-            raise rpc_reply(404, None, INVALID_REQUEST, "Session not found (its stream is closed)")
         message = await self.mcp.read_message(receive)
-        await send_response(send, 202, b"", b"application/json")
+        relay = self.mcp.relay
+        if self._stream_of(ts.session_id) is None and relay is not None:
+            # the stream is held by another node: the message is handled there
+            forward = {"kind": "legacy", "session_id": ts.session_id, "message": message}
+            try:
+                if await relay.forward_to_stream(ts.session_id, principal, forward, send):
+                    return
+            except StoreUnavailable:
+                body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
+                raise Reply(503, body, [(b"retry-after", b"5")]) from None
+        await self.handle(session, ts, message, send)
+
+    async def handle(
+        self, session: UserSession, ts: TransportSession, message: dict[str, Any], send: Send
+    ) -> None:
+        """One POSTed message for a stream this node holds: 202, and its reply on the stream."""
+        conn = self._stream_of(ts.session_id)
+        if conn is None:
+            raise rpc_reply(404, None, INVALID_REQUEST, "Session not found (its stream is closed)")
         if "method" not in message or "id" not in message:
-            self.mcp.client_message(ts.session_id, message)
+            await self.mcp.client_message(ts.session_id, message)
+            await send_response(send, 202, b"", b"application/json")
             return
+        await send_response(send, 202, b"", b"application/json")
         request_id, method = message["id"], message["method"]
         params: dict[str, Any] = message["params"]
         if method == "initialize":

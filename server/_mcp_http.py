@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -59,6 +60,7 @@ from server._http import (
 )
 from server._jsonrpc import (
     HEADER_MISMATCH,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -76,6 +78,9 @@ from server._jsonrpc import (
 )
 from server._oauth import AuthError, ResourceServer
 from server._sse import SSE_HEADERS, encode_event
+
+if TYPE_CHECKING:
+    from server._relay import Relay
 
 __all__ = ["McpHttp", "McpHttpStatistics"]
 
@@ -459,6 +464,8 @@ class McpHttp:
         self.listeners: dict[Connection, dict[str, Any]] = {}  # 2026 listen streams, filters
         self.subscriptions: dict[str, set[str]] = {}  # uri -> transport sessions
         self.log_levels: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.held: dict[Connection, list[StreamEvent]] = {}  # see hold()
+        self.relay: Relay | None = None  # cross-node delivery, set by the node (server/_relay.py)
         dispatcher.on_subscribe = self._on_subscribe
         dispatcher.on_log_level = self._on_log_level
         dispatcher.app.watch(self.notify_list_changed)
@@ -478,7 +485,8 @@ class McpHttp:
         if len(self.parked) >= self.max_pending:
             msg = f"too many requests awaiting input (max_pending={self.max_pending})"
             raise RpcError(INVALID_REQUEST, msg)
-        state = secrets.token_urlsafe(16)
+        # names its node: a retry that reaches another node is forwarded here (server/_relay.py)
+        state = f"{secrets.token_urlsafe(16)}.{self.sessions.node_id}"
         self.parked[state] = exchange
         return state
 
@@ -519,14 +527,45 @@ class McpHttp:
             self.store_event(
                 conn.session_id, stream, int(seq), conn.session.context.user_id, message
             )
-        conn.send_nowait(
-            StreamEvent(
-                message,
-                event_id=None if conn.kind == "legacy_sse" else event_id,
-                event="message" if conn.kind == "legacy_sse" else None,
-                final=final,
-            )
+        self.send_event(conn, message, event_id, final=final)
+
+    def send_event(
+        self, conn: Connection, message: dict[str, Any], event_id: str, *, final: bool = False
+    ) -> None:
+        """Queue an event whose id is assigned; while the relay claims messages for ``conn``,
+        later events wait behind the claimed ones so that ids reach the client in order."""
+        event = self.stream_event(conn, message, event_id, final=final)
+        held = self.held.get(conn)
+        if held is not None:
+            held.append(event)
+        else:
+            conn.send_nowait(event)
+
+    @staticmethod
+    def stream_event(
+        conn: Connection, message: dict[str, Any], event_id: str, *, final: bool = False
+    ) -> StreamEvent:
+        legacy = conn.kind == "legacy_sse"
+        return StreamEvent(
+            message,
+            event_id=None if legacy else event_id,
+            event="message" if legacy else None,
+            final=final,
         )
+
+    @contextlib.contextmanager
+    def hold(self, conns: Iterable[Connection]) -> Iterator[list[Connection]]:
+        """Hold back new events on ``conns`` (those not held already) until the block ends; the
+        block sends its own first."""
+        mine = [c for c in conns if c not in self.held]
+        for conn in mine:
+            self.held[conn] = []
+        try:
+            yield mine
+        finally:
+            for conn in mine:
+                for event in self.held.pop(conn):
+                    conn.send_nowait(event)
 
     def _remember(self, table: collections.OrderedDict[str, str], key: str, value: str) -> None:
         table[key] = value
@@ -534,13 +573,32 @@ class McpHttp:
         while len(table) > self.max_remembered:
             table.popitem(last=False)
 
-    def _on_subscribe(self, session_id: str | None, uri: str, on: bool) -> None:
+    async def _on_subscribe(self, session_id: str | None, uri: str, on: bool) -> None:
+        """(Un)subscribe: here, and in a row that an update published on another node finds."""
         if session_id is None:
             return
-        subscribers = self.subscriptions.setdefault(uri, set())
+        target = f"session:{session_id}"
         if on:
-            subscribers.add(session_id)
+            self.subscriptions.setdefault(uri, set()).add(session_id)
+            op = Op(
+                "INSERT INTO resource_subscriptions (uri, target, user_id) SELECT $1, $2, user_id "
+                "FROM transport_sessions WHERE session_id = $3 ON CONFLICT DO NOTHING",
+                (uri, target, session_id),
+            )
         else:
+            self._unsubscribe_here(session_id, uri)
+            op = Op(
+                "DELETE FROM resource_subscriptions WHERE uri = $1 AND target = $2", (uri, target)
+            )
+        try:
+            await self.store.write(op)
+        except StoreUnavailable:
+            msg = "the database is unreachable; retry shortly"
+            raise RpcError(INTERNAL_ERROR, msg, {"retryable": True, "retryAfter": 5}) from None
+
+    def _unsubscribe_here(self, session_id: str, uri: str) -> None:
+        subscribers = self.subscriptions.get(uri)
+        if subscribers is not None:
             subscribers.discard(session_id)
             if not subscribers:
                 del self.subscriptions[uri]
@@ -561,20 +619,23 @@ class McpHttp:
         return conn if conn is not None and conn.closed_reason is None else None
 
     def notify_resource_updated(self, uri: str) -> int:
-        """Send notifications/resources/updated to each subscriber's stream on this node (one
-        stream per subscriber, MCP-R6); returns how many were sent."""
+        """Send notifications/resources/updated to each subscriber's stream (one stream per
+        subscriber, MCP-R6): at once to the streams on this node (their count is returned), and
+        through the outbox to every other subscriber, wherever its stream is or next opens."""
         message = notification("notifications/resources/updated", {"uri": uri})
-        sent = 0
+        done: list[str] = []
         for session_id in self.subscriptions.get(uri, ()):
             conn = self._session_stream(session_id)
             if conn is not None:
                 self.emit(conn, message)
-                sent += 1
+                done.append(f"session:{session_id}")
         for conn, wanted in self.listeners.items():
             if uri in (wanted.get("resourceSubscriptions") or ()):
                 self.emit(conn, _tagged(message, wanted["_id"]))
-                sent += 1
-        return sent
+                done.append(f"listen:{conn.id}")
+        if self.relay is not None:
+            self.relay.publish_to_subscribers(uri, message, exclude=done)
+        return len(done)
 
     def notify_list_changed(self, kind: str) -> int:
         """``notifications/{kind}/list_changed`` (tools, prompts, resources) to every session
@@ -716,19 +777,33 @@ class McpHttp:
         except InvalidMessage as exc:
             raise Reply(400, error_response(exc.request_id, exc)) from None
 
-    def client_message(self, key: str, message: dict[str, Any]) -> None:
-        """A response to a server request, or a notification (cancellation) from the client."""
+    async def client_message(self, key: str, message: dict[str, Any]) -> None:
+        """A response to a server request, or a notification (cancellation) from the client.
+
+        A response to a request this node did not send goes to the outbox: the node whose
+        handler awaits it claims it (server/_relay.py).
+        """
         if "method" not in message:
-            slot = self.pending.get(str(message.get("id")))
-            if slot is not None:
-                slot[1].update(message)
-                slot[0].set()
+            if not self.resolve(message) and self.relay is not None:
+                try:
+                    await self.relay.forward_reply(message)
+                except StoreUnavailable:
+                    raise _unavailable() from None
             return
         if message["method"] == "notifications/cancelled":
             exchange = self.inflight.get((key, message["params"].get("requestId")))
             if exchange is not None:
                 log.info("request_cancelled", request_id=str(exchange.request_id))
                 exchange.cancel_scope.cancel()
+
+    def resolve(self, message: dict[str, Any]) -> bool:
+        """Hand a client's response to the server request awaiting it here; False if none does."""
+        slot = self.pending.get(str(message.get("id")))
+        if slot is None:
+            return False
+        slot[1].update(message)
+        slot[0].set()
+        return True
 
     # -- the ASGI entry ------------------------------------------------------------------------------
 
@@ -789,7 +864,7 @@ class McpHttp:
             msg = f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_2025)}"
             raise rpc_reply(400, request_id, INVALID_REQUEST, msg)
         if method is None or "id" not in message:
-            self.client_message(ts.session_id, message)
+            await self.client_message(ts.session_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         await self.run_request(
@@ -931,30 +1006,33 @@ class McpHttp:
         status = 400 if isinstance(error, dict) and error.get("code") == MISSING_CAPABILITY else 200
         await send_json(send, status, final)
 
-    async def _continue(
+    async def retry(
         self,
-        scope: Scope,
+        state: Any,
+        grant_id: Any,
+        message: dict[str, Any],
         send: Send,
         receive: Receive,
-        session: UserSession,
-        message: dict[str, Any],
-        exchange: Exchange,
+        *,
+        stream_ok: bool,
     ) -> None:
-        """A 2026 retry carrying ``inputResponses``: the parked handler continues and its next
-        output answers this request."""
+        """A 2026 retry carrying ``inputResponses`` and a ``requestState`` parked on this node:
+        the parked handler continues and its next output answers this request."""
+        exchange = self.parked.get(state) if isinstance(state, str) else None
+        session = exchange.session if exchange is not None else None
+        if exchange is None or session is None or exchange.grant_id != grant_id:
+            msg = "requestState is not one this server issued to this caller, or it expired"
+            await send_json(
+                send, 200, error_response(message.get("id"), RpcError(INVALID_PARAMS, msg))
+            )
+            return
+        del self.parked[state]
+        exchange.state = None
         exchange.rebind(message["id"])
         exchange.answer(message["params"].get("inputResponses"))
         if exchange.asked:  # SEP-2322: re-request what is missing rather than fail
             exchange.ask_again()
-        accept = header(scope, b"accept") or ""
-        await self._answer(
-            send,
-            receive,
-            session,
-            exchange,
-            session.context,
-            stream_ok="text/event-stream" in accept,
-        )
+        await self._answer(send, receive, session, exchange, session.context, stream_ok=stream_ok)
 
     def _count(self, user: UserContext, method: str, request_id: Any) -> None:
         """The tier's limits, keyed by user (MCP-R19 aside, a reconnect resets nothing): the
@@ -1075,6 +1153,8 @@ class McpHttp:
         priming_id: str | None,
     ) -> None:
         self.get_streams[session_id] = conn
+        if self.relay is not None:  # what waited in the outbox for this session's stream
+            self.relay.wake(f"session:{session_id}")
         try:
             await self.pump(conn, send, receive, priming_id=priming_id)
         finally:
@@ -1147,7 +1227,10 @@ class McpHttp:
         if not ended:
             raise rpc_reply(404, None, INVALID_REQUEST, "Session not found")
         for uri in list(self.subscriptions):
-            self._on_subscribe(session_id, uri, False)
+            self._unsubscribe_here(session_id, uri)
+        self.store.write_nowait(
+            Op("DELETE FROM resource_subscriptions WHERE target = $1", (f"session:{session_id}",))
+        )
         self.log_levels.pop(session_id, None)
         await send_response(send, 204, b"", b"application/json")
 
@@ -1185,7 +1268,7 @@ class McpHttp:
             raise rpc_reply(400, request_id, INVALID_PARAMS, msg)
         method = message.get("method")
         if method is None:  # a response to a server request
-            self.client_message(f"grant:{principal.grant_id}", message)
+            await self.client_message(f"grant:{principal.grant_id}", message)
             await send_response(send, 202, b"", b"application/json")
             return
         sent_method = (header(scope, b"mcp-method") or "").strip() or None
@@ -1206,7 +1289,7 @@ class McpHttp:
             if problem is not None:
                 raise rpc_reply(400, request_id, HEADER_MISMATCH, problem)
         if "id" not in message:
-            self.client_message(f"grant:{principal.grant_id}", message)
+            await self.client_message(f"grant:{principal.grant_id}", message)
             await send_response(send, 202, b"", b"application/json")
             return
         if method == "server/discover":
@@ -1222,16 +1305,23 @@ class McpHttp:
             raise rpc_reply(404, request_id, METHOD_NOT_FOUND, f"method {method!r} not found")
         state = message["params"].get("requestState")
         if state is not None:
-            parked = self.parked.get(state) if isinstance(state, str) else None
-            if parked is None or parked.grant_id != principal.grant_id:
-                msg = "requestState is not one this server issued to this caller, or it expired"
-                await send_json(
-                    send, 200, error_response(request_id, RpcError(INVALID_PARAMS, msg))
-                )
-                return
-            del self.parked[state]
-            parked.state = None
-            await self._continue(scope, send, receive, session, message, parked)
+            stream_ok = "text/event-stream" in (header(scope, b"accept") or "")
+            owner = state.partition(".")[2] if isinstance(state, str) else ""
+            if owner and owner != self.sessions.node_id and self.relay is not None:
+                # the request awaiting this input is parked on another node: it continues there
+                forward = {
+                    "kind": "retry",
+                    "state": state,
+                    "grant_id": str(principal.grant_id),
+                    "message": message,
+                    "stream_ok": stream_ok,
+                }
+                try:
+                    if await self.relay.forward(owner, principal.user_id, forward, send, receive):
+                        return
+                except StoreUnavailable:
+                    raise _unavailable() from None
+            await self.retry(state, principal.grant_id, message, send, receive, stream_ok=stream_ok)
             return
         level = meta.get(META_LOG_LEVEL)
         await self.run_request(
@@ -1298,12 +1388,25 @@ class McpHttp:
             session, "listen", None, token_expires_at=principal.expires_at
         )
         self.listeners[conn] = {**honoured, "_id": message["id"]}
+        target = f"listen:{conn.id}"
+        if honoured.get("resourceSubscriptions"):  # found by updates published on other nodes
+            self.store.write_nowait(
+                Op(
+                    "INSERT INTO resource_subscriptions (uri, target, user_id) "
+                    "SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
+                    (honoured["resourceSubscriptions"], target, principal.user_id),
+                )
+            )
         ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}
         self.emit(conn, notification("notifications/subscriptions/acknowledged", ack))
         try:
             await self.pump(conn, send, receive, priming_id=None)
         finally:
             self.listeners.pop(conn, None)
+            if honoured.get("resourceSubscriptions"):
+                self.store.write_nowait(
+                    Op("DELETE FROM resource_subscriptions WHERE target = $1", (target,))
+                )
 
 
 def _header_value(raw: str) -> str | None:

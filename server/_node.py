@@ -7,6 +7,7 @@ root (one_for_one)
 ├── sessions     dynamic supervisor of user sessions
 ├── notifier     LISTEN/NOTIFY: other nodes' events
 ├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
+├── relay        the outbox: messages and requests for what another node holds
 ├── dev_user     dev_no_auth only: signs the development user in (server/_dev_auth.py)
 └── http         Hypercorn serving Steward: started last, stopped first
 """
@@ -55,6 +56,7 @@ from server._dispatch import Dispatcher
 from server._mcp_http import McpHttp
 from server._metrics import new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
+from server._relay import Relay
 
 __all__ = ["Node", "NodeInfo", "bind_socket", "open_keyring", "run_node"]
 
@@ -146,6 +148,7 @@ class Node:
     dev_idp: DevIdP | None
     notifier: Notifier
     janitor: Janitor
+    relay: Relay
     root: SupervisorHandle | None = None
     admin_token: str = attrs.field(default="", repr=False)
 
@@ -258,6 +261,7 @@ async def run_node(
         stream_token_grace=settings.stream_token_grace,
     )
     asgi = StewardAsgi(mcp, oauth)
+    relay = Relay(mcp, asgi.legacy, store, node_id=node_id)
     info = NodeInfo(
         node_id,
         base_url,
@@ -281,6 +285,7 @@ async def run_node(
         dev_idp,
         notifier,
         janitor,
+        relay,
     )
 
     node.asgi.metrics = new_registry(node, asgi.requests)
@@ -332,6 +337,7 @@ async def run_node(
         sessions.child_spec(),
         notifier.child_spec(),
         janitor.child_spec(),
+        relay.child_spec(),
     ]
     if settings.dev_no_auth:
         children.append(ChildSpec("dev_user", dev_user, start_grace=30.0))

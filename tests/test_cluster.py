@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import trio
 
+from examples.everything import WATCHED_URI
+from examples.everything import app as everything
+from server._node import Node
 from tests.harness._pg import psql
-from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._steward import McpClient, get_stream, running_node, sign_in, sse_stream
+from tests.test_mcp_transport import headers_2026, rpc_2026
 
 PUBLIC = "http://steward.test"
 # every node of a deployment shares the upstream-token encryption key
@@ -94,3 +101,192 @@ async def test_the_janitor_expires_sessions_reaps_stale_connections_and_dead_nod
         )
         again = await node.janitor.sweep()
         assert again["expired_sessions"] == again["dead_nodes"] == again["stale_connections"] == 0
+
+
+# -- cross-node delivery through the outbox (server/_relay.py) -------------------------------------
+
+
+@asynccontextmanager
+async def two_nodes(dsn: str) -> AsyncIterator[tuple[Node, Node, httpx.AsyncClient]]:
+    async with (
+        running_node(dsn, everything, public_url=PUBLIC, encryption_key=KEY) as a,
+        running_node(dsn, everything, public_url=PUBLIC, encryption_key=KEY) as b,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        yield a, b, http
+
+
+async def test_an_update_published_on_one_node_reaches_a_stream_on_another_exactly_once(
+    fresh_db: str,
+) -> None:
+    """Subscribed through node a, streaming from node b, updated on a: one event each time, also
+    when b's LISTEN connection was cut in between (b claims the row after reconnecting)."""
+    async with two_nodes(fresh_db) as (a, b, http):
+        tokens = await sign_in(http, a, "alice")
+        on_a = McpClient(http, a, tokens["access_token"])
+        await on_a.initialize()
+        await on_a.call("resources/subscribe", {"uri": WATCHED_URI})
+        on_b = McpClient(http, b, tokens["access_token"])
+        on_b.session_id = on_a.session_id
+        async with get_stream(on_b) as stream:
+            priming = await stream.next()
+            assert priming is not None
+            assert a.mcp.notify_resource_updated(WATCHED_URI) == 0  # no stream on a
+            with trio.fail_after(5):
+                first = await stream.next_message()
+            assert first is not None
+            assert first["data"]["params"] == {"uri": WATCHED_URI}
+            psql(
+                fresh_db,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%steward_outbox%'",
+            )
+            a.mcp.notify_resource_updated(WATCHED_URI)
+            with trio.fail_after(5):
+                second = await stream.next_message()
+            assert second is not None and second["data"]["method"].endswith("resources/updated")
+            with trio.move_on_after(0.5) as nothing_more:
+                await stream.next_message()
+            assert nothing_more.cancelled_caught
+        ids = [priming["id"], first["id"], second["id"]]
+        seqs = [int(i.rpartition(":")[2]) for i in ids]
+        assert len({i.rpartition(":")[0] for i in ids}) == 1 and seqs == sorted(set(seqs))
+        assert b.relay.statistics().reconnects >= 1
+        assert b.relay.statistics().delivered == 2
+        assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
+        # stored with the claim: resuming on a replays both, once
+        async with get_stream(on_a, **{"last-event-id": priming["id"]}) as resumed:
+            with trio.fail_after(5):
+                replayed = [await resumed.next(), await resumed.next()]
+        assert [e["id"] if e else None for e in replayed] == ids[1:]
+
+
+async def test_an_update_for_a_session_without_a_stream_waits_for_its_next_stream(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        tokens = await sign_in(http, a, "bob")
+        on_b = McpClient(http, b, tokens["access_token"])
+        await on_b.initialize()
+        await on_b.call("resources/subscribe", {"uri": WATCHED_URI})
+        assert a.mcp.notify_resource_updated(WATCHED_URI) == 0
+        await a.store.write()  # committed
+        assert psql(fresh_db, "SELECT count(*) FROM outbox") == "1"
+        async with get_stream(on_b) as stream:
+            with trio.fail_after(5):
+                event = await stream.next_message()
+            assert event is not None and event["data"]["params"] == {"uri": WATCHED_URI}
+        assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
+
+
+async def test_a_listen_stream_on_another_node_gets_the_update_tagged(fresh_db: str) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        token = (await sign_in(http, a, "carol"))["access_token"]
+        body = rpc_2026(
+            "subscriptions/listen", {"notifications": {"resourceSubscriptions": [WATCHED_URI]}}
+        )
+        url = f"{b.info.listen_url}/mcp"
+        headers = headers_2026(token, "subscriptions/listen")
+        async with sse_stream(http, "POST", url, json=body, headers=headers) as reader:
+            ack = await reader.next_message()
+            assert ack is not None
+            await b.store.write()  # the listen's subscription row is committed
+            a.mcp.notify_resource_updated(WATCHED_URI)
+            with trio.fail_after(5):
+                update = await reader.next_message()
+            assert update is not None and update["data"]["params"]["uri"] == WATCHED_URI
+            meta = update["data"]["params"]["_meta"]
+            assert meta == {"io.modelcontextprotocol/subscriptionId": body["id"]}
+
+
+async def test_a_clients_answer_posted_to_another_node_reaches_the_waiting_handler(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        tokens = await sign_in(http, a, "alice")
+        on_a = McpClient(http, a, tokens["access_token"])
+        await on_a.initialize()
+        on_b = McpClient(http, b, tokens["access_token"])
+        on_b.session_id = on_a.session_id
+        on_a._id = 100
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "test_sampling", "arguments": {"prompt": "hi"}},
+        }
+        async with sse_stream(http, "POST", on_a.url, json=call, headers=on_a.headers()) as reader:
+            with trio.fail_after(5):
+                asked = await reader.next_message()
+            assert asked is not None and asked["data"]["method"] == "sampling/createMessage"
+            answer = {
+                "jsonrpc": "2.0",
+                "id": asked["data"]["id"],
+                "result": {
+                    "role": "assistant",
+                    "content": {"type": "text", "text": "from b"},
+                    "model": "m",
+                },
+            }
+            r = await http.post(on_b.url, json=answer, headers=on_b.headers())
+            assert r.status_code == 202
+            with trio.fail_after(5):
+                result = await reader.next_message()
+            assert result is not None
+            assert result["data"]["result"]["content"][0]["text"] == "LLM response: from b"
+        assert a.relay.statistics().delivered == 1 and b.relay.statistics().delivered == 0
+
+
+async def test_a_2026_retry_reaching_another_node_continues_the_parked_request(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        token = (await sign_in(http, a, "carol"))["access_token"]
+        name = "test_input_required_result_elicitation"
+
+        async def call(node: Any, extra: dict[str, Any]) -> httpx.Response:
+            body = rpc_2026("tools/call", {"name": name, "arguments": {}, **extra})
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {
+                "elicitation": {}
+            }
+            headers = headers_2026(token, "tools/call", name)
+            return await http.post(f"{node.info.listen_url}/mcp", json=body, headers=headers)
+
+        first = (await call(a, {})).json()["result"]
+        assert first["resultType"] == "input_required"
+        answer = {"user_name": {"action": "accept", "content": {"name": "Ada"}}}
+        r = await call(b, {"inputResponses": answer, "requestState": first["requestState"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["content"][0]["text"] == "Hello, Ada!"
+        assert b.relay.statistics().forwarded == 1 and a.relay.statistics().served == 1
+        assert a.mcp.parked == {}
+        # a state naming node a that a never issued: a says so, through b
+        forged = first["requestState"].partition(".")[0][:-1] + "x." + a.info.node_id
+        r = await call(b, {"inputResponses": answer, "requestState": forged})
+        assert r.status_code == 200 and r.json()["error"]["code"] == -32602
+
+
+async def test_a_legacy_post_reaching_another_node_is_handled_by_the_streams_node(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        carol = {"authorization": f"Bearer {(await sign_in(http, a, 'carol'))['access_token']}"}
+        bob = {"authorization": f"Bearer {(await sign_in(http, a, 'bob'))['access_token']}"}
+        async with sse_stream(http, "GET", f"{a.info.listen_url}/sse", headers=carol) as reader:
+            with trio.fail_after(5):
+                endpoint = await reader.next()
+            assert endpoint is not None
+            post_url = f"{b.info.listen_url}{endpoint['data']}"
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            assert (await http.post(post_url, json=ping, headers=bob)).status_code == 404
+            r = await http.post(post_url, json=ping, headers=carol)
+            assert r.status_code == 202 and r.content == b""
+            with trio.fail_after(5):
+                reply = await reader.next()
+            assert reply is not None and reply["data"] == {"jsonrpc": "2.0", "id": 1, "result": {}}
+        assert b.relay.statistics().forwarded == 1
+        with trio.fail_after(5):  # a notices the disconnect; its stream's row closes
+            while a.mcp.legacy_streams:
+                await trio.sleep(0.01)
+        await a.store.write()
+        assert (await http.post(post_url, json=ping, headers=carol)).status_code == 404

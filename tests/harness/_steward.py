@@ -270,9 +270,17 @@ class SseReader:
 
 @asynccontextmanager
 async def get_stream(mcp: McpClient, **headers: str) -> AsyncIterator[SseReader]:
-    async with mcp.http.stream(
-        "GET", mcp.url, headers={**mcp.headers(**headers), "accept": "text/event-stream"}
-    ) as response:
+    headers = {**mcp.headers(**headers), "accept": "text/event-stream"}
+    async with sse_stream(mcp.http, "GET", mcp.url, headers=headers) as reader:
+        yield reader
+
+
+@asynccontextmanager
+async def sse_stream(
+    http: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[SseReader]:
+    """An SSE response (which must be 200) read in the background while the block runs."""
+    async with http.stream(method, url, **kwargs) as response:
         assert response.status_code == 200, (await response.aread()).decode()
         reader = SseReader(response)
         async with trio.open_nursery() as nursery:

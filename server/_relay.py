@@ -1,0 +1,470 @@
+"""Cross-node delivery: what one node has for a stream, a server request or a request that another
+node holds travels through PostgreSQL (docs/scaling.md, "Across nodes").
+
+A message for a target this node does not hold is an ``outbox`` row addressed to the target, and a
+NOTIFY on ``steward_outbox`` naming it wakes every node. The node holding the target claims the
+rows with ``DELETE ... RETURNING``, in the same transaction as it stores the stream events they
+become, so each row is delivered by one node, once, and a crash before the commit leaves the row
+for the next claim. Targets:
+
+    session:<Mcp-Session-Id>   the session's GET (or legacy) stream, wherever it is or next opens
+    listen:<connection id>     a 2026-07-28 subscriptions/listen stream
+    reply:<server request id>  a client's answer to a sampling/elicitation request sent elsewhere
+    node:<node id>             a request forwarded to the node holding its state (a 2026 retry
+                               of a parked request, a legacy POST for a stream held there)
+    relay:<forward id>         the forwarded request's HTTP answer, back to the node that got it
+
+After its LISTEN connection drops the relay reconnects and claims everything addressed to what it
+holds; a periodic sweep does the same, for notifications a full buffer dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+import trio
+
+from actors import Op, Store, StoreUnavailable
+from actors._auth import Principal
+from actors._sessions import Connection
+from runtime import Backoff, ChildSpec
+from server._http import Receive, Send, send_json
+
+if TYPE_CHECKING:
+    from server._legacy_sse import LegacySse
+    from server._mcp_http import McpHttp
+
+__all__ = ["CHANNEL", "Relay", "RelayPolicy"]
+
+log = structlog.get_logger("relay")
+
+CHANNEL = "steward_outbox"
+_NOTIFY = "SELECT pg_notify($1, $2)"
+
+
+@attrs.frozen
+class RelayPolicy:
+    """The relay's bounds and durations (seconds)."""
+
+    sweep_interval: float = 10.0  # a full claim for every local target, at least this often
+    forward_timeout: float = 5.0  # a forwarded request not taken by its node in this time fails
+    max_forwards: int = 1_000  # forwarded requests running here at once (503 beyond)
+    wake_buffer: int = 10_000  # targets waiting to be claimed (beyond: one full sweep instead)
+    reconnect: Backoff = Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)  # noqa: RUF009
+
+
+@attrs.frozen
+class RelayStatistics:
+    delivered: int  # outbox rows delivered to streams and server requests here
+    forwarded: int  # requests this node sent to another node
+    served: int  # requests forwarded to this node and run here
+    reconnects: int
+    waiting: int  # forwarded requests awaiting their answer here
+
+
+class _Forwarded:
+    """A request forwarded to this node: its client's disconnect arrives as a cancel row."""
+
+    def __init__(self) -> None:
+        self.gone = trio.Event()
+
+    async def receive(self) -> MutableMapping[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+class Relay:
+    """One node's side of cross-node delivery (a supervised child of the node)."""
+
+    def __init__(
+        self,
+        mcp: McpHttp,
+        legacy: LegacySse,
+        store: Store,
+        *,
+        node_id: str,
+        policy: RelayPolicy | None = None,
+    ) -> None:
+        self.mcp = mcp
+        self.legacy = legacy
+        self.store = store
+        self.node_id = node_id
+        self.policy = policy or RelayPolicy()
+        self._wakes, self._woken = trio.open_memory_channel[str | None](self.policy.wake_buffer)
+        self._waiting: dict[str, trio.Event] = {}  # forward id -> wakes its waiter
+        self._served: dict[str, _Forwarded] = {}  # forward id -> a request running here
+        self._nursery: trio.Nursery | None = None
+        self.delivered = 0
+        self.forwarded = 0
+        self.served = 0
+        self.reconnects = 0
+        mcp.relay = self
+
+    def child_spec(self) -> ChildSpec:
+        return ChildSpec("relay", self.run, backoff=self.policy.reconnect, shutdown_grace=2.0)
+
+    def statistics(self) -> RelayStatistics:
+        return RelayStatistics(
+            self.delivered, self.forwarded, self.served, self.reconnects, len(self._waiting)
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._listen)
+            nursery.start_soon(self._sweeper)
+            task_status.started(self)
+            async for target in self._woken:
+                try:
+                    await self._claim(target)
+                except StoreUnavailable:
+                    log.warning("relay_claim_failed", reason="database unreachable")
+
+    def wake(self, target: str | None) -> None:
+        """Claim what the outbox holds for ``target`` (None: for everything held here) soon."""
+        try:
+            self._wakes.send_nowait(target)
+        except trio.WouldBlock:  # the periodic sweep claims it
+            log.warning("relay_wake_dropped")
+
+    async def _listen(self) -> None:
+        """LISTEN with reconnects; after each (re)connect, a full claim catches up."""
+        attempt = 0
+        while True:
+            try:
+                async with self.store.listen(CHANNEL) as inbox:
+                    attempt = 0
+                    self.wake(None)  # what was addressed here while not listening
+                    async for target in inbox:
+                        self.wake(target)
+            except StoreUnavailable:
+                pass
+            self.reconnects += 1
+            log.warning("relay_listen_lost")
+            await trio.sleep(self.policy.reconnect.delay(attempt))
+            attempt += 1
+
+    async def _sweeper(self) -> None:
+        while True:
+            await trio.sleep(self.policy.sweep_interval)
+            self.wake(None)
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    def _streams(self, target: str | None) -> dict[str, Connection]:
+        """The streams held here that ``target`` names (all of them for None)."""
+        found: dict[str, Connection] = {}
+        kind, _, key = (target or "").partition(":")
+        if target is None or kind == "session":
+            sessions = [key] if target else [*self.mcp.get_streams, *self.mcp.legacy_streams]
+            for session_id in sessions:
+                conn = self.mcp._session_stream(session_id)
+                if conn is not None:
+                    found[f"session:{session_id}"] = conn
+        if target is None or kind == "listen":
+            for conn in self.mcp.listeners:
+                if target is None or str(conn.id) == key:
+                    found[f"listen:{conn.id}"] = conn
+        return found
+
+    async def _claim(self, target: str | None) -> None:
+        kind, _, key = (target or "").partition(":")
+        streams = self._streams(target)
+        if streams:
+            await self._deliver(streams)
+        if target is None or kind == "reply":
+            replies = [f"reply:{k}" for k in ([key] if target else self.mcp.pending)]
+            replies = [r for r in replies if r[6:] in self.mcp.pending]
+            if replies:
+                for row in await self._take(replies):
+                    self.delivered += self.mcp.resolve(row["payload"])
+        if target is None or kind == "relay":
+            for forward, event in self._waiting.items():
+                if target is None or forward == key:
+                    event.set()
+        if target is None or target == f"node:{self.node_id}":
+            for row in await self._take([f"node:{self.node_id}"]):
+                self._start_forwarded(row["payload"])
+
+    async def _take(self, targets: list[str]) -> list[dict[str, Any]]:
+        rows = await self.store.fetch(
+            "DELETE FROM outbox WHERE target = ANY($1::text[]) RETURNING message_id, payload",
+            targets,
+        )
+        return sorted(rows, key=lambda r: int(r["message_id"]))
+
+    async def _deliver(self, streams: dict[str, Connection]) -> None:
+        """Claim the rows for ``streams``, store them as events and send them, in id order: while
+        the claim runs, events emitted here wait behind the claimed ones."""
+        with self.mcp.hold(streams.values()) as held:
+            mine = {t: c for t, c in streams.items() if c in held}  # one claim per stream at once
+            if not mine:
+                return
+            claimed: list[tuple[Connection, dict[str, Any], str]] = []
+
+            async def claim(db: Any) -> None:
+                rows = await db.fetch(
+                    "DELETE FROM outbox WHERE target = ANY($1::text[]) "
+                    "RETURNING message_id, target, payload",
+                    list(mine),
+                )
+                events = []
+                for row in sorted(rows, key=lambda r: int(r["message_id"])):
+                    conn = mine[row["target"]]
+                    message = self._for_stream(conn, row["payload"])
+                    event_id = conn.next_event_id()
+                    claimed.append((conn, message, event_id))
+                    if conn.session_id is not None and conn.kind == "get":
+                        stream, _, seq = event_id.rpartition(":")
+                        user_id = conn.session.context.user_id
+                        events.append((conn.session_id, stream, int(seq), user_id, message))
+                if events:  # stored with the claim: a client that missed them resumes them
+                    await db.executemany(
+                        "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        events,
+                    )
+
+            await self.store.transact(claim)
+            for conn, message, event_id in claimed:
+                conn.send_nowait(self.mcp.stream_event(conn, message, event_id))
+            self.delivered += len(claimed)
+
+    def _for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        wanted = self.mcp.listeners.get(conn)
+        if wanted is None:
+            return message
+        from server._mcp_http import _tagged
+
+        return _tagged(message, wanted["_id"])
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def publish_to_subscribers(
+        self, uri: str, message: dict[str, Any], *, exclude: list[str]
+    ) -> None:
+        """An outbox row for every subscriber of ``uri`` but ``exclude`` (served here already)."""
+        match = "FROM resource_subscriptions WHERE uri = $1 AND NOT (target = ANY($2::text[]))"
+        self.store.write_nowait(
+            Op(
+                f"INSERT INTO outbox (target, user_id, payload) SELECT target, user_id, $3 {match}",
+                (uri, exclude, message),
+            ),
+            Op(f"SELECT pg_notify($3, target) {match}", (uri, exclude, CHANNEL)),
+        )
+
+    async def forward_reply(self, message: dict[str, Any]) -> None:
+        """A client's answer to a server request sent by another node: for that node to claim."""
+        await self.store.write(*self._addressed(f"reply:{message.get('id')}", None, message))
+
+    def _addressed(self, target: str, user_id: str | None, payload: dict[str, Any]) -> list[Op]:
+        return [
+            Op(
+                "INSERT INTO outbox (target, user_id, payload) VALUES ($1, $2, $3)",
+                (target, user_id, payload),
+            ),
+            Op(_NOTIFY, (CHANNEL, target)),
+        ]
+
+    # -- forwarding: this node's side -------------------------------------------------------------
+
+    async def forward_to_stream(
+        self, session_id: str, principal: Principal, request: dict[str, Any], send: Send
+    ) -> bool:
+        """Forward a legacy POST to the node holding its session's stream; False if none does."""
+        owner = await self.store.fetchval(
+            "SELECT node_id FROM connections WHERE session_id = $1 AND kind = 'legacy_sse' "
+            "AND closed_at IS NULL ORDER BY opened_at DESC LIMIT 1",
+            session_id,
+        )
+        if owner is None or owner == self.node_id:
+            return False
+        request = {**request, "principal": _principal_doc(principal)}
+        return await self.forward(owner, principal.user_id, request, send, None)
+
+    async def forward(
+        self,
+        node: str,
+        user_id: str,
+        request: dict[str, Any],
+        send: Send,
+        receive: Receive | None,
+    ) -> bool:
+        """Run ``request`` on ``node`` and relay its HTTP answer to ``send``.
+
+        Returns False when the node did not take the request within ``forward_timeout`` (it is
+        gone); the request was then withdrawn and the caller answers. A disconnect seen on
+        ``receive`` is passed on (for a 2026 request, the cancellation).
+        """
+        forward = uuid.uuid4().hex
+        woken = self._waiting[forward] = trio.Event()
+        try:
+            request = {**request, "forward": forward, "from": self.node_id}
+
+            async def post(db: Any) -> int:
+                message_id: int = await db.fetchval(
+                    "INSERT INTO outbox (target, user_id, payload) VALUES ($1, $2, $3) "
+                    "RETURNING message_id",
+                    f"node:{node}",
+                    user_id,
+                    request,
+                )
+                await db.execute(_NOTIFY, CHANNEL, f"node:{node}")
+                return message_id
+
+            message_id = await self.store.transact(post)
+            self.forwarded += 1
+            with trio.move_on_after(self.policy.forward_timeout):
+                await woken.wait()
+            if not woken.is_set():
+                withdrawn = await self.store.fetchval(
+                    "DELETE FROM outbox WHERE message_id = $1 RETURNING message_id", message_id
+                )
+                if withdrawn is not None:
+                    log.warning("forward_not_taken", node=node, kind=request.get("kind"))
+                    return False
+            async with trio.open_nursery() as nursery:
+                if receive is not None:
+                    nursery.start_soon(self._pass_disconnect, receive, node, user_id, forward)
+                await self._relay_answer(forward, send)
+                nursery.cancel_scope.cancel()
+            return True
+        finally:
+            del self._waiting[forward]
+
+    async def _relay_answer(self, forward: str, send: Send) -> None:
+        """Pass the forwarded request's ASGI messages to ``send`` until its last body part."""
+        while True:
+            self._waiting[forward] = woken = trio.Event()
+            for row in await self._take([f"relay:{forward}"]):
+                message = _asgi_message(row["payload"])
+                await send(message)
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    return
+            await woken.wait()
+
+    async def _pass_disconnect(
+        self, receive: Receive, node: str, user_id: str, forward: str
+    ) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        cancel = {"kind": "cancel", "forward": forward}
+        with trio.CancelScope(shield=True):
+            await self.store.write(*self._addressed(f"node:{node}", user_id, cancel))
+
+    # -- forwarding: the owning node's side --------------------------------------------------------
+
+    def _start_forwarded(self, request: dict[str, Any]) -> None:
+        forward = str(request.get("forward"))
+        if request.get("kind") == "cancel":
+            served = self._served.get(forward)
+            if served is not None:
+                served.gone.set()
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve, request)
+
+    async def _serve(self, request: dict[str, Any]) -> None:
+        forward, origin = str(request["forward"]), str(request["from"])
+        sent = {"start": False, "end": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sent["start"] = True
+            elif not message.get("more_body"):
+                sent["end"] = True
+            await self.store.write(*self._addressed(f"relay:{forward}", None, _asgi_doc(message)))
+
+        served = self._served[forward] = _Forwarded()
+        try:
+            if len(self._served) > self.policy.max_forwards:
+                msg = f"too many forwarded requests (max_forwards={self.policy.max_forwards})"
+                await send_json(send, 503, _unavailable(msg), [(b"retry-after", b"1")])
+                return
+            self.served += 1
+            await self.mcp.answer(send, lambda: self._run_forwarded(request, send, served))
+        except StoreUnavailable:
+            log.warning("forward_answer_lost", origin=origin, reason="database unreachable")
+        except Exception as exc:  # a forwarded request's failure is its own, never the relay's
+            log.error("forward_failed", origin=origin, error=type(exc).__name__)
+        finally:
+            del self._served[forward]
+            if not sent["end"]:  # the request ended without its answer: end the HTTP exchange
+                with trio.move_on_after(self.policy.forward_timeout, shield=True):
+                    try:
+                        if sent["start"]:
+                            await send(
+                                {"type": "http.response.body", "body": b"", "more_body": False}
+                            )
+                        else:
+                            await send_json(send, 503, _unavailable("the request ended"))
+                    except StoreUnavailable:
+                        pass
+
+    async def _run_forwarded(self, request: dict[str, Any], send: Send, served: _Forwarded) -> None:
+        message = request["message"]
+        if request["kind"] == "retry":
+            await self.mcp.retry(
+                request["state"],
+                uuid.UUID(request["grant_id"]),
+                message,
+                send,
+                served.receive,
+                stream_ok=bool(request.get("stream_ok")),
+            )
+        elif request["kind"] == "legacy":
+            principal = _principal(request["principal"])
+            session = await self.mcp.sessions.session_for(principal)
+            ts = await self.mcp.transport(principal, request["session_id"])
+            await self.legacy.handle(session, ts, message, send)
+        else:
+            msg = f"unknown forwarded request kind {request.get('kind')!r}"
+            await send_json(send, 400, {"error": "invalid_request", "error_description": msg})
+
+
+def _unavailable(description: str) -> dict[str, str]:
+    return {"error": "temporarily_unavailable", "error_description": description}
+
+
+def _asgi_doc(message: MutableMapping[str, Any]) -> dict[str, Any]:
+    """An ASGI response message as JSON (bytes as base64)."""
+    doc: dict[str, Any] = {"type": message["type"]}
+    if message["type"] == "http.response.start":
+        doc["status"] = message["status"]
+        doc["headers"] = [
+            [base64.b64encode(k).decode(), base64.b64encode(v).decode()]
+            for k, v in message.get("headers", [])
+        ]
+    else:
+        doc["body"] = base64.b64encode(message.get("body", b"")).decode()
+        doc["more_body"] = bool(message.get("more_body"))
+    return doc
+
+
+def _asgi_message(doc: dict[str, Any]) -> MutableMapping[str, Any]:
+    if doc["type"] == "http.response.start":
+        headers = [(base64.b64decode(k), base64.b64decode(v)) for k, v in doc["headers"]]
+        return {"type": doc["type"], "status": doc["status"], "headers": headers}
+    return {
+        "type": doc["type"],
+        "body": base64.b64decode(doc["body"]),
+        "more_body": doc["more_body"],
+    }
+
+
+def _principal_doc(principal: Principal) -> dict[str, Any]:
+    doc = attrs.asdict(principal)
+    doc["grant_id"] = str(principal.grant_id)
+    doc["scopes"] = sorted(principal.scopes)
+    return doc
+
+
+def _principal(doc: dict[str, Any]) -> Principal:
+    return Principal(
+        **{**doc, "grant_id": uuid.UUID(doc["grant_id"]), "scopes": frozenset(doc["scopes"])}
+    )
