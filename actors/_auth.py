@@ -205,10 +205,11 @@ class AuthService:
                 "only public clients (token_endpoint_auth_method none) may register",
             )
         grant_types = metadata.get("grant_types", ["authorization_code", "refresh_token"])
-        if not isinstance(grant_types, list) or not set(grant_types) <= {
-            "authorization_code",
-            "refresh_token",
-        }:
+        if not (
+            isinstance(grant_types, list)
+            and all(isinstance(g, str) for g in grant_types)
+            and set(grant_types) <= {"authorization_code", "refresh_token"}
+        ):
             raise OAuthError(
                 "invalid_client_metadata",
                 "grant_types may hold authorization_code and refresh_token only",

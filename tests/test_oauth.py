@@ -463,3 +463,15 @@ async def test_a_refresh_token_presented_by_another_client_is_refused_without_ef
         assert psql(fresh_db, "SELECT count(*) FROM tokens WHERE rotated_at IS NOT NULL") == "0"
         own = await refresh(http, base, tokens["refresh_token"], tokens["client_id"])
         assert own.status_code == 200, own.text
+
+
+async def test_registration_refuses_grant_types_that_are_not_strings(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        for grant_types in ([[]], [{"a": 1}], "authorization_code", [1]):
+            r = await http.post(
+                f"{node.info.base_url}/register",
+                json={"redirect_uris": [REDIRECT_URI], "grant_types": grant_types},
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == "invalid_client_metadata"
+        assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == "0"
