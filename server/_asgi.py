@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from server._http import Receive, Scope, Send, lifespan, send_json, send_response
+from server._http import InvalidInput, Receive, Scope, Send, lifespan, send_json, send_response
 from server._legacy_sse import LegacySse
 from server._mcp_http import McpHttp
 from server._metrics import RequestCounter, render_metrics
@@ -82,6 +82,10 @@ class StewardAsgi:
                     404,
                     {"error": "not_found", "error_description": f"no endpoint at {path}"},
                 )
+        except InvalidInput as exc:
+            await send_json(
+                counting_send, 400, {"error": "invalid_request", "error_description": str(exc)}
+            )
         except Exception as exc:
             # a defect: logged with its type, answered without a traceback
             log.exception("request_failed", path=path, error=type(exc).__name__)

@@ -10,9 +10,11 @@ from urllib.parse import parse_qsl, urlencode
 __all__ = [
     "BodyTooLarge",
     "Headers",
+    "InvalidInput",
     "Receive",
     "Scope",
     "Send",
+    "contains_nul",
     "form",
     "header",
     "lifespan",
@@ -40,6 +42,11 @@ class BodyTooLarge(Exception):
     """The request body is larger than the endpoint accepts (answer 413)."""
 
 
+class InvalidInput(ValueError):
+    """Request input that no endpoint can take (answer 400): a NUL character, which PostgreSQL
+    text and jsonb cannot hold, in a query string or form field."""
+
+
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -62,7 +69,36 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def query(scope: Scope) -> dict[str, str]:
-    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+    """The query string's parameters; a repeated one keeps its last value.
+
+    Raises:
+        InvalidInput: a name or value holds a NUL character.
+    """
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return _without_nul(dict(parse_qsl(raw, keep_blank_values=True)), "the query string")
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a parsed JSON value holds a NUL character in any string, key or value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _without_nul(fields: dict[str, str], where: str) -> dict[str, str]:
+    if contains_nul(fields):
+        msg = f"{where} holds a NUL character"
+        raise InvalidInput(msg)
+    return fields
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -93,11 +129,15 @@ def parse_json(raw: bytes | str) -> Any:
 
 
 def form(body: bytes) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body; a repeated field keeps its first value."""
+    """An application/x-www-form-urlencoded body; a repeated field keeps its first value.
+
+    Raises:
+        InvalidInput: a name or value holds a NUL character.
+    """
     out: dict[str, str] = {}
     for key, value in parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True):
         out.setdefault(key, value)
-    return out
+    return _without_nul(out, "the form")
 
 
 async def send_response(

@@ -29,6 +29,7 @@ from server._http import (
     Receive,
     Scope,
     Send,
+    contains_nul,
     form,
     header,
     parse_json,
@@ -443,6 +444,8 @@ class OAuthEndpoints:
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object") from None
         if not isinstance(metadata, dict):
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
+        if contains_nul(metadata):
+            raise OAuthError("invalid_client_metadata", "the metadata holds a NUL character")
         await send_json(send, 201, await self.auth.register_client(metadata))
 
 

@@ -1,0 +1,43 @@
+"""Input that PostgreSQL or the parsers cannot take is a clear 4xx at the edge, never a 500 (the
+cases the fuzzer in tests/fuzz found, kept as plain regression tests)."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.harness._pg import psql
+from tests.harness._steward import REDIRECT_URI, McpClient, register, running_node, sign_in
+
+
+async def test_a_nul_character_in_any_input_is_a_400(fresh_db: str) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL: a query string, form or JSON value with one is
+    refused before it reaches a query."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        base = node.info.base_url
+        tokens = await sign_in(http, node, "alice")
+        client_id = await register(http, node)
+        before = psql(fresh_db, "SELECT count(*) FROM oauth_clients")
+        r = await http.get(f"{base}/authorize", params={"client_id": "a\x00b"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        r = await http.post(
+            f"{base}/token", data={"grant_type": "refresh_token", "client_id": client_id + "\x00"}
+        )
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        r = await http.post(
+            f"{base}/register", json={"redirect_uris": [REDIRECT_URI], "client_name": "\x00"}
+        )
+        assert r.status_code == 400 and r.json()["error"] == "invalid_client_metadata", r.text
+        assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == before
+        mcp = McpClient(http, node, tokens["access_token"])
+        r = await http.post(
+            f"{base}/messages?session_id=%00",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers=mcp.headers(),
+        )
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        r = await mcp.post(
+            "initialize",
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "\x00"}},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+        assert psql(fresh_db, "SELECT count(*) FROM transport_sessions") == "0"
