@@ -792,7 +792,10 @@ class McpHttp:
                     raise _unavailable() from None
             return
         if message["method"] == "notifications/cancelled":
-            exchange = self.inflight.get((key, message["params"].get("requestId")))
+            request_id = message["params"].get("requestId")
+            if not isinstance(request_id, (str, int)):  # no request has such an id
+                return
+            exchange = self.inflight.get((key, request_id))
             if exchange is not None:
                 log.info("request_cancelled", request_id=str(exchange.request_id))
                 exchange.cancel_scope.cancel()

@@ -41,3 +41,25 @@ async def test_a_nul_character_in_any_input_is_a_400(fresh_db: str) -> None:
         )
         assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
         assert psql(fresh_db, "SELECT count(*) FROM transport_sessions") == "0"
+
+
+async def test_a_cancellation_naming_an_id_no_request_can_have_is_accepted_and_ignored(
+    fresh_db: str,
+) -> None:
+    """notifications/cancelled with a list or object as requestId: 202, like any unknown id."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        for request_id in ([], {"a": 1}, None, 1.5):
+            r = await http.post(
+                mcp.url,
+                json={
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": request_id},
+                },
+                headers=mcp.headers(),
+            )
+            assert r.status_code == 202, r.text
+        assert (await mcp.call("ping"))["result"] == {}
