@@ -1,0 +1,42 @@
+"""Hostile input to a live Steward: every answer is a clear 4xx (or a JSON-RPC error), never a
+5xx, a hang or a traceback, and rejected input leaves the database as it was."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz._property import Fuzzer, examples
+from tests.fuzz._strategies import Request, mcp_request, oauth_request
+
+
+def fuzz(fuzzer: Fuzzer, requests: st.SearchStrategy[Request]) -> None:
+    """Probe the live node with ``examples()`` requests drawn from ``requests``."""
+
+    @settings(
+        max_examples=examples(),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(requests)
+    def probe(request: Request) -> None:
+        fuzzer.probe(request)
+
+    probe()
+
+
+def test_mcp_endpoint_rejects_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
+    """/mcp and /messages: malformed JSON, wrong JSON-RPC shapes, huge and deep bodies, bad
+    headers, unknown versions, foreign and ended session ids, bad Accept and Content-Type, both
+    protocol eras."""
+    fuzz(fuzzer, mcp_request(fuzzer.known))
+    print(fuzzer.report("mcp"))
+    assert {s for s in fuzzer.statuses if 400 <= s < 500} >= {400, 401, 404, 406}, fuzzer.statuses
+
+
+def test_oauth_endpoints_reject_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
+    """/token, /authorize, /register, /revoke, /callback, /consent: bad form fields, grant types,
+    PKCE, redirect URIs, clients, bodies."""
+    fuzz(fuzzer, oauth_request(fuzzer.known))
+    print(fuzzer.report("oauth"))
+    assert {s for s in fuzzer.statuses if 400 <= s < 500} >= {400, 405}, fuzzer.statuses
