@@ -8,6 +8,7 @@ like any other request; a POST must come from the stream's principal (404 otherw
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import structlog
@@ -63,9 +64,14 @@ class LegacySse:
         except StoreUnavailable:
             body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
             raise Reply(503, body, [(b"retry-after", b"5")]) from None
-        conn = await self.mcp.open_stream(
-            session, "legacy_sse", session_id, token_expires_at=principal.expires_at
-        )
+        try:
+            conn = await self.mcp.open_stream(
+                session, "legacy_sse", session_id, token_expires_at=principal.expires_at
+            )
+        except Reply:  # refused (a stream limit): the transport session made for it ends
+            with contextlib.suppress(StoreUnavailable):
+                await self.mcp.sessions.end_transport_session(principal, session_id)
+            raise
         self.mcp.legacy_streams[session_id] = conn
         # the stream's row is committed before the client learns where to POST: a POST that
         # reaches another node finds this one through it (server/_relay.py)

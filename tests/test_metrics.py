@@ -101,7 +101,7 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
 ) -> None:
     """McpHttp.statistics(): live exchanges, parked 2026 requests, server requests awaiting the
     client, resumable and long-lived streams, events stored; the same figures in /metrics."""
-    from server._demo import everything
+    from examples.everything import app as everything
     from tests.harness._steward import SseReader, get_stream
 
     async with (

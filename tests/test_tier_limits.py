@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import trio
 
+from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
 
 PUBLIC = "http://steward.test"
@@ -115,6 +116,20 @@ async def test_a_user_holds_at_most_the_tiers_streams_on_every_node_and_closing_
             )
             error = assert_429(r)
             assert "allows 2 open streams" in error["message"] and error["data"]["limit"] == 2
+            legacy = await http.get(  # the legacy transport counts the same streams
+                f"{a.info.listen_url}/sse",
+                headers={"authorization": f"Bearer {tabs[2].token}", "accept": "text/event-stream"},
+            )
+            assert_429(legacy)
+            await a.store.write()
+            assert (
+                psql(  # and the transport session made for the refused stream ended with it
+                    fresh_db,
+                    "SELECT count(*) FROM transport_sessions WHERE protocol_version = '2024-11-05' "
+                    "AND ended_at IS NULL",
+                )
+                == "0"
+            )
             async with get_stream(bob) as s3:  # another user: untouched
                 assert (await s3.next()) is not None
             # on another node the connections table counts alice's two streams on the first
