@@ -9,9 +9,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> top-level modules it must never import
 FORBIDDEN = {
-    "runtime": {"actors", "server", "asyncpg", "hypercorn", "httpx", "mcp", "trio_asyncio"},
-    "actors": {"server", "hypercorn", "mcp"},
-    "server": {"asyncpg"},
+    "runtime": {
+        "actors",
+        "server",
+        "examples",
+        "asyncpg",
+        "hypercorn",
+        "httpx",
+        "mcp",
+        "trio_asyncio",
+    },
+    "actors": {"server", "examples", "hypercorn", "mcp"},
+    "server": {"examples", "asyncpg"},
+    "examples": {"tests", "bench", "asyncpg"},
 }
 
 
