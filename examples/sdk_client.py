@@ -30,6 +30,7 @@ from mcp.shared.auth import (
     OAuthClientMetadata,
     OAuthToken,
 )
+from pydantic import AnyUrl
 
 CALLBACK_WAIT = 300.0  # seconds a person gets to sign in
 
@@ -139,7 +140,7 @@ async def main(url: str, user: str | None) -> None:
         server_url=url,
         client_metadata=OAuthClientMetadata(
             client_name="Steward quick start",
-            redirect_uris=[redirect_uri],
+            redirect_uris=[AnyUrl(redirect_uri)],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             token_endpoint_auth_method="none",
