@@ -86,12 +86,24 @@ class NodeInfo:
         return doc
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+# Seconds a client may leave the data sent to it unacknowledged (or refuse it with a zero window)
+# before the kernel drops its connection: a client gone without FIN never acknowledges the next
+# heartbeat, and its stream closes this long after, instead of after TCP's ~15 minutes of retries.
+UNACKED_LIMIT = 60.0
+
+
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, unacked_limit: float = UNACKED_LIMIT
+) -> socket.socket:
+    """A listening TCP socket; accepted connections inherit its options (TCP_USER_TIMEOUT of
+    ``unacked_limit`` seconds where the platform has it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:  # sibling worker processes share the port; the kernel spreads connections
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(unacked_limit * 1000))
     sock.bind((host, port))
     sock.listen(1024)
     return sock
