@@ -17,6 +17,7 @@ from actors import StorePolicy
 from actors._sessions import SessionPolicy
 from bench._servers import free_port, obtain_token
 from runtime import Backoff, faults
+from server._node import bind_socket
 from tests.faults._report import observe
 from tests.harness._pg import Cluster, psql
 from tests.harness._proxy import FaultProxy
@@ -409,6 +410,56 @@ async def test_slow_client_filling_its_outbox(fresh_db: str) -> None:
                 node.mcp.notify_resource_updated("nothing")
                 assert await is_open(s2)
     assert obs.restarted == {}
+
+
+async def test_client_vanishes_without_fin(fresh_db: str) -> None:
+    """A client's TCP path goes silent mid-stream (no FIN, no RST, nothing read): Steward's writes
+    to it stay unacknowledged, the kernel drops the connection after the listening socket's
+    TCP_USER_TIMEOUT, and that stream alone closes (its row closed)."""
+    sock = bind_socket("127.0.0.1", 0, unacked_limit=0.5)
+    with observe(
+        "client vanishes without FIN",
+        "a client's TCP path is black-holed mid-stream: no FIN, no RST, nothing acknowledged",
+        "that stream closed once its writes stay unacknowledged; others untouched",
+    ) as obs:
+        async with (
+            running_node(fresh_db, session_policy=SessionPolicy(heartbeat=0.05), sock=sock) as node,
+            FaultProxy.open("127.0.0.1", sock.getsockname()[1], receive_buffer=4096) as proxy,
+            httpx.AsyncClient(timeout=20) as http,
+        ):
+            vanishing = await client(http, node, "alice")
+            vanishing.url = (
+                f"http://127.0.0.1:{proxy.port}/mcp"  # its stream goes through the proxy
+            )
+            staying = await client(http, node, "bob")
+            async with get_stream(vanishing) as s1, get_stream(staying) as s2:
+                await s1.next()
+                await s2.next()
+                conn = node.mcp.get_streams[vanishing.session_id or ""]
+                other = node.mcp.get_streams[staying.session_id or ""]
+                proxy.blackhole()
+                # On loopback the proxy's kernel still acknowledges what fits its receive buffer;
+                # filling that buffer leaves the next writes unacknowledged (a zero window), the
+                # state a vanished client leaves every write in.
+                log = {"level": "info", "data": "x" * 8192}
+                for _ in range(3):
+                    node.mcp.emit(
+                        conn, {"jsonrpc": "2.0", "method": "notifications/message", "params": log}
+                    )
+                with trio.fail_after(10):
+                    await conn.wait_closed()
+                await node.store.write()
+                closed = psql(
+                    fresh_db,
+                    "SELECT string_agg(close_reason, ',') FROM connections WHERE closed_at IS NOT NULL",
+                )
+                assert closed == "client_disconnected"
+                obs.streams_closed = 1
+                assert other.closed_reason is None and await is_open(s2)
+                r = await staying.post("ping")
+                if r.status_code != 200:
+                    obs.failed(r.status_code)
+    assert obs.streams_closed == 1 and obs.restarted == {} and obs.failed_requests == {}
 
 
 async def test_notifier_catches_up_after_its_connection_drops(fresh_db: str) -> None:

@@ -63,8 +63,11 @@ class FaultProxy:
     `blackhole` and `reset`.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, receive_buffer: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self.receive_buffer = receive_buffer
         self.port = 0
         self._mode = Mode.PASS
         self._delay = 0.0
@@ -76,10 +79,13 @@ class FaultProxy:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, target_host: str, target_port: int) -> AsyncIterator[FaultProxy]:
+    async def open(
+        cls, target_host: str, target_port: int, *, receive_buffer: int | None = None
+    ) -> AsyncIterator[FaultProxy]:
         """A proxy listening on a free port of 127.0.0.1 until the block ends (its
-        connections end with it)."""
-        proxy = cls(target_host, target_port)
+        connections end with it). ``receive_buffer`` (bytes) shrinks the kernel buffer of each
+        connection to the target, so that a black hole stops the target's writes soon."""
+        proxy = cls(target_host, target_port, receive_buffer=receive_buffer)
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
                 partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1")
@@ -142,6 +148,8 @@ class FaultProxy:
             try:
                 await self._wait_not_blackholed()
                 upstream = conn.upstream = await trio.open_tcp_stream(*self.target)
+                if self.receive_buffer is not None:
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, client, upstream, True, nursery.cancel_scope)
                     nursery.start_soon(self._pump, upstream, client, False, nursery.cancel_scope)

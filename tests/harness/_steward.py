@@ -8,6 +8,7 @@ import hashlib
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ async def running_node(
     *,
     store_policy: Any = None,
     session_policy: Any = None,
+    sock: socket.socket | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Node]:
     data_dir = Path(tempfile.mkdtemp(prefix="stw-node-"))
@@ -48,6 +50,7 @@ async def running_node(
                     dsn=dsn,
                     store_policy=store_policy,
                     session_policy=session_policy,
+                    sock=sock,
                     task_status=task_status,
                 )
             )
