@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from server._http import contains_nul
+
 __all__ = [
     "HEADER_MISMATCH",
     "INTERNAL_ERROR",
@@ -101,17 +103,25 @@ def kind_of(message: dict[str, Any]) -> Kind:
     return "response"
 
 
+def _refuse_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json accepts them, JSON (RFC 8259) and PostgreSQL's
+    jsonb do not."""
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
 def parse_message(body: bytes | str) -> dict[str, Any]:
     """One JSON-RPC 2.0 message from a request body; ``params`` is always a dict afterwards.
 
     Raises:
-        InvalidMessage: -32700 for invalid JSON; -32600 for a batch (not accepted since
-            2025-11-25), a wrong ``jsonrpc``, an id that is neither a string nor an integer, a
-            method that is not a string, params that are not an object, or a message that is
-            neither a request, a notification nor a response.
+        InvalidMessage: -32700 for invalid JSON (NaN and Infinity included); -32600 for a batch
+            (not accepted since 2025-11-25), a wrong ``jsonrpc``, an id that is neither a string
+            nor an integer, a method that is not a string, params that are not an object, a
+            message that is neither a request, a notification nor a response, or one holding
+            a NUL character (PostgreSQL, where messages are kept and relayed, cannot store it).
     """
     try:
-        message = json.loads(body)
+        message = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise InvalidMessage(PARSE_ERROR, "the body is not valid JSON") from None
     if type(message) is not dict:
@@ -128,6 +138,10 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
         raise InvalidMessage(INVALID_REQUEST, msg)
     if message.get("jsonrpc") != "2.0":
         msg = f'jsonrpc must be "2.0", got {json.dumps(message.get("jsonrpc"))[:40]}'
+        raise InvalidMessage(INVALID_REQUEST, msg, request_id)
+    raw = body if isinstance(body, bytes) else body.encode()
+    if b"\\u0000" in raw and contains_nul(message):  # the walk only for the rare suspect
+        msg = "a message must not hold a NUL character (\\u0000)"
         raise InvalidMessage(INVALID_REQUEST, msg, request_id)
     if "method" in message:
         method = message["method"]

@@ -53,7 +53,6 @@ from server._http import (
     Receive,
     Scope,
     Send,
-    contains_nul,
     header,
     read_body,
     send_json,
@@ -890,9 +889,6 @@ class McpHttp:
         result = self.dispatcher.initialize_result(params.get("protocolVersion"))
         client_info = params.get("clientInfo")
         capabilities = params.get("capabilities")
-        if contains_nul([client_info, capabilities]):  # stored as jsonb, which refuses NUL
-            msg = "clientInfo and capabilities must not hold a NUL character"
-            raise rpc_reply(400, request_id, INVALID_PARAMS, msg)
         try:
             session_id = await self.sessions.create_transport_session(
                 session,

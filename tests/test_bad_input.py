@@ -39,7 +39,7 @@ async def test_a_nul_character_in_any_input_is_a_400(fresh_db: str) -> None:
             "initialize",
             {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "\x00"}},
         )
-        assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32600, r.text
         assert psql(fresh_db, "SELECT count(*) FROM transport_sessions") == "0"
 
 
@@ -63,3 +63,21 @@ async def test_a_cancellation_naming_an_id_no_request_can_have_is_accepted_and_i
             )
             assert r.status_code == 202, r.text
         assert (await mcp.call("ping"))["result"] == {}
+
+
+async def test_a_reply_holding_what_postgresql_cannot_store_is_a_400(fresh_db: str) -> None:
+    """A client's answer to an unknown server request is relayed through the outbox (jsonb):
+    NaN, Infinity and NUL are refused when the message is parsed, not by the database (a 500)."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        for body, code in (
+            (b'{"jsonrpc": "2.0", "id": 7, "result": [Infinity]}', -32700),
+            (b'{"jsonrpc": "2.0", "id": 7, "result": {"x": NaN}}', -32700),
+            (b'{"jsonrpc": "2.0", "id": 7, "result": {"x": "\\u0000"}}', -32600),
+        ):
+            r = await http.post(mcp.url, content=body, headers=mcp.headers())
+            assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+        ok = b'{"jsonrpc": "2.0", "id": 7, "result": {"x": "\\\\u0000"}}'  # an escaped backslash
+        assert (await http.post(mcp.url, content=ok, headers=mcp.headers())).status_code == 202

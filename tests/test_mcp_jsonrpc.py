@@ -54,6 +54,10 @@ INVALID = [
     (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]}', -32600, "must be an object"),
     (b'{"jsonrpc": "2.0", "id": 1}', -32600, "needs a method"),
     (b'{"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}', -32600, "needs a method"),
+    (b'{"jsonrpc": "2.0", "id": 1, "result": [Infinity]}', -32700, "not valid JSON"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"a": NaN}}', -32700, "not valid"),
+    (b'{"jsonrpc": "2.0", "id": 1, "result": {"a": "\\u0000"}}', -32600, "NUL character"),
+    (b'{"jsonrpc": "2.0", "method": "x", "params": {"\\u0000": 1}}', -32600, "NUL character"),
 ]
 
 
