@@ -30,6 +30,7 @@ NAMES = (
     "wire-types",
 )
 ALIASES = {"memory-streams": "idle-streams"}  # the earlier name of idle-streams
+ON_REQUEST = ("soak",)  # long runs, never part of "all"
 
 
 def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -67,7 +68,8 @@ def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("name", choices=[*NAMES, *ALIASES, "all"])
+    parser.add_argument("name", choices=[*NAMES, *ALIASES, *ON_REQUEST, "all"])
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long soak runs")
     parser.add_argument("--quick", action="store_true", help="~1 s points, fewer sessions")
     parser.add_argument(
         "--peer-replies",
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     runs = _runs(args.quick, args.peer_replies)
+    if args.name == "soak":
+        from bench import soak
+
+        runs["soak"] = lambda: soak.run(minutes=args.minutes)
     names = list(runs) if args.name == "all" else [ALIASES.get(args.name, args.name)]
     summaries = []
     notes: list[str] = []
