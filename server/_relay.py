@@ -298,9 +298,15 @@ class Relay:
         """Run ``request`` on ``node`` and relay its HTTP answer to ``send``.
 
         Returns False when the node did not take the request within ``forward_timeout`` (it is
-        gone); the request was then withdrawn and the caller answers. A disconnect seen on
-        ``receive`` is passed on (for a 2026 request, the cancellation).
+        gone; the request was then withdrawn), or at once when no live node has that name (an
+        altered requestState names one); the caller answers. A disconnect seen on ``receive`` is
+        passed on (for a 2026 request, the cancellation).
         """
+        alive = await self.store.fetchval(
+            "SELECT 1 FROM nodes WHERE node_id = $1 AND status = 'alive'", node
+        )
+        if alive is None:
+            return False
         forward = uuid.uuid4().hex
         woken = self._waiting[forward] = trio.Event()
         try:

@@ -391,6 +391,8 @@ async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_
         assert (
             r.json()["error"]["code"] == -32602 and "requestState" in r.json()["error"]["message"]
         )
+        # the altered state names a node that is not in the cluster: answered here, not forwarded
+        assert node.relay.statistics().forwarded == 0
         r = await call(  # only an unknown key: asked again for step1, under a new state
             "test_input_required_result_multi_round",
             {"inputResponses": {"other": {}}, "requestState": first["requestState"]},
