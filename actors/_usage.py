@@ -19,6 +19,17 @@ __all__ = ["Quota", "QuotaExceeded", "RateLimited", "TierLimit", "UsageMeter", "
 QUOTA_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
+# One statement per request (the event and its minute's rollup), so that the requests of one
+# group-commit batch are consecutive ops with the same SQL, which the store sends as one
+# executemany; a data-modifying WITH runs exactly once whether or not its output is read.
+_RECORD = (
+    "WITH event AS (INSERT INTO usage_events (event_id, user_id, grant_id, method, name, tier, outcome, duration_ms, occurred_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING) "
+    "INSERT INTO usage_rollups (user_id, minute, method, calls, errors) VALUES ($2, $10, $4, 1, $11) "
+    "ON CONFLICT (user_id, minute, method) DO UPDATE SET calls = usage_rollups.calls + 1, errors = usage_rollups.errors + EXCLUDED.errors"
+)
+
+
 class RateLimited(Exception):
     """The user's tier allows no more requests now; retry after ``retry_after`` seconds."""
 
@@ -153,8 +164,7 @@ class UsageMeter:
         error = 0 if outcome == "ok" else 1
         self.store.write_nowait(
             Op(
-                "INSERT INTO usage_events (event_id, user_id, grant_id, method, name, tier, outcome, duration_ms, occurred_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                _RECORD,
                 (
                     uuid.uuid4(),
                     user.user_id,
@@ -165,11 +175,8 @@ class UsageMeter:
                     outcome,
                     duration * 1000.0,
                     now,
+                    minute,
+                    error,
                 ),
-            ),
-            Op(
-                "INSERT INTO usage_rollups (user_id, minute, method, calls, errors) VALUES ($1, $2, $3, 1, $4) "
-                "ON CONFLICT (user_id, minute, method) DO UPDATE SET calls = usage_rollups.calls + 1, errors = usage_rollups.errors + EXCLUDED.errors",
-                (user.user_id, minute, method, error),
-            ),
+            )
         )
