@@ -136,6 +136,7 @@ class SessionPolicy:
     touch_interval: float = 30.0  # last_seen writes per session at most this often
     reconnect_retry_ms: int = 1000  # the `retry:` of a stream's final reconnect event
     stream_count_wait: float = 0.25  # the read of other nodes' streams of a user, at most
+    nodes_recheck: float = 10.0  # how long "no other node is alive" is believed before a re-read
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
 
@@ -578,6 +579,8 @@ class SessionManager:
         self.refreshes: collections.Counter[str] = collections.Counter()  # by outcome
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
+        self._others_alive = True  # until the nodes table says otherwise
+        self._nodes_checked_until = 0.0
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec("sessions", self.run, shutdown_grace=5.0)
@@ -629,20 +632,33 @@ class SessionManager:
             elsewhere = 0
             with trio.move_on_after(self.policy.stream_count_wait):
                 try:
-                    elsewhere = int(
-                        await self.store.fetchval(
-                            "SELECT count(*) FROM connections WHERE user_id = $1 AND closed_at IS NULL "
-                            "AND kind <> 'post' AND node_id <> $2",
-                            user_id,
-                            self.node_id,
+                    if await self._other_nodes_alive():
+                        elsewhere = int(
+                            await self.store.fetchval(
+                                "SELECT count(*) FROM connections WHERE user_id = $1 AND closed_at IS NULL "
+                                "AND kind <> 'post' AND node_id <> $2",
+                                user_id,
+                                self.node_id,
+                            )
                         )
-                    )
                 except StoreUnavailable:
                     log.debug("stream_count_skipped", reason="database unreachable")
             if self.open_streams[user_id] + elsewhere < limit:
                 self.open_streams[user_id] += 1
                 return
         raise StreamLimitReached(limit)
+
+    async def _other_nodes_alive(self) -> bool:
+        """Whether another node may hold streams (the nodes table, re-read at most every
+        ``nodes_recheck`` seconds): a lone node skips the per-stream read."""
+        now = trio.current_time()
+        if now >= self._nodes_checked_until:
+            others = await self.store.fetchval(
+                "SELECT count(*) FROM nodes WHERE status = 'alive' AND node_id <> $1", self.node_id
+            )
+            self._others_alive = int(others) > 0
+            self._nodes_checked_until = now + self.policy.nodes_recheck
+        return self._others_alive
 
     def stream_closed(self, user_id: str) -> None:
         self.open_streams[user_id] -= 1
