@@ -115,6 +115,14 @@ class Context:
         roots = result.get("roots") if isinstance(result, dict) else None
         return roots if isinstance(roots, list) else []
 
+    async def resource_updated(self, uri: str) -> int:
+        """Tell every subscriber of ``uri`` that it changed (notifications/resources/updated),
+        on whichever node its stream is; returns how many streams on this node were told at once
+        (the others get it through the database, docs/scaling.md)."""
+        notify = getattr(self._emit, "resource_updated", None)
+        sent: int = await notify(uri) if notify is not None else 0
+        return sent
+
     async def close_stream(self) -> None:
         """Close the SSE stream this request's reply travels on, without ending the request.
 

@@ -54,6 +54,13 @@ async def readme(ctx: Context) -> str:
     return "# Steward demo\nTools: echo, whoami, add, count, report."
 
 
+@demo.tool()
+async def touch_readme(ctx: Context) -> str:
+    """Tell the readme's subscribers it changed (notifications/resources/updated)."""
+    here = await ctx.resource_updated("demo://readme")
+    return f"subscribers told: {here} here, the others through the database"
+
+
 @demo.resource_template("demo://users/{name}")
 async def user_card(ctx: Context, name: str) -> str:
     """A card for a user name."""

@@ -94,6 +94,7 @@ DEFAULT_2025 = "2025-03-26"  # MCP-R12: a request without MCP-Protocol-Version
 STREAM_RETRY_AFTER = 5  # the Retry-After of a refused stream: streams end at no known time
 RETRY_MS = 1000  # the `retry:` of priming events: how soon a client reconnects a closed stream
 TAIL = 256  # events of a live request stream kept in memory, for resumption on this node
+REQUEST_STREAM = "r"  # a request's stream id starts with it (a GET stream's is hexadecimal)
 _NAMED = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 _UNCOUNTED = frozenset({"initialize", "ping", "tools/list"})
 _ONLY_2026 = frozenset({V2026})  # versions that exist only in the stateless era
@@ -323,6 +324,10 @@ class Exchange:
                     slot[0].set()
                 del self.asked[key]
 
+    async def resource_updated(self, uri: str) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.owner.notify_resource_updated(uri)
+
     async def close_stream(self) -> None:
         """SEP-1699 polling: end the HTTP response now; the client resumes with Last-Event-ID."""
         if self.session_id is None or self.legacy_conn is not None:
@@ -357,10 +362,18 @@ class Exchange:
         if self.tail is None:
             self.tail = collections.deque(maxlen=TAIL)
         self.tail.append((self.seq, message, final))
-        if self.session_id is not None:
-            self.owner.store_event(self.session_id, self.stream_id, self.seq, self.user_id, message)
         conn = self.conn
-        if conn is not None and conn.closed_reason is None:
+        attached = conn is not None and conn.closed_reason is None
+        if self.session_id is not None:
+            self.owner.store_event(
+                self.session_id,
+                self.stream_id,
+                self.seq,
+                self.user_id,
+                message,
+                elsewhere=not attached,
+            )
+        if conn is not None and attached:
             conn.send_nowait(StreamEvent(message, event_id=event_id, final=final))
 
     def attach(self, conn: Connection) -> None:
@@ -508,15 +521,30 @@ class McpHttp:
         )
 
     def store_event(
-        self, session_id: str, stream_id: str, seq: int, user_id: str, message: dict[str, Any]
+        self,
+        session_id: str,
+        stream_id: str,
+        seq: int,
+        user_id: str,
+        message: dict[str, Any],
+        *,
+        elsewhere: bool = False,
     ) -> None:
+        """Store one event of a resumable stream; ``elsewhere``: its client is not attached here,
+        so a node that resumed the stream is woken to read it (server/_relay.py)."""
         self.events_stored += 1
+        wake = (
+            [self.relay.wake_op(f"stream:{session_id}:{stream_id}")]
+            if elsewhere and self.relay is not None
+            else []
+        )
         self.store.write_nowait(
             Op(
                 "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
                 "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 (session_id, stream_id, seq, user_id, message),
-            )
+            ),
+            *wake,
         )
 
     def emit(self, conn: Connection, message: dict[str, Any], *, final: bool = False) -> None:
@@ -1063,7 +1091,7 @@ class McpHttp:
         user: UserContext,
         cancel_on_disconnect: bool,
     ) -> None:
-        exchange.stream_id = secrets.token_hex(8)
+        exchange.stream_id = REQUEST_STREAM + secrets.token_hex(8)
         conn = await self.open_stream(session, "post", exchange.session_id, exchange.stream_id)
         resumable = exchange.session_id is not None
         priming = exchange.next_id() if resumable else None
@@ -1201,6 +1229,14 @@ class McpHttp:
             raise _unavailable() from None
         replay = [(int(r["seq"]), r["payload"]) for r in rows]
         ends = any(_is_response(payload) for _, payload in replay)
+        if not ends and stream_id.startswith(REQUEST_STREAM) and self.relay is not None:
+            # the request still runs on another node (or ended without its response there):
+            # this stream follows what that node stores for it, until the response
+            conn = await self.open_stream(session, "post", ts.session_id, stream_id)
+            conn._seq = after
+            async with self.relay.following(conn):
+                await self.pump(conn, send, receive, priming_id=None)
+            return
         conn = await self.open_stream(
             session,
             "post" if ends else "get",

@@ -14,6 +14,10 @@ for the next claim. Targets:
                                of a parked request, a legacy POST for a stream held there)
     relay:<forward id>         the forwarded request's HTTP answer, back to the node that got it
 
+and, without a row, ``stream:<session>:<stream>``: a request's stream that its client resumed on
+another node, whose events the running request keeps storing in ``stream_events``; the node that
+resumed it reads them after the last one it sent (their ids are the request's own).
+
 After its LISTEN connection drops the relay reconnects and claims everything addressed to what it
 holds; a periodic sweep does the same, for notifications a full buffer dropped.
 """
@@ -21,8 +25,9 @@ holds; a periodic sweep does the same, for notifications a full buffer dropped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -98,6 +103,7 @@ class Relay:
         self._wakes, self._woken = trio.open_memory_channel[str | None](self.policy.wake_buffer)
         self._waiting: dict[str, trio.Event] = {}  # forward id -> wakes its waiter
         self._served: dict[str, _Forwarded] = {}  # forward id -> a request running here
+        self._followers: dict[str, tuple[Connection, trio.Lock]] = {}  # see following()
         self._nursery: trio.Nursery | None = None
         self.delivered = 0
         self.forwarded = 0
@@ -187,6 +193,9 @@ class Relay:
             for forward, event in self._waiting.items():
                 if target is None or forward == key:
                     event.set()
+        if target is None or kind == "stream":
+            for follower in [target] if target else list(self._followers):
+                await self._follow(follower)
         if target is None or target == f"node:{self.node_id}":
             for row in await self._take([f"node:{self.node_id}"]):
                 self._start_forwarded(row["payload"])
@@ -268,8 +277,51 @@ class Relay:
                 "INSERT INTO outbox (target, user_id, payload) VALUES ($1, $2, $3)",
                 (target, user_id, payload),
             ),
-            Op(_NOTIFY, (CHANNEL, target)),
+            self.wake_op(target),
         ]
+
+    @staticmethod
+    def wake_op(target: str) -> Op:
+        """The op that wakes the node holding ``target`` when it commits."""
+        return Op(_NOTIFY, (CHANNEL, target))
+
+    # -- following a request's stream that another node writes ------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def following(self, conn: Connection) -> AsyncIterator[None]:
+        """While the block runs, ``conn`` receives the events another node stores for its stream
+        after ``conn``'s last sequence number, in order, once each; the response ends it."""
+        key = f"stream:{conn.session_id}:{conn.stream_id}"
+        if key in self._followers:  # resumed again here: the newer connection follows
+            await self._followers[key][0].close("resumed")
+        self._followers[key] = (conn, trio.Lock())
+        try:
+            await self._follow(key)  # what was stored before the block began
+            yield
+        finally:
+            if self._followers.get(key, (None,))[0] is conn:
+                del self._followers[key]
+
+    async def _follow(self, key: str) -> None:
+        follower = self._followers.get(key)
+        if follower is None:
+            return
+        conn, lock = follower
+        async with lock:
+            rows = await self.store.fetch(
+                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 "
+                "AND seq > $3 ORDER BY seq LIMIT 10000",
+                conn.session_id,
+                conn.stream_id,
+                conn._seq,
+            )
+            for row in rows:
+                conn._seq = int(row["seq"])
+                payload = row["payload"]
+                final = "method" not in payload and "id" in payload  # the request's response
+                event_id = f"{conn.stream_id}:{conn._seq}"
+                conn.send_nowait(self.mcp.stream_event(conn, payload, event_id, final=final))
+            self.delivered += len(rows)
 
     # -- forwarding: this node's side -------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +13,7 @@ import trio
 
 from examples.everything import WATCHED_URI
 from examples.everything import app as everything
+from server._app import Context, Steward
 from server._node import Node
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in, sse_stream
@@ -107,13 +109,27 @@ async def test_the_janitor_expires_sessions_reaps_stale_connections_and_dead_nod
 
 
 @asynccontextmanager
-async def two_nodes(dsn: str) -> AsyncIterator[tuple[Node, Node, httpx.AsyncClient]]:
+async def two_nodes(
+    dsn: str, app: Steward = everything
+) -> AsyncIterator[tuple[Node, Node, httpx.AsyncClient]]:
     async with (
-        running_node(dsn, everything, public_url=PUBLIC, encryption_key=KEY) as a,
-        running_node(dsn, everything, public_url=PUBLIC, encryption_key=KEY) as b,
+        running_node(dsn, app, public_url=PUBLIC, encryption_key=KEY) as a,
+        running_node(dsn, app, public_url=PUBLIC, encryption_key=KEY) as b,
         httpx.AsyncClient(timeout=10) as http,
     ):
         yield a, b, http
+
+
+async def one_session_on_both(
+    http: httpx.AsyncClient, a: Node, b: Node, user: str
+) -> tuple[McpClient, McpClient]:
+    """A transport session initialized on a, and a client of the same session on b."""
+    tokens = await sign_in(http, a, user)
+    on_a = McpClient(http, a, tokens["access_token"])
+    await on_a.initialize()
+    on_b = McpClient(http, b, tokens["access_token"])
+    on_b.session_id = on_a.session_id
+    return on_a, on_b
 
 
 async def test_an_update_published_on_one_node_reaches_a_stream_on_another_exactly_once(
@@ -203,11 +219,7 @@ async def test_a_clients_answer_posted_to_another_node_reaches_the_waiting_handl
     fresh_db: str,
 ) -> None:
     async with two_nodes(fresh_db) as (a, b, http):
-        tokens = await sign_in(http, a, "alice")
-        on_a = McpClient(http, a, tokens["access_token"])
-        await on_a.initialize()
-        on_b = McpClient(http, b, tokens["access_token"])
-        on_b.session_id = on_a.session_id
+        on_a, on_b = await one_session_on_both(http, a, b, "alice")
         on_a._id = 100
         call = {
             "jsonrpc": "2.0",
@@ -290,3 +302,66 @@ async def test_a_legacy_post_reaching_another_node_is_handled_by_the_streams_nod
                 await trio.sleep(0.01)
         await a.store.write()
         assert (await http.post(post_url, json=ping, headers=carol)).status_code == 404
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    """The events of a finished SSE body: ``id`` and ``data`` (parsed, or None)."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = [line.partition(":")[::2] for line in block.split("\n") if line.strip()]
+        data = "".join(v.strip() for k, v in fields if k == "data")
+        ids = [v.strip() for k, v in fields if k == "id"]
+        if ids:
+            events.append({"id": ids[0], "data": json.loads(data) if data else None})
+    return events
+
+
+follow_app = Steward("follow")
+gate: dict[str, trio.Event] = {}
+
+
+@follow_app.tool()
+async def ask_later(ctx: Context) -> str:
+    """Sends a log message, closes its stream, waits for the test, then asks the client's model."""
+    await ctx.log("info", "before")
+    await ctx.close_stream()
+    await gate["resumed"].wait()
+    result = await ctx.sample([{"role": "user", "content": {"type": "text", "text": "hi"}}])
+    return f"model said {result['content']['text']}"
+
+
+async def test_a_request_stream_resumed_on_another_node_follows_the_running_request(
+    fresh_db: str,
+) -> None:
+    """The handler runs on a; its client resumes the stream on b, gets the sampling request
+    there, answers on b, and gets the result on b: each event once, ids continuing a's."""
+    gate["resumed"] = trio.Event()
+    async with two_nodes(fresh_db, follow_app) as (a, b, http):
+        on_a, on_b = await one_session_on_both(http, a, b, "alice")
+        r = await on_a.post("tools/call", {"name": "ask_later", "arguments": {}})
+        events = sse_events(r.text)
+        assert [e["data"]["params"]["data"] for e in events if e["data"]] == ["before"]
+        async with get_stream(on_b, **{"last-event-id": events[-1]["id"]}) as resumed:
+            gate["resumed"].set()
+            with trio.fail_after(5):
+                asked = await resumed.next()
+            assert asked is not None and asked["data"]["method"] == "sampling/createMessage"
+            answer = {
+                "jsonrpc": "2.0",
+                "id": asked["data"]["id"],
+                "result": {"role": "assistant", "content": {"type": "text", "text": "yes"}},
+            }
+            assert (
+                await http.post(on_b.url, json=answer, headers=on_b.headers())
+            ).status_code == 202
+            with trio.fail_after(5):
+                result = await resumed.next()
+                end = await resumed.next()
+        assert result is not None and result["data"]["result"]["content"][0]["text"] == (
+            "model said yes"
+        )
+        assert end is None  # the stream ends with the response
+        ids = [e["id"] for e in [*events, asked, result]]
+        assert len({i.rpartition(":")[0] for i in ids}) == 1
+        seqs = [int(i.rpartition(":")[2]) for i in ids]
+        assert seqs == list(range(1, len(ids) + 1))
