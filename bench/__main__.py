@@ -26,6 +26,7 @@ NAMES = (
     "runtime",
     "group-commit",
     "scale-out",
+    "cross-node",
     "restart-recovery",
     "wire-types",
 )
@@ -35,6 +36,7 @@ ON_REQUEST = ("soak",)  # long runs, never part of "all"
 
 def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, Any]]]:
     from bench import (
+        cross_node,
         group_commit,
         idle_streams,
         refresh_storm,
@@ -61,6 +63,7 @@ def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, An
         "runtime": lambda: runtime_bench.run(quick=quick),
         "group-commit": lambda: group_commit.run(duration=duration),
         "scale-out": lambda: scale_out.run(duration=duration),
+        "cross-node": lambda: cross_node.run(quick=quick),
         "restart-recovery": lambda: restart_recovery.run(sessions=500 if quick else 10_000),
         "wire-types": wire_types.run,
     }

@@ -187,7 +187,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 idp_sock = bind_socket(settings.host, settings.dev_idp_port)
                 host, idp_port = idp_sock.getsockname()[:2]
                 idp_url = f"http://{host}:{idp_port}"
-                await nursery.start(serve_http, DevIdP(idp_url), idp_sock, 1.0)
+                idp = DevIdP(idp_url)
+                await nursery.start(serve_http, idp, idp_sock, 1.0)
                 env.update(
                     {
                         "STEWARD_DEV_IDP": "false",
@@ -236,8 +237,11 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             }
             if idp_url:
                 doc["dev_idp_url"] = idp_url
+                doc["dev_idp_control_secret"] = idp.control_secret  # its /_control/ endpoints
             if ready_file is not None:
-                ready_file.write_text(json.dumps(doc, indent=2))
+                tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
+                tmp.write_text(json.dumps(doc, indent=2))
+                tmp.replace(ready_file)  # whole or absent: a reader never sees it half written
             print(
                 f"Steward is serving MCP at {doc['mcp_url']} with {settings.workers} workers",
                 file=sys.stderr,

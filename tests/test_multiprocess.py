@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ import httpx
 import pytest
 import trio
 
-from bench._servers import obtain_token
+from bench._servers import obtain_token, obtain_tokens
+from tests.harness._pg import psql
 from tests.harness._serve import steward_serve
-from tests.harness._steward import SseReader
+from tests.harness._steward import SseReader, sse_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "multi-admin"
@@ -187,3 +189,125 @@ async def test_a_killed_nodes_clients_resume_on_another(
             },
         )
         assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "still here"
+
+
+def session_headers(token: str, session_id: str) -> dict[str, str]:
+    return {
+        **HEADERS,
+        "authorization": f"Bearer {token}",
+        "mcp-session-id": session_id,
+        "mcp-protocol-version": "2025-11-25",
+    }
+
+
+async def call_tool(url: str, headers: dict[str, str], name: str) -> dict[str, Any]:
+    """tools/call on a fresh connection (the kernel picks the process); the JSON-RPC reply."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": name}}
+        r = await http.post(url, headers=headers, json=body)
+        assert r.status_code == 200, r.text
+        reply: dict[str, Any] = r.json()
+        return reply
+
+
+async def test_an_update_published_in_one_process_reaches_a_stream_in_another_exactly_once(
+    three_nodes: dict[str, Any], fresh_db: str
+) -> None:
+    """Eight touch_readme calls spread by the kernel over three processes, one GET stream: eight
+    updates, no more, in id order; the outbox LISTEN connections are cut half way."""
+    url = three_nodes["mcp_url"]
+    [token] = await obtain_tokens(three_nodes, ["bob"])
+    headers = session_headers(token, await initialize(url, token))
+    async with httpx.AsyncClient(timeout=20) as http:
+        subscribe = {"uri": "demo://readme"}
+        body = {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": subscribe}
+        assert (await http.post(url, headers=headers, json=body)).status_code == 200
+        stream_headers = {**headers, "accept": "text/event-stream"}
+        async with sse_stream(http, "GET", url, headers=stream_headers) as reader:
+            priming = await reader.next()
+            assert priming is not None
+            told_here = []
+            for i in range(8):
+                if i == 4:  # every node's relay reconnects and claims what waited meanwhile
+                    cut = psql(
+                        fresh_db,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE query LIKE 'LISTEN%steward_outbox%'",
+                    )
+                    assert cut == "3"
+                reply = await call_tool(url, headers, "touch_readme")
+                text = reply["result"]["content"][0]["text"]
+                told_here.append(int(text.split("told: ")[1].split()[0]))
+            updates = []
+            with trio.fail_after(20):
+                while len(updates) < 8:
+                    event = await reader.next_message()
+                    assert event is not None
+                    updates.append(event)
+            with trio.move_on_after(1.0) as nothing_more:
+                await reader.next_message()
+            assert nothing_more.cancelled_caught, "an update arrived twice"
+    assert {e["data"]["method"] for e in updates} == {"notifications/resources/updated"}
+    seqs = [int(e["id"].rpartition(":")[2]) for e in [priming, *updates]]
+    assert seqs == sorted(set(seqs))
+    assert told_here.count(0) >= 1, (
+        f"no call reached another process than the stream's: {told_here}"
+    )
+    assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
+
+
+async def test_an_expired_upstream_token_is_refreshed_once_for_a_session_live_in_three_processes(
+    three_nodes: dict[str, Any], fresh_db: str
+) -> None:
+    doc = three_nodes
+    url = doc["mcp_url"]
+
+    async def control(action: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=20) as http:
+            r = await http.post(
+                f"{doc['dev_idp_url']}/_control/{action}",
+                json=args or {},
+                headers={"x-control-secret": doc["dev_idp_control_secret"]},
+            )
+            assert r.status_code == 200, r.text
+            stats: dict[str, Any] = r.json()
+            return stats
+
+    await control("token_ttl", {"seconds": 2})
+    [token] = await obtain_tokens(doc, ["alice"])  # its upstream token expires in 2 s
+    await control("token_ttl", {"seconds": 3600})
+    # the refresh takes a while: every process that holds the session meanwhile wants one
+    await control("fail_refresh", {"mode": "slow", "seconds": 4, "count": 1})
+    async with contextlib.AsyncExitStack() as streams:
+        readers = await streams.enter_async_context(trio.open_nursery())
+        for _ in range(30):  # one GET stream per transport session, until every process holds one
+            headers = session_headers(token, await initialize(url, token))
+            http = await streams.enter_async_context(httpx.AsyncClient(timeout=20))
+            response = await streams.enter_async_context(
+                http.stream("GET", url, headers={**headers, "accept": "text/event-stream"})
+            )
+            assert response.status_code == 200, (await response.aread()).decode()
+            reader = SseReader(response)
+            readers.start_soon(reader._pump)
+            await reader.next()
+            held = psql(
+                fresh_db,
+                "SELECT count(DISTINCT node_id) FROM connections WHERE closed_at IS NULL",
+            )
+            if held == "3":
+                break
+        assert held == "3", "the kernel spread 30 streams over fewer than three processes"
+        results = []
+        with trio.fail_after(30):
+            for _ in range(9):  # tool calls that need the upstream token, on any process
+                while True:
+                    reply = await call_tool(url, headers, "profile")
+                    if "result" in reply and not reply["result"].get("isError"):
+                        break
+                    assert reply["error"]["data"]["retryable"], reply  # the refresh is under way
+                    await trio.sleep(0.2)
+                results.append(reply["result"]["structuredContent"]["upstream_token_length"])
+        readers.cancel_scope.cancel()
+    assert all(length > 0 for length in results)
+    stats = await control("stats")
+    assert stats["calls"]["refresh"] == 1
