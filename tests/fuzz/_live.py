@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 START_LIMIT = 60.0  # seconds for the node to start in its thread
 STOP_LIMIT = 30.0  # seconds for it to stop
+LONG_RUN = 7 * 86400.0  # seconds: longer than any fuzz run
 # The fuzzer measures rejection, not rate limiting: every tier far above what it sends.
 UNLIMITED_TIERS = [
     {"name": tier, "requests_per_minute": 100_000_000, "burst": 1_000_000}
@@ -78,7 +79,7 @@ class LiveNode:
 
     def __init__(self, dsn: str, **overrides: Any) -> None:
         self.dsn = dsn
-        self.overrides = {"tiers": UNLIMITED_TIERS, **overrides}
+        self.overrides = {"tiers": UNLIMITED_TIERS, "access_token_ttl": LONG_RUN, **overrides}
         self.node: Node | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -120,6 +121,12 @@ class LiveNode:
 
     async def _serve(self) -> None:
         async with running_node(self.dsn, **self.overrides) as node:
+            # Long runs: nothing may change the fingerprinted tables on its own clock. The
+            # janitor's retention sweep (expired authorization requests) runs no more, and the
+            # tokens of the setup's sign-ins (ours and the development IdP's) outlive the run.
+            node.janitor.policy = attrs.evolve(node.janitor.policy, interval=LONG_RUN)
+            if node.dev_idp is not None:
+                node.dev_idp.access_ttl = LONG_RUN
             self.node = node
             self._stop = trio.Event()
             self._token = trio.lowlevel.current_trio_token()
