@@ -58,6 +58,7 @@ PREFIX = "/admin/api/"
 VIEW = "/admin"
 COOKIE = "steward_admin"
 COOKIE_TTL = 8 * 3600  # seconds an admin sign-in lasts
+TREE_CHILDREN = 200  # children shown per supervisor in /admin/api/tree (the rest are counted)
 STATIC_DIR = Path(__file__).parent / "admin_static"
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
 # nothing inline, nothing from elsewhere: the page's script and style come from this server
@@ -265,7 +266,7 @@ class AdminApi:
             trees = [node.root.tree()] if node.root is not None else tree()
             return 200, {
                 "node_id": node.info.node_id,
-                "trees": [t.to_dict() for t in trees],
+                "trees": [_bounded(t.to_dict()) for t in trees],
                 "store": attrs.asdict(node.store.statistics()),
             }
         if method == "GET" and route == "sessions":
@@ -311,6 +312,15 @@ class AdminApi:
             "error": "not_found",
             "error_description": f"no admin endpoint {method} {route}",
         }
+
+
+def _bounded(node: dict[str, Any], limit: int = TREE_CHILDREN) -> dict[str, Any]:
+    """The tree with at most ``limit`` children per supervisor; ``more`` counts the rest."""
+    children = node["children"]
+    out = {**node, "children": [_bounded(c, limit) for c in children[:limit]]}
+    if len(children) > limit:
+        out["more"] = len(children) - limit
+    return out
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -132,3 +133,16 @@ async def test_the_admin_view_needs_the_token_and_a_csrf_token_for_actions(
         assert (await http.get(f"{base}/admin/api/tree", headers=forged)).status_code == 401
         out = await http.post(f"{base}/admin/logout", headers={**cookie, "x-csrf-token": csrf})
         assert out.status_code == 200 and "Max-Age=0" in out.headers["set-cookie"]
+
+
+def test_the_tree_shows_a_bounded_number_of_children_and_counts_the_rest() -> None:
+    from server._admin import _bounded
+
+    def node(name: str, *children: dict[str, Any]) -> dict[str, Any]:
+        return {"id": name, "children": list(children)}
+
+    tree = node("root", node("sessions", *(node(f"s{i}") for i in range(5))), node("store"))
+    shown = _bounded(tree, limit=3)
+    sessions = shown["children"][0]
+    assert [c["id"] for c in sessions["children"]] == ["s0", "s1", "s2"]
+    assert sessions["more"] == 2 and "more" not in shown

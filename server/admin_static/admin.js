@@ -76,7 +76,9 @@
       restarts
     );
     if (node.children && node.children.length) {
-      item.append(el("ul", {}, ...node.children.map(treeNode)));
+      const list = el("ul", {}, ...node.children.map(treeNode));
+      if (node.more) list.append(el("li", { class: "more" }, `… and ${node.more} more`));
+      item.append(list);
     }
     return item;
   }
