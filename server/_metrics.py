@@ -63,6 +63,29 @@ _MCP_GAUGES = (
     ),
 )
 
+_MCP_COUNTERS = (
+    (
+        "steward_mcp_events_stored",
+        "stream events handed to the store for resumption",
+        "events_stored",
+    ),
+)
+# RelayStatistics fields (cross-node delivery, server/_relay.py)
+_RELAY_GAUGES = (
+    (
+        "steward_relay_waiting",
+        "requests forwarded to another node, awaiting their answer here",
+        "waiting",
+    ),
+)
+_RELAY_COUNTERS = (
+    ("steward_relay_delivered", "outbox messages delivered here", "delivered"),
+    ("steward_relay_forwarded", "requests forwarded to another node", "forwarded"),
+    ("steward_relay_served", "requests forwarded here from another node", "served"),
+    ("steward_relay_reconnects", "reconnects of the relay's LISTEN connection", "reconnects"),
+    ("steward_relay_wakes_dropped", "wake-ups past the relay's buffer", "wakes_dropped"),
+)
+
 
 class NodeCollector:
     def __init__(self, node: Node, requests: RequestCounter) -> None:
@@ -156,13 +179,21 @@ class NodeCollector:
             value=node.usage.quota_rejected,
         )
         mcp = node.mcp.statistics()
-        for name, help_text, field in _MCP_GAUGES:
-            yield GaugeMetricFamily(name, help_text, value=getattr(mcp, field))
-        yield CounterMetricFamily(
-            "steward_mcp_events_stored",
-            "stream events handed to the store for resumption",
-            value=mcp.events_stored,
-        )
+        yield from _families(mcp, _MCP_GAUGES, GaugeMetricFamily)
+        yield from _families(mcp, _MCP_COUNTERS, CounterMetricFamily)
+        relay = node.relay.statistics()
+        yield from _families(relay, _RELAY_COUNTERS, CounterMetricFamily)
+        yield from _families(relay, _RELAY_GAUGES, GaugeMetricFamily)
+
+
+def _families(
+    record: object,
+    table: tuple[tuple[str, str, str], ...],
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+) -> Iterator[Metric]:
+    """One metric per ``(metric, help, field)`` of ``table``, valued from ``record``'s field."""
+    for name, help_text, field in table:
+        yield family(name, help_text, value=getattr(record, field))
 
 
 def render_metrics(registry: CollectorRegistry) -> bytes:

@@ -68,8 +68,9 @@ class RelayStatistics:
     delivered: int  # outbox rows delivered to streams and server requests here
     forwarded: int  # requests this node sent to another node
     served: int  # requests forwarded to this node and run here
-    reconnects: int
+    reconnects: int  # of the LISTEN connection
     waiting: int  # forwarded requests awaiting their answer here
+    wakes_dropped: int  # wake-ups past wake_buffer (the next sweep claims for them)
 
 
 class _Forwarded:
@@ -109,6 +110,7 @@ class Relay:
         self.forwarded = 0
         self.served = 0
         self.reconnects = 0
+        self.wakes_dropped = 0
         mcp.relay = self
 
     def child_spec(self) -> ChildSpec:
@@ -116,7 +118,12 @@ class Relay:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(
-            self.delivered, self.forwarded, self.served, self.reconnects, len(self._waiting)
+            self.delivered,
+            self.forwarded,
+            self.served,
+            self.reconnects,
+            len(self._waiting),
+            self.wakes_dropped,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
@@ -136,6 +143,7 @@ class Relay:
         try:
             self._wakes.send_nowait(target)
         except trio.WouldBlock:  # the periodic sweep claims it
+            self.wakes_dropped += 1
             log.warning("relay_wake_dropped")
 
     async def _listen(self) -> None:

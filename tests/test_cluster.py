@@ -169,6 +169,8 @@ async def test_an_update_published_on_one_node_reaches_a_stream_on_another_exact
         assert len({i.rpartition(":")[0] for i in ids}) == 1 and seqs == sorted(set(seqs))
         assert b.relay.statistics().reconnects >= 1
         assert b.relay.statistics().delivered == 2
+        metrics = (await http.get(f"{b.info.listen_url}/metrics")).text
+        assert "steward_relay_delivered_total 2.0" in metrics
         assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
         # stored with the claim: resuming on a replays both, once
         async with get_stream(on_a, **{"last-event-id": priming["id"]}) as resumed:
