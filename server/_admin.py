@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
+import structlog
 
 from actors import StoreUnavailable
 from runtime import tree
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from server._node import Node
 
 __all__ = ["AdminApi"]
+
+log = structlog.get_logger("admin")
 
 PREFIX = "/admin/api/"
 VIEW = "/admin"
@@ -175,6 +178,7 @@ class AdminApi:
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._same_origin(scope):
+            log.warning("admin_sign_in_refused", reason="cross-origin")
             await self._send_login(send, 403, "Sign-in from another site refused.")
             return
         try:
@@ -183,8 +187,10 @@ class AdminApi:
             await self._send_login(send, 413, "The form is too large.")
             return
         if not hmac.compare_digest(fields.get("token", "").strip(), self.token):
+            log.warning("admin_sign_in_refused", reason="wrong token")
             await self._send_login(send, 401, "That is not the admin token.")
             return
+        log.info("admin_signed_in")
         secure = "; Secure" if self.secure else ""
         cookie = (
             f"{COOKIE}={self._new_cookie()}; Path={VIEW}; Max-Age={COOKIE_TTL}; "

@@ -32,7 +32,8 @@ SCREENSHOT = os.environ.get("STEWARD_ADMIN_SCREENSHOT")
 
 
 def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
-    """Sign in to the view, check what it renders, revoke ``alice`` with the page's button."""
+    """Sign in to the view, check what it renders, revoke ``alice`` and end bob's session with
+    the page's buttons."""
     from playwright.sync_api import expect, sync_playwright
 
     profile = tempfile.mkdtemp(prefix="stw-chromium-")
@@ -102,6 +103,16 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 expect(page.locator('#events tr[data-kind="revoked"]')).to_have_count(1)
                 expect(page.locator('li.tnode[data-id="sessions"] > ul > li.tnode')).to_have_count(
                     1
+                )
+                # the other user is untouched; ending their session is the other action
+                page.fill("#user-search", "bob")
+                expect(rows).to_have_count(1)
+                expect(rows.first).to_have_attribute("data-status", "active")
+                page.get_by_role("button", name="End session").click()
+                expect(page.locator("#flash")).to_contain_text("Ended session")
+                expect(rows.first).to_have_attribute("data-status", "ended")
+                expect(page.locator('li.tnode[data-id="sessions"] > ul > li.tnode')).to_have_count(
+                    0
                 )
                 seen["cookies"] = browser.cookies()
                 seen["errors"] = errors

@@ -32,7 +32,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-async def test_the_admin_view_renders_the_tree_and_revokes_a_user_in_chromium(
+async def test_the_admin_view_renders_the_tree_revokes_a_user_and_ends_a_session_in_chromium(
     fresh_db: str, chromium: Path
 ) -> None:
     async with (
@@ -70,7 +70,7 @@ async def test_the_admin_view_renders_the_tree_and_revokes_a_user_in_chromium(
         (cookie,) = seen["cookies"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert TOKEN not in cookie["value"]
-        # the revocation is in the database and in the JSON API; bob is untouched
+        # the revocation and the ended session are in the database and in the JSON API
         assert await node.store.fetchval(
             "SELECT revoked_at IS NOT NULL FROM users WHERE user_id = $1", alice_id
         )
@@ -80,10 +80,16 @@ async def test_the_admin_view_renders_the_tree_and_revokes_a_user_in_chromium(
         ).json()["sessions"]
         assert {s["user_id"].rsplit("|", 1)[-1]: s["status"] for s in listed} == {
             "alice": "revoked",
-            "bob": "active",
+            "bob": "ended",
         }
+        assert (
+            await node.store.fetchval(
+                "SELECT status FROM grants g JOIN users u USING (user_id) WHERE u.subject = 'bob'"
+            )
+            == "ended"
+        )
         assert (await alice.post("ping")).status_code == 401
-        assert (await bob.post("ping")).status_code == 200
+        assert (await bob.post("ping")).status_code == 401
 
 
 async def test_the_admin_view_needs_the_token_and_a_csrf_token_for_actions(
