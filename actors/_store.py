@@ -169,6 +169,7 @@ class Store:
         self._incarnations = 0
         self._rejected = 0
         self._dropped = 0
+        self._connect_error: str | None = None  # why the last connection attempt failed
 
     # -- the public API ------------------------------------------------------------------------
 
@@ -305,7 +306,8 @@ class Store:
             with trio.move_on_after(self.policy.read_wait):
                 await self._attached.wait()
         if not self._attached.is_set():
-            msg = f"the database is unreachable (no connection within read_wait={self.policy.read_wait}s)"
+            why = f"; last attempt: {self._connect_error}" if self._connect_error else ""
+            msg = f"the database is unreachable (no connection within read_wait={self.policy.read_wait}s{why})"
             raise StoreUnavailable(msg)
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -368,6 +370,7 @@ class Store:
             except _CONNECTION_ERRORS as exc:
                 if self._outage_since is None:
                     self._outage_since = trio.current_time()
+                self._connect_error = f"{type(exc).__name__}: {exc}"
                 delay = self.policy.reconnect.delay(attempt)
                 attempt += 1
                 log.warning(
@@ -376,6 +379,7 @@ class Store:
                 await trio.sleep(delay)
                 continue
             attempt = 0
+            self._connect_error = None
             try:
                 await self._attached_run(loop, pool)
             except StoreUnavailable:
