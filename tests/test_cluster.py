@@ -306,15 +306,18 @@ async def test_a_legacy_post_reaching_another_node_is_handled_by_the_streams_nod
         assert (await http.post(post_url, json=ping, headers=carol)).status_code == 404
 
 
-def sse_events(text: str) -> list[dict[str, Any]]:
-    """The events of a finished SSE body: ``id`` and ``data`` (parsed, or None)."""
+def sse_events(text: str, *, with_ids: bool = True) -> list[dict[str, Any]]:
+    """The events of a finished SSE body (those with an id, unless ``with_ids`` is False):
+    ``id`` and ``data`` (parsed, or None)."""
     events = []
     for block in text.split("\n\n"):
         fields = [line.partition(":")[::2] for line in block.split("\n") if line.strip()]
         data = "".join(v.strip() for k, v in fields if k == "data")
         ids = [v.strip() for k, v in fields if k == "id"]
-        if ids:
-            events.append({"id": ids[0], "data": json.loads(data) if data else None})
+        if ids or (data and not with_ids):
+            events.append(
+                {"id": ids[0] if ids else None, "data": json.loads(data) if data else None}
+            )
     return events
 
 
@@ -367,3 +370,35 @@ async def test_a_request_stream_resumed_on_another_node_follows_the_running_requ
         assert len({i.rpartition(":")[0] for i in ids}) == 1
         seqs = [int(i.rpartition(":")[2]) for i in ids]
         assert seqs == list(range(1, len(ids) + 1))
+
+
+@follow_app.tool()
+async def greet_slowly(ctx: Context) -> str:
+    """Asks a name, then logs before answering: its reply to the retry is an SSE stream."""
+    answer = await ctx.elicit("Your name?", {"type": "object"}, key="name")
+    await ctx.log("info", "thinking")
+    return f"hello {answer['content']['name']}"
+
+
+async def test_a_2026_retry_answered_as_a_stream_is_relayed_from_the_parked_node(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db, follow_app) as (a, b, http):
+        token = (await sign_in(http, a, "carol"))["access_token"]
+
+        async def call(node: Node, extra: dict[str, Any]) -> httpx.Response:
+            body = rpc_2026("tools/call", {"name": "greet_slowly", "arguments": {}, **extra})
+            meta = body["params"]["_meta"]
+            meta["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}}
+            meta["io.modelcontextprotocol/logLevel"] = "info"
+            headers = headers_2026(token, "tools/call", "greet_slowly")
+            return await http.post(f"{node.info.listen_url}/mcp", json=body, headers=headers)
+
+        first = (await call(a, {})).json()["result"]
+        answer = {"name": {"action": "accept", "content": {"name": "Ada"}}}
+        r = await call(b, {"inputResponses": answer, "requestState": first["requestState"]})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        messages = [e["data"] for e in sse_events(r.text, with_ids=False) if e["data"]]
+        assert [m.get("method") for m in messages] == ["notifications/message", None]
+        assert messages[1]["result"]["content"][0]["text"] == "hello Ada"
+        assert b.relay.statistics().forwarded == 1 and a.relay.statistics().served == 1
