@@ -1426,16 +1426,22 @@ class McpHttp:
         conn = await self.open_stream(
             session, "listen", None, token_expires_at=principal.expires_at
         )
-        self.listeners[conn] = {**honoured, "_id": message["id"]}
         target = f"listen:{conn.id}"
-        if honoured.get("resourceSubscriptions"):  # found by updates published on other nodes
-            self.store.write_nowait(
-                Op(
-                    "INSERT INTO resource_subscriptions (uri, target, user_id) "
-                    "SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
-                    (honoured["resourceSubscriptions"], target, principal.user_id),
+        if honoured.get("resourceSubscriptions"):
+            # committed before the acknowledgement: from then on, an update published on any
+            # node finds this stream
+            try:
+                await self.store.write(
+                    Op(
+                        "INSERT INTO resource_subscriptions (uri, target, user_id) "
+                        "SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
+                        (honoured["resourceSubscriptions"], target, principal.user_id),
+                    )
                 )
-            )
+            except StoreUnavailable:
+                await conn.close("database_unreachable")
+                raise _unavailable() from None
+        self.listeners[conn] = {**honoured, "_id": message["id"]}
         ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}
         self.emit(conn, notification("notifications/subscriptions/acknowledged", ack))
         try:

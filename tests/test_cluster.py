@@ -208,7 +208,6 @@ async def test_a_listen_stream_on_another_node_gets_the_update_tagged(fresh_db: 
         async with sse_stream(http, "POST", url, json=body, headers=headers) as reader:
             ack = await reader.next_message()
             assert ack is not None
-            await b.store.write()  # the listen's subscription row is committed
             a.mcp.notify_resource_updated(WATCHED_URI)
             with trio.fail_after(5):
                 update = await reader.next_message()
