@@ -109,10 +109,7 @@ class Notifier:
         self.applied += 1
         log.info("cluster_event", kind=kind, origin=row["origin_node"], user_id=row["user_id"])
         if kind == "revoke_user" and row["user_id"]:
-            for session in self.sessions.live():
-                if session.context.user_id == row["user_id"]:
-                    await session.end_locally("revoked", "access was revoked")
-            self.sessions.forget_user(row["user_id"])
+            await self.sessions.end_user_locally(row["user_id"])
         elif kind in ("revoke_grant", "end_session", "reauth_required") and row["grant_id"]:
             live = self.sessions.registry.lookup(row["grant_id"])
             if live is not None:

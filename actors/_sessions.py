@@ -920,7 +920,12 @@ class SessionManager:
         self.forget_user(user_id)
 
     async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> None:
-        """Revoke every grant of a user: each of their streams closes with an error event."""
+        """Revoke every grant of a user: each of their streams closes with an error event.
+
+        This node's streams close before the commit (revocation takes effect here without
+        waiting for the database) and the user's live sessions are ended again after it, in
+        case the user came back in between, while the grants were still active."""
+        await self.end_user_locally(user_id)
         await self.store.write(
             Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (user_id,)),
             Op(
@@ -933,11 +938,15 @@ class SessionManager:
             ),
             *self.publish("revoke_user", user_id=user_id),
         )
+        await self.end_user_locally(user_id)
+        self.auth.audit("revoked", user_id=user_id, reason=reason)
+
+    async def end_user_locally(self, user_id: str) -> None:
+        """The user was revoked: close this node's streams of theirs and forget their tokens."""
         for session in self.live():
             if session.context.user_id == user_id:
                 await session.end_locally("revoked", "access was revoked")
         self.forget_user(user_id)
-        self.auth.audit("revoked", user_id=user_id, reason=reason)
 
     # -- upstream refresh, single flight across nodes ------------------------------------------------------
 

@@ -55,6 +55,34 @@ async def test_revoking_a_user_closes_each_of_their_streams_with_an_error_and_no
         )
 
 
+async def test_a_revoked_users_streams_close_before_the_revocation_commits(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        alice = await connected(http, node, "alice")
+        user_id = (await alice.call("tools/call", {"name": "whoami", "arguments": {}}))["result"][
+            "structuredContent"
+        ]["user"]
+        async with get_stream(alice) as stream:
+            assert (await stream.next())["data"] is None  # the priming event
+            await node.store.write()  # nothing of the stream's left in the queue
+            faults.arm("store.commit", hang=True)  # from now on no commit finishes
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(node.sessions.revoke_user, user_id)
+                    with trio.fail_after(10):
+                        event = await stream.next()
+                        assert await stream.next() is None  # the stream ended
+                    assert event is not None and event["data"]["params"]["data"]["error"] == (
+                        "revoked"
+                    )
+                    assert faults.hits("store.commit") >= 1  # the revocation's write is held
+                    assert psql(fresh_db, "SELECT status FROM grants") == "active"
+                    nursery.cancel_scope.cancel()
+            finally:
+                faults.reset()
+
+
 async def test_invalid_grant_upstream_requires_reauthorization(fresh_db: str) -> None:
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         assert node.dev_idp is not None
