@@ -618,11 +618,26 @@ class McpHttp:
             op = Op(
                 "DELETE FROM resource_subscriptions WHERE uri = $1 AND target = $2", (uri, target)
             )
+        # a node holding the session's stream re-reads its subscriptions (server/_relay.py)
+        wake = [] if self.relay is None else [self.relay.wake_op(target)]
         try:
-            await self.store.write(op)
+            await self.store.write(op, *wake)
         except StoreUnavailable:
             msg = "the database is unreachable; retry shortly"
             raise RpcError(INTERNAL_ERROR, msg, {"retryable": True, "retryAfter": 5}) from None
+
+    def set_subscriptions(
+        self, session_ids: Iterable[str], rows: Iterable[tuple[str, str]]
+    ) -> None:
+        """Replace what this node remembers of the subscriptions of ``session_ids`` by ``rows``
+        (session id, uri), read from the database: a (un)subscribe through another node counts."""
+        sessions = set(session_ids)
+        for uri, subscribers in list(self.subscriptions.items()):
+            subscribers -= sessions
+            if not subscribers:
+                del self.subscriptions[uri]
+        for session_id, uri in rows:
+            self.subscriptions.setdefault(uri, set()).add(session_id)
 
     def _unsubscribe_here(self, session_id: str, uri: str) -> None:
         subscribers = self.subscriptions.get(uri)

@@ -190,6 +190,7 @@ class Relay:
         kind, _, key = (target or "").partition(":")
         streams = self._streams(target)
         if streams:
+            await self._reread_subscriptions([t for t in streams if t.startswith("session:")])
             await self._deliver(streams)
         if target is None or kind == "reply":
             replies = [f"reply:{k}" for k in ([key] if target else self.mcp.pending)]
@@ -207,6 +208,19 @@ class Relay:
         if target is None or target == f"node:{self.node_id}":
             for row in await self._take([f"node:{self.node_id}"]):
                 self._start_forwarded(row["payload"])
+
+    async def _reread_subscriptions(self, targets: list[str]) -> None:
+        """What the sessions whose streams this node holds are subscribed to, from the rows: a
+        (un)subscribe through another node wakes this node with the session's target."""
+        if not targets:
+            return
+        rows = await self.store.fetch(
+            "SELECT target, uri FROM resource_subscriptions WHERE target = ANY($1::text[])",
+            targets,
+        )
+        self.mcp.set_subscriptions(
+            [t[8:] for t in targets], [(r["target"][8:], r["uri"]) for r in rows]
+        )
 
     async def _take(self, targets: list[str]) -> list[dict[str, Any]]:
         rows = await self.store.fetch(

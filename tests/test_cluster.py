@@ -401,3 +401,28 @@ async def test_a_2026_retry_answered_as_a_stream_is_relayed_from_the_parked_node
         assert [m.get("method") for m in messages] == ["notifications/message", None]
         assert messages[1]["result"]["content"][0]["text"] == "hello Ada"
         assert b.relay.statistics().forwarded == 1 and a.relay.statistics().served == 1
+
+
+async def test_an_unsubscribe_through_another_node_stops_the_updates_everywhere(
+    fresh_db: str,
+) -> None:
+    async with two_nodes(fresh_db) as (a, b, http):
+        on_a, on_b = await one_session_on_both(http, a, b, "carol")
+        await on_a.call("resources/subscribe", {"uri": WATCHED_URI})
+        async with get_stream(on_a) as stream:
+            await stream.next()
+            assert a.mcp.notify_resource_updated(WATCHED_URI) == 1
+            with trio.fail_after(5):
+                assert await stream.next_message() is not None
+            await on_b.call("resources/unsubscribe", {"uri": WATCHED_URI})
+            with trio.fail_after(5):  # a, holding the stream, re-reads the session's rows
+                while a.mcp.subscriptions.get(WATCHED_URI):
+                    await trio.sleep(0.01)
+            assert a.mcp.notify_resource_updated(WATCHED_URI) == 0
+            assert b.mcp.notify_resource_updated(WATCHED_URI) == 0
+            await a.store.write()
+            await b.store.write()
+            with trio.move_on_after(0.5) as nothing:
+                await stream.next_message()
+            assert nothing.cancelled_caught
+        assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
