@@ -192,7 +192,15 @@ class Dispatcher:
         handler = self._methods.get(method)
         if handler is None:
             raise RpcError(METHOD_NOT_FOUND, f"method {method!r} not found")
-        return await handler(user, params, emitter)
+        try:
+            return await handler(user, params, emitter)
+        except (RpcError, ScopeRequired, AuthenticationRequiredError):
+            raise  # answered by the transport: a JSON-RPC error, a 403, a 401
+        except Exception as exc:
+            # the application's prompt, resource or completion raised: a JSON-RPC error for this
+            # request (tools answer such failures with isError), never an HTTP 500
+            log.warning("handler_failed", method=method, error=type(exc).__name__)
+            raise RpcError(INTERNAL_ERROR, f"{method} failed: {type(exc).__name__}") from None
 
     async def _ping(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -347,6 +355,10 @@ class Dispatcher:
             ref.get("type"),
             ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri"),
         )
+        strings = (*key, argument.get("name"), argument.get("value", ""))
+        if not all(isinstance(v, str) for v in strings):
+            msg = "ref.type, ref.name (or ref.uri), argument.name and argument.value are strings"
+            raise RpcError(INVALID_PARAMS, msg)
         fn = self.app.completions.get(key)  # type: ignore[arg-type]
         values: list[str] = []
         if fn is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from server._app import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import REDIRECT_URI, McpClient, register, running_node, sign_in
 
@@ -81,3 +82,51 @@ async def test_a_reply_holding_what_postgresql_cannot_store_is_a_400(fresh_db: s
             assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
         ok = b'{"jsonrpc": "2.0", "id": 7, "result": {"x": "\\\\u0000"}}'  # an escaped backslash
         assert (await http.post(mcp.url, content=ok, headers=mcp.headers())).status_code == 202
+
+
+broken = Steward("bad-input-test")
+
+
+@broken.prompt()
+async def greet(ctx: Context, name: str) -> str:
+    return f"hello {name}"
+
+
+@broken.completion("ref/prompt", "greet")
+async def complete_name(
+    ctx: Context, argument: str, value: str, context: dict[str, object]
+) -> list[str]:
+    return [n for n in ("alice", "bob") if n.startswith(value)]
+
+
+@broken.resource("bad://resource")
+async def failing(ctx: Context) -> str:
+    raise RuntimeError("a bug in the application")
+
+
+async def test_completion_params_of_the_wrong_type_and_failing_handlers_are_jsonrpc_errors(
+    fresh_db: str,
+) -> None:
+    """completion/complete with a list as ref.name or a number as argument.value is -32602, and
+    a resource whose function raises is -32603: answers to the request, not HTTP 500s."""
+    async with running_node(fresh_db, broken) as node, httpx.AsyncClient() as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        for ref, argument in (
+            ({"type": "ref/prompt", "name": []}, {"name": "name", "value": "a"}),
+            ({"type": "ref/prompt", "name": "greet"}, {"name": "name", "value": 5}),
+            ({"type": "ref/prompt", "name": "greet"}, {"name": {}, "value": "a"}),
+        ):
+            answer = await mcp.call("completion/complete", {"ref": ref, "argument": argument})
+            assert answer["error"]["code"] == -32602, answer
+        ok = await mcp.call(
+            "completion/complete",
+            {
+                "ref": {"type": "ref/prompt", "name": "greet"},
+                "argument": {"name": "name", "value": "a"},
+            },
+        )
+        assert ok["result"]["completion"]["values"] == ["alice"]
+        failed = await mcp.call("resources/read", {"uri": "bad://resource"})
+        assert failed["error"] == {"code": -32603, "message": "resources/read failed: RuntimeError"}
