@@ -88,9 +88,16 @@ json_values = st.recursive(
 )
 
 
+def rarely(draw: st.DrawFn, n: int) -> bool:
+    """True once in ``n + 1`` draws (shrinking towards False). Hypothesis favours the bounds of
+    an integer range, so ``integers(0, n) == 0`` would be far from that rare."""
+    return bool(draw(st.sampled_from((False,) * n + (True,))))
+
+
 def one_of_or_garbage(*values: Any) -> st.SearchStrategy[Any]:
-    """One of ``values``, or arbitrary text."""
-    return st.sampled_from(values) | text
+    """One of ``values`` (three times in four), or arbitrary text."""
+    known = st.sampled_from(values)
+    return st.one_of(known, known, known, text)
 
 
 def _deep(depth: int, kind: str) -> bytes:
@@ -123,7 +130,7 @@ def garbage_body(draw: st.DrawFn, max_body: int) -> bytes:
 @st.composite
 def rpc_params(draw: st.DrawFn, method: str, era: str) -> Any:
     """params for ``method``: shaped like the real thing with wrong values, or anything."""
-    if draw(st.integers(0, 4)) == 0:
+    if rarely(draw, 4):
         return draw(json_values)
     params: dict[str, Any] = {}
     if method == "tools/call":
@@ -155,15 +162,18 @@ def rpc_params(draw: st.DrawFn, method: str, era: str) -> Any:
     elif method == "subscriptions/listen":
         params["notifications"] = draw(json_values)
     if era == "2026":
-        meta: dict[str, Any] = {META_VERSION: draw(one_of_or_garbage(V2026, *VERSIONS_2025))}
-        if draw(st.booleans()):
+        version = V2026 if not rarely(draw, 4) else draw(one_of_or_garbage(*VERSIONS_2025))
+        meta: dict[str, Any] = {META_VERSION: version}
+        if not rarely(draw, 4):
+            meta[META_CAPS] = draw(st.dictionaries(text, json_values, max_size=2))
+        elif draw(st.booleans()):
             meta[META_CAPS] = draw(json_values)
         if draw(st.booleans()):
             meta["io.modelcontextprotocol/logLevel"] = draw(json_values)
         params["_meta"] = meta
-        if draw(st.booleans()):
+        if rarely(draw, 3):
             params["requestState"] = draw(json_values)
-        if draw(st.booleans()):
+        if rarely(draw, 3):
             params["inputResponses"] = draw(json_values)
     elif draw(st.booleans()):
         params["_meta"] = draw(json_values)
@@ -175,15 +185,16 @@ def rpc_message(draw: st.DrawFn, era: str) -> tuple[dict[str, Any], str]:
     """A JSON-RPC-shaped object with something wrong (or nothing), and its method."""
     method = draw(one_of_or_garbage(*METHODS))
     message: dict[str, Any] = {}
-    if draw(st.integers(0, 5)):
+    if not rarely(draw, 5):
         message["jsonrpc"] = "2.0"
     elif draw(st.booleans()):
         message["jsonrpc"] = draw(json_values)
-    shape = draw(st.sampled_from(("request", "request", "notification", "response", "bad")))
+    shape = draw(st.sampled_from(("request",) * 4 + ("notification", "response", "bad")))
     if shape in ("request", "response", "bad"):
-        message["id"] = draw(st.integers() | text | json_values)
+        small = st.integers(0, 10_000)
+        message["id"] = draw(st.one_of(small, small, small, st.integers(), text, json_values))
     if shape in ("request", "notification"):
-        message["method"] = method if draw(st.integers(0, 6)) else draw(json_values)
+        message["method"] = method if not rarely(draw, 6) else draw(json_values)
         message["params"] = draw(rpc_params(method, era))
     elif shape == "response":
         message[draw(st.sampled_from(("result", "error")))] = draw(json_values)
@@ -198,7 +209,9 @@ class Faults:
 
     def __init__(self, draw: st.DrawFn, parts: tuple[str, ...]) -> None:
         self.draw = draw
-        self.broken = draw(st.sets(st.sampled_from(parts), max_size=2))
+        # two requests in three are right but for their content
+        wrong = st.sets(st.sampled_from(parts), min_size=1, max_size=2)
+        self.broken = draw(wrong) if rarely(draw, 2) else set()
 
     def pick(self, part: str, valid: Any, hostile: st.SearchStrategy[Any]) -> Any:
         return self.draw(hostile) if part in self.broken else valid
@@ -270,11 +283,11 @@ def mcp_request(draw: st.DrawFn, known: Known) -> Request:
         else:
             message, method = draw(rpc_message(era))
             body = json.dumps(message).encode()
-            if era == "2026" and draw(st.integers(0, 3)):
-                headers["mcp-method"] = method if draw(st.integers(0, 4)) else draw(header_text)
+            if era == "2026" and not rarely(draw, 3):
+                headers["mcp-method"] = method if not rarely(draw, 4) else draw(header_text)
                 params = message.get("params")
                 name = params.get("name") or params.get("uri") if isinstance(params, dict) else None
-                if isinstance(name, str) and draw(st.integers(0, 4)):
+                if isinstance(name, str) and not rarely(draw, 4):
                     headers["mcp-name"] = name
                 elif draw(st.booleans()):
                     headers["mcp-name"] = draw(header_text)
@@ -284,10 +297,43 @@ def mcp_request(draw: st.DrawFn, known: Known) -> Request:
     if verb == "DELETE" and session == "own" and token == "alice":
         # a valid DELETE ends the session the other examples use: send it with a forged one
         headers["mcp-session-id"] = "forged-" + alice.session_id[:8]
-    if draw(st.integers(0, 9)) == 0:  # the deprecated HTTP+SSE transport (2024-11-05)
+    if rarely(draw, 9):  # the deprecated HTTP+SSE transport (2024-11-05)
         query = urlencode({"session_id": session_id or draw(text)})
         return Request(verb, "/messages", headers, body, query=query)
     return Request(verb, "/mcp", headers, body)
+
+
+@st.composite
+def mcp_call(draw: st.DrawFn, known: Known) -> Request:
+    """A well-formed request of a known method in a valid session (2025) or with consistent
+    2026-07-28 headers, whose params are wrong in type, shape or value: what the dispatcher and
+    the application's handlers receive."""
+    alice = known.alice
+    era = draw(st.sampled_from(("2025", "2026")))
+    method = draw(st.sampled_from(METHODS))
+    params = draw(rpc_params(method, era))
+    message = {"jsonrpc": "2.0", "id": draw(st.integers(0, 10_000)), "method": method}
+    if isinstance(params, dict) and era == "2026":
+        meta = params.setdefault("_meta", {})
+        if isinstance(meta, dict):
+            meta[META_VERSION] = V2026
+            meta.setdefault(META_CAPS, {})
+    message["params"] = params
+    headers = {
+        "authorization": f"Bearer {alice.access_token}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+    }
+    if era == "2025":
+        headers["mcp-session-id"] = alice.session_id
+        headers["mcp-protocol-version"] = draw(st.sampled_from(VERSIONS_2025))
+    else:
+        headers["mcp-protocol-version"] = V2026
+        headers["mcp-method"] = method
+        name = params.get("name") or params.get("uri") if isinstance(params, dict) else None
+        if isinstance(name, str):
+            headers["mcp-name"] = name
+    return Request("POST", "/mcp", headers, json.dumps(message).encode())
 
 
 # -- OAuth ---------------------------------------------------------------------------------------
@@ -317,7 +363,7 @@ def token_request(draw: st.DrawFn, known: Known) -> Request:
         "refresh_token": draw(_form_field(st.sampled_from(("", "r" * 43)))),
         "scope": draw(_form_field(st.sampled_from(("mcp:tools", "admin")))),
     }
-    if draw(st.integers(0, 3)) == 0:
+    if rarely(draw, 3):
         # a real refresh token presented by another client must be refused without effect
         fields["grant_type"] = "refresh_token"
         fields["refresh_token"] = alice.refresh_token

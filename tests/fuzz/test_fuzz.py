@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz._property import Fuzzer, examples
-from tests.fuzz._strategies import Request, mcp_request, oauth_request
+from tests.fuzz._strategies import Request, mcp_call, mcp_request, oauth_request
 
 
 def fuzz(fuzzer: Fuzzer, requests: st.SearchStrategy[Request]) -> None:
@@ -32,6 +32,14 @@ def test_mcp_endpoint_rejects_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
     fuzz(fuzzer, mcp_request(fuzzer.known))
     print(fuzzer.report("mcp"))
     assert {s for s in fuzzer.statuses if 400 <= s < 500} >= {400, 401, 404}, fuzzer.statuses
+
+
+def test_mcp_methods_answer_wrong_params_with_jsonrpc_errors(fuzzer: Fuzzer) -> None:
+    """Well-formed requests of every method, in a valid session or with consistent 2026-07-28
+    headers, whose params are wrong: the dispatcher and the application's handlers answer."""
+    fuzz(fuzzer, mcp_call(fuzzer.known))
+    print(fuzzer.report("mcp-methods"))
+    assert fuzzer.statuses.get(200, 0) > examples() // 4, fuzzer.statuses
 
 
 def test_oauth_endpoints_reject_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
