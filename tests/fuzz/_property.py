@@ -26,7 +26,7 @@ from tests.fuzz._strategies import Known, Request
 ANSWER_LIMIT = 10.0  # seconds: a request unanswered for this long is a hang
 STREAM_IDLE = 2.0  # seconds of silence after which an accepted SSE stream is let go
 SETTLE_LIMIT = 10.0  # seconds for a closed stream's row to be closed in the database
-SHORT_EXAMPLES = 500  # per fuzz test in CI; STEWARD_FUZZ_EXAMPLES overrides (release runs)
+SHORT_EXAMPLES = 800  # per fuzz test in CI; STEWARD_FUZZ_EXAMPLES overrides (release runs)
 
 
 def examples() -> int:
