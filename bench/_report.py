@@ -72,7 +72,11 @@ def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
 def _server_tables(name: str, servers: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     points = [p for m in servers.values() for p in m.get("points", [])]
-    if points and "streams" in points[0]:  # idle-streams (formerly memory-streams)
+    header: list[str] = []  # none for a benchmark measured in rounds or once
+    row = ""
+    if not points:
+        pass
+    elif "streams" in points[0]:  # idle-streams (formerly memory-streams)
         header = [
             "| server | streams | RSS kB | kB per stream | kB per session + stream | failures |",
             "|---|---|---|---|---|---|",
@@ -117,6 +121,8 @@ def markdown(results: dict[str, Any]) -> str:
         if "failed" in s:
             lines += [f"**failed**: {s['failed']}", ""]
         lines += [f"- {k}: {v}" for k, v in s["figures"].items()]
+        if isinstance(result.get("peer"), str):  # why a benchmark has no peer figure
+            lines.append(f"- peer: {result['peer']}")
         lines += [
             f"- ratio {k}: {'n/a (a server was unavailable)' if v is None else v}"
             for k, v in s["ratios"].items()
