@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Callable, Mapping
 
 import attrs
+import trio
 
 from actors._sessions import UserContext
-from actors._store import Op, Store
+from actors._store import Op, Store, StoreUnavailable
 
 __all__ = ["Quota", "QuotaExceeded", "RateLimited", "TierLimit", "UsageMeter", "parse_quota"]
 
@@ -88,6 +89,28 @@ class _Bucket:
     stamp: float
 
 
+# The tool calls a user made in a quota window, on every node: each admitted call is one usage
+# event of its minute's rollup (a refused call records none), committed within a batch.
+_QUOTA_USED = (
+    "SELECT coalesce(sum(calls), 0) FROM usage_rollups "
+    "WHERE user_id = $1 AND method = 'tools/call' AND minute >= $2 AND minute < $3"
+)
+
+
+@attrs.define(slots=True)
+class _QuotaWindow:
+    """One user's tool calls in one quota window: ``base`` as committed in the database by every
+    node at the last read (plus this node's calls then still running: a call's usage is recorded
+    when it ends), and ``local``, admitted on this node since that read began."""
+
+    window: int
+    base: int = 0
+    local: int = 0
+    running: int = 0  # admitted here, usage not yet recorded
+    read_at: float = -math.inf
+    reading: bool = False
+
+
 class UsageMeter:
     """Token buckets keyed by user (not by session, so reconnecting does not reset a limit), and
     usage events written without waiting. The bucket table is bounded (least recently used out)."""
@@ -100,15 +123,22 @@ class UsageMeter:
         max_users: int = 100_000,
         clock: object = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        quota_reread: float = 10.0,
+        quota_read_wait: float = 0.25,
     ) -> None:
         self.store = store
         self.limits = dict(limits)
         self.max_users = max_users
         self._clock = clock
         self._wall_clock = wall_clock  # quota windows are aligned to UTC
+        self.quota_reread = (
+            quota_reread  # a user's count in the database, re-read at most this often
+        )
+        self.quota_read_wait = quota_read_wait  # and waited for at most this long
         self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
-        # user -> (window index, tool calls admitted in it); bounded like the buckets
-        self._tool_calls: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        # user -> its tool calls in the current quota window; bounded like the buckets
+        self._tool_calls: collections.OrderedDict[str, _QuotaWindow] = collections.OrderedDict()
+        self.quota_reads_skipped = 0
         self.rejected = 0
         self.quota_rejected = 0
 
@@ -116,25 +146,54 @@ class UsageMeter:
         limit = self.limits.get(tier)
         return None if limit is None else limit.max_streams
 
-    def check_tool_call(self, user_id: str, tier: str) -> None:
-        """Admit one tools/call against the tier's quota, or raise QuotaExceeded. Counted per user
-        on this node (docs/scaling.md says what holds across nodes)."""
+    async def check_tool_call(self, user_id: str, tier: str) -> None:
+        """Admit one tools/call against the tier's quota, or raise QuotaExceeded.
+
+        The count is the user's, on every node and across restarts: the calls committed in the
+        window's usage rollups (read when the user is first seen in a window, then at most every
+        ``quota_reread`` seconds) plus the calls admitted here since that read. The read waits at
+        most ``quota_read_wait``; when the database does not answer, the node goes on counting
+        on its own (docs/scaling.md). A quota per second is counted in memory only."""
         limit = self.limits.get(tier)
         quota = None if limit is None else limit.tool_calls
         if quota is None:
             return
         now = self._wall_clock()
         window = int(now // quota.period)
-        seen, used = self._tool_calls.get(user_id, (window, 0))
-        if seen != window:
-            used = 0
-        if used >= quota.calls:
+        used = self._tool_calls.get(user_id)
+        if used is None or used.window != window:
+            used = self._tool_calls[user_id] = _QuotaWindow(window)
+            if len(self._tool_calls) > self.max_users:
+                self._tool_calls.popitem(last=False)
+        self._tool_calls.move_to_end(user_id)
+        since_read: float = self._clock() - used.read_at  # type: ignore[operator]
+        if quota.period >= 60 and not used.reading and since_read >= self.quota_reread:
+            await self._read_quota_window(user_id, quota, used)
+        if used.base + used.local >= quota.calls:
             self.quota_rejected += 1
             raise QuotaExceeded(max(1, math.ceil((window + 1) * quota.period - now)), quota)
-        self._tool_calls[user_id] = (window, used + 1)
-        self._tool_calls.move_to_end(user_id)
-        if len(self._tool_calls) > self.max_users:
-            self._tool_calls.popitem(last=False)
+        used.local += 1
+        used.running += 1
+
+    async def _read_quota_window(self, user_id: str, quota: Quota, used: _QuotaWindow) -> None:
+        start = datetime.datetime.fromtimestamp(used.window * quota.period, datetime.UTC)
+        end = start + datetime.timedelta(seconds=quota.period)
+        before, running = used.local, used.running
+        used.reading = True
+        try:
+            with trio.move_on_after(self.quota_read_wait):
+                try:
+                    count = await self.store.fetchval(_QUOTA_USED, user_id, start, end)
+                except StoreUnavailable:
+                    pass
+                else:  # a call ending during the read may be counted twice: never too few
+                    used.base = int(count) + running
+                    used.local -= before
+                    return
+            self.quota_reads_skipped += 1
+        finally:
+            used.reading = False
+            used.read_at = self._clock()  # type: ignore[operator]
 
     def check(self, user_id: str, tier: str) -> None:
         limit = self.limits.get(tier)
@@ -159,7 +218,11 @@ class UsageMeter:
     def record(
         self, user: UserContext, method: str, name: str | None, outcome: str, duration: float
     ) -> None:
-        now = datetime.datetime.now(datetime.UTC)
+        if method == "tools/call":
+            used = self._tool_calls.get(user.user_id)
+            if used is not None and used.running > 0:
+                used.running -= 1
+        now = datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
         minute = now.replace(second=0, microsecond=0)
         error = 0 if outcome == "ok" else 1
         self.store.write_nowait(

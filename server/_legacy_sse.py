@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 import structlog
+import trio
 
 from actors import StoreUnavailable
 from actors._sessions import (
@@ -126,7 +127,7 @@ class LegacySse:
             return
         user = session.context_for(ts.session_id)
         try:
-            self.mcp._count(user, method, request_id)
+            await self.mcp.count(user, method, request_id)
         except (
             Reply
         ) as refused:  # answered 202 already: the 429's JSON-RPC error goes on the stream
@@ -143,18 +144,26 @@ class LegacySse:
         exchange.session = session
         key = (ts.session_id, request_id)
         self.mcp.inflight[key] = exchange
+        started, outcome = trio.current_time(), "ok"
         try:
             with exchange.cancel_scope:
                 result = await self.mcp.dispatcher.call(user, method, params, exchange)
                 self.mcp.emit(conn, result_response(request_id, result))
+            if exchange.cancel_scope.cancelled_caught:
+                outcome = "cancelled"
         except RpcError as exc:
+            outcome = "error"
             self.mcp.emit(conn, error_response(request_id, exc))
         except ScopeRequired as exc:
+            outcome = "forbidden"
             msg = f"insufficient_scope: {exc}"
             self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
         except AuthenticationRequiredError as exc:  # answered 202 already: the reply says it
+            outcome = "reauth_required"
             msg = f"authentication required: {exc}"
             self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
         finally:
             if self.mcp.inflight.get(key) is exchange:
                 del self.mcp.inflight[key]
+            name = params.get("name") if method == "tools/call" else None
+            self.mcp.usage.record(user, method, name, outcome, trio.current_time() - started)

@@ -964,9 +964,9 @@ class McpHttp:
         method: str = message["method"]
         request_id = message["id"]
         params: dict[str, Any] = message["params"]
-        self._count(user, method, request_id)
         if len(self.inflight) >= self.max_inflight:
             raise _unavailable(f"too many requests in flight (max_inflight={self.max_inflight})")
+        await self.count(user, method, request_id)
         exchange = Exchange(
             self, request_id, session_id=session_id, user_id=user.user_id, log_level=log_level
         )
@@ -1080,7 +1080,7 @@ class McpHttp:
             exchange.ask_again()
         await self._answer(send, receive, session, exchange, session.context, stream_ok=stream_ok)
 
-    def _count(self, user: UserContext, method: str, request_id: Any) -> None:
+    async def count(self, user: UserContext, method: str, request_id: Any) -> None:
         """The tier's limits, keyed by user (MCP-R19 aside, a reconnect resets nothing): the
         request rate, and for tools/call the quota per period; 429 with Retry-After past them."""
         if method in _UNCOUNTED:
@@ -1088,7 +1088,7 @@ class McpHttp:
         try:
             self.usage.check(user.user_id, user.tier)
             if method == "tools/call":
-                self.usage.check_tool_call(user.user_id, user.tier)
+                await self.usage.check_tool_call(user.user_id, user.tier)
         except QuotaExceeded as exc:
             msg = f"tool-call quota of the {user.tier} tier ({exc.quota}) used up; retry after {exc.retry_after}s"
             data = {"quota": str(exc.quota)}

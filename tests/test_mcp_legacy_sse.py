@@ -74,6 +74,20 @@ async def test_the_sdk_sse_client_initializes_calls_tools_and_answers_sampling(
                 assert logs == ["asking"]
                 read_result = await session.read_resource("test://readme")
                 assert read_result.contents[0].text == "read me"  # type: ignore[union-attr]
+        with trio.fail_after(10):  # each request's usage is recorded, as on /mcp
+            while True:
+                rows = await node.store.fetch(
+                    "SELECT method, name, outcome FROM usage_events ORDER BY method, name"
+                )
+                if len(rows) >= 4:
+                    break
+                await trio.sleep(0.05)
+        assert [(r["method"], r["name"], r["outcome"]) for r in rows] == [
+            ("resources/read", None, "ok"),
+            ("tools/call", "ask_model", "ok"),
+            ("tools/call", "echo", "ok"),
+            ("tools/list", None, "ok"),
+        ]
 
 
 async def test_the_endpoint_event_comes_first_and_posts_need_the_streams_principal(

@@ -146,3 +146,50 @@ async def test_a_user_holds_at_most_the_tiers_streams_on_every_node_and_closing_
                 await trio.sleep(0.02)
         async with get_stream(tabs[2]) as s4:
             assert (await s4.next()) is not None
+
+
+async def wait_for_tool_calls(dsn: str, user: str, calls: int) -> None:
+    """Until the user's tool calls are committed in the usage rollups (usage is written after
+    each answer, without waiting)."""
+    with trio.fail_after(10):
+        sql = (
+            "SELECT coalesce(sum(calls), 0) FROM usage_rollups JOIN users USING (user_id) "
+            f"WHERE subject = '{user}' AND method = 'tools/call'"
+        )
+        while int(psql(dsn, sql)) < calls:
+            await trio.sleep(0.05)
+
+
+async def test_the_tool_call_quota_holds_on_every_node_and_across_a_restart(
+    fresh_db: str,
+) -> None:
+    """Scenario: alice (free: 3 tool calls a day) calls twice on node A; node B, which has never
+    seen her, reads her count from the usage rollups and admits one call, then refuses; a node
+    started after both stopped (a restart) refuses too; bob is untouched. (Each node runs its own
+    development IdP, so alice's token from A is used everywhere: one user.)"""
+    settings = {
+        "public_url": PUBLIC,
+        "encryption_key": KEY,
+        "tiers": tiers(tool_call_quota="3/day"),
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with running_node(fresh_db, **settings) as a, running_node(fresh_db, **settings) as b:
+            alice, bob = await client(http, a, "alice"), await client(http, a, "bob")
+            for _ in range(2):
+                assert (await alice.post("tools/call", ECHO)).status_code == 200
+            await wait_for_tool_calls(fresh_db, "alice", 2)
+            elsewhere = McpClient(http, b, alice.token)
+            await elsewhere.initialize()
+            assert (await elsewhere.post("tools/call", ECHO)).status_code == 200
+            error = assert_429(await elsewhere.post("tools/call", ECHO))
+            assert error["data"]["quota"] == "3/day"
+            await wait_for_tool_calls(fresh_db, "alice", 3)
+        async with running_node(fresh_db, **settings) as restarted:
+            again = McpClient(http, restarted, alice.token)
+            await again.initialize()
+            assert_429(await again.post("tools/call", ECHO))
+            other = McpClient(http, restarted, bob.token)
+            await other.initialize()
+            assert (await other.post("tools/call", ECHO)).status_code == 200
+            assert restarted.usage.quota_rejected == 1
+            assert restarted.usage.quota_reads_skipped == 0
