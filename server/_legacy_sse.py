@@ -115,7 +115,7 @@ class LegacySse:
         if conn is None:
             raise rpc_reply(404, None, INVALID_REQUEST, "Session not found (its stream is closed)")
         if "method" not in message or "id" not in message:
-            await self.mcp.client_message(ts.session_id, message)
+            await self.mcp.client_message(ts.session_id, ts.user_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         await send_response(send, 202, b"", b"application/json")

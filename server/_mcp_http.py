@@ -14,6 +14,7 @@ import binascii
 import collections
 import contextlib
 import json
+import re
 import secrets
 import time
 import urllib.parse
@@ -87,6 +88,14 @@ __all__ = ["McpHttp", "McpHttpStatistics"]
 log = structlog.get_logger("mcp_http")
 
 SESSION_HEADER = b"mcp-session-id"
+SERVER_REQUEST_ID = re.compile(r"s-[0-9a-f]{16}")  # what server_request_id() gives
+
+
+def server_request_id() -> str:
+    """The id of a server request on a stateful stream (sampling, elicitation, roots)."""
+    return f"s-{secrets.token_hex(8)}"
+
+
 VERSION_HEADER = b"mcp-protocol-version"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
@@ -238,7 +247,7 @@ class Exchange:
         await self.notify("notifications/message", params)
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        key = f"s-{secrets.token_hex(8)}"
+        key = server_request_id()
         return (await self.request_many({key: (method, params)}))[key]
 
     async def request_many(
@@ -270,7 +279,7 @@ class Exchange:
         slots: dict[str, tuple[str, tuple[trio.Event, dict[str, Any]]]] = {}
         try:
             for key in requests:
-                wire_id = f"{id(self):x}:{key}" if self.stateless else f"s-{secrets.token_hex(8)}"
+                wire_id = f"{id(self):x}:{key}" if self.stateless else server_request_id()
                 slots[key] = (wire_id, self.owner.pending_slot(wire_id))
             if self.stateless:
                 self.asked = {k: {"method": m, "params": p} for k, (m, p) in requests.items()}
@@ -820,18 +829,29 @@ class McpHttp:
         except InvalidMessage as exc:
             raise Reply(400, error_response(exc.request_id, exc)) from None
 
-    async def client_message(self, key: str, message: dict[str, Any]) -> None:
+    async def client_message(self, key: str, user_id: str, message: dict[str, Any]) -> None:
         """A response to a server request, or a notification (cancellation) from the client.
 
         A response to a request this node did not send goes to the outbox: the node whose
-        handler awaits it claims it (server/_relay.py).
+        handler awaits it claims it (server/_relay.py). Only an id of the form this server gives
+        its requests travels, and a user's unclaimed answers there are bounded (429 beyond).
         """
         if "method" not in message:
-            if not self.resolve(message) and self.relay is not None:
-                try:
-                    await self.relay.forward_reply(message)
-                except StoreUnavailable:
-                    raise _unavailable() from None
+            if self.resolve(message) or self.relay is None:
+                return
+            if not SERVER_REQUEST_ID.fullmatch(str(message.get("id"))):
+                log.debug("answer_dropped", reason="no server request has such an id")
+                return
+            try:
+                forwarded = await self.relay.forward_reply(message, user_id)
+            except StoreUnavailable:
+                raise _unavailable() from None
+            if not forwarded:
+                msg = (
+                    f"too many answers to server requests awaiting delivery "
+                    f"(max_pending={self.max_pending})"
+                )
+                raise too_many(None, msg, 1)
             return
         if message["method"] == "notifications/cancelled":
             request_id = message["params"].get("requestId")
@@ -910,7 +930,7 @@ class McpHttp:
             msg = f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_2025)}"
             raise rpc_reply(400, request_id, INVALID_REQUEST, msg)
         if method is None or "id" not in message:
-            await self.client_message(ts.session_id, message)
+            await self.client_message(ts.session_id, ts.user_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         await self.run_request(
@@ -1322,7 +1342,7 @@ class McpHttp:
             raise rpc_reply(400, request_id, INVALID_PARAMS, msg)
         method = message.get("method")
         if method is None:  # a response to a server request
-            await self.client_message(f"grant:{principal.grant_id}", message)
+            await self.client_message(f"grant:{principal.grant_id}", principal.user_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         sent_method = (header(scope, b"mcp-method") or "").strip() or None
@@ -1343,7 +1363,7 @@ class McpHttp:
             if problem is not None:
                 raise rpc_reply(400, request_id, HEADER_MISMATCH, problem)
         if "id" not in message:
-            await self.client_message(f"grant:{principal.grant_id}", message)
+            await self.client_message(f"grant:{principal.grant_id}", principal.user_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         if method == "server/discover":

@@ -37,6 +37,7 @@ import trio
 from actors import Op, Store, StoreUnavailable
 from actors._auth import Principal
 from actors._sessions import Connection
+from actors._store import Conn
 from runtime import Backoff, ChildSpec
 from server._http import Receive, Send, send_json
 
@@ -60,6 +61,7 @@ class RelayPolicy:
     forward_timeout: float = 5.0  # a forwarded request not taken by its node in this time fails
     max_forwards: int = 1_000  # forwarded requests running here at once (503 beyond)
     wake_buffer: int = 10_000  # targets waiting to be claimed (beyond: one full sweep instead)
+    max_replies: int = 100  # a user's answers to server requests awaiting their node's claim
     reconnect: Backoff = Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)  # noqa: RUF009
 
 
@@ -289,9 +291,27 @@ class Relay:
             Op(f"SELECT pg_notify($3, target) {match}", (uri, exclude, CHANNEL)),
         )
 
-    async def forward_reply(self, message: dict[str, Any]) -> None:
-        """A client's answer to a server request sent by another node: for that node to claim."""
-        await self.store.write(*self._addressed(f"reply:{message.get('id')}", None, message))
+    async def forward_reply(self, message: dict[str, Any], user_id: str) -> bool:
+        """A client's answer to a server request sent by another node: for that node to claim.
+        False, and nothing stored, when the user already has ``max_replies`` answers unclaimed
+        (answers to requests that no node awaits are claimed by none)."""
+        target = f"reply:{message.get('id')}"
+
+        async def store(conn: Conn) -> bool:
+            status = await conn.execute(
+                "INSERT INTO outbox (target, user_id, payload) SELECT $1, $2, $3 WHERE "
+                "(SELECT count(*) FROM outbox WHERE user_id = $2 AND target LIKE 'reply:%') < $4",
+                target,
+                user_id,
+                message,
+                self.policy.max_replies,
+            )
+            if status != "INSERT 0 1":
+                return False
+            await conn.execute(_NOTIFY, CHANNEL, target)
+            return True
+
+        return await self.store.transact(store)
 
     def _addressed(self, target: str, user_id: str | None, payload: dict[str, Any]) -> list[Op]:
         return [

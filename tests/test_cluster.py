@@ -250,6 +250,41 @@ async def test_a_clients_answer_posted_to_another_node_reaches_the_waiting_handl
         assert a.relay.statistics().delivered == 1 and b.relay.statistics().delivered == 0
 
 
+async def test_answers_no_server_request_awaits_are_dropped_or_bounded_per_user(
+    fresh_db: str,
+) -> None:
+    """A response whose id no server request of Steward's could have is dropped (202, nothing
+    stored); one that could be another node's waits in the outbox, at most ``max_replies`` per
+    user: past that, 429 and nothing more stored, while another user's answers still travel."""
+    async with two_nodes(fresh_db) as (a, b, http):
+        _, on_b = await one_session_on_both(http, a, b, "alice")
+        _, bob = await one_session_on_both(http, a, b, "bob")
+
+        def answer(request_id: object) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "id": request_id, "result": {}}
+
+        for junk in (1, "s-1", "x" * 200, "s-" + "0" * 17):
+            r = await http.post(on_b.url, json=answer(junk), headers=on_b.headers())
+            assert r.status_code == 202
+        assert psql(fresh_db, "SELECT count(*) FROM outbox") == "0"
+
+        limit = b.relay.policy.max_replies
+        for n in range(limit):
+            r = await http.post(on_b.url, json=answer(f"s-{n:016x}"), headers=on_b.headers())
+            assert r.status_code == 202
+        r = await http.post(on_b.url, json=answer("s-" + "f" * 16), headers=on_b.headers())
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "awaiting delivery" in r.json()["error"]["message"]
+        r = await http.post(bob.url, json=answer("s-" + "e" * 16), headers=bob.headers())
+        assert r.status_code == 202
+        counts = psql(
+            fresh_db,
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM "
+            "(SELECT count(*) AS n FROM outbox WHERE target LIKE 'reply:%' GROUP BY user_id) c",
+        )
+        assert counts == f"1,{limit}"
+
+
 async def test_a_2026_retry_reaching_another_node_continues_the_parked_request(
     fresh_db: str,
 ) -> None:
