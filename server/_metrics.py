@@ -84,6 +84,7 @@ _RELAY_COUNTERS = (
     ("steward_relay_served", "requests forwarded here from another node", "served"),
     ("steward_relay_reconnects", "reconnects of the relay's LISTEN connection", "reconnects"),
     ("steward_relay_wakes_dropped", "wake-ups past the relay's buffer", "wakes_dropped"),
+    ("steward_relay_owners_lost", "forwarded requests whose node died as they ran", "owners_lost"),
 )
 
 

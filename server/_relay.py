@@ -62,6 +62,7 @@ class RelayPolicy:
     max_forwards: int = 1_000  # forwarded requests running here at once (503 beyond)
     wake_buffer: int = 10_000  # targets waiting to be claimed (beyond: one full sweep instead)
     max_replies: int = 100  # a user's answers to server requests awaiting their node's claim
+    owner_check: float = 5.0  # while a forwarded request runs, is its node still alive?
     reconnect: Backoff = Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)  # noqa: RUF009
 
 
@@ -73,6 +74,7 @@ class RelayStatistics:
     reconnects: int  # of the LISTEN connection
     waiting: int  # forwarded requests awaiting their answer here
     wakes_dropped: int  # wake-ups past wake_buffer (the next sweep claims for them)
+    owners_lost: int  # forwarded requests whose node died while they ran (503 or a cut stream)
 
 
 class _Forwarded:
@@ -113,6 +115,7 @@ class Relay:
         self.served = 0
         self.reconnects = 0
         self.wakes_dropped = 0
+        self.owners_lost = 0
         mcp.relay = self
 
     def child_spec(self) -> ChildSpec:
@@ -126,6 +129,7 @@ class Relay:
             self.reconnects,
             len(self._waiting),
             self.wakes_dropped,
+            self.owners_lost,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
@@ -428,14 +432,47 @@ class Relay:
                 if withdrawn is not None:
                     log.warning("forward_not_taken", node=node, kind=request.get("kind"))
                     return False
-            async with trio.open_nursery() as nursery:
-                if receive is not None:
-                    nursery.start_soon(self._pass_disconnect, receive, node, user_id, forward)
-                await self._relay_answer(forward, send)
-                nursery.cancel_scope.cancel()
+            started = False
+
+            async def relayed(message: MutableMapping[str, Any]) -> None:
+                nonlocal started
+                started = True
+                await send(message)
+
+            with trio.CancelScope() as owner_lost:
+                async with trio.open_nursery() as nursery:
+                    if receive is not None:
+                        nursery.start_soon(self._pass_disconnect, receive, node, user_id, forward)
+                    nursery.start_soon(self._watch_owner, node, owner_lost)
+                    await self._relay_answer(forward, relayed)
+                    nursery.cancel_scope.cancel()
+            if owner_lost.cancelled_caught:
+                if started:  # the answer's head went out: end its body there
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    msg = f"the node running this request ({node}) stopped; send it again"
+                    await send_json(send, 503, _unavailable(msg), [(b"retry-after", b"1")])
             return True
         finally:
             del self._waiting[forward]
+
+    async def _watch_owner(self, node: str, owner_lost: trio.CancelScope) -> None:
+        """Stop relaying a forwarded request's answer once its node is no longer alive (a
+        janitor marked it dead): its client gets an answer instead of waiting for one that will
+        never come. An unreachable database proves nothing: the check is tried again."""
+        while True:
+            await trio.sleep(self.policy.owner_check)
+            try:
+                alive = await self.store.fetchval(
+                    "SELECT 1 FROM nodes WHERE node_id = $1 AND status = 'alive'", node
+                )
+            except StoreUnavailable:
+                continue
+            if alive is None:
+                log.warning("forward_owner_gone", node=node)
+                self.owners_lost += 1
+                owner_lost.cancel()
+                return
 
     async def _relay_answer(self, forward: str, send: Send) -> None:
         """Pass the forwarded request's ASGI messages to ``send`` until its last body part."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -312,6 +313,57 @@ async def test_a_2026_retry_reaching_another_node_continues_the_parked_request(
         forged = first["requestState"].partition(".")[0][:-1] + "x." + a.info.node_id
         r = await call(b, {"inputResponses": answer, "requestState": forged})
         assert r.status_code == 200 and r.json()["error"]["code"] == -32602
+
+
+stuck = Steward("stuck")
+
+
+@stuck.tool()
+async def ask_then_hang(ctx: Context) -> str:
+    """Asks a name, then never answers (its node dies before it does)."""
+    await ctx.elicit("Your name?", {"type": "object"}, key="name")
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_a_forwarded_request_whose_node_dies_is_answered_503_not_left_waiting(
+    fresh_db: str,
+) -> None:
+    """A 2026 retry forwarded from b to the parked request's node a, whose handler then hangs;
+    a is marked dead (as a janitor does when its heartbeat lapses): b answers 503 with
+    Retry-After at its next check instead of holding the client until it gives up."""
+    async with two_nodes(fresh_db, stuck) as (a, b, http):
+        b.relay.policy = attrs.evolve(b.relay.policy, owner_check=0.1)
+        token = (await sign_in(http, a, "carol"))["access_token"]
+
+        async def call(node: Node, extra: dict[str, Any]) -> httpx.Response:
+            body = rpc_2026("tools/call", {"name": "ask_then_hang", "arguments": {}, **extra})
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {
+                "elicitation": {}
+            }
+            headers = headers_2026(token, "tools/call", "ask_then_hang")
+            return await http.post(f"{node.info.listen_url}/mcp", json=body, headers=headers)
+
+        first = (await call(a, {})).json()["result"]
+        answer = {"name": {"action": "accept", "content": {"name": "Ada"}}}
+        retried: list[httpx.Response] = []
+        async with trio.open_nursery() as nursery:
+
+            async def retry() -> None:
+                extra = {"inputResponses": answer, "requestState": first["requestState"]}
+                retried.append(await call(b, extra))
+
+            nursery.start_soon(retry)
+            with trio.fail_after(5):
+                while a.relay.statistics().served < 1:
+                    await trio.sleep(0.02)
+            await trio.sleep(0.3)  # b has checked a at least twice: alive, still waiting
+            assert retried == []
+            psql(fresh_db, f"UPDATE nodes SET status = 'dead' WHERE node_id = '{a.info.node_id}'")
+        (r,) = retried
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert a.info.node_id in r.json()["error_description"]
+        assert b.relay.statistics().owners_lost == 1
 
 
 async def test_a_legacy_post_reaching_another_node_is_handled_by_the_streams_node(
