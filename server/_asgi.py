@@ -66,7 +66,7 @@ class StewardAsgi:
             elif self.admin is not None and self.admin.handles(path):
                 await self.admin(scope, receive, counting_send)
             elif path == "/healthz":
-                await send_json(counting_send, 200, {"status": "ok"})
+                await send_json(counting_send, 200, {"status": "ok", "service": "steward"})
             elif path == "/readyz":
                 await self._ready(counting_send)
             elif path == "/metrics" and self.metrics is not None:

@@ -86,6 +86,16 @@ def check_key_file(settings: Settings) -> Check:
     )
 
 
+def _steward_serves(host: str, port: int) -> bool:
+    """Whether what listens on host:port answers /healthz as Steward does."""
+    where = f"[{host}]" if ":" in host else host
+    try:
+        reply = httpx.get(f"http://{where}:{port}/healthz", timeout=1.0)
+        return bool(reply.json().get("service") == "steward")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
 def check_port(name: str, host: str, port: int) -> Check:
     if port == 0:
         return Check(name, "ok", f"{host}: a free port is chosen at start")
@@ -95,6 +105,14 @@ def check_port(name: str, host: str, port: int) -> Check:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and _steward_serves(host, port):
+                return Check(
+                    name,
+                    "warn",
+                    f"a Steward is already serving on {host}:{port}",
+                    "fine if it is the one this configuration describes; to start another, stop "
+                    "it first or choose another port (port / STEWARD_PORT, --port)",
+                )
             why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             return Check(
                 name,

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -231,6 +232,11 @@ async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
         env = {**upstream_env(node.info.dev_idp_url), "STEWARD_ADMIN_TOKEN": "doctor-test"}
         args = ["--database-url", fresh_db, "--data-dir", str(data_dir), "--port", str(free_port())]
         code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=env))
+        port = str(urllib.parse.urlsplit(node.info.listen_url).port)
+        own = [*args[:-1], port]  # the port of the running Steward: a warning, not a failure
+        own_code, own_checks = await trio.to_thread.run_sync(lambda: doctor(*own, env=env))
+    assert own_code == 0 and own_checks["port"]["status"] == "warn"
+    assert "a Steward is already serving" in own_checks["port"]["detail"]
     assert {name: c["status"] for name, c in checks.items()} == {
         "configuration": "ok",
         "data folder": "ok",

@@ -33,7 +33,7 @@ async def test_metrics_health_and_readiness(pg_cluster: Cluster, fresh_db: str) 
         assert (
             "steward_store_commit_latency_ms" in families and "steward_actor_restarts" in families
         )
-        assert (await http.get(f"{base}/healthz")).json() == {"status": "ok"}
+        assert (await http.get(f"{base}/healthz")).json() == {"status": "ok", "service": "steward"}
         ready = await http.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.json()["pending_migrations"] == []
         await pg_cluster.stop("immediate")
