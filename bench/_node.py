@@ -26,7 +26,7 @@ from server._cli import _with_database
 from server._config import load_settings
 from server._demo import demo
 from server._logging import configure_logging
-from server._node import Node, run_node
+from server._node import Node, run_node, tune_gc
 
 
 def _policy(args: argparse.Namespace) -> SessionPolicy:
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-connections", type=int, help="streams per user session")
     parser.add_argument("--refresh-lead", type=float, help="seconds before expiry to refresh")
     parser.add_argument("--refresh-jitter", type=float, help="fraction of the lead")
+    tune_gc()  # as steward serve does
     trio.run(_serve, parser.parse_args(argv))
 
 

@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, overrides=overrides)
         configure_logging(settings.log_level)
+        if args.command == "serve":
+            from server._node import tune_gc
+
+            tune_gc()
         if args.command == "serve" and settings.workers > 1:
             load_app(args.app)  # fail early, in this process, on a bad --app
             trio.run(_serve_workers, settings, args.app, args.ready_file)

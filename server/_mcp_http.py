@@ -1173,14 +1173,16 @@ class McpHttp:
                     await conn.close("client_disconnected")
 
                 nursery.start_soon(watch)
+            last = b""
             async for event in conn.outbox:
                 body = encode_event(event)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                if event.final:
+                if event.final:  # sent with the end of the body: one write, not two
+                    last = body
                     await conn.close("complete")  # keeps the reason of a close that came first
                     break
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             nursery.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
     # -- GET /mcp, DELETE /mcp ----------------------------------------------------------------------------
 
