@@ -140,6 +140,55 @@ class SessionPolicy:
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
 
+class Outbox:
+    """A stream's bounded queue of events: the connection's face puts, the stream's pump reads
+    (``async for``). A deque and, only while the pump waits, one event: an idle stream holds far
+    less than a memory channel's state, its two ends and their bookkeeping (docs/benchmarks.md,
+    idle-streams). Once closed, the pump reads what is left and the iteration ends."""
+
+    __slots__ = ("_closed", "_events", "_size", "_wakeup")
+
+    def __init__(self, size: int) -> None:
+        self._events: collections.deque[StreamEvent] = collections.deque()
+        self._size = size
+        self._closed = False
+        self._wakeup: trio.Event | None = None
+
+    def put(self, event: StreamEvent) -> bool:
+        """Queue ``event``; False, and nothing queued, when the outbox is full."""
+        if self._closed:
+            return True  # a closed stream takes nothing more, as if it had been sent
+        if len(self._events) >= self._size:
+            return False
+        self._events.append(event)
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def __aiter__(self) -> Outbox:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while not self._events:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wakeup = wakeup = trio.Event()
+            await wakeup.wait()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._events.popleft()
+
+
 class Connection:
     """The face of one connection actor: one live SSE stream."""
 
@@ -158,7 +207,7 @@ class Connection:
         self.kind = kind
         self.session_id = session_id
         self.stream_id = stream_id
-        self._send, self.outbox = trio.open_memory_channel[StreamEvent](outbox_size)
+        self.outbox = Outbox(outbox_size)
         self.closed_reason: str | None = None
         self._closed = trio.Event()
         self._seq = 0
@@ -183,14 +232,11 @@ class Connection:
         """Queue an event; a full outbox means a slow client: its stream is closed with an error."""
         if self.closed_reason is not None:
             return
-        try:
-            self._send.send_nowait(event)
+        if self.outbox.put(event):
             self.sent += 1
-        except trio.WouldBlock:
+        else:
             log.warning("stream_overflow", connection=str(self.id), kind=self.kind)
             self._finish("slow_client", send_final=False)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     async def send(self, event: StreamEvent) -> None:
         self.send_nowait(event)
@@ -221,16 +267,13 @@ class Connection:
             retry_ms=retry_ms,
             final=True,
         )
-        try:
-            self._send.send_nowait(final)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        self.outbox.put(final)  # dropped when the outbox is full: the stream closes anyway
         self._finish(reason, send_final=False)
 
     def _finish(self, reason: str, *, send_final: bool) -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
-            self._send.close()
+            self.outbox.close()
             self._closed.set()
 
     async def close(self, reason: str) -> None:

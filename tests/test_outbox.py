@@ -1,0 +1,56 @@
+"""A stream's outbox: bounded, read in order by one pump, drained then ended once closed."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from actors._sessions import Outbox, StreamEvent
+
+
+def event(n: int) -> StreamEvent:
+    return StreamEvent({"n": n})
+
+
+async def test_the_outbox_is_bounded_and_keeps_order() -> None:
+    box = Outbox(2)
+    assert box.put(event(1)) and box.put(event(2))
+    assert not box.put(event(3))  # full: refused, nothing queued
+    assert len(box) == 2
+    box.close()
+    assert box.put(event(4))  # a closed outbox takes nothing more, silently
+    assert [e.data async for e in box] == [{"n": 1}, {"n": 2}]  # drained, then the end
+
+
+async def test_a_waiting_reader_wakes_for_each_event_and_ends_on_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    box = Outbox(8)
+    got: list[object] = []
+
+    async def read() -> None:
+        async for e in box:
+            got.append(e.data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.sleep(1)  # the reader waits on an empty outbox
+        assert got == []
+        box.put(event(1))
+        await trio.sleep(1)
+        assert got == [{"n": 1}]
+        box.put(event(2))
+        box.close()
+    assert got == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_cancelled_reader_leaves_the_outbox_usable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    box = Outbox(4)
+    with trio.move_on_after(1):
+        async for _ in box:
+            raise AssertionError("nothing was queued")
+    box.put(event(1))
+    box.close()
+    assert [e.data async for e in box] == [{"n": 1}]
