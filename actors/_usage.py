@@ -131,10 +131,10 @@ class UsageMeter:
         self.max_users = max_users
         self._clock = clock
         self._wall_clock = wall_clock  # quota windows are aligned to UTC
-        self.quota_reread = (
-            quota_reread  # a user's count in the database, re-read at most this often
-        )
-        self.quota_read_wait = quota_read_wait  # and waited for at most this long
+        # a user's count in the database is re-read at most every quota_reread seconds, and
+        # waited for at most quota_read_wait
+        self.quota_reread = quota_reread
+        self.quota_read_wait = quota_read_wait
         self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
         # user -> its tool calls in the current quota window; bounded like the buckets
         self._tool_calls: collections.OrderedDict[str, _QuotaWindow] = collections.OrderedDict()

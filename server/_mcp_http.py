@@ -847,10 +847,8 @@ class McpHttp:
             except StoreUnavailable:
                 raise _unavailable() from None
             if not forwarded:
-                msg = (
-                    f"too many answers to server requests awaiting delivery "
-                    f"(max_pending={self.max_pending})"
-                )
+                limit = self.relay.policy.max_replies
+                msg = f"too many answers to server requests awaiting delivery (max_replies={limit})"
                 raise too_many(None, msg, 1)
             return
         if message["method"] == "notifications/cancelled":

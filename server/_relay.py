@@ -491,7 +491,8 @@ class Relay:
         while (await receive())["type"] != "http.disconnect":
             pass
         cancel = {"kind": "cancel", "forward": forward}
-        with trio.CancelScope(shield=True):
+        # bounded: a write whose caller stops waiting still commits (Store.write)
+        with trio.move_on_after(self.policy.forward_timeout, shield=True):
             await self.store.write(*self._addressed(f"node:{node}", user_id, cancel))
 
     # -- forwarding: the owning node's side --------------------------------------------------------
