@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -140,19 +140,60 @@ class SessionPolicy:
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
 
 
-class Outbox:
-    """A stream's bounded queue of events: the connection's face puts, the stream's pump reads
-    (``async for``). A deque and, only while the pump waits, one event: an idle stream holds far
-    less than a memory channel's state, its two ends and their bookkeeping (docs/benchmarks.md,
-    idle-streams). Once closed, the pump reads what is left and the iteration ends."""
+def final_event(level: str, data: dict[str, Any], retry_ms: int | None = None) -> StreamEvent:
+    """The event a stream ends with: a JSON-RPC notification every MCP client understands (a
+    custom SSE event type is dropped by some clients), marked final so the stream ends after it.
+    It carries no event id, so a client resuming with Last-Event-ID continues after the event
+    before it."""
+    return StreamEvent(
+        {
+            "jsonrpc": "2.0",
+            "method": "notifications/message",
+            "params": {"level": level, "logger": "steward", "data": data},
+        },
+        retry_ms=retry_ms,
+        final=True,
+    )
 
-    __slots__ = ("_closed", "_events", "_size", "_wakeup")
+
+class Outbox:
+    """A stream's bounded queue of events: the connection's face puts, the stream's pump takes.
+
+    A deque and, only while the pump waits, the cancel scope it waits in: an idle stream holds
+    far less than a memory channel's state, its two ends and their bookkeeping
+    (docs/benchmarks.md, idle-streams). The pump waits for the next event and for its client's
+    disconnect in one task (``wait``): a put cancels the wait on the request's ``receive``, which
+    loses nothing (a memory channel's receive is cancel-safe). Once closed, the pump takes what
+    is left and then the end."""
+
+    __slots__ = ("_closed", "_events", "_size", "_waiter", "ended", "ender")
 
     def __init__(self, size: int) -> None:
         self._events: collections.deque[StreamEvent] = collections.deque()
         self._size = size
         self._closed = False
-        self._wakeup: trio.Event | None = None
+        self._waiter: trio.CancelScope | None = None
+        # set by the pump when its transport can write a final event in the caller's step
+        # (server._stream_end); ``ended`` once it did
+        self.ender: Callable[[StreamEvent], bool] | None = None
+        self.ended = False
+
+    def end(self, event: StreamEvent) -> bool:
+        """The final ``event`` written and the stream ended now, by the ender, when the pump waits
+        with nothing queued (nothing can be overtaken); False, and nothing done, otherwise."""
+        if (
+            self.ender is None
+            or self._waiter is None
+            or self._events
+            or self._closed
+            or not self.ender(event)
+        ):
+            return False
+        # the pump is left waiting: waking it (a cancel) costs more than the write, and it has
+        # nothing left to send; the connection actor wakes it as it stops (``close``)
+        self.ended = True
+        self._closed = True
+        return True
 
     def put(self, event: StreamEvent) -> bool:
         """Queue ``event``; False, and nothing queued, when the outbox is full."""
@@ -168,25 +209,52 @@ class Outbox:
         self._closed = True
         self._wake()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __len__(self) -> int:
         return len(self._events)
 
+    def take(self) -> StreamEvent | None:
+        """The next event, or None when there is none now."""
+        return self._events.popleft() if self._events else None
+
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
+
+    async def wait(self, receive: Callable[[], Awaitable[Mapping[str, Any]]] | None) -> bool:
+        """Wait until an event is queued or the outbox closes (True), or until ``receive`` — the
+        stream's HTTP request — says the client left (False). Returns at once with an event
+        queued or the outbox closed."""
+        if self._events or self._closed:
+            await trio.lowlevel.checkpoint()
+            return True
+        with trio.CancelScope() as scope:
+            self._waiter = scope
+            try:
+                if receive is None:
+                    await trio.sleep_forever()
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                return False
+            finally:
+                if self._waiter is scope:
+                    self._waiter = None
+        return True
 
     def __aiter__(self) -> Outbox:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        while not self._events:
+        while (event := self.take()) is None:
             if self._closed:
                 raise StopAsyncIteration
-            self._wakeup = wakeup = trio.Event()
-            await wakeup.wait()
+            await self.wait(None)
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._events.popleft()
+        return event
 
 
 class Connection:
@@ -244,30 +312,27 @@ class Connection:
 
     def fail(self, reason: str, message: str) -> None:
         """Send a final error event and close the stream."""
-        self._end("error", {"error": reason, "message": message}, reason, None)
+        self.end_with(final_event("error", {"error": reason, "message": message}), reason)
 
     def reconnect(self, reason: str, message: str, retry_ms: int) -> None:
         """Send a final event asking the client to reconnect (with a fresh token, resuming from
         its last event id) after ``retry_ms``, and close the stream."""
         data = {"error": reason, "message": message, "reconnect": True, "retryMs": retry_ms}
-        self._end("warning", data, reason, retry_ms)
+        self.end_with(final_event("warning", data, retry_ms), reason)
 
-    def _end(self, level: str, data: dict[str, Any], reason: str, retry_ms: int | None) -> None:
+    def end_with(self, final: StreamEvent, reason: str) -> None:
+        """Send ``final`` (from ``final_event``; one may serve many streams) and close."""
         if self.closed_reason is not None:
             return
-        # a JSON-RPC notification every MCP client understands (a custom SSE event type is
-        # dropped by some clients), marked final so the stream ends after it; it carries no
-        # event id, so a client resuming with Last-Event-ID continues after the event before it
-        final = StreamEvent(
-            {
-                "jsonrpc": "2.0",
-                "method": "notifications/message",
-                "params": {"level": level, "logger": "steward", "data": data},
-            },
-            retry_ms=retry_ms,
-            final=True,
-        )
+        if self.outbox.end(final):
+            self.closed_reason = reason  # the outbox is closed, its pump woken by the actor
+            self._closed.set()
+            return
         self.outbox.put(final)  # dropped when the outbox is full: the stream closes anyway
+        self._finish(reason, send_final=False)
+
+    def finish(self, reason: str) -> None:
+        """Mark the stream closed for ``reason`` unless it already is (the first reason stays)."""
         self._finish(reason, send_final=False)
 
     def _finish(self, reason: str, *, send_final: bool) -> None:
@@ -332,6 +397,7 @@ class Connection:
             self.release()
             if self.closed_reason is None:
                 self.fail("connection_stopped", "the stream's actor stopped")
+            self.outbox.close()  # wakes a pump whose stream was ended in the caller's step
             store.write_nowait(
                 Op(
                     "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE connection_id = $1 AND closed_at IS NULL",
@@ -532,8 +598,9 @@ class UserSession:
         await trio.lowlevel.checkpoint()
 
     def close_streams(self, reason: str, message: str) -> None:
+        final = final_event("error", {"error": reason, "message": message})
         for conn in self.connections():
-            conn.fail(reason, message)
+            conn.end_with(final, reason)
 
     async def run(
         self, *, task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED

@@ -48,13 +48,7 @@ class StewardAsgi:
             if path == "/admin" or path.startswith("/admin/")
             else "other"
         )
-        status = 0
-
-        async def counting_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        counting_send = _CountingSend(send)
 
         try:
             if path == "/mcp":
@@ -96,8 +90,24 @@ class StewardAsgi:
             except Exception:  # the response had already started
                 pass
         finally:
-            self.requests.add(scope["method"], route, status)
+            self.requests.add(scope["method"], route, counting_send.status)
 
     async def _ready(self, send: Send) -> None:
         report = await self.readiness() if self.readiness is not None else {"ready": True}
         await send_json(send, 200 if report.get("ready") else 503, report)
+
+
+class _CountingSend:
+    """The ASGI send of a request, noting the response's status; ``inner`` is the server's own
+    (server._stream_end looks behind it)."""
+
+    __slots__ = ("inner", "status")
+
+    def __init__(self, inner: Send) -> None:
+        self.inner = inner
+        self.status = 0
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.inner(message)

@@ -79,6 +79,7 @@ from server._jsonrpc import (
 )
 from server._oauth import AuthError, ResourceServer
 from server._sse import SSE_HEADERS, encode_event
+from server._stream_end import StreamEnd
 
 if TYPE_CHECKING:
     from server._relay import Relay
@@ -1155,32 +1156,38 @@ class McpHttp:
         stream is closed, or until the client leaves."""
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if priming_id is not None:  # MCP-R4: an id to resume from, and how soon to come back
-            event = StreamEvent(event_id=priming_id, retry_ms=RETRY_MS)
+            priming = StreamEvent(event_id=priming_id, retry_ms=RETRY_MS)
             await send(
-                {"type": "http.response.body", "body": encode_event(event), "more_body": True}
+                {"type": "http.response.body", "body": encode_event(priming), "more_body": True}
             )
-        async with trio.open_nursery() as nursery:
-            if receive is not None:
-
-                async def watch() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
+        outbox = conn.outbox
+        end = StreamEnd.for_send(send)
+        if end is not None:
+            outbox.ender = end.end
+        while True:
+            event = outbox.take()
+            if event is None:
+                if outbox.ended and end is not None:  # written by whoever ended the stream
+                    await end.flush()
+                    return
+                if outbox.closed:
+                    break
+                if not await outbox.wait(receive) and not outbox.ended:  # the client left
                     if on_disconnect is not None:  # before a checkpoint: the close ends the pump
                         on_disconnect()
-                    nursery.cancel_scope.cancel()
                     await conn.close("client_disconnected")
-
-                nursery.start_soon(watch)
-            last = b""
-            async for event in conn.outbox:
-                body = encode_event(event)
-                if event.final:  # sent with the end of the body: one write, not two
-                    last = body
-                    await conn.close("complete")  # keeps the reason of a close that came first
-                    break
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            nursery.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": last, "more_body": False})
+                    return
+                continue
+            body = encode_event(event)
+            if event.final:
+                # with the end of the body, at once: when a session ends, each of its streams
+                # writes its final event before any of them is torn down (docs/benchmarks.md,
+                # revocation-fanout)
+                conn.finish("complete")  # keeps the reason of a close that came first
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- GET /mcp, DELETE /mcp ----------------------------------------------------------------------------
 

@@ -5,20 +5,17 @@ and a live Steward with a token from the OAuth flow. No timing is asserted."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from bench import idle_streams, refresh_storm, revocation_fanout, session_churn
 from bench._loadgen import Connection, exchange, run_load
 from bench._report import plots
 from bench._servers import obtain_token, peer
+from tests.harness._asgi_server import hypercorn_on_a_free_port
 from tests.harness._steward import running_node
 
 Scope = dict[str, Any]
@@ -75,23 +72,8 @@ async def framing_app(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": reply})
 
 
-@contextlib.asynccontextmanager
-async def hypercorn_on_a_free_port() -> AsyncIterator[int]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    async with trio.open_nursery() as nursery:
-        urls = await nursery.start(
-            functools.partial(
-                serve, cast(Any, framing_app), config, shutdown_trigger=trio.sleep_forever
-            )
-        )
-        yield int(urls[0].rsplit(":", 1)[1])
-        nursery.cancel_scope.cancel()
-
-
 async def test_replies_are_parsed_in_every_framing_on_one_kept_alive_connection() -> None:
-    async with hypercorn_on_a_free_port() as port:
+    async with hypercorn_on_a_free_port(framing_app) as port:
         conn = Connection("127.0.0.1", port)
         headers = {"content-type": "application/json", "authorization": "Bearer t0k"}
         body = b'{"jsonrpc":"2.0","id":7,"method":"tools/call"}'
@@ -113,7 +95,7 @@ async def test_replies_are_parsed_in_every_framing_on_one_kept_alive_connection(
 
 
 async def test_a_reply_that_closes_the_connection_makes_the_next_request_reconnect() -> None:
-    async with hypercorn_on_a_free_port() as port:
+    async with hypercorn_on_a_free_port(framing_app) as port:
         conn = Connection("127.0.0.1", port)
         body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
         first = await exchange(conn, "POST", "/close", {}, body, request_id=1)
