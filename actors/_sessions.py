@@ -159,20 +159,27 @@ def final_event(level: str, data: dict[str, Any], retry_ms: int | None = None) -
 class Outbox:
     """A stream's bounded queue of events: the connection's face puts, the stream's pump takes.
 
-    A deque and, only while the pump waits, the cancel scope it waits in: an idle stream holds
-    far less than a memory channel's state, its two ends and their bookkeeping
-    (docs/benchmarks.md, idle-streams). The pump waits for the next event and for its client's
-    disconnect in one task (``wait``): a put cancels the wait on the request's ``receive``, which
-    loses nothing (a memory channel's receive is cancel-safe). Once closed, the pump takes what
-    is left and then the end."""
+    A list and, only while the pump waits, what wakes it: an idle stream holds far less than a
+    memory channel's state, its two ends and their bookkeeping (docs/benchmarks.md,
+    idle-streams). The pump waits for the next event and for its client's disconnect in one task
+    (``wait``), on the request's ``receive``; a put wakes it with a message on that same queue
+    (``nudge``, when the transport offers one: no cancel scope per wait) or else by cancelling
+    the wait, which loses nothing (a memory channel's receive is cancel-safe). Once closed, the
+    pump takes what is left and then the end."""
 
-    __slots__ = ("_closed", "_events", "_size", "_waiter", "ended", "ender")
+    __slots__ = ("_closed", "_events", "_size", "_waiter", "_waiting", "ended", "ender", "nudge")
 
     def __init__(self, size: int) -> None:
-        self._events: collections.deque[StreamEvent] = collections.deque()
+        # a list, not a deque: an empty deque allocates a 64-slot block (760 bytes an idle
+        # stream), and an outbox is short (``size``), so taking from its front costs nothing
+        self._events: list[StreamEvent] = []
         self._size = size
         self._closed = False
         self._waiter: trio.CancelScope | None = None
+        # set by the pump when its transport lets a put wake it through the request's own
+        # receive (server._stream_end): then the wait needs no cancel scope, and a wake no cancel
+        self.nudge: Callable[[], bool] | None = None
+        self._waiting = False
         # set by the pump when its transport can write a final event in the caller's step
         # (server._stream_end); ``ended`` once it did
         self.ender: Callable[[StreamEvent], bool] | None = None
@@ -183,7 +190,7 @@ class Outbox:
         with nothing queued (nothing can be overtaken); False, and nothing done, otherwise."""
         if (
             self.ender is None
-            or self._waiter is None
+            or (self._waiter is None and not self._waiting)
             or self._events
             or self._closed
             or not self.ender(event)
@@ -218,9 +225,13 @@ class Outbox:
 
     def take(self) -> StreamEvent | None:
         """The next event, or None when there is none now."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def _wake(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            if self.nudge is not None:
+                self.nudge()  # fails only with the request gone, when the pump ends anyway
         if self._waiter is not None:
             self._waiter.cancel()
             self._waiter = None
@@ -232,6 +243,17 @@ class Outbox:
         if self._events or self._closed:
             await trio.lowlevel.checkpoint()
             return True
+        if self.nudge is not None and receive is not None:
+            self._waiting = True
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return False
+                    if self._events or self._closed:
+                        return True
+            finally:
+                self._waiting = False
         with trio.CancelScope() as scope:
             self._waiter = scope
             try:
@@ -260,6 +282,22 @@ class Outbox:
 class Connection:
     """The face of one connection actor: one live SSE stream."""
 
+    __slots__ = (
+        "_actor_task",
+        "_closed_event",
+        "_seq",
+        "closed_reason",
+        "counted",
+        "id",
+        "kind",
+        "outbox",
+        "reconnect_at",
+        "sent",
+        "session",
+        "session_id",
+        "stream_id",
+    )
+
     def __init__(
         self,
         session: UserSession,
@@ -277,7 +315,8 @@ class Connection:
         self.stream_id = stream_id
         self.outbox = Outbox(outbox_size)
         self.closed_reason: str | None = None
-        self._closed = trio.Event()
+        self._actor_task: trio.lowlevel.Task | None = None  # the actor, while it waits
+        self._closed_event: trio.Event | None = None  # made for whoever waits for the close
         self._seq = 0
         self.sent = 0
         # trio time at which the stream ends with a reconnect hint: the access token that opened
@@ -326,7 +365,7 @@ class Connection:
             return
         if self.outbox.end(final):
             self.closed_reason = reason  # the outbox is closed, its pump woken by the actor
-            self._closed.set()
+            self._closed()
             return
         self.outbox.put(final)  # dropped when the outbox is full: the stream closes anyway
         self._finish(reason, send_final=False)
@@ -339,7 +378,17 @@ class Connection:
         if self.closed_reason is None:
             self.closed_reason = reason
             self.outbox.close()
-            self._closed.set()
+            self._closed()
+
+    def _closed(self) -> None:
+        """Wake the actor (and whoever waits for the close). The actor waits in
+        ``wait_task_rescheduled``, woken by a reschedule: no Event per stream, and much cheaper
+        than a cancel when a session ends a thousand streams in one pass."""
+        task, self._actor_task = self._actor_task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+        if self._closed_event is not None:
+            self._closed_event.set()
 
     async def close(self, reason: str) -> None:
         """The HTTP side is done with this stream (client gone, request complete)."""
@@ -347,7 +396,16 @@ class Connection:
         await trio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self.closed_reason is None:
+            if self._closed_event is None:
+                self._closed_event = trio.Event()
+            await self._closed_event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _abort_wait(self, _: Any) -> trio.lowlevel.Abort:
+        self._actor_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def run(
         self, *, task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED
@@ -373,8 +431,14 @@ class Connection:
             next_beat = trio.current_time() + policy.heartbeat
             while True:
                 wake = next_beat if self.reconnect_at is None else min(next_beat, self.reconnect_at)
+                if self.closed_reason is not None:
+                    break
+                # woken by ``_closed`` (a reschedule), or not before ``wake``
                 with trio.move_on_at(wake):
-                    await self._closed.wait()
+                    self._actor_task = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+                    break
+                if self.closed_reason is not None:
                     break
                 if self.reconnect_at is not None and trio.current_time() >= self.reconnect_at:
                     log.info("stream_token_expired", connection=str(self.id), kind=self.kind)

@@ -67,13 +67,24 @@ class TreeNode:
         }
 
 
+def _ended(child: _Child, incarnation: int) -> None:
+    """An incarnation ended; a later incarnation's stop waits for its own."""
+    if child.incarnation == incarnation:
+        child.exited = True
+        if child.done is not None:
+            child.done.set()
+
+
 @attrs.define(eq=False)
 class _Child:
     spec: ChildSpec
     state: str = "stopped"
     face: object = None
     scope: trio.CancelScope | None = None
+    # made only when a stop waits for the running incarnation (an Event per live child is
+    # memory a thousand idle streams' actors would hold for nothing)
     done: trio.Event | None = None
+    exited: bool = True  # the current incarnation has ended (or none started)
     incarnation: int = 0
     restarts: int = 0
     backoff_attempt: int = 0
@@ -392,7 +403,8 @@ class Supervisor:
         child.scope = trio.CancelScope(
             shield=True, deadline=trio.current_time() + child.spec.start_grace
         )
-        child.done = trio.Event()
+        child.done = None
+        child.exited = False
         child.stop_reason = None
         child.final = None
         try:
@@ -410,21 +422,19 @@ class Supervisor:
         self, child: _Child, incarnation: int, task_status: trio.TaskStatus[object]
     ) -> None:
         scope = child.scope
-        done = child.done
-        assert scope is not None and done is not None
+        assert scope is not None
         status = _Status(task_status, child, scope)
         error: BaseException | None = None
+        # every log event of this actor (and of the tasks it starts) names it; bound in the
+        # task's own context, which ends with it (no context manager kept per actor)
+        structlog.contextvars.bind_contextvars(actor=child.spec.id, supervisor=self.name)
         try:
-            # every log event of this actor (and of the tasks it starts) names it
-            with (
-                scope,
-                structlog.contextvars.bound_contextvars(actor=child.spec.id, supervisor=self.name),
-            ):
+            with scope:
                 await child.spec.start(*child.spec.args, task_status=status)
         except BaseException as exc:
             error = exc
         if not status.started_called:
-            done.set()
+            _ended(child, incarnation)
             if scope.cancel_called and child.stop_reason is None:
                 msg = (
                     f"child {child.spec.id!r} of {self.name!r} did not report readiness "
@@ -446,24 +456,27 @@ class Supervisor:
             # a handle whose actor did not close its own mailbox still learns of the exit
             status.face._mark_exited(exit or Exit(ExitKind.SHUTDOWN, "cancelled"))
         if exit is None:
-            done.set()
+            _ended(child, incarnation)
             assert error is not None
             raise error
         if current:
             child.last_exit = child.final = exit
-        done.set()
+        _ended(child, incarnation)
         if not stopped_by_us:  # a stop is reported by _stop_child itself
             self._post(child, incarnation, exit)
 
     async def _stop_child(self, child: _Child, reason: str) -> None:
-        if child.scope is None or child.done is None:
+        if child.scope is None:
             child.state = "stopped"
             return
         child.state = "stopping"
         child.stop_reason = reason
         child.scope.cancel(reason=reason)
         with trio.move_on_after(child.spec.shutdown_grace, shield=True) as grace:
-            await child.done.wait()
+            if not child.exited:
+                if child.done is None:
+                    child.done = trio.Event()
+                await child.done.wait()
         if grace.cancelled_caught:
             log.warning(
                 "child_overstayed_grace",

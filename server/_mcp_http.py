@@ -757,21 +757,31 @@ class McpHttp:
         """Run one endpoint's handler and send the error answer it raised, if any."""
         try:
             await handler()
-        except (Reply, AuthenticationRequiredError) as exc:
-            await self._send_error(send, exc)
-        except ClientGone:
+        except (Reply, AuthenticationRequiredError, ClientGone, BaseExceptionGroup) as exc:
+            await self._answer_error(send, exc)
+
+    async def _answer_error(
+        self,
+        send: Send,
+        exc: Reply | AuthenticationRequiredError | ClientGone | BaseExceptionGroup[Any],
+    ) -> None:
+        """The answer to what a handler raised (called in its ``except``: a bare ``raise``
+        re-raises a group that holds anything but answers)."""
+        if isinstance(exc, ClientGone):
             return
-        except BaseExceptionGroup as group:
+        if isinstance(exc, BaseExceptionGroup):
             # a Reply raised inside a request's nursery arrives wrapped in a group
-            answers = group.subgroup((Reply, AuthenticationRequiredError))
-            rest = group.subgroup(
+            answers = exc.subgroup((Reply, AuthenticationRequiredError))
+            rest = exc.subgroup(
                 lambda e: (
                     not isinstance(e, (Reply, AuthenticationRequiredError, BaseExceptionGroup))
                 )
             )
             if answers is None or rest is not None:
-                raise
+                raise exc
             await self._send_error(send, _first_leaf(answers))
+            return
+        await self._send_error(send, exc)
 
     async def _send_error(self, send: Send, exc: Reply | AuthenticationRequiredError) -> None:
         reply = self.reauthorize(exc) if isinstance(exc, AuthenticationRequiredError) else exc
@@ -873,20 +883,22 @@ class McpHttp:
     # -- the ASGI entry ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.answer(send, lambda: self._route(scope, receive, send))
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.check_origin(scope)
-        method = scope["method"]
-        if method == "POST":
-            await self._post(scope, receive, send)
-        elif method == "GET":
-            await self._get(scope, receive, send)
-        elif method == "DELETE":
-            await self._delete(scope, send)
-        else:
-            body = {"error": "method_not_allowed", "error_description": f"{method} /mcp"}
-            raise Reply(405, body, [(b"allow", b"GET, POST, DELETE")])
+        # routes and answers in one frame: an idle GET stream keeps this await chain alive for
+        # as long as it is open (docs/benchmarks.md, idle-streams)
+        try:
+            self.check_origin(scope)
+            method = scope["method"]
+            if method == "POST":
+                await self._post(scope, receive, send)
+            elif method == "GET":
+                await self._get(scope, receive, send)
+            elif method == "DELETE":
+                await self._delete(scope, send)
+            else:
+                body = {"error": "method_not_allowed", "error_description": f"{method} /mcp"}
+                raise Reply(405, body, [(b"allow", b"GET, POST, DELETE")])
+        except (Reply, AuthenticationRequiredError, ClientGone, BaseExceptionGroup) as exc:
+            await self._answer_error(send, exc)
 
     # -- POST /mcp -------------------------------------------------------------------------------------
 
@@ -1151,43 +1163,47 @@ class McpHttp:
         *,
         priming_id: str | None,
         on_disconnect: Callable[[], None] | None = None,
+        get_stream_of: str | None = None,
     ) -> None:
         """Write a connection's outbox to the HTTP response until its final event, until the
-        stream is closed, or until the client leaves."""
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        if priming_id is not None:  # MCP-R4: an id to resume from, and how soon to come back
-            priming = StreamEvent(event_id=priming_id, retry_ms=RETRY_MS)
-            await send(
-                {"type": "http.response.body", "body": encode_event(priming), "more_body": True}
-            )
-        outbox = conn.outbox
-        end = StreamEnd.for_send(send)
-        if end is not None:
-            outbox.ender = end.end
-        while True:
-            event = outbox.take()
-            if event is None:
-                if outbox.ended and end is not None:  # written by whoever ended the stream
-                    await end.flush()
+        stream is closed, or until the client leaves. ``get_stream_of``: the transport session
+        whose GET stream this is, forgotten as it ends."""
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            if priming_id is not None:  # MCP-R4: an id to resume from, how soon to come back
+                priming = encode_event(StreamEvent(event_id=priming_id, retry_ms=RETRY_MS))
+                await send({"type": "http.response.body", "body": priming, "more_body": True})
+            outbox = conn.outbox
+            end = StreamEnd.for_send(send)
+            if end is not None:
+                outbox.ender = end.end
+                outbox.nudge = end.nudge
+            while True:
+                event = outbox.take()
+                if event is None:
+                    if outbox.ended and end is not None:  # written by whoever ended the stream
+                        await end.flush()
+                        return
+                    if outbox.closed:
+                        break
+                    if not await outbox.wait(receive) and not outbox.ended:  # the client left
+                        # before a checkpoint: the close ends the pump
+                        if on_disconnect is not None:
+                            on_disconnect()
+                        await conn.close("client_disconnected")
+                        return
+                    continue
+                body = encode_event(event)
+                if event.final:
+                    # with the end of the body, at once, before anything is torn down
+                    conn.finish("complete")  # keeps the reason of a close that came first
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
-                if outbox.closed:
-                    break
-                if not await outbox.wait(receive) and not outbox.ended:  # the client left
-                    if on_disconnect is not None:  # before a checkpoint: the close ends the pump
-                        on_disconnect()
-                    await conn.close("client_disconnected")
-                    return
-                continue
-            body = encode_event(event)
-            if event.final:
-                # with the end of the body, at once: when a session ends, each of its streams
-                # writes its final event before any of them is torn down (docs/benchmarks.md,
-                # revocation-fanout)
-                conn.finish("complete")  # keeps the reason of a close that came first
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if get_stream_of is not None and self.get_streams.get(get_stream_of) is conn:
+                del self.get_streams[get_stream_of]
 
     # -- GET /mcp, DELETE /mcp ----------------------------------------------------------------------------
 
@@ -1214,25 +1230,16 @@ class McpHttp:
         conn = await self.open_stream(
             session, "get", ts.session_id, token_expires_at=principal.expires_at
         )
-        await self._serve_get(conn, send, receive, ts.session_id, priming_id=conn.next_event_id())
+        self._serve_get(conn, ts.session_id)
+        await self.pump(
+            conn, send, receive, priming_id=conn.next_event_id(), get_stream_of=ts.session_id
+        )
 
-    async def _serve_get(
-        self,
-        conn: Connection,
-        send: Send,
-        receive: Receive,
-        session_id: str,
-        *,
-        priming_id: str | None,
-    ) -> None:
+    def _serve_get(self, conn: Connection, session_id: str) -> None:
+        """``conn`` becomes the session's GET stream (the pump forgets it as it ends)."""
         self.get_streams[session_id] = conn
         if self.relay is not None:  # what waited in the outbox for this session's stream
             self.relay.wake(f"session:{session_id}")
-        try:
-            await self.pump(conn, send, receive, priming_id=priming_id)
-        finally:
-            if self.get_streams.get(session_id) is conn:
-                del self.get_streams[session_id]
 
     async def _resume(
         self,
@@ -1294,7 +1301,8 @@ class McpHttp:
         if ends:  # a request's stream: it ends with the response
             await self.pump(conn, send, receive, priming_id=None)
         else:  # the session's GET stream continues where it left off
-            await self._serve_get(conn, send, receive, ts.session_id, priming_id=None)
+            self._serve_get(conn, ts.session_id)
+            await self.pump(conn, send, receive, priming_id=None, get_stream_of=ts.session_id)
 
     async def _delete(self, scope: Scope, send: Send) -> None:
         principal, _session = await self.authenticate(scope)

@@ -14,6 +14,10 @@ connection, the TCP server's send lock and socket), checked by type when a strea
 else — HTTP/2, TLS, another server or Hypercorn version whose objects differ — gets no
 ``StreamEnd`` and its streams end through ASGI as before. A write the socket does not take whole
 leaves the rest to the pump, which sends it through Hypercorn under its lock.
+
+The same object wakes an idle pump (``nudge``): the pump waits on the request's ``receive`` for
+the client's disconnect, and a message put on the queue that ``receive`` reads wakes it for a new
+event, where a cancel scope per wait and a cancel per wake would cost memory and time.
 """
 
 from __future__ import annotations
@@ -36,16 +40,23 @@ from server._sse import encode_event
 class StreamEnd:
     """Ends one HTTP/1.1 stream served by Hypercorn's trio worker without a scheduling round."""
 
-    __slots__ = ("_fd", "_h11", "_http", "_proto", "_rest", "_tcp")
+    __slots__ = ("_fd", "_h11", "_http", "_inbox", "_proto", "_rest", "_tcp")
 
     def __init__(
-        self, http: HTTPStream, proto: H11Protocol, conn: h11.Connection, tcp: TCPServer, fd: int
+        self,
+        http: HTTPStream,
+        proto: H11Protocol,
+        conn: h11.Connection,
+        tcp: TCPServer,
+        fd: int,
+        inbox: trio.MemorySendChannel[Any],
     ) -> None:
         self._http = http
         self._proto = proto
         self._h11 = conn
         self._tcp = tcp
         self._fd = fd
+        self._inbox = inbox
         self._rest = b""
 
     @classmethod
@@ -64,9 +75,20 @@ class StreamEnd:
         if type(conn) is not h11.Connection or type(tcp) is not TCPServer:
             return None
         stream: object = tcp.stream
-        if type(stream) is not trio.SocketStream:  # not TLS
-            return None
-        return cls(http, proto, conn, tcp, stream.socket.fileno())
+        inbox = getattr(getattr(http, "app_put", None), "__self__", None)
+        if type(stream) is not trio.SocketStream or not isinstance(inbox, trio.MemorySendChannel):
+            return None  # TLS, or not the ASGI receive queue this module knows
+        return cls(http, proto, conn, tcp, stream.socket.fileno(), inbox)
+
+    def nudge(self) -> bool:
+        """Wake the stream's task where it waits on the request's ``receive``: a message of a
+        type only that task reads (``NUDGE``), put on the queue Hypercorn feeds ``receive``
+        from. False when the queue takes nothing (the request is gone)."""
+        try:
+            self._inbox.send_nowait(NUDGE)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
 
     def end(self, event: StreamEvent) -> bool:
         """Write ``event`` and the end of the body now; False, having written nothing, when the
@@ -93,6 +115,8 @@ class StreamEnd:
         if rest:
             await self._proto.send(RawData(data=rest))
 
+
+NUDGE = {"type": "steward.nudge"}  # not an ASGI event: only the stream's own pump reads it
 
 _last: tuple[StreamEvent | None, bytes] = (None, b"")
 

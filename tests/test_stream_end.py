@@ -44,15 +44,19 @@ class Harness:
         await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
         outbox = Outbox(4)
         end = StreamEnd.for_send(send)
-        outbox.ender = None if end is None else end.end
+        if end is not None:
+            outbox.ender, outbox.nudge = end.end, end.nudge
         await self.opened.send((outbox, end))
         while (event := outbox.take()) is None:  # the pump's loop, reduced to what matters here
             if outbox.ended and end is not None:
                 await end.flush()
                 self.finished.append("ended")
                 return
-            if outbox.closed or not await outbox.wait(receive):
+            if outbox.closed:
                 break
+            if not await outbox.wait(receive):
+                self.finished.append("client left")
+                return
         if event is not None:
             body = json.dumps(event.data).encode()
             await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -62,10 +66,11 @@ class Harness:
 
 
 async def read_until(stream: trio.SocketStream, buffer: bytearray, marker: bytes) -> bytes:
-    while marker not in buffer:
-        chunk = await stream.receive_some()
-        assert chunk, f"the connection closed before {marker!r}; got {bytes(buffer)!r}"
-        buffer += chunk
+    with trio.fail_after(10):  # a failure, not a hang
+        while marker not in buffer:
+            chunk = await stream.receive_some()
+            assert chunk, f"the connection closed before {marker!r}; got {bytes(buffer)!r}"
+            buffer += chunk
     end = buffer.index(marker) + len(marker)
     head = bytes(buffer[:end])
     del buffer[:end]
@@ -79,6 +84,16 @@ async def open_stream(port: int) -> tuple[trio.SocketStream, bytearray]:
     head = await read_until(stream, buffer, b": open\n\n")
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
     return stream, buffer
+
+
+async def waiting_stream(
+    harness: Harness, port: int
+) -> tuple[trio.SocketStream, bytearray, Outbox, StreamEnd | None]:
+    """A stream opened and read up to its first comment, its task waiting in ``outbox.wait``."""
+    stream, buffer = await open_stream(port)
+    outbox, end = await harness.streams.receive()
+    await trio.sleep(0.05)
+    return stream, buffer, outbox, end
 
 
 async def next_request_is_served(stream: trio.SocketStream, buffer: bytearray) -> None:
@@ -95,10 +110,8 @@ def final() -> StreamEvent:
 async def test_an_idle_stream_ends_in_the_callers_step_and_its_connection_is_reused() -> None:
     harness = Harness()
     async with hypercorn_on_a_free_port(harness.app) as port:
-        stream, buffer = await open_stream(port)
-        outbox, end = await harness.streams.receive()
+        stream, buffer, outbox, end = await waiting_stream(harness, port)
         assert end is not None  # Hypercorn's HTTP/1.1 objects as this module knows them
-        await trio.sleep(0.05)  # the stream's task waits in outbox.wait
         assert outbox.end(final())
         assert outbox.ended and outbox.closed
         # written already: the stream's task has not run since (its wait is not even woken)
@@ -119,9 +132,7 @@ async def test_what_the_socket_does_not_take_is_sent_by_the_streams_task(
     real_write = stream_end_module.os.write
     monkeypatch.setattr(stream_end_module.os, "write", lambda fd, data: real_write(fd, data[:7]))
     async with hypercorn_on_a_free_port(harness.app) as port:
-        stream, buffer = await open_stream(port)
-        outbox, _ = await harness.streams.receive()
-        await trio.sleep(0.05)
+        stream, buffer, outbox, _ = await waiting_stream(harness, port)
         before = len(buffer)
         assert outbox.end(final())
         with trio.move_on_after(0.2):  # seven bytes arrived, not the end of the body
@@ -140,10 +151,8 @@ async def test_a_stream_with_events_queued_ends_through_its_task() -> None:
     """Nothing may overtake an event already queued: then the final event is queued too."""
     harness = Harness()
     async with hypercorn_on_a_free_port(harness.app) as port:
-        stream, buffer = await open_stream(port)
-        outbox, _ = await harness.streams.receive()
-        await trio.sleep(0.05)
-        assert outbox.put(StreamEvent({"n": 1}))
+        stream, buffer, outbox, _ = await waiting_stream(harness, port)
+        assert outbox.put(StreamEvent({"n": 1}))  # wakes the task through its receive queue
         assert not outbox.end(final())  # refused, nothing written
         assert not outbox.ended
         tail = await read_until(stream, buffer, b"0\r\n\r\n")
@@ -158,3 +167,15 @@ async def test_a_send_that_is_not_hypercorns_gets_no_stream_end() -> None:
         pass
 
     assert StreamEnd.for_send(send) is None
+
+
+async def test_a_waiting_stream_learns_that_its_client_left() -> None:
+    harness = Harness()
+    async with hypercorn_on_a_free_port(harness.app) as port:
+        stream, _, outbox, _ = await waiting_stream(harness, port)
+        await stream.aclose()
+        with trio.fail_after(5):
+            while not harness.finished:
+                await trio.sleep(0.01)
+        assert harness.finished == ["client left"]
+        assert not outbox.ended
