@@ -25,7 +25,7 @@ from actors._sessions import (
 from server._dispatch import ScopeRequired
 from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
-from server._mcp_http import Exchange, McpHttp, Reply, rpc_reply
+from server._mcp_http import Exchange, McpHttp, Reply, outcome_of, rpc_reply
 
 __all__ = ["LegacySse"]
 
@@ -152,18 +152,17 @@ class LegacySse:
             if exchange.cancel_scope.cancelled_caught:
                 outcome = "cancelled"
         except RpcError as exc:
-            outcome = "error"
+            outcome = outcome_of(exc)
             self.mcp.emit(conn, error_response(request_id, exc))
         except ScopeRequired as exc:
-            outcome = "forbidden"
+            outcome = outcome_of(exc)
             msg = f"insufficient_scope: {exc}"
             self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
         except AuthenticationRequiredError as exc:  # answered 202 already: the reply says it
-            outcome = "reauth_required"
+            outcome = outcome_of(exc)
             msg = f"authentication required: {exc}"
             self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
         finally:
             if self.mcp.inflight.get(key) is exchange:
                 del self.mcp.inflight[key]
-            name = params.get("name") if method == "tools/call" else None
-            self.mcp.usage.record(user, method, name, outcome, trio.current_time() - started)
+            self.mcp.record_usage(user, method, params, outcome, started)

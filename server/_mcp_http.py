@@ -173,6 +173,16 @@ def too_many(
     return reply
 
 
+def outcome_of(exc: RpcError | ScopeRequired | AuthenticationRequiredError) -> str:
+    """A request's outcome for usage from what its handler raised: the one mapping, for both
+    transports (a request that ends normally is ``ok``, one cancelled ``cancelled``)."""
+    if isinstance(exc, ScopeRequired):
+        return "forbidden"
+    if isinstance(exc, AuthenticationRequiredError):
+        return "reauth_required"
+    return "error"
+
+
 def _unavailable(description: str = "the database is unreachable; retry shortly") -> Reply:
     body = {"error": "temporarily_unavailable", "error_description": description}
     return Reply(503, body, [(b"retry-after", b"5")])
@@ -880,6 +890,13 @@ class McpHttp:
         slot[0].set()
         return True
 
+    def record_usage(
+        self, user: UserContext, method: str, params: dict[str, Any], outcome: str, started: float
+    ) -> None:
+        """One request's usage event (both transports), ``started`` in Trio time."""
+        name = params.get("name") if method == "tools/call" else None
+        self.usage.record(user, method, name, outcome, trio.current_time() - started)
+
     # -- the ASGI entry ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1020,13 +1037,13 @@ class McpHttp:
                     try:
                         result = await self.dispatcher.call(user, method, params, exchange)
                     except RpcError as exc:
-                        outcome = "error"
+                        outcome = outcome_of(exc)
                         exchange.finish(error_response(exchange.request_id, exc))
                     except ScopeRequired as exc:
-                        outcome = "forbidden"
+                        outcome = outcome_of(exc)
                         exchange.deny(exc)
                     except AuthenticationRequiredError as exc:
-                        outcome = "reauth_required"
+                        outcome = outcome_of(exc)
                         if not exchange.attached.is_set():
                             raise  # answered 401 with the challenge, like any other request
                         msg = f"authentication required: {exc}"
@@ -1045,8 +1062,7 @@ class McpHttp:
                     del self.inflight[slot]
                 # resumption after this point reads the stored events
                 self.live_streams.pop((session_id or "", exchange.stream_id), None)
-                name = params.get("name") if method == "tools/call" else None
-                self.usage.record(user, method, name, outcome, trio.current_time() - started)
+                self.record_usage(user, method, params, outcome, started)
 
         try:
             async with trio.open_nursery() as nursery:

@@ -109,6 +109,8 @@ class Relay:
         self._waiting: dict[str, trio.Event] = {}  # forward id -> wakes its waiter
         self._served: dict[str, _Forwarded] = {}  # forward id -> a request running here
         self._followers: dict[str, tuple[Connection, trio.Lock]] = {}  # see following()
+        # node -> the scopes of forwarded requests whose answers come from it (_watch_owners)
+        self._owned_by: dict[str, set[trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
         self.delivered = 0
         self.forwarded = 0
@@ -137,6 +139,7 @@ class Relay:
             self._nursery = nursery
             nursery.start_soon(self._listen)
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._watch_owners)
             task_status.started(self)
             async for target in self._woken:
                 try:
@@ -440,12 +443,20 @@ class Relay:
                 await send(message)
 
             with trio.CancelScope() as owner_lost:
-                async with trio.open_nursery() as nursery:
-                    if receive is not None:
-                        nursery.start_soon(self._pass_disconnect, receive, node, user_id, forward)
-                    nursery.start_soon(self._watch_owner, node, owner_lost)
-                    await self._relay_answer(forward, relayed)
-                    nursery.cancel_scope.cancel()
+                owned = self._owned_by.setdefault(node, set())
+                owned.add(owner_lost)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        if receive is not None:
+                            nursery.start_soon(
+                                self._pass_disconnect, receive, node, user_id, forward
+                            )
+                        await self._relay_answer(forward, relayed)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    owned.discard(owner_lost)
+                    if not owned and self._owned_by.get(node) is owned:
+                        del self._owned_by[node]
             if owner_lost.cancelled_caught:
                 if started:  # the answer's head went out: end its body there
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -456,23 +467,33 @@ class Relay:
         finally:
             del self._waiting[forward]
 
-    async def _watch_owner(self, node: str, owner_lost: trio.CancelScope) -> None:
-        """Stop relaying a forwarded request's answer once its node is no longer alive (a
-        janitor marked it dead): its client gets an answer instead of waiting for one that will
-        never come. An unreachable database proves nothing: the check is tried again."""
+    async def _watch_owners(self) -> None:
+        """Stop relaying the answers of forwarded requests whose node is no longer alive (a
+        janitor marked it dead): their clients get an answer instead of waiting for one that
+        will never come. One read of ``nodes`` every ``owner_check`` for all the nodes this node
+        waits on; an unreachable database proves nothing: the check is tried again."""
         while True:
             await trio.sleep(self.policy.owner_check)
+            if not self._owned_by:
+                continue
+            nodes = list(self._owned_by)
             try:
-                alive = await self.store.fetchval(
-                    "SELECT 1 FROM nodes WHERE node_id = $1 AND status = 'alive'", node
+                rows = await self.store.fetch(
+                    "SELECT node_id FROM nodes WHERE node_id = ANY($1::text[]) AND status = 'alive'",
+                    nodes,
                 )
             except StoreUnavailable:
                 continue
-            if alive is None:
-                log.warning("forward_owner_gone", node=node)
-                self.owners_lost += 1
-                owner_lost.cancel()
-                return
+            alive = {row["node_id"] for row in rows}
+            for node in nodes:
+                if node in alive:
+                    continue
+                lost = self._owned_by.pop(node, set())
+                if lost:
+                    log.warning("forward_owner_gone", node=node, requests=len(lost))
+                    self.owners_lost += len(lost)
+                for scope in lost:
+                    scope.cancel()
 
     async def _relay_answer(self, forward: str, send: Send) -> None:
         """Pass the forwarded request's ASGI messages to ``send`` until its last body part."""
