@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import math
 import random
 import secrets
 import time
@@ -290,6 +291,7 @@ class Connection:
         "counted",
         "id",
         "kind",
+        "next_beat",
         "outbox",
         "reconnect_at",
         "sent",
@@ -324,6 +326,7 @@ class Connection:
         # their token")
         self.reconnect_at = reconnect_at
         self.counted = False  # holds one of its user's long-lived stream slots on this node
+        self.next_beat = math.inf  # trio time of the next keep-alive, once the actor runs
 
     def release(self) -> None:
         """Give back the user's stream slot (once)."""
@@ -381,14 +384,24 @@ class Connection:
             self._closed()
 
     def _closed(self) -> None:
-        """Wake the actor (and whoever waits for the close). The actor waits in
-        ``wait_task_rescheduled``, woken by a reschedule: no Event per stream, and much cheaper
-        than a cancel when a session ends a thousand streams in one pass."""
+        """Wake the actor (and whoever waits for the close)."""
+        self.wake_actor()
+        if self._closed_event is not None:
+            self._closed_event.set()
+
+    def wake_actor(self) -> None:
+        """The actor waits in ``wait_task_rescheduled`` (no timer, no Event of its own), woken by
+        a reschedule: when the stream closes, or when its session's ticker finds it due
+        (``wake_at``). Much cheaper than a cancel when a session ends a thousand streams."""
         task, self._actor_task = self._actor_task, None
         if task is not None:
             trio.lowlevel.reschedule(task)
-        if self._closed_event is not None:
-            self._closed_event.set()
+
+    def wake_at(self) -> float:
+        """When the actor has something to do: its next keep-alive or its reconnect deadline."""
+        if self.reconnect_at is None:
+            return self.next_beat
+        return min(self.next_beat, self.reconnect_at)
 
     async def close(self, reason: str) -> None:
         """The HTTP side is done with this stream (client gone, request complete)."""
@@ -428,18 +441,17 @@ class Connection:
         task_status.started(self)
         policy = self.session.manager.policy
         try:
-            next_beat = trio.current_time() + policy.heartbeat
+            self.next_beat = trio.current_time() + policy.heartbeat
             while True:
-                wake = next_beat if self.reconnect_at is None else min(next_beat, self.reconnect_at)
                 if self.closed_reason is not None:
                     break
-                # woken by ``_closed`` (a reschedule), or not before ``wake``
-                with trio.move_on_at(wake):
+                if trio.current_time() < self.wake_at():
+                    # woken by ``_closed`` or by the session's ticker at ``wake_at()``; one timer
+                    # per session, not a cancel scope per stream (docs/benchmarks.md, idle-streams)
+                    self.session.tick_by(self.wake_at())
                     self._actor_task = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
-                    break
-                if self.closed_reason is not None:
-                    break
+                    continue
                 if self.reconnect_at is not None and trio.current_time() >= self.reconnect_at:
                     log.info("stream_token_expired", connection=str(self.id), kind=self.kind)
                     self.reconnect(
@@ -448,7 +460,7 @@ class Connection:
                         policy.reconnect_retry_ms,
                     )
                     break
-                next_beat = trio.current_time() + policy.heartbeat
+                self.next_beat = trio.current_time() + policy.heartbeat
                 await fault_point("connection.heartbeat")
                 self.send_nowait(StreamEvent(comment="keep-alive"))
                 store.write_nowait(
@@ -537,6 +549,7 @@ class UserSession:
         self._last_touch = 0.0
         self.last_active = trio.current_time()
         self.invalid_reason: str | None = None
+        self._ticker: trio.CancelScope | None = None  # while the ticker sleeps (tick_by)
 
     @property
     def supervisor(self) -> SupervisorHandle | None:
@@ -708,11 +721,35 @@ class UserSession:
             with self.manager.registry.register(self.grant_id, self):
                 task_status.started(self)
                 nursery.start_soon(self._idle_watch, handle)
+                nursery.start_soon(self._tick)
                 exit = await handle.wait_exited()
                 nursery.cancel_scope.cancel()
         if self.invalid_reason is not None or exit.kind.value != "error":
             return
         raise RuntimeError(f"session {self.grant_id} failed: {exit.describe()}")
+
+    def tick_by(self, deadline: float) -> None:
+        """Make the ticker wake by ``deadline`` (a connection actor about to wait)."""
+        ticker = self._ticker
+        if ticker is not None and deadline < ticker.deadline:
+            ticker.deadline = deadline
+
+    async def _tick(self) -> None:
+        """One timer for the heartbeats and reconnect deadlines of all this session's streams:
+        it sleeps until the earliest, then wakes each connection actor that is due."""
+        while True:
+            now = trio.current_time()
+            upcoming = [t for conn in self.connections() if (t := conn.wake_at()) > now]
+            with trio.CancelScope(deadline=min(upcoming, default=math.inf)) as scope:
+                self._ticker = scope
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._ticker = None
+            now = trio.current_time()
+            for conn in self.connections():
+                if conn.wake_at() <= now:
+                    conn.wake_actor()
 
     async def _idle_watch(self, handle: SupervisorHandle) -> None:
         idle = self.manager.policy.idle_timeout

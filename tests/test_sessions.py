@@ -205,3 +205,38 @@ async def test_a_crashing_connection_actor_closes_only_its_own_stream(fresh_db: 
         sessions_sup = {c.id: c for c in node.root.which_children()}["sessions"]
         assert sessions_sup.restarts == 0
         assert (await tab1.post("ping")).status_code == 200
+
+
+async def test_every_stream_of_a_session_gets_its_keep_alives_and_heartbeat_rows(
+    fresh_db: str,
+) -> None:
+    """One timer per session wakes each connection actor when its heartbeat is due: two streams
+    of one session, opened at different times, each get a keep-alive comment every 0.2 s."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        node.sessions.policy = SessionPolicy(heartbeat=0.2)
+        tokens = await sign_in(http, node, "alice")
+        tabs = [McpClient(http, node, tokens["access_token"]) for _ in range(2)]
+        for tab in tabs:
+            await tab.initialize()
+        counts = [0, 0]
+
+        async def count_keep_alives(i: int, delay: float) -> None:
+            await trio.sleep(delay)
+            headers = {**tabs[i].headers(), "accept": "text/event-stream"}
+            async with http.stream("GET", tabs[i].url, headers=headers) as response:
+                assert response.status_code == 200
+                with trio.move_on_after(1.3):
+                    async for line in response.aiter_lines():
+                        counts[i] += line == ": keep-alive"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_keep_alives, 0, 0.0)
+            nursery.start_soon(count_keep_alives, 1, 0.13)
+        assert all(4 <= n <= 7 for n in counts), counts
+        assert len(node.sessions.live()) == 1
+        await node.store.write()
+        beats = psql(
+            fresh_db,
+            "SELECT count(*) FROM connections WHERE heartbeat_at > opened_at + interval '0.5 s'",
+        )
+        assert beats == "2"
