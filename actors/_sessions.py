@@ -197,8 +197,8 @@ class Outbox:
             or not self.ender(event)
         ):
             return False
-        # the pump is left waiting: waking it (a cancel) costs more than the write, and it has
-        # nothing left to send; the connection actor wakes it as it stops (``close``)
+        # the pump is left waiting, to tidy up once the connection actor stops (``close``): the
+        # pass over a session's streams writes every end before any stream's task runs
         self.ended = True
         self._closed = True
         return True
@@ -268,17 +268,6 @@ class Outbox:
                     self._waiter = None
         return True
 
-    def __aiter__(self) -> Outbox:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        while (event := self.take()) is None:
-            if self._closed:
-                raise StopAsyncIteration
-            await self.wait(None)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return event
-
 
 class Connection:
     """The face of one connection actor: one live SSE stream."""
@@ -346,7 +335,7 @@ class Connection:
             self.sent += 1
         else:
             log.warning("stream_overflow", connection=str(self.id), kind=self.kind)
-            self._finish("slow_client", send_final=False)
+            self.finish("slow_client")
 
     async def send(self, event: StreamEvent) -> None:
         self.send_nowait(event)
@@ -371,13 +360,10 @@ class Connection:
             self._closed()
             return
         self.outbox.put(final)  # dropped when the outbox is full: the stream closes anyway
-        self._finish(reason, send_final=False)
+        self.finish(reason)
 
     def finish(self, reason: str) -> None:
         """Mark the stream closed for ``reason`` unless it already is (the first reason stays)."""
-        self._finish(reason, send_final=False)
-
-    def _finish(self, reason: str, *, send_final: bool) -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
             self.outbox.close()
@@ -405,7 +391,7 @@ class Connection:
 
     async def close(self, reason: str) -> None:
         """The HTTP side is done with this stream (client gone, request complete)."""
-        self._finish(reason, send_final=False)
+        self.finish(reason)
         await trio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:

@@ -775,8 +775,8 @@ class McpHttp:
         send: Send,
         exc: Reply | AuthenticationRequiredError | ClientGone | BaseExceptionGroup[Any],
     ) -> None:
-        """The answer to what a handler raised (called in its ``except``: a bare ``raise``
-        re-raises a group that holds anything but answers)."""
+        """The answer to what a handler raised; a group that holds anything but answers is
+        raised again."""
         if isinstance(exc, ClientGone):
             return
         if isinstance(exc, BaseExceptionGroup):

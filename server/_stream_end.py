@@ -100,13 +100,14 @@ class StreamEnd:
             or self._h11.our_state is not h11.SEND_BODY
         ):
             return False
-        data = self._h11.send(h11.Data(data=_encoded(event)))
-        data += self._h11.send(h11.EndOfMessage()) or b""
+        data = (self._h11.send(h11.Data(data=_encoded(event))) or b"") + (
+            self._h11.send(h11.EndOfMessage()) or b""
+        )
         try:
-            written = os.write(self._fd, data or b"")
+            written = os.write(self._fd, data)
         except OSError:  # would block, or the peer is gone: the pump's send finds out which
             written = 0
-        self._rest = (data or b"")[written:]
+        self._rest = data[written:]
         return True
 
     async def flush(self) -> None:
