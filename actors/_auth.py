@@ -15,7 +15,8 @@ import hmac
 import json
 import secrets
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -29,6 +30,7 @@ __all__ = [
     "AuthPolicy",
     "AuthService",
     "ConsentNeeded",
+    "GrantInvalidator",
     "IssuedTokens",
     "OAuthError",
     "Principal",
@@ -37,6 +39,7 @@ __all__ = [
 
 log = structlog.get_logger("auth")
 UTC = datetime.UTC
+LIVE_GRANT = ("active", "refreshing")  # the grant statuses a token of the grant may be used in
 
 
 def _now() -> datetime.datetime:
@@ -105,13 +108,28 @@ class ConsentNeeded:
     user_id: str
 
 
+class GrantInvalidator(Protocol):
+    """The one invalidation of a grant (``SessionManager.invalidate``, docs/sessions.md): the
+    grant's status and open connection rows change and a cluster event is published, with
+    ``also`` in the same transaction; every node's streams of the grant end with their error
+    event and every node's verified-token cache forgets the grant's tokens."""
+
+    async def __call__(
+        self,
+        grant_id: uuid.UUID,
+        *,
+        reason: str,
+        message: str | None = None,
+        also: Sequence[Op] = (),
+    ) -> None: ...
+
+
 @attrs.frozen
 class AuthPolicy:
     issuer: str  # Steward's base URL (the authorization server facade)
     resource: str  # this server's resource URL: the audience of its tokens
     access_ttl: float = 3600.0
     refresh_ttl: float = 30 * 86400.0
-    refresh_grace: float = 30.0
     code_ttl: float = 60.0
     request_ttl: float = 600.0
     session_ttl: float = 30 * 86400.0
@@ -152,6 +170,9 @@ class AuthService:
         self.upstream = upstream
         self.policy = policy
         self.node_id = node_id
+        # set by the SessionManager built on this service: revocations found here (/revoke, code
+        # and refresh-token reuse) end the grant through the same path as an operator's revoke
+        self.invalidate_grant: GrantInvalidator | None = None
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -179,6 +200,22 @@ class AuthService:
             client_id=client_id,
             grant_id=str(grant_id) if grant_id else None,
             **detail,
+        )
+
+    async def _revoke_grant(
+        self, grant_id: uuid.UUID, *, message: str, also: Sequence[Op] = ()
+    ) -> None:
+        """Revoke the grant everywhere: streams end, caches forget, on every node."""
+        if self.invalidate_grant is not None:
+            await self.invalidate_grant(grant_id, reason="revoked", message=message, also=also)
+            return
+        # no session manager (a bare service): the rows alone, which the token checks read
+        await self.store.write(
+            Op(
+                "UPDATE grants SET status = 'revoked', status_reason = $2 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
+                (grant_id, message),
+            ),
+            *also,
         )
 
     # -- clients -----------------------------------------------------------------------------------
@@ -356,11 +393,17 @@ class AuthService:
         )
         key_id, upstream_ct = self.keyring.encrypt(blob, aad=request_hash)
         csrf = new_token()
-        consent = await self.store.fetchrow(
-            "SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2",
+        # remembered consent is bound to the user, the client, the redirect URI and the scopes
+        known = await self.store.fetchrow(
+            "SELECT (SELECT revoked_at IS NOT NULL FROM users WHERE user_id = $1) AS revoked, "
+            "(SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2 AND redirect_uri = $3) AS scopes",
             user_id,
             row["client_id"],
+            row["redirect_uri"],
         )
+        assert known is not None
+        if known["revoked"]:
+            await self._refuse_revoked_user(request_hash, user_id, row["client_id"])
         await self.store.write(
             Op(
                 "INSERT INTO users (user_id, issuer, subject, email, tier) VALUES ($1, $2, $3, $4, $5) "
@@ -374,7 +417,7 @@ class AuthService:
             ),
         )
         self.audit("upstream_sign_in", user_id=user_id, client_id=row["client_id"])
-        if consent is not None and set(row["scopes"]) <= set(consent["scopes"]):
+        if known["scopes"] is not None and set(row["scopes"]) <= set(known["scopes"]):
             return await self._complete(request_hash)
         client = await self.client(row["client_id"])
         return ConsentNeeded(
@@ -387,11 +430,25 @@ class AuthService:
             user_id=user_id,
         )
 
+    async def _refuse_revoked_user(
+        self, request_hash: bytes, user_id: str, client_id: str
+    ) -> NoReturn:
+        """An operator revoked this user: the authorization request ends here, unanswered."""
+        await self.store.write(
+            Op(
+                "UPDATE authorization_requests SET consumed_at = now(), upstream_ciphertext = NULL WHERE request_hash = $1",
+                (request_hash,),
+            )
+        )
+        self.audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="user revoked")
+        raise OAuthError("access_denied", "this user's access was revoked", status=403)
+
     async def consent(self, *, request_token: str, csrf_token: str, approve: bool) -> str:
         """The consent form's answer; returns where to send the browser."""
         request_hash = hash_token(request_token)
         row = await self.store.fetchrow(
-            "SELECT * FROM authorization_requests WHERE request_hash = $1 AND consumed_at IS NULL AND user_id IS NOT NULL AND expires_at > now()",
+            "SELECT r.*, u.revoked_at AS user_revoked FROM authorization_requests r LEFT JOIN users u USING (user_id) "
+            "WHERE r.request_hash = $1 AND r.consumed_at IS NULL AND r.user_id IS NOT NULL AND r.expires_at > now()",
             request_hash,
         )
         if (
@@ -404,6 +461,8 @@ class AuthService:
                 "unknown or expired consent request, or a bad CSRF token",
                 status=403,
             )
+        if row["user_revoked"] is not None:
+            await self._refuse_revoked_user(request_hash, row["user_id"], row["client_id"])
         if not approve:
             await self.store.write(
                 Op(
@@ -418,9 +477,9 @@ class AuthService:
             )
         await self.store.write(
             Op(
-                "INSERT INTO consents (user_id, client_id, scopes) VALUES ($1, $2, $3) "
-                "ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = (SELECT array_agg(DISTINCT s) FROM unnest(consents.scopes || EXCLUDED.scopes) s), granted_at = now()",
-                (row["user_id"], row["client_id"], row["scopes"]),
+                "INSERT INTO consents (user_id, client_id, redirect_uri, scopes) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (user_id, client_id, redirect_uri) DO UPDATE SET scopes = (SELECT array_agg(DISTINCT s) FROM unnest(consents.scopes || EXCLUDED.scopes) s), granted_at = now()",
+                (row["user_id"], row["client_id"], row["redirect_uri"], row["scopes"]),
             )
         )
         self.audit(
@@ -428,6 +487,7 @@ class AuthService:
             user_id=row["user_id"],
             client_id=row["client_id"],
             scopes=list(row["scopes"]),
+            redirect_uri=row["redirect_uri"],
         )
         return await self._complete(request_hash)
 
@@ -443,6 +503,18 @@ class AuthService:
             )
             if row is None:
                 return None
+            # FOR SHARE: an operator's revoke of this user (which updates the row, then the
+            # user's grants) either commits first and is seen here, or revokes this grant too
+            revoked = await conn.fetchval(
+                "SELECT revoked_at IS NOT NULL FROM users WHERE user_id = $1 FOR SHARE",
+                row["user_id"],
+            )
+            if revoked:
+                await conn.execute(
+                    "UPDATE authorization_requests SET upstream_ciphertext = NULL WHERE request_hash = $1",
+                    request_hash,
+                )
+                return {"user_revoked": True, **dict(row)}
             await conn.execute(
                 "INSERT INTO grants (grant_id, user_id, client_id, resource, tier, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 grant_id,
@@ -490,6 +562,14 @@ class AuthService:
         row = await self.store.transact(complete)
         if row is None:
             raise OAuthError("invalid_request", "this authorization request was already completed")
+        if row.get("user_revoked"):
+            self.audit(
+                "sign_in_refused",
+                user_id=row["user_id"],
+                client_id=row["client_id"],
+                reason="user revoked",
+            )
+            raise OAuthError("access_denied", "this user's access was revoked", status=403)
         self.audit("sign_in", user_id=row["user_id"], client_id=row["client_id"], grant_id=grant_id)
         return _with_params(
             row["redirect_uri"],
@@ -506,13 +586,16 @@ class AuthService:
 
         async def take(conn: Conn) -> dict[str, Any] | None:
             row = await conn.fetchrow(
-                "SELECT * FROM authorization_codes WHERE code_hash = $1 FOR UPDATE",
+                "SELECT c.*, g.status AS grant_status, u.revoked_at AS user_revoked FROM authorization_codes c "
+                "JOIN grants g ON g.grant_id = c.grant_id JOIN users u ON u.user_id = c.user_id "
+                "WHERE c.code_hash = $1 FOR UPDATE OF c",
                 hash_token(code),
             )
             if row is None:
                 return None
             if row["used_at"] is not None:
-                # a code used twice: revoke what the first use issued (OAuth 2.1 §4.1.3)
+                # a code used twice: revoke what the first use issued (OAuth 2.1 §4.1.3); the
+                # grant itself is revoked next, through the one invalidation path
                 await conn.execute(
                     "UPDATE token_families SET revoked_at = now(), revoke_reason = 'code_reuse' WHERE grant_id = $1 AND revoked_at IS NULL",
                     row["grant_id"],
@@ -534,7 +617,16 @@ class AuthService:
                 client_id=row["client_id"],
                 grant_id=row["grant_id"],
             )
+            if row["grant_status"] in LIVE_GRANT:
+                await self._revoke_grant(
+                    row["grant_id"],
+                    message="the authorization code was used twice; the grant is revoked",
+                )
             raise OAuthError("invalid_grant", "authorization code already used")
+        if row["user_revoked"] is not None:
+            raise OAuthError("invalid_grant", "this user's access was revoked")
+        if row["grant_status"] not in LIVE_GRANT:
+            raise OAuthError("invalid_grant", f"the authorization is {row['grant_status']}")
         if row["expires_at"] < _now():
             raise OAuthError("invalid_grant", "authorization code expired")
         if f.get("client_id") != row["client_id"]:
@@ -592,53 +684,67 @@ class AuthService:
         ), ops
 
     async def refresh(self, f: dict[str, str]) -> IssuedTokens:
+        """The refresh-token grant, with rotation and no grace (RFC 9700 §4.14.2): the presented
+        token is superseded by the pair issued in the same transaction, and any later
+        presentation of it, or of any revoked token of its family, revokes the whole grant on
+        every node and is audited as ``refresh_reuse_detected``."""
         token = f.get("refresh_token", "")
         if not token:
             raise OAuthError("invalid_request", "refresh_token is required")
+        client_id = f.get("client_id", "")
+        if not client_id:
+            # public clients do not authenticate: they name themselves (RFC 6749 §3.2.1)
+            raise OAuthError(
+                "invalid_client",
+                "client_id is required: a public client names itself on every token request",
+                status=401,
+            )
+        requested = tuple(dict.fromkeys(f.get("scope", "").split())) or None
         token_hash = hash_token(token)
-        grace = self.policy.refresh_grace
-        client_id = f.get("client_id")
 
         async def rotate(conn: Conn) -> dict[str, Any]:
             row = await conn.fetchrow(
-                "SELECT t.*, f.revoked_at AS family_revoked, g.status FROM tokens t JOIN token_families f USING (family_id) "
-                "JOIN grants g ON g.grant_id = t.grant_id WHERE t.token_hash = $1 AND t.kind = 'refresh' FOR UPDATE OF t",
+                "SELECT t.*, f.revoked_at AS family_revoked, g.status, u.revoked_at AS user_revoked "
+                "FROM tokens t JOIN token_families f USING (family_id) JOIN grants g ON g.grant_id = t.grant_id "
+                "JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1 AND t.kind = 'refresh' FOR UPDATE OF t",
                 token_hash,
             )
             if row is None:
                 return {"outcome": "unknown"}
             row = dict(row)
-            if client_id and client_id != row["client_id"]:  # refused before anything changes
+            if client_id != row["client_id"]:  # refused before anything changes
                 return {"outcome": "wrong_client", **row}
             if (
-                row["family_revoked"] is not None
+                row["rotated_at"] is not None
                 or row["revoked_at"] is not None
-                or row["status"] != "active"
+                or row["family_revoked"] is not None
             ):
-                return {"outcome": "revoked", **row}
+                # superseded or revoked: whoever presents it, the family is no longer trusted
+                await conn.execute(
+                    "UPDATE token_families SET revoked_at = now(), revoke_reason = 'refresh_reuse' WHERE family_id = $1 AND revoked_at IS NULL",
+                    row["family_id"],
+                )
+                state = "superseded" if row["rotated_at"] is not None else "revoked"
+                return {"outcome": "reuse", "state": state, **row}
+            if row["user_revoked"] is not None:
+                return {"outcome": "user_revoked", **row}
+            if row["status"] not in LIVE_GRANT:
+                return {"outcome": "inactive", **row}
             if row["expires_at"] < _now():
                 return {"outcome": "expired", **row}
-            if row["rotated_at"] is not None:
-                successor_used = await conn.fetchval(
-                    "SELECT bool_or(rotated_at IS NOT NULL) FROM tokens WHERE parent_hash = $1 AND kind = 'refresh' AND revoked_at IS NULL",
-                    token_hash,
-                )
-                if successor_used or _now() - row["rotated_at"] > datetime.timedelta(seconds=grace):
-                    await conn.execute(
-                        "UPDATE token_families SET revoked_at = now(), revoke_reason = 'refresh_reuse' WHERE family_id = $1",
-                        row["family_id"],
-                    )
-                    return {"outcome": "reuse", **row}
-                # within the grace window and the successor unused: the client lost the answer;
-                # the unused successor is replaced
-                await conn.execute(
-                    "UPDATE tokens SET revoked_at = now() WHERE parent_hash = $1", token_hash
-                )
-            else:
-                await conn.execute(
-                    "UPDATE tokens SET rotated_at = now() WHERE token_hash = $1", token_hash
-                )
-            return {"outcome": "ok", **row}
+            if requested is not None:
+                extra = [s for s in requested if s not in row["scopes"]]
+                if extra:
+                    return {"outcome": "invalid_scope", "extra": extra, **row}
+            # a token carries its grant's scopes (the grant's are what requests are checked
+            # against): a narrower request is answered with the grant's, as `scope` says
+            tokens, ops = self._issue(row["family_id"], row, parent=token_hash)
+            await conn.execute(
+                "UPDATE tokens SET rotated_at = now() WHERE token_hash = $1", token_hash
+            )
+            for op in ops:  # the successor exists as soon as the token is superseded
+                await conn.execute(op.sql, *op.args)
+            return {"outcome": "ok", "tokens": tokens, **row}
 
         row = await self.store.transact(rotate)
         outcome = row["outcome"]
@@ -652,44 +758,61 @@ class AuthService:
                 user_id=row["user_id"],
                 client_id=row["client_id"],
                 grant_id=row["grant_id"],
+                token_state=row["state"],
             )
+            if row["status"] in LIVE_GRANT:
+                await self._revoke_grant(
+                    row["grant_id"],
+                    message="a superseded refresh token was presented again; the grant is revoked",
+                )
             raise OAuthError(
                 "invalid_grant", "refresh token reuse detected; the token family is revoked"
             )
+        if outcome == "user_revoked":
+            raise OAuthError("invalid_grant", "this user's access was revoked")
+        if outcome == "inactive":
+            raise OAuthError("invalid_grant", f"the session is {row['status']}; authorize again")
+        if outcome == "invalid_scope":
+            raise OAuthError(
+                "invalid_scope",
+                f"scope {row['extra'][0]!r} was not granted; the grant holds: {' '.join(row['scopes'])}",
+            )
         if outcome != "ok":
             raise OAuthError("invalid_grant", f"refresh token {outcome}")
-        tokens, ops = self._issue(row["family_id"], row, parent=token_hash)
-        await self.store.write(*ops)
         self.audit(
             "token_refresh",
             user_id=row["user_id"],
             client_id=row["client_id"],
             grant_id=row["grant_id"],
         )
+        tokens: IssuedTokens = row["tokens"]
         return tokens
 
     async def revoke_token(self, token: str) -> tuple[str, uuid.UUID] | None:
-        """RFC 7009: revoke a refresh token's family, or one access token. Returns (user, grant)."""
+        """RFC 7009: revoking a refresh token or an access token revokes its grant (the token
+        family with it, §2.1 allows it for an access token), through the one invalidation path:
+        every stream of the grant ends with its error event and every node's cache forgets its
+        tokens. Returns (user, grant), or None for a token Steward does not know."""
         row = await self.store.fetchrow(
             "SELECT kind, family_id, grant_id, user_id, client_id FROM tokens WHERE token_hash = $1",
             hash_token(token),
         )
         if row is None:
             return None
-        if row["kind"] == "refresh":
-            await self.store.write(
+        await self._revoke_grant(
+            row["grant_id"],
+            message="the client revoked its token; the grant is revoked",
+            also=[
                 Op(
                     "UPDATE token_families SET revoked_at = now(), revoke_reason = 'revoked' WHERE family_id = $1 AND revoked_at IS NULL",
                     (row["family_id"],),
-                )
-            )
-        else:
-            await self.store.write(
+                ),
                 Op(
                     "UPDATE tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
                     (hash_token(token),),
-                )
-            )
+                ),
+            ],
+        )
         self.audit(
             "token_revoked",
             user_id=row["user_id"],

@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -614,10 +614,12 @@ class UserSession:
             )
         return keeper.tokens.access_token
 
-    async def invalidate(self, status: str, message: str) -> None:
+    async def invalidate(self, status: str, message: str, *, also: Sequence[Op] = ()) -> None:
         """End this session: in one transaction the grant's status changes and its open connection
-        rows close; each stream gets a final error event; the actor stops."""
+        rows close (with ``also``); each stream gets a final error event; the actor stops."""
         if self.invalid_reason is not None:
+            if also:  # already ended (and told the other nodes): what comes with it still counts
+                await self.manager.store.write(*also)
             return
         self.invalid_reason = status
         self.manager.forget(self.grant_id, self.context.user_id)
@@ -630,6 +632,7 @@ class UserSession:
                 "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
                 (self.grant_id, status),
             ),
+            *also,
             *self.manager.publish(
                 "revoke_grant",
                 grant_id=self.grant_id,
@@ -637,6 +640,7 @@ class UserSession:
                 payload={"status": status, "message": message},
             ),
         )
+        self.manager.forget(self.grant_id, self.context.user_id)  # verified meanwhile
         self.close_streams(status, message)
         self.manager.auth.audit(
             status,
@@ -768,6 +772,9 @@ class SessionManager:
         self.node_id = node_id
         self.policy = policy or SessionPolicy()
         self.registry: Registry[uuid.UUID, UserSession] = Registry("sessions")
+        # the revocations the authorization server finds (/revoke, code and refresh-token
+        # reuse) take the same path as an operator's: this manager's invalidate
+        auth.invalidate_grant = self.invalidate
         self._sup: SupervisorHandle | None = None
         self._hydrating: dict[uuid.UUID, trio.Event] = {}
         self._on_forget = on_forget
@@ -1055,12 +1062,22 @@ class SessionManager:
     # -- invalidation ----------------------------------------------------------------------------------
 
     async def invalidate(
-        self, grant_id: uuid.UUID, *, reason: str, message: str | None = None
+        self,
+        grant_id: uuid.UUID,
+        *,
+        reason: str,
+        message: str | None = None,
+        also: Sequence[Op] = (),
     ) -> None:
+        """End a grant on every node: its status and open connection rows change and a cluster
+        event is published, with ``also``, in one transaction; the streams of the grant end with
+        their error event here (if it is live here) and on every other node (the notifier), and
+        every node's verified-token cache forgets the grant's tokens."""
         session = self.registry.lookup(grant_id)
         if session is not None:
-            await session.invalidate(reason, message or f"the session was {reason}")
+            await session.invalidate(reason, message or f"the session was {reason}", also=also)
             return
+        self.forget(grant_id, "")
         await self.store.write(
             Op(
                 "UPDATE grants SET status = $2, status_reason = $3 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
@@ -1070,12 +1087,19 @@ class SessionManager:
                 "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
                 (grant_id, reason),
             ),
+            *also,
             *self.publish(
                 "revoke_grant",
                 grant_id=grant_id,
                 payload={"status": reason, "message": message or reason},
             ),
         )
+        # a request that verified a token or hydrated the session before the commit: forgotten
+        # and ended again after it (the notifier does not bring a node its own events)
+        self.forget(grant_id, "")
+        late = self.registry.lookup(grant_id)
+        if late is not None:
+            await late.end_locally(reason, message or f"the session was {reason}")
 
     def publish(
         self,

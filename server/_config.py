@@ -33,6 +33,12 @@ __all__ = [
 ENV_PREFIX = "STEWARD_"
 T = TypeVar("T")
 
+# settings that existed once: naming one is an error that says why it went
+_REMOVED = {
+    "refresh_grace": "it was removed: a rotated refresh token presented again always revokes its "
+    "grant (RFC 9700 §4.14.2, docs/security.md); delete the setting",
+}
+
 
 class ConfigError(Exception):
     """A setting is missing, malformed or out of range; the message names it."""
@@ -138,7 +144,6 @@ class Settings:
     default_scopes: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
     access_token_ttl: float = attrs.field(default=3600.0, metadata={"min": 1.0})
     refresh_token_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
-    refresh_grace: float = attrs.field(default=30.0, metadata={"min": 0.0})
     session_ttl: float = attrs.field(default=30 * 86400.0, metadata={"min": 60.0})
     stream_token_grace: float = attrs.field(
         default=60.0,
@@ -287,6 +292,10 @@ class _EnvValue:
 def _build(cls: type[T], data: Mapping[str, Any], *, prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
+    removed = sorted(k for k in set(data) - set(fields) if prefix + k in _REMOVED)
+    if removed:
+        msg = f"setting {prefix + removed[0]!r}: {_REMOVED[prefix + removed[0]]}"
+        raise ConfigError(msg)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"

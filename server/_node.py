@@ -252,7 +252,6 @@ async def run_node(
         resource=resource,
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
-        refresh_grace=settings.refresh_grace,
         session_ttl=settings.session_ttl,
         scopes_supported=settings.scopes_supported,
         default_scopes=settings.default_scopes,

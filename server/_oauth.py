@@ -90,6 +90,8 @@ class ResourceServer:
         self.cache_ttl = cache_ttl
         self.retry_after = retry_after
         self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
+        # bumped by every forget: a verification that raced with one is answered, not cached
+        self._forgets = 0
         # dev_no_auth: every request runs as this principal, token or not (server/_dev_auth.py)
         self.dev_principal: Principal | None = None
 
@@ -147,6 +149,7 @@ class ResourceServer:
                 self._cache.move_to_end(key)
                 return entry.principal
             del self._cache[key]
+        forgets = self._forgets
         try:
             principal = await self.auth.verify_access(token)
         except StoreUnavailable:
@@ -159,20 +162,25 @@ class ResourceServer:
             raise self.challenge(
                 "invalid_token", "the token is invalid, expired, revoked or for another resource"
             )
+        if forgets != self._forgets:
+            return principal  # read before a revocation this node just heard of: not kept
         self._cache[key] = _CacheEntry(principal, min(now + self.cache_ttl, principal.expires_at))
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return principal
 
     def forget_grant(self, grant_id: uuid.UUID) -> None:
+        self._forgets += 1
         for key in [k for k, e in self._cache.items() if e.principal.grant_id == grant_id]:
             del self._cache[key]
 
     def forget_user(self, user_id: str) -> None:
+        self._forgets += 1
         for key in [k for k, e in self._cache.items() if e.principal.user_id == user_id]:
             del self._cache[key]
 
     def forget_token(self, token: str) -> None:
+        self._forgets += 1
         self._cache.pop(hash_token(token), None)
 
 

@@ -91,6 +91,10 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ({"STEWARD_PUBLIC_URL": "ftp://x"}, "must be an http:// or https:// URL"),
         ({"STEWARD_DEV_IDP": "maybe"}, "must be true or false"),
         ({"STEWARD_COLOUR": "blue"}, "unknown setting 'colour'"),
+        (
+            {"STEWARD_REFRESH_GRACE": "30"},
+            "setting 'refresh_grace': it was removed: a rotated refresh token presented again",
+        ),
     ],
 )
 def test_bad_values_name_the_setting_and_the_expected_form(

@@ -104,7 +104,7 @@ def sdk_provider(node: Any, browser: Browser, storage: Storage) -> OAuthClientPr
 
 
 async def test_the_sdk_oauth_provider_signs_in_refreshes_and_reauthorizes(fresh_db: str) -> None:
-    async with running_node(fresh_db, access_token_ttl=2.0, refresh_grace=0.0) as node:
+    async with running_node(fresh_db, access_token_ttl=2.0) as node:
         browser = Browser(node, "bob")
         storage = Storage()
         provider = sdk_provider(node, browser, storage)

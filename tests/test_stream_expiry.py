@@ -80,9 +80,7 @@ async def test_the_sdk_client_reconnects_its_get_stream_with_a_fresh_token(fresh
     """The official SDK client: its GET stream ends with the reconnect hint, it reconnects after
     the hinted ``retry`` with Last-Event-ID and a refreshed token, and notifications reach it on
     the new stream."""
-    async with running_node(
-        fresh_db, access_token_ttl=2.0, refresh_grace=0.0, stream_token_grace=0.5
-    ) as node:
+    async with running_node(fresh_db, access_token_ttl=2.0, stream_token_grace=0.5) as node:
         browser, storage = Browser(node, "bob"), Storage()
         send, received = trio.open_memory_channel[Any](16)
 
