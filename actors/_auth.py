@@ -712,20 +712,21 @@ class AuthService:
             if row is None:
                 return {"outcome": "unknown"}
             row = dict(row)
-            if client_id != row["client_id"]:  # refused before anything changes
-                return {"outcome": "wrong_client", **row}
             if (
                 row["rotated_at"] is not None
                 or row["revoked_at"] is not None
                 or row["family_revoked"] is not None
             ):
-                # superseded or revoked: whoever presents it, the family is no longer trusted
+                # superseded or revoked: whoever presents it, under whatever client id, it has
+                # leaked or been replayed, and the family is no longer trusted
                 await conn.execute(
                     "UPDATE token_families SET revoked_at = now(), revoke_reason = 'refresh_reuse' WHERE family_id = $1 AND revoked_at IS NULL",
                     row["family_id"],
                 )
                 state = "superseded" if row["rotated_at"] is not None else "revoked"
                 return {"outcome": "reuse", "state": state, **row}
+            if client_id != row["client_id"]:  # a live token: refused before anything changes
+                return {"outcome": "wrong_client", **row}
             if row["user_revoked"] is not None:
                 return {"outcome": "user_revoked", **row}
             if row["status"] not in LIVE_GRANT:

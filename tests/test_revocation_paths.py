@@ -188,6 +188,23 @@ async def test_a_replayed_refresh_token_revokes_the_family_and_cannot_take_the_s
         assert await audited(fresh_db, a, "refresh_reuse_detected") == 3
 
 
+async def test_a_superseded_refresh_token_under_another_client_id_is_reuse_too(
+    fresh_db: str,
+) -> None:
+    """A superseded token presented under another client's id has leaked all the same: the
+    family is revoked (a live token under another client's id is refused without effect,
+    tests/test_oauth.py)."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        first = await sign_in(http, node, "alice")
+        second = (await refresh(http, node, first["refresh_token"], first["client_id"])).json()
+        other = await register(http, node, "another client")
+        replay = await refresh(http, node, first["refresh_token"], other)
+        assert replay.status_code == 400 and "reuse" in replay.json()["error_description"]
+        own = await refresh(http, node, second["refresh_token"], first["client_id"])
+        assert own.status_code == 400 and own.json()["error"] == "invalid_grant"
+        assert psql(fresh_db, "SELECT status FROM grants") == "revoked"
+
+
 async def test_a_refresh_names_its_client_and_cannot_widen_its_scopes(fresh_db: str) -> None:
     """A public client's refresh must carry its client_id (RFC 6749 §3.2.1: invalid_client
     without it, invalid_grant for another client's token); scopes beyond the grant's are
