@@ -171,6 +171,13 @@ class Settings:
             "user (needs the development IdP and a loopback host)"
         },
     )
+    client_metadata_allow_private: bool = attrs.field(
+        default=False,
+        metadata={
+            "help": "development and tests only: client ID metadata documents may be fetched "
+            "from loopback, private, link-local and reserved addresses (and over http on loopback)"
+        },
+    )
     upstream: UpstreamSettings | None = None
     tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
     clients: tuple[ClientSettings, ...] = ()

@@ -50,6 +50,7 @@ from runtime import ChildSpec, Supervisor, SupervisorHandle
 from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
+from server._client_metadata import MetadataFetcher
 from server._config import Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
@@ -280,7 +281,12 @@ async def run_node(
         ),
     )
     janitor = Janitor(store, sessions, node_id=node_id)
-    oauth = OAuthEndpoints(auth, rs, base_url=base_url)
+    oauth = OAuthEndpoints(
+        auth,
+        rs,
+        base_url=base_url,
+        metadata=MetadataFetcher(allow_private=settings.client_metadata_allow_private),
+    )
     usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
     app.tiers = settings.tier_names()
     mcp = McpHttp(
