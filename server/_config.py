@@ -22,6 +22,7 @@ import attrs
 from actors._usage import parse_quota
 
 __all__ = [
+    "DEV_IDP_EXPOSED",
     "ClientSettings",
     "ConfigError",
     "Settings",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STEWARD_"
+DEV_IDP_EXPOSED = (
+    "INSECURE: dev_idp_allow_public_insecure is set: the development IdP signs ANYONE in as ANY "
+    "user, and this node is not on loopback only. Never use this with real data."
+)
 T = TypeVar("T")
 
 
@@ -164,6 +169,13 @@ class Settings:
     admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
     dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
     dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
+    dev_idp_allow_public_insecure: bool = attrs.field(
+        default=False,
+        metadata={
+            "help": "INSECURE: serve the development IdP, which signs anyone in as any user, "
+            "although host or public_url is not loopback (steward doctor fails on it)"
+        },
+    )
     dev_no_auth: bool = attrs.field(
         default=False,
         metadata={
@@ -203,9 +215,26 @@ class Settings:
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
 
+    @property
+    def dev_idp_exposed(self) -> bool:
+        """Whether the development IdP would serve a node that is not on loopback only."""
+        if self.upstream is not None or not self.dev_idp:
+            return False
+        public = self.public_url is not None and not _loopback(urlsplit(self.public_url).hostname)
+        return public or not _loopback(self.host)
+
     def __attrs_post_init__(self) -> None:
         if self.dev_no_auth:
             _check_dev_no_auth(self)
+        if self.dev_idp_exposed and not self.dev_idp_allow_public_insecure:
+            msg = (
+                "the development IdP signs anyone in as any user and serves loopback only: with "
+                f"host {self.host!r} and public_url {self.public_url!r}, configure [upstream] "
+                "(your identity provider), or bind to loopback (host 127.0.0.1 and a loopback "
+                "public_url); only for a throwaway test machine, set "
+                "dev_idp_allow_public_insecure = true"
+            )
+            raise ConfigError(msg)
 
 
 def _loopback(host: str | None) -> bool:

@@ -51,7 +51,7 @@ from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
 from server._client_metadata import MetadataFetcher
-from server._config import Settings, TierSettings
+from server._config import DEV_IDP_EXPOSED, Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
@@ -224,6 +224,10 @@ async def run_node(
         idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
         idp_url = _url(idp_sock)
         dev_idp = DevIdP(idp_url)
+        if settings.dev_idp_exposed:  # allowed by dev_idp_allow_public_insecure only
+            log.warning(
+                "dev_idp_exposed", setting="dev_idp_allow_public_insecure", note=DEV_IDP_EXPOSED
+            )
         upstream_config = UpstreamConfig(
             idp_url,
             f"{idp_url}/authorize",
