@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from actors import valid_redirect_uri
 from actors._usage import parse_quota
 
 __all__ = [
@@ -93,7 +94,13 @@ class ClientSettings:
     """An OAuth client registered ahead of time by the operator."""
 
     client_id: str
-    redirect_uris: tuple[str, ...]
+    redirect_uris: tuple[str, ...] = attrs.field(
+        metadata={
+            "check": valid_redirect_uri,
+            "expect": "https, http on a loopback host, or a private-use scheme "
+            "(com.example.app:/callback), without control characters, spaces or a fragment",
+        }
+    )
     client_name: str | None = None
     client_secret: str | None = attrs.field(default=None, metadata={"secret": True})
     scope: str | None = None

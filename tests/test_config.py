@@ -180,3 +180,18 @@ def test_the_development_idp_off_loopback_takes_the_loudly_named_setting() -> No
         environ={"STEWARD_HOST": "0.0.0.0", "STEWARD_DEV_IDP_ALLOW_PUBLIC_INSECURE": "true"}
     )
     assert settings.dev_idp_exposed and settings.dev_idp_allow_public_insecure
+
+
+def test_configured_clients_redirect_uris_follow_the_registration_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [[clients]]
+        client_id = "desktop"
+        redirect_uris = ["http://127.0.0.1/callback", "https://app.example/cb#x"]
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "setting 'clients[0].redirect_uris[1]'" in str(info.value)
+    assert "without control characters, spaces or a fragment" in str(info.value)
