@@ -27,6 +27,7 @@ import trio
 
 from server._http import (
     BodyTooLarge,
+    InvalidInput,
     Receive,
     Scope,
     Send,
@@ -127,12 +128,15 @@ class DevIdP:
             ("GET", "/userinfo"): self._userinfo,
             ("POST", "/revoke"): self._revoke,
         }.get((method, path))
-        if route is not None:
-            await route(scope, body, send)
-        elif path.startswith("/_control/") and method in ("GET", "POST"):
-            await self._control(scope, path.removeprefix("/_control/"), body, send)
-        else:
-            await _error(send, 404, "not_found", f"no endpoint {method} {path}")
+        try:
+            if route is not None:
+                await route(scope, body, send)
+            elif path.startswith("/_control/") and method in ("GET", "POST"):
+                await self._control(scope, path.removeprefix("/_control/"), body, send)
+            else:
+                await _error(send, 404, "not_found", f"no endpoint {method} {path}")
+        except InvalidInput as exc:  # a NUL character in the query string or form
+            await _error(send, 400, "invalid_request", str(exc))
 
     # -- OAuth -------------------------------------------------------------------------------------
 

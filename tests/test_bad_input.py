@@ -211,6 +211,10 @@ async def test_the_development_idp_refuses_bad_control_arguments_and_redirect_ur
             },
         )
         assert r.status_code == 400 and "location" not in r.headers, r.text
+        r = await http.get(f"{node.info.dev_idp_url}/authorize?state=%00")  # found by the fuzzer
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        r = await http.post(f"{node.info.dev_idp_url}/token", content=b"grant_type=%00")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
 
 
 async def test_json_that_postgresql_cannot_store_is_a_400_at_registration_and_admin(
