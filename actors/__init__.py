@@ -10,6 +10,12 @@ from actors._migrations import (
     migrate,
     pending_migrations,
 )
+from actors._redirect_uris import (
+    REDIRECT_URI_LIMIT,
+    redirect_uri_matches,
+    redirect_uri_problem,
+    valid_redirect_uri,
+)
 from actors._store import (
     Conn,
     Op,
@@ -29,6 +35,7 @@ from actors._store_retention import (
 )
 
 __all__ = [
+    "REDIRECT_URI_LIMIT",
     "RETENTION_RULES",
     "Conn",
     "Migration",
@@ -46,6 +53,9 @@ __all__ = [
     "load_migrations",
     "migrate",
     "pending_migrations",
+    "redirect_uri_matches",
+    "redirect_uri_problem",
     "retention_sweep",
     "store_child_spec",
+    "valid_redirect_uri",
 ]

@@ -17,12 +17,18 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import attrs
 import structlog
 
 from actors._crypto import KeyRing, hash_token, new_token
+from actors._redirect_uris import (
+    consent_redirect_key,
+    redirect_uri_matches,
+    redirect_uri_problem,
+    valid_redirect_uri,
+)
 from actors._store import Conn, Op, Store
 from actors._upstream import UpstreamClient, UpstreamTokens
 
@@ -137,19 +143,10 @@ class AuthPolicy:
     default_scopes: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
 
 
-def valid_redirect_uri(uri: str) -> bool:
-    """Redirect URIs are https, or http on a loopback host (MCP-R28)."""
-    parts = urlsplit(uri)
-    if parts.fragment:
-        return False
-    if parts.scheme == "https" and parts.hostname:
-        return True
-    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
-
-
 def s256(verifier: str) -> str:
     return (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+        # a verifier is ASCII (RFC 7636); anything else is hashed as it is, never a 500
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("utf-8", "surrogatepass")).digest())
         .rstrip(b"=")
         .decode()
     )
@@ -229,12 +226,10 @@ class AuthService:
             raise OAuthError(
                 "invalid_redirect_uri", "redirect_uris must be a non-empty list of URIs"
             )
-        bad = [u for u in uris if not valid_redirect_uri(u)]
-        if bad:
-            raise OAuthError(
-                "invalid_redirect_uri",
-                f"redirect URIs must be https or http on localhost: {bad[0]!r}",
-            )
+        for uri in uris:
+            problem = redirect_uri_problem(uri)
+            if problem is not None:
+                raise OAuthError("invalid_redirect_uri", f"{problem}: {uri[:200]!r}")
         method = metadata.get("token_endpoint_auth_method", "none")
         if method != "none":
             raise OAuthError(
@@ -320,7 +315,9 @@ class AuthService:
         if client is None:
             raise OAuthError("invalid_client", "unknown client_id")
         redirect_uri = params.get("redirect_uri", "")
-        if redirect_uri not in client["redirect_uris"]:
+        if not valid_redirect_uri(redirect_uri) or not any(
+            redirect_uri_matches(redirect_uri, r) for r in client["redirect_uris"]
+        ):
             raise OAuthError(
                 "invalid_request", "redirect_uri does not exactly match a registered redirect URI"
             )
@@ -399,7 +396,7 @@ class AuthService:
             "(SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2 AND redirect_uri = $3) AS scopes",
             user_id,
             row["client_id"],
-            row["redirect_uri"],
+            consent_redirect_key(row["redirect_uri"]),
         )
         assert known is not None
         if known["revoked"]:
@@ -479,7 +476,12 @@ class AuthService:
             Op(
                 "INSERT INTO consents (user_id, client_id, redirect_uri, scopes) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (user_id, client_id, redirect_uri) DO UPDATE SET scopes = (SELECT array_agg(DISTINCT s) FROM unnest(consents.scopes || EXCLUDED.scopes) s), granted_at = now()",
-                (row["user_id"], row["client_id"], row["redirect_uri"], row["scopes"]),
+                (
+                    row["user_id"],
+                    row["client_id"],
+                    consent_redirect_key(row["redirect_uri"]),
+                    row["scopes"],
+                ),
             )
         )
         self.audit(

@@ -43,7 +43,7 @@ from server._http import (
     Send,
     form,
     header,
-    parse_json,
+    parse_storable_json,
     query,
     read_body,
     send_json,
@@ -110,9 +110,10 @@ class AdminApi:
                 continue
             expires, _, mac = value.partition(".")
             if (
-                expires.isdigit()
+                expires.isascii()
+                and expires.isdigit()
                 and int(expires) > time.time()
-                and hmac.compare_digest(mac, self._sign("admin-session", expires))
+                and _same_secret(mac, self._sign("admin-session", expires))
             ):
                 return value
         return None
@@ -134,7 +135,7 @@ class AdminApi:
 
     def _bearer_ok(self, scope: Scope) -> bool:
         auth = header(scope, b"authorization") or ""
-        return auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)
+        return auth.startswith("Bearer ") and _same_secret(auth[7:].strip(), self.token)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -155,7 +156,11 @@ class AdminApi:
         elif path.startswith(VIEW + "/static/") and method == "GET":
             body = self.static.get(path.rsplit("/", 1)[-1])
             if body is None:
-                await send_json(send, 404, {"error": "not_found"})
+                await send_json(
+                    send,
+                    404,
+                    {"error": "not_found", "error_description": f"no admin file {path}"},
+                )
             else:
                 ctype = STATIC_TYPES[Path(path).suffix]
                 await send_response(send, 200, body, ctype)
@@ -186,7 +191,7 @@ class AdminApi:
         except BodyTooLarge:
             await self._send_login(send, 413, "The form is too large.")
             return
-        if not hmac.compare_digest(fields.get("token", "").strip(), self.token):
+        if not _same_secret(fields.get("token", "").strip(), self.token):
             log.warning("admin_sign_in_refused", reason="wrong token")
             await self._send_login(send, 401, "That is not the admin token.")
             return
@@ -214,7 +219,7 @@ class AdminApi:
 
     def _csrf_ok(self, scope: Scope, cookie: str) -> bool:
         sent = header(scope, b"x-csrf-token") or ""
-        return self._same_origin(scope) and hmac.compare_digest(sent, self._csrf(cookie))
+        return self._same_origin(scope) and _same_secret(sent, self._csrf(cookie))
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._bearer_ok(scope):
@@ -242,7 +247,7 @@ class AdminApi:
             body: dict[str, Any] = {}
             if scope["method"] == "POST":
                 raw = await read_body(receive, 64 * 1024)
-                loaded = parse_json(raw or b"{}")
+                loaded = parse_storable_json(raw or b"{}")
                 if not isinstance(loaded, dict):
                     raise ValueError
                 body = loaded
@@ -261,7 +266,13 @@ class AdminApi:
                 {"error": "invalid_request", "error_description": "body too large"},
             )
         except StoreUnavailable:
-            status, payload = 503, {"error": "temporarily_unavailable"}
+            status, payload = (
+                503,
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "the session store is unreachable",
+                },
+            )
         await send_json(send, status, payload)
 
     async def _route(
@@ -318,6 +329,14 @@ class AdminApi:
             "error": "not_found",
             "error_description": f"no admin endpoint {method} {route}",
         }
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """A constant-time comparison that takes any text: ``hmac.compare_digest`` raises TypeError
+    for a str holding non-ASCII characters (as a header or form field may)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def _bounded(node: dict[str, Any], limit: int = TREE_CHILDREN) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from server._app import Steward
-from server._config import ConfigError, Settings, load_settings
+from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, load_settings
 from server._dev_auth import DEV_USER
 from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
 from server._logging import configure_logging
@@ -133,6 +133,8 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
                     f"Development IdP (demo users alice, bob, carol) at {node.info.dev_idp_url}",
                     file=sys.stderr,
                 )
+            if settings.dev_idp_exposed:
+                print(f"WARNING: {DEV_IDP_EXPOSED}", file=sys.stderr)
             if settings.dev_no_auth:
                 print(
                     f"WARNING: --dev-no-auth: AUTHORIZATION IS OFF. Every request runs as the "
@@ -251,6 +253,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                     f"Admin view at {doc['base_url']}/admin (token for this run: {env['STEWARD_ADMIN_TOKEN']})",
                     file=sys.stderr,
                 )
+            if settings.dev_idp_exposed:
+                print(f"WARNING: {DEV_IDP_EXPOSED}", file=sys.stderr)
             try:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:

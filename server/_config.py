@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from actors import valid_redirect_uri
 from actors._usage import parse_quota
 
 __all__ = [
+    "DEV_IDP_EXPOSED",
     "ClientSettings",
     "ConfigError",
     "Settings",
@@ -31,6 +33,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STEWARD_"
+DEV_IDP_EXPOSED = (
+    "INSECURE: dev_idp_allow_public_insecure is set: the development IdP signs ANYONE in as ANY "
+    "user, and this node is not on loopback only. Never use this with real data."
+)
 T = TypeVar("T")
 
 # settings that existed once: naming one is an error that says why it went
@@ -94,7 +100,13 @@ class ClientSettings:
     """An OAuth client registered ahead of time by the operator."""
 
     client_id: str
-    redirect_uris: tuple[str, ...]
+    redirect_uris: tuple[str, ...] = attrs.field(
+        metadata={
+            "check": valid_redirect_uri,
+            "expect": "https, http on a loopback host, or a private-use scheme "
+            "(com.example.app:/callback), without control characters, spaces or a fragment",
+        }
+    )
     client_name: str | None = None
     client_secret: str | None = attrs.field(default=None, metadata={"secret": True})
     scope: str | None = None
@@ -169,11 +181,25 @@ class Settings:
     admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
     dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
     dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
+    dev_idp_allow_public_insecure: bool = attrs.field(
+        default=False,
+        metadata={
+            "help": "INSECURE: serve the development IdP, which signs anyone in as any user, "
+            "although host or public_url is not loopback (steward doctor fails on it)"
+        },
+    )
     dev_no_auth: bool = attrs.field(
         default=False,
         metadata={
             "help": "development only: authorization off, every request runs as the development "
             "user (needs the development IdP and a loopback host)"
+        },
+    )
+    client_metadata_allow_private: bool = attrs.field(
+        default=False,
+        metadata={
+            "help": "development and tests only: client ID metadata documents may be fetched "
+            "from loopback, private, link-local and reserved addresses (and over http on loopback)"
         },
     )
     upstream: UpstreamSettings | None = None
@@ -201,9 +227,26 @@ class Settings:
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
 
+    @property
+    def dev_idp_exposed(self) -> bool:
+        """Whether the development IdP would serve a node that is not on loopback only."""
+        if self.upstream is not None or not self.dev_idp:
+            return False
+        public = self.public_url is not None and not _loopback(urlsplit(self.public_url).hostname)
+        return public or not _loopback(self.host)
+
     def __attrs_post_init__(self) -> None:
         if self.dev_no_auth:
             _check_dev_no_auth(self)
+        if self.dev_idp_exposed and not self.dev_idp_allow_public_insecure:
+            msg = (
+                "the development IdP signs anyone in as any user and serves loopback only: with "
+                f"host {self.host!r} and public_url {self.public_url!r}, configure [upstream] "
+                "(your identity provider), or bind to loopback (host 127.0.0.1 and a loopback "
+                "public_url); only for a throwaway test machine, set "
+                "dev_idp_allow_public_insecure = true"
+            )
+            raise ConfigError(msg)
 
 
 def _loopback(host: str | None) -> bool:

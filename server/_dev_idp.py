@@ -27,6 +27,7 @@ import trio
 
 from server._http import (
     BodyTooLarge,
+    InvalidInput,
     Receive,
     Scope,
     Send,
@@ -53,6 +54,9 @@ _MAX_BODY = 64 * 1024
 _MAX_GRANTS = 100_000
 _MAX_USERS = 100_000
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_REDIRECT_URI = re.compile(r"https?://[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
+_MAX_SLOW = 3600.0  # seconds a "slow" refresh fault may last
+_MAX_FAULTS = 10_000  # refresh faults queued at once
 
 
 @attrs.define
@@ -75,7 +79,7 @@ class _Grant:
 
 
 def pkce_s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    digest = hashlib.sha256(verifier.encode("utf-8", "surrogatepass")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
@@ -114,9 +118,7 @@ class DevIdP:
         try:
             body = await read_body(receive, _MAX_BODY) if method == "POST" else b""
         except BodyTooLarge:
-            await send_json(
-                send, 413, {"error": "invalid_request", "error_description": "body too large"}
-            )
+            await _error(send, 413, "invalid_request", f"the body exceeds {_MAX_BODY} bytes")
             return
         route = {
             ("GET", "/.well-known/oauth-authorization-server"): self._metadata,
@@ -126,12 +128,15 @@ class DevIdP:
             ("GET", "/userinfo"): self._userinfo,
             ("POST", "/revoke"): self._revoke,
         }.get((method, path))
-        if route is not None:
-            await route(scope, body, send)
-        elif path.startswith("/_control/") and method in ("GET", "POST"):
-            await self._control(scope, path.removeprefix("/_control/"), body, send)
-        else:
-            await send_json(send, 404, {"error": "not_found"})
+        try:
+            if route is not None:
+                await route(scope, body, send)
+            elif path.startswith("/_control/") and method in ("GET", "POST"):
+                await self._control(scope, path.removeprefix("/_control/"), body, send)
+            else:
+                await _error(send, 404, "not_found", f"no endpoint {method} {path}")
+        except InvalidInput as exc:  # a NUL character in the query string or form
+            await _error(send, 400, "invalid_request", str(exc))
 
     # -- OAuth -------------------------------------------------------------------------------------
 
@@ -158,13 +163,16 @@ class DevIdP:
             k for k in ("client_id", "redirect_uri", "code_challenge", "state") if not q.get(k)
         ]
         if missing or q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
-            await send_json(
+            await _error(
                 send,
                 400,
-                {
-                    "error": "invalid_request",
-                    "error_description": f"missing or bad: {missing or 'response_type/code_challenge_method'}",
-                },
+                "invalid_request",
+                f"missing or bad: {missing or 'response_type/code_challenge_method'}",
+            )
+            return
+        if not _REDIRECT_URI.fullmatch(q["redirect_uri"]):  # never a Location from a CR or LF
+            await _error(
+                send, 400, "invalid_request", "redirect_uri must be an http(s) URI (RFC 3986)"
             )
             return
         user = q.get("login_hint")
@@ -217,7 +225,9 @@ class DevIdP:
                 or code.client_id != f.get("client_id")
                 or not hmac.compare_digest(pkce_s256(f.get("code_verifier", "")), code.challenge)
             ):
-                await send_json(send, 400, {"error": "invalid_grant"})
+                await _error(
+                    send, 400, "invalid_grant", "unknown code, or a PKCE or client mismatch"
+                )
                 return
             grant = _Grant(code.user, code.client_id, code.scope, secrets.token_urlsafe(32))
             self._grants[grant.refresh] = grant
@@ -228,22 +238,22 @@ class DevIdP:
                 mode = self._refresh_faults.popleft()
                 log.info("dev_idp_refresh_fault", mode=mode)
                 if mode == "5xx":
-                    await send_json(send, 503, {"error": "temporarily_unavailable"})
+                    await _error(send, 503, "temporarily_unavailable", "a refresh fault (5xx)")
                     return
                 if mode == "slow":
                     await trio.sleep(self.slow_seconds)
                 if mode == "invalid_grant":
-                    await send_json(send, 400, {"error": "invalid_grant"})
+                    await _error(send, 400, "invalid_grant", "a refresh fault (invalid_grant)")
                     return
             found = self._grants.pop(f.get("refresh_token", ""), None)
             if found is None or found.user in self.revoked_users:
-                await send_json(send, 400, {"error": "invalid_grant"})
+                await _error(send, 400, "invalid_grant", "unknown or revoked refresh token")
                 return
             found.refresh = secrets.token_urlsafe(32)
             self._grants[found.refresh] = found
             await send_json(send, 200, self._issue(found))
         else:
-            await send_json(send, 400, {"error": "unsupported_grant_type"})
+            await _error(send, 400, "unsupported_grant_type", "authorization_code or refresh_token")
 
     def _issue(self, grant: _Grant) -> dict[str, Any]:
         access = secrets.token_urlsafe(32)
@@ -266,7 +276,7 @@ class DevIdP:
             await send_json(
                 send,
                 401,
-                {"error": "invalid_token"},
+                {"error": "invalid_token", "error_description": "unknown or expired access token"},
                 [(b"www-authenticate", b'Bearer error="invalid_token"')],
             )
             return
@@ -286,39 +296,84 @@ class DevIdP:
     # -- fault controls ------------------------------------------------------------------------------
 
     async def _control(self, scope: Scope, action: str, body: bytes, send: Send) -> None:
-        if not hmac.compare_digest(header(scope, b"x-control-secret") or "", self.control_secret):
-            await send_json(send, 403, {"error": "forbidden"})
+        sent = header(scope, b"x-control-secret") or ""
+        if not hmac.compare_digest(sent.encode(), self.control_secret.encode()):
+            await _error(send, 403, "forbidden", "the X-Control-Secret header is wrong or missing")
             return
         try:
             args = json.loads(body) if body else {}
-        except json.JSONDecodeError:
-            await send_json(send, 400, {"error": "invalid_json"})
+        except (ValueError, RecursionError):
+            await _error(send, 400, "invalid_json", "the body must be a JSON object")
             return
-        if action == "fail_refresh":
-            mode = args.get("mode", "5xx")
-            if mode not in ("5xx", "invalid_grant", "slow"):
-                await send_json(send, 400, {"error": "mode must be 5xx, invalid_grant or slow"})
-                return
-            self.slow_seconds = float(args.get("seconds", self.slow_seconds))
-            self._refresh_faults.extend([mode] * int(args.get("count", 1)))
-        elif action == "revoke_user":
-            self.revoked_users.add(args["user"])
-            for refresh, grant in list(self._grants.items()):
-                if grant.user == args["user"]:
-                    del self._grants[refresh]
-        elif action == "set_tier":
-            self.users[args["user"]]["tier"] = args["tier"]
-        elif action == "token_ttl":
-            self.access_ttl = float(args["seconds"])
-        elif action == "reset":
-            self._refresh_faults.clear()
-            self.revoked_users.clear()
-            self.calls.clear()
-        elif action != "stats":
-            await send_json(send, 404, {"error": f"unknown control {action!r}"})
+        if not isinstance(args, dict):
+            await _error(send, 400, "invalid_json", "the body must be a JSON object")
+            return
+        try:
+            known = self._apply_control(action, args)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"{action} needs {exc}" if isinstance(exc, KeyError) else str(exc)
+            await _error(send, 400, "invalid_request", f"bad arguments to {action}: {detail}"[:300])
+            return
+        if not known:
+            await _error(send, 404, "not_found", f"unknown control {action!r}"[:300])
             return
         await send_json(
             send,
             200,
             {"calls": dict(self.calls), "pending_refresh_faults": list(self._refresh_faults)},
         )
+
+    def _apply_control(self, action: str, args: dict[str, Any]) -> bool:
+        """Apply one fault control; False for an unknown one.
+
+        Raises:
+            KeyError, TypeError, ValueError: an argument is missing or malformed.
+        """
+        if action == "fail_refresh":
+            mode = args.get("mode", "5xx")
+            if mode not in ("5xx", "invalid_grant", "slow"):
+                msg = "mode must be 5xx, invalid_grant or slow"
+                raise ValueError(msg)
+            seconds = float(args.get("seconds", self.slow_seconds))
+            count = int(args.get("count", 1))
+            if not (0 <= seconds <= _MAX_SLOW and 0 <= count <= _MAX_FAULTS):
+                msg = f"seconds must be 0 to {_MAX_SLOW} and count 0 to {_MAX_FAULTS}"
+                raise ValueError(msg)
+            self.slow_seconds = seconds
+            self._refresh_faults.extend([mode] * count)
+        elif action == "revoke_user":
+            user = _user_name(args["user"])
+            self.revoked_users.add(user)
+            for refresh, grant in list(self._grants.items()):
+                if grant.user == user:
+                    del self._grants[refresh]
+        elif action == "set_tier":
+            user = _user_name(args["user"])
+            if user not in self.users:
+                msg = f"no user {user!r}"
+                raise ValueError(msg)
+            self.users[user]["tier"] = str(args["tier"])
+        elif action == "token_ttl":
+            seconds = float(args["seconds"])
+            if not 0 < seconds <= 366 * 86400:
+                msg = "seconds must be above 0 and at most a year"
+                raise ValueError(msg)
+            self.access_ttl = seconds
+        elif action == "reset":
+            self._refresh_faults.clear()
+            self.revoked_users.clear()
+            self.calls.clear()
+        elif action != "stats":
+            return False
+        return True
+
+
+def _user_name(value: object) -> str:
+    if not isinstance(value, str):
+        msg = "user must be a string"
+        raise TypeError(msg)
+    return value
+
+
+async def _error(send: Send, status: int, error: str, description: str) -> None:
+    await send_json(send, status, {"error": error, "error_description": description})

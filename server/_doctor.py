@@ -141,6 +141,16 @@ def check_data_dir(settings: Settings) -> Check:
 
 async def check_idp(settings: Settings) -> Check:
     if settings.upstream is None:
+        if settings.dev_idp_exposed:
+            return Check(
+                "identity provider",
+                "fail",
+                "the development IdP signs anyone in as any user, and this node is not on "
+                f"loopback only (host {settings.host!r}, public_url {settings.public_url!r}; "
+                "dev_idp_allow_public_insecure = true)",
+                "configure [upstream] (your identity provider), or bind to loopback and remove "
+                "dev_idp_allow_public_insecure",
+            )
         if settings.dev_idp:
             return Check("identity provider", "ok", "the development IdP (built in, demo users)")
         return Check(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -19,12 +20,14 @@ __all__ = [
     "header",
     "lifespan",
     "parse_json",
+    "parse_storable_json",
     "query",
     "read_body",
     "redirect",
     "send_html",
     "send_json",
     "send_response",
+    "unstorable",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -94,6 +97,28 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable(value: Any) -> str | None:
+    """What in a parsed JSON value PostgreSQL text and jsonb cannot hold (a NUL character, a
+    lone UTF-16 surrogate such as ``"\\ud800"``), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character"
+            if _SURROGATE.search(item):
+                return "a lone UTF-16 surrogate"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def _without_nul(fields: dict[str, str], where: str) -> dict[str, str]:
     if contains_nul(fields):
         msg = f"{where} holds a NUL character"
@@ -126,6 +151,36 @@ def parse_json(raw: bytes | str) -> Any:
     except RecursionError:
         msg = "the JSON is nested too deeply"
         raise ValueError(msg) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    msg = f"the JSON holds {name}, which RFC 8259 does not allow"
+    raise ValueError(msg)
+
+
+def parse_storable_json(raw: bytes | str) -> Any:
+    """JSON (RFC 8259) that PostgreSQL can store: ``NaN``, ``Infinity``, NUL characters and lone
+    surrogates, which Python's ``json`` accepts, are refused.
+
+    Raises:
+        ValueError: the text is not JSON, nests too deeply, or holds one of those; the message
+            names which.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        msg = "the JSON is nested too deeply"
+        raise ValueError(msg) from None
+    except ValueError as exc:
+        if str(exc).startswith("the JSON holds"):
+            raise
+        msg = "the body is not valid JSON"
+        raise ValueError(msg) from None
+    problem = unstorable(value)
+    if problem is not None:
+        msg = f"the JSON holds {problem}"
+        raise ValueError(msg)
+    return value
 
 
 def form(body: bytes) -> dict[str, str]:

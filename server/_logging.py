@@ -1,7 +1,8 @@
 """Structured logging: structlog events, one JSON object (or a console line) per event.
 
-Every event passes the redaction processor first, so no token, code, secret or cookie value
-reaches a log whatever a caller binds.
+Redaction runs after a traceback is formatted and again on the rendered line, so no token, code,
+secret or cookie value reaches a log whatever a caller binds or an exception's message holds.
+The standard library's loggers go through the same masks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TextIO
 
 import structlog
 
-from server._redact import redact_secrets
+from server._redact import RedactingFormatter, redact_rendered, redact_secrets
 
 __all__ = ["configure_logging"]
 
@@ -38,19 +39,25 @@ def configure_logging(
     if json is None:
         json = not out.isatty()
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            renderer,
+            structlog.processors.format_exc_info,  # the traceback becomes text first,
+            redact_secrets,  # so that the masks cover it,
+            redact_rendered(renderer),  # and the final line once more
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=out)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(RedactingFormatter(logging.BASIC_FORMAT))
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), handlers=[handler])

@@ -50,7 +50,8 @@ from runtime import ChildSpec, Supervisor, SupervisorHandle
 from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
-from server._config import Settings, TierSettings
+from server._client_metadata import MetadataFetcher
+from server._config import DEV_IDP_EXPOSED, Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
@@ -223,6 +224,10 @@ async def run_node(
         idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
         idp_url = _url(idp_sock)
         dev_idp = DevIdP(idp_url)
+        if settings.dev_idp_exposed:  # allowed by dev_idp_allow_public_insecure only
+            log.warning(
+                "dev_idp_exposed", setting="dev_idp_allow_public_insecure", note=DEV_IDP_EXPOSED
+            )
         upstream_config = UpstreamConfig(
             idp_url,
             f"{idp_url}/authorize",
@@ -279,7 +284,12 @@ async def run_node(
         ),
     )
     janitor = Janitor(store, sessions, node_id=node_id)
-    oauth = OAuthEndpoints(auth, rs, base_url=base_url)
+    oauth = OAuthEndpoints(
+        auth,
+        rs,
+        base_url=base_url,
+        metadata=MetadataFetcher(allow_private=settings.client_metadata_allow_private),
+    )
     usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
     app.tiers = settings.tier_names()
     mcp = McpHttp(

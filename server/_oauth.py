@@ -16,23 +16,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-import httpx
 import structlog
 
 from actors import StoreUnavailable
-from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal, valid_redirect_uri
+from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal
 from actors._crypto import hash_token
 from actors._upstream import UpstreamRevoked, UpstreamUnavailable
+from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
 from server._http import (
     BodyTooLarge,
     Headers,
     Receive,
     Scope,
     Send,
-    contains_nul,
     form,
     header,
-    parse_json,
+    parse_storable_json,
     query,
     read_body,
     redirect,
@@ -46,7 +45,6 @@ log = structlog.get_logger("oauth")
 
 CSRF_COOKIE = "__Host-steward_csrf"
 _FORM_LIMIT = 64 * 1024
-_METADATA_DOC_LIMIT = 64 * 1024
 
 
 class AuthError(Exception):
@@ -193,13 +191,13 @@ class OAuthEndpoints:
         resource_server: ResourceServer,
         *,
         base_url: str,
-        http: httpx.AsyncClient | None = None,
+        metadata: MetadataFetcher | None = None,
     ) -> None:
         self.auth = auth
         self.rs = resource_server
         self.base_url = base_url.rstrip("/")
         self.callback_uri = f"{self.base_url}/callback"
-        self._http = http or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        self.metadata = metadata or MetadataFetcher()
         resource_path = urlsplit(auth.policy.resource).path
         self._routes = {
             ("GET", "/.well-known/oauth-protected-resource"): self._resource_metadata,
@@ -324,14 +322,13 @@ class OAuthEndpoints:
         await redirect(send, location)
 
     async def _ensure_metadata_client(self, client_id: str) -> None:
-        """Client ID metadata documents: the client id is a URL serving the client's metadata."""
-        parts = urlsplit(client_id)
-        if not (parts.scheme == "https" or valid_redirect_uri(client_id)) or not parts.path.strip(
-            "/"
-        ):
-            raise OAuthError(
-                "invalid_client", "a URL client_id must be https (or http on localhost) with a path"
-            )
+        """Client ID metadata documents: the client id is a URL serving the client's metadata,
+        fetched under server/_client_metadata.py's rules. Every failure has the same text."""
+        try:
+            self.metadata.check_url(client_id)
+        except MetadataFetchFailed as exc:
+            log.info("client_metadata_refused", reason=exc.reason)
+            raise OAuthError("invalid_client", GENERIC_ERROR) from None
         known = await self.auth.client(client_id)
         if (
             known is not None
@@ -341,34 +338,14 @@ class OAuthEndpoints:
         ):
             return
         try:
-            async with self._http.stream(
-                "GET", client_id, headers={"accept": "application/json"}
-            ) as response:
-                if response.status_code != 200:
-                    raise OAuthError(
-                        "invalid_client",
-                        f"the client metadata document answered {response.status_code}",
-                    )
-                raw = b""
-                async for chunk in response.aiter_bytes():
-                    raw += chunk
-                    if len(raw) > _METADATA_DOC_LIMIT:
-                        raise OAuthError(
-                            "invalid_client", "the client metadata document is too large"
-                        )
-        except httpx.HTTPError as exc:
-            raise OAuthError(
-                "invalid_client",
-                f"the client metadata document could not be fetched ({type(exc).__name__})",
-            ) from None
-        try:
-            doc = parse_json(raw)
-        except ValueError:
-            raise OAuthError("invalid_client", "the client metadata document is not JSON") from None
-        if not isinstance(doc, dict) or doc.get("client_id") != client_id:
-            raise OAuthError(
-                "invalid_client", "the client metadata document's client_id must equal its URL"
+            doc = await self.metadata.fetch(client_id)
+            if doc.get("client_id") != client_id:
+                raise MetadataFetchFailed("the document's client_id is not its URL")
+        except MetadataFetchFailed as exc:
+            log.info(
+                "client_metadata_refused", host=urlsplit(client_id).hostname, reason=exc.reason
             )
+            raise OAuthError("invalid_client", GENERIC_ERROR) from None
         await self.auth.register_client(doc, source="metadata_document", client_id=client_id)
 
     async def _callback(self, scope: Scope, body: bytes, send: Send) -> None:
@@ -447,13 +424,13 @@ class OAuthEndpoints:
 
     async def _register(self, scope: Scope, body: bytes, send: Send) -> None:
         try:
-            metadata = parse_json(body)
-        except ValueError:
+            metadata = parse_storable_json(body)
+        except ValueError as exc:
+            if str(exc).startswith("the JSON holds"):  # NaN, Infinity, a NUL, a lone surrogate
+                raise OAuthError("invalid_client_metadata", str(exc)) from None
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object") from None
         if not isinstance(metadata, dict):
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
-        if contains_nul(metadata):
-            raise OAuthError("invalid_client_metadata", "the metadata holds a NUL character")
         await send_json(send, 201, await self.auth.register_client(metadata))
 
 

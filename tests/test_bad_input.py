@@ -3,11 +3,20 @@ cases the fuzzer in tests/fuzz found, kept as plain regression tests)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from server._app import Context, Steward
 from tests.harness._pg import psql
-from tests.harness._steward import REDIRECT_URI, McpClient, register, running_node, sign_in
+from tests.harness._steward import (
+    REDIRECT_URI,
+    McpClient,
+    pkce,
+    register,
+    running_node,
+    sign_in,
+)
 
 
 async def test_a_nul_character_in_any_input_is_a_400(fresh_db: str) -> None:
@@ -130,3 +139,106 @@ async def test_completion_params_of_the_wrong_type_and_failing_handlers_are_json
         assert ok["result"]["completion"]["values"] == ["alice"]
         failed = await mcp.call("resources/read", {"uri": "bad://resource"})
         assert failed["error"] == {"code": -32603, "message": "resources/read failed: RuntimeError"}
+
+
+async def test_non_ascii_credentials_are_refused_with_4xx(fresh_db: str) -> None:
+    """``hmac.compare_digest`` raises TypeError for a str holding non-ASCII characters: the admin
+    bearer token, cookie, CSRF header and sign-in form, and the development IdP's control
+    header, are compared as bytes and refused like any wrong value."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        base = node.info.listen_url
+        api = f"{base}/admin/api/tree"
+        for value in ("Bearer t\xf6ken".encode("latin-1"), b"Bearer \xff\xfe"):
+            r = await http.get(api, headers={"authorization": value})
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
+        for cookie in (b"steward_admin=9999999999.\xe9t\xe9", b"steward_admin=\xb2.abc"):
+            r = await http.get(api, headers={"cookie": cookie})
+            assert r.status_code == 401, r.text
+            r = await http.get(f"{base}/admin", headers={"cookie": cookie})
+            assert r.status_code == 200 and "sign in" in r.text  # the sign-in form
+        r = await http.post(f"{base}/admin/login", data={"token": "t\u00f6ken \u2603"})
+        assert r.status_code == 401, r.text
+        r = await http.post(f"{base}/admin/login", data={"token": node.admin_token})
+        assert r.status_code == 303, r.text
+        cookie = r.headers["set-cookie"].split(";")[0].encode()
+        r = await http.post(
+            f"{base}/admin/api/users/revoke",
+            json={"user_id": "nobody"},
+            headers={"cookie": cookie, "x-csrf-token": b"\xe9\xe9"},
+        )
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+        assert node.info.dev_idp_url is not None
+        r = await http.post(
+            f"{node.info.dev_idp_url}/_control/stats", headers={"x-control-secret": b"s\xe9cret"}
+        )
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+
+
+async def test_the_development_idp_refuses_bad_control_arguments_and_redirect_uris(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        assert node.dev_idp is not None and node.info.dev_idp_url is not None
+        control = f"{node.info.dev_idp_url}/_control"
+        secret = {"x-control-secret": node.dev_idp.control_secret}
+        for action, body in (
+            ("revoke_user", {}),
+            ("revoke_user", {"user": ["alice"]}),
+            ("set_tier", {"user": "nobody", "tier": "pro"}),
+            ("token_ttl", {"seconds": "soon"}),
+            ("token_ttl", {"seconds": -1}),
+            ("fail_refresh", {"count": 10**12}),
+            ("fail_refresh", {"seconds": "NaN"}),
+            ("stats", [1]),
+        ):
+            r = await http.post(f"{control}/{action}", json=body, headers=secret)
+            assert r.status_code == 400, (action, body, r.text)
+            assert r.json()["error_description"], r.text
+        assert (await http.get(f"{control}/stats", headers=secret)).json()[
+            "pending_refresh_faults"
+        ] == []
+        _, challenge = pkce()
+        r = await http.get(
+            f"{node.info.dev_idp_url}/authorize",
+            params={
+                "client_id": "steward",
+                "redirect_uri": "http://127.0.0.1:9/cb\r\nSet-Cookie: a=b",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "response_type": "code",
+                "state": "s",
+                "login_hint": "alice",
+            },
+        )
+        assert r.status_code == 400 and "location" not in r.headers, r.text
+        r = await http.get(f"{node.info.dev_idp_url}/authorize?state=%00")  # found by the fuzzer
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+        r = await http.post(f"{node.info.dev_idp_url}/token", content=b"grant_type=%00")
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+
+
+async def test_json_that_postgresql_cannot_store_is_a_400_at_registration_and_admin(
+    fresh_db: str,
+) -> None:
+    """NaN, Infinity and lone surrogates (``"\\ud800"``): Python's json takes them, jsonb and
+    text refuse them (a 500 after the request was taken). Refused when the body is parsed."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        base = node.info.listen_url
+        uri = json.dumps(REDIRECT_URI)
+        for body in (
+            f'{{"redirect_uris": [{uri}], "x": NaN}}',
+            f'{{"redirect_uris": [{uri}], "x": [Infinity]}}',
+            f'{{"redirect_uris": [{uri}], "x": {{"y": -Infinity}}}}',
+            f'{{"redirect_uris": [{uri}], "client_name": "\\ud800"}}',
+            f'{{"redirect_uris": [{uri}], "x": {{"\\udfff": 1}}}}',
+        ):
+            r = await http.post(
+                f"{base}/register", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 400, (body, r.text)
+            assert r.json()["error"] == "invalid_client_metadata", r.text
+        assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == "0"
+        admin = {"authorization": f"Bearer {node.admin_token}", "content-type": "application/json"}
+        for body in ('{"user_id": "\\u0000"}', '{"user_id": "\\ud800"}', '{"user_id": NaN}'):
+            r = await http.post(f"{base}/admin/api/users/revoke", content=body, headers=admin)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_request", (body, r.text)

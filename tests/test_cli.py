@@ -113,6 +113,11 @@ def test_migrate_applies_the_schema_to_a_database_url(fresh_db: str) -> None:
             "setting 'port' (environment variable STEWARD_PORT) must be an integer",
         ),
         (
+            ["serve", "--host", "0.0.0.0"],
+            {},
+            "the development IdP signs anyone in as any user and serves loopback only",
+        ),
+        (
             ["serve", "--dev-no-auth", "--host", "0.0.0.0"],
             {},
             "setting 'dev_no_auth' (--dev-no-auth) binds to loopback only",
@@ -281,6 +286,40 @@ def test_doctor_names_each_failure_and_its_fix(data_dir: Path) -> None:
     assert code == 1
     assert checks["configuration"]["status"] == "fail"
     assert "STEWARD_PORT" in checks["configuration"]["detail"]
+
+
+def test_doctor_fails_when_the_development_idp_is_exposed(data_dir: Path) -> None:
+    """Allowed by dev_idp_allow_public_insecure, the development IdP off loopback still fails
+    the doctor; without that setting it is a configuration failure."""
+    code, checks = doctor(
+        "--data-dir", str(data_dir), "--host", "0.0.0.0", "--port", "0",
+        env={"STEWARD_DEV_IDP_ALLOW_PUBLIC_INSECURE": "true"},
+    )  # fmt: skip
+    assert code == 1
+    assert checks["identity provider"]["status"] == "fail"
+    assert "signs anyone in as any user" in checks["identity provider"]["detail"]
+    assert "[upstream]" in checks["identity provider"]["fix"]
+    code, checks = doctor("--data-dir", str(data_dir), "--host", "0.0.0.0", "--port", "0")
+    assert code == 1
+    assert checks["configuration"]["status"] == "fail"
+    assert "development IdP" in checks["configuration"]["detail"]
+
+
+async def test_a_node_serving_the_development_idp_off_loopback_warns_loudly(
+    fresh_db: str,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from tests.harness._steward import running_node
+
+    with capture_logs() as logs:
+        async with running_node(
+            fresh_db, public_url="https://mcp.example.com", dev_idp_allow_public_insecure=True
+        ):
+            pass
+    warnings = [e for e in logs if e["event"] == "dev_idp_exposed"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+    assert "signs ANYONE in as ANY user" in warnings[0]["note"]
 
 
 async def test_sessions_end_for_a_user_ends_each_of_their_sessions_with_progress(

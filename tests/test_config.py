@@ -139,3 +139,63 @@ def test_tier_stream_limits_and_tool_call_quotas_are_validated(tmp_path: Path) -
     path = write(tmp_path, '[[tiers]]\nname = "basic"\nmax_streams = 0\n')
     with pytest.raises(ConfigError, match=r"tiers\[0\]\.max_streams' must be at least 1"):
         load_settings(path, environ={})
+
+
+UPSTREAM_ENV = {
+    "STEWARD_UPSTREAM__ISSUER": "https://idp.example.com",
+    "STEWARD_UPSTREAM__AUTHORIZATION_ENDPOINT": "https://idp.example.com/authorize",
+    "STEWARD_UPSTREAM__TOKEN_ENDPOINT": "https://idp.example.com/token",
+    "STEWARD_UPSTREAM__CLIENT_ID": "steward",
+}
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"STEWARD_HOST": "0.0.0.0"},
+        {"STEWARD_HOST": "::"},
+        {"STEWARD_HOST": "192.168.1.10"},
+        {"STEWARD_PUBLIC_URL": "https://mcp.example.com"},
+        {"STEWARD_PUBLIC_URL": "http://10.0.0.7:8000"},
+    ],
+)
+def test_the_development_idp_is_refused_off_loopback(environ: dict[str, str]) -> None:
+    """It signs anyone in as any user: without an upstream IdP, a node that is not on loopback
+    only does not start, and the error says what to do."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    assert "development IdP" in str(info.value)
+    assert "[upstream]" in str(info.value)
+    assert "dev_idp_allow_public_insecure" in str(info.value)
+    # with the identity provider configured, or the development IdP off, the same host is fine
+    assert not load_settings(environ={**environ, **UPSTREAM_ENV}).dev_idp_exposed
+    assert load_settings(environ={**environ, "STEWARD_DEV_IDP": "false"}).dev_idp is False
+
+
+def test_the_development_idp_off_loopback_takes_the_loudly_named_setting() -> None:
+    for host, public_url in (
+        ("127.0.0.1", None),
+        ("::1", "http://[::1]:8000"),
+        ("localhost", "http://localhost:8000"),
+    ):
+        settings = load_settings(environ={}, overrides={"host": host, "public_url": public_url})
+        assert not settings.dev_idp_exposed
+    settings = load_settings(
+        environ={"STEWARD_HOST": "0.0.0.0", "STEWARD_DEV_IDP_ALLOW_PUBLIC_INSECURE": "true"}
+    )
+    assert settings.dev_idp_exposed and settings.dev_idp_allow_public_insecure
+
+
+def test_configured_clients_redirect_uris_follow_the_registration_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [[clients]]
+        client_id = "desktop"
+        redirect_uris = ["http://127.0.0.1/callback", "https://app.example/cb#x"]
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "setting 'clients[0].redirect_uris[1]'" in str(info.value)
+    assert "without control characters, spaces or a fragment" in str(info.value)

@@ -359,7 +359,10 @@ async def test_client_id_metadata_documents_and_configured_clients(fresh_db: str
     configured = [{"client_id": "desk", "client_name": "Desk", "redirect_uris": [REDIRECT_URI]}]
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_http, metadata_app, sock, 1.0)
-        async with running_node(fresh_db, clients=configured) as node, httpx.AsyncClient() as http:
+        async with (
+            running_node(fresh_db, clients=configured, client_metadata_allow_private=True) as node,
+            httpx.AsyncClient() as http,
+        ):
             for client_id in (client_url, "desk"):
                 _, challenge = pkce()
                 params = {
@@ -380,7 +383,7 @@ async def test_client_id_metadata_documents_and_configured_clients(fresh_db: str
             r = await http.get(
                 f"{node.info.listen_url}/authorize", params={**params, "client_id": client_url}
             )
-            assert r.status_code == 400 and "must equal its URL" in r.json()["error_description"]
+            assert r.status_code == 400 and r.json()["error"] == "invalid_client", r.text
         nursery.cancel_scope.cancel()
 
 

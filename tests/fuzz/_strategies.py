@@ -54,11 +54,13 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     query: str = ""
+    target: str = "steward"  # or "idp": the development IdP, on its own port
 
     def describe(self) -> str:
         body = self.body[:300].decode("latin-1")
         tail = f"… ({len(self.body)} bytes)" if len(self.body) > 300 else ""
-        return f"{self.method} {self.path}?{self.query} {self.headers} {body}{tail}"
+        where = "(development IdP) " if self.target == "idp" else ""
+        return f"{where}{self.method} {self.path}?{self.query} {self.headers} {body}{tail}"
 
 
 @attrs.frozen
@@ -70,6 +72,9 @@ class Known:
     ended_session: str
     mcp_url: str
     max_body: int
+    admin_token: str = ""
+    idp_url: str = ""
+    idp_control_secret: str = ""
 
 
 # -- building blocks ----------------------------------------------------------------------------
@@ -109,7 +114,9 @@ def _deep(depth: int, kind: str) -> bytes:
 @st.composite
 def garbage_body(draw: st.DrawFn, max_body: int) -> bytes:
     """Bodies that are not a usable JSON object: bytes, broken JSON, deep nesting, oversize."""
-    kind = draw(st.sampled_from(("bytes", "broken", "deep", "huge", "value", "empty")))
+    kind = draw(
+        st.sampled_from(("bytes", "broken", "deep", "huge", "value", "unstorable", "empty"))
+    )
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "broken":
@@ -121,6 +128,10 @@ def garbage_body(draw: st.DrawFn, max_body: int) -> bytes:
         return b'{"x":"' + b"a" * (max_body + draw(st.integers(0, 1000))) + b'"}'
     if kind == "value":
         return json.dumps(draw(json_values)).encode()
+    if kind == "unstorable":  # Python's json takes these; JSON, jsonb and text do not
+        bad = draw(st.sampled_from(("NaN", "Infinity", "-Infinity", '"\\ud800"', '"\\u0000"')))
+        key = draw(st.sampled_from(("redirect_uris", "client_name", "user_id", "x", "params")))
+        return f'{{"{key}": [{bad}], "redirect_uris": ["http://127.0.0.1:9/cb"]}}'.encode()
     return b""
 
 
@@ -477,6 +488,13 @@ def register_request(draw: st.DrawFn, known: Known) -> Request:
             "ftp://x/",
             "",
             "http://127.0.0.1:9/cb",
+            "https://evil.example/cb\r\nSet-Cookie: a=b",
+            "https://evil.example/c b",
+            "https://app.example/" + "a" * 2000,
+            "com.example.app:/cb",
+            "myapp:/cb",
+            "http://[::1]:5/cb",
+            "javascript:alert(1)",
         )
     )
     metadata: dict[str, Any] = {
@@ -527,6 +545,25 @@ def flow_request(draw: st.DrawFn, known: Known) -> Request:
     return attrs.evolve(request, headers=headers)
 
 
+METADATA_PATHS = (
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+    "/.well-known/oauth-protected-resource/other",
+)
+
+
+@st.composite
+def metadata_request(draw: st.DrawFn, known: Known) -> Request:
+    """The metadata documents, with any verb, query, headers and body."""
+    verb = draw(st.sampled_from(("GET", "GET", "POST", "PUT", "DELETE", "HEAD")))
+    headers = draw(st.dictionaries(st.sampled_from(("accept", "authorization")), header_text))
+    body = draw(garbage_body(known.max_body)) if verb in ("POST", "PUT") else b""
+    query = draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40))
+    return Request(verb, draw(st.sampled_from(METADATA_PATHS)), headers, body, query=query)
+
+
 def oauth_request(known: Known) -> st.SearchStrategy[Request]:
     return st.one_of(
         token_request(known),
@@ -534,4 +571,138 @@ def oauth_request(known: Known) -> st.SearchStrategy[Request]:
         register_request(known),
         revoke_request(known),
         flow_request(known),
+        metadata_request(known),
     )
+
+
+# -- the admin API and view ----------------------------------------------------------------------
+
+ADMIN_ROUTES = (
+    ("GET", "/admin/api/tree"),
+    ("GET", "/admin/api/sessions"),
+    ("GET", "/admin/api/events"),
+    ("POST", "/admin/api/users/revoke"),
+    ("POST", "/admin/api/users/set-tier"),
+    ("POST", "/admin/api/sessions/end"),
+    ("POST", "/admin/api/nothing"),
+    ("GET", "/admin"),
+    ("POST", "/admin/login"),
+    ("POST", "/admin/logout"),
+    ("GET", "/admin/static/admin.js"),
+    ("GET", "/admin/static/other.js"),
+)
+
+
+@st.composite
+def admin_request(draw: st.DrawFn, known: Known) -> Request:
+    """The admin API and view: forged, non-ASCII or missing tokens, cookies and CSRF headers;
+    with the real token, wrong bodies and queries (never a user or session that exists)."""
+    method, path = draw(st.sampled_from(ADMIN_ROUTES))
+    if rarely(draw, 5):
+        method = draw(st.sampled_from(("GET", "POST", "PUT", "DELETE")))
+    headers: dict[str, str] = {}
+    auth = draw(st.sampled_from(("none", "forged", "scheme", "real", "cookie")))
+    if auth == "forged":
+        headers["authorization"] = "Bearer " + draw(header_text)
+    elif auth == "scheme":
+        headers["authorization"] = draw(header_text)
+    elif auth == "real":
+        headers["authorization"] = f"Bearer {known.admin_token}"
+    elif auth == "cookie":
+        expires = draw(st.sampled_from(("9999999999", "1", "\xb2", "")) | header_text)
+        headers["cookie"] = f"steward_admin={expires}.{draw(header_text)}"
+        if draw(st.booleans()):
+            headers["x-csrf-token"] = draw(header_text)
+    if draw(st.booleans()):
+        headers["origin"] = draw(st.sampled_from(("https://evil.example", "null")) | header_text)
+    query = ""
+    if path in ("/admin/api/sessions", "/admin/api/events") and draw(st.booleans()):
+        query = urlencode({draw(st.sampled_from(("limit", "user"))): draw(text)})
+    body = b""
+    if method == "POST":
+        if path == "/admin/login":
+            token = draw(header_text | text)
+            if token == known.admin_token:  # a valid sign-in is not hostile input
+                token += "x"
+            body = urlencode({"token": token}).encode()
+            headers["content-type"] = "application/x-www-form-urlencoded"
+        elif draw(st.booleans()):
+            body = draw(garbage_body(known.max_body))
+        else:
+            fields = st.sampled_from(("user_id", "tier", "grant_id", "reason"))
+            body = json.dumps(draw(st.dictionaries(fields, json_values, max_size=3))).encode()
+    return Request(method, path, headers, body, query=query)
+
+
+# -- the development IdP -----------------------------------------------------------------------------
+
+IDP_CONTROLS = ("fail_refresh", "revoke_user", "set_tier", "token_ttl", "stats", "nothing")
+
+
+@st.composite
+def dev_idp_request(draw: st.DrawFn, known: Known) -> Request:
+    """The development IdP: its OAuth endpoints with bad parameters, and its fault controls with
+    forged or non-ASCII secrets, or the real secret and malformed arguments."""
+    kind = draw(st.sampled_from(("authorize", "token", "userinfo", "revoke", "control", "other")))
+    headers: dict[str, str] = {}
+    if kind == "authorize":
+        params = {
+            k: draw(one_of_or_garbage(v))
+            for k, v in (
+                ("client_id", "steward"),
+                ("redirect_uri", "http://127.0.0.1:9/callback"),
+                ("code_challenge", "c" * 43),
+                ("code_challenge_method", "S256"),
+                ("response_type", "code"),
+                ("state", "s"),
+            )
+            if not rarely(draw, 6)
+        }
+        if rarely(draw, 2):
+            params["redirect_uri"] = draw(
+                st.sampled_from(("http://127.0.0.1:9/cb\r\nSet-Cookie: a=b", "http://x/ y")) | text
+            )
+        if draw(st.booleans()):
+            params["login_hint"] = draw(st.sampled_from(("alice", "Bob", "x" * 40)) | text)
+        return Request("GET", "/authorize", {}, query=urlencode(params), target="idp")
+    if kind in ("token", "revoke"):
+        fields = {
+            "grant_type": draw(
+                _form_field(st.sampled_from(("authorization_code", "refresh_token")))
+            ),
+            "code": draw(_form_field(st.sampled_from(("x" * 32,)))),
+            "code_verifier": draw(_form_field(st.sampled_from(("v" * 43,)))),
+            "refresh_token": draw(_form_field(st.sampled_from(("r" * 43,)))),
+            "token": draw(_form_field(st.sampled_from(("t" * 43,)))),
+            "client_id": draw(_form_field(st.sampled_from(("steward",)))),
+        }
+        request = _form_request(draw, f"/{kind}", fields, known.max_body)
+        return attrs.evolve(request, target="idp")
+    if kind == "userinfo":
+        headers["authorization"] = draw(header_text | st.builds("Bearer {}".format, header_text))
+        return Request("GET", "/userinfo", headers, target="idp")
+    if kind == "control":
+        secret = draw(st.sampled_from(("none", "forged", "real")))
+        if secret == "forged":
+            headers["x-control-secret"] = draw(header_text)
+        elif secret == "real":
+            headers["x-control-secret"] = known.idp_control_secret
+        if secret == "real":
+            # malformed arguments to controls that need some: a valid control (a refresh fault,
+            # a revoked demo user) would change what later examples see
+            action = draw(st.sampled_from(("revoke_user", "set_tier", "token_ttl")))
+            body = draw(
+                st.sampled_from(
+                    (b"[1]", b"{", b'{"user": 5}', b'{"user": []}', b'{"seconds": "x"}', b'"x"')
+                )
+                | st.builds(lambda v: json.dumps([v]).encode(), json_values)
+            )
+        else:
+            action = draw(st.sampled_from(IDP_CONTROLS))
+            body = json.dumps(draw(json_values)).encode()
+        verb = draw(st.sampled_from(("POST", "POST", "GET", "PUT")))
+        return Request(verb, f"/_control/{action}", headers, body, target="idp")
+    path = draw(
+        st.sampled_from(("/.well-known/oauth-authorization-server", "/nothing", "/_control"))
+    )
+    return Request(draw(st.sampled_from(("GET", "POST", "DELETE"))), path, {}, target="idp")

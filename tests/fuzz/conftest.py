@@ -29,7 +29,17 @@ def fuzzer(fresh_db: str) -> Iterator[Fuzzer]:
             },
         )
         assert gone.status_code == 204, gone.text
-        known = Known(alice, bob, ended.session_id, live.node.info.mcp_url, MAX_BODY)
+        assert live.node.dev_idp is not None and live.node.info.dev_idp_url is not None
+        known = Known(
+            alice,
+            bob,
+            ended.session_id,
+            live.node.info.mcp_url,
+            MAX_BODY,
+            admin_token=live.node.admin_token,
+            idp_url=live.node.info.dev_idp_url,
+            idp_control_secret=live.node.dev_idp.control_secret,
+        )
         fuzzer = Fuzzer(live, known)
         try:
             yield fuzzer

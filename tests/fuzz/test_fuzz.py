@@ -7,7 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz._property import Fuzzer, examples
-from tests.fuzz._strategies import Request, mcp_call, mcp_request, oauth_request
+from tests.fuzz._strategies import (
+    Request,
+    admin_request,
+    dev_idp_request,
+    mcp_call,
+    mcp_request,
+    oauth_request,
+)
 
 
 def fuzz(fuzzer: Fuzzer, requests: st.SearchStrategy[Request]) -> None:
@@ -43,8 +50,17 @@ def test_mcp_methods_answer_wrong_params_with_jsonrpc_errors(fuzzer: Fuzzer) -> 
 
 
 def test_oauth_endpoints_reject_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
-    """/token, /authorize, /register, /revoke, /callback, /consent: bad form fields, grant types,
-    PKCE, redirect URIs, clients, bodies."""
+    """/token, /authorize, /register, /revoke, /callback, /consent and the metadata documents:
+    bad form fields, grant types, PKCE, redirect URIs, clients, bodies."""
     fuzz(fuzzer, oauth_request(fuzzer.known))
     print(fuzzer.report("oauth"))
     assert {s for s in fuzzer.statuses if 400 <= s < 500} >= {400, 405}, fuzzer.statuses
+
+
+def test_admin_api_and_development_idp_reject_hostile_requests_cleanly(fuzzer: Fuzzer) -> None:
+    """The admin API and view (forged, non-ASCII or missing tokens, cookies and CSRF headers;
+    wrong bodies behind the real token) and the development IdP (its OAuth endpoints, and its
+    fault controls behind forged secrets or with malformed arguments)."""
+    fuzz(fuzzer, st.one_of(admin_request(fuzzer.known), dev_idp_request(fuzzer.known)))
+    print(fuzzer.report("admin-and-dev-idp"))
+    assert {s for s in fuzzer.statuses if 400 <= s < 500} >= {400, 401, 403, 404}, fuzzer.statuses
