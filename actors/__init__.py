@@ -13,6 +13,7 @@ from actors._migrations import (
 from actors._store import (
     Conn,
     Op,
+    QueueFull,
     Store,
     StorePolicy,
     StoreStatistics,
@@ -34,6 +35,7 @@ __all__ = [
     "Migration",
     "MigrationError",
     "Op",
+    "QueueFull",
     "RetentionPolicy",
     "RetentionRule",
     "Store",
