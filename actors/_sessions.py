@@ -139,6 +139,10 @@ class SessionPolicy:
     stream_count_wait: float = 0.25  # the read of other nodes' streams of a user, at most
     nodes_recheck: float = 10.0  # how long "no other node is alive" is believed before a re-read
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
+    # a session's own supervisor (its token keeper and connections): crashes past this many in
+    # ``session_period`` end the session; a database outage is never counted (docs/runtime.md)
+    session_intensity: int = 5
+    session_period: float = 60.0
 
 
 def final_event(level: str, data: dict[str, Any], retry_ms: int | None = None) -> StreamEvent:
@@ -710,8 +714,8 @@ class UserSession:
             f"session:{self.grant_id}",
             children,
             strategy=Strategy.REST_FOR_ONE,
-            intensity=5,
-            period=60.0,
+            intensity=self.manager.policy.session_intensity,
+            period=self.manager.policy.session_period,
         )
         async with trio.open_nursery() as nursery:
             handle: SupervisorHandle = await nursery.start(sup.run)

@@ -63,6 +63,7 @@ __all__ = [
     "GC_THRESHOLDS",
     "Node",
     "NodeInfo",
+    "RootPolicy",
     "bind_socket",
     "open_keyring",
     "run_node",
@@ -164,6 +165,15 @@ async def serve_http(
     await hypercorn_serve(app, config, task_status=task_status)
 
 
+@attrs.frozen
+class RootPolicy:
+    """The root supervisor's restart intensity. Restarts because the database is away are not
+    counted (runtime.Unavailable), so an outage of any length never reaches it."""
+
+    intensity: int = 10
+    period: float = 60.0
+
+
 @attrs.define(eq=False)
 class Node:
     """Everything one node holds; tests and the admin view read it."""
@@ -196,6 +206,7 @@ async def run_node(
     on_ready: Callable[[Node], None] | None = None,
     store_policy: StorePolicy | None = None,
     session_policy: SessionPolicy | None = None,
+    root_policy: RootPolicy | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled: its tree starts left to right and stops right to left."""
@@ -412,7 +423,8 @@ async def run_node(
     if settings.dev_no_auth:
         children.append(ChildSpec("dev_user", dev_user, start_grace=30.0))
     children.append(ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0))
-    root = Supervisor("root", children, intensity=10, period=60.0)
+    rp = root_policy or RootPolicy()
+    root = Supervisor("root", children, intensity=rp.intensity, period=rp.period)
     try:
         async with trio.open_nursery() as nursery:
             node.root = await nursery.start(root.run)
