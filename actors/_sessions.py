@@ -528,7 +528,6 @@ class TokenKeeper:
                 )
                 raise
 
-
     async def _load(self) -> None:
         manager = self.session.manager
         row = await manager.store.fetchrow(

@@ -173,6 +173,7 @@ class WriteQueue:
         self._spill_bytes = 0
         self._keyed: dict[Hashable, _Entry] = {}  # coalescable entries not yet taken
         self.refused = 0  # entries refused at the bound (QueueFull)
+        self._at_bound = False  # an entry was refused and no room was made since
         self.coalesced = 0  # fire-and-forget entries folded into one already queued
         self.withdrawn = 0  # entries taken back by a writer that stopped waiting
         self._memory: collections.deque[_Entry] = collections.deque()
@@ -218,6 +219,7 @@ class WriteQueue:
             bound = self.journal_max_bytes
             if bound is not None and self._file_bytes + self._spill_bytes + size > bound:
                 self.refused += 1
+                self._at_bound = True
                 msg = (
                     f"the write queue is full: the journal would pass journal_max_bytes={bound} "
                     f"({self._file_bytes + self._spill_bytes} bytes queued on disk); the write "
@@ -275,13 +277,9 @@ class WriteQueue:
 
     @property
     def full(self) -> bool:
-        """Whether the journal has reached its bound (new entries that spill are refused)."""
-        bound = self.journal_max_bytes
-        return (
-            bound is not None
-            and self.journal_path is not None
-            and self._file_bytes + self._spill_bytes >= bound
-        )
+        """Whether the journal is at its bound: an entry was refused and no room was made since
+        (the journal shrank: compacted, drained, or spilled entries committed)."""
+        return self._at_bound
 
     def _flush_spill(self) -> None:
         """Append the spill buffer to the journal: one write and one fsync."""
@@ -372,6 +370,7 @@ class WriteQueue:
                 head = self._spill.popleft()
                 self._spill_ops -= len(head.ops)
                 self._spill_bytes -= head.size
+                self._at_bound = False
             assert head is entry, "acknowledged entries must be the oldest queued"
             waiter = self._waiters.pop(entry.id, None)
             if waiter is not None and waiter.done is not None:
@@ -387,6 +386,7 @@ class WriteQueue:
         assert self.journal_path is not None
         self.journal_path.unlink(missing_ok=True)
         self._file_bytes = 0
+        self._at_bound = False
         self._read_pos = self._scan_pos = 0
         self._readahead.clear()
         log.info("journal_drained", path=str(self.journal_path))
@@ -406,6 +406,7 @@ class WriteQueue:
             rest = f.read()
         self._replace_file(rest)
         shift = self._read_pos
+        self._at_bound = False
         for entry in self._readahead:
             entry.end -= shift
         self._scan_pos -= shift
