@@ -19,6 +19,7 @@ from actors._redirect_uris import (
 from actors._store import (
     Conn,
     Op,
+    QueueFull,
     Store,
     StorePolicy,
     StoreStatistics,
@@ -41,6 +42,7 @@ __all__ = [
     "Migration",
     "MigrationError",
     "Op",
+    "QueueFull",
     "RetentionPolicy",
     "RetentionRule",
     "Store",

@@ -77,18 +77,22 @@ class Notifier:
     async def run(
         self, *, task_status: trio.TaskStatus[Notifier] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        # ready at once: a node starts, and this actor restarts, while the database is away;
+        # it waits for the store inside its incarnation instead of crashing (docs/runtime.md)
+        task_status.started(self)
+        await self.store.wait_connected()
         if self.last_seq is None:
             self.last_seq = int(
                 await self.store.fetchval("SELECT coalesce(max(seq), 0) FROM cluster_events") or 0
             )
-        task_status.started(self)
         async with self.store.listen(CHANNEL) as inbox:
             await self.catch_up()  # events committed before LISTEN took effect
             async for _ in inbox:
                 await fault_point("notifier.deliver")
                 await self.catch_up()
-        # the listening connection was lost: crash, so the supervisor reconnects with backoff
-        # and the next incarnation catches up from last_seq
+        # the listening connection was lost: StoreUnavailable (a runtime.Unavailable), so the
+        # supervisor restarts this actor with backoff without counting it as a crash; the next
+        # incarnation waits for the store and catches up from last_seq
         msg = "the LISTEN connection was lost"
         raise StoreUnavailable(msg)
 
@@ -152,6 +156,9 @@ class JanitorPolicy:
     interval: float = 30.0  # between sweeps (and heartbeats)
     stale_connection: float = 120.0  # an open connection row whose heartbeat is older is closed
     dead_node: float = 90.0  # a node whose heartbeat is older is dead
+    # after the store came back from an outage every heartbeat is old: reaping by heartbeat age
+    # waits this long, so that live nodes and streams have written theirs (None: ``interval``)
+    recovery_grace: float | None = None
 
 
 class Janitor:
@@ -179,11 +186,21 @@ class Janitor:
     ) -> None:
         task_status.started(self)
         while True:
+            await self.store.wait_connected()  # an outage is waited out here, not crashed on
             try:
                 await self.sweep()
             except StoreUnavailable:
                 log.warning("janitor_sweep_skipped", reason="database unreachable")
             await trio.sleep(self.policy.interval)
+
+    def _reaping(self) -> bool:
+        """Whether heartbeats are old enough to judge: not right after an outage."""
+        recovered = self.store.statistics().recovered_at
+        if recovered is None:
+            return True
+        grace = self.policy.recovery_grace
+        grace = self.policy.interval if grace is None else grace
+        return trio.current_time() - recovered >= grace
 
     async def sweep(self) -> dict[str, int]:
         """One pass; returns what it changed, by kind."""
@@ -203,11 +220,20 @@ class Janitor:
             )
         )
 
+        reap = self._reaping()
+        if not reap:
+            log.info("janitor_reaping_deferred", reason="the database just came back")
+
         async def sweep(conn: Any) -> dict[str, int]:
             expired = await conn.fetch(
                 "UPDATE grants SET status = 'expired', status_reason = 'session lifetime ended' "
                 "WHERE status IN ('active', 'refreshing') AND expires_at < now() RETURNING grant_id, user_id"
             )
+            if not reap:
+                return {
+                    "expired_sessions": len(expired),
+                    "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
+                }
             dead = await conn.fetch(
                 "UPDATE nodes SET status = 'dead' WHERE status = 'alive' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING node_id",
                 p.dead_node,

@@ -139,6 +139,10 @@ class SessionPolicy:
     stream_count_wait: float = 0.25  # the read of other nodes' streams of a user, at most
     nodes_recheck: float = 10.0  # how long "no other node is alive" is believed before a re-read
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
+    # a session's own supervisor (its token keeper and connections): crashes past this many in
+    # ``session_period`` end the session; a database outage is never counted (docs/runtime.md)
+    session_intensity: int = 5
+    session_period: float = 60.0
 
 
 def final_event(level: str, data: dict[str, Any], retry_ms: int | None = None) -> StreamEvent:
@@ -449,11 +453,12 @@ class Connection:
                 self.next_beat = trio.current_time() + policy.heartbeat
                 await fault_point("connection.heartbeat")
                 self.send_nowait(StreamEvent(comment="keep-alive"))
-                store.write_nowait(
+                store.write_nowait(  # one at most waits in the queue (an outage)
                     Op(
                         "UPDATE connections SET heartbeat_at = now() WHERE connection_id = $1 AND closed_at IS NULL",
                         (self.id,),
-                    )
+                    ),
+                    key=("heartbeat", self.id),
                 )
         finally:
             self.release()
@@ -479,12 +484,16 @@ class TokenKeeper:
         self, *, task_status: trio.TaskStatus[TokenKeeper] = trio.TASK_STATUS_IGNORED
     ) -> None:
         manager = self.session.manager
-        row = await manager.store.fetchrow(
-            "SELECT * FROM upstream_tokens WHERE grant_id = $1", self.session.grant_id
-        )
-        if row is not None:
-            self.tokens = manager.auth.decrypt_upstream(row)
-        task_status.started(self)
+        try:
+            await self._load()
+        except StoreUnavailable:
+            # restarted during an outage: ready now (the session keeps serving what it can),
+            # the tokens are read once the store is back (docs/runtime.md)
+            task_status.started(self)
+            await manager.store.wait_connected()
+            await self._load()
+        else:
+            task_status.started(self)
         if self.tokens is None:
             await trio.sleep_forever()
         policy = manager.policy
@@ -494,6 +503,7 @@ class TokenKeeper:
                 1 + random.uniform(-policy.refresh_jitter, policy.refresh_jitter)
             )
             await trio.sleep(max(0.0, self.tokens.expires_at - lead - time.time()))
+            await manager.store.wait_connected()  # the refresh's lease lives in the database
             await fault_point("token_keeper.refresh")
             try:
                 self.tokens = await manager.refresh_upstream(self.session.grant_id)
@@ -517,6 +527,14 @@ class TokenKeeper:
                     outcome="unavailable",
                 )
                 raise
+
+    async def _load(self) -> None:
+        manager = self.session.manager
+        row = await manager.store.fetchrow(
+            "SELECT * FROM upstream_tokens WHERE grant_id = $1", self.session.grant_id
+        )
+        if row is not None:
+            self.tokens = manager.auth.decrypt_upstream(row)
 
 
 class UserSession:
@@ -552,7 +570,8 @@ class UserSession:
         if now - self._last_touch >= self.manager.policy.touch_interval:
             self._last_touch = now
             self.manager.store.write_nowait(
-                Op("UPDATE grants SET last_seen_at = now() WHERE grant_id = $1", (self.grant_id,))
+                Op("UPDATE grants SET last_seen_at = now() WHERE grant_id = $1", (self.grant_id,)),
+                key=("touch", self.grant_id),
             )
 
     def connections(self) -> list[Connection]:
@@ -698,8 +717,8 @@ class UserSession:
             f"session:{self.grant_id}",
             children,
             strategy=Strategy.REST_FOR_ONE,
-            intensity=5,
-            period=60.0,
+            intensity=self.manager.policy.session_intensity,
+            period=self.manager.policy.session_period,
         )
         async with trio.open_nursery() as nursery:
             handle: SupervisorHandle = await nursery.start(sup.run)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -22,12 +23,13 @@ import structlog
 import trio
 import trio_asyncio
 
-from actors._store_queue import Op, WriteQueue, _Entry
+from actors._store_queue import Op, QueueFull, StoreUnavailable, WriteQueue, _Entry
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = [
     "Conn",
     "Op",
+    "QueueFull",
     "Store",
     "StorePolicy",
     "StoreStatistics",
@@ -39,10 +41,6 @@ __all__ = [
 
 log = structlog.get_logger("store")
 T = TypeVar("T")
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached now; answer 503 with Retry-After, never 401."""
 
 
 class WriteRejected(Exception):
@@ -80,6 +78,12 @@ class StorePolicy:
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
     read_wait: float = 1.0  # how long a read waits for a connected store before StoreUnavailable
+    # how long ``write`` waits for its commit before StoreUnavailable (the setting db_wait): a
+    # request that writes answers 503 within it, however long the outage
+    write_wait: float = 5.0
+    # while connected and idle the store checks the connection this often, so an outage is seen
+    # (readiness, listeners) even when nothing is written
+    probe_interval: float = 2.0
     stop_drain: float = 2.0  # on stop, time given to commit what is queued before persisting it
     latency_window: int = 1024  # commit latencies kept for percentiles
     listen_buffer: int = 1000  # notifications buffered per listener (then dropped and counted)
@@ -114,6 +118,15 @@ class StoreStatistics:
     journal_spills: int = 0  # appends (each one fsync) to the journal
     incarnations: int = 0
     notifications_dropped: int = 0
+    last_error: str | None = None  # why the last connection attempt failed (None: connected)
+    recovered_at: float | None = None  # trio clock time the store last came back from an outage
+    schema_ready: bool = True  # a gated store: the schema gate is open
+    journal_bytes: int = 0  # the journal file and spill buffer, against journal_max_bytes
+    writes_unacknowledged: int = 0  # write() calls that gave up after write_wait
+    writes_withdrawn: int = 0  # of which taken back before the writer had them: never applied
+    writes_refused: int = 0  # entries refused because the journal was full
+    writes_coalesced: int = 0  # fire-and-forget entries folded into one already queued
+    writes_dropped: int = 0  # fire-and-forget entries not queued because the journal was full
 
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -126,6 +139,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, trio.TooSlowError)
+
 _MARK_APPLIED = (
     "INSERT INTO store_applied_ops (op_id) SELECT unnest($1::uuid[]) "
     "ON CONFLICT DO NOTHING RETURNING op_id"
@@ -135,6 +150,10 @@ _MARK_APPLIED = (
 def _is_rejection(exc: BaseException) -> bool:
     """A statement the database refused on its merits (retrying the same op cannot help)."""
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _CONNECTION_ERRORS)
+
+
+# set while the schema is being made current: such calls pass a gated store's schema gate
+_SCHEMA_WORK: contextvars.ContextVar[bool] = contextvars.ContextVar("schema_work", default=False)
 
 
 class _AsyncioFault(Exception):
@@ -147,10 +166,18 @@ class Store:
     Callers hold this object for the life of the process. Each incarnation of the store actor
     attaches its loop and pool; during an outage none is attached, writes queue up and reads
     raise ``StoreUnavailable``.
+
+    ``gated``: reads, listens and the writer also wait for ``open_gate()`` (the node's schema
+    child opens it once the migrations are applied); calls inside ``schema_work()`` pass.
     """
 
     def __init__(
-        self, dsn: str, *, policy: StorePolicy | None = None, queue: WriteQueue | None = None
+        self,
+        dsn: str,
+        *,
+        policy: StorePolicy | None = None,
+        queue: WriteQueue | None = None,
+        gated: bool = False,
     ) -> None:
         self.dsn = dsn
         self.policy = policy or StorePolicy()
@@ -170,26 +197,127 @@ class Store:
         self._rejected = 0
         self._dropped = 0
         self._connect_error: str | None = None  # why the last connection attempt failed
+        self._gate: trio.Event | None = trio.Event() if gated else None
+        self._suspect = trio.Event()  # a call saw a connection error: check the connection now
+        self._listeners: set[trio.MemorySendChannel[str]] = set()
+        self._unacknowledged = 0
+        self._recovered_at: float | None = None
+        self._dropped_writes = 0
 
     # -- the public API ------------------------------------------------------------------------
 
-    async def write(self, *ops: Op) -> None:
-        """Queue ``ops`` (one transaction) and return after they committed.
+    async def write(self, *ops: Op, wait: float | None = None) -> None:
+        """Queue ``ops`` (one transaction) and return after they committed (acknowledged).
 
-        A caller that stops waiting (cancelled) does not withdraw its ops: they still commit.
+        It waits at most ``wait`` seconds (default ``policy.write_wait``) for the commit. Past
+        it the write is not acknowledged and ``StoreUnavailable`` says which of two things
+        happened: the ops were withdrawn before the writer took them (never applied), or they
+        had been taken already and may still commit (all together, once: docs/store.md). A
+        caller that is cancelled does not withdraw its ops: they still commit.
 
         Raises:
             WriteRejected: the database refused them; nothing of them was applied.
+            StoreUnavailable: not committed within ``wait``; ``QueueFull``: refused at once
+                because the journal is at its bound (nothing queued).
         """
         entry = self.queue.put(ops, wait=True)
         assert entry.done is not None
-        await entry.done.wait()
+        limit = self.policy.write_wait if wait is None else wait
+        try:
+            with trio.move_on_after(limit):
+                await entry.done.wait()
+        finally:
+            if not entry.done.is_set():
+                self.queue.abandon(entry)
+        if not entry.done.is_set():
+            self._unacknowledged += 1
+            withdrawn = self.queue.withdraw(entry)
+            outcome = (
+                "withdrawn, never applied"
+                if withdrawn
+                else "already sent to the database: it may still commit"
+            )
+            msg = (
+                f"the write was not acknowledged within write_wait={limit}s ({outcome}); "
+                f"{self._why_unavailable()}"
+            )
+            raise StoreUnavailable(msg)
         if entry.error is not None:
             raise WriteRejected(str(entry.error)) from entry.error
 
-    def write_nowait(self, *ops: Op) -> None:
-        """Queue ``ops`` and return at once; they commit with the next batch, never lost."""
-        self.queue.put(ops, wait=False)
+    def write_nowait(self, *ops: Op, key: Hashable | None = None) -> None:
+        """Queue ``ops`` and return at once; once queued they commit, never lost. Never blocks
+        and never raises for the queue's sake.
+
+        ``key`` coalesces a repeated write (a heartbeat: at most one per key waits in the
+        queue). At the journal's bound the entry is not queued: it is dropped, counted
+        (``writes_dropped``) and logged, while requests are refused up front (``check_room``)
+        so that little is produced then (docs/store.md).
+        """
+        try:
+            self.queue.put(ops, wait=False, key=key)
+        except QueueFull:
+            self._dropped_writes += 1
+            if self._dropped_writes in (1, 10, 100) or self._dropped_writes % 1000 == 0:
+                log.error("write_dropped", reason="journal full", dropped=self._dropped_writes)
+
+    def check_room(self) -> None:
+        """Raise ``QueueFull`` when new writes would be refused (a request refuses up front,
+        before doing work whose record could not be kept)."""
+        if self.queue.full:
+            msg = (
+                f"the write queue is full (journal at journal_max_bytes={self.queue.journal_max_bytes}); "
+                f"{self._why_unavailable()}"
+            )
+            raise QueueFull(msg)
+
+    @property
+    def connected(self) -> bool:
+        """Connected, and for a gated store with the gate open: reads and writes go through."""
+        return self._attached.is_set() and (self._gate is None or self._gate.is_set())
+
+    async def wait_connected(self) -> None:
+        """Return once the store is connected (and, gated, its gate open). An actor that needs
+        the database waits here inside its incarnation instead of crashing (docs/runtime.md)."""
+        while True:
+            if not self._attached.is_set():
+                await self._attached.wait()
+            elif not self._gate_passed():
+                assert self._gate is not None
+                await self._gate.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+                if self._attached.is_set() and self._gate_passed():
+                    return
+
+    def unready_reason(self) -> str | None:
+        """Why reads and writes do not go through now, or None."""
+        if not self._attached.is_set():
+            return self._why_unavailable()
+        if not self._gate_passed():
+            return "the schema is not current yet (migrations pending)"
+        return None
+
+    def open_gate(self) -> None:
+        """The schema is current: a gated store lets reads, listens and the writer through."""
+        if self._gate is not None:
+            self._gate.set()
+
+    @contextlib.contextmanager
+    def schema_work(self) -> Iterator[None]:
+        """Calls made inside pass a gated store's gate (the migrations themselves)."""
+        token = _SCHEMA_WORK.set(True)
+        try:
+            yield
+        finally:
+            _SCHEMA_WORK.reset(token)
+
+    def _gate_passed(self) -> bool:
+        return self._gate is None or self._gate.is_set() or _SCHEMA_WORK.get()
+
+    def _why_unavailable(self) -> str:
+        why = f" (last connection attempt: {self._connect_error})" if self._connect_error else ""
+        return f"the database is unreachable{why}"
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         rows = await self._call(
@@ -233,6 +361,7 @@ class Store:
         await self._wait_attached()
         loop = self._loop
         send, receive = trio.open_memory_channel[str](self.policy.listen_buffer)
+        self._listeners.add(send)
 
         def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
             try:
@@ -255,6 +384,8 @@ class Store:
         try:
             conn = await loop.run_aio_coroutine(connect())
         except _CONNECTION_ERRORS as exc:
+            self._listeners.discard(send)
+            self._suspect.set()
             msg = (
                 f"cannot listen on {channel!r}: the database is unreachable ({type(exc).__name__})"
             )
@@ -263,6 +394,7 @@ class Store:
             async with receive:
                 yield receive
         finally:
+            self._listeners.discard(send)
             send.close()
             with trio.move_on_after(self.policy.connect_timeout, shield=True):
                 with contextlib.suppress(Exception):
@@ -297,17 +429,29 @@ class Store:
             journal_spills=self.queue.spills,
             incarnations=self._incarnations,
             notifications_dropped=self._dropped,
+            last_error=self._connect_error,
+            recovered_at=self._recovered_at,
+            schema_ready=self._gate is None or self._gate.is_set(),
+            journal_bytes=self.queue.journal_bytes,
+            writes_unacknowledged=self._unacknowledged,
+            writes_withdrawn=self.queue.withdrawn,
+            writes_refused=self.queue.refused,
+            writes_coalesced=self.queue.coalesced,
+            writes_dropped=self._dropped_writes,
         )
 
     # -- internals -------------------------------------------------------------------------------
 
     async def _wait_attached(self) -> None:
-        if not self._attached.is_set():
+        if not (self._attached.is_set() and self._gate_passed()):
             with trio.move_on_after(self.policy.read_wait):
-                await self._attached.wait()
-        if not self._attached.is_set():
+                await self.wait_connected()
+        if not self._attached.is_set() or self._pool is None:
             why = f"; last attempt: {self._connect_error}" if self._connect_error else ""
             msg = f"the database is unreachable (no connection within read_wait={self.policy.read_wait}s{why})"
+            raise StoreUnavailable(msg)
+        if not self._gate_passed():
+            msg = f"the schema is not current yet (migrations pending after read_wait={self.policy.read_wait}s)"
             raise StoreUnavailable(msg)
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -317,6 +461,7 @@ class Store:
         try:
             result: T = await loop.run_aio_coroutine(fn(pool))
         except _CONNECTION_ERRORS as exc:
+            self._suspect.set()  # the store checks its connection now, not at the next probe
             msg = f"the database is unreachable: {type(exc).__name__}"
             raise StoreUnavailable(msg) from exc
         return result
@@ -382,30 +527,60 @@ class Store:
             self._connect_error = None
             try:
                 await self._attached_run(loop, pool)
-            except StoreUnavailable:
+            except* StoreUnavailable as group:
                 self._reconnects += 1  # the connection was lost: reconnect
+                self._connect_error = str(group.exceptions[0])
 
     async def _attached_run(self, loop: Any, pool: Any) -> None:
         self._loop, self._pool = loop, pool
         self._attached.set()
         if self._outage_since is not None:
+            self._recovered_at = trio.current_time()
             log.info("store_recovered", outage_s=round(trio.current_time() - self._outage_since, 3))
         self._outage_since = None
         try:
-            await self._writer(loop, pool)
-        except trio.Cancelled:
-            with trio.move_on_after(self.policy.stop_drain, shield=True):
-                await self._drain(loop, pool)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._probe, loop, pool)
+                await self._writer(loop, pool)
+        except (trio.Cancelled, BaseExceptionGroup) as exc:
+            stopping = isinstance(exc, trio.Cancelled) or (
+                isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None
+            )
+            # stopped: commit what is queued (nothing before the schema is current)
+            if stopping and self._gate_passed():
+                with trio.move_on_after(self.policy.stop_drain, shield=True):
+                    await self._drain(loop, pool)
             raise
         finally:
             self._attached = trio.Event()
             self._pool = None
             if self._outage_since is None:
                 self._outage_since = trio.current_time()
+            for send in list(self._listeners):  # listeners reconnect and catch up
+                send.close()
             with trio.move_on_after(self.policy.connect_timeout, shield=True):
                 with contextlib.suppress(Exception):
                     await loop.run_aio_coroutine(pool.close())
             pool.terminate()
+
+    async def _probe(self, loop: Any, pool: Any) -> None:
+        """While attached: check the connection every ``probe_interval`` (or at once when a
+        call saw a connection error); a failed check detaches, so an outage is seen even when
+        nothing is written."""
+        policy = self.policy
+        while True:
+            with trio.move_on_after(policy.probe_interval):
+                await self._suspect.wait()
+            self._suspect = trio.Event()
+            try:
+                with trio.fail_after(policy.connect_timeout + policy.command_timeout):
+                    await loop.run_aio_coroutine(
+                        pool.fetchval("SELECT 1", timeout=policy.connect_timeout)
+                    )
+            except _PROBE_ERRORS as exc:
+                log.warning("store_probe_failed", error=type(exc).__name__)
+                msg = f"the connection check failed: {type(exc).__name__}"
+                raise StoreUnavailable(msg) from exc
 
     async def _drain(self, loop: Any, pool: Any) -> None:
         """On stop: commit what is queued (memory first) while the database answers."""
@@ -446,6 +621,8 @@ class Store:
             msg = f"cannot acquire the writer's connection: {type(exc).__name__}"
             raise StoreUnavailable(msg) from exc
         try:
+            if self._gate is not None:
+                await self._gate.wait()  # nothing is committed before the schema is current
             while True:
                 await self.queue.wait_work()
                 if self.policy.batch_window > 0 and self.queue.depth < self.policy.batch_max:

@@ -4,7 +4,9 @@ The queue is created outside the store actor's incarnations, so a crash loses no
 holds at most ``memory_bound`` ops; past it, entries collect in a small spill buffer that is
 appended to the journal file ``spill_batch`` ops at a time (one write, one fsync). Entries are
 taken oldest first: memory, then the journal file, then the spill buffer. The file is read back
-a batch at a time, so memory stays bounded however long the outage.
+a batch at a time, so memory stays bounded however long the outage; the file itself is bounded
+by ``journal_max_bytes``, past which a new entry is refused (``QueueFull``) and nothing queued
+is ever dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import decimal
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,9 +26,23 @@ import attrs
 import structlog
 import trio
 
-__all__ = ["Op", "WriteQueue"]
+from runtime import Unavailable
+
+__all__ = ["Op", "QueueFull", "StoreUnavailable", "WriteQueue"]
 
 log = structlog.get_logger("store")
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached now; answer 503 with Retry-After, never 401.
+
+    A ``runtime.Unavailable``: an actor that raises it to its supervisor is restarted with
+    backoff and never counted as a crash (docs/runtime.md)."""
+
+
+class QueueFull(StoreUnavailable):
+    """The write queue is at its bound (memory and journal full during a long outage): the new
+    entry is refused, not queued; everything queued before stays."""
 
 
 @attrs.frozen
@@ -50,6 +66,11 @@ class _Entry:
     error: BaseException | None = None
     source: Source = "memory"
     end: int = 0  # file entries: the offset just past their line
+    # handed to the writer (or written to the journal file): from then on it may have been
+    # applied, so it can no longer be withdrawn
+    taken: bool = False
+    key: Hashable | None = None  # coalescing key of a fire-and-forget entry (``put(key=)``)
+    size: int = 0  # spill entries: the bytes of their journal line
 
     @property
     def journaled(self) -> bool:
@@ -127,6 +148,8 @@ class WriteQueue:
         spill_batch: spilled ops collected before one append and fsync of the journal.
         compact_bytes: an applied prefix of the journal larger than this (and than half the
             file) is cut off by rewriting the rest.
+        journal_max_bytes: the journal file's bound (with the spill buffer); an entry that
+            would pass it is refused with ``QueueFull``. None: no bound.
     """
 
     def __init__(
@@ -136,6 +159,7 @@ class WriteQueue:
         journal_path: Path | None = None,
         spill_batch: int = 1_000,
         compact_bytes: int = 16 * 1024 * 1024,
+        journal_max_bytes: int | None = 1024 * 1024 * 1024,
     ) -> None:
         if memory_bound < 0 or spill_batch < 1:
             msg = f"memory_bound must be >= 0 and spill_batch >= 1 (got {memory_bound}, {spill_batch})"
@@ -144,6 +168,14 @@ class WriteQueue:
         self.journal_path = journal_path
         self.spill_batch = spill_batch
         self.compact_bytes = compact_bytes
+        self.journal_max_bytes = journal_max_bytes
+        self._file_bytes = 0  # the journal file's size
+        self._spill_bytes = 0
+        self._keyed: dict[Hashable, _Entry] = {}  # coalescable entries not yet taken
+        self.refused = 0  # entries refused at the bound (QueueFull)
+        self._at_bound = False  # an entry was refused and no room was made since
+        self.coalesced = 0  # fire-and-forget entries folded into one already queued
+        self.withdrawn = 0  # entries taken back by a writer that stopped waiting
         self._memory: collections.deque[_Entry] = collections.deque()
         self._memory_ops = 0
         self._spill: collections.deque[_Entry] = collections.deque()
@@ -160,20 +192,45 @@ class WriteQueue:
 
     # -- putting ---------------------------------------------------------------------------------
 
-    def put(self, ops: Sequence[Op], *, wait: bool) -> _Entry:
-        """Queue one entry. Never blocks; never drops. Raises TypeError for an op argument the
-        journal cannot hold, when the entry has to spill."""
-        entry = _Entry(uuid.uuid4(), tuple(ops), trio.Event() if wait else None)
+    def put(self, ops: Sequence[Op], *, wait: bool, key: Hashable | None = None) -> _Entry:
+        """Queue one entry. Never blocks; never drops what it queued.
+
+        ``key`` (fire-and-forget entries only) coalesces: while an entry with the same key is
+        queued and not yet taken by the writer, the new one is folded into it (its statements
+        must then be the same, evaluated at commit time: a heartbeat's ``now()``).
+
+        Raises:
+            QueueFull: the journal is at ``journal_max_bytes``; nothing was queued.
+            TypeError: an op argument the journal cannot hold, when the entry has to spill.
+        """
+        if key is not None:
+            queued = self._keyed.get(key)
+            if queued is not None and not queued.taken:
+                self.coalesced += 1
+                return queued
+        entry = _Entry(uuid.uuid4(), tuple(ops), trio.Event() if wait else None, key=key)
         spilling = self.journal_path is not None and (
             self._file_pending > 0
             or self._spill
             or self._memory_ops + len(entry.ops) > self.memory_bound
         )
         if spilling:
-            _line(entry)  # refuse what the journal cannot hold now, not at flush time
+            size = len(_line(entry))  # refuse what the journal cannot hold now, not at flush
+            bound = self.journal_max_bytes
+            if bound is not None and self._file_bytes + self._spill_bytes + size > bound:
+                self.refused += 1
+                self._at_bound = True
+                msg = (
+                    f"the write queue is full: the journal would pass journal_max_bytes={bound} "
+                    f"({self._file_bytes + self._spill_bytes} bytes queued on disk); the write "
+                    "was refused, nothing queued before it is dropped"
+                )
+                raise QueueFull(msg)
             entry.source = "spill"
+            entry.size = size
             self._spill.append(entry)
             self._spill_ops += len(entry.ops)
+            self._spill_bytes += size
             if self._spill_ops >= self.spill_batch:
                 self._flush_spill()
         else:
@@ -181,8 +238,48 @@ class WriteQueue:
             self._memory_ops += len(entry.ops)
         if entry.done is not None:
             self._waiters[entry.id] = entry
+        if key is not None and not entry.taken:
+            self._keyed[key] = entry
         self._has_work.set()
         return entry
+
+    def withdraw(self, entry: _Entry) -> bool:
+        """Take back an entry whose writer stopped waiting, if the writer has not taken it yet
+        (then it is never applied); False when it may already have been (it then commits)."""
+        self._waiters.pop(entry.id, None)
+        if entry.taken:
+            return False
+        if entry.source == "memory":
+            self._memory.remove(entry)
+            self._memory_ops -= len(entry.ops)
+        elif entry.source == "spill":
+            self._spill.remove(entry)
+            self._spill_ops -= len(entry.ops)
+            self._spill_bytes -= entry.size
+        else:
+            return False
+        self._unkey(entry)
+        entry.taken = True
+        self.withdrawn += 1
+        return True
+
+    def abandon(self, entry: _Entry) -> None:
+        """The writer stopped waiting (cancelled) but its entry stays queued and commits."""
+        self._waiters.pop(entry.id, None)
+
+    def _unkey(self, entry: _Entry) -> None:
+        if entry.key is not None and self._keyed.get(entry.key) is entry:
+            del self._keyed[entry.key]
+
+    def _take(self, entry: _Entry) -> None:
+        entry.taken = True
+        self._unkey(entry)
+
+    @property
+    def full(self) -> bool:
+        """Whether the journal is at its bound: an entry was refused and no room was made since
+        (the journal shrank: compacted, drained, or spilled entries committed)."""
+        return self._at_bound
 
     def _flush_spill(self) -> None:
         """Append the spill buffer to the journal: one write and one fsync."""
@@ -194,11 +291,15 @@ class WriteQueue:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        self._file_bytes += len(data)
+        for entry in self._spill:
+            self._take(entry)  # in the file now: a reader of it may apply it
         self._file_pending += len(self._spill)
         self.spills += 1
         log.info("journal_spilled", entries=len(self._spill), ops=self._spill_ops)
         self._spill.clear()
         self._spill_ops = 0
+        self._spill_bytes = 0
 
     # -- taking ----------------------------------------------------------------------------------
 
@@ -224,6 +325,7 @@ class WriteQueue:
                 break
             batch.append(entry)
             count += len(entry.ops)
+            self._take(entry)
         return batch
 
     def _read_ahead(self, max_ops: int) -> None:
@@ -267,6 +369,8 @@ class WriteQueue:
             else:
                 head = self._spill.popleft()
                 self._spill_ops -= len(head.ops)
+                self._spill_bytes -= head.size
+                self._at_bound = False
             assert head is entry, "acknowledged entries must be the oldest queued"
             waiter = self._waiters.pop(entry.id, None)
             if waiter is not None and waiter.done is not None:
@@ -281,6 +385,8 @@ class WriteQueue:
     def _file_drained(self) -> None:
         assert self.journal_path is not None
         self.journal_path.unlink(missing_ok=True)
+        self._file_bytes = 0
+        self._at_bound = False
         self._read_pos = self._scan_pos = 0
         self._readahead.clear()
         log.info("journal_drained", path=str(self.journal_path))
@@ -300,6 +406,7 @@ class WriteQueue:
             rest = f.read()
         self._replace_file(rest)
         shift = self._read_pos
+        self._at_bound = False
         for entry in self._readahead:
             entry.end -= shift
         self._scan_pos -= shift
@@ -313,14 +420,18 @@ class WriteQueue:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(self.journal_path)
+        self._file_bytes = len(data)
 
     # -- persisting --------------------------------------------------------------------------------
 
     def persist(self) -> None:
         """Write everything queued to the journal, oldest first (on the store's stop), so that
-        a later process replays what this one could not commit. Waiters keep waiting."""
+        a later process replays what this one could not commit. Waiters keep waiting. It never
+        drops: the file may pass ``journal_max_bytes`` by what memory held."""
         if self.journal_path is None or not (self._memory or self._spill):
             return
+        for entry in (*self._memory, *self._spill):
+            self._take(entry)
         head = b"".join(_line(e) for e in self._memory)
         rest = b""
         if self._file_pending:
@@ -333,7 +444,7 @@ class WriteQueue:
         log.info("journal_persisted", entries=self._file_pending)
         self._memory.clear()
         self._spill.clear()
-        self._memory_ops = self._spill_ops = 0
+        self._memory_ops = self._spill_ops = self._spill_bytes = 0
         self._readahead.clear()
         self._read_pos = self._scan_pos = 0
 
@@ -347,6 +458,7 @@ class WriteQueue:
             with self.journal_path.open("r+b") as f:
                 f.truncate(cut)
                 os.fsync(f.fileno())
+        self._file_bytes = cut
         self._file_pending = data[:cut].count(b"\n")
         if self._file_pending:
             self._has_work.set()
@@ -360,6 +472,11 @@ class WriteQueue:
     def depth(self) -> int:
         """Entries queued: in memory, in the journal file, and in the spill buffer."""
         return len(self._memory) + self._file_pending + len(self._spill)
+
+    @property
+    def journal_bytes(self) -> int:
+        """The journal file's size plus the spill buffer's, against ``journal_max_bytes``."""
+        return self._file_bytes + self._spill_bytes
 
     @property
     def journal_depth(self) -> int:

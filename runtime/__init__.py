@@ -13,6 +13,7 @@ from runtime._errors import (
     Shutdown,
     StartTimeout,
     SupervisionError,
+    Unavailable,
     UnknownChild,
 )
 from runtime._events import (
@@ -28,7 +29,7 @@ from runtime._exit import Exit, ExitKind, classify_exit
 from runtime._faults import FaultPoints, fault_point, faults
 from runtime._mailbox import ActorHandle, Mailbox, MailboxStatistics, Reply, open_mailbox
 from runtime._registry import Registration, Registry, live_registries
-from runtime._spec import Backoff, ChildSpec, Restart, Strategy
+from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, Restart, Strategy
 from runtime._supervisor import (
     ChildInfo,
     DynamicSupervisor,
@@ -39,6 +40,7 @@ from runtime._supervisor import (
 )
 
 __all__ = [
+    "UNAVAILABLE_BACKOFF",
     "ActorExited",
     "ActorHandle",
     "Backoff",
@@ -70,6 +72,7 @@ __all__ = [
     "Supervisor",
     "SupervisorHandle",
     "TreeNode",
+    "Unavailable",
     "UnknownChild",
     "classify_exit",
     "fault_point",

@@ -2,6 +2,7 @@
 
 Exception
 ├── Shutdown                  an actor ends on purpose, with a reason (exit kind SHUTDOWN)
+├── Unavailable               a dependency is away, not a defect (exit kind UNAVAILABLE)
 └── SupervisionError          something the runtime refuses or gives up on
     ├── MaxChildrenError      a dynamic supervisor is full
     ├── IntensityExceededError  too many restarts in the window: escalated to the parent
@@ -21,6 +22,7 @@ __all__ = [
     "Shutdown",
     "StartTimeout",
     "SupervisionError",
+    "Unavailable",
     "UnknownChild",
 ]
 
@@ -31,6 +33,15 @@ class Shutdown(Exception):
     def __init__(self, reason: str = "shutdown") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Unavailable(Exception):
+    """Raised by an actor when something it depends on is away (a database, a network service).
+
+    Its exit is UNAVAILABLE: the supervisor restarts it with backoff (the child's, or the
+    supervisor's ``unavailable_backoff``) but does not count the restart against its intensity,
+    because an outage of any length is not a crash loop (docs/runtime.md). Subclass it for the
+    dependency (``actors.StoreUnavailable``)."""
 
 
 class SupervisionError(Exception):

@@ -8,7 +8,7 @@ import enum
 import attrs
 import trio
 
-from runtime._errors import Shutdown
+from runtime._errors import Shutdown, Unavailable
 
 __all__ = ["Exit", "ExitKind", "classify_exit"]
 
@@ -16,6 +16,7 @@ __all__ = ["Exit", "ExitKind", "classify_exit"]
 class ExitKind(enum.Enum):
     NORMAL = "normal"  # the actor returned
     SHUTDOWN = "shutdown"  # it ended on purpose (Shutdown raised, or its own scope cancelled)
+    UNAVAILABLE = "unavailable"  # it raised Unavailable: a dependency is away
     ERROR = "error"  # anything else
 
 
@@ -28,7 +29,9 @@ class Exit:
     error: BaseException | None = attrs.field(default=None, eq=False)
 
     def describe(self) -> str:
-        if self.kind is ExitKind.ERROR and self.error is not None:
+        if self.kind in (ExitKind.ERROR, ExitKind.UNAVAILABLE) and self.error is not None:
+            if self.kind is ExitKind.UNAVAILABLE:
+                return f"unavailable: {self.error}"
             return f"error: {type(self.error).__name__}: {self.error}"
         if self.reason:
             return f"{self.kind.value}: {self.reason}"
@@ -76,6 +79,8 @@ def classify_exit(
         if len(reasons) == len(leaves):
             return Exit(ExitKind.SHUTDOWN, "; ".join(reasons))
         first = leaves[0] if len(leaves) == 1 else rest
+        if all(isinstance(leaf, Unavailable) for leaf in leaves):
+            return Exit(ExitKind.UNAVAILABLE, None, first)
         return Exit(ExitKind.ERROR, None, first)
     if isinstance(error, trio.Cancelled):
         if own_cancel:
@@ -83,6 +88,8 @@ def classify_exit(
         return None
     if isinstance(error, Shutdown):
         return Exit(ExitKind.SHUTDOWN, error.reason)
+    if isinstance(error, Unavailable):
+        return Exit(ExitKind.UNAVAILABLE, None, error)
     if isinstance(error, asyncio.CancelledError):
         # the asyncio bridge turns our own stop into an asyncio cancel: that is a shutdown;
         # one that leaked through the bridge on its own is not our cancel, so an error

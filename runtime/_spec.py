@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-__all__ = ["Backoff", "ChildSpec", "Restart", "Strategy"]
+__all__ = ["UNAVAILABLE_BACKOFF", "Backoff", "ChildSpec", "Restart", "Strategy"]
 
 
 class Restart(enum.Enum):
@@ -53,6 +53,11 @@ class Backoff:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             base = min(self.max, max(0.0, base * (1.0 + spread)))
         return float(base)
+
+
+# the restart delay of a child without a backoff of its own whose dependency is away (exit kind
+# UNAVAILABLE): such restarts are not counted by intensity, so something must space them
+UNAVAILABLE_BACKOFF = Backoff(min=0.5, max=5.0, jitter=0.2, reset_after=30.0)
 
 
 @attrs.frozen

@@ -27,7 +27,7 @@ from runtime._errors import (
 from runtime._events import ChildExited, ChildRestarted, ChildStarted, IntensityExceeded, publish
 from runtime._exit import Exit, ExitKind, classify_exit
 from runtime._mailbox import ActorHandle
-from runtime._spec import ChildSpec, Restart, Strategy
+from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, Restart, Strategy
 
 __all__ = ["ChildInfo", "DynamicSupervisor", "Supervisor", "SupervisorHandle", "TreeNode", "tree"]
 
@@ -176,7 +176,10 @@ class Supervisor:
         children: child specs, in start order.
         strategy: which children restart when one exits.
         intensity: how many restarts ``period`` seconds may hold before the supervisor gives up
-            and escalates to its parent with ``IntensityExceededError``.
+            and escalates to its parent with ``IntensityExceededError``. Restarts after an
+            UNAVAILABLE exit (a dependency is away) are not counted.
+        unavailable_backoff: the restart delay after an UNAVAILABLE exit of a child whose spec
+            has no backoff of its own.
     """
 
     dynamic = False
@@ -189,6 +192,7 @@ class Supervisor:
         strategy: Strategy = Strategy.ONE_FOR_ONE,
         intensity: int = 3,
         period: float = 5.0,
+        unavailable_backoff: Backoff = UNAVAILABLE_BACKOFF,
     ) -> None:
         ids = [spec.id for spec in children]
         if len(set(ids)) != len(ids):
@@ -204,6 +208,7 @@ class Supervisor:
         self.strategy = strategy
         self.intensity = intensity
         self.period = period
+        self.unavailable_backoff = unavailable_backoff
         self._specs = tuple(children)
         self._rng = random.Random()
         self._reset()
@@ -312,10 +317,14 @@ class Supervisor:
             if self.dynamic or child.spec.restart is Restart.TEMPORARY:
                 self._remove(child)
             return
-        self._restart_times.append(now)
+        # a dependency being away is not a crash loop: such a restart is spaced by backoff but
+        # never counted, so no outage, however long, makes this supervisor give up
+        counted = exit.kind is not ExitKind.UNAVAILABLE
+        if counted:
+            self._restart_times.append(now)
         while self._restart_times and self._restart_times[0] <= now - self.period:
             self._restart_times.popleft()
-        if len(self._restart_times) > self.intensity:
+        if counted and len(self._restart_times) > self.intensity:
             publish(
                 IntensityExceeded(
                     self.name, child.spec.id, len(self._restart_times), self.period, now
@@ -339,6 +348,8 @@ class Supervisor:
         group = [c for c in group if c is child or c.spec.restart is not Restart.TEMPORARY]
         delay = 0.0
         backoff = child.spec.backoff
+        if backoff is None and not counted:
+            backoff = self.unavailable_backoff
         if backoff is not None:
             if now - child.started_at >= backoff.reset_after:
                 child.backoff_attempt = 0
@@ -376,8 +387,11 @@ class Supervisor:
                         if isinstance(exc, trio.Cancelled):
                             raise
                         # a failed restart is a failure of that child: the strategy applies again
+                        # (a start that found its dependency away stays UNAVAILABLE)
                         c.state = "running"
-                        self._post(c, c.incarnation, Exit(ExitKind.ERROR, None, exc))
+                        self._post(
+                            c, c.incarnation, classify_exit(exc) or Exit(ExitKind.ERROR, None, exc)
+                        )
                         for rest in group:
                             if rest.state == "restarting" and rest is not c:
                                 rest.state = "stopped"
@@ -562,9 +576,15 @@ class DynamicSupervisor(Supervisor):
         max_children: int | None = None,
         intensity: int = 3,
         period: float = 5.0,
+        unavailable_backoff: Backoff = UNAVAILABLE_BACKOFF,
     ) -> None:
         super().__init__(
-            name, (), strategy=Strategy.ONE_FOR_ONE, intensity=intensity, period=period
+            name,
+            (),
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=intensity,
+            period=period,
+            unavailable_backoff=unavailable_backoff,
         )
         if max_children is not None and max_children < 1:
             msg = f"dynamic supervisor {name!r}: max_children must be >= 1, got {max_children}"
@@ -595,7 +615,7 @@ def _should_restart(restart: Restart, exit: Exit) -> bool:
     if restart is Restart.PERMANENT:
         return True
     if restart is Restart.TRANSIENT:
-        return exit.kind is ExitKind.ERROR
+        return exit.kind in (ExitKind.ERROR, ExitKind.UNAVAILABLE)
     return False
 
 

@@ -143,6 +143,22 @@ class Settings:
         default=None, metadata={"secret": True, "help": "postgresql://… (none: embedded cluster)"}
     )
     workers: int = attrs.field(default=1, metadata={"min": 1, "max": 64})
+    db_wait: float = attrs.field(
+        default=5.0,
+        metadata={
+            "min": 0.1,
+            "help": "while the database is away, a request that must write (or read what no "
+            "cache holds) answers 503 with Retry-After after waiting at most this long",
+        },
+    )
+    journal_max_bytes: int = attrs.field(
+        default=1024 * 1024 * 1024,
+        metadata={
+            "min": 1024 * 1024,
+            "help": "bound of the write journal on disk during an outage; past it new writes "
+            "are refused (503) and nothing queued is dropped",
+        },
+    )
     reuse_port: bool = attrs.field(
         default=False, metadata={"help": "share the port with sibling workers (set by --workers)"}
     )

@@ -1133,6 +1133,12 @@ class McpHttp:
         if method in _UNCOUNTED:
             return
         try:
+            # the journal at its bound (a long outage): refuse before doing work whose usage
+            # record could not be kept
+            self.store.check_room()
+        except StoreUnavailable as exc:
+            raise _unavailable(str(exc)) from None
+        try:
             self.usage.check(user.user_id, user.tier)
             if method == "tools/call":
                 await self.usage.check_tool_call(user.user_id, user.tier)

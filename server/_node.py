@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ __all__ = [
     "GC_THRESHOLDS",
     "Node",
     "NodeInfo",
+    "RootPolicy",
     "bind_socket",
     "open_keyring",
     "run_node",
@@ -165,6 +166,15 @@ async def serve_http(
     await hypercorn_serve(app, config, task_status=task_status)
 
 
+@attrs.frozen
+class RootPolicy:
+    """The root supervisor's restart intensity. Restarts because the database is away are not
+    counted (runtime.Unavailable), so an outage of any length never reaches it."""
+
+    intensity: int = 10
+    period: float = 60.0
+
+
 @attrs.define(eq=False)
 class Node:
     """Everything one node holds; tests and the admin view read it."""
@@ -197,6 +207,7 @@ async def run_node(
     on_ready: Callable[[Node], None] | None = None,
     store_policy: StorePolicy | None = None,
     session_policy: SessionPolicy | None = None,
+    root_policy: RootPolicy | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled: its tree starts left to right and stops right to left."""
@@ -242,14 +253,18 @@ async def run_node(
 
     keyring = open_keyring(settings)
 
-    policy = store_policy or StorePolicy()
+    policy = store_policy or StorePolicy(
+        write_wait=settings.db_wait, read_wait=min(1.0, settings.db_wait)
+    )
     store = Store(
         dsn,
         policy=policy,
         queue=WriteQueue(
             memory_bound=policy.memory_bound,
             journal_path=settings.data_dir / f"store-{node_id}.journal",
+            journal_max_bytes=settings.journal_max_bytes,
         ),
+        gated=True,  # nothing reads or commits before the schema child made the schema current
     )
     upstream = UpstreamClient(upstream_config)
     auth_policy = AuthPolicy(
@@ -332,13 +347,32 @@ async def run_node(
 
     node.asgi.metrics = new_registry(node, asgi.requests)
 
-    async def readiness() -> dict[str, Any]:
+    async def database_readiness() -> dict[str, Any]:
+        reason = store.unready_reason()
+        if reason is not None:
+            connected = store.statistics().connected
+            return {"database": "migrating" if connected else "unreachable", "reason": reason}
         try:
-            await store.fetchval("SELECT 1")
             pending = [m.version for m in await pending_migrations(store)]
-        except StoreUnavailable:
-            return {"ready": False, "database": "unreachable"}
-        return {"ready": not pending, "database": "ok", "pending_migrations": pending}
+        except StoreUnavailable as exc:
+            return {"database": "unreachable", "reason": str(exc)}
+        if pending:
+            return {"database": "ok", "pending_migrations": pending, "reason": "migrations pending"}
+        return {"database": "ok", "pending_migrations": []}
+
+    # each check answers its fields, with "reason" while it is not ready; /readyz is ready when
+    # no check gives a reason (another child of the tree adds its own check here)
+    readiness_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = [database_readiness]
+
+    async def readiness() -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        reasons: list[str] = []
+        for check in readiness_checks:
+            fields = await check()
+            if "reason" in fields:
+                reasons.append(fields.pop("reason"))
+            report.update(fields)
+        return {"ready": not reasons, **report, **({"reasons": reasons} if reasons else {})}
 
     asgi.readiness = readiness
     admin_token = settings.admin_token or secrets.token_urlsafe(24)
@@ -346,10 +380,24 @@ async def run_node(
     node.admin_token = admin_token
 
     async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Migrates before anything that reads the schema starts, then holds nothing."""
-        await migrate(store)
-        await _register_configured_clients(settings, auth)
-        task_status.started()
+        """Makes the schema current and opens the store's gate, then holds nothing.
+
+        With the database reachable at start it migrates before anything after it starts, as a
+        start always did. Without, it reports ready at once (the node serves: /healthz, /readyz,
+        verified tokens) and migrates inside its incarnation once the store connects; until
+        then the gated store holds every read and commit (docs/runtime.md)."""
+        with trio.move_on_after(policy.connect_timeout):
+            with store.schema_work():
+                await store.wait_connected()
+        if store.statistics().connected:
+            await _make_schema_current(store, settings, auth)
+            task_status.started()
+        else:
+            log.warning("database_unreachable_at_start", reason=store.unready_reason())
+            task_status.started()
+            with store.schema_work():
+                await store.wait_connected()
+            await _make_schema_current(store, settings, auth)
         await trio.sleep_forever()
 
     async def dev_user(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -384,7 +432,8 @@ async def run_node(
     if settings.dev_no_auth:
         children.append(ChildSpec("dev_user", dev_user, start_grace=30.0))
     children.append(ChildSpec("http", http, start_grace=60.0, shutdown_grace=5.0))
-    root = Supervisor("root", children, intensity=10, period=60.0)
+    rp = root_policy or RootPolicy()
+    root = Supervisor("root", children, intensity=rp.intensity, period=rp.period)
     try:
         async with trio.open_nursery() as nursery:
             node.root = await nursery.start(root.run)
@@ -397,6 +446,14 @@ async def run_node(
     finally:
         with trio.move_on_after(2, shield=True):
             await upstream.aclose()
+
+
+async def _make_schema_current(store: Store, settings: Settings, auth: AuthService) -> None:
+    with store.schema_work():
+        await migrate(store)
+    store.open_gate()
+    await _register_configured_clients(settings, auth)
+    log.info("schema_current")
 
 
 def tier_limit(tier: TierSettings) -> TierLimit:

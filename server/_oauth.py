@@ -67,7 +67,11 @@ class ResourceServer:
     """Checks the bearer token of every MCP request (MCP-R18, R23, R25).
 
     Verified tokens are cached (bounded, least recently used out first) for at most ``cache_ttl``
-    seconds and never past their expiry, so a database outage does not turn into 401s.
+    seconds and never past their expiry, so a database outage does not turn into 401s. While the
+    database is unreachable an entry older than ``cache_ttl`` still answers, up to the token's
+    own expiry (no revocation can be learnt then; the notifier's catch-up purges what was
+    revoked once the store is back): verified tokens keep working through an outage of any
+    length (docs/failure-model.md).
     """
 
     def __init__(
@@ -146,17 +150,23 @@ class ResourceServer:
             if entry.until > now:
                 self._cache.move_to_end(key)
                 return entry.principal
-            del self._cache[key]
+            if entry.principal.expires_at <= now:
+                del self._cache[key]
+                entry = None
         forgets = self._forgets
         try:
             principal = await self.auth.verify_access(token)
         except StoreUnavailable:
+            if entry is not None:  # verified before the outage, not expired: still served
+                self._cache.move_to_end(key)
+                return entry.principal
             body = {
                 "error": "temporarily_unavailable",
                 "error_description": "the session store is unreachable; retry shortly",
             }
             raise AuthError(503, body, [(b"retry-after", str(self.retry_after).encode())]) from None
         if principal is None:
+            self._cache.pop(key, None)
             raise self.challenge(
                 "invalid_token", "the token is invalid, expired, revoked or for another resource"
             )

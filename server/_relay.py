@@ -159,6 +159,7 @@ class Relay:
         """LISTEN with reconnects; after each (re)connect, a full claim catches up."""
         attempt = 0
         while True:
+            await self.store.wait_connected()  # an outage is waited out here, not crashed on
             try:
                 async with self.store.listen(CHANNEL) as inbox:
                     attempt = 0

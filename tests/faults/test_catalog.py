@@ -331,7 +331,7 @@ async def test_store_crash(fresh_db: str) -> None:
     with observe(
         "store crash",
         "the store actor raises in a commit",
-        "the store restarts; queued writes commit; nothing else",
+        "the store restarts; queued writes commit; the notifier listens again on the new connection",
     ) as obs:
         async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
             mcp = await client(http, node, "alice")
@@ -347,7 +347,10 @@ async def test_store_crash(fresh_db: str) -> None:
             obs.writes_lost = 5 - int(
                 psql(fresh_db, "SELECT count(*) FROM usage_events WHERE method = 'tools/call'")
             )
-    assert obs.restarted == {"root/store": 1} and obs.writes_lost == 0 and obs.failed_requests == {}
+    # a new incarnation is a new loop and pool: the LISTEN connection of the old one is closed
+    # and the notifier listens again (before, it stayed on the closed loop and heard nothing)
+    assert obs.restarted == {"root/store": 1, "root/notifier": 1}
+    assert obs.writes_lost == 0 and obs.failed_requests == {}
 
 
 async def test_token_keeper_crash_loop(fresh_db: str) -> None:

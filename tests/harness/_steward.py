@@ -35,6 +35,7 @@ async def running_node(
     store_policy: Any = None,
     session_policy: Any = None,
     sock: socket.socket | None = None,
+    root_policy: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[Node]:
     if "public_url" in overrides and "upstream" not in overrides:
@@ -55,6 +56,7 @@ async def running_node(
                     store_policy=store_policy,
                     session_policy=session_policy,
                     sock=sock,
+                    **({"root_policy": root_policy} if root_policy is not None else {}),
                     task_status=task_status,
                 )
             )
@@ -233,6 +235,7 @@ class SseReader:
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
+        self.comments = 0  # keep-alive comments seen (they are not events)
         self._send, self._receive = trio.open_memory_channel[dict[str, Any] | None](10_000)
 
     async def _pump(self) -> None:
@@ -253,6 +256,7 @@ class SseReader:
                     event, data = {}, []
                     continue
                 if line.startswith(":"):
+                    self.comments += 1
                     continue
                 key, _, value = line.partition(":")
                 value = value[1:] if value.startswith(" ") else value

@@ -1,0 +1,138 @@
+"""The store through an outage (docs/store.md, "Writes during an outage"): a bounded write
+wait, withdrawn entries, a bounded journal that refuses rather than drops, coalesced
+heartbeats, and the "connected" signal actors wait on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors import Op, QueueFull, Store, StorePolicy, StoreUnavailable, WriteQueue
+from server._embedded_pg import EmbeddedPostgres
+from tests.faults.conftest import new_database, own_cluster  # noqa: F401 (a fixture)
+from tests.harness._pg import psql
+from tests.harness._store import running_store
+
+INSERT = (
+    "INSERT INTO auth_events (event_id, kind, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+)
+
+
+def event(user: str) -> Op:
+    return Op(INSERT, (uuid.uuid4(), "sign_in", user))
+
+
+def count(dsn: str, user: str) -> int:
+    return int(psql(dsn, f"SELECT count(*) FROM auth_events WHERE user_id = '{user}'"))
+
+
+POLICY = StorePolicy(
+    write_wait=0.5, read_wait=0.3, connect_timeout=1.0, command_timeout=2.0, probe_interval=0.2
+)
+
+
+async def test_a_write_during_an_outage_is_answered_within_write_wait_and_withdrawn(
+    own_cluster: EmbeddedPostgres,  # noqa: F811
+) -> None:
+    """Observed before: a write waited for the whole outage. Now it gives up after write_wait,
+    and, the store being detached, its entry is withdrawn: it never commits. An acknowledged
+    write before the outage and a queued fire-and-forget one during it both commit."""
+    dsn = new_database(own_cluster)
+    async with running_store(dsn, policy=POLICY) as (store, _):
+        await store.write(event("acknowledged"))
+        own_cluster.kill()
+        with trio.fail_after(10):
+            while store.connected:
+                await trio.sleep(0.02)  # the connection check sees the outage with no write
+        assert store.unready_reason() is not None
+        assert "unreachable" in (store.unready_reason() or "")
+        store.write_nowait(event("queued"))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="withdrawn, never applied"):
+            await store.write(event("refused"))
+        assert time.monotonic() - started < POLICY.write_wait + 1.0
+        stats = store.statistics()
+        assert stats.writes_unacknowledged == 1 and stats.writes_withdrawn == 1
+        assert stats.queue_depth == 1  # the fire-and-forget entry stays
+        with pytest.raises(StoreUnavailable):
+            await store.fetchval("SELECT 1")
+        await own_cluster.start()
+        with trio.fail_after(20):
+            await store.wait_connected()
+            await store.write()  # a barrier: what is queued has committed
+    assert (count(dsn, "acknowledged"), count(dsn, "queued"), count(dsn, "refused")) == (1, 1, 0)
+
+
+async def test_heartbeats_coalesce_while_queued(tmp_path: Path) -> None:
+    queue = WriteQueue(memory_bound=100, journal_path=tmp_path / "j")
+    beat = Op("UPDATE connections SET heartbeat_at = now() WHERE connection_id = $1", (1,))
+    for _ in range(1000):
+        queue.put([beat], wait=False, key=("heartbeat", 1))
+    assert queue.depth == 1 and queue.coalesced == 999
+    batch = queue.peek(10)  # taken by the writer: the next one queues anew
+    queue.put([beat], wait=False, key=("heartbeat", 1))
+    assert queue.depth == 2
+    queue.ack(batch)
+    assert queue.depth == 1
+
+
+async def test_the_journal_is_bounded_refuses_past_it_and_drops_nothing(
+    own_cluster: EmbeddedPostgres,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Past memory_bound entries spill; at journal_max_bytes a new write is refused with
+    QueueFull (503 at the edge) and a fire-and-forget one is counted as dropped; everything
+    queued before the bound commits once the database is back."""
+    dsn = new_database(own_cluster)
+    journal = tmp_path / "store.journal"
+    policy = StorePolicy(
+        memory_bound=10,
+        write_wait=0.3,
+        read_wait=0.3,
+        connect_timeout=1.0,
+        command_timeout=2.0,
+        probe_interval=0.2,
+    )
+    queue = WriteQueue(
+        memory_bound=10, journal_path=journal, spill_batch=5, journal_max_bytes=8_000
+    )
+    store = Store(dsn, policy=policy, queue=queue)
+    async with running_store(dsn, policy=policy) as (migrated, _):
+        del migrated  # the schema, made by a store of its own
+    from actors import store_child_spec
+    from runtime import Supervisor
+
+    async with trio.open_nursery() as nursery:
+        sup = await nursery.start(Supervisor("root", [store_child_spec(store)]).run)
+        with trio.fail_after(10):
+            await store.wait_connected()
+        own_cluster.kill()
+        with trio.fail_after(10):
+            while store.connected:
+                await trio.sleep(0.02)
+        queued = 0
+        with pytest.raises(QueueFull, match="journal_max_bytes=8000"):
+            while True:
+                store.queue.put([event("spilled")], wait=False)
+                queued += 1
+                assert queued < 10_000
+        assert queue.journal_bytes <= 8_000 and queue.refused == 1
+        with pytest.raises(QueueFull):
+            await store.write(event("refused"))
+        with pytest.raises(QueueFull):
+            store.check_room()
+        store.write_nowait(event("dropped"))
+        assert store.statistics().writes_dropped == 1
+        assert queued > 10 and journal.exists()
+        await own_cluster.start()
+        with trio.fail_after(30):
+            while store.queue.depth:
+                await trio.sleep(0.05)
+        await sup.stop()
+    assert count(dsn, "spilled") == queued
+    assert count(dsn, "refused") == 0 and count(dsn, "dropped") == 0
+    assert not journal.exists()
