@@ -39,6 +39,7 @@ from server._http import (
     send_html,
     send_json,
 )
+from server._limits import AddressLimiter
 
 __all__ = ["DEMO_USERS", "DevIdP"]
 
@@ -102,6 +103,8 @@ class DevIdP:
             collections.deque()
         )  # modes for the next refreshes
         self.slow_seconds = 30.0
+        # rate limits per client address on the sign-in page (server/_limits.py); None: none
+        self.limiter: AddressLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -126,6 +129,12 @@ class DevIdP:
             ("GET", "/userinfo"): self._userinfo,
             ("POST", "/revoke"): self._revoke,
         }.get((method, path))
+        if (
+            route == self._authorize
+            and self.limiter is not None
+            and not await self.limiter.check("sign_in", scope, send)
+        ):
+            return
         if route is not None:
             await route(scope, body, send)
         elif path.startswith("/_control/") and method in ("GET", "POST"):
