@@ -206,8 +206,7 @@ async def test_token_consent_and_the_dev_idp_sign_in_are_limited_per_address(
         assert_limited(await http.post(f"{base}/token", data={"grant_type": "password"}))
         assert_limited(await http.post(f"{base}/revoke", data={"token": "x"}))
         consent = [
-            (await http.post(f"{base}/consent", data={"csrf": "x"})).status_code
-            for _ in range(2)
+            (await http.post(f"{base}/consent", data={"csrf": "x"})).status_code for _ in range(2)
         ]
         assert consent == [403, 403]
         assert_limited(await http.post(f"{base}/consent", data={"csrf": "x"}))
