@@ -71,6 +71,10 @@ async def test_300_registrations_from_one_address_store_at_most_the_burst(fresh_
         assert "10 per minute with a burst of 20" in refused["error_description"]
         stored = count(fresh_db, "SELECT count(*) FROM oauth_clients WHERE source = 'dynamic'")
         assert stored == statuses.count(201) <= 22
+        metrics = (await http.get(f"{node.info.listen_url}/metrics")).text
+        assert f'steward_address_limited_total{{kind="register"}} {statuses.count(429) + 1}.0' in (
+            metrics
+        )
         # X-Forwarded-For is ignored without a trusted proxy: a forged one changes nothing
         forged = await http.post(url, json=body, headers={"x-forwarded-for": "198.51.100.7"})
         assert_limited(forged)
