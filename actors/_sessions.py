@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
-from actors._store import Op, Store, StoreUnavailable
+from actors._store import Op, Store, StoreUnavailable, WriteRejected
 from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
 from runtime import (
     Backoff,
@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("sessions")
+SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 UTC = datetime.UTC
 ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
 
@@ -977,9 +978,16 @@ class SessionManager:
         max_sessions: int | None = None,
     ) -> str:
         """Store a new transport session of the session's user, or raise SessionLimitReached
-        when the user already holds ``max_sessions`` live ones (nothing is stored then). The
-        count is read from the database under a per-user transaction lock, so it holds across
-        nodes; the read stops at the limit, so its cost is bounded by it."""
+        when the user already holds ``max_sessions`` live ones (nothing is stored then).
+
+        The insert goes through the group commit like every other write, conditional on the
+        user's live rows: ``steward_session_slot`` (migration 0009) counts them in the inserting
+        transaction, stopping at the limit, and refuses the statement at it; the store reports
+        that to this write alone. Statements of one batch see each other, so the limit is exact
+        on one node; two nodes committing the same user's sessions within the same few
+        milliseconds can each pass one (docs/scaling.md). A refusal makes the store commit the
+        rest of its batch entry by entry; ``initialize_per_minute`` bounds how often one user can
+        cause that."""
         session_id = secrets.token_urlsafe(24)
         user_id = session.context.user_id
         row = (
@@ -991,30 +999,25 @@ class SessionManager:
             client_info,
             capabilities,
         )
-
-        async def insert(conn: Any) -> bool:
-            if max_sessions is not None:
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('steward.transport_sessions:' || $1, 0))",
-                    user_id,
-                )
-                live = await conn.fetchval(
-                    "SELECT count(*) FROM (SELECT 1 FROM transport_sessions "
-                    "WHERE user_id = $1 AND ended_at IS NULL LIMIT $2) AS live",
-                    user_id,
-                    max_sessions,
-                )
-                if live >= max_sessions:
-                    return False
-            await conn.execute(
+        if max_sessions is None:
+            op = Op(
                 "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                *row,
+                row,
             )
-            return True
-
-        if not await self.store.transact(insert):
-            raise SessionLimitReached(max_sessions or 0)
+        else:
+            op = Op(
+                "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
+                "SELECT $1, $2, $3, $4, $5, $6::jsonb, $7::jsonb WHERE steward_session_slot($3, $8) "
+                "ON CONFLICT DO NOTHING",
+                (*row, max_sessions),
+            )
+        try:
+            await self.store.write(op)
+        except WriteRejected as exc:
+            if max_sessions is None or getattr(exc.__cause__, "sqlstate", None) != SESSION_LIMIT:
+                raise
+            raise SessionLimitReached(max_sessions) from None
         self._remember_transport(
             TransportSession(
                 session_id,
