@@ -16,6 +16,7 @@ import httpx
 import trio
 
 from tests.harness._pg import psql
+from tests.harness._serve import steward_serve
 from tests.harness._steward import (
     REDIRECT_URI,
     McpClient,
@@ -388,3 +389,41 @@ async def test_unused_clients_and_pending_requests_expire_while_used_clients_sta
             f"{node.info.listen_url}/authorize", params={**params, "client_id": unused}
         )
         assert r.status_code == 400 and r.json()["error"] == "invalid_client"
+
+
+async def test_steward_serve_with_workers_limits_its_dev_idp_and_every_worker(
+    fresh_db: str,
+) -> None:
+    """Scenario: ``steward serve --workers 2`` with small limits from the environment. The
+    development IdP, which the parent process serves, refuses the third sign-in page from one
+    address; the workers refuse registrations past the burst (each worker counts its own)."""
+    env = {
+        "STEWARD_ADDRESS_LIMITS__SIGN_IN_PER_MINUTE": "1",
+        "STEWARD_ADDRESS_LIMITS__SIGN_IN_BURST": "2",
+        "STEWARD_ADDRESS_LIMITS__REGISTER_PER_MINUTE": "1",
+        "STEWARD_ADDRESS_LIMITS__REGISTER_BURST": "1",
+    }
+    with steward_serve(
+        "--workers", "2", "--port", "0", "--database-url", fresh_db, env=env
+    ) as server:
+        ready = server.ready
+        async with httpx.AsyncClient(timeout=10) as http:
+            _, challenge = pkce()
+            params = {
+                "response_type": "code",
+                "client_id": "steward",
+                "redirect_uri": REDIRECT_URI,
+                "state": "s",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+            page = f"{ready['dev_idp_url']}/authorize"
+            pages = [(await http.get(page, params=params)).status_code for _ in range(3)]
+            assert pages == [200, 200, 429]
+            url = ready["mcp_url"].removesuffix("/mcp") + "/register"
+            body = {"redirect_uris": [REDIRECT_URI]}
+            statuses = []
+            for _ in range(6):  # new connections: the kernel spreads them over the workers
+                async with httpx.AsyncClient(timeout=10) as fresh:
+                    statuses.append((await fresh.post(url, json=body)).status_code)
+            assert statuses.count(201) <= 2 and statuses.count(429) >= 4, statuses
