@@ -159,6 +159,7 @@ class JanitorPolicy:
     # after the store came back from an outage every heartbeat is old: reaping by heartbeat age
     # waits this long, so that live nodes and streams have written theirs (None: ``interval``)
     recovery_grace: float | None = None
+    idle_chunk: int = 5_000  # idle transport sessions ended per sweep at most
 
 
 class Janitor:
@@ -247,6 +248,19 @@ class Janitor:
                 "WHERE closed_at IS NULL AND heartbeat_at < now() - make_interval(secs => $1)",
                 p.stale_connection,
             )
+            # a transport session with no request and no stream for transport_idle ends (its
+            # user's max_sessions counts live ones only); a bounded chunk per sweep
+            idle = await conn.execute(
+                "WITH idle AS (SELECT session_id FROM transport_sessions t WHERE t.ended_at IS NULL "
+                "AND t.last_seen_at < now() - make_interval(secs => $1) AND NOT EXISTS ("
+                "SELECT 1 FROM connections c WHERE c.session_id = t.session_id "
+                "AND (c.closed_at IS NULL OR c.closed_at > now() - make_interval(secs => $1))) "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                "UPDATE transport_sessions s SET ended_at = now() FROM idle "
+                "WHERE s.session_id = idle.session_id",
+                self.sessions.policy.transport_idle,
+                p.idle_chunk,
+            )
             for grant in expired:
                 await conn.execute(
                     "UPDATE connections SET closed_at = now(), close_reason = 'expired' WHERE grant_id = $1 AND closed_at IS NULL",
@@ -257,6 +271,7 @@ class Janitor:
                 "dead_nodes": len(dead),
                 "dead_node_connections": int(dead_conns.split()[-1]),
                 "stale_connections": int(stale.split()[-1]),
+                "idle_transport_sessions": int(idle.split()[-1]),
                 "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
             }
 

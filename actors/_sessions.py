@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
-from actors._store import Op, Store, StoreUnavailable
+from actors._store import Op, Store, StoreUnavailable, WriteRejected
 from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
 from runtime import (
     Backoff,
@@ -44,6 +44,7 @@ from runtime import (
 __all__ = [
     "AuthenticationRequiredError",
     "Connection",
+    "SessionLimitReached",
     "SessionManager",
     "SessionPolicy",
     "SessionRestarting",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("sessions")
+SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 UTC = datetime.UTC
 ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
 
@@ -112,6 +114,14 @@ class StreamLimitReached(Exception):
         self.limit = limit
 
 
+class SessionLimitReached(Exception):
+    """The user already holds the most live transport sessions their tier allows (429)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this account already holds its maximum of {limit} MCP sessions")
+        self.limit = limit
+
+
 class AuthenticationRequiredError(Exception):
     """The grant is not active any more (the upstream refresh failed for good, revoked, expired,
     ended): the client must authorize again. The edge answers it in one place, with the 401
@@ -138,6 +148,9 @@ class SessionPolicy:
     reconnect_retry_ms: int = 1000  # the `retry:` of a stream's final reconnect event
     stream_count_wait: float = 0.25  # the read of other nodes' streams of a user, at most
     nodes_recheck: float = 10.0  # how long "no other node is alive" is believed before a re-read
+    # a transport session with no request and no stream this long is ended (janitor); a node's
+    # cached copy unused this long is read again (so it sees that end)
+    transport_idle: float = 86400.0
     keeper_backoff: Backoff = Backoff(min=1.0, max=60.0, jitter=0.3, reset_after=120.0)  # noqa: RUF009
     # a session's own supervisor (its token keeper and connections): crashes past this many in
     # ``session_period`` end the session; a database outage is never counted (docs/runtime.md)
@@ -801,6 +814,7 @@ class SessionManager:
         self._nursery: trio.Nursery | None = None
         self.refreshes: collections.Counter[str] = collections.Counter()  # by outcome
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
+        self._ts_touched: dict[str, float] = {}  # session id -> last_seen written (Trio time)
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
         self._others_alive = True  # until the nodes table says otherwise
         self._nodes_checked_until = 0.0
@@ -987,36 +1001,74 @@ class SessionManager:
         protocol_version: str,
         client_info: dict[str, Any],
         capabilities: dict[str, Any],
+        max_sessions: int | None = None,
     ) -> str:
+        """Store a new transport session of the session's user, or raise SessionLimitReached
+        when the user already holds ``max_sessions`` live ones (nothing is stored then).
+
+        The insert goes through the group commit like every other write, conditional on the
+        user's live rows: ``steward_session_slot`` (migration 0009) counts them in the inserting
+        transaction, stopping at the limit, and refuses the statement at it; the store reports
+        that to this write alone. Statements of one batch see each other, so the limit is exact
+        on one node; two nodes committing the same user's sessions within the same few
+        milliseconds can each pass one (docs/scaling.md). A refusal makes the store commit the
+        rest of its batch entry by entry; ``initialize_per_minute`` bounds how often one user can
+        cause that."""
         session_id = secrets.token_urlsafe(24)
-        await self.store.write(
-            Op(
-                "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                (
-                    session_id,
-                    session.grant_id,
-                    session.context.user_id,
-                    session.context.client_id,
-                    protocol_version,
-                    client_info,
-                    capabilities,
-                ),
-            )
-        )
-        self._ts_cache[session_id] = TransportSession(
+        user_id = session.context.user_id
+        row = (
             session_id,
             session.grant_id,
-            session.context.user_id,
+            user_id,
             session.context.client_id,
             protocol_version,
             client_info,
             capabilities,
-            None,
         )
-        if len(self._ts_cache) > 50_000:
-            self._ts_cache.pop(next(iter(self._ts_cache)))
+        if max_sessions is None:
+            op = Op(
+                "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                row,
+            )
+        else:
+            op = Op(
+                "INSERT INTO transport_sessions (session_id, grant_id, user_id, client_id, protocol_version, client_info, capabilities) "
+                "SELECT $1, $2, $3, $4, $5, $6::jsonb, $7::jsonb WHERE steward_session_slot($3, $8) "
+                "ON CONFLICT DO NOTHING",
+                (*row, max_sessions),
+            )
+        try:
+            await self.store.write(op)
+        except WriteRejected as exc:
+            if max_sessions is None or getattr(exc.__cause__, "sqlstate", None) != SESSION_LIMIT:
+                raise
+            raise SessionLimitReached(max_sessions) from None
+        self._remember_transport(
+            TransportSession(
+                session_id,
+                session.grant_id,
+                user_id,
+                session.context.client_id,
+                protocol_version,
+                client_info,
+                capabilities,
+                None,
+            )
+        )
         return session_id
+
+    def _remember_transport(self, ts: TransportSession) -> None:
+        self._ts_cache[ts.session_id] = ts
+        self._ts_touched[ts.session_id] = trio.current_time()
+        if len(self._ts_cache) > 50_000:
+            oldest = next(iter(self._ts_cache))
+            self._ts_cache.pop(oldest)
+            self._ts_touched.pop(oldest, None)
+
+    def _forget_transport(self, session_id: str) -> None:
+        self._ts_cache.pop(session_id, None)
+        self._ts_touched.pop(session_id, None)
 
     async def transport_session(
         self, principal: Principal, session_id: str
@@ -1024,6 +1076,14 @@ class SessionManager:
         """The transport session, or None when it does not exist, ended, or belongs to another
         principal (MCP-R20: answered exactly as if it did not exist)."""
         ts = self._ts_cache.get(session_id)
+        now = trio.current_time()
+        if (
+            ts is not None
+            and now - self._ts_touched.get(session_id, now) > self.policy.transport_idle
+        ):
+            # unused here for longer than the idle end: the janitor may have ended it
+            self._forget_transport(session_id)
+            ts = None
         if ts is None:
             row = await self.store.fetchrow(
                 "SELECT * FROM transport_sessions WHERE session_id = $1 AND ended_at IS NULL",
@@ -1041,11 +1101,19 @@ class SessionManager:
                 row["capabilities"],
                 row["log_level"],
             )
-            self._ts_cache[session_id] = ts
+            self._remember_transport(ts)
         # bound to the principal (user and client, MCP-R19), not to a grant: after the user
         # authorized again the same client keeps its transport session under the new grant
         if ts.user_id != principal.user_id or ts.client_id != principal.client_id:
             return None
+        if now - self._ts_touched.get(session_id, -math.inf) >= self.policy.touch_interval:
+            self._ts_touched[session_id] = now
+            self.store.write_nowait(
+                Op(
+                    "UPDATE transport_sessions SET last_seen_at = now() WHERE session_id = $1 AND ended_at IS NULL",
+                    (session_id,),
+                )
+            )
         if ts.grant_id != principal.grant_id:
             ts = attrs.evolve(ts, grant_id=principal.grant_id)
             self._ts_cache[session_id] = ts
@@ -1060,7 +1128,7 @@ class SessionManager:
     async def end_transport_session(self, principal: Principal, session_id: str) -> bool:
         if await self.transport_session(principal, session_id) is None:
             return False
-        self._ts_cache.pop(session_id, None)
+        self._forget_transport(session_id)
         await self.store.write(
             Op(
                 "UPDATE transport_sessions SET ended_at = now() WHERE session_id = $1 AND ended_at IS NULL",

@@ -15,10 +15,13 @@ log = structlog.get_logger("retention")
 
 @attrs.frozen
 class RetentionRule:
-    """Rows of ``table`` matching ``expired`` (a SQL condition) are deleted."""
+    """Rows of ``table`` matching ``expired`` (a SQL condition) are deleted. With
+    ``skip_locked`` the rows are locked first and rows another transaction holds are left for
+    the next sweep (a row being referenced right now, e.g. a client getting its first grant)."""
 
     table: str
     expired: str
+    skip_locked: bool = False
 
 
 RETENTION_RULES: tuple[RetentionRule, ...] = (
@@ -48,6 +51,17 @@ RETENTION_RULES: tuple[RetentionRule, ...] = (
     RetentionRule("nodes", "status = 'dead' AND heartbeat_at < now() - interval '7 days'"),
     RetentionRule("store_applied_ops", "applied_at < now() - interval '7 days'"),
     RetentionRule("authorization_requests", "expires_at < now()"),
+    RetentionRule(  # a registered client (dynamic or metadata document) that has no grant a day
+        # after it was registered or last fetched, and no authorization in flight; clients from
+        # the configuration stay. Its consents go with it (ON DELETE CASCADE).
+        "oauth_clients",
+        "source IN ('dynamic', 'metadata_document') "
+        "AND coalesce(fetched_at, created_at) < now() - interval '1 day' "
+        "AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = oauth_clients.client_id) "
+        "AND NOT EXISTS (SELECT 1 FROM authorization_requests r "
+        "WHERE r.client_id = oauth_clients.client_id AND r.expires_at > now())",
+        skip_locked=True,
+    ),
     RetentionRule("authorization_codes", "expires_at < now() - interval '1 hour'"),
 )
 
@@ -75,9 +89,10 @@ async def retention_sweep(
     policy = policy or RetentionPolicy()
     deleted: dict[str, int] = {}
     for rule in rules:
+        lock = " FOR UPDATE SKIP LOCKED" if rule.skip_locked else ""
         sql = (
             f"DELETE FROM {rule.table} WHERE ctid = ANY(ARRAY("
-            f"SELECT ctid FROM {rule.table} WHERE {rule.expired} LIMIT $1))"
+            f"SELECT ctid FROM {rule.table} WHERE {rule.expired} LIMIT $1{lock}))"
         )
 
         async def chunk(conn: Conn, sql: str = sql) -> int:

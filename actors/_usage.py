@@ -81,6 +81,8 @@ class TierLimit:
     burst: int
     max_streams: int | None = None  # long-lived SSE streams held at once by one user
     tool_calls: Quota | None = None  # tools/call per period by one user
+    max_sessions: int | None = None  # live transport sessions held at once by one user
+    initialize_per_minute: int | None = None  # new transport sessions per minute (and at once)
 
 
 @attrs.define
@@ -136,6 +138,8 @@ class UsageMeter:
         self.quota_reread = quota_reread
         self.quota_read_wait = quota_read_wait
         self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
+        # user -> its initialize bucket; bounded like the request buckets
+        self._initializes: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
         # user -> its tool calls in the current quota window; bounded like the buckets
         self._tool_calls: collections.OrderedDict[str, _QuotaWindow] = collections.OrderedDict()
         self.quota_reads_skipped = 0
@@ -145,6 +149,47 @@ class UsageMeter:
     def max_streams(self, tier: str) -> int | None:
         limit = self.limits.get(tier)
         return None if limit is None else limit.max_streams
+
+    def max_sessions(self, tier: str) -> int | None:
+        limit = self.limits.get(tier)
+        return None if limit is None else limit.max_sessions
+
+    def check_initialize(self, user_id: str, tier: str) -> None:
+        """Admit one new transport session of the user (``initialize_per_minute``, a minute's
+        worth at once), or raise RateLimited. Counted in this node's memory, like the request
+        rate (docs/scaling.md)."""
+        limit = self.limits.get(tier)
+        if limit is None or limit.initialize_per_minute is None:
+            return
+        per_minute = limit.initialize_per_minute
+        if not self._take(self._initializes, user_id, per_minute, per_minute):
+            self.rejected += 1
+            bucket = self._initializes[user_id]
+            rate = per_minute / 60.0
+            raise RateLimited(max(1, math.ceil((1.0 - bucket.tokens) / rate)))
+
+    def _take(
+        self,
+        table: collections.OrderedDict[str, _Bucket],
+        user_id: str,
+        per_minute: int,
+        burst: int,
+    ) -> bool:
+        now: float = self._clock()  # type: ignore[operator]
+        bucket = table.get(user_id)
+        if bucket is None:
+            bucket = table[user_id] = _Bucket(float(burst), now)
+            if len(table) > self.max_users:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(user_id)
+        rate = per_minute / 60.0
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
 
     async def check_tool_call(self, user_id: str, tier: str) -> None:
         """Admit one tools/call against the tier's quota, or raise QuotaExceeded.

@@ -39,10 +39,20 @@ OAUTH_HOPS = 10  # redirects followed by obtain_token before it gives up
 LOG_TAIL = 600  # characters of a failed server's log quoted in the reason
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never called: the code is read from the redirect
 
-# The benchmarks measure serving, not rate limiting: every tier far above what they send.
-STEWARD_CONFIG = "".join(
+# The benchmarks measure serving, not rate limiting: every tier far above what they send, and
+# the limits per client address too (every load generator connects from 127.0.0.1).
+UNLIMITED_ADDRESSES = (
+    "[address_limits]\n"
+    + "".join(
+        f"{kind}_{what} = 100000000\n"
+        for kind in ("register", "authorize", "token", "consent", "sign_in")
+        for what in ("per_minute", "burst")
+    )
+    + "register_node_per_minute = 100000000\nauthorize_node_per_minute = 100000000\n\n"
+)
+STEWARD_CONFIG = UNLIMITED_ADDRESSES + "".join(
     f'[[tiers]]\nname = "{tier}"\nrequests_per_minute = 100000000\nburst = 1000000\n'
-    "max_streams = 1000000\n\n"
+    "max_streams = 1000000\nmax_sessions = 100000000\ninitialize_per_minute = 100000000\n\n"
     for tier in ("free", "pro", "enterprise")
 )
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import trio
 
-from bench._servers import free_port, obtain_token, peer
+from bench._servers import UNLIMITED_ADDRESSES, free_port, obtain_token, peer
 from tests.harness._serve import steward_serve
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -99,7 +99,9 @@ def run(sessions: int = 10_000) -> dict[str, Any]:
     with steward_serve(
         "--port",
         str(free_port()),
-        config='[[tiers]]\nname = "free"\nrequests_per_minute = 100000000\nburst = 1000000\n',
+        config=UNLIMITED_ADDRESSES
+        + '[[tiers]]\nname = "free"\nrequests_per_minute = 100000000\nburst = 1000000\n'
+        "max_sessions = 100000000\ninitialize_per_minute = 100000000\n",
         env={"STEWARD_LOG_LEVEL": "warning"},
     ) as server:
         token = obtain_token(server.ready, "carol")

@@ -24,7 +24,13 @@ from tests.harness._pg import create_database, start_cluster, stop_cluster
 from tests.harness._steward import McpClient, running_node, sign_in
 
 WARM_UP = 20
-UNLIMITED = {"requests_per_minute": 10**6, "burst": 10**6, "max_streams": 10**6}
+UNLIMITED = {
+    "requests_per_minute": 10**6,
+    "burst": 10**6,
+    "max_streams": 10**6,
+    "max_sessions": 10**6,
+    "initialize_per_minute": 10**6,
+}
 
 
 def _tasks() -> int:

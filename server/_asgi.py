@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from server._http import InvalidInput, Receive, Scope, Send, lifespan, send_json, send_response
 from server._legacy_sse import LegacySse
+from server._limits import AddressLimiter
 from server._mcp_http import McpHttp
 from server._metrics import RequestCounter, render_metrics
 from server._oauth import OAuthEndpoints
@@ -22,6 +23,16 @@ log = structlog.get_logger("asgi")
 _MCP_PATHS = frozenset({"/mcp", "/sse", "/messages"})
 _LEGACY_PATHS = frozenset({"/sse", "/messages"})
 _OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# the anonymous endpoints limited per client address, by kind (server/_limits.py): the flow's
+# browser steps share the authorize kind, a client's token calls the token kind
+LIMITED = {
+    "/register": "register",
+    "/authorize": "authorize",
+    "/callback": "authorize",
+    "/consent": "consent",
+    "/token": "token",
+    "/revoke": "token",
+}
 
 
 class StewardAsgi:
@@ -33,6 +44,7 @@ class StewardAsgi:
         self.metrics: CollectorRegistry | None = None
         self.readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.admin: Any = None  # the admin API, once the node exists
+        self.limiter: AddressLimiter | None = None  # rate limits per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -56,7 +68,13 @@ class StewardAsgi:
             elif path in _LEGACY_PATHS:
                 await self.legacy(scope, receive, counting_send)
             elif self.oauth.handles(path):
-                await self.oauth(scope, receive, counting_send)
+                kind = LIMITED.get(path)
+                if (
+                    kind is None
+                    or self.limiter is None
+                    or await self.limiter.check(kind, scope, counting_send)
+                ):
+                    await self.oauth(scope, receive, counting_send)
             elif self.admin is not None and self.admin.handles(path):
                 await self.admin(scope, receive, counting_send)
             elif path == "/healthz":

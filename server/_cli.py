@@ -159,6 +159,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
     import tempfile
 
     from server._dev_idp import DevIdP
+    from server._limits import address_limiter
     from server._node import bind_socket, open_keyring, serve_http
 
     async def run(dsn: str) -> None:
@@ -190,6 +191,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 host, idp_port = idp_sock.getsockname()[:2]
                 idp_url = f"http://{host}:{idp_port}"
                 idp = DevIdP(idp_url)
+                idp.limiter = address_limiter(settings.address_limits, sign_in=True)
                 await nursery.start(serve_http, idp, idp_sock, 1.0)
                 env.update(
                     {

@@ -24,6 +24,7 @@ from actors._usage import parse_quota
 
 __all__ = [
     "DEV_IDP_EXPOSED",
+    "AddressLimitSettings",
     "ClientSettings",
     "ConfigError",
     "Settings",
@@ -77,15 +78,38 @@ def _quota(value: str) -> bool:
     return True
 
 
+def _network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 @attrs.frozen
 class TierSettings:
     """Limits of one subscription tier, all keyed by user: a request-rate token bucket, the
-    long-lived SSE streams held at once, and a tool-call quota per period."""
+    long-lived SSE streams held at once, a tool-call quota per period, the live MCP transport
+    sessions held at once and the rate of ``initialize`` (new transport sessions)."""
 
     name: str
     requests_per_minute: int = attrs.field(default=60, metadata={"min": 1})
     burst: int = attrs.field(default=20, metadata={"min": 1})
     max_streams: int = attrs.field(default=10, metadata={"min": 1})
+    max_sessions: int = attrs.field(
+        default=100,
+        metadata={
+            "min": 1,
+            "help": "live MCP transport sessions (Mcp-Session-Id, legacy /sse) one user holds at once",
+        },
+    )
+    initialize_per_minute: int = attrs.field(
+        default=30,
+        metadata={
+            "min": 1,
+            "help": "new transport sessions (initialize) per user per minute, a minute's worth at once",
+        },
+    )
     tool_call_quota: str | None = attrs.field(
         default=None,
         metadata={
@@ -112,12 +136,61 @@ class ClientSettings:
     scope: str | None = None
 
 
+@attrs.frozen
+class AddressLimitSettings:
+    """Rate limits per client address (``[address_limits]``) on the endpoints anyone can call:
+    a token bucket per address and kind, ``*_per_minute`` with a burst of ``*_burst``. A full
+    sign-in (register, authorize, callback, consent, token) plus a few refreshes a minute stays
+    far below them; a script of hundreds a second does not. ``*_node_per_minute`` bounds every
+    address together on one node (an attacker rotating addresses), with a burst of a quarter of
+    it. The client address is the TCP peer: ``X-Forwarded-For`` is honoured only when the peer
+    is one of ``trusted_proxies`` (addresses or networks); by default it is ignored."""
+
+    register_per_minute: int = attrs.field(default=10, metadata={"min": 1})
+    register_burst: int = attrs.field(default=20, metadata={"min": 1})
+    register_node_per_minute: int = attrs.field(default=300, metadata={"min": 1})
+    authorize_per_minute: int = attrs.field(default=60, metadata={"min": 1})
+    authorize_burst: int = attrs.field(default=30, metadata={"min": 1})
+    authorize_node_per_minute: int = attrs.field(default=3000, metadata={"min": 1})
+    token_per_minute: int = attrs.field(default=120, metadata={"min": 1})
+    token_burst: int = attrs.field(default=60, metadata={"min": 1})
+    consent_per_minute: int = attrs.field(default=30, metadata={"min": 1})
+    consent_burst: int = attrs.field(default=20, metadata={"min": 1})
+    sign_in_per_minute: int = attrs.field(
+        default=30, metadata={"min": 1, "help": "the development IdP's sign-in page"}
+    )
+    sign_in_burst: int = attrs.field(default=20, metadata={"min": 1})
+    max_addresses: int = attrs.field(
+        default=50_000, metadata={"min": 1, "help": "addresses remembered, least recent out"}
+    )
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata={
+            "check": _network,
+            "expect": "an IP address or network (e.g. 10.0.0.0/8)",
+            "help": "reverse proxies whose X-Forwarded-For is believed (default: none)",
+        },
+    )
+
+
 DEFAULT_TIERS = (
     TierSettings(
-        "free", requests_per_minute=60, burst=20, max_streams=10, tool_call_quota="1000/day"
+        "free",
+        requests_per_minute=60,
+        burst=20,
+        max_streams=10,
+        tool_call_quota="1000/day",
+        max_sessions=100,
+        initialize_per_minute=30,
     ),
     TierSettings(
-        "pro", requests_per_minute=600, burst=100, max_streams=50, tool_call_quota="20000/day"
+        "pro",
+        requests_per_minute=600,
+        burst=100,
+        max_streams=50,
+        tool_call_quota="20000/day",
+        max_sessions=500,
+        initialize_per_minute=120,
     ),
     TierSettings(
         "enterprise",
@@ -125,6 +198,8 @@ DEFAULT_TIERS = (
         burst=1000,
         max_streams=200,
         tool_call_quota="200000/day",
+        max_sessions=2000,
+        initialize_per_minute=600,
     ),
 )
 
@@ -218,7 +293,15 @@ class Settings:
             "from loopback, private, link-local and reserved addresses (and over http on loopback)"
         },
     )
+    transport_session_idle: float = attrs.field(
+        default=86400.0,
+        metadata={
+            "min": 60.0,
+            "help": "a transport session with no request and no stream this long is ended",
+        },
+    )
     upstream: UpstreamSettings | None = None
+    address_limits: AddressLimitSettings = AddressLimitSettings()
     tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
     clients: tuple[ClientSettings, ...] = ()
 

@@ -40,6 +40,7 @@ from server._http import (
     send_html,
     send_json,
 )
+from server._limits import AddressLimiter
 
 __all__ = ["DEMO_USERS", "DevIdP"]
 
@@ -106,6 +107,8 @@ class DevIdP:
             collections.deque()
         )  # modes for the next refreshes
         self.slow_seconds = 30.0
+        # rate limits per client address on the sign-in page (server/_limits.py); None: none
+        self.limiter: AddressLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -128,6 +131,12 @@ class DevIdP:
             ("GET", "/userinfo"): self._userinfo,
             ("POST", "/revoke"): self._revoke,
         }.get((method, path))
+        if (
+            route == self._authorize
+            and self.limiter is not None
+            and not await self.limiter.check("sign_in", scope, send)
+        ):
+            return
         try:
             if route is not None:
                 await route(scope, body, send)

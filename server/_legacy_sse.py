@@ -58,13 +58,9 @@ class LegacySse:
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal, session = await self.mcp.authenticate(scope)
-        try:
-            session_id = await self.mcp.sessions.create_transport_session(
-                session, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
-            )
-        except StoreUnavailable:
-            body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
-            raise Reply(503, body, [(b"retry-after", b"5")]) from None
+        session_id = await self.mcp.new_transport_session(
+            session, None, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
+        )
         try:
             conn = await self.mcp.open_stream(
                 session, "legacy_sse", session_id, token_expires_at=principal.expires_at

@@ -29,6 +29,7 @@ from actors import Op, Store, StoreUnavailable
 from actors._sessions import (
     AuthenticationRequiredError,
     Connection,
+    SessionLimitReached,
     SessionManager,
     SessionRestarting,
     StreamEvent,
@@ -102,6 +103,8 @@ META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 DEFAULT_2025 = "2025-03-26"  # MCP-R12: a request without MCP-Protocol-Version
 STREAM_RETRY_AFTER = 5  # the Retry-After of a refused stream: streams end at no known time
+SESSION_RETRY_AFTER = 60  # the Retry-After of a refused transport session: sessions end when
+# their client deletes them or after transport_session_idle
 RETRY_MS = 1000  # the `retry:` of priming events: how soon a client reconnects a closed stream
 TAIL = 256  # events of a live request stream kept in memory, for resumption on this node
 REQUEST_STREAM = "r"  # a request's stream id starts with it (a GET stream's is hexadecimal)
@@ -980,18 +983,57 @@ class McpHttp:
         result = self.dispatcher.initialize_result(params.get("protocolVersion"))
         client_info = params.get("clientInfo")
         capabilities = params.get("capabilities")
-        try:
-            session_id = await self.sessions.create_transport_session(
-                session,
-                protocol_version=result["protocolVersion"],
-                client_info=client_info if isinstance(client_info, dict) else {},
-                capabilities=capabilities if isinstance(capabilities, dict) else {},
-            )
-        except StoreUnavailable:
-            raise _unavailable() from None
+        session_id = await self.new_transport_session(
+            session,
+            request_id,
+            protocol_version=result["protocolVersion"],
+            client_info=client_info if isinstance(client_info, dict) else {},
+            capabilities=capabilities if isinstance(capabilities, dict) else {},
+        )
         await send_json(
             send, 200, result_response(request_id, result), [(SESSION_HEADER, session_id.encode())]
         )
+
+    async def new_transport_session(
+        self,
+        session: UserSession,
+        request_id: Any,
+        *,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        capabilities: dict[str, Any],
+    ) -> str:
+        """A new transport session (``initialize``, a legacy ``/sse`` stream) within the tier's
+        limits, keyed by user: ``initialize_per_minute`` and ``max_sessions`` live at once.
+        Past either: 429 with Retry-After and a JSON-RPC error naming the limit; nothing stored."""
+        user = session.context
+        try:
+            self.usage.check_initialize(user.user_id, user.tier)
+        except RateLimited as exc:
+            limit = self.usage.limits[user.tier].initialize_per_minute
+            msg = (
+                f"the {user.tier} tier allows {limit} new MCP sessions per minute per account "
+                f"(initialize_per_minute); retry after {exc.retry_after}s"
+            )
+            data = {"limit": "initialize_per_minute", "value": limit}
+            raise too_many(request_id, msg, exc.retry_after, data) from None
+        try:
+            return await self.sessions.create_transport_session(
+                session,
+                protocol_version=protocol_version,
+                client_info=client_info,
+                capabilities=capabilities,
+                max_sessions=self.usage.max_sessions(user.tier),
+            )
+        except StoreUnavailable:
+            raise _unavailable() from None
+        except SessionLimitReached as exc:
+            msg = (
+                f"the {user.tier} tier allows {exc.limit} live MCP sessions per account "
+                "(max_sessions); end one with DELETE, or wait until an idle one expires"
+            )
+            data = {"limit": "max_sessions", "value": exc.limit}
+            raise too_many(request_id, msg, SESSION_RETRY_AFTER, data) from None
 
     async def run_request(
         self,

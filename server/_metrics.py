@@ -179,6 +179,21 @@ class NodeCollector:
             "tool calls refused by tier tool-call quotas",
             value=node.usage.quota_rejected,
         )
+        limiter = node.asgi.limiter
+        if limiter is not None:
+            limited = CounterMetricFamily(
+                "steward_address_limited",
+                "anonymous requests refused by the limits per client address, by kind",
+                labels=["kind"],
+            )
+            for kind, n in limiter.refused.items():
+                limited.add_metric([kind], n)
+            yield limited
+            yield GaugeMetricFamily(
+                "steward_address_limit_entries",
+                "client addresses remembered by the limits per address (bounded)",
+                value=len(limiter),
+            )
         mcp = node.mcp.statistics()
         yield from _families(mcp, _MCP_GAUGES, GaugeMetricFamily)
         yield from _families(mcp, _MCP_COUNTERS, CounterMetricFamily)

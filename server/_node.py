@@ -55,6 +55,7 @@ from server._config import DEV_IDP_EXPOSED, Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
+from server._limits import address_limiter
 from server._mcp_http import McpHttp
 from server._metrics import new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
@@ -239,6 +240,7 @@ async def run_node(
             log.warning(
                 "dev_idp_exposed", setting="dev_idp_allow_public_insecure", note=DEV_IDP_EXPOSED
             )
+        dev_idp.limiter = address_limiter(settings.address_limits, sign_in=True)
         upstream_config = UpstreamConfig(
             idp_url,
             f"{idp_url}/authorize",
@@ -285,7 +287,9 @@ async def run_node(
         node_id=node_id,
         on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
         on_forget_user=rs.forget_user,
-        policy=session_policy,
+        policy=attrs.evolve(
+            session_policy or SessionPolicy(), transport_idle=settings.transport_session_idle
+        ),
     )
     key_file = settings.key_file
     notifier = Notifier(
@@ -318,6 +322,7 @@ async def run_node(
         stream_token_grace=settings.stream_token_grace,
     )
     asgi = StewardAsgi(mcp, oauth)
+    asgi.limiter = address_limiter(settings.address_limits)
     relay = Relay(mcp, asgi.legacy, store, node_id=node_id)
     info = NodeInfo(
         node_id,
@@ -458,7 +463,14 @@ async def _make_schema_current(store: Store, settings: Settings, auth: AuthServi
 
 def tier_limit(tier: TierSettings) -> TierLimit:
     quota = None if tier.tool_call_quota is None else parse_quota(tier.tool_call_quota)
-    return TierLimit(tier.requests_per_minute, tier.burst, tier.max_streams, quota)
+    return TierLimit(
+        tier.requests_per_minute,
+        tier.burst,
+        tier.max_streams,
+        quota,
+        tier.max_sessions,
+        tier.initialize_per_minute,
+    )
 
 
 async def _register_configured_clients(settings: Settings, auth: AuthService) -> None:

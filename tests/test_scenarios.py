@@ -306,6 +306,7 @@ async def test_scenario_cleanup_removes_exactly_what_is_stale(fresh_db: str) -> 
                 "dead_nodes": 1,
                 "dead_node_connections": 1,
                 "stale_connections": 1,
+                "idle_transport_sessions": 0,
             }
             with trio.fail_after(5):
                 assert error_of(await bob_stream.next()) == "expired"

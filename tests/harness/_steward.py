@@ -26,6 +26,15 @@ from server._node import Node, run_node
 
 REDIRECT_URI = "http://127.0.0.1:9/callback"
 
+# Every test client comes from 127.0.0.1, so the suites that register and sign in many clients
+# in one module would meet the per-address limits (server/_limits.py): a node in a test has them
+# out of reach unless the test passes ``address_limits`` (tests/test_abuse_limits.py does).
+UNLIMITED_ADDRESSES = {
+    f"{kind}_{what}": 1_000_000
+    for kind in ("register", "authorize", "token", "consent", "sign_in")
+    for what in ("per_minute", "burst")
+} | {"register_node_per_minute": 1_000_000, "authorize_node_per_minute": 1_000_000}
+
 
 @asynccontextmanager
 async def running_node(
@@ -45,7 +54,13 @@ async def running_node(
     data_dir = Path(tempfile.mkdtemp(prefix="stw-node-"))
     try:
         settings = load_settings(
-            environ={}, overrides={"port": 0, "data_dir": data_dir, **overrides}
+            environ={},
+            overrides={
+                "port": 0,
+                "data_dir": data_dir,
+                "address_limits": UNLIMITED_ADDRESSES,
+                **overrides,
+            },
         )
         async with trio.open_nursery() as nursery:
             node: Node = await nursery.start(
