@@ -2,6 +2,7 @@
 
 root (one_for_one)
 ├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
+├── postgres     keeps the embedded cluster's postmaster running (only when Steward runs it)
 ├── store        the persistence actor
 ├── schema       applies migrations before anything that reads the schema starts
 ├── sessions     dynamic supervisor of user sessions
@@ -54,6 +55,7 @@ from server._config import Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
+from server._embedded_pg import PostmasterKeeper
 from server._mcp_http import McpHttp
 from server._metrics import new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
@@ -196,9 +198,14 @@ async def run_node(
     on_ready: Callable[[Node], None] | None = None,
     store_policy: StorePolicy | None = None,
     session_policy: SessionPolicy | None = None,
+    embedded_postgres: PostmasterKeeper | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one node until cancelled: its tree starts left to right and stops right to left."""
+    """Run one node until cancelled: its tree starts left to right and stops right to left.
+
+    ``embedded_postgres``: the keeper of the private cluster ``dsn`` points at, run as a child of
+    root before the store; its status is part of ``/readyz``.
+    """
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sock = sock or bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
@@ -324,6 +331,14 @@ async def run_node(
     node.asgi.metrics = new_registry(node, asgi.requests)
 
     async def readiness() -> dict[str, Any]:
+        report = await database_readiness()
+        if embedded_postgres is not None:
+            postmaster = embedded_postgres.status()
+            report["postgres"] = postmaster.as_dict()
+            report["ready"] = report["ready"] and postmaster.up
+        return report
+
+    async def database_readiness() -> dict[str, Any]:
         try:
             await store.fetchval("SELECT 1")
             pending = [m.version for m in await pending_migrations(store)]
@@ -364,6 +379,8 @@ async def run_node(
     if dev_idp is not None:
         assert idp_sock is not None
         children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
+    if embedded_postgres is not None:
+        children.append(embedded_postgres.child_spec())
     children += [
         store_child_spec(store),
         ChildSpec("schema", schema, start_grace=120.0),

@@ -17,6 +17,7 @@ import trio
 
 import server._embedded_pg as embedded
 from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
+from server._embedded_pg import DB_NAME, RUNTIME_USER
 from tests.harness._pg import Cluster, create_database, drop_database, psql
 
 
@@ -39,13 +40,14 @@ def no_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def psql_socket(pg: EmbeddedPostgres, sql: str) -> str:
-    """psql over the cluster's unix socket."""
-    where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "steward", "-d", "postgres"]
+    """psql over the cluster's unix socket, as the runtime role with its password."""
+    where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", RUNTIME_USER, "-d", DB_NAME]
     out = subprocess.run(
         ["psql", *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "PGPASSWORD": pg.credentials().runtime},
     )
     if out.returncode != 0:
         msg = f"psql failed: {out.stderr.strip()}"
@@ -91,7 +93,8 @@ async def test_a_cluster_starts_stops_and_recovers_from_a_kill(data_dir: Path) -
         if os.geteuid() == 0:
             owner = pwd.getpwuid(pg.pgdata.stat().st_uid).pw_name
             assert owner == "steward-pg"
-            assert psql(pg.dsn(), "SELECT current_setting('data_directory')") == str(pg.pgdata)
+            data_directory = "SELECT current_setting('data_directory')"
+            assert psql(pg.admin_dsn(), data_directory) == str(pg.pgdata)
         psql(pg.dsn(), "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
 
         await pg.stop()
@@ -212,20 +215,21 @@ async def test_a_data_folder_too_long_for_a_unix_socket_is_refused() -> None:
 def test_fresh_databases_are_isolated_and_dropped(pg_cluster: Cluster, fresh_db: str) -> None:
     psql(fresh_db, "CREATE TABLE mine (v int)")
     assert psql(fresh_db, "SELECT count(*) FROM mine") == "0"
-    assert "mine" not in psql(pg_cluster.dsn("postgres"), "SELECT tablename FROM pg_tables")
+    assert "mine" not in psql(pg_cluster.admin_dsn("postgres"), "SELECT tablename FROM pg_tables")
 
     other = create_database(pg_cluster)
     exists = f"SELECT count(*) FROM pg_database WHERE datname = '{other}'"
-    assert psql(pg_cluster.dsn("postgres"), exists) == "1"
+    assert psql(pg_cluster.admin_dsn("postgres"), exists) == "1"
     drop_database(pg_cluster, other)
-    assert psql(pg_cluster.dsn("postgres"), exists) == "0"
+    assert psql(pg_cluster.admin_dsn("postgres"), exists) == "0"
 
 
 def test_the_session_cluster_answers_on_its_socket_in_its_data_folder(pg_cluster: Cluster) -> None:
     if not isinstance(pg_cluster, EmbeddedPostgres):
         pytest.skip("DATABASE_URL points at an existing server: it has no socket folder of ours")
     assert pg_cluster.running and pg_cluster.socket_dir.parent == pg_cluster.data_dir
-    assert psql_socket(pg_cluster, "SHOW unix_socket_directories") == str(pg_cluster.socket_dir)
+    # no server address: the connection came over the socket
+    assert psql_socket(pg_cluster, "SELECT inet_server_addr() IS NULL") == "t"
 
 
 async def test_a_test_run_killed_before_its_teardown_leaves_no_cluster_behind() -> None:
