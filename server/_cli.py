@@ -117,10 +117,12 @@ async def _with_database(settings: Settings, fn: Any, *, supervised: bool = Fals
     try:
         await cluster.start()
     except PostgresStartError:
-        if keeper is None:
+        # the keeper retries a cluster that exists; a data folder that cannot even hold the
+        # credentials (so no DSN) ends the command with the reason
+        if keeper is None or not cluster.credentials_file.exists():
             raise
     try:
-        dsn = cluster.dsn()  # the credentials exist unless the data folder is unusable
+        dsn = cluster.dsn()
         await (fn(dsn, keeper) if supervised else fn(dsn))
     finally:
         if cluster.started_here:  # a cluster a running Steward uses is left to it
