@@ -45,6 +45,7 @@ __all__ = [
     "ADMIN_USER",
     "DB_NAME",
     "RUNTIME_USER",
+    "Credentials",
     "EmbeddedPostgres",
     "PostgresNotFound",
     "PostgresStartError",
