@@ -230,7 +230,7 @@ async def _check_role(store: Store, *, embedded: bool) -> Check:
     powers = [power for column, power in _ROLE_POWERS.items() if row and row[column]]
     name = row["name"] if row else "?"
     if not powers:
-        return Check("database role", "ok", f"{name} is not a superuser and owns no more")
+        return Check("database role", "ok", f"{name}: not a superuser, no role-wide powers")
     detail = f"Steward connects as {name}, which has {', '.join(powers)}"
     if embedded:
         return Check(
