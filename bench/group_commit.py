@@ -106,7 +106,7 @@ async def _run(duration: float) -> dict[str, Any]:
     cluster = EmbeddedPostgres(folder, durable=True)
     await cluster.start()
     try:
-        dsn = cluster.dsn("postgres")
+        dsn = cluster.dsn()
         store = Store(dsn)
         out: dict[str, Any] = {"store": {}, "naive": {}}
         async with trio.open_nursery() as nursery:

@@ -15,7 +15,12 @@ import trio
 from server._app import Steward
 from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, load_settings
 from server._dev_auth import DEV_USER
-from server._embedded_pg import EmbeddedPostgres, PostgresNotFound, PostgresStartError
+from server._embedded_pg import (
+    EmbeddedPostgres,
+    PostgresNotFound,
+    PostgresStartError,
+    PostmasterKeeper,
+)
 from server._logging import configure_logging
 from server._ops_cli import add_commands, run_command
 from server._progress import Progress
@@ -97,15 +102,28 @@ def load_app(spec: str | None) -> Steward:
     return app
 
 
-async def _with_database(settings: Settings, fn: Any) -> None:
-    """Run ``fn(dsn)`` against the configured database, or a private cluster in the data folder."""
+async def _with_database(settings: Settings, fn: Any, *, supervised: bool = False) -> None:
+    """Run ``fn(dsn)`` against the configured database, or a private cluster in the data folder.
+
+    ``supervised`` (serving): ``fn(dsn, keeper)``, where ``keeper`` is the `PostmasterKeeper` of
+    the private cluster (None with a database URL) for the caller to run; a first start that fails
+    is then left to it (it retries and reports why) instead of ending the command.
+    """
     if settings.database_url:
-        await fn(settings.database_url)
+        await (fn(settings.database_url, None) if supervised else fn(settings.database_url))
         return
     cluster = EmbeddedPostgres(settings.data_dir / "postgres", durable=True)
-    await cluster.start()
+    keeper = PostmasterKeeper(cluster) if supervised else None
     try:
-        await fn(cluster.dsn("postgres"))
+        await cluster.start()
+    except PostgresStartError:
+        # the keeper retries a cluster that exists; a data folder that cannot even hold the
+        # credentials (so no DSN) ends the command with the reason
+        if keeper is None or not cluster.credentials_file.exists():
+            raise
+    try:
+        dsn = cluster.dsn()
+        await (fn(dsn, keeper) if supervised else fn(dsn))
     finally:
         if cluster.started_here:  # a cluster a running Steward uses is left to it
             with trio.move_on_after(30, shield=True):
@@ -115,10 +133,12 @@ async def _with_database(settings: Settings, fn: Any) -> None:
 async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> None:
     from server._node import run_node, write_ready_file
 
-    async def run(dsn: str) -> None:
+    async def run(dsn: str, keeper: PostmasterKeeper | None) -> None:
         async with trio.open_nursery() as nursery:
             node = await nursery.start(
-                lambda task_status: run_node(settings, app, dsn=dsn, task_status=task_status)
+                lambda task_status: run_node(
+                    settings, app, dsn=dsn, embedded_postgres=keeper, task_status=task_status
+                )
             )
             if ready_file is not None:
                 write_ready_file(ready_file, node)
@@ -147,7 +167,7 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
                     nursery.cancel_scope.cancel()
                     break
 
-    await _with_database(settings, run)
+    await _with_database(settings, run, supervised=True)
 
 
 async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: Path | None) -> None:
@@ -162,7 +182,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
     from server._limits import address_limiter
     from server._node import bind_socket, open_keyring, serve_http
 
-    async def run(dsn: str) -> None:
+    async def run(dsn: str, keeper: PostmasterKeeper | None) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         open_keyring(settings)  # made here once, shared by the workers
         key_file = settings.key_file
@@ -185,6 +205,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             "STEWARD_ADMIN_TOKEN": settings.admin_token or secrets.token_urlsafe(24),
         }
         async with trio.open_nursery() as nursery:
+            if keeper is not None:  # the workers share the cluster: this process keeps it up
+                await nursery.start(keeper.run)
             idp_url = None
             if settings.upstream is None and settings.dev_idp:
                 idp_sock = bind_socket(settings.host, settings.dev_idp_port)
@@ -269,7 +291,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                         await p.wait()
                 nursery.cancel_scope.cancel()
 
-    await _with_database(settings, run)
+    await _with_database(settings, run, supervised=True)
 
 
 async def _migrate(settings: Settings) -> None:

@@ -27,7 +27,13 @@ from actors import (
 from actors._crypto import KeyRing
 from runtime import Supervisor
 from server._config import ConfigError, Settings
-from server._embedded_pg import PostgresNotFound, PostgresStartError, find_postgres_bindir
+from server._embedded_pg import (
+    EmbeddedPostgres,
+    PostgresNotFound,
+    PostgresStartError,
+    audit_hba,
+    find_postgres_bindir,
+)
 
 __all__ = ["Check", "run_doctor"]
 
@@ -215,6 +221,75 @@ async def _check_migrations(store: Store) -> Check:
     return Check("migrations", "ok", f"the schema is current ({len(applied)} applied)")
 
 
+# pg_roles' column -> the attribute's name in ALTER ROLE
+_ROLE_POWERS = {
+    "rolsuper": "SUPERUSER",
+    "rolcreaterole": "CREATEROLE",
+    "rolcreatedb": "CREATEDB",
+    "rolreplication": "REPLICATION",
+    "rolbypassrls": "BYPASSRLS",
+}
+
+
+async def _check_role(store: Store, *, embedded: bool) -> Check:
+    """The role Steward connects as holds no power beyond its database."""
+    columns = ", ".join(_ROLE_POWERS)
+    row = await store.fetchrow(
+        f"SELECT current_user AS name, {columns} FROM pg_roles WHERE rolname = current_user"
+    )
+    powers = [power for column, power in _ROLE_POWERS.items() if row and row[column]]
+    name = row["name"] if row else "?"
+    if not powers:
+        return Check("database role", "ok", f"{name}: not a superuser, no role-wide powers")
+    detail = f"Steward connects as {name}, which has {', '.join(powers)}"
+    if embedded:
+        return Check(
+            "database role",
+            "fail",
+            detail,
+            f"as the cluster's superuser: ALTER ROLE {name} NO{' NO'.join(powers)}",
+        )
+    return Check(
+        "database role",
+        "warn",
+        detail + ": whoever obtains its password owns the whole server",
+        "connect as a role that owns only Steward's database "
+        "(CREATE ROLE steward LOGIN PASSWORD '...'; CREATE DATABASE steward OWNER steward)",
+    )
+
+
+def check_embedded_access(cluster: EmbeddedPostgres) -> Check:
+    """The embedded cluster admits a password (SCRAM) only, and its secrets are closed."""
+    try:
+        problems = [f"pg_hba.conf {p}" for p in audit_hba(cluster.hba_file)]
+    except OSError as exc:
+        problems = [f"cannot read {cluster.hba_file}: {exc.strerror}"]
+    closed = (
+        (cluster.credentials_file, "chmod 600"),
+        (cluster.socket_dir, "chmod 700"),
+        (cluster.data_dir, "chmod 700"),
+    )
+    fixes = []
+    for path, fix in closed:
+        try:
+            actual = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if actual & 0o077:
+            problems.append(f"{path} is open to other users (mode {actual:04o})")
+            fixes.append(f"{fix} {path}")
+    if not problems:
+        return Check(
+            "database access", "ok", f"{cluster.hba_file}: scram-sha-256 only; secrets closed"
+        )
+    if any(p.startswith("pg_hba.conf") for p in problems):
+        fixes.append(
+            "restart Steward (it rewrites pg_hba.conf before every start of its cluster), or set "
+            "those lines' method to scram-sha-256 and reload PostgreSQL"
+        )
+    return Check("database access", "fail", "; ".join(problems), "; ".join(fixes))
+
+
 async def check_database(
     settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> list[Check]:
@@ -234,6 +309,10 @@ async def check_database(
                 version = await store.fetchval("SHOW server_version")
                 checks.append(Check("database", "ok", f"{where}: PostgreSQL {version}"))
                 checks.append(await _check_migrations(store))
+                checks.append(await _check_role(store, embedded=not settings.database_url))
+                if not settings.database_url:
+                    cluster = EmbeddedPostgres(settings.data_dir / "postgres")
+                    checks.append(check_embedded_access(cluster))
             finally:
                 await sup.stop()
 

@@ -3,14 +3,29 @@
 ``steward serve`` uses it when no database URL is configured (keeping the folder between runs);
 the test suite uses it for throwaway clusters. PostgreSQL refuses to run as root, so as root the
 cluster belongs to an unprivileged system user created once.
+
+The cluster is Steward's alone (docs/security.md, "The embedded database"): every connection
+authenticates with SCRAM against passwords generated here and kept in a mode-0600 file of the data
+folder; the socket folder is closed to other users; Steward runs as a role that owns its database
+and nothing else, and the superuser's password serves only setup and upgrade. A folder made by an
+older Steward (trust authentication, the superuser serving, data in ``postgres``) is upgraded in
+place at its next start, in single-user mode, while nothing listens.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import enum
 import glob
+import hashlib
+import hmac
+import ipaddress
+import json
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,16 +33,27 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import attrs
 import structlog
 import trio
 
+from runtime import Backoff, ChildSpec
+
 __all__ = [
+    "ADMIN_USER",
+    "DB_NAME",
+    "RUNTIME_USER",
+    "Credentials",
     "EmbeddedPostgres",
     "PostgresNotFound",
     "PostgresStartError",
+    "PostmasterKeeper",
+    "PostmasterState",
+    "PostmasterStatus",
     "StopMode",
+    "audit_hba",
     "find_postgres_bindir",
 ]
 
@@ -36,7 +62,21 @@ log = structlog.get_logger("embedded_pg")
 StopMode = Literal["smart", "fast", "immediate"]
 
 SERVICE_USER = "steward-pg"
-DB_USER = "steward"
+# the bootstrap superuser (initdb's --username), as older Steward versions made it: setup and
+# upgrade only. PostgreSQL keeps the bootstrap role a superuser, so the runtime role is another one.
+ADMIN_USER = "steward"
+RUNTIME_USER = "steward_app"  # what Steward runs as: LOGIN, owner of DB_NAME, nothing more
+DB_NAME = "steward"
+CREDENTIALS_FILE = "credentials.json"
+HBA_METHOD = "scram-sha-256"
+# pg_hba.conf, written before every start: a password (SCRAM) on the socket and on 127.0.0.1
+HBA_RULES = (
+    "# Written by Steward before every start of its embedded cluster: edits are replaced.\n"
+    "# Every connection proves a password (SCRAM); the socket folder is closed to other users.\n"
+    f"local   all   all                  {HBA_METHOD}\n"
+    f"host    all   all   127.0.0.1/32   {HBA_METHOD}\n"
+)
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 _NEEDED = ("initdb", "pg_ctl", "postgres")
 # where Debian and Ubuntu install the server; one folder per major version
 DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
@@ -58,7 +98,34 @@ class PostgresNotFound(RuntimeError):
 
 
 class PostgresStartError(RuntimeError):
-    """The cluster could not be created, started or stopped; the message carries the log's tail."""
+    """The cluster could not be created, started or stopped; the message carries the log's tail.
+
+    ``reason`` is the same failure in one line (for a log event or ``/readyz``).
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or _one_line(message)
+
+
+def _one_line(message: str) -> str:
+    """The first line of ``message``, with PostgreSQL's last FATAL/PANIC/ERROR line (and its
+    DETAIL) when the message quotes a log."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "unknown failure"
+    head = lines[0]
+    for i in range(len(lines) - 1, 0, -1):
+        level = re.search(r"\b(FATAL|PANIC|ERROR):\s+(.*)", lines[i])
+        if level is None:
+            continue
+        found = f"{level.group(1)}: {level.group(2)}"
+        if i + 1 < len(lines):
+            detail = re.search(r"\b(DETAIL|HINT):\s+(.*)", lines[i + 1])
+            if detail is not None:
+                found += f" ({detail.group(2)})"
+        return f"{head}: {found}"
+    return head
 
 
 def _has_all(bindir: Path) -> bool:
@@ -164,6 +231,71 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677): what
+    ``ALTER ROLE ... PASSWORD`` is given, so that the password itself never reaches the server."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+@attrs.frozen
+class Credentials:
+    """The cluster's generated passwords; ``provisioned`` once the cluster holds them."""
+
+    admin: str = attrs.field(repr=False)
+    runtime: str = attrs.field(repr=False)
+    provisioned: bool = False
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+
+
+def audit_hba(path: Path) -> list[str]:
+    """What in the pg_hba.conf at ``path`` lets a connection in without a SCRAM password: one
+    sentence per offending line (empty when every rule is ``scram-sha-256`` or ``reject``).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    problems = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if fields[0].startswith("include"):
+            problems.append(f"line {number} includes another file ({raw.strip()!r})")
+            continue
+        # local DATABASE USER METHOD; host* DATABASE USER ADDRESS [IP-MASK] METHOD [OPTIONS]
+        at = 3 if fields[0] == "local" else 4
+        if at == 4 and len(fields) > 5 and _is_ip(fields[4]):
+            at = 5
+        method = fields[at] if len(fields) > at else ""
+        if method not in (HBA_METHOD, "reject"):
+            who = f"{fields[2]} to {fields[1]}" if len(fields) > 2 else "anyone"
+            problems.append(
+                f"line {number} ({raw.strip()!r}) lets {who} in with "
+                f"{method or 'no method'}, not {HBA_METHOD}"
+            )
+    return problems
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class EmbeddedPostgres:
     """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 and on a socket inside it.
 
@@ -209,6 +341,15 @@ class EmbeddedPostgres:
         return self.data_dir / "postgres.log"
 
     @property
+    def credentials_file(self) -> Path:
+        """The generated passwords (mode 0600, owned by the process that made them)."""
+        return self.data_dir / CREDENTIALS_FILE
+
+    @property
+    def hba_file(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
+
+    @property
     def owner_file(self) -> Path:
         """The pid of the process that owns the running cluster."""
         return self.data_dir / "owner.pid"
@@ -224,9 +365,68 @@ class EmbeddedPostgres:
         self.owner_file.write_text(f"{os.getpid()}\n")
         self.started_here = True
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq URL for ``dbname`` over TCP on 127.0.0.1."""
-        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = DB_NAME) -> str:
+        """A libpq URL for ``dbname`` over TCP on 127.0.0.1, as the runtime role (with its
+        password: never log it).
+
+        Raises:
+            PostgresStartError: the cluster has no credentials yet (it never started).
+        """
+        password = self.credentials().runtime
+        return f"postgresql://{RUNTIME_USER}:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """As `dsn`, as the superuser: for setup, upgrades and the tests' throwaway databases."""
+        password = self.credentials().admin
+        return f"postgresql://{ADMIN_USER}:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def credentials(self) -> Credentials:
+        """The generated passwords, from the credentials file.
+
+        Raises:
+            PostgresStartError: the file is missing or unreadable.
+        """
+        try:
+            doc = json.loads(self.credentials_file.read_text())
+            return Credentials(str(doc["admin"]), str(doc["runtime"]), bool(doc["provisioned"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            msg = (
+                f"cannot read the embedded cluster's credentials in {self.credentials_file} "
+                f"({type(exc).__name__}); a start of the cluster makes them"
+            )
+            raise PostgresStartError(msg) from None
+
+    def _ensure_credentials(self) -> Credentials:
+        if self.credentials_file.exists():
+            return self.credentials()
+        created = Credentials.generate()
+        self._write_credentials(created)
+        return created
+
+    def _write_credentials(self, credentials: Credentials) -> None:
+        """Whole or absent, mode 0600 from its creation."""
+        doc = {
+            "admin_user": ADMIN_USER,
+            "admin": credentials.admin,
+            "runtime_user": RUNTIME_USER,
+            "runtime": credentials.runtime,
+            "provisioned": credentials.provisioned,
+        }
+        tmp = self.credentials_file.with_name(f".{CREDENTIALS_FILE}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.credentials_file)
+
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster's pid (None when the cluster is down)."""
+        pid = self._postmaster_pid()
+        return pid if pid is not None and _alive(pid) else None
 
     @property
     def running(self) -> bool:
@@ -249,13 +449,14 @@ class EmbeddedPostgres:
             return None
         return port if _alive(pid) else None
 
-    async def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    async def _run(self, args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         """Run a server binary as the cluster's owner, from the data folder (the caller's
         working directory may be closed to that user)."""
         if self._as_root:
             user = pwd.getpwnam(SERVICE_USER)
             return await trio.run_process(
                 args,
+                stdin=stdin,
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -265,7 +466,12 @@ class EmbeddedPostgres:
                 extra_groups=[],
             )
         return await trio.run_process(
-            args, capture_stdout=True, capture_stderr=True, check=False, cwd=self.data_dir
+            args,
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=self.data_dir,
         )
 
     def _prepare_dirs(self) -> None:
@@ -278,6 +484,9 @@ class EmbeddedPostgres:
             raise PostgresStartError(msg)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
+        # closed to other users: the credentials, the log and the socket's folder are inside
+        os.chmod(self.data_dir, 0o700)
+        os.chmod(self.socket_dir, 0o700)
         self.log_file.touch()
         if not self._as_root:
             return
@@ -293,21 +502,22 @@ class EmbeddedPostgres:
                 log.info("data_dir_parent_made_traversable", path=str(parent), user=SERVICE_USER)
             parent = parent.parent
 
-    async def initdb(self) -> None:
-        """Create the cluster unless the folder already holds one.
+    async def initdb(self) -> bool:
+        """Create the cluster unless the folder already holds one; whether it was created.
 
         Raises:
             PostgresStartError: initdb failed; the message carries its output.
         """
         self._prepare_dirs()
         if (self.pgdata / "PG_VERSION").exists():
-            return
+            return False
         args = [
             str(self.bindir / "initdb"),
             "-D",
             str(self.pgdata),
-            "--auth=trust",
-            f"--username={DB_USER}",
+            # nothing connects before Steward writes its own pg_hba.conf and sets the passwords
+            "--auth=reject",
+            f"--username={ADMIN_USER}",
             "--encoding=UTF8",
             "--locale=C",
         ]
@@ -319,32 +529,69 @@ class EmbeddedPostgres:
             msg = f"initdb exited {result.returncode} in {self.pgdata}: {output}"
             raise PostgresStartError(msg)
         log.info("cluster_created", data_dir=str(self.data_dir))
+        return True
 
-    async def start(self) -> None:
-        """Create (if needed) and start the cluster; returns once it accepts connections.
+    async def start(self, *, create: bool = True, move_port: bool = True) -> None:
+        """Create (if needed), provision (if needed) and start the cluster; returns once it
+        accepts connections.
 
         A cluster already running in the folder is used as it is, and adopted (``started_here``)
         when the process that started it has died. When the port was chosen here and another
-        process took it first, a new one is chosen (a bounded number of times).
+        process took it first, a new one is chosen (a bounded number of times). A folder made by
+        an older Steward is upgraded first (`_provision`).
+
+        Args:
+            create: make the cluster, its credentials and its roles when missing; False for a
+                restart, which only starts what exists.
+            move_port: allow choosing another port; False once a DSN was handed out.
 
         Raises:
             PostgresStartError: with the tail of the cluster's log.
         """
-        await self.initdb()
+        created = False
+        if create:
+            created = await self.initdb()
+            credentials = self._ensure_credentials()
+        else:
+            if not (self.pgdata / "PG_VERSION").exists():
+                msg = f"no PostgreSQL cluster in {self.pgdata} (PG_VERSION is missing)"
+                raise PostgresStartError(msg)
+            credentials = self.credentials()
         if self.running:
-            if self._owner_alive():
-                self.started_here = False
-            else:
-                self._claim()
-                log.info("cluster_adopted", port=self.port, data_dir=str(self.data_dir))
-            return
+            if credentials.provisioned:
+                if self._owner_alive():
+                    self.started_here = False
+                else:
+                    self._claim()
+                    log.info("cluster_adopted", port=self.port, data_dir=str(self.data_dir))
+                return
+            if self._owner_alive() or not create:
+                msg = (
+                    f"a cluster made by an older Steward runs in {self.data_dir}: stop the "
+                    "Steward that started it, then start again to upgrade the folder"
+                )
+                raise PostgresStartError(msg)
+            await self.stop("fast")  # its owner died: stopped, to be upgraded
+        await self._clear_crash_leftovers()
+        if not credentials.provisioned:
+            if not create:
+                msg = f"the cluster in {self.data_dir} is not provisioned; start it with create"
+                raise PostgresStartError(msg)
+            await self._provision(credentials, created=created)
+            self._write_credentials(attrs.evolve(credentials, provisioned=True))
+        self._write_hba()
         for attempt in range(1, PORT_ATTEMPTS + 1):
             log_offset = self.log_file.stat().st_size
             result = await self._run(self._start_command())
             if result.returncode == 0:
                 break
             tail = self._log_tail(log_offset)
-            if self._port_chosen and "Address already in use" in tail and attempt < PORT_ATTEMPTS:
+            if (
+                move_port
+                and self._port_chosen
+                and "Address already in use" in tail
+                and attempt < PORT_ATTEMPTS
+            ):
                 log.info("cluster_port_taken", port=self.port, attempt=attempt)
                 self.port = free_port()
                 continue
@@ -355,6 +602,114 @@ class EmbeddedPostgres:
         await self._wait_accepting()
         log.info("cluster_started", port=self.port, data_dir=str(self.data_dir))
 
+    def _write_hba(self) -> None:
+        """Steward's own pg_hba.conf (`HBA_RULES`), whole or absent, owned by the cluster."""
+        tmp = self.pgdata / "pg_hba.conf.steward"
+        tmp.write_text(HBA_RULES)
+        os.chmod(tmp, 0o600)
+        if self._as_root:
+            user = pwd.getpwnam(SERVICE_USER)
+            os.chown(tmp, user.pw_uid, user.pw_gid)
+        tmp.replace(self.hba_file)
+
+    async def _single_user(self, dbname: str, statements: Sequence[str]) -> str:
+        """Run ``statements`` in single-user mode (no listener: nobody else can connect) on
+        ``dbname``; their output. The statements go through stdin, never the command line.
+
+        Raises:
+            PostgresStartError: PostgreSQL reported an error (its lines, without the statement).
+        """
+        args = [str(self.bindir / "postgres"), "--single", "-D", str(self.pgdata), "-j", dbname]
+        script = "".join(f"{statement.strip()}\n\n" for statement in statements)
+        result = await self._run(args, stdin=script.encode())
+        stderr = result.stderr.decode(errors="replace")
+        errors = [
+            line
+            for line in stderr.splitlines()
+            if re.search(r"\b(ERROR|FATAL|PANIC|DETAIL|HINT):", line)
+        ]
+        if result.returncode != 0 or any(
+            re.search(r"\b(ERROR|FATAL|PANIC):", line) for line in errors
+        ):
+            msg = (
+                f"provisioning the cluster in {self.pgdata} (single-user mode, database "
+                f"{dbname}) failed (exit {result.returncode}): " + "\n".join(errors[-10:])
+            )
+            raise PostgresStartError(msg)
+        return result.stdout.decode(errors="replace")
+
+    async def _provision(self, credentials: Credentials, *, created: bool) -> None:
+        """Give the cluster its passwords, its runtime role and its database, in single-user mode.
+
+        Idempotent. A folder made by an older Steward (its data in ``postgres``, owned by the
+        superuser) keeps its data: ``postgres`` is renamed ``DB_NAME`` and everything in it
+        passes to the runtime role.
+        """
+        out = await self._single_user(
+            "template1", ["SELECT string_agg(datname, ',') AS names FROM pg_database;"]
+        )
+        found = re.search(r'names = "([^"]*)"', out)
+        if found is None:
+            msg = f"provisioning the cluster in {self.pgdata}: cannot list its databases"
+            raise PostgresStartError(msg)
+        databases = set(found.group(1).split(","))
+        upgrade = not created and DB_NAME not in databases and "postgres" in databases
+        role = RUNTIME_USER
+        statements = [
+            f"ALTER ROLE {ADMIN_USER} WITH PASSWORD '{scram_verifier(credentials.admin)}';",
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+            f"CREATE ROLE {role}; END IF; END $$;",
+            f"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+            f"NOBYPASSRLS PASSWORD '{scram_verifier(credentials.runtime)}';",
+        ]
+        if upgrade:
+            statements += [
+                f"ALTER DATABASE postgres RENAME TO {DB_NAME};",
+                "CREATE DATABASE postgres TEMPLATE template0;",
+            ]
+        elif DB_NAME not in databases:
+            statements.append(f"CREATE DATABASE {DB_NAME} TEMPLATE template0;")
+        statements += [
+            f"ALTER DATABASE {DB_NAME} OWNER TO {role};",
+            f"REVOKE ALL ON DATABASE {DB_NAME} FROM PUBLIC;",
+            "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;",
+            "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;",
+        ]
+        await self._single_user("template1", statements)
+        await self._single_user(DB_NAME, [_HAND_OVER.format(admin=ADMIN_USER, role=role)])
+        log.info(
+            "cluster_upgraded" if upgrade else "cluster_provisioned",
+            data_dir=str(self.data_dir),
+            role=role,
+            database=DB_NAME,
+        )
+
+    async def _clear_crash_leftovers(self) -> None:
+        """After a crash (a killed postmaster): wait, bounded, for its children to exit, then
+        remove the lock files it left, so that the next start recovers instead of refusing."""
+        pid = self._postmaster_pid()
+        if pid is None or _alive(pid):
+            return
+        with trio.move_on_after(KILL_WAIT):
+            while True:
+                if not _any_process_in(self.pgdata):
+                    break
+                await trio.sleep(0.025)
+        self._remove_stale_locks()
+
+    def _remove_stale_locks(self) -> None:
+        """The lock files of a dead postmaster; a live one's are kept."""
+        pid = self._postmaster_pid()
+        if pid is not None and _alive(pid):
+            return
+        for stale in (
+            self.pgdata / "postmaster.pid",
+            self.socket_dir / f".s.PGSQL.{self.port}.lock",
+            self.socket_dir / f".s.PGSQL.{self.port}",
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
     def _start_command(self) -> list[str]:
         options = [
             "-c listen_addresses=127.0.0.1",
@@ -362,6 +717,8 @@ class EmbeddedPostgres:
             f"-c unix_socket_directories={self.socket_dir}",
             f"-c max_connections={MAX_CONNECTIONS}",
             "-c shared_buffers=64MB",
+            f"-c password_encryption={HBA_METHOD}",
+            "-c unix_socket_permissions=0700",
         ]
         if not self.durable:
             # fsync off survives a killed server (the OS keeps the pages); synchronous_commit stays
@@ -444,18 +801,53 @@ class EmbeddedPostgres:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + KILL_WAIT
-        while _any_process_in(self.pgdata) and time.monotonic() < deadline:
+        while (_alive(pid) or _any_process_in(self.pgdata)) and time.monotonic() < deadline:
             time.sleep(0.025)
         # the killed postmaster may linger as an unreaped zombie whose pid PostgreSQL would take
         # for a live server: the lock files of the dead cluster go, as after a machine crash
-        for stale in (
-            self.pgdata / "postmaster.pid",
-            self.socket_dir / f".s.PGSQL.{self.port}.lock",
-            self.socket_dir / f".s.PGSQL.{self.port}",
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        self._remove_stale_locks()
         log.info("cluster_killed", port=self.port, pid=pid)
+
+
+# Run in the cluster's database as the superuser: what the superuser owns there (an older
+# Steward's tables, sequences, views, functions, types and schemas) passes to the runtime role.
+# Sequences owned by a table follow it. No blank line inside: single-user mode ends a statement
+# at a semicolon followed by an empty line.
+_HAND_OVER = """DO $$
+DECLARE
+  item record;
+BEGIN
+  FOR item IN SELECT n.nspname FROM pg_namespace n
+      WHERE n.nspowner = '{admin}'::regrole AND n.nspname NOT LIKE 'pg\\_%'
+        AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', item.nspname);
+  END LOOP;
+  FOR item IN SELECT c.oid::regclass AS name, c.relkind FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relowner = '{admin}'::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO {role}', item.name);
+  END LOOP;
+  FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relowner = '{admin}'::regrole AND c.relkind = 'S'
+        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER SEQUENCE %s OWNER TO {role}', item.name);
+  END LOOP;
+  FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+      WHERE p.proowner = '{admin}'::regrole
+        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
+  END LOOP;
+  FOR item IN SELECT t.oid::regtype AS name FROM pg_type t
+      JOIN pg_namespace n ON n.oid = t.typnamespace
+      WHERE t.typowner = '{admin}'::regrole AND t.typtype IN ('c', 'd', 'e', 'r')
+        AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO {role}', item.name);
+  END LOOP;
+END $$;"""
 
 
 def _any_process_in(pgdata: Path) -> bool:
@@ -471,3 +863,181 @@ def _any_process_in(pgdata: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+class PostmasterState(enum.Enum):
+    """What the keeper of the embedded cluster sees."""
+
+    STARTING = "starting"  # its first start is under way
+    RUNNING = "running"  # the postmaster is alive
+    RESTARTING = "restarting"  # it died; the keeper is starting it again
+    FAILING = "failing"  # a start failed; the keeper retries with capped backoff
+    STOPPED = "stopped"  # the keeper ended
+
+
+@attrs.frozen
+class PostmasterStatus:
+    """The keeper's view, for ``/readyz`` and the tests."""
+
+    state: PostmasterState
+    pid: int | None = None
+    restarts: int = 0  # starts after the postmaster died
+    failures: int = 0  # consecutive failed starts
+    error: str | None = None  # the last start's failure, in one line
+    retry_in: float | None = None  # seconds until the next start attempt
+
+    @property
+    def up(self) -> bool:
+        return self.state is PostmasterState.RUNNING
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"state": self.state.value, "restarts": self.restarts}
+        if self.pid is not None:
+            doc["pid"] = self.pid
+        if self.error is not None:
+            doc["error"] = self.error
+            doc["failures"] = self.failures
+        if self.retry_in is not None:
+            doc["retry_in"] = round(self.retry_in, 1)
+        return doc
+
+
+# policy: how the keeper watches and restarts
+KEEPER_BACKOFF = Backoff(min=0.25, max=30.0, jitter=0.2, reset_after=60.0)
+WATCH_POLL = 0.5  # seconds between looks at the postmaster where pidfd_open is missing
+
+
+class PostmasterKeeper:
+    """Keeps the embedded cluster's postmaster running: a child of the node's root.
+
+    It watches the postmaster's pid; when it dies (a crash, ``kill -9``, an OOM kill) the keeper
+    starts it again, after crash recovery's leftovers are gone, with a capped exponential backoff
+    between failed starts. A start that fails is logged once as one line (again only when the
+    reason changes) and shown by `status`; the keeper never raises for it, so a database that
+    cannot start never escalates to the tree above. The port and the credentials never change
+    here: the DSN handed out stays valid.
+
+    Args:
+        cluster: the cluster (usually started already by the command that made the DSN).
+        backoff: the delay between failed starts.
+    """
+
+    def __init__(self, cluster: EmbeddedPostgres, *, backoff: Backoff = KEEPER_BACKOFF) -> None:
+        self.cluster = cluster
+        self.backoff = backoff
+        self._status = PostmasterStatus(PostmasterState.STARTING)
+        self._ever_started = False
+        self._logged_reason: str | None = None
+
+    def status(self) -> PostmasterStatus:
+        return self._status
+
+    def child_spec(self) -> ChildSpec:
+        """The keeper as a child of root, placed before the store."""
+        return ChildSpec(
+            "postgres", self.run, start_grace=START_WAIT + ACCEPT_WAIT + 30.0, shutdown_grace=5.0
+        )
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[PostmasterKeeper] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until cancelled: one start attempt (nothing when it runs already), ready, then watch
+        and restart."""
+        try:
+            await self._attempt(restart=False)
+            task_status.started(self)
+            # consecutive failures: failed starts, and deaths within reset_after of a start
+            failures = 0 if self._status.up else 1
+            while True:
+                pid = self._status.pid
+                if self._status.up and pid is not None:
+                    started = trio.current_time()
+                    await _wait_exit(pid)
+                    lived = trio.current_time() - started
+                    failures = 0 if lived >= self.backoff.reset_after else failures + 1
+                    log.error(
+                        "embedded_postgres_died",
+                        pid=pid,
+                        data_dir=str(self.cluster.data_dir),
+                        action="starting it again",
+                    )
+                    self._status = attrs.evolve(
+                        self._status, state=PostmasterState.RESTARTING, pid=None
+                    )
+                delay = self.backoff.delay(failures - 1) if failures else 0.0
+                self._status = attrs.evolve(self._status, retry_in=delay)
+                await trio.sleep(delay)
+                if not await self._attempt(restart=True):
+                    failures += 1
+        finally:
+            self._status = attrs.evolve(self._status, state=PostmasterState.STOPPED, retry_in=None)
+
+    async def _attempt(self, *, restart: bool) -> bool:
+        """Start the cluster unless it runs; True when it runs afterwards."""
+        cluster = self.cluster
+        if cluster.running:
+            self._running(cluster, counted=False)
+            return True
+        try:
+            await cluster.start(create=not self._ever_started, move_port=False)
+        except PostgresStartError as exc:
+            self._failed(exc.reason)
+            return False
+        except OSError as exc:  # the data folder itself: permissions, a full disk
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return False
+        self._running(cluster, counted=restart)
+        return True
+
+    def _running(self, cluster: EmbeddedPostgres, *, counted: bool) -> None:
+        was = self._status
+        self._ever_started = True
+        self._status = PostmasterStatus(
+            PostmasterState.RUNNING,
+            cluster.postmaster_pid,
+            was.restarts + (1 if counted else 0),
+        )
+        if was.error is not None:
+            log.info(
+                "embedded_postgres_recovered",
+                pid=self._status.pid,
+                after_failures=was.failures,
+                data_dir=str(cluster.data_dir),
+            )
+        elif counted:
+            log.info("embedded_postgres_restarted", pid=self._status.pid)
+        self._logged_reason = None
+
+    def _failed(self, reason: str) -> None:
+        was = self._status
+        self._status = PostmasterStatus(
+            PostmasterState.FAILING, None, was.restarts, was.failures + 1, reason
+        )
+        if reason != self._logged_reason:  # one line per distinct reason, not one per retry
+            self._logged_reason = reason
+            log.error(
+                "embedded_postgres_cannot_start",
+                reason=reason,
+                data_dir=str(self.cluster.data_dir),
+                log_file=str(self.cluster.log_file),
+                action=f"retrying with backoff up to {self.backoff.max:g}s",
+            )
+
+
+async def _wait_exit(pid: int) -> None:
+    """Return once process ``pid`` has exited (or became a zombie); a pidfd where the platform
+    has one, else a poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+        return
+    while True:
+        if not _alive(pid):
+            return
+        await trio.sleep(WATCH_POLL)

@@ -2,6 +2,7 @@
 
 root (one_for_one)
 ├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
+├── postgres     keeps the embedded cluster's postmaster running (only when Steward runs it)
 ├── store        the persistence actor
 ├── schema       applies migrations before anything that reads the schema starts
 ├── sessions     dynamic supervisor of user sessions
@@ -55,6 +56,7 @@ from server._config import DEV_IDP_EXPOSED, Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
+from server._embedded_pg import PostmasterKeeper
 from server._limits import address_limiter
 from server._mcp_http import McpHttp
 from server._metrics import new_registry
@@ -209,9 +211,14 @@ async def run_node(
     store_policy: StorePolicy | None = None,
     session_policy: SessionPolicy | None = None,
     root_policy: RootPolicy | None = None,
+    embedded_postgres: PostmasterKeeper | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one node until cancelled: its tree starts left to right and stops right to left."""
+    """Run one node until cancelled: its tree starts left to right and stops right to left.
+
+    ``embedded_postgres``: the keeper of the private cluster ``dsn`` points at, run as a child of
+    root before the store; its status is part of ``/readyz``.
+    """
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sock = sock or bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
@@ -368,6 +375,20 @@ async def run_node(
     # each check answers its fields, with "reason" while it is not ready; /readyz is ready when
     # no check gives a reason (another child of the tree adds its own check here)
     readiness_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = [database_readiness]
+    if embedded_postgres is not None:
+        keeper = embedded_postgres
+
+        async def postgres_readiness() -> dict[str, Any]:
+            postmaster = keeper.status()
+            fields: dict[str, Any] = {"postgres": postmaster.as_dict()}
+            if not postmaster.up:
+                fields["reason"] = (
+                    f"the embedded PostgreSQL is {postmaster.state.value}"
+                    + (f": {postmaster.error}" if postmaster.error else "")
+                )
+            return fields
+
+        readiness_checks.insert(0, postgres_readiness)
 
     async def readiness() -> dict[str, Any]:
         report: dict[str, Any] = {}
@@ -426,6 +447,8 @@ async def run_node(
     if dev_idp is not None:
         assert idp_sock is not None
         children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
+    if embedded_postgres is not None:
+        children.append(embedded_postgres.child_spec())
     children += [
         store_child_spec(store),
         ChildSpec("schema", schema, start_grace=120.0),

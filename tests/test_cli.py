@@ -249,6 +249,7 @@ async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
         "port": "ok",
         "database": "ok",
         "migrations": "ok",
+        "database role": "ok",
         "identity provider": "ok",
     }
     assert code == 0
@@ -377,3 +378,74 @@ async def test_the_readme_sdk_client_signs_in_through_the_development_idp_and_ca
             )
             == 1
         )
+
+
+def test_serve_restarts_its_embedded_postgres_when_it_dies(data_dir: Path) -> None:
+    """kill -9 of the embedded postmaster under `steward serve`: Steward starts it again by
+    itself (a new postmaster), /readyz comes back, writes work, the process never exits; no
+    password of the cluster reaches the log or the ready file."""
+    import signal
+    import time
+
+    pgdata = data_dir / "data" / "postgres" / "pgdata"
+    with steward_serve("--port", "0", folder=data_dir) as server:
+        ready_url = server.ready["mcp_url"].removesuffix("/mcp") + "/readyz"
+        with httpx.Client(timeout=30) as http:
+            first = http.get(ready_url).json()
+            assert first["ready"] is True and first["postgres"]["state"] == "running"
+            before = int((pgdata / "postmaster.pid").read_text().split()[0])
+            assert first["postgres"]["pid"] == before
+            os.kill(before, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while True:
+                report = http.get(ready_url).json()
+                if report["ready"] and report["postgres"].get("pid") not in (None, before):
+                    break
+                assert server.proc is not None and server.proc.poll() is None, server.log_tail()
+                assert time.monotonic() < deadline, report
+                time.sleep(0.1)
+            assert report["postgres"]["restarts"] == 1
+            after = int((pgdata / "postmaster.pid").read_text().split()[0])
+            assert after == report["postgres"]["pid"] != before
+        assert obtain_token(server.ready, "carol")  # registration, sign-in, code: all written
+        assert server.proc is not None and server.proc.poll() is None
+        assert server.stop() == 0
+    credentials = json.loads((data_dir / "data" / "postgres" / "credentials.json").read_text())
+    written = server.log_path.read_text() + server.ready_path.read_text()
+    assert "embedded_postgres_died" in written
+    for secret in (credentials["admin"], credentials["runtime"]):
+        assert secret not in written
+
+
+async def test_doctor_checks_the_embedded_clusters_access_and_role(data_dir: Path) -> None:
+    import trio
+
+    from server._embedded_pg import EmbeddedPostgres
+    from tests.harness._pg import psql
+
+    cluster = EmbeddedPostgres(data_dir / "data" / "postgres", durable=False)
+    await cluster.start()
+    args = ["--data-dir", str(data_dir / "data"), "--port", "0"]
+    try:
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args))
+        assert checks["database access"]["status"] == "ok", checks["database access"]
+        assert checks["database role"]["status"] == "ok", checks["database role"]
+        # a door opened by hand: a trust line, and the runtime role made a superuser
+        with cluster.hba_file.open("a") as hba:
+            hba.write("host all all 127.0.0.1/32 trust\n")
+        psql(cluster.admin_dsn(), "ALTER ROLE steward_app SUPERUSER; SELECT pg_reload_conf()")
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args))
+        assert code == 1
+        access, role = checks["database access"], checks["database role"]
+        assert access["status"] == "fail" and role["status"] == "fail"
+        assert "'host all all 127.0.0.1/32 trust'" in access["detail"]
+        assert "not scram-sha-256" in access["detail"]
+        assert "rewrites pg_hba.conf" in access["fix"]
+        assert role["detail"] == "Steward connects as steward_app, which has SUPERUSER"
+        fix = "as the cluster's superuser: ALTER ROLE steward_app NOSUPERUSER"
+        assert role["fix"] == fix
+        psql(cluster.admin_dsn(), fix.partition(": ")[2])  # the fix, as written, works
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args))
+        assert checks["database role"]["status"] == "ok"
+    finally:
+        await cluster.stop("immediate")

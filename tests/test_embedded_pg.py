@@ -6,10 +6,11 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import trio
 
 import server._embedded_pg as embedded
 from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
+from server._embedded_pg import ADMIN_USER, DB_NAME, RUNTIME_USER
 from tests.harness._pg import Cluster, create_database, drop_database, psql
 
 
@@ -39,13 +41,14 @@ def no_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def psql_socket(pg: EmbeddedPostgres, sql: str) -> str:
-    """psql over the cluster's unix socket."""
-    where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "steward", "-d", "postgres"]
+    """psql over the cluster's unix socket, as the runtime role with its password."""
+    where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", RUNTIME_USER, "-d", DB_NAME]
     out = subprocess.run(
         ["psql", *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "PGPASSWORD": pg.credentials().runtime},
     )
     if out.returncode != 0:
         msg = f"psql failed: {out.stderr.strip()}"
@@ -91,7 +94,8 @@ async def test_a_cluster_starts_stops_and_recovers_from_a_kill(data_dir: Path) -
         if os.geteuid() == 0:
             owner = pwd.getpwuid(pg.pgdata.stat().st_uid).pw_name
             assert owner == "steward-pg"
-            assert psql(pg.dsn(), "SELECT current_setting('data_directory')") == str(pg.pgdata)
+            data_directory = "SELECT current_setting('data_directory')"
+            assert psql(pg.admin_dsn(), data_directory) == str(pg.pgdata)
         psql(pg.dsn(), "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
 
         await pg.stop()
@@ -212,20 +216,21 @@ async def test_a_data_folder_too_long_for_a_unix_socket_is_refused() -> None:
 def test_fresh_databases_are_isolated_and_dropped(pg_cluster: Cluster, fresh_db: str) -> None:
     psql(fresh_db, "CREATE TABLE mine (v int)")
     assert psql(fresh_db, "SELECT count(*) FROM mine") == "0"
-    assert "mine" not in psql(pg_cluster.dsn("postgres"), "SELECT tablename FROM pg_tables")
+    assert "mine" not in psql(pg_cluster.admin_dsn("postgres"), "SELECT tablename FROM pg_tables")
 
     other = create_database(pg_cluster)
     exists = f"SELECT count(*) FROM pg_database WHERE datname = '{other}'"
-    assert psql(pg_cluster.dsn("postgres"), exists) == "1"
+    assert psql(pg_cluster.admin_dsn("postgres"), exists) == "1"
     drop_database(pg_cluster, other)
-    assert psql(pg_cluster.dsn("postgres"), exists) == "0"
+    assert psql(pg_cluster.admin_dsn("postgres"), exists) == "0"
 
 
 def test_the_session_cluster_answers_on_its_socket_in_its_data_folder(pg_cluster: Cluster) -> None:
     if not isinstance(pg_cluster, EmbeddedPostgres):
         pytest.skip("DATABASE_URL points at an existing server: it has no socket folder of ours")
     assert pg_cluster.running and pg_cluster.socket_dir.parent == pg_cluster.data_dir
-    assert psql_socket(pg_cluster, "SHOW unix_socket_directories") == str(pg_cluster.socket_dir)
+    # no server address: the connection came over the socket
+    assert psql_socket(pg_cluster, "SELECT inet_server_addr() IS NULL") == "t"
 
 
 async def test_a_test_run_killed_before_its_teardown_leaves_no_cluster_behind() -> None:
@@ -261,3 +266,184 @@ async def test_a_test_run_killed_before_its_teardown_leaves_no_cluster_behind() 
     with trio.fail_after(30):
         while embedded._alive(postmaster) or folder.exists() or embedded._alive(int(reaper_pid)):
             await trio.sleep(0.1)
+
+
+# -- the cluster is Steward's alone -------------------------------------------------------------
+
+
+def as_nobody(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """``args`` run as the OS user nobody (another local user of the machine)."""
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={"PATH": os.environ["PATH"], "HOME": "/", **env},
+    )
+
+
+@pytest.fixture
+async def private_cluster(data_dir: Path) -> AsyncIterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(data_dir, durable=False)
+    await pg.start()
+    try:
+        yield pg
+    finally:
+        await pg.stop("immediate")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another OS user needs root")
+async def test_another_os_user_cannot_connect_nor_read_the_passwords(
+    private_cluster: EmbeddedPostgres,
+) -> None:
+    pg = private_cluster
+    roles = (ADMIN_USER, RUNTIME_USER, "postgres")
+    for user in roles:  # over TCP: every role asks for its password
+        for database in ("postgres", DB_NAME, "template1"):
+            url = f"postgresql://{user}@127.0.0.1:{pg.port}/{database}"
+            out = as_nobody(["psql", "-X", "-w", url, "-Atc", "SELECT 1"])
+            assert out.returncode != 0 and out.stdout == "", out
+            assert "no password supplied" in out.stderr, out.stderr
+            guessed = as_nobody(["psql", "-X", url, "-Atc", "SELECT 1"], PGPASSWORD="steward")
+            assert f'password authentication failed for user "{user}"' in guessed.stderr
+    for user in roles:  # over the socket: its folder is closed
+        where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", user, "-d", DB_NAME]
+        out = as_nobody(["psql", "-X", "-w", *where, "-Atc", "SELECT 1"])
+        assert out.returncode != 0 and out.stdout == ""
+        assert "Permission denied" in out.stderr, out.stderr
+    # the passwords: neither readable nor even listed
+    for path in (pg.credentials_file, pg.data_dir):
+        out = as_nobody(["cat" if path.is_file() else "ls", str(path)])
+        assert out.returncode != 0 and "Permission denied" in out.stderr, out
+    assert stat.S_IMODE(pg.credentials_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pg.socket_dir.stat().st_mode) == 0o700
+    assert pg.credentials_file.stat().st_uid == os.geteuid()
+    # and Steward itself still connects, over TCP and over the socket
+    assert psql(pg.dsn(), "SELECT current_user") == RUNTIME_USER
+    assert psql_socket(pg, "SELECT current_user") == RUNTIME_USER
+
+
+async def test_the_runtime_role_owns_its_database_and_nothing_more(
+    private_cluster: EmbeddedPostgres,
+) -> None:
+    pg = private_cluster
+    role = "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles"
+    assert psql(pg.dsn(), f"{role} WHERE rolname = current_user") == "f|f|f|f|f"
+    assert (
+        psql(
+            pg.dsn(),
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+        )
+        == RUNTIME_USER
+    )
+    psql(pg.dsn(), "CREATE TABLE mine (v int); INSERT INTO mine VALUES (1)")
+    for denied in (
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "CREATE ROLE intruder SUPERUSER",
+        "ALTER ROLE current_user SUPERUSER",
+        "CREATE DATABASE other",
+    ):
+        with pytest.raises(RuntimeError, match=r"permission denied|must be superuser"):
+            psql(pg.dsn(), denied)
+    with pytest.raises(RuntimeError, match="permission denied for database"):
+        psql(pg.dsn("postgres"), "SELECT 1")
+    # the passwords never reach the server in clear: it stores SCRAM verifiers
+    stored = psql(pg.admin_dsn(), "SELECT rolpassword FROM pg_authid WHERE rolcanlogin")
+    assert all(line.startswith("SCRAM-SHA-256$") for line in stored.splitlines())
+    assert pg.credentials().runtime not in stored and pg.credentials().admin not in stored
+    assert pg.credentials().runtime not in pg.log_file.read_text()
+
+
+async def start_as_older_steward(pg: EmbeddedPostgres) -> str:
+    """Create and start a cluster as Steward did before it had passwords (initdb --auth=trust,
+    the bootstrap superuser serving, its data in ``postgres``); its DSN."""
+    pg._prepare_dirs()
+    result = await pg._run(
+        [
+            str(pg.bindir / "initdb"),
+            "-D",
+            str(pg.pgdata),
+            "--auth=trust",
+            "--username=steward",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    started = await pg._run(
+        [
+            str(pg.bindir / "pg_ctl"),
+            "start",
+            "-D",
+            str(pg.pgdata),
+            "-l",
+            str(pg.log_file),
+            "-w",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -c port={pg.port} "
+            f"-c unix_socket_directories={pg.socket_dir}",
+        ]
+    )
+    assert started.returncode == 0, started.stderr
+    return f"postgresql://steward@127.0.0.1:{pg.port}/postgres"
+
+
+async def test_a_folder_made_by_an_older_steward_is_upgraded_in_place(data_dir: Path) -> None:
+    from actors import migrate
+
+    old = EmbeddedPostgres(data_dir, durable=False)
+    old_dsn = await start_as_older_steward(old)
+    try:
+        assert await migrate(old_dsn)
+        psql(
+            old_dsn,
+            "INSERT INTO users (user_id, issuer, subject, tier) "
+            "VALUES ('idp|carol', 'idp', 'carol', 'enterprise');"
+            "INSERT INTO cluster_events (kind, user_id) VALUES ('revoke_user', 'idp|carol')",
+        )
+        assert psql(old_dsn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == "t"
+    finally:
+        await old.stop("fast")
+    assert not old.credentials_file.exists()
+
+    pg = EmbeddedPostgres(data_dir, durable=False)
+    await pg.start()
+    try:
+        dsn = pg.dsn()
+        # the data, read back as the runtime role, in its own database
+        assert psql(dsn, "SELECT tier FROM users WHERE subject = 'carol'") == "enterprise"
+        assert psql(dsn, "SELECT kind FROM cluster_events") == "revoke_user"
+        assert await migrate(dsn) == []  # nothing pending: the schema came along
+        # every table passed to the runtime role: it writes, uses the sequences, alters
+        owners = psql(
+            dsn,
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+        )
+        assert owners == RUNTIME_USER
+        psql(
+            dsn,
+            "INSERT INTO cluster_events (kind) VALUES ('tier_changed');"
+            "ALTER TABLE users ADD COLUMN probe int; ALTER TABLE users DROP COLUMN probe",
+        )
+        assert psql(dsn, "SELECT max(seq) FROM cluster_events") == "2"
+        assert psql(dsn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == "f"
+        # the old door is shut: no password, no entry
+        with pytest.raises(RuntimeError, match=r"no password supplied|password authentication"):
+            psql(old_dsn.replace(f":{old.port}/", f":{pg.port}/"), "SELECT 1")
+        assert stat.S_IMODE(pg.credentials_file.stat().st_mode) == 0o600
+        assert "trust" not in pg.hba_file.read_text()
+    finally:
+        await pg.stop("fast")
+
+    # and the next start is an ordinary one: same passwords, same data
+    again = EmbeddedPostgres(data_dir, durable=False)
+    await again.start()
+    try:
+        assert again.credentials() == pg.credentials()
+        assert psql(again.dsn(), "SELECT count(*) FROM cluster_events") == "2"
+    finally:
+        await again.stop("immediate")

@@ -171,7 +171,7 @@ async def _psql_select(port: int, dsn: str) -> subprocess.CompletedProcess[bytes
 
 
 async def test_psql_reaches_postgres_through_the_proxy_in_each_mode(pg_cluster: Cluster) -> None:
-    dsn = pg_cluster.dsn("postgres")
+    dsn = pg_cluster.dsn()
     target = urlsplit(dsn)
     async with FaultProxy.open(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
         passed = await _psql_select(proxy.port, dsn)

@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from server._embedded_pg import EmbeddedPostgres, StopMode
+from server._embedded_pg import RUNTIME_USER, EmbeddedPostgres, StopMode
 
 
 class ExternalPostgres:
@@ -40,6 +40,10 @@ class ExternalPostgres:
     def dsn(self, dbname: str = "postgres") -> str:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """The same role: DATABASE_URL names one."""
+        return self.dsn(dbname)
 
     async def stop(self, mode: StopMode = "fast") -> None:
         self._skip("stop")
@@ -115,14 +119,17 @@ def psql(dsn: str, sql: str) -> str:
 
 
 def create_database(cluster: Cluster, template: str | None = None) -> str:
-    """CREATE DATABASE with a unique name; the name."""
+    """CREATE DATABASE with a unique name (owned by Steward's runtime role on an embedded
+    cluster, as its own database is); the name."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     clause = f" TEMPLATE {template}" if template else ""
-    psql(cluster.dsn("postgres"), f"CREATE DATABASE {name}{clause}")
+    if isinstance(cluster, EmbeddedPostgres):
+        clause += f" OWNER {RUNTIME_USER}"
+    psql(cluster.admin_dsn("postgres"), f"CREATE DATABASE {name}{clause}")
     return name
 
 
 def drop_database(cluster: Cluster, name: str) -> None:
     # the cluster may be down after a fault test; then the database goes with the cluster
     with contextlib.suppress(RuntimeError):
-        psql(cluster.dsn("postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        psql(cluster.admin_dsn("postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
