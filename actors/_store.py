@@ -59,6 +59,7 @@ class Conn(Protocol):
     ) -> None: ...
 
 
+CONNECT_LOG_EVERY = 60.0  # seconds between two store_connect_failed lines of one outage
 RECONNECT_BACKOFF = Backoff(min=0.05, max=2.0, jitter=0.2, reset_after=30.0)
 
 
@@ -127,6 +128,7 @@ class StoreStatistics:
     writes_refused: int = 0  # entries refused because the journal was full
     writes_coalesced: int = 0  # fire-and-forget entries folded into one already queued
     writes_dropped: int = 0  # fire-and-forget entries not queued because the journal was full
+    connect_failures: int = 0  # connection attempts that failed, over the store's life
 
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -193,6 +195,7 @@ class Store:
         self._max_batch = 0
         self._outage_since: float | None = None
         self._reconnects = 0
+        self._connect_failures = 0
         self._incarnations = 0
         self._rejected = 0
         self._dropped = 0
@@ -425,6 +428,7 @@ class Store:
             connected=self._attached.is_set(),
             outage_since=self._outage_since,
             reconnects=self._reconnects,
+            connect_failures=self._connect_failures,
             rejected_ops=self._rejected,
             journal_spills=self.queue.spills,
             incarnations=self._incarnations,
@@ -509,21 +513,34 @@ class Store:
 
     async def _connect_loop(self, loop: Any) -> None:
         attempt = 0
+        logged: tuple[str, float] | None = None  # the error last logged, and when
         while True:
             try:
                 pool = await loop.run_aio_coroutine(self._create_pool())
             except _CONNECTION_ERRORS as exc:
+                now = trio.current_time()
                 if self._outage_since is None:
-                    self._outage_since = trio.current_time()
+                    self._outage_since = now
                 self._connect_error = f"{type(exc).__name__}: {exc}"
                 delay = self.policy.reconnect.delay(attempt)
                 attempt += 1
-                log.warning(
-                    "store_connect_failed", error=type(exc).__name__, retry_in=round(delay, 3)
-                )
+                self._connect_failures += 1
+                # an outage of hours retries thousands of times: one line when the error changes,
+                # then one a minute with the count of attempts, not one per attempt
+                error = type(exc).__name__
+                if logged is None or logged[0] != error or now - logged[1] >= CONNECT_LOG_EVERY:
+                    logged = (error, now)
+                    log.warning(
+                        "store_connect_failed",
+                        error=error,
+                        attempts=attempt,
+                        outage_s=round(now - self._outage_since, 1),
+                        retry_in=round(delay, 3),
+                    )
                 await trio.sleep(delay)
                 continue
             attempt = 0
+            logged = None
             self._connect_error = None
             try:
                 await self._attached_run(loop, pool)

@@ -136,3 +136,26 @@ async def test_the_journal_is_bounded_refuses_past_it_and_drops_nothing(
     assert count(dsn, "spilled") == queued
     assert count(dsn, "refused") == 0 and count(dsn, "dropped") == 0
     assert not journal.exists()
+
+
+async def test_a_long_outage_logs_one_connect_failure_a_minute_not_one_per_attempt() -> None:
+    """A store that cannot connect retries every few hundred milliseconds for as long as the
+    outage lasts; its log says so when the error starts (and changes), then once a minute."""
+    from structlog.testing import capture_logs
+
+    from runtime import Backoff
+    from server._embedded_pg import free_port
+
+    policy = StorePolicy(
+        connect_timeout=0.5, reconnect=Backoff(min=0.01, max=0.02, jitter=0.0, reset_after=30.0)
+    )
+    dsn = f"postgresql://nobody:x@127.0.0.1:{free_port()}/none"  # nothing listens there
+    with capture_logs() as logs:
+        async with running_store(dsn, policy=policy, migrated=False) as (store, _):
+            with trio.fail_after(10):
+                while store.statistics().connect_failures < 20:
+                    await trio.sleep(0.05)
+            assert not store.connected
+    failed = [e for e in logs if e["event"] == "store_connect_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["attempts"] == 1 and failed[0]["error"] == "ConnectionRefusedError"
