@@ -82,6 +82,11 @@ class StorePolicy:
     # how long ``write`` waits for its commit before StoreUnavailable (the setting db_wait): a
     # request that writes answers 503 within it, however long the outage
     write_wait: float = 5.0
+    # how long a read or transact waits for its answer in all (read_wait included) before
+    # StoreUnavailable, also when the connection hangs rather than fails (a black-holed
+    # path); the node sets it to db_wait. None: only command_timeout bounds a call.
+    # The migrations (schema_work) are never bounded by it.
+    answer_wait: float | None = None
     # while connected and idle the store checks the connection this often, so an outage is seen
     # (readiness, listeners) even when nothing is written
     probe_interval: float = 2.0
@@ -459,11 +464,28 @@ class Store:
             raise StoreUnavailable(msg)
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        limit = self.policy.answer_wait
+        if limit is None or _SCHEMA_WORK.get():
+            return await self._call_unbounded(fn)
+        with trio.move_on_after(limit):
+            return await self._call_unbounded(fn, detach=True)
+        # no answer (a hung connection is not an error until command_timeout): the call was
+        # cancelled through the bridge, and the connection is checked now
+        self._suspect.set()
+        msg = f"the database did not answer within answer_wait={limit}s; {self._why_unavailable()}"
+        raise StoreUnavailable(msg)
+
+    async def _call_unbounded(
+        self, fn: Callable[[Any], Awaitable[T]], *, detach: bool = False
+    ) -> T:
         await self._wait_attached()
         await fault_point("store.read")
         pool, loop = self._pool, self._loop
         try:
-            result: T = await loop.run_aio_coroutine(fn(pool))
+            if detach:
+                result: T = await _run_detachable(loop, fn(pool))
+            else:
+                result = await loop.run_aio_coroutine(fn(pool))
         except _CONNECTION_ERRORS as exc:
             self._suspect.set()  # the store checks its connection now, not at the next probe
             msg = f"the database is unreachable: {type(exc).__name__}"
@@ -723,6 +745,28 @@ class Store:
                     )
             for run in runs:
                 await _execute_run(conn, run, timeout)
+
+
+async def _run_detachable(loop: Any, coro: Awaitable[T]) -> T:
+    """Run ``coro`` on the store's loop; a cancelled caller returns at once. The bridge's own
+    ``run_aio_coroutine`` waits, once cancelled, until the asyncio task has finished cancelling,
+    and asyncpg's clean-up of a connection that hangs (a black-holed path: the cancel request
+    and the release wait for their timeouts) would hold the caller for seconds. Here the task is
+    cancelled behind the caller and finishes on the loop; its outcome is retrieved so that the
+    loop reports nothing."""
+    task = asyncio.ensure_future(coro, loop=loop)
+    task.add_done_callback(_retrieve)
+    try:
+        result: T = await trio_asyncio.run_aio_future(asyncio.shield(task))
+    finally:
+        if not task.done():
+            task.cancel()
+    return result
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _runs(ops: Iterable[Op]) -> list[list[Op]]:

@@ -48,6 +48,7 @@ from server._http import (
     read_body,
     send_json,
     send_response,
+    unavailable,
 )
 
 if TYPE_CHECKING:
@@ -266,13 +267,8 @@ class AdminApi:
                 {"error": "invalid_request", "error_description": "body too large"},
             )
         except StoreUnavailable:
-            status, payload = (
-                503,
-                {
-                    "error": "temporarily_unavailable",
-                    "error_description": "the session store is unreachable",
-                },
-            )
+            await send_json(send, 503, *unavailable())
+            return
         await send_json(send, status, payload)
 
     async def _route(

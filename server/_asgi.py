@@ -9,7 +9,17 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from server._http import InvalidInput, Receive, Scope, Send, lifespan, send_json, send_response
+from actors import StoreUnavailable
+from server._http import (
+    InvalidInput,
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    send_json,
+    send_response,
+    unavailable,
+)
 from server._legacy_sse import LegacySse
 from server._limits import AddressLimiter
 from server._mcp_http import McpHttp
@@ -99,6 +109,11 @@ class StewardAsgi:
                 counting_send, 400, {"error": "invalid_request", "error_description": str(exc)}
             )
         except Exception as exc:
+            if _unavailable_only(exc) and counting_send.status == 0:
+                # the database away, on a path that did not answer it itself: not a defect
+                log.warning("request_unavailable", path=path, error=type(exc).__name__)
+                await send_json(counting_send, 503, *unavailable())
+                return
             # a defect: logged with its type, answered without a traceback
             log.exception("request_failed", path=path, error=type(exc).__name__)
             try:
@@ -113,6 +128,13 @@ class StewardAsgi:
     async def _ready(self, send: Send) -> None:
         report = await self.readiness() if self.readiness is not None else {"ready": True}
         await send_json(send, 200 if report.get("ready") else 503, report)
+
+
+def _unavailable_only(exc: BaseException) -> bool:
+    """``StoreUnavailable``, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(StoreUnavailable)[1] is None
+    return isinstance(exc, StoreUnavailable)
 
 
 class _CountingSend:

@@ -27,6 +27,7 @@ __all__ = [
     "send_html",
     "send_json",
     "send_response",
+    "unavailable",
     "unstorable",
 ]
 
@@ -39,6 +40,18 @@ SECURITY_HEADERS: Headers = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
 ]
+
+
+UNAVAILABLE_RETRY_AFTER = 5  # seconds: the Retry-After of a 503 for an unreachable database
+
+
+def unavailable(
+    description: str = "the database is unreachable; retry shortly",
+) -> tuple[dict[str, str], Headers]:
+    """The one answer to ``StoreUnavailable`` on every endpoint (with status 503): the body
+    and the ``Retry-After`` header. docs/store.md says what the client may assume."""
+    body = {"error": "temporarily_unavailable", "error_description": description}
+    return body, [(b"retry-after", str(UNAVAILABLE_RETRY_AFTER).encode())]
 
 
 class BodyTooLarge(Exception):

@@ -25,7 +25,7 @@ from actors._sessions import (
 from server._dispatch import ScopeRequired
 from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
-from server._mcp_http import Exchange, McpHttp, Reply, outcome_of, rpc_reply
+from server._mcp_http import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
 
 __all__ = ["LegacySse"]
 
@@ -58,9 +58,12 @@ class LegacySse:
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal, session = await self.mcp.authenticate(scope)
-        session_id = await self.mcp.new_transport_session(
-            session, None, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
-        )
+        try:
+            session_id = await self.mcp.new_transport_session(
+                session, None, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
+            )
+        except StoreUnavailable:
+            raise _unavailable() from None
         try:
             conn = await self.mcp.open_stream(
                 session, "legacy_sse", session_id, token_expires_at=principal.expires_at
@@ -99,8 +102,7 @@ class LegacySse:
                 if await relay.forward_to_stream(ts.session_id, principal, forward, send):
                     return
             except StoreUnavailable:
-                body = {"error": "temporarily_unavailable", "error_description": "retry shortly"}
-                raise Reply(503, body, [(b"retry-after", b"5")]) from None
+                raise _unavailable() from None
         await self.handle(session, ts, message, send)
 
     async def handle(

@@ -59,6 +59,7 @@ from server._http import (
     read_body,
     send_json,
     send_response,
+    unavailable,
 )
 from server._jsonrpc import (
     HEADER_MISMATCH,
@@ -187,8 +188,7 @@ def outcome_of(exc: RpcError | ScopeRequired | AuthenticationRequiredError) -> s
 
 
 def _unavailable(description: str = "the database is unreachable; retry shortly") -> Reply:
-    body = {"error": "temporarily_unavailable", "error_description": description}
-    return Reply(503, body, [(b"retry-after", b"5")])
+    return Reply(503, *unavailable(description))
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> Reply | AuthenticationRequiredError:

@@ -263,7 +263,9 @@ async def run_node(
     keyring = open_keyring(settings)
 
     policy = store_policy or StorePolicy(
-        write_wait=settings.db_wait, read_wait=min(1.0, settings.db_wait)
+        write_wait=settings.db_wait,
+        read_wait=min(1.0, settings.db_wait),
+        answer_wait=settings.db_wait,
     )
     store = Store(
         dsn,

@@ -37,6 +37,7 @@ from server._http import (
     redirect,
     send_html,
     send_json,
+    unavailable,
 )
 
 __all__ = ["AuthError", "OAuthEndpoints", "ResourceServer"]
@@ -80,7 +81,6 @@ class ResourceServer:
         *,
         cache_size: int = 10_000,
         cache_ttl: float = 60.0,
-        retry_after: int = 5,
     ) -> None:
         self.auth = auth
         self.resource = auth.policy.resource
@@ -90,7 +90,6 @@ class ResourceServer:
         self.scopes = auth.policy.default_scopes
         self.cache_size = cache_size
         self.cache_ttl = cache_ttl
-        self.retry_after = retry_after
         self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
         # bumped by every forget: a verification that raced with one is answered, not cached
         self._forgets = 0
@@ -160,11 +159,7 @@ class ResourceServer:
             if entry is not None:  # verified before the outage, not expired: still served
                 self._cache.move_to_end(key)
                 return entry.principal
-            body = {
-                "error": "temporarily_unavailable",
-                "error_description": "the session store is unreachable; retry shortly",
-            }
-            raise AuthError(503, body, [(b"retry-after", str(self.retry_after).encode())]) from None
+            raise AuthError(503, *unavailable()) from None
         if principal is None:
             self._cache.pop(key, None)
             raise self.challenge(
@@ -254,15 +249,7 @@ class OAuthEndpoints:
         except OAuthError as exc:
             await send_json(send, exc.status, exc.body())
         except StoreUnavailable:
-            await send_json(
-                send,
-                503,
-                {
-                    "error": "temporarily_unavailable",
-                    "error_description": "the session store is unreachable",
-                },
-                [(b"retry-after", b"5")],
-            )
+            await send_json(send, 503, *unavailable())
         except UpstreamUnavailable as exc:
             log.warning("upstream_unavailable", error=str(exc))
             await send_json(
