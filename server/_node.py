@@ -2,6 +2,7 @@
 
 root (one_for_one)
 ├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
+├── idp_discovery  the upstream IdP's metadata, fetched and retried with backoff until had
 ├── store        the persistence actor
 ├── schema       applies migrations before anything that reads the schema starts
 ├── sessions     dynamic supervisor of user sessions
@@ -220,18 +221,7 @@ async def run_node(
 
     dev_idp: DevIdP | None = None
     if settings.upstream is not None:
-        u = settings.upstream
-        upstream_config = UpstreamConfig(
-            u.issuer,
-            u.authorization_endpoint,
-            u.token_endpoint,
-            u.client_id,
-            u.userinfo_endpoint,
-            u.revocation_endpoint,
-            u.client_secret,
-            u.scopes,
-            u.tier_claim,
-        )
+        upstream_config = settings.upstream.client_config()
     elif settings.dev_idp:
         idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
         idp_url = _url(idp_sock)
@@ -248,6 +238,7 @@ async def run_node(
             "steward",
             f"{idp_url}/userinfo",
             f"{idp_url}/revoke",
+            discovery=False,  # in this process, every endpoint known
         )
     else:
         msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
@@ -369,6 +360,17 @@ async def run_node(
     # no check gives a reason (another child of the tree adds its own check here)
     readiness_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = [database_readiness]
 
+    async def idp_readiness() -> dict[str, Any]:
+        # reported, not a reason: without discovery a node still serves what is signed in
+        if upstream.ready:
+            return {"identity_provider": "ok"}
+        return {
+            "identity_provider": "discovering",
+            "identity_provider_problem": upstream.discovery_problem,
+        }
+
+    readiness_checks.append(idp_readiness)
+
     async def readiness() -> dict[str, Any]:
         report: dict[str, Any] = {}
         reasons: list[str] = []
@@ -426,6 +428,8 @@ async def run_node(
     if dev_idp is not None:
         assert idp_sock is not None
         children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
+    if upstream_config.discovery:
+        children.append(upstream.discovery_child_spec())
     children += [
         store_child_spec(store),
         ChildSpec("schema", schema, start_grace=120.0),

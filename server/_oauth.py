@@ -21,7 +21,7 @@ import structlog
 from actors import StoreUnavailable
 from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal
 from actors._crypto import hash_token
-from actors._upstream import UpstreamRevoked, UpstreamUnavailable
+from actors._upstream import UpstreamNotReady, UpstreamRevoked, UpstreamUnavailable
 from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
 from server._http import (
     BodyTooLarge,
@@ -262,6 +262,13 @@ class OAuthEndpoints:
                     "error_description": "the session store is unreachable",
                 },
                 [(b"retry-after", b"5")],
+            )
+        except UpstreamNotReady as exc:
+            await send_json(
+                send,
+                503,
+                {"error": "temporarily_unavailable", "error_description": str(exc)},
+                [(b"retry-after", b"10")],
             )
         except UpstreamUnavailable as exc:
             log.warning("upstream_unavailable", error=str(exc))
