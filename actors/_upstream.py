@@ -166,6 +166,7 @@ class UpstreamClient:
         self._keys: KeySet | None = None
         self._keys_fetched = 0.0  # trio-independent monotonic seconds
         self._keys_lock = trio.Lock()
+        self._missed: dict[str, float] = {}  # key ids looked for and not found: when
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -443,7 +444,8 @@ class UpstreamClient:
 
     async def _key_set(self, kid: str | None) -> KeySet:
         """The provider's signing keys: fetched when none are held, when they are older than
-        ``jwks_ttl``, or when ``kid`` is not among them (a rotation), at most once every 30 s."""
+        ``jwks_ttl``, or when ``kid`` is not among them (a rotation; the same unknown key id at
+        most once every 30 s)."""
         jwks_uri = self.metadata.jwks_uri
         if jwks_uri is None:
             msg = (
@@ -457,8 +459,13 @@ class UpstreamClient:
                 kid is None or any(k.kid == kid for k in self._keys.keys)
             )
             fresh = now - self._keys_fetched < self.config.jwks_ttl
-            recent = now - self._keys_fetched < _JWKS_MIN_REFETCH
-            if self._keys is None or not fresh or (not known and not recent):
+            # a key id not among the keys is looked for once, then again after 30 s at most
+            looked = kid is not None and now - self._missed.get(kid, -1e9) < _JWKS_MIN_REFETCH
+            if not known and kid is not None and not looked:
+                self._missed[kid] = now
+                while len(self._missed) > _MAX_KEYS:
+                    del self._missed[next(iter(self._missed))]
+            if self._keys is None or not fresh or (not known and not looked):
                 self._keys = await self.fetch_jwks(jwks_uri)
                 self._keys_fetched = time.monotonic()
                 log.info("idp_jwks_fetched", keys=len(self._keys.keys), reason=kid or "expired")
