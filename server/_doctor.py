@@ -299,8 +299,9 @@ SELECT quote_ident(current_user) AS role, current_schema() AS schema,
                      AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))
        ) AS no_access,
        (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
-          WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind = 'S'
-            AND NOT has_sequence_privilege(c.oid, 'USAGE')) AS no_sequence,
+          WHERE c.relnamespace = to_regnamespace(current_schema())
+            AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
+       ) AS no_sequence,
        (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
           WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 'p')
             AND NOT pg_has_role(c.relowner, 'USAGE')) AS not_owned

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,7 +14,7 @@ import trio
 
 from actors import Op
 from server._node import Node
-from tests.harness._oidc import oidc_provider
+from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._steward import REDIRECT_URI, McpClient, pkce, register, running_node, sign_in
 
 PUBLIC = "http://steward.test"
@@ -254,3 +255,43 @@ async def test_explicit_settings_win_over_discovery(fresh_db: str) -> None:
             assert r.status_code == 302
             assert r.headers["location"].startswith(f"{other.issuer}/authorize?")
             assert node.auth.upstream.metadata.token_endpoint == f"{idp.issuer}/token"
+
+
+def doctor_env(idp: OidcProvider) -> dict[str, str]:
+    return {
+        "STEWARD_UPSTREAM__ISSUER": idp.issuer,
+        "STEWARD_UPSTREAM__CLIENT_ID": idp.client_id,
+        "STEWARD_ADMIN_TOKEN": "doctor-test",
+    }
+
+
+async def test_the_doctor_checks_discovery_the_keys_and_the_grants_of_the_idp(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    from tests.test_cli import doctor
+
+    args = ["--database-url", fresh_db, "--data-dir", str(tmp_path), "--port", "0"]
+    async with oidc_provider() as idp:
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=doctor_env(idp)))
+        assert code == 0, checks
+        assert checks["identity provider"]["detail"] == (
+            f"{idp.issuer}/.well-known/openid-configuration answers for {idp.issuer}"
+        )
+        assert checks["identity provider keys"]["status"] == "ok"
+        assert checks["identity provider keys"]["detail"].endswith("1 signing keys (RSA RS256)")
+        assert checks["identity provider grants"]["status"] == "ok"
+
+        idp.refresh_tokens = False
+        idp.keys = []  # a JWK Set without keys
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=doctor_env(idp)))
+        assert code == 1
+        assert checks["identity provider keys"]["status"] == "fail"
+        assert "holds no usable signing key" in checks["identity provider keys"]["detail"]
+        grants = checks["identity provider grants"]
+        assert grants["status"] == "warn" and "no refresh_token grant" in grants["detail"]
+
+        idp.advertised_issuer = "https://impostor.invalid"
+        code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=doctor_env(idp)))
+        assert code == 1
+        assert checks["identity provider"]["status"] == "fail"
+        assert "names issuer 'https://impostor.invalid'" in checks["identity provider"]["detail"]
