@@ -562,9 +562,7 @@ class UpstreamClient:
         if exp is None or exp <= now - skew:
             raise IdTokenInvalid(f"the id_token expired or has no exp (exp {exp})")
         if iat is None or iat > now + skew:
-            raise IdTokenInvalid(
-                f"the id_token's iat is missing or in the future (iat {iat})"
-            )
+            raise IdTokenInvalid(f"the id_token's iat is missing or in the future (iat {iat})")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             raise IdTokenInvalid("the id_token has no sub (1 to 255 characters)")
