@@ -34,14 +34,26 @@ from actors._store_retention import (
     RetentionRule,
     retention_sweep,
 )
+from actors._upstream import (
+    ID_TOKEN_ALGORITHMS,
+    IdTokenInvalid,
+    ProviderMetadata,
+    UpstreamClient,
+    UpstreamConfig,
+    UpstreamNotReady,
+    UpstreamUnavailable,
+)
 
 __all__ = [
+    "ID_TOKEN_ALGORITHMS",
     "REDIRECT_URI_LIMIT",
     "RETENTION_RULES",
     "Conn",
+    "IdTokenInvalid",
     "Migration",
     "MigrationError",
     "Op",
+    "ProviderMetadata",
     "QueueFull",
     "RetentionPolicy",
     "RetentionRule",
@@ -49,6 +61,10 @@ __all__ = [
     "StorePolicy",
     "StoreStatistics",
     "StoreUnavailable",
+    "UpstreamClient",
+    "UpstreamConfig",
+    "UpstreamNotReady",
+    "UpstreamUnavailable",
     "WriteQueue",
     "WriteRejected",
     "applied_migrations",

@@ -30,7 +30,7 @@ from actors._redirect_uris import (
     valid_redirect_uri,
 )
 from actors._store import Conn, Op, Store
-from actors._upstream import UpstreamClient, UpstreamTokens
+from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
 
 __all__ = [
     "AuthPolicy",
@@ -333,14 +333,18 @@ class AuthService:
         if resource.rstrip("/") != self.policy.resource.rstrip("/"):
             raise OAuthError("invalid_target", f"resource must be {self.policy.resource}")
         scopes = self._scopes(params.get("scope"))
+        # the IdP's endpoints are known (discovery succeeded) before anything is stored
+        self.upstream.require_ready()
         request_token = new_token()
         verifier = new_token() + new_token()
         request_hash = hash_token(request_token)
         key_id, verifier_ct = self.keyring.encrypt(verifier, aad=request_hash)
+        # OpenID Connect: a nonce binds the id_token to this request; only its hash is kept
+        nonce = new_token() if self.upstream.wants_id_token else None
         await self.store.write(
             Op(
-                "INSERT INTO authorization_requests (request_hash, client_id, redirect_uri, client_state, code_challenge, scopes, resource, key_id, verifier_ciphertext, expires_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                "INSERT INTO authorization_requests (request_hash, client_id, redirect_uri, client_state, code_challenge, scopes, resource, key_id, verifier_ciphertext, expires_at, nonce_hash) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
                 (
                     request_hash,
                     client_id,
@@ -352,6 +356,7 @@ class AuthService:
                     key_id,
                     verifier_ct,
                     _in(self.policy.request_ttl),
+                    None if nonce is None else hash_token(nonce),
                 ),
             )
         )
@@ -360,6 +365,7 @@ class AuthService:
             code_challenge=s256(verifier),
             redirect_uri=callback_uri,
             login_hint=params.get("login_hint"),
+            nonce=nonce,
         )
 
     async def callback(self, *, state: str, code: str, callback_uri: str) -> ConsentNeeded | str:
@@ -376,12 +382,21 @@ class AuthService:
         tokens = await self.upstream.exchange_code(
             code=code, code_verifier=verifier, redirect_uri=callback_uri
         )
-        info = await self.upstream.userinfo(tokens.access_token)
-        subject = str(info.get("sub") or "")
-        if not subject:
-            raise OAuthError(
-                "server_error", "the identity provider returned no subject", status=502
+        try:
+            info = await self.upstream.identity(tokens, nonce_hash=row.get("nonce_hash"))
+        except IdTokenInvalid as exc:
+            # the request ends here: nothing of this sign-in is stored
+            await self.store.write(
+                Op(
+                    "UPDATE authorization_requests SET consumed_at = now() WHERE request_hash = $1",
+                    (request_hash,),
+                )
             )
+            self.audit("sign_in_refused", client_id=row["client_id"], reason=str(exc)[:300])
+            raise OAuthError(
+                "server_error", f"the identity provider's answer was refused: {exc}", status=502
+            ) from None
+        subject = str(info["sub"])
         issuer = self.upstream.config.issuer
         user_id = f"{issuer}|{subject}"
         tier = str(info.get(self.upstream.config.tier_claim) or "free")

@@ -120,6 +120,14 @@ async def _apply_one(store: Store, migration: Migration) -> bool:
 
     try:
         return await store.transact(apply)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        msg = (
+            f"migration {migration.filename} failed and was rolled back: the database role lacks "
+            f"a privilege ({exc}); it must be able to create tables in its schema: GRANT USAGE, "
+            "CREATE ON SCHEMA public TO the role, or make it the owner of the database and "
+            "schema (docs/operating.md, 'The database role'; `steward doctor` names the fix)"
+        )
+        raise MigrationError(msg) from exc
     except asyncpg.PostgresError as exc:
         msg = f"migration {migration.filename} failed and was rolled back: {exc}"
         raise MigrationError(msg) from exc

@@ -359,7 +359,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        # one line, not a traceback: the error says the rule and the fix
+        print(f"steward: {known}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _known_error(exc: BaseException) -> BaseException | None:
+    """A failure an operator fixes outside Steward (a migration the database role may not
+    apply), found in ``exc``, its exception groups and its causes; None for anything else."""
+    from actors import MigrationError
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, MigrationError):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        for linked in (e.__cause__, e.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from actors import valid_redirect_uri
+from actors import UpstreamConfig, valid_redirect_uri
 from actors._usage import parse_quota
 
 __all__ = [
@@ -57,17 +57,94 @@ def _url(value: str) -> bool:
 
 @attrs.frozen
 class UpstreamSettings:
-    """The upstream identity provider Steward signs users in with."""
+    """The upstream identity provider Steward signs users in with. The issuer alone is enough
+    for a provider that publishes its metadata (OpenID Connect discovery or RFC 8414); an
+    endpoint set here wins over the discovered one."""
 
     issuer: str = attrs.field(metadata={"help": "issuer URL", "check": _url})
-    authorization_endpoint: str = attrs.field(metadata={"help": "URL", "check": _url})
-    token_endpoint: str = attrs.field(metadata={"help": "URL", "check": _url})
     client_id: str = attrs.field(metadata={"help": "the client id Steward has at the IdP"})
-    userinfo_endpoint: str | None = attrs.field(default=None, metadata={"check": _url})
-    revocation_endpoint: str | None = attrs.field(default=None, metadata={"check": _url})
+    authorization_endpoint: str | None = attrs.field(
+        default=None, metadata={"help": "URL (default: discovered)", "check": _url}
+    )
+    token_endpoint: str | None = attrs.field(
+        default=None, metadata={"help": "URL (default: discovered)", "check": _url}
+    )
+    userinfo_endpoint: str | None = attrs.field(
+        default=None, metadata={"help": "URL (default: discovered)", "check": _url}
+    )
+    revocation_endpoint: str | None = attrs.field(
+        default=None, metadata={"help": "URL (default: discovered)", "check": _url}
+    )
+    jwks_uri: str | None = attrs.field(
+        default=None,
+        metadata={
+            "help": "URL of the keys that sign id_tokens (default: discovered)",
+            "check": _url,
+        },
+    )
+    discovery: bool = attrs.field(
+        default=True,
+        metadata={
+            "help": "fetch the issuer's metadata (/.well-known/openid-configuration, then "
+            "/.well-known/oauth-authorization-server) for every endpoint not set here"
+        },
+    )
     client_secret: str | None = attrs.field(default=None, metadata={"secret": True})
+    token_endpoint_auth_method: str | None = attrs.field(
+        default=None,
+        metadata={
+            "choices": ("client_secret_post", "client_secret_basic"),
+            "help": "how the client secret is sent (default: client_secret_post unless the "
+            "provider offers only client_secret_basic)",
+        },
+    )
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     tier_claim: str = "tier"
+    jwks_ttl: float = attrs.field(
+        default=3600.0,
+        metadata={
+            "min": 60.0,
+            "help": "seconds the provider's keys are kept; a key id not among them fetches them "
+            "again at once (at most every 30 s)",
+        },
+    )
+    clock_skew: float = attrs.field(
+        default=60.0,
+        metadata={
+            "min": 0.0,
+            "max": 600.0,
+            "help": "seconds of leeway on an id_token's exp and iat",
+        },
+    )
+
+    def client_config(self) -> UpstreamConfig:
+        """What the IdP client (actors/_upstream.py) takes of these settings."""
+        return UpstreamConfig(
+            issuer=self.issuer,
+            authorization_endpoint=self.authorization_endpoint,
+            token_endpoint=self.token_endpoint,
+            client_id=self.client_id,
+            userinfo_endpoint=self.userinfo_endpoint,
+            revocation_endpoint=self.revocation_endpoint,
+            client_secret=self.client_secret,
+            scopes=self.scopes,
+            tier_claim=self.tier_claim,
+            jwks_uri=self.jwks_uri,
+            discovery=self.discovery,
+            jwks_ttl=self.jwks_ttl,
+            clock_skew=self.clock_skew,
+            token_endpoint_auth_method=self.token_endpoint_auth_method,
+        )
+
+    def __attrs_post_init__(self) -> None:
+        if not self.discovery and (
+            self.authorization_endpoint is None or self.token_endpoint is None
+        ):
+            msg = (
+                "setting 'upstream.discovery' is false, so 'upstream.authorization_endpoint' "
+                "and 'upstream.token_endpoint' are required"
+            )
+            raise ConfigError(msg)
 
 
 def _quota(value: str) -> bool:

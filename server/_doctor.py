@@ -17,9 +17,12 @@ import httpx
 import trio
 
 from actors import (
+    ProviderMetadata,
     Store,
     StorePolicy,
     StoreUnavailable,
+    UpstreamClient,
+    UpstreamUnavailable,
     applied_migrations,
     load_migrations,
     store_child_spec,
@@ -145,56 +148,232 @@ def check_data_dir(settings: Settings) -> Check:
     return Check("data folder", "ok", f"{folder.resolve()}")
 
 
-async def check_idp(settings: Settings) -> Check:
+async def check_idp(settings: Settings) -> list[Check]:
+    """The IdP as a sign-in needs it: its metadata (discovery), the keys that sign its id_tokens
+    (or a userinfo endpoint), and the grants it offers."""
     if settings.upstream is None:
         if settings.dev_idp_exposed:
-            return Check(
+            return [
+                Check(
+                    "identity provider",
+                    "fail",
+                    "the development IdP signs anyone in as any user, and this node is not on "
+                    f"loopback only (host {settings.host!r}, public_url {settings.public_url!r}; "
+                    "dev_idp_allow_public_insecure = true)",
+                    "configure [upstream] (your identity provider), or bind to loopback and remove "
+                    "dev_idp_allow_public_insecure",
+                )
+            ]
+        if settings.dev_idp:
+            return [Check("identity provider", "ok", "the development IdP (built in, demo users)")]
+        return [
+            Check(
                 "identity provider",
                 "fail",
-                "the development IdP signs anyone in as any user, and this node is not on "
-                f"loopback only (host {settings.host!r}, public_url {settings.public_url!r}; "
-                "dev_idp_allow_public_insecure = true)",
-                "configure [upstream] (your identity provider), or bind to loopback and remove "
-                "dev_idp_allow_public_insecure",
+                "no upstream IdP and the development IdP is off",
+                "configure [upstream] (issuer and client_id) or set dev_idp = true",
             )
-        if settings.dev_idp:
-            return Check("identity provider", "ok", "the development IdP (built in, demo users)")
-        return Check(
-            "identity provider",
-            "fail",
-            "no upstream IdP and the development IdP is off",
-            "configure [upstream] (issuer, endpoints, client_id) or set dev_idp = true",
+        ]
+    config = attrs.evolve(settings.upstream.client_config(), request_timeout=IDP_TIMEOUT)
+    client = UpstreamClient(config)
+    try:
+        return await _check_upstream(client)
+    finally:
+        await client.aclose()
+
+
+async def _check_upstream(client: UpstreamClient) -> list[Check]:
+    config = client.config
+    checks: list[Check] = []
+    if config.discovery:
+        try:
+            await client.discover()
+        except UpstreamUnavailable as exc:
+            return [
+                Check(
+                    "identity provider",
+                    "fail",
+                    f"discovery of {config.issuer} failed: {exc}",
+                    "check upstream.issuer (the provider's issuer, exactly) and that this "
+                    "machine reaches the IdP (network, proxy, TLS); a provider without metadata "
+                    "needs discovery = false and its endpoints set",
+                )
+            ]
+        checks.append(
+            Check("identity provider", "ok", f"{client.discovery_url} answers for {config.issuer}")
         )
-    issuer = settings.upstream.issuer.rstrip("/")
-    urls = [
-        f"{issuer}/.well-known/oauth-authorization-server",
-        f"{issuer}/.well-known/openid-configuration",
+    else:
+        checks.append(
+            Check("identity provider", "ok", "discovery off: the endpoints are configured")
+        )
+    m = client.metadata
+    missing = [
+        name
+        for name, value in (
+            ("authorization_endpoint", m.authorization_endpoint),
+            ("token_endpoint", m.token_endpoint),
+        )
+        if value is None
     ]
-    problem = ""
-    async with httpx.AsyncClient(timeout=IDP_TIMEOUT) as http:
-        for url in urls:
-            try:
-                r = await http.get(url)
-            except httpx.HTTPError as exc:
-                problem = f"cannot reach {url}: {type(exc).__name__}"
-                break
-            if r.status_code == 200:
-                try:
-                    doc = r.json()
-                except ValueError:
-                    problem = f"{url} is not JSON"
-                    continue
-                if doc.get("issuer", issuer).rstrip("/") != issuer:
-                    problem = f"{url} names issuer {doc.get('issuer')!r}, not {issuer!r}"
-                    continue
-                return Check("identity provider", "ok", f"{url} answers")
-            problem = f"{url} answered {r.status_code}"
-    return Check(
-        "identity provider",
-        "fail",
-        problem,
-        "check upstream.issuer and that this machine reaches the IdP (network, proxy, TLS)",
+    if missing:
+        checks.append(
+            Check(
+                "identity provider",
+                "fail",
+                f"the provider's metadata has no {' and no '.join(missing)}",
+                f"set upstream.{missing[0]}",
+            )
+        )
+    checks.append(await _check_keys(client, m))
+    checks.append(_check_grants(m))
+    return checks
+
+
+async def _check_keys(client: UpstreamClient, m: ProviderMetadata) -> Check:
+    name = "identity provider keys"
+    if m.jwks_uri is None:
+        if m.userinfo_endpoint is not None:
+            return Check(
+                name,
+                "warn",
+                "no jwks_uri: an id_token cannot be checked, so a sign-in whose token response "
+                "holds one is refused; a sign-in without one takes the user from userinfo",
+                "set upstream.jwks_uri if the provider has one",
+            )
+        return Check(
+            name,
+            "fail",
+            "neither a jwks_uri nor a userinfo endpoint: no way to learn who signed in",
+            "set upstream.jwks_uri (the provider's JWK Set) or upstream.userinfo_endpoint",
+        )
+    try:
+        keys = await client.fetch_jwks(m.jwks_uri)
+    except UpstreamUnavailable as exc:
+        return Check(
+            name,
+            "fail",
+            str(exc),
+            "check that this machine reaches the jwks_uri and that it serves the provider's "
+            "JWK Set (or set upstream.jwks_uri)",
+        )
+    kinds = sorted({f"{k.key_type}" + (f" {k.alg}" if k.alg else "") for k in keys.keys})
+    return Check(name, "ok", f"{m.jwks_uri}: {len(keys.keys)} signing keys ({', '.join(kinds)})")
+
+
+def _check_grants(m: ProviderMetadata) -> Check:
+    name = "identity provider grants"
+    grants = set(m.grant_types_supported)
+    problems, warnings = [], []
+    if "authorization_code" not in grants:
+        problems.append("no authorization_code grant (Steward signs users in with it)")
+    if "refresh_token" not in grants:
+        warnings.append(
+            "no refresh_token grant: a session lasts until the upstream access token expires"
+        )
+    methods = m.code_challenge_methods_supported
+    if methods is None:
+        warnings.append("PKCE S256 is not stated (code_challenge_methods_supported is absent)")
+    elif "S256" not in methods:
+        warnings.append(f"PKCE S256 is not offered (only {', '.join(methods) or 'none'})")
+    offered = f"grant types {', '.join(sorted(grants))}; PKCE {', '.join(methods or ()) or '?'}"
+    if problems:
+        return Check(
+            name,
+            "fail",
+            f"{'; '.join(problems)} ({offered})",
+            "enable the authorization code grant for Steward's client at the IdP",
+        )
+    if warnings:
+        return Check(
+            name,
+            "warn",
+            f"{'; '.join(warnings)} ({offered})",
+            "enable refresh tokens (often the offline_access scope) and PKCE S256 for "
+            "Steward's client at the IdP",
+        )
+    return Check(name, "ok", offered)
+
+
+_ROLE_SQL = """
+SELECT quote_ident(current_user) AS role, current_schema() AS schema,
+       coalesce(has_schema_privilege(current_schema(), 'USAGE'), false) AS usage,
+       coalesce(has_schema_privilege(current_schema(), 'CREATE'), false) AS can_create,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
+          WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 'p')
+            AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
+                     AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))
+       ) AS no_access,
+       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
+          WHERE c.relnamespace = to_regnamespace(current_schema())
+            AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
+       ) AS no_sequence,
+       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
+          WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 'p')
+            AND NOT pg_has_role(c.relowner, 'USAGE')) AS not_owned
+"""
+
+
+async def _check_privileges(store: Store, pending: bool) -> Check:
+    """The database role's privileges: migrations create and alter tables in its schema (serve
+    applies them at start), and every node reads and writes every table."""
+    row = await store.fetchrow(_ROLE_SQL)
+    assert row is not None
+    role, schema = row["role"], row["schema"]
+    name = "database privileges"
+    if row["superuser"]:
+        return Check(name, "ok", f"{role} is a superuser (a role that owns its database is enough)")
+    if schema is None:
+        return Check(
+            name,
+            "fail",
+            f"no schema of the search_path exists for role {role}",
+            f"as a superuser: CREATE SCHEMA steward AUTHORIZATION {role}; ALTER ROLE {role} "
+            "SET search_path = steward (docs/operating.md, 'The database role')",
+        )
+    grant = (
+        f"as a superuser or the database owner: GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}, "
+        f"or make {role} the owner of the database and schema (CREATE DATABASE … OWNER {role}; "
+        f"ALTER SCHEMA {schema} OWNER TO {role}); docs/operating.md, 'The database role'"
     )
+    if not row["usage"]:
+        return Check(name, "fail", f"role {role} may not use schema {schema}", grant)
+    if not row["can_create"]:
+        if pending:
+            return Check(
+                name,
+                "fail",
+                f"role {role} may not create tables in schema {schema}, and migrations are "
+                "pending: steward serve and steward migrate would fail with 'permission denied "
+                f"for schema {schema}'",
+                grant,
+            )
+        return Check(
+            name,
+            "warn",
+            f"role {role} may not create tables in schema {schema}: the next upgrade's "
+            "migrations will fail",
+            grant,
+        )
+    if row["no_access"] or row["no_sequence"]:
+        tables = ", ".join([*row["no_access"], *row["no_sequence"]][:8])
+        return Check(
+            name,
+            "fail",
+            f"role {role} may not read and write: {tables}",
+            f"make {role} the owner of Steward's tables (they were created by another role), "
+            f"or GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role} "
+            f"and GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+        )
+    if row["not_owned"]:
+        tables = ", ".join(row["not_owned"][:8])
+        return Check(
+            name,
+            "warn",
+            f"role {role} does not own: {tables}; migrations that alter them will fail",
+            f"ALTER TABLE … OWNER TO {role} for each (as their owner or a superuser)",
+        )
+    return Check(name, "ok", f"{role} may create tables in schema {schema} and owns Steward's")
 
 
 async def _check_migrations(store: Store) -> Check:
@@ -308,7 +487,9 @@ async def check_database(
             try:
                 version = await store.fetchval("SHOW server_version")
                 checks.append(Check("database", "ok", f"{where}: PostgreSQL {version}"))
-                checks.append(await _check_migrations(store))
+                migrations = await _check_migrations(store)
+                checks.append(migrations)
+                checks.append(await _check_privileges(store, pending=migrations.status == "warn"))
                 checks.append(await _check_role(store, embedded=not settings.database_url))
                 if not settings.database_url:
                     cluster = EmbeddedPostgres(settings.data_dir / "postgres")
@@ -352,10 +533,10 @@ async def run_checks(
                     "database", "fail", str(exc), "apt-get install postgresql, or set database_url"
                 )
             )
-            checks.append(await check_idp(settings))
+            checks += await check_idp(settings)
             return checks
     checks += await check_database(settings, with_database)
-    checks.append(await check_idp(settings))
+    checks += await check_idp(settings)
     if not settings.admin_token:
         checks.append(
             Check(

@@ -3,6 +3,7 @@
 root (one_for_one)
 ├── dev_idp      the development IdP's HTTP server (only without an upstream IdP)
 ├── postgres     keeps the embedded cluster's postmaster running (only when Steward runs it)
+├── idp_discovery  the upstream IdP's metadata, fetched and retried with backoff until had
 ├── store        the persistence actor
 ├── schema       applies migrations before anything that reads the schema starts
 ├── sessions     dynamic supervisor of user sessions
@@ -227,18 +228,7 @@ async def run_node(
 
     dev_idp: DevIdP | None = None
     if settings.upstream is not None:
-        u = settings.upstream
-        upstream_config = UpstreamConfig(
-            u.issuer,
-            u.authorization_endpoint,
-            u.token_endpoint,
-            u.client_id,
-            u.userinfo_endpoint,
-            u.revocation_endpoint,
-            u.client_secret,
-            u.scopes,
-            u.tier_claim,
-        )
+        upstream_config = settings.upstream.client_config()
     elif settings.dev_idp:
         idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
         idp_url = _url(idp_sock)
@@ -255,6 +245,7 @@ async def run_node(
             "steward",
             f"{idp_url}/userinfo",
             f"{idp_url}/revoke",
+            discovery=False,  # in this process, every endpoint known
         )
     else:
         msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
@@ -384,13 +375,23 @@ async def run_node(
             postmaster = keeper.status()
             fields: dict[str, Any] = {"postgres": postmaster.as_dict()}
             if not postmaster.up:
-                fields["reason"] = (
-                    f"the embedded PostgreSQL is {postmaster.state.value}"
-                    + (f": {postmaster.error}" if postmaster.error else "")
+                fields["reason"] = f"the embedded PostgreSQL is {postmaster.state.value}" + (
+                    f": {postmaster.error}" if postmaster.error else ""
                 )
             return fields
 
         readiness_checks.insert(0, postgres_readiness)
+
+    async def idp_readiness() -> dict[str, Any]:
+        # reported, not a reason: without discovery a node still serves what is signed in
+        if upstream.ready:
+            return {"identity_provider": "ok"}
+        return {
+            "identity_provider": "discovering",
+            "identity_provider_problem": upstream.discovery_problem,
+        }
+
+    readiness_checks.append(idp_readiness)
 
     async def readiness() -> dict[str, Any]:
         report: dict[str, Any] = {}
@@ -451,6 +452,8 @@ async def run_node(
         children.append(ChildSpec("dev_idp", partial(serve_http, dev_idp, idp_sock, 1.0)))
     if embedded_postgres is not None:
         children.append(embedded_postgres.child_spec())
+    if upstream_config.discovery:
+        children.append(upstream.discovery_child_spec())
     children += [
         store_child_spec(store),
         ChildSpec("schema", schema, start_grace=120.0),

@@ -21,7 +21,7 @@ import structlog
 from actors import StoreUnavailable
 from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal
 from actors._crypto import hash_token
-from actors._upstream import UpstreamRevoked, UpstreamUnavailable
+from actors._upstream import UpstreamNotReady, UpstreamRevoked, UpstreamUnavailable
 from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
 from server._http import (
     BodyTooLarge,
@@ -250,6 +250,8 @@ class OAuthEndpoints:
             await send_json(send, exc.status, exc.body())
         except StoreUnavailable:
             await send_json(send, 503, *unavailable())
+        except UpstreamNotReady as exc:
+            await send_json(send, 503, *unavailable(str(exc)))
         except UpstreamUnavailable as exc:
             log.warning("upstream_unavailable", error=str(exc))
             await send_json(

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bench._servers import obtain_token
+from tests.harness._pg import Cluster
 from tests.harness._serve import steward_serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,11 +250,18 @@ async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
         "port": "ok",
         "database": "ok",
         "migrations": "ok",
+        "database privileges": "ok",
         "database role": "ok",
         "identity provider": "ok",
+        "identity provider keys": "warn",  # the development IdP signs no id_token
+        "identity provider grants": "ok",
     }
     assert code == 0
-    assert checks["identity provider"]["detail"].endswith("oauth-authorization-server answers")
+    assert checks["identity provider"]["detail"] == (
+        f"{node.info.dev_idp_url}/.well-known/openid-configuration answers for "
+        f"{node.info.dev_idp_url}"
+    )
+    assert "no jwks_uri" in checks["identity provider keys"]["detail"]
 
 
 def test_doctor_names_each_failure_and_its_fix(data_dir: Path) -> None:
@@ -279,7 +287,10 @@ def test_doctor_names_each_failure_and_its_fix(data_dir: Path) -> None:
     assert "check database_url" in failed["database"]["fix"]
     assert "ConnectionRefusedError" in failed["database"]["detail"]
     assert "hunter2" not in json.dumps(checks)  # the URL's password
-    assert failed["identity provider"]["detail"].startswith("cannot reach http://127.0.0.1:1/")
+    assert failed["identity provider"]["detail"].startswith(
+        "discovery of http://127.0.0.1:1 failed: metadata http://127.0.0.1:1/"
+    )
+    assert "unreachable: ConnectError" in failed["identity provider"]["detail"]
     assert failed["encryption key"]["fix"] == f"chmod 600 {key_file}"
     assert f"{port}: in use" in failed["port"]["detail"]
 
@@ -449,3 +460,50 @@ async def test_doctor_checks_the_embedded_clusters_access_and_role(data_dir: Pat
         assert checks["database role"]["status"] == "ok"
     finally:
         await cluster.stop("immediate")
+
+
+def test_a_database_role_that_cannot_create_tables_fails_the_doctor_and_serve_says_why_in_one_line(
+    fresh_db: str, data_dir: Path, pg_cluster: Cluster
+) -> None:
+    """PostgreSQL 15 and later give no role but the owner CREATE on schema public: the doctor
+    names the grant, and migrate and serve end with one line, not a traceback."""
+    from tests.harness._pg import psql
+
+    role = f"limited_{os.urandom(4).hex()}"
+    password = os.urandom(12).hex()
+    parts = urllib.parse.urlsplit(fresh_db)
+    admin = pg_cluster.admin_dsn(parts.path.lstrip("/"))
+    psql(admin, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    limited = parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}").geturl()
+    try:
+        args = ["--database-url", limited, "--data-dir", str(data_dir), "--port", "0"]
+        code, checks = doctor(*args)
+        assert code == 1
+        assert checks["database"]["status"] == "ok", checks["database"]
+        assert checks["database privileges"]["status"] == "fail", checks["database privileges"]
+        assert "may not create tables in schema public" in checks["database privileges"]["detail"]
+        assert (
+            f"GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+            in checks["database privileges"]["fix"]
+        )
+
+        for command in (["migrate"], ["serve", "--port", "0"]):
+            out = subprocess.run(
+                [*STEWARD, command[0], "--database-url", limited, "--data-dir", str(data_dir),
+                 *command[1:]],
+                cwd=ROOT, capture_output=True, text=True, timeout=120,
+                env={**os.environ, "STEWARD_LOG_LEVEL": "error"},
+            )  # fmt: skip
+            assert out.returncode == 1, (command, out.stderr)
+            assert "Traceback" not in out.stderr, out.stderr
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1, out.stderr
+            assert lines[0].startswith("steward: migration 0001_initial.sql failed"), lines
+            assert "permission denied for schema public" in lines[0]
+            assert "GRANT USAGE, CREATE ON SCHEMA public" in lines[0]
+
+        psql(admin, f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+        code, checks = doctor(*args)
+        assert checks["database privileges"]["status"] == "ok", checks["database privileges"]
+    finally:
+        psql(admin, f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -18,6 +18,7 @@ async def hypercorn_on_a_free_port(app: Any) -> AsyncIterator[int]:
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
+    config.errorlog = None
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(
             functools.partial(serve, cast(Any, app), config, shutdown_trigger=trio.sleep_forever)
