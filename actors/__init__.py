@@ -34,9 +34,18 @@ from actors._store_retention import (
     RetentionRule,
     retention_sweep,
 )
+from actors._tiers import (
+    REFUSE,
+    TierChange,
+    TierMapping,
+    TierResolution,
+    apply_idp_tier,
+    set_tier_override,
+)
 
 __all__ = [
     "REDIRECT_URI_LIMIT",
+    "REFUSE",
     "RETENTION_RULES",
     "Conn",
     "Migration",
@@ -49,15 +58,20 @@ __all__ = [
     "StorePolicy",
     "StoreStatistics",
     "StoreUnavailable",
+    "TierChange",
+    "TierMapping",
+    "TierResolution",
     "WriteQueue",
     "WriteRejected",
     "applied_migrations",
+    "apply_idp_tier",
     "load_migrations",
     "migrate",
     "pending_migrations",
     "redirect_uri_matches",
     "redirect_uri_problem",
     "retention_sweep",
+    "set_tier_override",
     "store_child_spec",
     "valid_redirect_uri",
 ]

@@ -42,7 +42,6 @@ class UpstreamConfig:
     revocation_endpoint: str | None = None
     client_secret: str | None = attrs.field(default=None, repr=False)
     scopes: tuple[str, ...] = ("openid", "profile", "email")
-    tier_claim: str = "tier"
     request_timeout: float = 10.0
 
 

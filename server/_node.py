@@ -230,7 +230,6 @@ async def run_node(
             u.revocation_endpoint,
             u.client_secret,
             u.scopes,
-            u.tier_claim,
         )
     elif settings.dev_idp:
         idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
@@ -277,6 +276,7 @@ async def run_node(
         session_ttl=settings.session_ttl,
         scopes_supported=settings.scopes_supported,
         default_scopes=settings.default_scopes,
+        tier_mapping=settings.tier_mapping(),
     )
     auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
     rs = ResourceServer(auth)
