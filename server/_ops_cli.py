@@ -131,7 +131,12 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
 
 async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
     grant_id = _uuid(args.grant_id)
-    grant = await store.fetchrow("SELECT * FROM grants WHERE grant_id = $1", grant_id)
+    grant = await store.fetchrow(
+        "SELECT g.grant_id, g.user_id, g.client_id, g.status, g.status_reason, u.tier, "
+        "u.tier_override, u.idp_tier, g.scopes, g.expires_at, g.created_at, g.last_seen_at "
+        "FROM grants g JOIN users u USING (user_id) WHERE g.grant_id = $1",
+        grant_id,
+    )
     if grant is None:
         msg = f"no session {grant_id}"
         raise ConfigError(msg)
@@ -152,7 +157,8 @@ async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
             f"user      {g['user_id']}",
             f"client    {g['client_id']}",
             f"status    {g['status']}" + (f" ({g['status_reason']})" if g["status_reason"] else ""),
-            f"tier      {g['tier']}",
+            f"tier      {g['tier']}"
+            + (" (an operator's override)" if g["tier_override"] else " (the identity provider's)"),
             f"scopes    {' '.join(g['scopes'])}",
             f"expires   {g['expires_at']}",
             "",
