@@ -444,12 +444,17 @@ async def test_limit_lookups_of_a_tier_that_is_not_configured_get_the_strictest_
         httpx.AsyncClient(timeout=20) as http,
     ):
         mcp = await mcp_for(http, node, "carol")
-        await node.store.write()
-        psql(fresh_db, "UPDATE users SET tier = 'legacy-gold' WHERE subject = 'carol'")
-        node.sessions.tier_changed_here(
-            await node.store.fetchval("SELECT user_id FROM users WHERE subject = 'carol'"),
-            "legacy-gold",
+        # the row changes, and the tier_changed event another node (or the CLI) would publish
+        psql(
+            fresh_db,
+            "UPDATE users SET tier = 'legacy-gold' WHERE subject = 'carol'; "
+            "INSERT INTO cluster_events (kind, user_id, payload, origin_node) "
+            "SELECT 'tier_changed', user_id, '{\"tier\": \"legacy-gold\"}', 'elsewhere' "
+            "FROM users WHERE subject = 'carol'; SELECT pg_notify('steward_events', 'tier_changed')",
         )
+        with trio.fail_after(10):
+            while node.sessions.live()[0].context.tier != "legacy-gold":
+                await trio.sleep(0.05)
         passed, refusal = await calls_until_refused(mcp, 40)
         assert passed == 3 and "rate limit of the legacy-gold tier" in refusal
         assert node.usage.unknown_tier_lookups >= 4
