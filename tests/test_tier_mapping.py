@@ -464,3 +464,53 @@ async def test_limit_lookups_of_a_tier_that_is_not_configured_get_the_strictest_
             3,
             10,
         )
+
+
+async def test_a_sign_in_at_a_new_tier_changes_the_users_other_grants_too(fresh_db: str) -> None:
+    """Tiers are per user: alice signs in through one client as pro; the IdP makes her free; her
+    sign-in through another client is free, and so is her first grant, at once."""
+    async with (
+        shared_idp() as idp,
+        running_node(fresh_db, upstream=idp.upstream(), tiers=TIERS) as node,
+        httpx.AsyncClient(timeout=20) as http,
+    ):
+        await idp.control("set_tier", user="alice", tier="pro")
+        first = await mcp_for(http, node, "alice")
+        assert (await whoami(first))["tier"] == "pro"
+        await idp.control("set_tier", user="alice", tier="free")
+        second = await mcp_for(http, node, "alice")
+        assert (await whoami(second))["tier"] == "free"
+        assert (await whoami(first))["tier"] == "free"
+        assert psql(fresh_db, "SELECT count(DISTINCT tier) FROM users") == "1"
+
+
+async def test_a_refresh_that_maps_to_no_tier_ends_the_users_grants_when_refusing(
+    fresh_db: str,
+) -> None:
+    """Scenario: ``default = "refuse"``; alice is pro and holds a stream. The IdP's claim becomes
+    ``gold``. At the next refresh her grant ends with ``reauth_required`` (the stream's final
+    event says so) and a new sign-in is refused."""
+    async with (
+        shared_idp() as idp,
+        running_node(
+            fresh_db,
+            upstream=idp.upstream(default="refuse"),
+            tiers=TIERS,
+            session_policy=SessionPolicy(refresh_lead=1.5, refresh_jitter=0.0),
+        ) as node,
+        httpx.AsyncClient(timeout=20) as http,
+    ):
+        await idp.control("set_tier", user="alice", tier="pro")
+        await idp.control("token_ttl", seconds=3)
+        alice = await mcp_for(http, node, "alice")
+        async with get_stream(alice) as stream:
+            assert (await stream.next()) is not None
+            await idp.control("set_tier", user="alice", tier="gold")
+            with trio.fail_after(20):
+                event = await stream.next_message()
+        assert event is not None
+        assert event["data"]["params"]["data"]["error"] == "reauth_required"
+        assert "no longer gives this account a tier" in event["data"]["params"]["data"]["message"]
+        assert psql(fresh_db, "SELECT status FROM grants") == "reauth_required"
+        assert node.sessions.tier_rereads["refused"] == 1
+        assert (await alice.post("ping")).status_code == 401
