@@ -58,6 +58,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _REDIRECT_URI = re.compile(r"https?://[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
 _MAX_SLOW = 3600.0  # seconds a "slow" refresh fault may last
 _MAX_FAULTS = 10_000  # refresh faults queued at once
+_MAX_CLAIMS = 100  # claims set through the controls, per user
 
 
 @attrs.define
@@ -381,7 +382,11 @@ class DevIdP:
             if not isinstance(claims, dict) or "sub" in claims:
                 msg = "claims must be a JSON object without sub"
                 raise ValueError(msg)
-            self.claims.setdefault(user, {}).update(claims)
+            merged = {**self.claims.get(user, {}), **claims}
+            if len(merged) > _MAX_CLAIMS:
+                msg = f"a user holds at most {_MAX_CLAIMS} claims of the controls"
+                raise ValueError(msg)
+            self.claims[user] = merged
         elif action == "token_ttl":
             seconds = float(args["seconds"])
             if not 0 < seconds <= 366 * 86400:
