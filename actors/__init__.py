@@ -34,6 +34,14 @@ from actors._store_retention import (
     RetentionRule,
     retention_sweep,
 )
+from actors._tiers import (
+    REFUSE,
+    TierChange,
+    TierMapping,
+    TierResolution,
+    apply_idp_tier,
+    set_tier_override,
+)
 from actors._upstream import (
     ID_TOKEN_ALGORITHMS,
     IdTokenInvalid,
@@ -47,6 +55,7 @@ from actors._upstream import (
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
     "REDIRECT_URI_LIMIT",
+    "REFUSE",
     "RETENTION_RULES",
     "Conn",
     "IdTokenInvalid",
@@ -61,6 +70,9 @@ __all__ = [
     "StorePolicy",
     "StoreStatistics",
     "StoreUnavailable",
+    "TierChange",
+    "TierMapping",
+    "TierResolution",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
@@ -68,12 +80,14 @@ __all__ = [
     "WriteQueue",
     "WriteRejected",
     "applied_migrations",
+    "apply_idp_tier",
     "load_migrations",
     "migrate",
     "pending_migrations",
     "redirect_uri_matches",
     "redirect_uri_problem",
     "retention_sweep",
+    "set_tier_override",
     "store_child_spec",
     "valid_redirect_uri",
 ]

@@ -9,13 +9,14 @@ ring, their associated data binding them to their row. Every authentication even
 from __future__ import annotations
 
 import base64
+import collections
 import datetime
 import hashlib
 import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from actors._redirect_uris import (
     valid_redirect_uri,
 )
 from actors._store import Conn, Op, Store
+from actors._tiers import TierChange, TierMapping, apply_idp_tier
 from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
 
 __all__ = [
@@ -141,6 +143,10 @@ class AuthPolicy:
     session_ttl: float = 30 * 86400.0
     scopes_supported: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
     default_scopes: tuple[str, ...] = ("mcp:tools", "mcp:resources", "mcp:prompts")
+    # the identity provider's claim to a configured tier (docs/security.md, "Tiers")
+    tier_mapping: TierMapping = attrs.field(
+        factory=lambda: TierMapping(("free", "pro", "enterprise"))
+    )
 
 
 def s256(verifier: str) -> str:
@@ -170,6 +176,11 @@ class AuthService:
         # set by the SessionManager built on this service: revocations found here (/revoke, code
         # and refresh-token reuse) end the grant through the same path as an operator's revoke
         self.invalidate_grant: GrantInvalidator | None = None
+        # set by the SessionManager: a user's tier changed here (this node's sessions take it
+        # up; the other nodes through the tier_changed event committed with the change)
+        self.on_tier_changed: Callable[[str, str], None] | None = None
+        # claims that mapped to no tier, by (missing | unknown, default | refused)
+        self.tier_unmapped: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -214,6 +225,71 @@ class AuthService:
             ),
             *also,
         )
+
+    # -- tiers -----------------------------------------------------------------------------------------
+
+    async def upstream_claims(self, tokens: UpstreamTokens) -> dict[str, Any] | None:
+        """The identity provider's claims about the user behind freshly refreshed ``tokens``:
+        the id_token's, when the refresh returned one (validated as at sign-in, without a
+        nonce), with userinfo's answer on top when the provider has a userinfo endpoint; None
+        when it gives neither.
+
+        Raises:
+            UpstreamUnavailable, UpstreamRevoked: as ``UpstreamClient.userinfo``.
+            ValueError: the id_token is refused (``IdTokenInvalid``), or userinfo names
+                another subject.
+        """
+        claims: dict[str, Any] = {}
+        if tokens.id_token is not None:
+            claims = await self.upstream.validate_id_token(tokens.id_token)
+        if self.upstream.metadata.userinfo_endpoint is not None:
+            info = await self.upstream.userinfo(tokens.access_token)
+            if not isinstance(info, dict):
+                info = {}
+            if claims and str(info.get("sub") or "") != claims["sub"]:
+                msg = "userinfo names another subject than the refreshed id_token"
+                raise IdTokenInvalid(msg)
+            claims = {**claims, **info}
+        return claims or None
+
+    def resolve_tier(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        user_id: str,
+        at: str,
+        grant_id: uuid.UUID | None = None,
+    ) -> str | None:
+        """The configured tier the claims map to, the default, or None (refused). A value that
+        maps to nothing is logged (``tier_claim_unmapped``: the claim path, at most a few cut
+        values, never a token) and counted."""
+        mapping = self.policy.tier_mapping
+        found = mapping.resolve(claims)
+        if found.unmapped is not None:
+            outcome = "refused" if found.tier is None else "default"
+            self.tier_unmapped[(found.unmapped, outcome)] += 1
+            log.warning(
+                "tier_claim_unmapped",
+                user_id=user_id,
+                grant_id=str(grant_id) if grant_id else None,
+                at=at,
+                claim=mapping.claim,
+                reason=found.unmapped,
+                values=list(found.values),
+                outcome=outcome,
+                tier=found.tier,
+            )
+        return found.tier
+
+    def tier_changed(self, user_id: str, change: TierChange | None, *, source: str) -> None:
+        """After a committed tier write: this node's sessions take the new tier up; audited."""
+        if change is None or not change.changed:
+            return
+        self.audit(
+            "tier_changed", user_id=user_id, before=change.before, after=change.after, source=source
+        )
+        if self.on_tier_changed is not None:
+            self.on_tier_changed(user_id, change.after)
 
     # -- clients -----------------------------------------------------------------------------------
 
@@ -399,7 +475,7 @@ class AuthService:
         subject = str(info["sub"])
         issuer = self.upstream.config.issuer
         user_id = f"{issuer}|{subject}"
-        tier = str(info.get(self.upstream.config.tier_claim) or "free")
+        idp_tier = self.resolve_tier(info, user_id=user_id, at="sign_in")
         blob = json.dumps(
             {"a": tokens.access_token, "r": tokens.refresh_token, "e": tokens.expires_at}
         )
@@ -408,6 +484,7 @@ class AuthService:
         # remembered consent is bound to the user, the client, the redirect URI and the scopes
         known = await self.store.fetchrow(
             "SELECT (SELECT revoked_at IS NOT NULL FROM users WHERE user_id = $1) AS revoked, "
+            "(SELECT tier_override FROM users WHERE user_id = $1) AS tier_override, "
             "(SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2 AND redirect_uri = $3) AS scopes",
             user_id,
             row["client_id"],
@@ -416,18 +493,40 @@ class AuthService:
         assert known is not None
         if known["revoked"]:
             await self._refuse_revoked_user(request_hash, user_id, row["client_id"])
-        await self.store.write(
-            Op(
-                "INSERT INTO users (user_id, issuer, subject, email, tier) VALUES ($1, $2, $3, $4, $5) "
-                "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, tier = EXCLUDED.tier, updated_at = now()",
-                (user_id, issuer, subject, info.get("email"), tier),
-            ),
-            Op(
+        if idp_tier is None and known["tier_override"] is None:
+            await self._refuse_without_tier(request_hash, user_id, row["client_id"])
+        # a new user's first tier is the override-free one; apply_idp_tier then records the
+        # provider's value (an operator's override, once set, wins) and publishes a change
+        first = idp_tier or known["tier_override"]
+
+        async def sign_in(conn: Conn) -> TierChange | None:
+            await conn.execute(
+                "INSERT INTO users (user_id, issuer, subject, email, tier, idp_tier) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, updated_at = now()",
+                user_id,
+                issuer,
+                subject,
+                info.get("email"),
+                first,
+                idp_tier,
+            )
+            change = None
+            if idp_tier is not None:
+                change = await apply_idp_tier(conn, user_id, idp_tier, origin=self.node_id)
+            tier = await conn.fetchval("SELECT tier FROM users WHERE user_id = $1", user_id)
+            await conn.execute(
                 "UPDATE authorization_requests SET user_id = $2, tier = $3, upstream_ciphertext = $4, key_id = $5, csrf_hash = $6 "
                 "WHERE request_hash = $1 AND user_id IS NULL",
-                (request_hash, user_id, tier, upstream_ct, key_id, hash_token(csrf)),
-            ),
-        )
+                request_hash,
+                user_id,
+                tier,
+                upstream_ct,
+                key_id,
+                hash_token(csrf),
+            )
+            return change
+
+        self.tier_changed(user_id, await self.store.transact(sign_in), source="sign_in")
         self.audit("upstream_sign_in", user_id=user_id, client_id=row["client_id"])
         if known["scopes"] is not None and set(row["scopes"]) <= set(known["scopes"]):
             return await self._complete(request_hash)
@@ -454,6 +553,25 @@ class AuthService:
         )
         self.audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="user revoked")
         raise OAuthError("access_denied", "this user's access was revoked", status=403)
+
+    async def _refuse_without_tier(
+        self, request_hash: bytes, user_id: str, client_id: str
+    ) -> NoReturn:
+        """The identity provider's claim maps to no tier and the configured default is
+        ``refuse``: the authorization request ends here, unanswered."""
+        await self.store.write(
+            Op(
+                "UPDATE authorization_requests SET consumed_at = now(), upstream_ciphertext = NULL WHERE request_hash = $1",
+                (request_hash,),
+            )
+        )
+        self.audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="no tier")
+        raise OAuthError(
+            "access_denied",
+            f"the identity provider gives this account no subscription tier this service "
+            f"offers (claim {self.policy.tier_mapping.claim!r}); ask its administrator for access",
+            status=403,
+        )
 
     async def consent(self, *, request_token: str, csrf_token: str, approve: bool) -> str:
         """The consent form's answer; returns where to send the browser."""
@@ -845,7 +963,7 @@ class AuthService:
     async def verify_access(self, token: str) -> Principal | None:
         """The principal behind a Steward access token, or None if it is not valid for this server."""
         row = await self.store.fetchrow(
-            "SELECT t.user_id, t.client_id, t.grant_id, t.scopes, t.resource, t.expires_at, g.tier, u.issuer, u.subject "
+            "SELECT t.user_id, t.client_id, t.grant_id, t.scopes, t.resource, t.expires_at, u.tier, u.issuer, u.subject "
             "FROM tokens t JOIN token_families f USING (family_id) JOIN grants g ON g.grant_id = t.grant_id JOIN users u ON u.user_id = t.user_id "
             "WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND f.revoked_at IS NULL "
             "AND g.status = 'active' AND u.revoked_at IS NULL AND t.expires_at > now()",

@@ -125,10 +125,7 @@ class Notifier:
         elif kind == KEYS_ROTATED:
             await self._reload_keys()
         elif kind == "tier_changed" and row["user_id"]:
-            for session in self.sessions.live():
-                if session.context.user_id == row["user_id"]:
-                    session.context = attrs.evolve(session.context, tier=row["payload"]["tier"])
-            self.sessions.forget_user(row["user_id"])
+            self.sessions.tier_changed_here(row["user_id"], str(row["payload"]["tier"]))
 
     async def _reload_keys(self) -> None:
         """Take up the key file's current ring and record its key id in this node's row (the

@@ -26,8 +26,15 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
-from actors._store import Op, Store, StoreUnavailable, WriteRejected
-from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
+from actors._store import Conn, Op, Store, StoreUnavailable, WriteRejected
+from actors._tiers import TierChange, apply_idp_tier, set_tier_override
+from actors._upstream import (
+    IdTokenInvalid,
+    UpstreamClient,
+    UpstreamRevoked,
+    UpstreamTokens,
+    UpstreamUnavailable,
+)
 from runtime import (
     Backoff,
     ChildSpec,
@@ -807,12 +814,15 @@ class SessionManager:
         # the revocations the authorization server finds (/revoke, code and refresh-token
         # reuse) take the same path as an operator's: this manager's invalidate
         auth.invalidate_grant = self.invalidate
+        auth.on_tier_changed = self.tier_changed_here
         self._sup: SupervisorHandle | None = None
         self._hydrating: dict[uuid.UUID, trio.Event] = {}
         self._on_forget = on_forget
         self._on_forget_user = on_forget_user
         self._nursery: trio.Nursery | None = None
         self.refreshes: collections.Counter[str] = collections.Counter()  # by outcome
+        # tier re-reads after an upstream refresh: ok, failed, skipped (no claims source), refused
+        self.tier_rereads: collections.Counter[str] = collections.Counter()
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
         self._ts_touched: dict[str, float] = {}  # session id -> last_seen written (Trio time)
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
@@ -986,8 +996,13 @@ class SessionManager:
         *,
         task_status: trio.TaskStatus[UserSession] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Each incarnation re-reads the grant, so a restarted session rehydrates."""
-        row = await self.store.fetchrow("SELECT * FROM grants WHERE grant_id = $1", grant_id)
+        """Each incarnation re-reads the grant, so a restarted session rehydrates; its tier is
+        the user's (every grant of a user has one tier)."""
+        row = await self.store.fetchrow(
+            "SELECT g.grant_id, g.user_id, g.client_id, g.scopes, g.expires_at, g.status, u.tier "
+            "FROM grants g JOIN users u USING (user_id) WHERE g.grant_id = $1",
+            grant_id,
+        )
         if row is None or row["status"] not in ("active", "refreshing"):
             raise Shutdown(row["status"] if row else "unknown_session")
         await UserSession(self, row).run(task_status=task_status)
@@ -1210,22 +1225,83 @@ class SessionManager:
         if self._on_forget_user is not None:
             self._on_forget_user(user_id)
 
-    async def set_tier(self, user_id: str, tier: str) -> None:
-        """Change a user's tier everywhere: rows, live sessions on every node, verified-token caches."""
-        await self.store.write(
-            Op(
-                "UPDATE users SET tier = $2, updated_at = now() WHERE user_id = $1", (user_id, tier)
-            ),
-            Op(
-                "UPDATE grants SET tier = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
-                (user_id, tier),
-            ),
-            *self.publish("tier_changed", user_id=user_id, payload={"tier": tier}),
-        )
+    def tier_changed_here(self, user_id: str, tier: str) -> None:
+        """The user's tier changed (committed, published to the other nodes): this node's live
+        sessions of the user take it up, their streams stay open, and the verified-token cache
+        forgets the user's tokens. The notifier calls it for the other nodes' changes."""
         for session in self.live():
             if session.context.user_id == user_id:
                 session.context = attrs.evolve(session.context, tier=tier)
         self.forget_user(user_id)
+
+    async def set_tier(self, user_id: str, tier: str | None) -> TierChange | None:
+        """An operator's tier override of a user, everywhere: it holds until cleared (``tier``
+        None), whatever the identity provider says; cleared, the provider's last value applies.
+        Returns the change, None for an unknown user."""
+
+        async def write(conn: Conn) -> TierChange | None:
+            return await set_tier_override(conn, user_id, tier, origin=self.node_id)
+
+        change = await self.store.transact(write)
+        if change is not None:
+            self.auth.audit(
+                "tier_override_set" if tier is not None else "tier_override_cleared",
+                user_id=user_id,
+                tier=change.after,
+            )
+            if change.changed:
+                self.tier_changed_here(user_id, change.after)
+        return change
+
+    async def reread_tier(self, grant_id: uuid.UUID, user_id: str, tokens: UpstreamTokens) -> None:
+        """After an upstream refresh: the identity provider's claims again, mapped to a tier and
+        applied to every grant of the user on every node. A claim source that fails leaves the
+        tier as it is (the next refresh tries again); a claim that the configured default
+        ``refuse`` refuses ends the user's grants (sign in again, which is refused too), unless
+        an operator's override holds."""
+        try:
+            claims = await self.auth.upstream_claims(tokens)
+            subject = None if claims is None else claims.get("sub")
+            if subject is not None and f"{self.auth.upstream.config.issuer}|{subject}" != user_id:
+                msg = "the refreshed claims name another subject (OpenID Connect Core §12.2)"
+                raise IdTokenInvalid(msg)
+        except (UpstreamUnavailable, UpstreamRevoked, IdTokenInvalid, ValueError) as exc:
+            self.tier_rereads["failed"] += 1
+            log.warning("tier_reread_failed", grant_id=str(grant_id), error=str(exc)[:200])
+            return
+        if claims is None:
+            self.tier_rereads["skipped"] += 1
+            return
+        tier = self.auth.resolve_tier(claims, user_id=user_id, grant_id=grant_id, at="refresh")
+        if tier is None:
+            await self._refuse_tier(user_id)
+            return
+
+        async def write(conn: Conn) -> TierChange | None:
+            return await apply_idp_tier(conn, user_id, tier, origin=self.node_id)
+
+        self.tier_rereads["ok"] += 1
+        self.auth.tier_changed(user_id, await self.store.transact(write), source="refresh")
+
+    async def _refuse_tier(self, user_id: str) -> None:
+        override = await self.store.fetchval(
+            "SELECT tier_override FROM users WHERE user_id = $1", user_id
+        )
+        if override is not None:
+            self.tier_rereads["ok"] += 1
+            return
+        self.tier_rereads["refused"] += 1
+        grants = await self.store.fetch(
+            "SELECT grant_id FROM grants WHERE user_id = $1 AND status IN ('active', 'refreshing')",
+            user_id,
+        )
+        for row in grants:
+            await self.invalidate(
+                row["grant_id"],
+                reason="reauth_required",
+                message="the identity provider no longer gives this account a tier this "
+                "service offers; sign in again",
+            )
 
     async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> None:
         """Revoke every grant of a user: each of their streams closes with an error event.
@@ -1315,6 +1391,7 @@ class SessionManager:
             await self._release(grant_id)
             raise
         self.refreshes["ok"] += 1
+        user_id: str = row["user_id"]
         key_id, access_ct, refresh_ct = self.auth.encrypt_upstream(grant_id, fresh)
         await self.store.write(
             Op(
@@ -1331,7 +1408,18 @@ class SessionManager:
             )
         )
         self.auth.audit("upstream_refresh", grant_id=grant_id)
+        await self._reread_tier_safely(grant_id, user_id, fresh)
         return fresh
+
+    async def _reread_tier_safely(
+        self, grant_id: uuid.UUID, user_id: str, tokens: UpstreamTokens
+    ) -> None:
+        """The tier re-read never fails the refresh it follows: the tokens are stored already."""
+        try:
+            await self.reread_tier(grant_id, user_id, tokens)
+        except (StoreUnavailable, WriteRejected) as exc:
+            self.tier_rereads["failed"] += 1
+            log.warning("tier_reread_failed", grant_id=str(grant_id), error=str(exc)[:200])
 
     async def _release(self, grant_id: uuid.UUID) -> None:
         await self.store.write(

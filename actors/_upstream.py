@@ -94,7 +94,6 @@ class UpstreamConfig:
     revocation_endpoint: str | None = None
     client_secret: str | None = attrs.field(default=None, repr=False)
     scopes: tuple[str, ...] = ("openid", "profile", "email")
-    tier_claim: str = "tier"
     request_timeout: float = 10.0
     jwks_uri: str | None = None
     discovery: bool = True  # fetch the issuer's metadata for what is not set here

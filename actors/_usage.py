@@ -7,15 +7,26 @@ import datetime
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
+import structlog
 import trio
 
 from actors._sessions import UserContext
 from actors._store import Op, Store, StoreUnavailable
 
-__all__ = ["Quota", "QuotaExceeded", "RateLimited", "TierLimit", "UsageMeter", "parse_quota"]
+__all__ = [
+    "Quota",
+    "QuotaExceeded",
+    "RateLimited",
+    "TierLimit",
+    "UsageMeter",
+    "parse_quota",
+    "strictest_limit",
+]
+
+log = structlog.get_logger("usage")
 
 QUOTA_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -85,6 +96,34 @@ class TierLimit:
     initialize_per_minute: int | None = None  # new transport sessions per minute (and at once)
 
 
+# the limits of a meter with no tier at all: the floor of every limit
+FLOOR = TierLimit(
+    1, 1, max_streams=1, tool_calls=Quota(1, "day"), max_sessions=1, initialize_per_minute=1
+)
+
+
+def strictest_limit(limits: Iterable[TierLimit]) -> TierLimit:
+    """Every limit at its most restrictive over ``limits`` (a limit of None is no limit, so any
+    other value is stricter); FLOOR when there are none."""
+    limits = list(limits)
+    if not limits:
+        return FLOOR
+
+    def least(values: Iterable[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
+
+    quotas = [q for q in (lim.tool_calls for lim in limits) if q is not None]
+    return TierLimit(
+        min(lim.requests_per_minute for lim in limits),
+        min(lim.burst for lim in limits),
+        max_streams=least(lim.max_streams for lim in limits),
+        tool_calls=min(quotas, key=lambda q: q.calls / q.period) if quotas else None,
+        max_sessions=least(lim.max_sessions for lim in limits),
+        initialize_per_minute=least(lim.initialize_per_minute for lim in limits),
+    )
+
+
 @attrs.define
 class _Bucket:
     tokens: float
@@ -130,6 +169,10 @@ class UsageMeter:
     ) -> None:
         self.store = store
         self.limits = dict(limits)
+        # a tier name that is not configured (a row written under another configuration, a
+        # value from anywhere else) gets the most restrictive of every limit, never none
+        self.strictest = strictest_limit(self.limits.values())
+        self.unknown_tier_lookups = 0
         self.max_users = max_users
         self._clock = clock
         self._wall_clock = wall_clock  # quota windows are aligned to UTC
@@ -146,20 +189,28 @@ class UsageMeter:
         self.rejected = 0
         self.quota_rejected = 0
 
+    def limit(self, tier: str) -> TierLimit:
+        """The tier's limits; for a tier that is not configured, the strictest (fails closed)."""
+        found = self.limits.get(tier)
+        if found is None:
+            self.unknown_tier_lookups += 1
+            if self.unknown_tier_lookups == 1 or self.unknown_tier_lookups % 1000 == 0:
+                log.warning("tier_unknown", tier=tier[:64], lookups=self.unknown_tier_lookups)
+            return self.strictest
+        return found
+
     def max_streams(self, tier: str) -> int | None:
-        limit = self.limits.get(tier)
-        return None if limit is None else limit.max_streams
+        return self.limit(tier).max_streams
 
     def max_sessions(self, tier: str) -> int | None:
-        limit = self.limits.get(tier)
-        return None if limit is None else limit.max_sessions
+        return self.limit(tier).max_sessions
 
     def check_initialize(self, user_id: str, tier: str) -> None:
         """Admit one new transport session of the user (``initialize_per_minute``, a minute's
         worth at once), or raise RateLimited. Counted in this node's memory, like the request
         rate (docs/scaling.md)."""
-        limit = self.limits.get(tier)
-        if limit is None or limit.initialize_per_minute is None:
+        limit = self.limit(tier)
+        if limit.initialize_per_minute is None:
             return
         per_minute = limit.initialize_per_minute
         if not self._take(self._initializes, user_id, per_minute, per_minute):
@@ -199,8 +250,7 @@ class UsageMeter:
         ``quota_reread`` seconds) plus the calls admitted here since that read. The read waits at
         most ``quota_read_wait``; when the database does not answer, the node goes on counting
         on its own (docs/scaling.md). A quota per second is counted in memory only."""
-        limit = self.limits.get(tier)
-        quota = None if limit is None else limit.tool_calls
+        quota = self.limit(tier).tool_calls
         if quota is None:
             return
         now = self._wall_clock()
@@ -241,9 +291,7 @@ class UsageMeter:
             used.read_at = self._clock()  # type: ignore[operator]
 
     def check(self, user_id: str, tier: str) -> None:
-        limit = self.limits.get(tier)
-        if limit is None:
-            return
+        limit = self.limit(tier)
         now: float = self._clock()  # type: ignore[operator]
         bucket = self._buckets.get(user_id)
         if bucket is None:

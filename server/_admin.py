@@ -9,7 +9,8 @@ GET  /admin/api/tree                      the live supervision tree of this node
 GET  /admin/api/sessions?user=…           grants (user sessions) with tier, scopes, status, streams
 GET  /admin/api/events?limit=…            recent authentication events
 POST /admin/api/users/revoke   {user_id}  revoke a user on every node
-POST /admin/api/users/set-tier {user_id, tier}
+POST /admin/api/users/set-tier {user_id, tier}     an override: it holds until cleared
+POST /admin/api/users/clear-tier {user_id}         the identity provider's tier applies again
 POST /admin/api/sessions/end   {grant_id} end one user session on every node
 
 The API takes the token as ``Authorization: Bearer`` (scripts) or the admin cookie (the view).
@@ -285,9 +286,9 @@ class AdminApi:
         if method == "GET" and route == "sessions":
             live = {s.grant_id: len(s.connections()) for s in node.sessions.live()}
             rows = await node.store.fetch(
-                "SELECT g.grant_id, g.user_id, g.client_id, g.tier, g.scopes, g.status, g.created_at, g.last_seen_at, "
+                "SELECT g.grant_id, g.user_id, g.client_id, u.tier, u.tier_override, g.scopes, g.status, g.created_at, g.last_seen_at, "
                 "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams "
-                "FROM grants g WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
+                "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
                 q.get("user", ""),
             )
             return 200, {
@@ -305,15 +306,20 @@ class AdminApi:
                 str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))
             )
             return 200, {"revoked": body["user_id"]}
-        if method == "POST" and route == "users/set-tier":
-            tier = str(body["tier"])
-            if tier not in node.settings.tier_names():
+        if method == "POST" and route in ("users/set-tier", "users/clear-tier"):
+            override = str(body["tier"]) if route == "users/set-tier" else None
+            if override is not None and override not in node.settings.tier_names():
                 return 400, {
                     "error": "invalid_request",
-                    "error_description": f"tier must be one of {', '.join(node.settings.tier_names())}",
+                    "error_description": f"tier must be one of {', '.join(node.settings.tier_names())}, got {override[:64]!r}",
                 }
-            await node.sessions.set_tier(str(body["user_id"]), tier)
-            return 200, {"user_id": body["user_id"], "tier": tier}
+            change = await node.sessions.set_tier(str(body["user_id"]), override)
+            if change is None:
+                return 404, {
+                    "error": "not_found",
+                    "error_description": f"no user {str(body['user_id'])[:200]!r}",
+                }
+            return 200, {"user_id": body["user_id"], "tier": change.after, "override": override}
         if method == "POST" and route == "sessions/end":
             await node.sessions.invalidate(
                 uuid.UUID(str(body["grant_id"])),

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from actors import UpstreamConfig, valid_redirect_uri
+from actors import REFUSE, TierMapping, UpstreamConfig, valid_redirect_uri
 from actors._usage import parse_quota
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ClientSettings",
     "ConfigError",
     "Settings",
+    "TierMappingSettings",
     "TierSettings",
     "UpstreamSettings",
     "load_settings",
@@ -44,6 +45,8 @@ T = TypeVar("T")
 _REMOVED = {
     "refresh_grace": "it was removed: a rotated refresh token presented again always revokes its "
     "grant (RFC 9700 §4.14.2, docs/security.md); delete the setting",
+    "upstream.tier_claim": "it moved: the claim is [upstream.tiers] claim (a dotted path such "
+    "as realm_access.roles), with its map and default (docs/operating.md)",
 }
 
 
@@ -99,7 +102,7 @@ class UpstreamSettings:
         },
     )
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
-    tier_claim: str = "tier"
+    tiers: TierMappingSettings = attrs.field(factory=lambda: TierMappingSettings())
     jwks_ttl: float = attrs.field(
         default=3600.0,
         metadata={
@@ -128,7 +131,6 @@ class UpstreamSettings:
             revocation_endpoint=self.revocation_endpoint,
             client_secret=self.client_secret,
             scopes=self.scopes,
-            tier_claim=self.tier_claim,
             jwks_uri=self.jwks_uri,
             discovery=self.discovery,
             jwks_ttl=self.jwks_ttl,
@@ -145,6 +147,37 @@ class UpstreamSettings:
                 "and 'upstream.token_endpoint' are required"
             )
             raise ConfigError(msg)
+
+
+def _claim_path(value: str) -> bool:
+    return bool(value) and all(part for part in value.split("."))
+
+
+@attrs.frozen
+class TierMappingSettings:
+    """How the identity provider's claims give a user's tier (``[upstream.tiers]``): the claim
+    (a dotted path, e.g. ``realm_access.roles``; a top-level claim of that exact name first),
+    ``map`` from the provider's values to configured tiers (empty: each tier's own name), and
+    ``default`` for a value that maps to nothing or a missing claim: a tier, or ``"refuse"`` to
+    refuse the sign-in. A list-valued claim gives the highest tier any of its values maps to."""
+
+    claim: str = attrs.field(
+        default="tier",
+        metadata={"check": _claim_path, "expect": "a claim name or a dotted path (a.b.c)"},
+    )
+    map: dict[str, str] = attrs.field(
+        factory=dict,
+        hash=False,
+        metadata={"help": "the provider's value -> a configured tier (empty: tier names as is)"},
+    )
+    default: str = attrs.field(
+        default="",
+        metadata={"help": "a configured tier, or refuse (empty: the lowest configured tier)"},
+    )
+    case_sensitive: bool = attrs.field(
+        default=True,
+        metadata={"help": "false: the provider's values and the map's keys match in any case"},
+    )
 
 
 def _quota(value: str) -> bool:
@@ -403,6 +436,26 @@ class Settings:
     def tier_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tiers)
 
+    def tier_mapping(self) -> TierMapping:
+        """The claim-to-tier mapping (``[upstream.tiers]``; the development IdP's tier names as
+        they are, with the lowest configured tier for anything else).
+
+        Raises:
+            ConfigError: the mapping names a tier that is not configured, and so on.
+        """
+        tiers = self.upstream.tiers if self.upstream is not None else TierMappingSettings()
+        try:
+            return TierMapping(
+                self.tier_names(),
+                claim=tiers.claim,
+                mapping=tiers.map,
+                default=tiers.default,
+                case_sensitive=tiers.case_sensitive,
+            )
+        except ValueError as exc:
+            msg = f"setting 'upstream.tiers': {exc}"
+            raise ConfigError(msg) from None
+
     @property
     def dev_idp_exposed(self) -> bool:
         """Whether the development IdP would serve a node that is not on loopback only."""
@@ -412,6 +465,14 @@ class Settings:
         return public or not _loopback(self.host)
 
     def __attrs_post_init__(self) -> None:
+        names = self.tier_names()
+        if len(set(names)) != len(names):
+            msg = f"setting 'tiers': each tier needs its own name, got {', '.join(names)}"
+            raise ConfigError(msg)
+        if REFUSE in names:
+            msg = f"setting 'tiers': {REFUSE!r} is the mapping's refusal, not a tier name"
+            raise ConfigError(msg)
+        self.tier_mapping()  # validated at start
         if self.dev_no_auth:
             _check_dev_no_auth(self)
         if self.dev_idp_exposed and not self.dev_idp_allow_public_insecure:
@@ -618,6 +679,24 @@ def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         result = tuple(
             _convert(f"{setting}[{i}]", item_tp, item, meta) for i, item in enumerate(items)
         )
+    elif origin is dict:
+        pairs: list[tuple[Any, Any]]
+        if isinstance(value, _EnvValue):  # value=tier,value=tier
+            parts = [p.partition("=") for p in value.raw.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in parts):
+                msg = f"{where} must be value=tier pairs separated by commas, got {shown}"
+                raise ConfigError(msg)
+            pairs = [(k.strip(), v.strip()) for k, _, v in parts]
+        elif isinstance(raw, Mapping):
+            pairs = list(raw.items())
+        else:
+            msg = f"{where} must be a table, got {shown}"
+            raise ConfigError(msg)
+        for key, item in pairs:
+            if not isinstance(key, str) or not key or not isinstance(item, str) or not item:
+                msg = f"{where} maps names to names (non-empty strings), got {key!r} = {item!r}"
+                raise ConfigError(msg)
+        result = dict(pairs)
     elif attrs.has(tp):
         if not isinstance(raw, Mapping):
             msg = f"{where} must be a table, got {shown}"

@@ -2,7 +2,7 @@
 
 Steward serves it on its own port when no upstream IdP is configured, so that a first run needs
 no configuration. It has one demo user per tier and fault controls under ``/_control/`` (fail or
-slow the next refreshes, revoke a user, change a tier, shorten token lifetimes) that the tests and
+slow the next refreshes, revoke a user, change a tier or any claim, shorten token lifetimes) that the tests and
 the fault harness drive over HTTP. State lives in memory: it is a stand-in, not a product.
 """
 
@@ -58,6 +58,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _REDIRECT_URI = re.compile(r"https?://[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
 _MAX_SLOW = 3600.0  # seconds a "slow" refresh fault may last
 _MAX_FAULTS = 10_000  # refresh faults queued at once
+_MAX_CLAIMS = 100  # claims set through the controls, per user
 
 
 @attrs.define
@@ -99,6 +100,8 @@ class DevIdP:
         self.access_ttl = access_ttl
         self.users = {name: dict(info) for name, info in DEMO_USERS.items()}
         self.revoked_users: set[str] = set()
+        # user -> claims that replace (or, set to None, remove) the userinfo's own
+        self.claims: dict[str, dict[str, Any]] = {}
         self._codes: dict[str, _Code] = {}
         self._grants: dict[str, _Grant] = {}  # by refresh token
         self._access: dict[str, tuple[str, float]] = {}  # access token -> (user, expires)
@@ -290,11 +293,17 @@ class DevIdP:
             )
             return
         user = entry[0]
-        await send_json(
-            send,
-            200,
-            {"sub": user, "email": self.users[user]["email"], "tier": self.users[user]["tier"]},
-        )
+        info: dict[str, Any] = {
+            "sub": user,
+            "email": self.users[user]["email"],
+            "tier": self.users[user]["tier"],
+        }
+        for name, value in self.claims.get(user, {}).items():
+            if value is None:
+                info.pop(name, None)
+            else:
+                info[name] = value
+        await send_json(send, 200, info)
 
     async def _revoke(self, scope: Scope, body: bytes, send: Send) -> None:
         token = form(body).get("token", "")
@@ -362,6 +371,22 @@ class DevIdP:
                 msg = f"no user {user!r}"
                 raise ValueError(msg)
             self.users[user]["tier"] = str(args["tier"])
+        elif action == "set_claims":
+            # {"user": "alice", "claims": {"tier": null, "realm_access": {"roles": ["pro"]}}}:
+            # each claim replaces the userinfo's own; null removes it; "sub" is the user's
+            user = _user_name(args["user"])
+            claims = args["claims"]
+            if user not in self.users:
+                msg = f"no user {user!r}"
+                raise ValueError(msg)
+            if not isinstance(claims, dict) or "sub" in claims:
+                msg = "claims must be a JSON object without sub"
+                raise ValueError(msg)
+            merged = {**self.claims.get(user, {}), **claims}
+            if len(merged) > _MAX_CLAIMS:
+                msg = f"a user holds at most {_MAX_CLAIMS} claims of the controls"
+                raise ValueError(msg)
+            self.claims[user] = merged
         elif action == "token_ttl":
             seconds = float(args["seconds"])
             if not 0 < seconds <= 366 * 86400:

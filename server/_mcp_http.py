@@ -1010,7 +1010,7 @@ class McpHttp:
         try:
             self.usage.check_initialize(user.user_id, user.tier)
         except RateLimited as exc:
-            limit = self.usage.limits[user.tier].initialize_per_minute
+            limit = self.usage.limit(user.tier).initialize_per_minute
             msg = (
                 f"the {user.tier} tier allows {limit} new MCP sessions per minute per account "
                 f"(initialize_per_minute); retry after {exc.retry_after}s"

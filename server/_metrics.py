@@ -129,6 +129,28 @@ class NodeCollector:
         for outcome, n in node.sessions.refreshes.items():
             refreshes.add_metric([outcome], n)
         yield refreshes
+        unmapped = CounterMetricFamily(
+            "steward_tier_claim_unmapped",
+            "identity provider tier claims that mapped to no tier (missing or unknown), by what "
+            "followed (the default tier, or a refusal)",
+            labels=["reason", "outcome"],
+        )
+        for (reason, outcome), n in node.auth.tier_unmapped.items():
+            unmapped.add_metric([reason, outcome], n)
+        yield unmapped
+        rereads = CounterMetricFamily(
+            "steward_tier_rereads",
+            "tier re-reads after upstream refreshes, by outcome (ok, failed, skipped, refused)",
+            labels=["outcome"],
+        )
+        for outcome, n in node.sessions.tier_rereads.items():
+            rereads.add_metric([outcome], n)
+        yield rereads
+        yield CounterMetricFamily(
+            "steward_tier_unknown_lookups",
+            "limit lookups of a tier that is not configured (answered with the strictest limits)",
+            value=node.usage.unknown_tier_lookups,
+        )
         stats = node.store.statistics()
         yield GaugeMetricFamily(
             "steward_store_queue_depth", "writes waiting for a commit", value=stats.queue_depth

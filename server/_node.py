@@ -277,6 +277,7 @@ async def run_node(
         session_ttl=settings.session_ttl,
         scopes_supported=settings.scopes_supported,
         default_scopes=settings.default_scopes,
+        tier_mapping=settings.tier_mapping(),
     )
     auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
     rs = ResourceServer(auth)

@@ -1,5 +1,5 @@
-"""Operator commands: ``steward sessions list|show|end``, ``steward users revoke|set-tier`` and
-``steward keys rotate``.
+"""Operator commands: ``steward sessions list|show|end``, ``steward users
+revoke|set-tier|clear-tier`` and ``steward keys rotate``.
 
 They talk to the database (the embedded cluster of the data folder, or the configured URL) and
 publish cluster events, so every running node closes the affected streams at once.
@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from actors import Op, Store, store_child_spec
+from actors import Conn, Op, Store, TierChange, set_tier_override, store_child_spec
 from actors._cluster import cluster_event_ops
 from runtime import Supervisor
 from server._config import ConfigError, Settings
@@ -50,9 +50,18 @@ def add_commands(sub: Any) -> None:
     )
     revoke = users.add_parser("revoke", help="revoke every session of a user on every node")
     revoke.add_argument("user_id")
-    tier = users.add_parser("set-tier", help="change a user's subscription tier everywhere")
+    tier = users.add_parser(
+        "set-tier",
+        help="override a user's subscription tier everywhere; it holds until clear-tier, "
+        "whatever the identity provider says",
+    )
     tier.add_argument("user_id")
     tier.add_argument("tier")
+    clear = users.add_parser(
+        "clear-tier",
+        help="clear a user's tier override: the identity provider's tier applies again",
+    )
+    clear.add_argument("user_id")
     keys = sub.add_parser("keys", help="the upstream-token encryption key").add_subparsers(
         dest="action", required=True
     )
@@ -65,7 +74,7 @@ def add_commands(sub: Any) -> None:
     rotate.add_argument(
         "--wait", type=float, default=30.0, help="seconds running nodes get to load the new key"
     )
-    for p in (ls, show, end, revoke, tier, rotate):
+    for p in (ls, show, end, revoke, tier, clear, rotate):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", type=str)
         p.add_argument("--database-url")
@@ -95,9 +104,9 @@ async def _with_store(dsn: str, fn: Callable[[Store], Awaitable[None]]) -> None:
 
 async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
     rows = await store.fetch(
-        "SELECT g.grant_id, g.user_id, g.client_id, g.tier, g.status, g.last_seen_at, "
+        "SELECT g.grant_id, g.user_id, g.client_id, u.tier, g.status, g.last_seen_at, "
         "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS streams "
-        "FROM grants g WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') AND ($2 = '' OR g.status = $2) "
+        "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') AND ($2 = '' OR g.status = $2) "
         "ORDER BY g.last_seen_at DESC LIMIT $3",
         args.user,
         args.status,
@@ -122,7 +131,12 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
 
 async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
     grant_id = _uuid(args.grant_id)
-    grant = await store.fetchrow("SELECT * FROM grants WHERE grant_id = $1", grant_id)
+    grant = await store.fetchrow(
+        "SELECT g.grant_id, g.user_id, g.client_id, g.status, g.status_reason, u.tier, "
+        "u.tier_override, u.idp_tier, g.scopes, g.expires_at, g.created_at, g.last_seen_at "
+        "FROM grants g JOIN users u USING (user_id) WHERE g.grant_id = $1",
+        grant_id,
+    )
     if grant is None:
         msg = f"no session {grant_id}"
         raise ConfigError(msg)
@@ -143,7 +157,8 @@ async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
             f"user      {g['user_id']}",
             f"client    {g['client_id']}",
             f"status    {g['status']}" + (f" ({g['status_reason']})" if g["status_reason"] else ""),
-            f"tier      {g['tier']}",
+            f"tier      {g['tier']}"
+            + (" (an operator's override)" if g["tier_override"] else " (the identity provider's)"),
             f"scopes    {' '.join(g['scopes'])}",
             f"expires   {g['expires_at']}",
             "",
@@ -247,27 +262,45 @@ async def _users_revoke(store: Store, args: argparse.Namespace) -> None:
     _out(args, {"revoked": args.user_id}, lambda p: f"revoked {p['revoked']}")
 
 
-async def _users_set_tier(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    if args.tier not in settings.tier_names():
-        msg = f"tier must be one of {', '.join(settings.tier_names())}, got {args.tier!r}"
+async def _users_set_tier(
+    store: Store, args: argparse.Namespace, settings: Settings, *, clear: bool = False
+) -> None:
+    """An operator's tier override (docs/security.md, "Tiers"): set, it holds until cleared,
+    whatever the identity provider says; cleared, the provider's last tier applies again.
+    Every node's live sessions of the user take the tier up (the tier_changed event)."""
+    tier = None if clear else args.tier
+    if tier is not None and tier not in settings.tier_names():
+        msg = f"tier must be one of {', '.join(settings.tier_names())}, got {tier!r}"
         raise ConfigError(msg)
-    await store.write(
-        Op(
-            "UPDATE users SET tier = $2, updated_at = now() WHERE user_id = $1",
-            (args.user_id, args.tier),
-        ),
-        Op(
-            "UPDATE grants SET tier = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
-            (args.user_id, args.tier),
-        ),
-        *cluster_event_ops(
-            "tier_changed", origin=ORIGIN, user_id=args.user_id, payload={"tier": args.tier}
-        ),
-    )
+
+    async def write(conn: Conn) -> TierChange | None:
+        change = await set_tier_override(conn, args.user_id, tier, origin=ORIGIN)
+        if change is not None:
+            await conn.execute(
+                "INSERT INTO auth_events (event_id, kind, user_id, node_id, detail) VALUES ($1, $2, $3, $4, $5)",
+                uuid.uuid4(),
+                "tier_override_cleared" if clear else "tier_override_set",
+                args.user_id,
+                ORIGIN,
+                {"tier": change.after},
+            )
+        return change
+
+    change = await store.transact(write)
+    if change is None:
+        msg = f"no user {args.user_id!r} (user ids are as `steward sessions list` shows them)"
+        raise ConfigError(msg)
     _out(
         args,
-        {"user_id": args.user_id, "tier": args.tier},
-        lambda p: f"{p['user_id']} is now {p['tier']}",
+        {"user_id": args.user_id, "tier": change.after, "override": tier},
+        lambda p: (
+            f"{p['user_id']} is now {p['tier']}"
+            + (
+                " (an override: it holds until `steward users clear-tier`)"
+                if p["override"]
+                else " (the identity provider's tier)"
+            )
+        ),
     )
 
 
@@ -321,6 +354,7 @@ def run_command(
         ("sessions", "end"): lambda s: _sessions_end(s, args),
         ("users", "revoke"): lambda s: _users_revoke(s, args),
         ("users", "set-tier"): lambda s: _users_set_tier(s, args, settings),
+        ("users", "clear-tier"): lambda s: _users_set_tier(s, args, settings, clear=True),
         ("keys", "rotate"): lambda s: _keys_rotate(s, args, settings),
     }
     handler = handlers[(args.command, args.action)]

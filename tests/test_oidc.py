@@ -295,3 +295,39 @@ async def test_the_doctor_checks_discovery_the_keys_and_the_grants_of_the_idp(
         assert code == 1
         assert checks["identity provider"]["status"] == "fail"
         assert "names issuer 'https://impostor.invalid'" in checks["identity provider"]["detail"]
+
+
+async def test_without_userinfo_the_tier_follows_the_refreshed_id_token(fresh_db: str) -> None:
+    """A provider with no userinfo endpoint carries the tier in its id_tokens: the one a
+    refresh returns is validated and its tier claim applied; one naming another subject is
+    refused and changes nothing."""
+    async with oidc_provider(userinfo=False) as idp:
+        idp.set_user("dora", tier="free")
+        upstream = idp.upstream_settings()
+        async with (
+            running_node(fresh_db, public_url=PUBLIC, encryption_key=KEY, upstream=upstream) as a,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            await sign_in(http, a, "dora")
+            grant_id = await a.store.fetchval("SELECT grant_id FROM grants")
+            assert await a.store.fetchval("SELECT tier FROM users") == "free"
+
+            async def refresh_now() -> None:
+                await a.store.write(
+                    Op(
+                        "UPDATE upstream_tokens SET access_expires_at = now() WHERE grant_id = $1",
+                        (grant_id,),
+                    )
+                )
+                await a.sessions.refresh_upstream(grant_id)
+
+            idp.set_user("dora", tier="pro")
+            await refresh_now()
+            assert await a.store.fetchval("SELECT tier FROM users") == "pro"
+            assert a.sessions.tier_rereads["ok"] == 1
+
+            idp.tamper("wrong_aud")  # the next id_token is issued for another client
+            idp.set_user("dora", tier="enterprise")
+            await refresh_now()
+            assert await a.store.fetchval("SELECT tier FROM users") == "pro"
+            assert a.sessions.tier_rereads["failed"] == 1
