@@ -5,6 +5,7 @@ Steward never passes a client's token upstream (MCP-R24): upstream calls use ups
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +15,7 @@ import httpx
 import structlog
 
 __all__ = [
+    "RevokeOutcome",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamRevoked",
@@ -30,6 +32,15 @@ class UpstreamRevoked(Exception):
 
 class UpstreamUnavailable(Exception):
     """The IdP could not be reached, timed out or failed (5xx): retry later with backoff."""
+
+
+class RevokeOutcome(enum.Enum):
+    """What the IdP's revocation endpoint (RFC 7009) answered for one token."""
+
+    REVOKED = "revoked"  # 200: revoked, or unknown to it (§2.2 answers both alike)
+    REFUSED = "refused"  # another 4xx (unsupported_token_type, invalid_client): a retry won't help
+    UNAVAILABLE = "unavailable"  # unreachable, timed out, 429 or 5xx (§2.2.1 503): retry later
+    NOT_OFFERED = "not_offered"  # no revocation_endpoint is configured
 
 
 @attrs.frozen
@@ -140,13 +151,26 @@ class UpstreamClient:
         info: dict[str, Any] = response.json()
         return info
 
-    async def revoke(self, token: str) -> None:
-        if self.config.revocation_endpoint is None:
-            return
+    async def revoke(self, token: str, *, hint: str | None = None) -> RevokeOutcome:
+        """Revoke one upstream token at the IdP (RFC 7009), naming its kind in ``hint``
+        (``refresh_token`` or ``access_token``). Never raises for the IdP's sake."""
+        endpoint = self.config.revocation_endpoint
+        if endpoint is None:
+            return RevokeOutcome.NOT_OFFERED
+        data = {"token": token, "client_id": self.config.client_id}
+        if hint is not None:
+            data["token_type_hint"] = hint
+        if self.config.client_secret:
+            data["client_secret"] = self.config.client_secret
         try:
-            await self._http.post(
-                self.config.revocation_endpoint,
-                data={"token": token, "client_id": self.config.client_id},
-            )
+            response = await self._http.post(endpoint, data=data)
         except httpx.HTTPError as exc:
-            log.warning("upstream_revoke_failed", error=type(exc).__name__)
+            log.warning("upstream_revoke_unavailable", error=type(exc).__name__)
+            return RevokeOutcome.UNAVAILABLE
+        if response.status_code == 200:
+            return RevokeOutcome.REVOKED
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("upstream_revoke_unavailable", status=response.status_code)
+            return RevokeOutcome.UNAVAILABLE
+        log.warning("upstream_revoke_refused", status=response.status_code)
+        return RevokeOutcome.REFUSED

@@ -9,6 +9,7 @@ GET  /admin/api/tree                      the live supervision tree of this node
 GET  /admin/api/sessions?user=…           grants (user sessions) with tier, scopes, status, streams
 GET  /admin/api/events?limit=…            recent authentication events
 POST /admin/api/users/revoke   {user_id}  revoke a user on every node
+POST /admin/api/users/reinstate {user_id} lift a user's revocation (they may sign in again)
 POST /admin/api/users/set-tier {user_id, tier}
 POST /admin/api/sessions/end   {grant_id} end one user session on every node
 
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 import attrs
 import structlog
 
-from actors import StoreUnavailable
+from actors import StoreUnavailable, UserChange
 from runtime import tree
 from server._http import (
     BodyTooLarge,
@@ -290,8 +291,9 @@ class AdminApi:
             live = {s.grant_id: len(s.connections()) for s in node.sessions.live()}
             rows = await node.store.fetch(
                 "SELECT g.grant_id, g.user_id, g.client_id, g.tier, g.scopes, g.status, g.created_at, g.last_seen_at, "
-                "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams "
-                "FROM grants g WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
+                "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams, "
+                "u.revoked_at IS NOT NULL AS user_revoked "
+                "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
                 q.get("user", ""),
             )
             return 200, {
@@ -309,6 +311,14 @@ class AdminApi:
                 str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))
             )
             return 200, {"revoked": body["user_id"]}
+        if method == "POST" and route == "users/reinstate":
+            user_id = str(body["user_id"])
+            change = await node.sessions.reinstate_user(
+                user_id, reason=str(body.get("reason", "reinstated by an operator"))
+            )
+            if change is UserChange.UNKNOWN_USER:
+                return 404, {"error": "not_found", "error_description": f"no user {user_id!r}"}
+            return 200, {"user_id": user_id, "reinstated": change is UserChange.CHANGED}
         if method == "POST" and route == "users/set-tier":
             tier = str(body["tier"])
             if tier not in node.settings.tier_names():

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -35,6 +36,7 @@ from actors import (
     Store,
     StorePolicy,
     StoreUnavailable,
+    UpstreamRevoker,
     WriteQueue,
     migrate,
     pending_migrations,
@@ -104,6 +106,7 @@ class NodeInfo:
             "issuer_url": self.issuer_url,
             "base_url": self.base_url,
             "admin_url": f"{self.base_url}/admin/api/",
+            "listen_url": self.listen_url,  # this node's own socket (the public URL may be shared)
         }
         if self.dev_idp_url is not None:
             doc["dev_idp_url"] = self.dev_idp_url
@@ -140,6 +143,16 @@ def open_keyring(settings: Settings) -> KeyRing:
         assert settings.encryption_key is not None
         return KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key)
     return KeyRing.load_or_create(key_file, settings.encryption_key_id)
+
+
+def _origin(url: str) -> str:
+    """The origin (scheme://host[:port]) of a URL, as a browser's Origin header names it."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{scheme}://{host}{port}"
 
 
 def _url(sock: socket.socket) -> str:
@@ -196,6 +209,7 @@ class Node:
     relay: Relay
     root: SupervisorHandle | None = None
     admin_token: str = attrs.field(default="", repr=False)
+    revoker: UpstreamRevoker | None = None
 
 
 async def run_node(
@@ -303,6 +317,8 @@ async def run_node(
         ),
     )
     janitor = Janitor(store, sessions, node_id=node_id)
+    revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
+    sessions.on_grants_ended = revoker.wake
     oauth = OAuthEndpoints(
         auth,
         rs,
@@ -319,6 +335,7 @@ async def run_node(
         usage,
         max_body=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins,
+        own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
     )
     asgi = StewardAsgi(mcp, oauth)
@@ -348,6 +365,7 @@ async def run_node(
         notifier,
         janitor,
         relay,
+        revoker=revoker,
     )
 
     node.asgi.metrics = new_registry(node, asgi.requests)
@@ -432,6 +450,7 @@ async def run_node(
         sessions.child_spec(),
         notifier.child_spec(),
         janitor.child_spec(),
+        revoker.child_spec(),
         relay.child_spec(),
     ]
     if settings.dev_no_auth:
@@ -443,7 +462,11 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             node.root = await nursery.start(root.run)
             log.info(
-                "node_ready", node_id=node_id, mcp_url=info.mcp_url, dev_idp_url=info.dev_idp_url
+                "node_ready",
+                node_id=node_id,
+                listen_url=info.listen_url,
+                mcp_url=info.mcp_url,
+                dev_idp_url=info.dev_idp_url,
             )
             if on_ready is not None:
                 on_ready(node)
