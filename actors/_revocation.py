@@ -180,7 +180,7 @@ class RevokeResult(enum.Enum):
     REVOKED = "revoked"  # the IdP revoked both tokens (or knew neither); ciphertext deleted
     NOT_OFFERED = "not_offered"  # no revocation endpoint: ciphertext deleted
     REFUSED = "refused"  # the IdP refused for good: ciphertext deleted
-    UNDECRYPTABLE = "undecryptable"  # under a key this node no longer has: deleted
+    UNDECRYPTABLE = "undecryptable"  # the ciphertext does not decrypt (corrupt): deleted
     ABANDONED = "abandoned"  # the IdP never answered in time: ciphertext deleted unrevoked
     RETRY = "retry"  # the IdP is away: kept for the next attempt
     CHANGED = "changed"  # refreshed meanwhile: taken again at once with the new tokens
@@ -223,12 +223,19 @@ class UpstreamRevoker:
         while True:
             await self.store.wait_connected()  # an outage is waited out, not crashed on
             self._wake = trio.Event()
+            wait = self.policy.poll
             try:
                 while await self.pass_once():
                     pass
+                due = await self.store.fetchval(
+                    "SELECT extract(epoch FROM min(revoke_next_at) - now()) FROM upstream_tokens "
+                    "WHERE revoke_requested_at IS NOT NULL"
+                )
+                if due is not None:  # a retry due before the next poll
+                    wait = min(wait, max(0.0, float(due)))
             except StoreUnavailable:
                 log.warning("upstream_revoke_deferred", reason="database unreachable")
-            with trio.move_on_after(self.policy.poll):
+            with trio.move_on_after(wait):
                 await self._wake.wait()
 
     async def pass_once(self) -> int:
@@ -252,6 +259,12 @@ class UpstreamRevoker:
         return len(rows)
 
     async def _handle(self, row: dict[str, Any], limiter: trio.CapacityLimiter) -> None:
+        try:
+            await self._handle_one(row, limiter)
+        except StoreUnavailable:  # the row stays claimed: retried once its next attempt is due
+            log.warning("upstream_revoke_deferred", reason="database unreachable")
+
+    async def _handle_one(self, row: dict[str, Any], limiter: trio.CapacityLimiter) -> None:
         async with limiter:
             result = await self._revoke(row)
         self.outcomes[result] += 1
@@ -311,7 +324,10 @@ class UpstreamRevoker:
             return RevokeResult.ABANDONED
         try:
             tokens = self.auth.decrypt_upstream(row)
-        except (KeyError, InvalidTag, UnicodeDecodeError) as exc:  # a retired key, a corrupt row
+        except KeyError:  # a key this node has not loaded (yet): another node, or a later try
+            log.warning("upstream_revoke_key_missing", grant_id=str(row["grant_id"]))
+            return RevokeResult.RETRY
+        except (InvalidTag, UnicodeDecodeError) as exc:  # a corrupt row: nothing to send for it
             log.warning(
                 "upstream_revoke_undecryptable",
                 grant_id=str(row["grant_id"]),
