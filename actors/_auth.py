@@ -42,12 +42,31 @@ __all__ = [
     "IssuedTokens",
     "OAuthError",
     "Principal",
+    "UserRevokedError",
+    "audit_op",
     "valid_redirect_uri",
 ]
 
 log = structlog.get_logger("auth")
 UTC = datetime.UTC
 LIVE_GRANT = ("active", "refreshing")  # the grant statuses a token of the grant may be used in
+
+
+def audit_op(
+    kind: str,
+    *,
+    node_id: str,
+    user_id: str | None = None,
+    client_id: str | None = None,
+    grant_id: uuid.UUID | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Op:
+    """The row of one authentication event (``auth_events``), to commit with what it records."""
+    return Op(
+        "INSERT INTO auth_events (event_id, kind, user_id, client_id, grant_id, node_id, detail) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        (uuid.uuid4(), kind, user_id, client_id, grant_id, node_id, detail or {}),
+    )
 
 
 def _now() -> datetime.datetime:
@@ -69,6 +88,17 @@ class OAuthError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
+
+
+class UserRevokedError(OAuthError):
+    """An operator revoked the user signing in (``steward users revoke``): the sign-in ends at
+    the callback or the consent. ``client_redirect`` sends the browser back to the client with
+    the OAuth error (RFC 6749 §4.1.2.1: the redirect URI was verified at /authorize)."""
+
+    def __init__(self, user_id: str, client_redirect: str) -> None:
+        super().__init__("access_denied", "this user's access was revoked", status=403)
+        self.user_id = user_id
+        self.client_redirect = client_redirect
 
 
 @attrs.frozen
@@ -195,10 +225,13 @@ class AuthService:
     ) -> None:
         """Record an authentication event in the audit table and the log. Never pass a secret."""
         self.store.write_nowait(
-            Op(
-                "INSERT INTO auth_events (event_id, kind, user_id, client_id, grant_id, node_id, detail) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                (uuid.uuid4(), kind, user_id, client_id, grant_id, self.node_id, detail),
+            audit_op(
+                kind,
+                node_id=self.node_id,
+                user_id=user_id,
+                client_id=client_id,
+                grant_id=grant_id,
+                detail=detail,
             )
         )
         log.info(
@@ -492,7 +525,7 @@ class AuthService:
         )
         assert known is not None
         if known["revoked"]:
-            await self._refuse_revoked_user(request_hash, user_id, row["client_id"])
+            await self._refuse_revoked_user(request_hash, user_id, row)
         if idp_tier is None and known["tier_override"] is None:
             await self._refuse_without_tier(request_hash, user_id, row["client_id"])
         # a new user's first tier is the override-free one; apply_idp_tier then records the
@@ -542,17 +575,29 @@ class AuthService:
         )
 
     async def _refuse_revoked_user(
-        self, request_hash: bytes, user_id: str, client_id: str
+        self, request_hash: bytes, user_id: str, request: dict[str, Any]
     ) -> NoReturn:
-        """An operator revoked this user: the authorization request ends here, unanswered."""
+        """An operator revoked this user: the authorization request ends here, with no code."""
         await self.store.write(
             Op(
                 "UPDATE authorization_requests SET consumed_at = now(), upstream_ciphertext = NULL WHERE request_hash = $1",
                 (request_hash,),
             )
         )
+        client_id = request["client_id"]
         self.audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="user revoked")
-        raise OAuthError("access_denied", "this user's access was revoked", status=403)
+        raise UserRevokedError(
+            user_id,
+            _with_params(
+                request["redirect_uri"],
+                {
+                    "error": "access_denied",
+                    "error_description": "this user's access was revoked",
+                    "state": request["client_state"],
+                    "iss": self.policy.issuer,
+                },
+            ),
+        )
 
     async def _refuse_without_tier(
         self, request_hash: bytes, user_id: str, client_id: str
@@ -592,7 +637,7 @@ class AuthService:
                 status=403,
             )
         if row["user_revoked"] is not None:
-            await self._refuse_revoked_user(request_hash, row["user_id"], row["client_id"])
+            await self._refuse_revoked_user(request_hash, row["user_id"], row)
         if not approve:
             await self.store.write(
                 Op(
@@ -698,13 +743,7 @@ class AuthService:
         if row is None:
             raise OAuthError("invalid_request", "this authorization request was already completed")
         if row.get("user_revoked"):
-            self.audit(
-                "sign_in_refused",
-                user_id=row["user_id"],
-                client_id=row["client_id"],
-                reason="user revoked",
-            )
-            raise OAuthError("access_denied", "this user's access was revoked", status=403)
+            await self._refuse_revoked_user(request_hash, row["user_id"], row)
         self.audit("sign_in", user_id=row["user_id"], client_id=row["client_id"], grant_id=grant_id)
         return _with_params(
             row["redirect_uri"],

@@ -11,7 +11,6 @@ and dead nodes' connections, and deletes rows past their retention.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,8 @@ import structlog
 import trio
 
 from actors._crypto import KeyRing
+from actors._events import CHANNEL, cluster_event_ops
+from actors._revocation import ENDED_GRANTS_SQL
 from actors._sessions import SessionManager
 from actors._store import Op, Store, StoreUnavailable
 from actors._store_retention import retention_sweep
@@ -29,26 +30,7 @@ __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "c
 
 log = structlog.get_logger("cluster")
 
-CHANNEL = "steward_events"
 KEYS_ROTATED = "keys_rotated"  # the key file changed: reload it (actors/_keys.py)
-
-
-def cluster_event_ops(
-    kind: str,
-    *,
-    origin: str,
-    user_id: str | None = None,
-    grant_id: uuid.UUID | None = None,
-    payload: dict[str, Any] | None = None,
-) -> list[Op]:
-    """The ops that publish a cluster event: a row, and a NOTIFY delivered when it commits."""
-    return [
-        Op(
-            "INSERT INTO cluster_events (kind, user_id, grant_id, payload, origin_node) VALUES ($1, $2, $3, $4, $5)",
-            (kind, user_id, grant_id, payload or {}, origin),
-        ),
-        Op("SELECT pg_notify($1, $2)", (CHANNEL, kind)),
-    ]
 
 
 class Notifier:
@@ -112,6 +94,8 @@ class Notifier:
         kind = row["kind"]
         self.applied += 1
         log.info("cluster_event", kind=kind, origin=row["origin_node"], user_id=row["user_id"])
+        if kind in ("revoke_user", "revoke_grant", "end_session", "reauth_required"):
+            self.sessions.grants_ended()  # their upstream tokens wait for a revoker
         if kind == "revoke_user" and row["user_id"]:
             await self.sessions.end_user_locally(row["user_id"])
         elif kind in ("revoke_grant", "end_session", "reauth_required") and row["grant_id"]:
@@ -227,6 +211,10 @@ class Janitor:
                 "UPDATE grants SET status = 'expired', status_reason = 'session lifetime ended' "
                 "WHERE status IN ('active', 'refreshing') AND expires_at < now() RETURNING grant_id, user_id"
             )
+            if expired:
+                ids = [r["grant_id"] for r in expired]
+                for sql in ENDED_GRANTS_SQL:  # subscriptions dropped, upstream tokens marked
+                    await conn.execute(sql, ids)
             if not reap:
                 return {
                     "expired_sessions": len(expired),
@@ -275,7 +263,10 @@ class Janitor:
         result = await self.store.transact(sweep)
         # the retention rules live with the schema (actors/_store_retention.py), in bounded chunks
         result["retention_deleted"] = sum((await retention_sweep(self.store)).values())
-        for grant_id in result.pop("_expired"):  # type: ignore[attr-defined]
+        ended = result.pop("_expired")
+        if ended:
+            self.sessions.grants_ended()
+        for grant_id in ended:  # type: ignore[attr-defined]
             session = self.sessions.registry.lookup(grant_id)
             if session is not None:
                 await session.end_locally("expired", "the session's lifetime ended; sign in again")

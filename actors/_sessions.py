@@ -26,6 +26,12 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
+from actors._revocation import (
+    UserChange,
+    grant_end_ops,
+    reinstate_user,
+    revoke_user_ops,
+)
 from actors._store import Conn, Op, Store, StoreUnavailable, WriteRejected
 from actors._tiers import TierChange, apply_idp_tier, set_tier_override
 from actors._upstream import (
@@ -663,14 +669,7 @@ class UserSession:
         self.invalid_reason = status
         self.manager.forget(self.grant_id, self.context.user_id)
         await self.manager.store.write(
-            Op(
-                "UPDATE grants SET status = $2, status_reason = $3 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
-                (self.grant_id, status, message),
-            ),
-            Op(
-                "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
-                (self.grant_id, status),
-            ),
+            *grant_end_ops([self.grant_id], status=status, message=message),
             *also,
             *self.manager.publish(
                 "revoke_grant",
@@ -679,6 +678,7 @@ class UserSession:
                 payload={"status": status, "message": message},
             ),
         )
+        self.manager.grants_ended()
         self.manager.forget(self.grant_id, self.context.user_id)  # verified meanwhile
         self.close_streams(status, message)
         self.manager.auth.audit(
@@ -828,6 +828,7 @@ class SessionManager:
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
         self._others_alive = True  # until the nodes table says otherwise
         self._nodes_checked_until = 0.0
+        self.on_grants_ended: Callable[[], None] | None = None  # wakes the upstream revoker
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec("sessions", self.run, shutdown_grace=5.0)
@@ -838,11 +839,32 @@ class SessionManager:
         sup = DynamicSupervisor(
             "sessions", max_children=self.policy.max_sessions, intensity=1000, period=1.0
         )
+        self.take_over()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._sup = await nursery.start(sup.run)
             task_status.started(self)
             await self._sup.wait_exited()
+
+    def take_over(self) -> None:
+        """Close the connection rows a previous process under this node id left open (it was
+        killed, or the database was away when it stopped): their streams are gone, and open
+        rows would count against their users' stream limits on other nodes until the janitor
+        found them stale. Queued before this incarnation opens any stream, so the write queue
+        (in order) commits it before any row of this incarnation, whenever the store connects."""
+        self.store.write_nowait(
+            Op(
+                "UPDATE connections SET closed_at = now(), close_reason = 'node_restarted' "
+                "WHERE node_id = $1 AND closed_at IS NULL",
+                (self.node_id,),
+            ),
+            Op(
+                "UPDATE nodes SET started_at = now(), heartbeat_at = now(), status = 'alive' "
+                "WHERE node_id = $1",
+                (self.node_id,),
+            ),
+        )
+        log.info("node_take_over", node_id=self.node_id)
 
     @property
     def supervisor(self) -> SupervisorHandle | None:
@@ -1181,14 +1203,7 @@ class SessionManager:
             return
         self.forget(grant_id, "")
         await self.store.write(
-            Op(
-                "UPDATE grants SET status = $2, status_reason = $3 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
-                (grant_id, reason, message),
-            ),
-            Op(
-                "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE grant_id = $1 AND closed_at IS NULL",
-                (grant_id, reason),
-            ),
+            *grant_end_ops([grant_id], status=reason, message=message),
             *also,
             *self.publish(
                 "revoke_grant",
@@ -1196,6 +1211,7 @@ class SessionManager:
                 payload={"status": reason, "message": message or reason},
             ),
         )
+        self.grants_ended()
         # a request that verified a token or hydrated the session before the commit: forgotten
         # and ended again after it (the notifier does not bring a node its own events)
         self.forget(grant_id, "")
@@ -1310,20 +1326,20 @@ class SessionManager:
         waiting for the database) and the user's live sessions are ended again after it, in
         case the user came back in between, while the grants were still active."""
         await self.end_user_locally(user_id)
-        await self.store.write(
-            Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (user_id,)),
-            Op(
-                "UPDATE grants SET status = 'revoked', status_reason = $2 WHERE user_id = $1 AND status IN ('active', 'refreshing')",
-                (user_id, reason),
-            ),
-            Op(
-                "UPDATE connections SET closed_at = now(), close_reason = 'revoked' WHERE user_id = $1 AND closed_at IS NULL",
-                (user_id,),
-            ),
-            *self.publish("revoke_user", user_id=user_id),
-        )
+        await self.store.write(*revoke_user_ops(user_id, reason=reason, origin=self.node_id))
+        self.grants_ended()
         await self.end_user_locally(user_id)
-        self.auth.audit("revoked", user_id=user_id, reason=reason)
+        log.info("auth_event", kind="revoked", user_id=user_id, reason=reason)
+
+    async def reinstate_user(self, user_id: str, *, reason: str) -> UserChange:
+        """Lift a user's revocation (actors/_revocation.py): they may sign in again."""
+        return await reinstate_user(self.store, user_id, origin=self.node_id, reason=reason)
+
+    def grants_ended(self) -> None:
+        """Grants ended (here, or on another node as the notifier heard): their upstream tokens
+        wait for the revoker."""
+        if self.on_grants_ended is not None:
+            self.on_grants_ended()
 
     async def end_user_locally(self, user_id: str) -> None:
         """The user was revoked: close this node's streams of theirs and forget their tokens."""

@@ -15,6 +15,7 @@ no userinfo endpoint (docs/security.md, "The upstream identity provider").
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import hmac
 import json
@@ -37,6 +38,7 @@ __all__ = [
     "ID_TOKEN_ALGORITHMS",
     "IdTokenInvalid",
     "ProviderMetadata",
+    "RevokeOutcome",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
@@ -82,6 +84,15 @@ class UpstreamNotReady(UpstreamUnavailable):
 
 class IdTokenInvalid(Exception):
     """The IdP's answer fails validation (a bad id_token, no subject): the sign-in is refused."""
+
+
+class RevokeOutcome(enum.Enum):
+    """What the IdP's revocation endpoint (RFC 7009) answered for one token."""
+
+    REVOKED = "revoked"  # 200: revoked, or unknown to it (§2.2 answers both alike)
+    REFUSED = "refused"  # another 4xx (unsupported_token_type, invalid_client): a retry won't help
+    UNAVAILABLE = "unavailable"  # unreachable, timed out, 429 or 5xx (§2.2.1 503): retry later
+    NOT_OFFERED = "not_offered"  # no revocation_endpoint is configured
 
 
 @attrs.frozen
@@ -596,15 +607,34 @@ class UpstreamClient:
             raise UpstreamUnavailable("userinfo answered JSON that is not an object")
         return info
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, *, hint: str | None = None) -> RevokeOutcome:
+        """Revoke one upstream token at the IdP (RFC 7009), naming its kind in ``hint``
+        (``refresh_token`` or ``access_token``), with the client authentication of the token
+        endpoint. Never raises for the IdP's sake."""
+        c = self.config
+        if c.revocation_endpoint is None and c.discovery and self.discovered is None:
+            # whether the provider offers revocation is not known until its metadata is had
+            log.warning("upstream_revoke_unavailable", error="metadata not discovered yet")
+            return RevokeOutcome.UNAVAILABLE
         endpoint = self.metadata.revocation_endpoint
         if endpoint is None:
-            return
-        data, headers = self._client_auth({"token": token})
+            return RevokeOutcome.NOT_OFFERED
+        fields = {"token": token}
+        if hint is not None:
+            fields["token_type_hint"] = hint
+        data, headers = self._client_auth(fields)
         try:
-            await self._http.post(endpoint, data=data, headers=headers)
+            response = await self._http.post(endpoint, data=data, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning("upstream_revoke_failed", error=type(exc).__name__)
+            log.warning("upstream_revoke_unavailable", error=type(exc).__name__)
+            return RevokeOutcome.UNAVAILABLE
+        if response.status_code == 200:
+            return RevokeOutcome.REVOKED
+        if response.status_code == 429 or response.status_code >= 500:
+            log.warning("upstream_revoke_unavailable", status=response.status_code)
+            return RevokeOutcome.UNAVAILABLE
+        log.warning("upstream_revoke_refused", status=response.status_code)
+        return RevokeOutcome.REFUSED
 
 
 def _b64decode(segment: str) -> bytes:

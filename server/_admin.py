@@ -11,6 +11,7 @@ GET  /admin/api/events?limit=…            recent authentication events
 POST /admin/api/users/revoke   {user_id}  revoke a user on every node
 POST /admin/api/users/set-tier {user_id, tier}     an override: it holds until cleared
 POST /admin/api/users/clear-tier {user_id}         the identity provider's tier applies again
+POST /admin/api/users/reinstate {user_id} lift a user's revocation (they may sign in again)
 POST /admin/api/sessions/end   {grant_id} end one user session on every node
 
 The API takes the token as ``Authorization: Bearer`` (scripts) or the admin cookie (the view).
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit
 import attrs
 import structlog
 
-from actors import StoreUnavailable
+from actors import StoreUnavailable, UserChange
 from runtime import tree
 from server._http import (
     BodyTooLarge,
@@ -287,7 +288,8 @@ class AdminApi:
             live = {s.grant_id: len(s.connections()) for s in node.sessions.live()}
             rows = await node.store.fetch(
                 "SELECT g.grant_id, g.user_id, g.client_id, u.tier, u.tier_override, g.scopes, g.status, g.created_at, g.last_seen_at, "
-                "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams "
+                "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams, "
+                "u.revoked_at IS NOT NULL AS user_revoked "
                 "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
                 q.get("user", ""),
             )
@@ -306,6 +308,14 @@ class AdminApi:
                 str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))
             )
             return 200, {"revoked": body["user_id"]}
+        if method == "POST" and route == "users/reinstate":
+            user_id = str(body["user_id"])
+            reinstated = await node.sessions.reinstate_user(
+                user_id, reason=str(body.get("reason", "reinstated by an operator"))
+            )
+            if reinstated is UserChange.UNKNOWN_USER:
+                return 404, {"error": "not_found", "error_description": f"no user {user_id!r}"}
+            return 200, {"user_id": user_id, "reinstated": reinstated is UserChange.CHANGED}
         if method == "POST" and route in ("users/set-tier", "users/clear-tier"):
             override = str(body["tier"]) if route == "users/set-tier" else None
             if override is not None and override not in node.settings.tier_names():

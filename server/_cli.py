@@ -142,7 +142,11 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
             )
             if ready_file is not None:
                 write_ready_file(ready_file, node)
-            print(f"Steward is serving MCP at {node.info.mcp_url}", file=sys.stderr)
+            print(
+                f"Steward node {node.info.node_id} is listening on {node.info.listen_url}, "
+                f"serving MCP at {node.info.mcp_url}",
+                file=sys.stderr,
+            )
             if not settings.admin_token:
                 print(
                     f"Admin view at {node.info.base_url}/admin (token for this run: {node.admin_token})",
@@ -260,6 +264,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 **nodes[0],
                 "node_id": [n["node_id"] for n in nodes],
                 "workers": settings.workers,
+                # each worker's own socket: they share the port (SO_REUSEPORT)
+                "nodes": [{"node_id": n["node_id"], "listen_url": n["listen_url"]} for n in nodes],
             }
             if idp_url:
                 doc["dev_idp_url"] = idp_url
@@ -269,7 +275,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 tmp.write_text(json.dumps(doc, indent=2))
                 tmp.replace(ready_file)  # whole or absent: a reader never sees it half written
             print(
-                f"Steward is serving MCP at {doc['mcp_url']} with {settings.workers} workers",
+                f"Steward is listening on {doc['listen_url']}, serving MCP at {doc['mcp_url']} "
+                f"with {settings.workers} workers",
                 file=sys.stderr,
             )
             if not settings.admin_token:

@@ -110,6 +110,9 @@ class DevIdP:
             collections.deque()
         )  # modes for the next refreshes
         self.slow_seconds = 30.0
+        self._revoke_faults = 0  # the next this many /revoke calls answer 503
+        # what /revoke received, newest last: the token's kind as this IdP knew it, its user
+        self.revocations: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         # rate limits per client address on the sign-in page (server/_limits.py); None: none
         self.limiter: AddressLimiter | None = None
 
@@ -306,9 +309,30 @@ class DevIdP:
         await send_json(send, 200, info)
 
     async def _revoke(self, scope: Scope, body: bytes, send: Send) -> None:
-        token = form(body).get("token", "")
-        self._grants.pop(token, None)
-        self._access.pop(token, None)
+        """RFC 7009: 200 for a known or unknown token alike; a refresh token's grant goes."""
+        if self._revoke_faults > 0:
+            self._revoke_faults -= 1
+            await _error(send, 503, "temporarily_unavailable", "a revocation fault (5xx)")
+            return
+        f = form(body)
+        token = f.get("token", "")
+        grant = self._grants.pop(token, None)
+        access = self._access.pop(token, None)
+        kind, user = (
+            ("refresh", grant.user)
+            if grant is not None
+            else ("access", access[0])
+            if access is not None
+            else ("unknown", None)
+        )
+        self.revocations.append(
+            {
+                "kind": kind,
+                "user": user,
+                "token_type_hint": f.get("token_type_hint"),
+                "client_id": f.get("client_id"),
+            }
+        )
         await send_json(send, 200, {})
 
     # -- fault controls ------------------------------------------------------------------------------
@@ -338,7 +362,12 @@ class DevIdP:
         await send_json(
             send,
             200,
-            {"calls": dict(self.calls), "pending_refresh_faults": list(self._refresh_faults)},
+            {
+                "calls": dict(self.calls),
+                "pending_refresh_faults": list(self._refresh_faults),
+                "pending_revoke_faults": self._revoke_faults,
+                "revocations": list(self.revocations),
+            },
         )
 
     def _apply_control(self, action: str, args: dict[str, Any]) -> bool:
@@ -359,6 +388,12 @@ class DevIdP:
                 raise ValueError(msg)
             self.slow_seconds = seconds
             self._refresh_faults.extend([mode] * count)
+        elif action == "fail_revoke":
+            count = int(args.get("count", 1))
+            if not 0 <= count <= _MAX_FAULTS:
+                msg = f"count must be 0 to {_MAX_FAULTS}"
+                raise ValueError(msg)
+            self._revoke_faults = count
         elif action == "revoke_user":
             user = _user_name(args["user"])
             self.revoked_users.add(user)
@@ -395,6 +430,8 @@ class DevIdP:
             self.access_ttl = seconds
         elif action == "reset":
             self._refresh_faults.clear()
+            self._revoke_faults = 0
+            self.revocations.clear()
             self.revoked_users.clear()
             self.calls.clear()
         elif action != "stats":

@@ -472,6 +472,7 @@ class McpHttp:
         *,
         max_body: int = 4 * 1024 * 1024,
         allowed_origins: tuple[str, ...] = (),
+        own_origin: str | None = None,
         client_request_timeout: float = 60.0,
         max_pending: int = 10_000,
         max_inflight: int = 10_000,
@@ -485,6 +486,9 @@ class McpHttp:
         self.usage = usage
         self.max_body = max_body
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        # the public URL's own origin is always allowed (a page served from there), and does not
+        # count as a configured list (loopback origins stay allowed while none is configured)
+        self.own_origin = own_origin.rstrip("/").lower() if own_origin else None
         self.client_request_timeout = client_request_timeout
         self.max_pending = max_pending
         self.max_inflight = max_inflight
@@ -719,12 +723,13 @@ class McpHttp:
         return sent
 
     def check_origin(self, scope: Scope) -> None:
-        """MCP-R2: a present Origin must be allowed (loopback origins when none is configured)."""
+        """MCP-R2: a present Origin must be allowed: the public URL's own, a configured one, or
+        a loopback one when none is configured."""
         origin = header(scope, b"origin")
         if origin is None:
             return
         origin = origin.rstrip("/")
-        if origin in self.allowed_origins:
+        if origin in self.allowed_origins or origin.lower() == self.own_origin:
             return
         try:
             host = urllib.parse.urlsplit(origin).hostname

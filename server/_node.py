@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -37,6 +38,7 @@ from actors import (
     Store,
     StorePolicy,
     StoreUnavailable,
+    UpstreamRevoker,
     WriteQueue,
     migrate,
     pending_migrations,
@@ -107,6 +109,7 @@ class NodeInfo:
             "issuer_url": self.issuer_url,
             "base_url": self.base_url,
             "admin_url": f"{self.base_url}/admin/api/",
+            "listen_url": self.listen_url,  # this node's own socket (the public URL may be shared)
         }
         if self.dev_idp_url is not None:
             doc["dev_idp_url"] = self.dev_idp_url
@@ -143,6 +146,16 @@ def open_keyring(settings: Settings) -> KeyRing:
         assert settings.encryption_key is not None
         return KeyRing.from_base64(settings.encryption_key_id, settings.encryption_key)
     return KeyRing.load_or_create(key_file, settings.encryption_key_id)
+
+
+def _origin(url: str) -> str:
+    """The origin (scheme://host[:port]) of a URL, as a browser's Origin header names it."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{scheme}://{host}{port}"
 
 
 def _url(sock: socket.socket) -> str:
@@ -199,6 +212,7 @@ class Node:
     relay: Relay
     root: SupervisorHandle | None = None
     admin_token: str = attrs.field(default="", repr=False)
+    revoker: UpstreamRevoker | None = None
 
 
 async def run_node(
@@ -304,6 +318,8 @@ async def run_node(
         ),
     )
     janitor = Janitor(store, sessions, node_id=node_id)
+    revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
+    sessions.on_grants_ended = revoker.wake
     oauth = OAuthEndpoints(
         auth,
         rs,
@@ -320,6 +336,7 @@ async def run_node(
         usage,
         max_body=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins,
+        own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
     )
     asgi = StewardAsgi(mcp, oauth)
@@ -349,6 +366,7 @@ async def run_node(
         notifier,
         janitor,
         relay,
+        revoker=revoker,
     )
 
     node.asgi.metrics = new_registry(node, asgi.requests)
@@ -461,6 +479,7 @@ async def run_node(
         sessions.child_spec(),
         notifier.child_spec(),
         janitor.child_spec(),
+        revoker.child_spec(),
         relay.child_spec(),
     ]
     if settings.dev_no_auth:
@@ -472,7 +491,11 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             node.root = await nursery.start(root.run)
             log.info(
-                "node_ready", node_id=node_id, mcp_url=info.mcp_url, dev_idp_url=info.dev_idp_url
+                "node_ready",
+                node_id=node_id,
+                listen_url=info.listen_url,
+                mcp_url=info.mcp_url,
+                dev_idp_url=info.dev_idp_url,
             )
             if on_ready is not None:
                 on_ready(node)

@@ -19,7 +19,7 @@ import attrs
 import structlog
 
 from actors import StoreUnavailable
-from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal
+from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal, UserRevokedError
 from actors._crypto import hash_token
 from actors._upstream import UpstreamNotReady, UpstreamRevoked, UpstreamUnavailable
 from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
@@ -237,6 +237,8 @@ class OAuthEndpoints:
         try:
             body = await read_body(receive, _FORM_LIMIT) if scope["method"] == "POST" else b""
             await route(scope, body, send)
+        except UserRevokedError as exc:
+            await self._refused_page(scope, send, exc)
         except BodyTooLarge:
             await send_json(
                 send,
@@ -360,6 +362,25 @@ class OAuthEndpoints:
             await redirect(send, outcome)
             return
         await self._consent_page(send, outcome)
+
+    async def _refused_page(self, scope: Scope, send: Send, exc: UserRevokedError) -> None:
+        """A revoked user's sign-in ends here: a browser gets a page that says so, with the way
+        back to the application (which then gets ``error=access_denied``); any other caller the
+        OAuth error as JSON."""
+        if "text/html" not in (header(scope, b"accept") or ""):
+            await send_json(send, exc.status, exc.body())
+            return
+        e = html.escape
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Access revoked</title></head>
+<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto">
+<h1>Access revoked</h1>
+<p>The account <strong>{e(exc.user_id)}</strong> is not allowed to sign in to this MCP server:
+its operator revoked its access. Signing in again does not help; ask the operator to reinstate
+the account.</p>
+<p><a id="return" href="{e(exc.client_redirect)}">Return to the application</a> (it is told that
+access was denied).</p>
+</body></html>"""
+        await send_html(send, exc.status, page, [(b"cache-control", b"no-store")])
 
     async def _consent_page(self, send: Send, c: ConsentNeeded) -> None:
         e = html.escape

@@ -1,5 +1,5 @@
 """Operator commands: ``steward sessions list|show|end``, ``steward users
-revoke|set-tier|clear-tier`` and ``steward keys rotate``.
+revoke|reinstate|set-tier|clear-tier`` and ``steward keys rotate``.
 
 They talk to the database (the embedded cluster of the data folder, or the configured URL) and
 publish cluster events, so every running node closes the affected streams at once.
@@ -17,7 +17,17 @@ from typing import Any
 
 import trio
 
-from actors import Conn, Op, Store, TierChange, set_tier_override, store_child_spec
+from actors import (
+    Conn,
+    Store,
+    TierChange,
+    UserChange,
+    grant_end_ops,
+    reinstate_user,
+    revoke_user_ops,
+    set_tier_override,
+    store_child_spec,
+)
 from actors._cluster import cluster_event_ops
 from runtime import Supervisor
 from server._config import ConfigError, Settings
@@ -45,11 +55,19 @@ def add_commands(sub: Any) -> None:
     )
     end.add_argument("grant_id", nargs="?", help="the session to end")
     end.add_argument("--user", help="end every active session of this user id instead")
-    users = sub.add_parser("users", help="revoke a user or change a tier").add_subparsers(
-        dest="action", required=True
+    users = sub.add_parser(
+        "users", help="revoke or reinstate a user, or change a tier"
+    ).add_subparsers(dest="action", required=True)
+    revoke = users.add_parser(
+        "revoke",
+        help="revoke every session of a user on every node (and upstream) and refuse their sign-in",
     )
-    revoke = users.add_parser("revoke", help="revoke every session of a user on every node")
     revoke.add_argument("user_id")
+    reinstate = users.add_parser(
+        "reinstate",
+        help="lift a user's revocation: they may sign in again (ended sessions stay ended)",
+    )
+    reinstate.add_argument("user_id")
     tier = users.add_parser(
         "set-tier",
         help="override a user's subscription tier everywhere; it holds until clear-tier, "
@@ -74,7 +92,7 @@ def add_commands(sub: Any) -> None:
     rotate.add_argument(
         "--wait", type=float, default=30.0, help="seconds running nodes get to load the new key"
     )
-    for p in (ls, show, end, revoke, tier, clear, rotate):
+    for p in (ls, show, end, revoke, reinstate, tier, clear, rotate):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", type=str)
         p.add_argument("--database-url")
@@ -213,17 +231,10 @@ async def _sessions_end(store: Store, args: argparse.Namespace) -> None:
 
 
 async def _end_grants(store: Store, grants: list[tuple[uuid.UUID, str]]) -> None:
-    """End these sessions in one transaction and tell every node."""
-    ids = [g for g, _ in grants]
+    """End these sessions in one transaction and tell every node (actors/_revocation.py: their
+    subscriptions are dropped and their upstream tokens revoked by a running node)."""
     await store.write(
-        Op(
-            "UPDATE grants SET status = 'ended', status_reason = 'ended by an operator', ended_at = now() WHERE grant_id = ANY($1::uuid[]) AND status IN ('active', 'refreshing')",
-            (ids,),
-        ),
-        Op(
-            "UPDATE connections SET closed_at = now(), close_reason = 'ended' WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL",
-            (ids,),
-        ),
+        *grant_end_ops([g for g, _ in grants], status="ended", message="ended by an operator"),
         *(
             op
             for grant_id, user_id in grants
@@ -238,28 +249,38 @@ async def _end_grants(store: Store, grants: list[tuple[uuid.UUID, str]]) -> None
     )
 
 
+def _no_user(user_id: str) -> ConfigError:
+    return ConfigError(
+        f"no user {user_id!r} (ids look like <issuer>|<subject>; see `steward sessions list`)"
+    )
+
+
 async def _users_revoke(store: Store, args: argparse.Namespace) -> None:
     n = await store.fetchval("SELECT count(*) FROM users WHERE user_id = $1", args.user_id)
     if not n:
-        msg = f"no user {args.user_id!r} (ids look like <issuer>|<subject>; see `steward sessions list`)"
-        raise ConfigError(msg)
+        raise _no_user(args.user_id)
     await store.write(
-        Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (args.user_id,)),
-        Op(
-            "UPDATE grants SET status = 'revoked', status_reason = 'revoked by an operator' WHERE user_id = $1 AND status IN ('active', 'refreshing')",
-            (args.user_id,),
-        ),
-        Op(
-            "UPDATE connections SET closed_at = now(), close_reason = 'revoked' WHERE user_id = $1 AND closed_at IS NULL",
-            (args.user_id,),
-        ),
-        Op(
-            "INSERT INTO auth_events (event_id, kind, user_id, node_id) VALUES ($1, 'revoked', $2, $3)",
-            (uuid.uuid4(), args.user_id, ORIGIN),
-        ),
-        *cluster_event_ops("revoke_user", origin=ORIGIN, user_id=args.user_id),
+        *revoke_user_ops(args.user_id, reason="revoked by an operator", origin=ORIGIN)
     )
     _out(args, {"revoked": args.user_id}, lambda p: f"revoked {p['revoked']}")
+
+
+async def _users_reinstate(store: Store, args: argparse.Namespace) -> None:
+    change = await reinstate_user(
+        store, args.user_id, origin=ORIGIN, reason="reinstated by an operator"
+    )
+    if change is UserChange.UNKNOWN_USER:
+        raise _no_user(args.user_id)
+    payload = {"user_id": args.user_id, "reinstated": change is UserChange.CHANGED}
+    _out(
+        args,
+        payload,
+        lambda p: (
+            f"reinstated {p['user_id']}: they may sign in again"
+            if p["reinstated"]
+            else f"{p['user_id']} is not revoked; nothing changed"
+        ),
+    )
 
 
 async def _users_set_tier(
@@ -353,6 +374,7 @@ def run_command(
         ("sessions", "show"): lambda s: _sessions_show(s, args),
         ("sessions", "end"): lambda s: _sessions_end(s, args),
         ("users", "revoke"): lambda s: _users_revoke(s, args),
+        ("users", "reinstate"): lambda s: _users_reinstate(s, args),
         ("users", "set-tier"): lambda s: _users_set_tier(s, args, settings),
         ("users", "clear-tier"): lambda s: _users_set_tier(s, args, settings, clear=True),
         ("keys", "rotate"): lambda s: _keys_rotate(s, args, settings),

@@ -32,8 +32,8 @@ SCREENSHOT = os.environ.get("STEWARD_ADMIN_SCREENSHOT")
 
 
 def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
-    """Sign in to the view, check what it renders, revoke ``alice`` and end bob's session with
-    the page's buttons."""
+    """Sign in to the view, check what it renders, revoke ``alice``, end bob's session and
+    reinstate ``alice`` with the page's buttons."""
     from playwright.sync_api import expect, sync_playwright
 
     profile = tempfile.mkdtemp(prefix="stw-chromium-")
@@ -114,6 +114,15 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 expect(page.locator('li.tnode[data-id="sessions"] > ul > li.tnode')).to_have_count(
                     0
                 )
+                # the revoked user's row offers "Reinstate user" in place of "Revoke user"
+                page.fill("#user-search", "alice")
+                expect(rows).to_have_count(1)
+                expect(rows.first).to_have_attribute("data-user-revoked", "true")
+                page.get_by_role("button", name="Reinstate user").click()
+                expect(page.locator("#flash")).to_contain_text(f"Reinstated {alice}")
+                expect(rows.first).to_have_attribute("data-user-revoked", "false")
+                expect(rows.first).to_have_attribute("data-status", "revoked")  # stays ended
+                expect(page.locator('#events tr[data-kind="reinstated"]')).to_have_count(1)
                 seen["cookies"] = browser.cookies()
                 seen["errors"] = errors
             finally:

@@ -32,7 +32,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-async def test_the_admin_view_renders_the_tree_revokes_a_user_and_ends_a_session_in_chromium(
+async def test_the_admin_view_renders_the_tree_revokes_ends_and_reinstates_in_chromium(
     fresh_db: str, chromium: Path
 ) -> None:
     async with (
@@ -70,10 +70,16 @@ async def test_the_admin_view_renders_the_tree_revokes_a_user_and_ends_a_session
         (cookie,) = seen["cookies"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert TOKEN not in cookie["value"]
-        # the revocation and the ended session are in the database and in the JSON API
+        # the revocation, its lifting and the ended session are in the database and the API
         assert await node.store.fetchval(
-            "SELECT revoked_at IS NOT NULL FROM users WHERE user_id = $1", alice_id
+            "SELECT revoked_at IS NULL FROM users WHERE user_id = $1", alice_id
         )
+        kinds = await node.store.fetch(
+            "SELECT kind FROM auth_events WHERE user_id = $1 AND kind IN ('revoked', 'reinstated') "
+            "ORDER BY occurred_at",
+            alice_id,
+        )
+        assert [r["kind"] for r in kinds] == ["revoked", "reinstated"]
         admin = {"authorization": f"Bearer {TOKEN}"}
         listed = (
             await http.get(f"{node.info.listen_url}/admin/api/sessions", headers=admin)

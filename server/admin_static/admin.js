@@ -121,15 +121,24 @@
         " "
       );
     }
-    actions.append(
-      action("Revoke user", `Revoke ${s.user_id}`, async () => {
-        await api("POST", "users/revoke", { user_id: s.user_id });
-        return `Revoked ${s.user_id}: every session of this user ended.`;
-      })
-    );
+    if (s.user_revoked) {
+      actions.append(
+        action("Reinstate user", `Reinstate ${s.user_id}`, async () => {
+          await api("POST", "users/reinstate", { user_id: s.user_id });
+          return `Reinstated ${s.user_id}: they may sign in again (ended sessions stay ended).`;
+        })
+      );
+    } else {
+      actions.append(
+        action("Revoke user", `Revoke ${s.user_id}`, async () => {
+          await api("POST", "users/revoke", { user_id: s.user_id });
+          return `Revoked ${s.user_id}: every session of this user ended.`;
+        })
+      );
+    }
     return el(
       "tr",
-      { "data-grant": s.grant_id, "data-status": s.status },
+      { "data-grant": s.grant_id, "data-status": s.status, "data-user-revoked": String(!!s.user_revoked) },
       el("td", { class: "user" }, s.user_id),
       el("td", {}, s.tier),
       el("td", {}, (s.scopes || []).join(" ")),
