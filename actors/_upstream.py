@@ -5,6 +5,7 @@ Steward never passes a client's token upstream (MCP-R24): upstream calls use ups
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -51,6 +52,29 @@ class UpstreamTokens:
     access_token: str = attrs.field(repr=False)
     refresh_token: str | None = attrs.field(repr=False)
     expires_at: float  # unix seconds
+
+
+DEFAULT_EXPIRES_IN = 3600.0  # an answer without expires_in (RFC 6749 makes it optional)
+MAX_EXPIRES_IN = 366 * 86400.0
+
+
+def _expires_in(value: object) -> float:
+    """A token response's ``expires_in`` in seconds: absent, the default; bounded to a year
+    either way (0 and negative are kept: the token keeper's floor holds against them).
+
+    Raises:
+        ValueError: it is not a finite number.
+    """
+    if value is None:
+        return DEFAULT_EXPIRES_IN
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        msg = f"expires_in must be a number, got {type(value).__name__}"
+        raise ValueError(msg)
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        msg = "expires_in must be a finite number"
+        raise ValueError(msg)
+    return min(max(seconds, -MAX_EXPIRES_IN), MAX_EXPIRES_IN)
 
 
 class UpstreamClient:
@@ -102,7 +126,7 @@ class UpstreamClient:
             return UpstreamTokens(
                 access_token=str(body["access_token"]),
                 refresh_token=body.get("refresh_token") or data.get("refresh_token"),
-                expires_at=time.time() + float(body.get("expires_in", 3600)),
+                expires_at=time.time() + _expires_in(body.get("expires_in")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamUnavailable("token endpoint answered a malformed token response") from exc
