@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from actors._sessions import NO_REFRESH_TOKEN, SessionPolicy, refresh_gap
+from actors._upstream import UpstreamClient, UpstreamConfig, UpstreamUnavailable
 from server._dev_idp import DevIdP
+from server._http import lifespan
 from server._node import Node
 from tests.harness._asgi_server import hypercorn_on_a_free_port
 from tests.harness._pg import psql
@@ -269,3 +271,48 @@ async def test_without_a_refresh_token_the_session_lives_until_the_token_expires
             "reauth_required"
         )
         assert cluster.refreshes("bob") == 0
+
+
+async def test_an_expires_in_that_is_not_a_finite_number_is_a_malformed_answer() -> None:
+    """A token endpoint answering ``expires_in`` as infinity, NaN, a word or a boolean gets
+    UpstreamUnavailable (a retry after the floor), never a token that would never or always be
+    due; an absent one counts as an hour, 0 and negative ones are kept (the floor holds against
+    them) and a huge one is bounded to a year."""
+    answer: list[bytes] = []
+
+    async def token_endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer[-1]})
+
+    async with hypercorn_on_a_free_port(token_endpoint) as port:
+        url = f"http://127.0.0.1:{port}"
+        client = UpstreamClient(UpstreamConfig(url, f"{url}/authorize", f"{url}/token", "steward"))
+        try:
+            for raw in ("1e999", "-1e999", "NaN", '"soon"', "true", "[30]"):
+                answer.append(b'{"access_token": "a", "expires_in": %s}' % raw.encode())
+                with pytest.raises(UpstreamUnavailable, match="malformed"):
+                    await client.refresh("r")
+            for raw, lifetime in (
+                (None, 3600.0),
+                ("0", 0.0),
+                ("-30", -30.0),
+                ('"45"', 45.0),
+                ("1e12", 366 * 86400.0),
+            ):
+                extra = b"" if raw is None else b', "expires_in": %s' % raw.encode()
+                answer.append(b'{"access_token": "a"%s}' % extra)
+                before = time.time()
+                tokens = await client.refresh("r")
+                assert before + lifetime <= tokens.expires_at <= time.time() + lifetime, raw
+                assert tokens.refresh_token == "r"  # none answered: the one presented stays
+        finally:
+            await client.aclose()
