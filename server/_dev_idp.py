@@ -404,7 +404,6 @@ class DevIdP:
             return False
         return True
 
-
     def _token_answers(self, args: dict[str, Any]) -> None:
         """How the token endpoint answers a user (``user``) or everyone: ``expires_in`` a number
         of seconds from minus to plus a year, whatever the token's real lifetime (0 and negative

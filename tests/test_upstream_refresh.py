@@ -301,13 +301,14 @@ async def test_an_expires_in_that_is_not_a_finite_number_is_a_malformed_answer()
                 answer.append(b'{"access_token": "a", "expires_in": %s}' % raw.encode())
                 with pytest.raises(UpstreamUnavailable, match="malformed"):
                     await client.refresh("r")
-            for raw, lifetime in (
+            said: tuple[tuple[str | None, float], ...] = (
                 (None, 3600.0),
                 ("0", 0.0),
                 ("-30", -30.0),
                 ('"45"', 45.0),
                 ("1e12", 366 * 86400.0),
-            ):
+            )
+            for raw, lifetime in said:
                 extra = b"" if raw is None else b', "expires_in": %s' % raw.encode()
                 answer.append(b'{"access_token": "a"%s}' % extra)
                 before = time.time()
