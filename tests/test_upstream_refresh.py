@@ -308,12 +308,12 @@ async def test_an_expires_in_that_is_not_a_finite_number_is_a_malformed_answer()
                 ('"45"', 45.0),
                 ("1e12", 366 * 86400.0),
             )
-            for raw, lifetime in said:
-                extra = b"" if raw is None else b', "expires_in": %s' % raw.encode()
+            for given, lifetime in said:
+                extra = b"" if given is None else b', "expires_in": %s' % given.encode()
                 answer.append(b'{"access_token": "a"%s}' % extra)
                 before = time.time()
                 tokens = await client.refresh("r")
-                assert before + lifetime <= tokens.expires_at <= time.time() + lifetime, raw
+                assert before + lifetime <= tokens.expires_at <= time.time() + lifetime, given
                 assert tokens.refresh_token == "r"  # none answered: the one presented stays
         finally:
             await client.aclose()
