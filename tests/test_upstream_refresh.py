@@ -123,6 +123,7 @@ class RefreshLog:
             while len(self.times) < count:
                 await trio.sleep(0.01)
                 assert len(self.times) <= at_most, f"{len(self.times)} refreshes: {self.times}"
+        assert len(self.times) <= at_most, f"{len(self.times)} refreshes: {self.times}"
 
     async def none_for(self, seconds: float) -> None:
         """No more refreshes for ``seconds``."""
