@@ -19,6 +19,7 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 import random
 import time
 from typing import Any
@@ -163,6 +164,29 @@ def _url_or_none(doc: dict[str, Any], key: str) -> str | None:
     if isinstance(value, str) and value.startswith(("https://", "http://")):
         return value
     return None
+
+
+DEFAULT_EXPIRES_IN = 3600.0  # an answer without expires_in (RFC 6749 makes it optional)
+MAX_EXPIRES_IN = 366 * 86400.0
+
+
+def _expires_in(value: object) -> float:
+    """A token response's ``expires_in`` in seconds: absent, the default; bounded to a year
+    either way (0 and negative are kept: the token keeper's floor holds against them).
+
+    Raises:
+        ValueError: it is not a finite number.
+    """
+    if value is None:
+        return DEFAULT_EXPIRES_IN
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        msg = f"expires_in must be a number, got {type(value).__name__}"
+        raise ValueError(msg)
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        msg = "expires_in must be a finite number"
+        raise ValueError(msg)
+    return min(max(seconds, -MAX_EXPIRES_IN), MAX_EXPIRES_IN)
 
 
 class UpstreamClient:
@@ -398,7 +422,7 @@ class UpstreamClient:
             return UpstreamTokens(
                 access_token=str(body["access_token"]),
                 refresh_token=body.get("refresh_token") or data.get("refresh_token"),
-                expires_at=time.time() + float(body.get("expires_in", 3600)),
+                expires_at=time.time() + _expires_in(body.get("expires_in")),
                 id_token=id_token if isinstance(id_token, str) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -54,7 +54,10 @@ async def _set_expiry(dsn: str, expiry: float) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         result = await conn.execute(
-            "UPDATE upstream_tokens u SET access_expires_at = to_timestamp($1 + random() * $2) "
+            # tokens of an hour near their end: the lead is the configured one, not a quarter
+            # of the few seconds since the sign-in (docs/sessions.md)
+            "UPDATE upstream_tokens u SET access_expires_at = to_timestamp($1 + random() * $2), "
+            "access_issued_at = to_timestamp($1) - interval '1 hour' "
             "FROM grants g WHERE g.grant_id = u.grant_id AND g.user_id LIKE '%' || $3 || '%'",
             expiry,
             WINDOW,

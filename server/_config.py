@@ -410,6 +410,39 @@ class Settings:
             "help": "a transport session with no request and no stream this long is ended",
         },
     )
+    upstream_refresh_lead: float = attrs.field(
+        default=60.0,
+        metadata={
+            "min": 0.0,
+            "help": "an upstream access token is refreshed this long before it expires, but at "
+            "most upstream_refresh_lead_fraction of its lifetime before",
+        },
+    )
+    upstream_refresh_lead_fraction: float = attrs.field(
+        default=0.25,
+        metadata={
+            "min": 0.01,
+            "max": 0.5,
+            "help": "the most of an upstream token's lifetime the refresh lead may take",
+        },
+    )
+    upstream_refresh_floor: float = attrs.field(
+        default=5.0,
+        metadata={
+            "min": 1.0,
+            "help": "no two refreshes of one grant's upstream tokens start closer than this, on "
+            "any node; doubled for each refresh in a row the IdP answers with a lifetime too "
+            "short for it",
+        },
+    )
+    upstream_refresh_backoff_max: float = attrs.field(
+        default=300.0,
+        metadata={
+            "min": 1.0,
+            "help": "the most the floor between two refreshes grows to while the IdP keeps "
+            "answering short lifetimes",
+        },
+    )
     upstream: UpstreamSettings | None = None
     address_limits: AddressLimitSettings = AddressLimitSettings()
     tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
@@ -473,6 +506,12 @@ class Settings:
             msg = f"setting 'tiers': {REFUSE!r} is the mapping's refusal, not a tier name"
             raise ConfigError(msg)
         self.tier_mapping()  # validated at start
+        if self.upstream_refresh_backoff_max < self.upstream_refresh_floor:
+            msg = (
+                "setting 'upstream_refresh_backoff_max' must be at least upstream_refresh_floor "
+                f"({self.upstream_refresh_floor}), got {self.upstream_refresh_backoff_max}"
+            )
+            raise ConfigError(msg)
         if self.dev_no_auth:
             _check_dev_no_auth(self)
         if self.dev_idp_exposed and not self.dev_idp_allow_public_insecure:

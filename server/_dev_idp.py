@@ -2,7 +2,8 @@
 
 Steward serves it on its own port when no upstream IdP is configured, so that a first run needs
 no configuration. It has one demo user per tier and fault controls under ``/_control/`` (fail or
-slow the next refreshes, revoke a user, change a tier or any claim, shorten token lifetimes) that the tests and
+slow the next refreshes, revoke a user, change a tier or any claim, shorten token lifetimes, answer
+a broken ``expires_in`` or no refresh token) that the tests and
 the fault harness drive over HTTP. State lives in memory: it is a stand-in, not a product.
 """
 
@@ -113,6 +114,11 @@ class DevIdP:
         self._revoke_faults = 0  # the next this many /revoke calls answer 503
         # what /revoke received, newest last: the token's kind as this IdP knew it, its user
         self.revocations: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        # how the token endpoint answers, by user (None: everyone else); set by the controls
+        # token_ttl (a lifetime) and token_answers (a broken expires_in, no refresh token)
+        self.user_ttl: dict[str, float] = {}
+        self.expires_in: dict[str | None, float | None] = {}  # None: the field left out
+        self.no_refresh_token: set[str | None] = set()
         # rate limits per client address on the sign-in page (server/_limits.py); None: none
         self.limiter: AddressLimiter | None = None
 
@@ -264,6 +270,7 @@ class DevIdP:
             if found is None or found.user in self.revoked_users:
                 await _error(send, 400, "invalid_grant", "unknown or revoked refresh token")
                 return
+            self.calls[f"refresh:{found.user}"] += 1  # one key per user (at most _MAX_USERS)
             found.refresh = secrets.token_urlsafe(32)
             self._grants[found.refresh] = found
             await send_json(send, 200, self._issue(found))
@@ -272,17 +279,28 @@ class DevIdP:
 
     def _issue(self, grant: _Grant) -> dict[str, Any]:
         access = secrets.token_urlsafe(32)
-        self._access[access] = (grant.user, time.time() + self.access_ttl)
+        ttl = self.user_ttl.get(grant.user, self.access_ttl)
+        self._access[access] = (grant.user, time.time() + ttl)
         if len(self._access) > _MAX_GRANTS:
             now = time.time()
             self._access = {k: v for k, v in self._access.items() if v[1] > now}
-        return {
+        answer: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": math.ceil(self.access_ttl),
+            "expires_in": math.ceil(ttl),
             "refresh_token": grant.refresh,
             "scope": grant.scope,
         }
+        said = grant.user if grant.user in self.expires_in else None
+        if said in self.expires_in:
+            expires_in = self.expires_in[said]
+            if expires_in is None:
+                del answer["expires_in"]
+            else:
+                answer["expires_in"] = expires_in
+        if grant.user in self.no_refresh_token or None in self.no_refresh_token:
+            del answer["refresh_token"]
+        return answer
 
     async def _userinfo(self, scope: Scope, body: bytes, send: Send) -> None:
         auth = header(scope, b"authorization") or ""
@@ -427,16 +445,62 @@ class DevIdP:
             if not 0 < seconds <= 366 * 86400:
                 msg = "seconds must be above 0 and at most a year"
                 raise ValueError(msg)
-            self.access_ttl = seconds
+            if "user" in args:
+                self.user_ttl[_user_name(args["user"])] = seconds
+                if len(self.user_ttl) > _MAX_USERS:
+                    self.user_ttl.clear()
+            else:
+                self.access_ttl = seconds
+        elif action == "token_answers":
+            self._token_answers(args)
         elif action == "reset":
             self._refresh_faults.clear()
             self._revoke_faults = 0
             self.revocations.clear()
             self.revoked_users.clear()
             self.calls.clear()
+            self.user_ttl.clear()
+            self.expires_in.clear()
+            self.no_refresh_token.clear()
         elif action != "stats":
             return False
         return True
+
+    def _token_answers(self, args: dict[str, Any]) -> None:
+        """How the token endpoint answers a user (``user``) or everyone: ``expires_in`` a number
+        of seconds from minus to plus a year, whatever the token's real lifetime (0 and negative
+        included), or null to leave the field out, or "lifetime" to say the lifetime again;
+        ``refresh_token`` false to issue none.
+
+        Raises:
+            TypeError, ValueError: an argument is malformed.
+        """
+        who = _user_name(args["user"]) if "user" in args else None
+        if who is not None and who not in self.users:
+            msg = f"no user {who!r}"
+            raise ValueError(msg)
+        if "expires_in" in args:
+            value = args["expires_in"]
+            if value == "lifetime":
+                self.expires_in.pop(who, None)
+            elif value is None:
+                self.expires_in[who] = None
+            else:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    msg = 'expires_in must be a number, null or "lifetime"'
+                    raise TypeError(msg)
+                if not -366 * 86400 <= value <= 366 * 86400:
+                    msg = "expires_in must be from minus to plus a year"
+                    raise ValueError(msg)
+                self.expires_in[who] = value
+        if "refresh_token" in args:
+            if not isinstance(args["refresh_token"], bool):
+                msg = "refresh_token must be true or false"
+                raise TypeError(msg)
+            if args["refresh_token"]:
+                self.no_refresh_token.discard(who)
+            else:
+                self.no_refresh_token.add(who)
 
 
 def _user_name(value: object) -> str:

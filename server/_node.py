@@ -303,7 +303,8 @@ async def run_node(
         on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
         on_forget_user=rs.forget_user,
         policy=attrs.evolve(
-            session_policy or SessionPolicy(), transport_idle=settings.transport_session_idle
+            session_policy or session_policy_of(settings),
+            transport_idle=settings.transport_session_idle,
         ),
     )
     key_file = settings.key_file
@@ -511,6 +512,16 @@ async def _make_schema_current(store: Store, settings: Settings, auth: AuthServi
     store.open_gate()
     await _register_configured_clients(settings, auth)
     log.info("schema_current")
+
+
+def session_policy_of(settings: Settings) -> SessionPolicy:
+    """The session policy the settings configure (the upstream refresh's lead, floor, backoff)."""
+    return SessionPolicy(
+        refresh_lead=settings.upstream_refresh_lead,
+        refresh_lead_fraction=settings.upstream_refresh_lead_fraction,
+        refresh_floor=settings.upstream_refresh_floor,
+        refresh_backoff_max=settings.upstream_refresh_backoff_max,
+    )
 
 
 def tier_limit(tier: TierSettings) -> TierLimit:

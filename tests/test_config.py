@@ -199,3 +199,31 @@ def test_configured_clients_redirect_uris_follow_the_registration_rules(tmp_path
         load_settings(path, environ={})
     assert "setting 'clients[0].redirect_uris[1]'" in str(info.value)
     assert "without control characters, spaces or a fragment" in str(info.value)
+
+
+def test_the_upstream_refresh_settings_are_bounded_and_reach_the_session_policy() -> None:
+    from server._node import session_policy_of
+
+    settings = load_settings(
+        environ={
+            "STEWARD_UPSTREAM_REFRESH_LEAD": "30",
+            "STEWARD_UPSTREAM_REFRESH_LEAD_FRACTION": "0.1",
+            "STEWARD_UPSTREAM_REFRESH_FLOOR": "2",
+            "STEWARD_UPSTREAM_REFRESH_BACKOFF_MAX": "60",
+        }
+    )
+    policy = session_policy_of(settings)
+    assert (policy.refresh_lead, policy.refresh_lead_fraction) == (30.0, 0.1)
+    assert (policy.refresh_floor, policy.refresh_backoff_max) == (2.0, 60.0)
+    for env, expected in (
+        ({"STEWARD_UPSTREAM_REFRESH_LEAD_FRACTION": "0.9"}, "from 0.01 to 0.5, got '0.9'"),
+        ({"STEWARD_UPSTREAM_REFRESH_FLOOR": "0"}, "at least 1.0, got '0'"),
+        ({"STEWARD_UPSTREAM_REFRESH_LEAD": "-1"}, "at least 0.0, got '-1'"),
+        (
+            {"STEWARD_UPSTREAM_REFRESH_FLOOR": "30", "STEWARD_UPSTREAM_REFRESH_BACKOFF_MAX": "10"},
+            "'upstream_refresh_backoff_max' must be at least upstream_refresh_floor (30.0), got 10.0",
+        ),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(environ=env)
+        assert expected in str(refused.value), refused.value

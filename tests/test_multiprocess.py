@@ -297,6 +297,11 @@ async def test_an_expired_upstream_token_is_refreshed_once_for_a_session_live_in
             if held == "3":
                 break
         assert held == "3", "the kernel spread 30 streams over fewer than three processes"
+        # the token is refreshed a quarter of its lifetime before it expires (0.5 s): wait for
+        # the refresh to start, so that the tool calls below meet it under way
+        with trio.fail_after(10):
+            while (await control("stats"))["calls"].get("refresh", 0) == 0:
+                await trio.sleep(0.05)
         results = []
         with trio.fail_after(30):
             for _ in range(9):  # tool calls that need the upstream token, on any process

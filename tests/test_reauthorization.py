@@ -40,7 +40,9 @@ def assert_challenge(r: httpx.Response, metadata_url: str, reason: str | None = 
 async def test_a_refresh_refused_for_good_is_answered_401_with_the_challenge_everywhere(
     fresh_db: str,
 ) -> None:
-    policy = SessionPolicy(refresh_lead=0.5, refresh_jitter=0.0)
+    policy = SessionPolicy(
+        refresh_lead=0.5, refresh_lead_fraction=0.5, refresh_floor=0.1, refresh_jitter=0.0
+    )
     async with (
         running_node(fresh_db, session_policy=policy) as node,
         httpx.AsyncClient(timeout=10) as http,

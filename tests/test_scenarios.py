@@ -74,7 +74,11 @@ async def test_scenario_three_tabs_a_crashed_stream_then_the_user_revoked_at_the
     refresh is refused (invalid_grant), and within a second each of her three streams gets the
     final error event and ends; her next request gets the 401 challenge. Bob's stream is untouched
     (it still receives notifications) and his requests still succeed."""
-    policy = SessionPolicy(refresh_lead=0.8, refresh_jitter=0.0)
+    # 1 s upstream tokens refreshed 0.8 s before they expire: a lead of 80% of the lifetime,
+    # above what the settings allow, and a floor of 0.1 s, below it (docs/sessions.md)
+    policy = SessionPolicy(
+        refresh_lead=0.8, refresh_lead_fraction=0.8, refresh_floor=0.1, refresh_jitter=0.0
+    )
     async with (
         running_node(fresh_db, session_policy=policy) as node,
         httpx.AsyncClient(timeout=10) as http,
@@ -153,6 +157,8 @@ async def test_scenario_upstream_refresh_fails_for_now_then_for_good_and_the_sdk
     and continues with the same session."""
     policy = SessionPolicy(
         refresh_lead=0.8,
+        refresh_lead_fraction=0.8,
+        refresh_floor=0.1,
         refresh_jitter=0.0,
         keeper_backoff=Backoff(min=0.05, max=0.2, jitter=0.0),
     )

@@ -146,7 +146,8 @@ async def test_database_slow(pg_cluster: Cluster, fresh_db: str) -> None:
 async def _idp_fault(
     fresh_db: str, scenario: str, fault: str, mode: str, *, timeout: float | None = None
 ) -> None:
-    policy = SessionPolicy(keeper_backoff=Backoff(min=0.05, max=0.2, jitter=0.0))
+    # 1 s upstream tokens refreshed without the default 5 s floor between two attempts
+    policy = SessionPolicy(keeper_backoff=Backoff(min=0.05, max=0.2, jitter=0.0), refresh_floor=0.1)
     with observe(
         scenario,
         fault,
