@@ -27,6 +27,10 @@ class Observation:
     failed_requests: dict[str, int] = attrs.field(factory=dict)
     writes_lost: int = 0
     tasks_leaked: int = 0
+    # the pytest test that ran the scenario (file::name, parameters included)
+    test: str = attrs.field(
+        factory=lambda: os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    )
 
     def failed(self, status: int) -> None:
         self.failed_requests[str(status)] = self.failed_requests.get(str(status), 0) + 1
@@ -62,12 +66,12 @@ def observe(scenario: str, fault: str, blast_radius: str) -> Iterator[Observatio
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| scenario | fault | expected blast radius | actors restarted | streams closed | requests failed | writes lost | tasks leaked |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = "| scenario | fault | expected blast radius | actors restarted | streams closed | requests failed | writes lost | tasks leaked | test |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         restarted = ", ".join(f"{k} x{v}" for k, v in r["restarted"].items()) or "none"
         failed = ", ".join(f"{v}x {k}" for k, v in r["failed_requests"].items()) or "none"
         lines.append(
-            f"| {r['scenario']} | {r['fault']} | {r['blast_radius']} | {restarted} | {r['streams_closed']} | {failed} | {r['writes_lost']} | {r['tasks_leaked']} |"
+            f"| {r['scenario']} | {r['fault']} | {r['blast_radius']} | {restarted} | {r['streams_closed']} | {failed} | {r['writes_lost']} | {r['tasks_leaked']} | `{r.get('test', '')}` |"
         )
     return "\n".join(lines)
