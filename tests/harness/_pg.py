@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 import pytest
@@ -105,12 +105,21 @@ def stop_cluster(session: SessionCluster) -> None:
 
 
 def psql(dsn: str, sql: str) -> str:
-    """Run ``sql`` with psql (stops at the first error); its unaligned, tuples-only output."""
+    """Run ``sql`` with psql (stops at the first error); its unaligned, tuples-only output. The
+    password goes in the environment, not on the command line every local user can read."""
+    parts = urlsplit(dsn)
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        dsn = urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
     out = subprocess.run(
         ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     if out.returncode != 0:
         msg = f"psql failed: {out.stderr.strip()}"
