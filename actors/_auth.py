@@ -963,17 +963,24 @@ class AuthService:
         tokens: IssuedTokens = row["tokens"]
         return tokens
 
-    async def revoke_token(self, token: str) -> tuple[str, uuid.UUID] | None:
+    async def revoke_token(self, token: str, *, client_id: str) -> tuple[str, uuid.UUID] | None:
         """RFC 7009: revoking a refresh token or an access token revokes its grant (the token
         family with it, §2.1 allows it for an access token), through the one invalidation path:
         every stream of the grant ends with its error event and every node's cache forgets its
-        tokens. Returns (user, grant), or None for a token Steward does not know."""
+        tokens. Returns (user, grant), or None for a token Steward does not know.
+
+        Raises:
+            OAuthError: ``invalid_grant`` when the token was issued to another client than
+                ``client_id`` (§2.1); nothing changes then.
+        """
         row = await self.store.fetchrow(
             "SELECT kind, family_id, grant_id, user_id, client_id FROM tokens WHERE token_hash = $1",
             hash_token(token),
         )
         if row is None:
             return None
+        if row["client_id"] != client_id:
+            raise OAuthError("invalid_grant", "the token was issued to another client")
         await self._revoke_grant(
             row["grant_id"],
             message="the client revoked its token; the grant is revoked",

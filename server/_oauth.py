@@ -433,10 +433,20 @@ access was denied).</p>
         await send_json(send, 200, tokens.body(), [(b"pragma", b"no-cache")])
 
     async def _revoke(self, scope: Scope, body: bytes, send: Send) -> None:
-        token = form(body).get("token", "")
+        f = form(body)
+        token = f.get("token", "")
         if not token:
             raise OAuthError("invalid_request", "token is required")
-        revoked = await self.auth.revoke_token(token)
+        client_id = f.get("client_id", "")
+        if not client_id:
+            # RFC 7009 §2.1: the server verifies the token was issued to the requesting client;
+            # a public client does not authenticate, it names itself
+            raise OAuthError(
+                "invalid_client",
+                "client_id is required: a public client names itself when it revokes a token",
+                status=401,
+            )
+        revoked = await self.auth.revoke_token(token, client_id=client_id)
         self.rs.forget_token(token)
         if revoked is not None:
             self.rs.forget_grant(revoked[1])

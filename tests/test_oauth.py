@@ -202,13 +202,19 @@ async def test_revocation_ends_the_token_family(fresh_db: str) -> None:
         tokens = await sign_in(http, node, "alice")
         mcp = McpClient(http, node, tokens["access_token"])
         await mcp.initialize()
-        r = await http.post(f"{node.info.base_url}/revoke", data={"token": tokens["refresh_token"]})
+        r = await http.post(
+            f"{node.info.base_url}/revoke",
+            data={"token": tokens["refresh_token"], "client_id": tokens["client_id"]},
+        )
         assert r.status_code == 200
         assert (await mcp.post("ping")).status_code == 401
         assert (
             await refresh(http, node.info.base_url, tokens["refresh_token"], tokens["client_id"])
         ).status_code == 400
-        unknown = await http.post(f"{node.info.base_url}/revoke", data={"token": "never-issued"})
+        unknown = await http.post(
+            f"{node.info.base_url}/revoke",
+            data={"token": "never-issued", "client_id": tokens["client_id"]},
+        )
         assert unknown.status_code == 200  # RFC 7009
 
 

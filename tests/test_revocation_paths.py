@@ -353,3 +353,47 @@ async def test_remembered_consent_is_bound_to_the_redirect_uri_and_the_scopes(
             http, node, client_id, "carol", scope="mcp:tools", redirect_uri=OTHER_REDIRECT_URI
         )
         assert back.status_code == 302, back.text
+
+
+async def test_revoke_is_refused_unless_the_token_was_issued_to_the_client_revoking_it(
+    fresh_db: str,
+) -> None:
+    """RFC 7009 §2.1: the server verifies that the token was issued to the client making the
+    request. A public client names itself (client_id): without it the request is 401
+    invalid_client, and a token of another client is refused with invalid_grant; either way
+    nothing changes (the grant, its tokens and its stream stay). An unknown token is still a
+    200 (§2.2), and the client's own revocation works as before."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        alice = await sign_in(http, node, "alice")
+        other = await register(http, node, "another client")
+        mcp = McpClient(http, node, alice["access_token"])
+        await mcp.initialize()
+        url = f"{node.info.listen_url}/revoke"
+        async with get_stream(mcp) as stream:
+            await stream.next()
+            for kind in ("access_token", "refresh_token"):
+                anonymous = await http.post(url, data={"token": alice[kind]})
+                assert anonymous.status_code == 401, anonymous.text
+                assert anonymous.json()["error"] == "invalid_client"
+                assert "client_id" in anonymous.json()["error_description"]
+                foreign = await http.post(url, data={"token": alice[kind], "client_id": other})
+                assert foreign.status_code == 400, foreign.text
+                assert foreign.json()["error"] == "invalid_grant"
+            await untouched(stream)
+            assert (await mcp.post("ping")).status_code == 200
+            assert psql(fresh_db, "SELECT status FROM grants") == "active"
+            revoked = psql(fresh_db, "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL")
+            assert revoked == "0"
+            assert (
+                psql(fresh_db, "SELECT count(*) FROM token_families WHERE revoked_at IS NOT NULL")
+                == "0"
+            )
+            unknown = await http.post(url, data={"token": "never-issued", "client_id": other})
+            assert unknown.status_code == 200 and unknown.json() == {}
+            own = await http.post(
+                url, data={"token": alice["access_token"], "client_id": alice["client_id"]}
+            )
+            assert own.status_code == 200
+            await ends_with_revoked(stream)
+        assert (await mcp.post("ping")).status_code == 401
+        assert await audited(fresh_db, node, "token_revoked") == 1

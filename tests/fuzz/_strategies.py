@@ -386,11 +386,18 @@ def token_request(draw: st.DrawFn, known: Known) -> Request:
 
 @st.composite
 def revoke_request(draw: st.DrawFn, known: Known) -> Request:
-    """POST /revoke with tokens nobody issued (a no-op) or nothing."""
+    """POST /revoke with tokens nobody issued (a no-op) or nothing, or alice's real tokens
+    under another client's id or none (RFC 7009 §2.1: refused, nothing revoked)."""
+    alice = known.alice
     fields = {
-        "token": draw(_form_field(st.sampled_from(("", "t" * 43)))),
+        "token": draw(
+            _form_field(st.sampled_from(("", "t" * 43, alice.access_token, alice.refresh_token)))
+        ),
         "token_type_hint": draw(_form_field(st.sampled_from(("access_token", "refresh_token")))),
+        "client_id": draw(_form_field(st.sampled_from((known.bob.client_id, "stw-unknown")))),
     }
+    if fields["client_id"] == alice.client_id:
+        fields["client_id"] = "stw-unknown"
     return _form_request(draw, "/revoke", fields, known.max_body)
 
 
