@@ -25,6 +25,7 @@ import structlog
 
 from actors._crypto import KeyRing, hash_token, new_token
 from actors._redirect_uris import (
+    consent_may_be_remembered,
     consent_redirect_key,
     redirect_uri_matches,
     redirect_uri_problem,
@@ -561,7 +562,11 @@ class AuthService:
 
         self.tier_changed(user_id, await self.store.transact(sign_in), source="sign_in")
         self.audit("upstream_sign_in", user_id=user_id, client_id=row["client_id"])
-        if known["scopes"] is not None and set(row["scopes"]) <= set(known["scopes"]):
+        if (
+            known["scopes"] is not None
+            and set(row["scopes"]) <= set(known["scopes"])
+            and consent_may_be_remembered(row["redirect_uri"])
+        ):
             return await self._complete(request_hash)
         client = await self.client(row["client_id"])
         return ConsentNeeded(

@@ -7,6 +7,8 @@
   RFC 8252 §7.1). No credentials in the authority. Every other scheme is refused.
 - A requested URI matches a registered one exactly, except that for ``http`` on a loopback host
   the port is not compared: a native app listens on whatever port it got (RFC 8252 §7.3).
+- A remembered consent skips the consent page only for an ``https`` redirect URI: a loopback
+  port or a private-use scheme can be taken by any program on the machine (RFC 8252 §8.6).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 __all__ = [
     "LOOPBACK_HOSTS",
     "REDIRECT_URI_LIMIT",
+    "consent_may_be_remembered",
     "consent_redirect_key",
     "redirect_uri_matches",
     "redirect_uri_problem",
@@ -96,3 +99,12 @@ def consent_redirect_key(uri: str) -> str:
         return uri
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
     return parts._replace(netloc=host or "").geturl()
+
+
+def consent_may_be_remembered(uri: str) -> bool:
+    """Whether a remembered consent may send a code to ``uri`` without asking: only for
+    ``https``, which only its host receives. A loopback port or a private-use scheme can be
+    taken by any program on the user's machine, so the client behind it is not known and the
+    user is asked every time (RFC 8252 §8.6)."""
+    parts = _split(uri)
+    return parts is not None and parts.scheme == "https"

@@ -121,21 +121,38 @@ async def test_authorize_refuses_bad_requests_without_redirecting(fresh_db: str)
 
 
 async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
-    """MCP-R30: consent per user and client, CSRF-bound form, no framing, __Host- cookies."""
+    """MCP-R30: consent per user and client, CSRF-bound form, no framing, __Host- cookies.
+    (Remembered for an https redirect URI; a native app's is asked every time,
+    tests/test_redirect_uris.py.)"""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
-        client_id = await register(http, node)
-        await authorize(http, node, client_id, "carol")
-        # second time: no consent page, straight back to the client
+        r = await http.post(
+            f"{node.info.base_url}/register",
+            json={"redirect_uris": ["https://app.example/callback"]},
+        )
+        client_id = r.json()["client_id"]
         _, challenge = pkce()
         params = {
             "response_type": "code",
             "client_id": client_id,
-            "redirect_uri": REDIRECT_URI,
-            "state": "again",
+            "redirect_uri": "https://app.example/callback",
+            "state": "first",
             "code_challenge": challenge,
             "code_challenge_method": "S256",
             "login_hint": "carol",
         }
+        r = await http.get(f"{node.info.base_url}/authorize", params=params)
+        r = await http.get(r.headers["location"])
+        page = await http.get(r.headers["location"])
+        assert page.status_code == 200  # the first time: the consent page
+        fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', page.text))
+        allowed = await http.post(
+            f"{node.info.base_url}/consent",
+            data={**fields, "decision": "allow"},
+            headers={"cookie": page.headers["set-cookie"].split(";")[0]},
+        )
+        assert allowed.status_code == 302 and "code=" in allowed.headers["location"]
+        # second time: no consent page, straight back to the client
+        params["state"] = "again"
         r = await http.get(f"{node.info.base_url}/authorize", params=params)
         r = await http.get(r.headers["location"])
         r = await http.get(r.headers["location"])

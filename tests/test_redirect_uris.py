@@ -129,24 +129,33 @@ async def sign_in(
     return {"landed": landed, "asked_consent": asked, **r.json()}
 
 
-async def test_consent_given_on_one_loopback_port_is_remembered_on_the_next(
+async def test_remembered_consent_sends_no_code_unasked_to_a_native_app_redirect_uri(
     fresh_db: str,
 ) -> None:
-    """A native app gets a new port on every run: the consent it was given stays bound to its
-    loopback redirect URI whatever the port, and to nothing else."""
+    """RFC 8252 §8.6: a loopback port or a private-use scheme can be taken by any program on
+    the user's machine, so the client behind such a redirect URI is not known. Alice allowed
+    a native app once (port 50001); someone else starts the flow with that app's public
+    client id and a port of their own (their PKCE), and sends alice the link. Alice is asked
+    again, on a page naming that port, instead of her browser silently carrying a code
+    there. An https redirect URI, which only its host receives, keeps its remembered consent."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
-        client_id = await register(
-            http, node, "http://127.0.0.1/callback", "http://127.0.0.1/other"
+        native = await register(
+            http, node, "http://127.0.0.1/callback", "com.example.app:/oauth2redirect"
         )
-        first = await sign_in(http, node, client_id, "http://127.0.0.1:50001/callback")
-        again = await sign_in(http, node, client_id, "http://127.0.0.1:50002/callback")
-        other = await sign_in(http, node, client_id, "http://127.0.0.1:50002/other")
+        first = await sign_in(http, node, native, "http://127.0.0.1:50001/callback")
         assert first["asked_consent"] is True
-        assert again["asked_consent"] is False
-        assert other["asked_consent"] is True  # another path is another redirect URI
-        assert psql(
-            fresh_db, "SELECT string_agg(redirect_uri, ' ' ORDER BY redirect_uri) FROM consents"
-        ) == ("http://127.0.0.1/callback http://127.0.0.1/other")
+        stolen = await sign_in(http, node, native, "http://127.0.0.1:50002/callback")
+        assert stolen["asked_consent"] is True  # the page names http://127.0.0.1:50002/callback
+        same_port = await sign_in(http, node, native, "http://127.0.0.1:50001/callback")
+        assert same_port["asked_consent"] is True  # another program may hold it by now
+        scheme = await sign_in(http, node, native, "com.example.app:/oauth2redirect")
+        again = await sign_in(http, node, native, "com.example.app:/oauth2redirect")
+        assert scheme["asked_consent"] is True and again["asked_consent"] is True
+        web = await register(http, node, "https://app.example/callback")
+        first_web = await sign_in(http, node, web, "https://app.example/callback")
+        again_web = await sign_in(http, node, web, "https://app.example/callback")
+        assert first_web["asked_consent"] is True
+        assert again_web["asked_consent"] is False
 
 
 async def test_a_loopback_redirect_uri_matches_any_port(fresh_db: str) -> None:

@@ -38,6 +38,9 @@ from tests.harness._steward import (
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()  # every node of a deployment shares it
 OTHER_REDIRECT_URI = "http://127.0.0.1:9/other-callback"
+# remembered consent skips the page for https redirect URIs only (RFC 8252 §8.6)
+WEB_REDIRECT_URI = "https://app.example/callback"
+OTHER_WEB_REDIRECT_URI = "https://app.example/other-callback"
 
 
 @asynccontextmanager
@@ -281,8 +284,14 @@ async def test_a_revoked_user_completes_neither_authorization_nor_a_token_reques
     callback even where consent is remembered. No grant is created or left active."""
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         client_id = await register(http, node)
-        tokens = await sign_in(http, node, "alice", client_id=client_id)  # consent remembered
+        tokens = await sign_in(http, node, "alice", client_id=client_id)
         code, verifier = await authorize(http, node, client_id, "alice")  # not yet exchanged
+        web = await http.post(
+            f"{node.info.listen_url}/register", json={"redirect_uris": [WEB_REDIRECT_URI]}
+        )
+        web_client = web.json()["client_id"]
+        web_page = await begin(http, node, web_client, "alice", redirect_uri=WEB_REDIRECT_URI)
+        assert (await answer_consent(http, node, web_page)).status_code == 302  # remembered
         second = await register(http, node, "second client")
         pending = await begin(http, node, second, "alice")  # the consent page is shown
         assert pending.status_code == 200, pending.text
@@ -304,12 +313,13 @@ async def test_a_revoked_user_completes_neither_authorization_nor_a_token_reques
         assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
         consent = await answer_consent(http, node, pending)
         assert consent.status_code == 403 and consent.json()["error"] == "access_denied"
-        again = await begin(http, node, client_id, "alice")
-        assert again.status_code == 403 and again.json()["error"] == "access_denied"
-        assert "location" not in again.headers
+        for cid, uri in ((client_id, REDIRECT_URI), (web_client, WEB_REDIRECT_URI)):
+            again = await begin(http, node, cid, "alice", redirect_uri=uri)
+            assert again.status_code == 403 and again.json()["error"] == "access_denied"
+            assert "location" not in again.headers
         assert psql(fresh_db, "SELECT count(*) FROM grants WHERE status = 'active'") == "0"
         grants = psql(fresh_db, "SELECT count(*) FROM grants")
-        assert grants == "2"  # the two completed before the revocation, none after
+        assert grants == "3"  # the three completed before the revocation, none after
         issued = psql(fresh_db, f"SELECT count(*) FROM tokens WHERE user_id = $${user_id}$$")
         assert issued == "2"  # the pair of the first sign-in only
         # another user of the same client is not affected
@@ -324,33 +334,51 @@ async def test_remembered_consent_is_bound_to_the_redirect_uri_and_the_scopes(
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         r = await http.post(
             f"{node.info.listen_url}/register",
-            json={"redirect_uris": [REDIRECT_URI, OTHER_REDIRECT_URI], "client_name": "two"},
+            json={
+                "redirect_uris": [WEB_REDIRECT_URI, OTHER_WEB_REDIRECT_URI],
+                "client_name": "two",
+            },
         )
         assert r.status_code == 201, r.text
         client_id = r.json()["client_id"]
-        page = await begin(http, node, client_id, "carol", scope="mcp:tools")
+        page = await begin(
+            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=WEB_REDIRECT_URI
+        )
         allowed = await answer_consent(http, node, page)
-        assert allowed.status_code == 302 and allowed.headers["location"].startswith(REDIRECT_URI)
+        assert allowed.status_code == 302 and allowed.headers["location"].startswith(
+            WEB_REDIRECT_URI
+        )
 
-        remembered = await begin(http, node, client_id, "carol", scope="mcp:tools")
+        remembered = await begin(
+            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=WEB_REDIRECT_URI
+        )
         assert remembered.status_code == 302, remembered.text
         assert "code" in parse_qs(urlsplit(remembered.headers["location"]).query)
 
         elsewhere = await begin(
-            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=OTHER_REDIRECT_URI
+            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=OTHER_WEB_REDIRECT_URI
         )
-        assert elsewhere.status_code == 200 and OTHER_REDIRECT_URI in elsewhere.text
-        wider = await begin(http, node, client_id, "carol", scope="mcp:tools mcp:resources")
+        assert elsewhere.status_code == 200 and OTHER_WEB_REDIRECT_URI in elsewhere.text
+        wider = await begin(
+            http,
+            node,
+            client_id,
+            "carol",
+            scope="mcp:tools mcp:resources",
+            redirect_uri=WEB_REDIRECT_URI,
+        )
         assert wider.status_code == 200 and "mcp:resources" in wider.text
-        other_user = await begin(http, node, client_id, "dave", scope="mcp:tools")
+        other_user = await begin(
+            http, node, client_id, "dave", scope="mcp:tools", redirect_uri=WEB_REDIRECT_URI
+        )
         assert other_user.status_code == 200
 
         # answering the page for the other redirect URI remembers that one too
         sent = await answer_consent(http, node, elsewhere)
         assert sent.status_code == 302
-        assert sent.headers["location"].startswith(OTHER_REDIRECT_URI)
+        assert sent.headers["location"].startswith(OTHER_WEB_REDIRECT_URI)
         back = await begin(
-            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=OTHER_REDIRECT_URI
+            http, node, client_id, "carol", scope="mcp:tools", redirect_uri=OTHER_WEB_REDIRECT_URI
         )
         assert back.status_code == 302, back.text
 
