@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import structlog
+import trio
 from prometheus_client import CollectorRegistry
 
 from actors import StoreUnavailable
@@ -30,6 +31,11 @@ __all__ = ["StewardAsgi"]
 
 log = structlog.get_logger("asgi")
 
+# what is left of a request body the application answers without reading (a 401 before the
+# body) is read and dropped before the answer ends, up to these bounds, so that the connection
+# can carry the next request
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 2.0
 _MCP_PATHS = frozenset({"/mcp", "/sse", "/messages"})
 _LEGACY_PATHS = frozenset({"/sse", "/messages"})
 _OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -70,7 +76,8 @@ class StewardAsgi:
             if path == "/admin" or path.startswith("/admin/")
             else "other"
         )
-        counting_send = _CountingSend(send)
+        receive = _TrackedReceive(receive)
+        counting_send = _CountingSend(send, receive)
 
         try:
             if path == "/mcp":
@@ -137,17 +144,54 @@ def _unavailable_only(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailable)
 
 
+class _TrackedReceive:
+    """The ASGI receive of a request, noting whether the request body was read to its end."""
+
+    __slots__ = ("body_done", "inner")
+
+    def __init__(self, inner: Receive) -> None:
+        self.inner = inner
+        self.body_done = False
+
+    async def __call__(self) -> MutableMapping[str, Any]:
+        message = await self.inner()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True  # the last part, or the client is gone
+        return message
+
+
+async def _drain(receive: _TrackedReceive) -> None:
+    """Read and drop the rest of a request body the application answers without reading (a 401
+    or 415 before the body). Hypercorn closes a connection whose request was not read to its end
+    once the answer ends, without a ``Connection: close`` on it, so a client that reuses the
+    connection had its next request fail. Bounded: past ``DRAIN_BYTES`` or ``DRAIN_SECONDS``
+    the connection is closed as before."""
+    taken = 0
+    with trio.move_on_after(DRAIN_SECONDS):
+        while not receive.body_done and taken <= DRAIN_BYTES:
+            message = await receive()
+            taken += len(message.get("body", b""))
+
+
 class _CountingSend:
     """The ASGI send of a request, noting the response's status; ``inner`` is the server's own
-    (server._stream_end looks behind it)."""
+    (server._stream_end looks behind it). The answer's last part waits until the request body
+    was read to its end (``_drain``)."""
 
-    __slots__ = ("inner", "status")
+    __slots__ = ("inner", "receive", "status")
 
-    def __init__(self, inner: Send) -> None:
+    def __init__(self, inner: Send, receive: _TrackedReceive) -> None:
         self.inner = inner
+        self.receive = receive
         self.status = 0
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+        elif (
+            message["type"] == "http.response.body"
+            and not message.get("more_body", False)
+            and not self.receive.body_done
+        ):
+            await _drain(self.receive)
         await self.inner(message)
