@@ -754,16 +754,24 @@ class UserSession:
             return
         self.invalid_reason = status
         self.manager.forget(self.grant_id, self.context.user_id)
-        await self.manager.store.write(
-            *grant_end_ops([self.grant_id], status=status, message=message),
-            *also,
-            *self.manager.publish(
-                "revoke_grant",
-                grant_id=self.grant_id,
-                user_id=self.context.user_id,
-                payload={"status": status, "message": message},
-            ),
-        )
+        try:
+            await self.manager.store.write(
+                *grant_end_ops([self.grant_id], status=status, message=message),
+                *also,
+                *self.manager.publish(
+                    "revoke_grant",
+                    grant_id=self.grant_id,
+                    user_id=self.context.user_id,
+                    payload={"status": status, "message": message},
+                ),
+            )
+        except BaseException:
+            # not acknowledged (it may still commit, and this node does not hear its own
+            # event): this node's streams end now, failing closed, and the session is not
+            # marked ended, so that a retry makes the whole change and tells the other nodes
+            self.close_streams(status, message)
+            self.invalid_reason = None
+            raise
         self.manager.grants_ended()
         self.manager.forget(self.grant_id, self.context.user_id)  # verified meanwhile
         self.close_streams(status, message)

@@ -425,3 +425,44 @@ async def test_revoke_is_refused_unless_the_token_was_issued_to_the_client_revok
             await ends_with_revoked(stream)
         assert (await mcp.post("ping")).status_code == 401
         assert await audited(fresh_db, node, "token_revoked") == 1
+
+
+async def test_a_revocation_whose_write_is_not_acknowledged_ends_the_streams_here_and_can_be_retried(
+    fresh_db: str,
+) -> None:
+    """/revoke while the database does not acknowledge in time (the commit is held past
+    db_wait): the answer is 503, and this node's streams of the grant end at once with their
+    error event (a revocation fails closed here, as an operator's revoke of a user does).
+    Before, the session was marked ended but its streams were never closed: the commit landed
+    later, the other nodes heard of it, this node (which does not hear its own events) kept
+    the stream open and fed it notifications until the token's expiry, and a retried /revoke
+    found the session "already ended" and did nothing more."""
+    from actors import StorePolicy
+    from runtime import faults
+
+    policy = StorePolicy(write_wait=1.0, read_wait=0.5)
+    async with (
+        running_node(fresh_db, store_policy=policy) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        alice = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, alice["access_token"])
+        await mcp.initialize()
+        url = f"{node.info.listen_url}/revoke"
+        form = {"token": alice["access_token"], "client_id": alice["client_id"]}
+        async with get_stream(mcp) as stream:
+            await stream.next()
+            faults.arm("store.commit", delay=2.0, times=1)  # held past write_wait, then commits
+            try:
+                first = await http.post(url, data=form)
+                assert first.status_code == 503, first.text
+                assert first.headers["retry-after"]
+                await ends_with_revoked(stream)
+            finally:
+                faults.reset()
+        with trio.fail_after(10):  # the held commit lands: the grant is revoked
+            while psql(fresh_db, "SELECT status FROM grants") != "revoked":
+                await trio.sleep(0.05)
+        assert (await mcp.post("ping")).status_code == 401
+        again = await http.post(url, data=form)
+        assert again.status_code == 200, again.text
