@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -507,3 +510,83 @@ def test_a_database_role_that_cannot_create_tables_fails_the_doctor_and_serve_sa
         assert checks["database privileges"]["status"] == "ok", checks["database privileges"]
     finally:
         psql(admin, f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def _take_port_when_free(port: int, limit: float = 10.0) -> socket.socket:
+    """A socket listening on 127.0.0.1:``port`` as soon as the port is free."""
+    deadline = time.monotonic() + limit
+    while True:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+            continue
+        sock.listen()
+        return sock
+
+
+def _poll(check: Any, limit: float, what: str) -> Any:
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            msg = f"{what} within {limit}s"
+            raise AssertionError(msg)
+        time.sleep(0.1)
+
+
+def test_serve_brings_its_embedded_postgres_back_once_its_port_is_free(
+    data_dir: Path,
+) -> None:
+    """Issue 14 §1: the embedded postmaster is SIGKILLed and its port is taken at once by
+    another process, so it cannot come back there yet. Steward stays up, /readyz names the
+    reason and the log has a clear line; once the port is free Steward starts the cluster
+    again by itself (on the same port, so the store reconnects) and writes succeed. Before,
+    nothing restarted it: the outage lasted until an operator came."""
+    with steward_serve("--port", "0", folder=data_dir) as server:
+        base = server.ready["base_url"]
+        pid_file = data_dir / "data" / "postgres" / "pgdata" / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+        os.kill(pid, signal.SIGKILL)
+        squatter = _take_port_when_free(port)
+        with httpx.Client(timeout=10) as http:
+
+            def refused_reason() -> str | None:
+                r = http.get(f"{base}/readyz")
+                reasons = " ".join(r.json().get("reasons", []))
+                refused = r.status_code == 503 and "embedded PostgreSQL is failing" in reasons
+                return reasons if refused else None
+
+            try:
+                reason = _poll(refused_reason, 30, "no /readyz reason about the embedded cluster")
+                assert "Address already in use" in reason or "TCP/IP sockets" in reason, reason
+                assert http.get(f"{base}/healthz").status_code == 200
+                assert server.proc is not None and server.proc.poll() is None
+                _poll(
+                    lambda: "embedded_postgres_cannot_start" in server.log_path.read_text(),
+                    10,
+                    "no embedded_postgres_cannot_start line in the log",
+                )
+            finally:
+                squatter.close()
+            _poll(
+                lambda: http.get(f"{base}/readyz").status_code == 200,
+                60,
+                "the node was not ready again",
+            )
+            r = http.post(f"{base}/register", json={"redirect_uris": ["http://127.0.0.1/cb"]})
+            assert r.status_code == 201, r.text
+        new_pid = int(pid_file.read_text().splitlines()[0])
+        assert new_pid != pid
+        assert int(pid_file.read_text().splitlines()[3]) == port
+        log_text = server.log_path.read_text()
+        assert "embedded_postgres_recovered" in log_text
+        assert server.stop() == 0

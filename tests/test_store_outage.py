@@ -159,3 +159,53 @@ async def test_a_long_outage_logs_one_connect_failure_a_minute_not_one_per_attem
     failed = [e for e in logs if e["event"] == "store_connect_failed"]
     assert len(failed) == 1, failed
     assert failed[0]["attempts"] == 1 and failed[0]["error"] == "ConnectionRefusedError"
+
+
+async def test_uncached_requests_during_a_black_hole_are_answered_within_db_wait(
+    fresh_db: str,
+) -> None:
+    """The TCP path to PostgreSQL black-holed (nothing answers, nothing is refused): 40
+    requests at once whose bearer tokens no cache holds each get 503 with Retry-After within
+    db_wait, however many there are. Before, a read waited for a connection of the pool
+    behind the reads already hanging on it (each up to command_timeout), so the answers came
+    after 10 to 60 s. The node's timeouts are the defaults (connect 5 s, command 10 s)."""
+    import httpx
+
+    from tests.harness._proxy import FaultProxy
+    from tests.harness._steward import MCP_HEADERS, running_node
+
+    port = int(fresh_db.rsplit(":", 1)[1].split("/", 1)[0])
+    db_wait = 1.5
+    async with FaultProxy.open("127.0.0.1", port) as proxy:
+        dsn = fresh_db.replace(f":{port}/", f":{proxy.port}/")
+        policy = StorePolicy(write_wait=db_wait, answer_wait=db_wait, read_wait=0.5)
+        async with (
+            running_node(dsn, store_policy=policy) as node,
+            httpx.AsyncClient(timeout=120) as http,
+        ):
+            url = f"{node.info.listen_url}/mcp"
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            # the pool holds its connections: a request before the fault opens them
+            first = await http.post(
+                url, json=ping, headers={**MCP_HEADERS, "authorization": "Bearer x"}
+            )
+            assert first.status_code == 401
+            proxy.blackhole()
+            answers: list[tuple[float, int, str | None]] = []
+
+            async def one(i: int) -> None:
+                started = time.monotonic()
+                headers = {**MCP_HEADERS, "authorization": f"Bearer unknown-{i}"}
+                r = await http.post(url, json=ping, headers=headers)
+                answers.append(
+                    (time.monotonic() - started, r.status_code, r.headers.get("retry-after"))
+                )
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+            assert {status for _, status, _ in answers} == {503}, answers
+            assert all(retry for _, _, retry in answers)
+            slowest = max(seconds for seconds, _, _ in answers)
+            assert slowest < db_wait + 2.0, sorted(seconds for seconds, _, _ in answers)
+            proxy.pass_through()
