@@ -14,10 +14,10 @@ from typing import Any
 import structlog
 import trio
 
-from actors import StoreUnavailable
-from actors._sessions import (
+from actors import (
     AuthenticationRequiredError,
     Connection,
+    StoreUnavailable,
     StreamEvent,
     TransportSession,
     UserSession,

@@ -25,20 +25,24 @@ import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
-from actors._sessions import (
+from actors import (
     AuthenticationRequiredError,
     Connection,
+    Op,
+    QuotaExceeded,
+    RateLimited,
     SessionLimitReached,
     SessionManager,
     SessionRestarting,
+    Store,
+    StoreUnavailable,
     StreamEvent,
     StreamLimitReached,
     TransportSession,
+    UsageMeter,
     UserContext,
     UserSession,
 )
-from actors._usage import QuotaExceeded, RateLimited, UsageMeter
 from runtime import MaxChildrenError
 from server._dispatch import (
     LOG_LEVELS,

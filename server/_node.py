@@ -35,21 +35,27 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import (
+    AuthPolicy,
+    AuthService,
+    Janitor,
+    KeyRing,
+    Notifier,
+    SessionManager,
+    SessionPolicy,
     Store,
     StorePolicy,
     StoreUnavailable,
+    TierLimit,
+    UpstreamClient,
+    UpstreamConfig,
     UpstreamRevoker,
+    UsageMeter,
     WriteQueue,
     migrate,
+    parse_quota,
     pending_migrations,
     store_child_spec,
 )
-from actors._auth import AuthPolicy, AuthService
-from actors._cluster import Janitor, Notifier
-from actors._crypto import KeyRing
-from actors._sessions import SessionManager, SessionPolicy
-from actors._upstream import UpstreamClient, UpstreamConfig
-from actors._usage import TierLimit, UsageMeter, parse_quota
 from runtime import ChildSpec, Supervisor, SupervisorHandle
 from server._admin import AdminApi
 from server._app import Steward

@@ -34,10 +34,7 @@ import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
-from actors._auth import Principal
-from actors._sessions import Connection
-from actors._store import Conn
+from actors import Conn, Connection, Op, Principal, Store, StoreUnavailable
 from runtime import Backoff, ChildSpec
 from server._http import Receive, Send, send_json
 
