@@ -1,7 +1,23 @@
-"""Steward's domain actors: the store, sessions, token keepers, notifier, janitor."""
+"""Steward's domain actors: the store, sessions, token keepers, notifier, janitor.
+
+The whole public API of the package is here; the edge (``server/``) imports nothing else of it.
+"""
 
 from __future__ import annotations
 
+from actors._auth import (
+    AuthPolicy,
+    AuthService,
+    ConsentNeeded,
+    OAuthError,
+    Principal,
+    UserRevokedError,
+    s256,
+)
+from actors._cluster import Janitor, JanitorPolicy, Notifier
+from actors._crypto import KeyRing, hash_token, new_token
+from actors._events import cluster_event_ops
+from actors._keys import RotationBlocked, RotationReport, rotate_keys
 from actors._migrations import (
     Migration,
     MigrationError,
@@ -23,6 +39,19 @@ from actors._revocation import (
     grant_end_ops,
     reinstate_user,
     revoke_user_ops,
+)
+from actors._sessions import (
+    AuthenticationRequiredError,
+    Connection,
+    SessionLimitReached,
+    SessionManager,
+    SessionPolicy,
+    SessionRestarting,
+    StreamEvent,
+    StreamLimitReached,
+    TransportSession,
+    UserContext,
+    UserSession,
 )
 from actors._store import (
     Conn,
@@ -57,50 +86,86 @@ from actors._upstream import (
     UpstreamClient,
     UpstreamConfig,
     UpstreamNotReady,
+    UpstreamRevoked,
     UpstreamUnavailable,
 )
+from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
     "RETENTION_RULES",
+    "AuthPolicy",
+    "AuthService",
+    "AuthenticationRequiredError",
     "Conn",
+    "Connection",
+    "ConsentNeeded",
     "IdTokenInvalid",
+    "Janitor",
+    "JanitorPolicy",
+    "KeyRing",
     "Migration",
     "MigrationError",
+    "Notifier",
+    "OAuthError",
     "Op",
+    "Principal",
     "ProviderMetadata",
     "QueueFull",
+    "QuotaExceeded",
+    "RateLimited",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
+    "RotationBlocked",
+    "RotationReport",
+    "SessionLimitReached",
+    "SessionManager",
+    "SessionPolicy",
+    "SessionRestarting",
     "Store",
     "StorePolicy",
     "StoreStatistics",
     "StoreUnavailable",
+    "StreamEvent",
+    "StreamLimitReached",
     "TierChange",
+    "TierLimit",
     "TierMapping",
     "TierResolution",
+    "TransportSession",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
+    "UpstreamRevoked",
     "UpstreamRevoker",
     "UpstreamUnavailable",
+    "UsageMeter",
     "UserChange",
+    "UserContext",
+    "UserRevokedError",
+    "UserSession",
     "WriteQueue",
     "WriteRejected",
     "applied_migrations",
     "apply_idp_tier",
+    "cluster_event_ops",
     "grant_end_ops",
+    "hash_token",
     "load_migrations",
     "migrate",
+    "new_token",
+    "parse_quota",
     "pending_migrations",
     "redirect_uri_matches",
     "redirect_uri_problem",
     "reinstate_user",
     "retention_sweep",
     "revoke_user_ops",
+    "rotate_keys",
+    "s256",
     "set_tier_override",
     "store_child_spec",
     "valid_redirect_uri",

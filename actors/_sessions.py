@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
+from actors._events import cluster_event_ops
 from actors._revocation import (
     UserChange,
     grant_end_ops,
@@ -1322,8 +1323,6 @@ class SessionManager:
         payload: dict[str, Any] | None = None,
     ) -> list[Op]:
         """Ops that tell the other nodes (the notifier delivers them), to commit with the change."""
-        from actors._cluster import cluster_event_ops
-
         return cluster_event_ops(
             kind, origin=self.node_id, user_id=user_id, grant_id=grant_id, payload=payload
         )

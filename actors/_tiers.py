@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from actors._events import cluster_event_ops
 from actors._store import Conn
 
 __all__ = [
@@ -163,8 +164,6 @@ class TierChange:
 
 
 async def _publish(conn: Conn, user_id: str, tier: str, origin: str) -> None:
-    from actors._cluster import cluster_event_ops  # the notifier's module imports the sessions'
-
     for op in cluster_event_ops(
         "tier_changed", origin=origin, user_id=user_id, payload={"tier": tier}
     ):

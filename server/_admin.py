@@ -29,15 +29,16 @@ import html
 import json
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import structlog
 
-from actors import StoreUnavailable, UserChange
-from runtime import tree
+from actors import SessionManager, Store, StoreUnavailable, UserChange
+from runtime import TreeNode
 from server._http import (
     BodyTooLarge,
     Receive,
@@ -52,9 +53,6 @@ from server._http import (
     send_response,
     unavailable,
 )
-
-if TYPE_CHECKING:
-    from server._node import Node
 
 __all__ = ["AdminApi"]
 
@@ -84,10 +82,28 @@ def _static(name: str) -> bytes:
 
 
 class AdminApi:
-    def __init__(self, node: Node, token: str) -> None:
-        self.node = node
+    """The admin view and API of one node: it reads and changes what ``store`` and ``sessions``
+    hold, and shows the supervision trees that ``trees`` returns."""
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        node_id: str,
+        base_url: str,
+        store: Store,
+        sessions: SessionManager,
+        tier_names: Sequence[str],
+        trees: Callable[[], Sequence[TreeNode]],
+    ) -> None:
         self.token = token
-        self.secure = node.info.base_url.startswith("https://")
+        self.node_id = node_id
+        self.base_url = base_url
+        self.store = store
+        self.sessions = sessions
+        self.tier_names = tuple(tier_names)
+        self.trees = trees
+        self.secure = base_url.startswith("https://")
         self.static = {name: _static(name) for name in ("admin.js", "admin.css")}
         self.page = _static("admin.html").decode()
         self.login_page = _static("login.html").decode()
@@ -129,7 +145,7 @@ class AdminApi:
         origin = header(scope, b"origin")
         if origin is None:
             return True
-        base = urlsplit(self.node.info.base_url)
+        base = urlsplit(self.base_url)
         own = {f"{base.scheme}://{base.netloc}"}
         host = header(scope, b"host")
         if host:
@@ -176,7 +192,7 @@ class AdminApi:
 
     async def _send_page(self, send: Send, cookie: str) -> None:
         page = self.page.replace("{csrf}", html.escape(self._csrf(cookie))).replace(
-            "{node_id}", html.escape(self.node.info.node_id)
+            "{node_id}", html.escape(self.node_id)
         )
         await send_response(send, 200, page.encode(), b"text/html; charset=utf-8", VIEW_HEADERS)
 
@@ -276,17 +292,15 @@ class AdminApi:
     async def _route(
         self, method: str, route: str, q: dict[str, str], body: dict[str, Any]
     ) -> tuple[int, Any]:
-        node = self.node
         if method == "GET" and route == "tree":
-            trees = [node.root.tree()] if node.root is not None else tree()
             return 200, {
-                "node_id": node.info.node_id,
-                "trees": [_bounded(t.to_dict()) for t in trees],
-                "store": attrs.asdict(node.store.statistics()),
+                "node_id": self.node_id,
+                "trees": [_bounded(t.to_dict()) for t in self.trees()],
+                "store": attrs.asdict(self.store.statistics()),
             }
         if method == "GET" and route == "sessions":
-            live = {s.grant_id: len(s.connections()) for s in node.sessions.live()}
-            rows = await node.store.fetch(
+            live = {s.grant_id: len(s.connections()) for s in self.sessions.live()}
+            rows = await self.store.fetch(
                 "SELECT g.grant_id, g.user_id, g.client_id, u.tier, u.tier_override, g.scopes, g.status, g.created_at, g.last_seen_at, "
                 "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams, "
                 "u.revoked_at IS NOT NULL AS user_revoked "
@@ -298,19 +312,19 @@ class AdminApi:
             }
         if method == "GET" and route == "events":
             limit = max(1, min(500, int(q.get("limit", "50"))))
-            rows = await node.store.fetch(
+            rows = await self.store.fetch(
                 "SELECT occurred_at, kind, user_id, client_id, grant_id, node_id, detail FROM auth_events ORDER BY occurred_at DESC LIMIT $1",
                 limit,
             )
             return 200, {"events": [_jsonable(r) for r in rows]}
         if method == "POST" and route == "users/revoke":
-            await node.sessions.revoke_user(
+            await self.sessions.revoke_user(
                 str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))
             )
             return 200, {"revoked": body["user_id"]}
         if method == "POST" and route == "users/reinstate":
             user_id = str(body["user_id"])
-            reinstated = await node.sessions.reinstate_user(
+            reinstated = await self.sessions.reinstate_user(
                 user_id, reason=str(body.get("reason", "reinstated by an operator"))
             )
             if reinstated is UserChange.UNKNOWN_USER:
@@ -318,12 +332,12 @@ class AdminApi:
             return 200, {"user_id": user_id, "reinstated": reinstated is UserChange.CHANGED}
         if method == "POST" and route in ("users/set-tier", "users/clear-tier"):
             override = str(body["tier"]) if route == "users/set-tier" else None
-            if override is not None and override not in node.settings.tier_names():
+            if override is not None and override not in self.tier_names:
                 return 400, {
                     "error": "invalid_request",
-                    "error_description": f"tier must be one of {', '.join(node.settings.tier_names())}, got {override[:64]!r}",
+                    "error_description": f"tier must be one of {', '.join(self.tier_names)}, got {override[:64]!r}",
                 }
-            change = await node.sessions.set_tier(str(body["user_id"]), override)
+            change = await self.sessions.set_tier(str(body["user_id"]), override)
             if change is None:
                 return 404, {
                     "error": "not_found",
@@ -331,7 +345,7 @@ class AdminApi:
                 }
             return 200, {"user_id": body["user_id"], "tier": change.after, "override": override}
         if method == "POST" and route == "sessions/end":
-            await node.sessions.invalidate(
+            await self.sessions.invalidate(
                 uuid.UUID(str(body["grant_id"])),
                 reason="ended",
                 message="an operator ended this session",

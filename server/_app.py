@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-from actors._sessions import UserContext
+from actors import UpstreamUnavailable, UserContext
 
 __all__ = [
     "Context",
@@ -144,8 +144,6 @@ class Context:
         """
         session = getattr(self._emit, "session", None)
         if session is None:
-            from actors._upstream import UpstreamUnavailable
-
             raise UpstreamUnavailable("no user session for this request")
         token: str = await session.upstream_access_token()
         return token

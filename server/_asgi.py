@@ -11,6 +11,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from actors import StoreUnavailable
+from server._admin import AdminApi
 from server._http import (
     InvalidInput,
     Receive,
@@ -52,15 +53,28 @@ LIMITED = {
 
 
 class StewardAsgi:
-    def __init__(self, mcp: McpHttp, oauth: OAuthEndpoints) -> None:
+    """Routes each request to the part that serves its path; every part is given here."""
+
+    def __init__(
+        self,
+        *,
+        mcp: McpHttp,
+        legacy: LegacySse,
+        oauth: OAuthEndpoints,
+        admin: AdminApi,
+        requests: RequestCounter,
+        metrics: CollectorRegistry,
+        readiness: Callable[[], Awaitable[dict[str, Any]]],
+        limiter: AddressLimiter | None,  # rate limits per client address
+    ) -> None:
         self.mcp = mcp
-        self.legacy = LegacySse(mcp)
+        self.legacy = legacy
         self.oauth = oauth
-        self.requests = RequestCounter()
-        self.metrics: CollectorRegistry | None = None
-        self.readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
-        self.admin: Any = None  # the admin API, once the node exists
-        self.limiter: AddressLimiter | None = None  # rate limits per client address
+        self.admin = admin
+        self.requests = requests
+        self.metrics = metrics
+        self.readiness = readiness
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -92,13 +106,13 @@ class StewardAsgi:
                     or await self.limiter.check(kind, scope, counting_send)
                 ):
                     await self.oauth(scope, receive, counting_send)
-            elif self.admin is not None and self.admin.handles(path):
+            elif self.admin.handles(path):
                 await self.admin(scope, receive, counting_send)
             elif path == "/healthz":
                 await send_json(counting_send, 200, {"status": "ok", "service": "steward"})
             elif path == "/readyz":
                 await self._ready(counting_send)
-            elif path == "/metrics" and self.metrics is not None:
+            elif path == "/metrics":
                 await send_response(
                     counting_send,
                     200,
@@ -133,7 +147,7 @@ class StewardAsgi:
             self.requests.add(scope["method"], route, counting_send.status)
 
     async def _ready(self, send: Send) -> None:
-        report = await self.readiness() if self.readiness is not None else {"ready": True}
+        report = await self.readiness()
         await send_json(send, 200 if report.get("ready") else 503, report)
 
 

@@ -19,8 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from actors import REFUSE, TierMapping, UpstreamConfig, valid_redirect_uri
-from actors._usage import parse_quota
+from actors import REFUSE, TierMapping, UpstreamConfig, parse_quota, valid_redirect_uri
 
 __all__ = [
     "DEV_IDP_EXPOSED",

@@ -13,8 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from actors._auth import AuthService, ConsentNeeded, Principal, s256
-from actors._crypto import new_token
+from actors import AuthService, ConsentNeeded, Principal, new_token, s256
 
 __all__ = ["DEV_CLIENT_ID", "DEV_USER", "sign_in_dev_user"]
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import structlog
 
-from actors._sessions import AuthenticationRequiredError, UserContext
-from actors._upstream import UpstreamUnavailable
+from actors import AuthenticationRequiredError, UpstreamUnavailable, UserContext
 from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
 from server._jsonrpc import (
     INTERNAL_ERROR,

@@ -17,6 +17,7 @@ import httpx
 import trio
 
 from actors import (
+    KeyRing,
     ProviderMetadata,
     Store,
     StorePolicy,
@@ -27,7 +28,6 @@ from actors import (
     load_migrations,
     store_child_spec,
 )
-from actors._crypto import KeyRing
 from runtime import Supervisor
 from server._config import ConfigError, Settings
 from server._embedded_pg import (

@@ -14,10 +14,11 @@ from typing import Any
 import structlog
 import trio
 
-from actors import StoreUnavailable
-from actors._sessions import (
+from actors import (
     AuthenticationRequiredError,
     Connection,
+    Principal,
+    StoreUnavailable,
     StreamEvent,
     TransportSession,
     UserSession,
@@ -103,6 +104,15 @@ class LegacySse:
                     return
             except StoreUnavailable:
                 raise _unavailable() from None
+        await self.handle(session, ts, message, send)
+
+    async def handle_forwarded(
+        self, principal: Principal, session_id: str, message: dict[str, Any], send: Send
+    ) -> None:
+        """A POSTed message that another node forwarded here, where its stream is (the relay's
+        port, server/_relay.py)."""
+        session = await self.mcp.sessions.session_for(principal)
+        ts = await self.mcp.transport(principal, session_id)
         await self.handle(session, ts, message, send)
 
     async def handle(

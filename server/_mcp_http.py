@@ -25,20 +25,24 @@ import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
-from actors._sessions import (
+from actors import (
     AuthenticationRequiredError,
     Connection,
+    Op,
+    QuotaExceeded,
+    RateLimited,
     SessionLimitReached,
     SessionManager,
     SessionRestarting,
+    Store,
+    StoreUnavailable,
     StreamEvent,
     StreamLimitReached,
     TransportSession,
+    UsageMeter,
     UserContext,
     UserSession,
 )
-from actors._usage import QuotaExceeded, RateLimited, UsageMeter
 from runtime import MaxChildrenError
 from server._dispatch import (
     LOG_LEVELS,
@@ -687,6 +691,33 @@ class McpHttp:
     def _session_stream(self, session_id: str) -> Connection | None:
         conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
         return conn if conn is not None and conn.closed_reason is None else None
+
+    # -- the relay's port (server/_relay.py, StreamsHere) -----------------------------------------
+
+    def stream_sessions(self) -> list[str]:
+        """The transport sessions whose GET or legacy stream this node holds."""
+        return [*self.get_streams, *self.legacy_streams]
+
+    def session_stream(self, session_id: str) -> Connection | None:
+        """The open GET or legacy stream of a transport session, if this node holds it."""
+        return self._session_stream(session_id)
+
+    def listen_streams(self) -> list[Connection]:
+        """The 2026-07-28 listen streams this node holds."""
+        return list(self.listeners)
+
+    def awaited_answers(self) -> list[str]:
+        """The ids of the server requests whose client answer this node awaits."""
+        return list(self.pending)
+
+    def awaits_answer(self, request_id: str) -> bool:
+        """Whether this node awaits the client's answer to that server request."""
+        return request_id in self.pending
+
+    def for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` as ``conn`` carries it: a listen stream tags it with its subscription."""
+        wanted = self.listeners.get(conn)
+        return message if wanted is None else _tagged(message, wanted["_id"])
 
     def notify_resource_updated(self, uri: str) -> int:
         """Send notifications/resources/updated to each subscriber's stream (one stream per

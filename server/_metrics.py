@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from actors import AuthService, SessionManager, Store, UsageMeter
 from runtime import TreeNode, tree
+from server._limits import AddressLimiter
 
-if TYPE_CHECKING:
-    from server._node import Node
+__all__ = ["NodeCollector", "Reporting", "RequestCounter", "new_registry", "render_metrics"]
 
-__all__ = ["NodeCollector", "RequestCounter", "render_metrics"]
+
+class Reporting(Protocol):
+    """A part of the edge that reports a statistics record (the streamable-HTTP transport, the
+    relay); its fields are read by name (the tables below)."""
+
+    def statistics(self) -> object: ...
 
 
 class RequestCounter:
@@ -89,12 +95,30 @@ _RELAY_COUNTERS = (
 
 
 class NodeCollector:
-    def __init__(self, node: Node, requests: RequestCounter) -> None:
-        self.node = node
+    """The metrics of one node, read from the services that hold them when scraped."""
+
+    def __init__(
+        self,
+        requests: RequestCounter,
+        *,
+        sessions: SessionManager,
+        auth: AuthService,
+        usage: UsageMeter,
+        store: Store,
+        limiter: AddressLimiter | None,
+        mcp: Reporting,
+        relay: Reporting,
+    ) -> None:
         self.requests = requests
+        self.sessions = sessions
+        self.auth = auth
+        self.usage = usage
+        self.store = store
+        self.limiter = limiter
+        self.mcp = mcp
+        self.relay = relay
 
     def collect(self) -> Iterator[Metric]:
-        node = self.node
         req = CounterMetricFamily(
             "steward_http_requests",
             "HTTP requests by method, route and status",
@@ -113,7 +137,7 @@ class NodeCollector:
         )
         by_tier: collections.Counter[str] = collections.Counter()
         by_stream: collections.Counter[tuple[str, str]] = collections.Counter()
-        for session in node.sessions.live():
+        for session in self.sessions.live():
             by_tier[session.context.tier] += 1
             for conn in session.connections():
                 by_stream[(session.context.tier, conn.kind)] += 1
@@ -126,7 +150,7 @@ class NodeCollector:
         refreshes = CounterMetricFamily(
             "steward_upstream_refreshes", "upstream token refreshes by outcome", labels=["outcome"]
         )
-        for outcome, n in node.sessions.refreshes.items():
+        for outcome, n in self.sessions.refreshes.items():
             refreshes.add_metric([outcome], n)
         yield refreshes
         unmapped = CounterMetricFamily(
@@ -135,7 +159,7 @@ class NodeCollector:
             "followed (the default tier, or a refusal)",
             labels=["reason", "outcome"],
         )
-        for (reason, outcome), n in node.auth.tier_unmapped.items():
+        for (reason, outcome), n in self.auth.tier_unmapped.items():
             unmapped.add_metric([reason, outcome], n)
         yield unmapped
         rereads = CounterMetricFamily(
@@ -143,15 +167,15 @@ class NodeCollector:
             "tier re-reads after upstream refreshes, by outcome (ok, failed, skipped, refused)",
             labels=["outcome"],
         )
-        for outcome, n in node.sessions.tier_rereads.items():
+        for outcome, n in self.sessions.tier_rereads.items():
             rereads.add_metric([outcome], n)
         yield rereads
         yield CounterMetricFamily(
             "steward_tier_unknown_lookups",
             "limit lookups of a tier that is not configured (answered with the strictest limits)",
-            value=node.usage.unknown_tier_lookups,
+            value=self.usage.unknown_tier_lookups,
         )
-        stats = node.store.statistics()
+        stats = self.store.statistics()
         yield GaugeMetricFamily(
             "steward_store_queue_depth", "writes waiting for a commit", value=stats.queue_depth
         )
@@ -194,14 +218,14 @@ class NodeCollector:
         yield CounterMetricFamily(
             "steward_rate_limited",
             "requests refused by tier rate limits",
-            value=node.usage.rejected,
+            value=self.usage.rejected,
         )
         yield CounterMetricFamily(
             "steward_quota_exceeded",
             "tool calls refused by tier tool-call quotas",
-            value=node.usage.quota_rejected,
+            value=self.usage.quota_rejected,
         )
-        limiter = node.asgi.limiter
+        limiter = self.limiter
         if limiter is not None:
             limited = CounterMetricFamily(
                 "steward_address_limited",
@@ -216,10 +240,10 @@ class NodeCollector:
                 "client addresses remembered by the limits per address (bounded)",
                 value=len(limiter),
             )
-        mcp = node.mcp.statistics()
+        mcp = self.mcp.statistics()
         yield from _families(mcp, _MCP_GAUGES, GaugeMetricFamily)
         yield from _families(mcp, _MCP_COUNTERS, CounterMetricFamily)
-        relay = node.relay.statistics()
+        relay = self.relay.statistics()
         yield from _families(relay, _RELAY_COUNTERS, CounterMetricFamily)
         yield from _families(relay, _RELAY_GAUGES, GaugeMetricFamily)
 
@@ -239,7 +263,7 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
     return out
 
 
-def new_registry(node: Node, requests: RequestCounter) -> CollectorRegistry:
+def new_registry(collector: NodeCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, requests))
+    registry.register(collector)
     return registry

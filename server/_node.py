@@ -9,6 +9,7 @@ root (one_for_one)
 ├── sessions     dynamic supervisor of user sessions
 ├── notifier     LISTEN/NOTIFY: other nodes' events
 ├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
+├── revoker      revokes ended grants at the upstream IdP (actors/_revocation.py)
 ├── relay        the outbox: messages and requests for what another node holds
 ├── dev_user     dev_no_auth only: signs the development user in (server/_dev_auth.py)
 └── http         Hypercorn serving Steward: started last, stopped first
@@ -35,22 +36,28 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import (
+    AuthPolicy,
+    AuthService,
+    Janitor,
+    KeyRing,
+    Notifier,
+    SessionManager,
+    SessionPolicy,
     Store,
     StorePolicy,
     StoreUnavailable,
+    TierLimit,
+    UpstreamClient,
+    UpstreamConfig,
     UpstreamRevoker,
+    UsageMeter,
     WriteQueue,
     migrate,
+    parse_quota,
     pending_migrations,
     store_child_spec,
 )
-from actors._auth import AuthPolicy, AuthService
-from actors._cluster import Janitor, Notifier
-from actors._crypto import KeyRing
-from actors._sessions import SessionManager, SessionPolicy
-from actors._upstream import UpstreamClient, UpstreamConfig
-from actors._usage import TierLimit, UsageMeter, parse_quota
-from runtime import ChildSpec, Supervisor, SupervisorHandle
+from runtime import ChildSpec, Supervisor, SupervisorHandle, TreeNode, tree
 from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
@@ -60,9 +67,10 @@ from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
 from server._embedded_pg import PostmasterKeeper
+from server._legacy_sse import LegacySse
 from server._limits import address_limiter
 from server._mcp_http import McpHttp
-from server._metrics import new_registry
+from server._metrics import NodeCollector, RequestCounter, new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
 from server._relay import Relay
 
@@ -194,7 +202,7 @@ class RootPolicy:
 
 @attrs.define(eq=False)
 class Node:
-    """Everything one node holds; tests and the admin view read it."""
+    """Everything one node holds (the tests read it; each part is given only what it uses)."""
 
     settings: Settings
     info: NodeInfo
@@ -340,9 +348,23 @@ async def run_node(
         own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
     )
-    asgi = StewardAsgi(mcp, oauth)
-    asgi.limiter = address_limiter(settings.address_limits)
-    relay = Relay(mcp, asgi.legacy, store, node_id=node_id)
+    legacy = LegacySse(mcp)
+    relay = Relay(mcp, legacy, store, node_id=node_id)
+    mcp.relay = relay
+    limiter = address_limiter(settings.address_limits)
+    requests = RequestCounter()
+    metrics = new_registry(
+        NodeCollector(
+            requests,
+            sessions=sessions,
+            auth=auth,
+            usage=usage,
+            store=store,
+            limiter=limiter,
+            mcp=mcp,
+            relay=relay,
+        )
+    )
     info = NodeInfo(
         node_id,
         base_url,
@@ -352,25 +374,6 @@ async def run_node(
         dev_idp.control_secret if dev_idp else None,
         _url(sock),
     )
-    node = Node(
-        settings,
-        info,
-        store,
-        auth,
-        rs,
-        oauth,
-        sessions,
-        mcp,
-        asgi,
-        usage,
-        dev_idp,
-        notifier,
-        janitor,
-        relay,
-        revoker=revoker,
-    )
-
-    node.asgi.metrics = new_registry(node, asgi.requests)
 
     async def database_readiness() -> dict[str, Any]:
         reason = store.unready_reason()
@@ -423,10 +426,48 @@ async def run_node(
             report.update(fields)
         return {"ready": not reasons, **report, **({"reasons": reasons} if reasons else {})}
 
-    asgi.readiness = readiness
+    def live_trees() -> list[TreeNode]:
+        """This node's tree once it runs (before: every live tree of the process)."""
+        return [node.root.tree()] if node.root is not None else tree()
+
     admin_token = settings.admin_token or secrets.token_urlsafe(24)
-    asgi.admin = AdminApi(node, admin_token)
-    node.admin_token = admin_token
+    admin = AdminApi(
+        admin_token,
+        node_id=node_id,
+        base_url=base_url,
+        store=store,
+        sessions=sessions,
+        tier_names=settings.tier_names(),
+        trees=live_trees,
+    )
+    asgi = StewardAsgi(
+        mcp=mcp,
+        legacy=legacy,
+        oauth=oauth,
+        admin=admin,
+        requests=requests,
+        metrics=metrics,
+        readiness=readiness,
+        limiter=limiter,
+    )
+    node = Node(
+        settings,
+        info,
+        store,
+        auth,
+        rs,
+        oauth,
+        sessions,
+        mcp,
+        asgi,
+        usage,
+        dev_idp,
+        notifier,
+        janitor,
+        relay,
+        revoker=revoker,
+        admin_token=admin_token,
+    )
 
     async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Makes the schema current and opens the store's gate, then holds nothing.

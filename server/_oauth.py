@@ -18,10 +18,18 @@ from urllib.parse import urlsplit
 import attrs
 import structlog
 
-from actors import StoreUnavailable
-from actors._auth import AuthService, ConsentNeeded, OAuthError, Principal, UserRevokedError
-from actors._crypto import hash_token
-from actors._upstream import UpstreamNotReady, UpstreamRevoked, UpstreamUnavailable
+from actors import (
+    AuthService,
+    ConsentNeeded,
+    OAuthError,
+    Principal,
+    StoreUnavailable,
+    UpstreamNotReady,
+    UpstreamRevoked,
+    UpstreamUnavailable,
+    UserRevokedError,
+    hash_token,
+)
 from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
 from server._http import (
     BodyTooLarge,

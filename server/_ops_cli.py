@@ -19,16 +19,18 @@ import trio
 
 from actors import (
     Conn,
+    RotationBlocked,
     Store,
     TierChange,
     UserChange,
+    cluster_event_ops,
     grant_end_ops,
     reinstate_user,
     revoke_user_ops,
+    rotate_keys,
     set_tier_override,
     store_child_spec,
 )
-from actors._cluster import cluster_event_ops
 from runtime import Supervisor
 from server._config import ConfigError, Settings
 from server._progress import Progress
@@ -326,8 +328,6 @@ async def _users_set_tier(
 
 
 async def _keys_rotate(store: Store, args: argparse.Namespace, settings: Settings) -> None:
-    from actors._keys import RotationBlocked, rotate_keys
-
     key_file = settings.key_file
     if key_file is None:
         msg = (

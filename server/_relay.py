@@ -27,25 +27,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
-from actors._auth import Principal
-from actors._sessions import Connection
-from actors._store import Conn
+from actors import Conn, Connection, Op, Principal, Store, StoreUnavailable, StreamEvent
 from runtime import Backoff, ChildSpec
 from server._http import Receive, Send, send_json
 
-if TYPE_CHECKING:
-    from server._legacy_sse import LegacySse
-    from server._mcp_http import McpHttp
-
-__all__ = ["CHANNEL", "Relay", "RelayPolicy"]
+__all__ = ["CHANNEL", "LegacyHere", "Relay", "RelayPolicy", "StreamsHere"]
 
 log = structlog.get_logger("relay")
 
@@ -77,6 +70,85 @@ class RelayStatistics:
     owners_lost: int  # forwarded requests whose node died while they ran (503 or a cut stream)
 
 
+class StreamsHere(Protocol):
+    """The relay's port into the transports of this node: the streams and server requests they
+    hold, and the running of a request forwarded here. The streamable-HTTP transport implements
+    it (server/_mcp_http.py); the relay knows nothing else of it."""
+
+    def stream_sessions(self) -> list[str]:
+        """The transport sessions whose GET or legacy stream this node holds."""
+        ...
+
+    def session_stream(self, session_id: str) -> Connection | None:
+        """The open GET or legacy stream of a transport session, if this node holds it."""
+        ...
+
+    def listen_streams(self) -> list[Connection]:
+        """The 2026-07-28 listen streams this node holds."""
+        ...
+
+    def awaited_answers(self) -> list[str]:
+        """The ids of the server requests whose client answer this node awaits."""
+        ...
+
+    def awaits_answer(self, request_id: str) -> bool:
+        """Whether this node awaits the client's answer to that server request."""
+        ...
+
+    def resolve(self, message: dict[str, Any]) -> bool:
+        """Hand a client's answer to the server request awaiting it here; False if none does."""
+        ...
+
+    def set_subscriptions(
+        self, session_ids: Iterable[str], rows: Iterable[tuple[str, str]]
+    ) -> None:
+        """Replace what this node remembers of these sessions' resource subscriptions."""
+        ...
+
+    def hold(
+        self, conns: Iterable[Connection]
+    ) -> contextlib.AbstractContextManager[list[Connection]]:
+        """Hold back new events on ``conns`` while the block sends its own first."""
+        ...
+
+    def for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` as ``conn`` carries it."""
+        ...
+
+    def stream_event(
+        self, conn: Connection, message: dict[str, Any], event_id: str, *, final: bool = False
+    ) -> StreamEvent:
+        """The event that carries ``message`` on ``conn``."""
+        ...
+
+    async def answer(self, send: Send, handler: Callable[[], Awaitable[None]]) -> None:
+        """Run ``handler``, answering its refusals and failures on ``send``."""
+        ...
+
+    async def retry(
+        self,
+        state: Any,
+        grant_id: Any,
+        message: dict[str, Any],
+        send: Send,
+        receive: Receive,
+        *,
+        stream_ok: bool,
+    ) -> None:
+        """A 2026-07-28 retry of a request parked on this node."""
+        ...
+
+
+class LegacyHere(Protocol):
+    """The relay's port into the deprecated HTTP+SSE transport (server/_legacy_sse.py)."""
+
+    async def handle_forwarded(
+        self, principal: Principal, session_id: str, message: dict[str, Any], send: Send
+    ) -> None:
+        """A message POSTed on another node for a legacy stream this node holds."""
+        ...
+
+
 class _Forwarded:
     """A request forwarded to this node: its client's disconnect arrives as a cancel row."""
 
@@ -93,8 +165,8 @@ class Relay:
 
     def __init__(
         self,
-        mcp: McpHttp,
-        legacy: LegacySse,
+        mcp: StreamsHere,
+        legacy: LegacyHere,
         store: Store,
         *,
         node_id: str,
@@ -118,7 +190,6 @@ class Relay:
         self.reconnects = 0
         self.wakes_dropped = 0
         self.owners_lost = 0
-        mcp.relay = self
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec("relay", self.run, backoff=self.policy.reconnect, shutdown_grace=2.0)
@@ -185,13 +256,13 @@ class Relay:
         found: dict[str, Connection] = {}
         kind, _, key = (target or "").partition(":")
         if target is None or kind == "session":
-            sessions = [key] if target else [*self.mcp.get_streams, *self.mcp.legacy_streams]
+            sessions = [key] if target else self.mcp.stream_sessions()
             for session_id in sessions:
-                conn = self.mcp._session_stream(session_id)
+                conn = self.mcp.session_stream(session_id)
                 if conn is not None:
                     found[f"session:{session_id}"] = conn
         if target is None or kind == "listen":
-            for conn in self.mcp.listeners:
+            for conn in self.mcp.listen_streams():
                 if target is None or str(conn.id) == key:
                     found[f"listen:{conn.id}"] = conn
         return found
@@ -203,8 +274,10 @@ class Relay:
             await self._reread_subscriptions([t for t in streams if t.startswith("session:")])
             await self._deliver(streams)
         if target is None or kind == "reply":
-            replies = [f"reply:{k}" for k in ([key] if target else self.mcp.pending)]
-            replies = [r for r in replies if r[6:] in self.mcp.pending]
+            if target:
+                replies = [target] if self.mcp.awaits_answer(key) else []
+            else:
+                replies = [f"reply:{k}" for k in self.mcp.awaited_answers()]
             if replies:
                 for row in await self._take(replies):
                     self.delivered += self.mcp.resolve(row["payload"])
@@ -257,7 +330,7 @@ class Relay:
                 events = []
                 for row in sorted(rows, key=lambda r: int(r["message_id"])):
                     conn = mine[row["target"]]
-                    message = self._for_stream(conn, row["payload"])
+                    message = self.mcp.for_stream(conn, row["payload"])
                     event_id = conn.next_event_id()
                     claimed.append((conn, message, event_id))
                     if conn.session_id is not None and conn.kind == "get":
@@ -275,14 +348,6 @@ class Relay:
             for conn, message, event_id in claimed:
                 conn.send_nowait(self.mcp.stream_event(conn, message, event_id))
             self.delivered += len(claimed)
-
-    def _for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
-        wanted = self.mcp.listeners.get(conn)
-        if wanted is None:
-            return message
-        from server._mcp_http import _tagged
-
-        return _tagged(message, wanted["_id"])
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -579,9 +644,7 @@ class Relay:
             )
         elif request["kind"] == "legacy":
             principal = _principal(request["principal"])
-            session = await self.mcp.sessions.session_for(principal)
-            ts = await self.mcp.transport(principal, request["session_id"])
-            await self.legacy.handle(session, ts, message, send)
+            await self.legacy.handle_forwarded(principal, request["session_id"], message, send)
         else:
             msg = f"unknown forwarded request kind {request.get('kind')!r}"
             await send_json(send, 400, {"error": "invalid_request", "error_description": msg})

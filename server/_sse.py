@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from actors._sessions import StreamEvent
+from actors import StreamEvent
 
 __all__ = ["SSE_HEADERS", "encode_event"]
 

@@ -33,7 +33,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 
-from actors._sessions import StreamEvent
+from actors import StreamEvent
 from server._sse import encode_event
 
 

@@ -1,11 +1,30 @@
-"""The layers only point down: runtime knows nothing above it, only the store touches asyncpg."""
+"""The shape of the imports, checked by parsing the project's own modules.
+
+- Layers point down: runtime knows nothing above it, only the store touches asyncpg.
+- No package reaches past another package's curated ``__init__``: code in ``runtime/``, ``actors/``,
+  ``server/`` and ``examples/`` imports another package only through the names its ``__init__``
+  exports, never a private module (``actors._sessions``) nor a private name. Inside a package,
+  modules import their siblings' private modules freely. ``tests/`` and ``bench/`` may import
+  private modules, because they test and measure the parts below the public surface; they are
+  still held to the no-cycle rule.
+- No import cycle among the project's modules. Every import counts as an edge: at module level,
+  inside a function (the usual way to dodge a cycle) and under ``TYPE_CHECKING``.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import attrs
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# the shipped packages, held to the private-import rule
+PACKAGES = ("runtime", "actors", "server", "examples")
+# every top-level folder of the project, held to the no-cycle rule
+PROJECT = (*PACKAGES, "tests", "bench")
 
 # package -> top-level modules it must never import
 FORBIDDEN = {
@@ -63,3 +82,206 @@ def test_the_checker_sees_imports() -> None:
     """The check above would catch a violation: it parses both import forms."""
     sample = ROOT / "tests" / "test_layers.py"
     assert {"ast", "pathlib", "__future__"} <= imported_modules(sample)
+
+
+# -- the module graph ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Edge:
+    """One import statement: ``importer`` (a module) names ``target`` (a module) at ``line``."""
+
+    importer: str
+    target: str
+    line: int
+    names: tuple[str, ...] = ()  # for ``from target import a, b``: the names taken
+
+    def __str__(self) -> str:
+        taken = f" ({', '.join(self.names)})" if self.names else ""
+        return f"{self.importer}:{self.line} -> {self.target}{taken}"
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules(root: Path, folders: Iterable[str]) -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            if ".venv" not in path.parts:
+                modules[module_name(root, path)] = path
+    return modules
+
+
+def _owning_module(dotted: str, modules: dict[str, Path]) -> str | None:
+    """The longest prefix of ``dotted`` that is one of the project's modules."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def module_edges(name: str, path: Path, modules: dict[str, Path]) -> Iterator[Edge]:
+    """Every import of a project module in one file, wherever it stands (``ast.walk`` visits
+    function bodies and ``if TYPE_CHECKING:`` blocks as well as the module level)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = _owning_module(alias.name, modules)
+                if target is not None:
+                    yield Edge(name, target, node.lineno)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            plain: list[str] = []
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                if submodule in modules:  # ``from actors import _store`` takes a module
+                    yield Edge(name, submodule, node.lineno)
+                else:
+                    plain.append(alias.name)
+            target = _owning_module(base, modules)
+            if plain and target is not None:
+                yield Edge(name, target, node.lineno, tuple(plain))
+
+
+def import_graph(root: Path, folders: Iterable[str]) -> list[Edge]:
+    modules = project_modules(root, folders)
+    return [edge for name, path in modules.items() for edge in module_edges(name, path, modules)]
+
+
+def _is_private(part: str) -> bool:
+    return part.startswith("_") and not part.startswith("__")
+
+
+def private_imports(edges: Iterable[Edge], packages: Iterable[str]) -> list[str]:
+    """Imports that reach into another package: a private module, or a private name."""
+    held = set(packages)
+    found = []
+    for edge in edges:
+        home, there = edge.importer.split(".")[0], edge.target.split(".")[0]
+        if home not in held or home == there:
+            continue
+        private_parts = [part for part in edge.target.split(".")[1:] if _is_private(part)]
+        private_names = [name for name in edge.names if _is_private(name)]
+        if private_parts or private_names:
+            found.append(str(edge))
+    return sorted(found)
+
+
+def import_cycles(edges: Iterable[Edge]) -> list[list[str]]:
+    """The strongly connected components with more than one module (or a module importing
+    itself), each given as the import statements that close it (Tarjan's algorithm)."""
+    edges = list(edges)
+    graph: dict[str, set[str]] = {}
+    for edge in edges:
+        graph.setdefault(edge.importer, set()).add(edge.target)
+        graph.setdefault(edge.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(start: str) -> None:  # iterative, so deep graphs cannot hit the recursion limit
+        work: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            for succ in successors:
+                if succ not in index:
+                    index[succ] = low[succ] = len(index)
+                    stack.append(succ)
+                    on_stack.add(succ)
+                    work.append((succ, iter(sorted(graph[succ]))))
+                    break
+                if succ in on_stack:
+                    low[node] = min(low[node], index[succ])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in graph[node]:
+                        components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(
+        sorted(str(e) for e in edges if e.importer in c and e.target in c) for c in components
+    )
+
+
+def test_no_package_imports_another_packages_private_modules() -> None:
+    edges = import_graph(ROOT, PROJECT)
+    assert any(edge.importer.startswith("server") for edge in edges)  # the graph is not empty
+    assert private_imports(edges, PACKAGES) == []
+
+
+def test_no_import_cycles() -> None:
+    edges = import_graph(ROOT, PROJECT)
+    assert len({edge.importer for edge in edges}) > 50
+    assert import_cycles(edges) == []
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> None:
+    """Both rules would fail: a cycle dodged inside a function or under TYPE_CHECKING, relative
+    imports, ``from package import _module`` and a private name all show up."""
+    _write(
+        tmp_path,
+        {
+            "low/__init__.py": "from low._a import A\n",
+            "low/_a.py": "A = 1\n\ndef f():\n    from low._b import B\n    return B\n",
+            "low/_b.py": "from ._a import A\nB = A\n",
+            "low/_c.py": "_hidden = 1\n",
+            "high/__init__.py": "",
+            "high/_x.py": (
+                "from typing import TYPE_CHECKING\n"
+                "from low import A, _c\n"
+                "from low import _hidden\n"
+                "import low._b\n"
+                "if TYPE_CHECKING:\n    from high._y import Y\n"
+            ),
+            "high/_y.py": "from high._x import low\nY = 1\n",
+            "tests/test_t.py": "from low._c import _hidden\n",
+        },
+    )
+    edges = import_graph(tmp_path, ("low", "high", "tests"))
+    assert private_imports(edges, ("low", "high")) == [
+        "high._x:2 -> low._c",
+        "high._x:3 -> low (_hidden)",
+        "high._x:4 -> low._b",
+    ]
+    assert import_cycles(edges) == [
+        ["high._x:6 -> high._y (Y)", "high._y:1 -> high._x (low)"],
+        ["low._a:4 -> low._b (B)", "low._b:1 -> low._a (A)"],
+    ]

@@ -76,6 +76,7 @@ async def test_the_admin_api_lists_sessions_and_revokes_users(fresh_db: str) -> 
             "sessions",
             "notifier",
             "janitor",
+            "revoker",
             "relay",
             "http",
         ]
