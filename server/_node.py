@@ -339,6 +339,7 @@ async def run_node(
         allowed_origins=settings.allowed_origins,
         own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
+        stream_fast_path=settings.stream_fast_path,
     )
     asgi = StewardAsgi(mcp, oauth)
     asgi.limiter = address_limiter(settings.address_limits)
