@@ -249,11 +249,13 @@ async def test_a_renamed_attribute_turns_the_fast_path_off_once_and_streams_end_
             second = await waiting_stream(harness, port)
             assert first[3] is None and second[3] is None
             assert harness.fast.state is FastPathState.OFF
-            assert harness.fast.off_reason is not None and fact in harness.fast.off_reason
+            reason = harness.fast.off_reason or ""
+            # in the canary a newer Hypercorn may lack an earlier fact already
+            assert fact in reason or (CANARY and any(f in reason for f in FACTS)), reason
             for stream, buffer, outbox, _ in (first, second):
                 await ends_through_its_task(harness, stream, buffer, outbox)
     off = [e for e in logs if e["event"] == "stream_fast_path_off"]
-    assert len(off) == 1 and fact in off[0]["reason"], logs
+    assert len(off) == 1 and off[0]["reason"] == harness.fast.off_reason, logs
     assert off[0]["log_level"] == "warning" and off[0]["hypercorn"] and off[0]["h11"]
     assert harness.finished == ["sent", "sent"]
 
