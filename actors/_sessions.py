@@ -235,8 +235,16 @@ class Outbox:
             or (self._waiter is None and not self._waiting)
             or self._events
             or self._closed
-            or not self.ender(event)
         ):
+            return False
+        try:
+            ended = self.ender(event)
+        except Exception:  # an ender must not raise; one that does is dropped, the stream
+            # ends through its pump (a revocation's loop over streams must not break)
+            log.exception("stream_ender_failed")
+            self.ender = None
+            return False
+        if not ended:
             return False
         # the pump is left waiting, to tidy up once the connection actor stops (``close``): the
         # pass over a session's streams writes every end before any stream's task runs

@@ -402,6 +402,14 @@ class Settings:
             "from loopback, private, link-local and reserved addresses (and over http on loopback)"
         },
     )
+    stream_fast_path: bool = attrs.field(
+        default=True,
+        metadata={
+            "help": "end idle SSE streams by writing their final event straight to the socket "
+            "through Hypercorn's HTTP/1.1 objects; it turns itself off if they are not as "
+            "expected (server/_stream_end.py); false: every stream ends through ASGI"
+        },
+    )
     transport_session_idle: float = attrs.field(
         default=86400.0,
         metadata={

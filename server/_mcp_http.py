@@ -85,7 +85,7 @@ from server._jsonrpc import (
 )
 from server._oauth import AuthError, ResourceServer
 from server._sse import SSE_HEADERS, encode_event
-from server._stream_end import StreamEnd
+from server._stream_end import FastPath
 
 if TYPE_CHECKING:
     from server._relay import Relay
@@ -148,6 +148,11 @@ class McpHttpStatistics:
     remembered_log_levels: int
     max_remembered: int
     events_stored: int  # stream events handed to the store for resumption, since start
+    # the Hypercorn fast path (server/_stream_end.py): on (1) until the setting or a failed fact
+    # turns it off (0); streams it ended; ends that raised and went through ASGI instead
+    stream_fast_path: int
+    stream_ends_direct: int
+    stream_fast_path_fallbacks: int
 
     @property
     def open_streams(self) -> int:
@@ -482,6 +487,7 @@ class McpHttp:
         max_inflight: int = 10_000,
         max_remembered: int = 50_000,
         stream_token_grace: float = 60.0,
+        stream_fast_path: bool = True,
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
@@ -498,6 +504,9 @@ class McpHttp:
         self.max_inflight = max_inflight
         self.max_remembered = max_remembered
         self.stream_token_grace = stream_token_grace
+        # idle streams ended in the caller's step, while Hypercorn's objects are as expected
+        # (server/_stream_end.py)
+        self.fast_path = FastPath(enabled=stream_fast_path)
         self.events_stored = 0
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
         self.inflight: dict[tuple[str, Any], Exchange] = {}  # (caller key, request id)
@@ -549,6 +558,9 @@ class McpHttp:
             remembered_log_levels=len(self.log_levels),
             max_remembered=self.max_remembered,
             events_stored=self.events_stored,
+            stream_fast_path=int(self.fast_path.on),
+            stream_ends_direct=self.fast_path.ended,
+            stream_fast_path_fallbacks=self.fast_path.fallbacks,
         )
 
     def store_event(
@@ -1274,7 +1286,7 @@ class McpHttp:
                 priming = encode_event(StreamEvent(event_id=priming_id, retry_ms=RETRY_MS))
                 await send({"type": "http.response.body", "body": priming, "more_body": True})
             outbox = conn.outbox
-            end = StreamEnd.for_send(send)
+            end = self.fast_path.for_send(send, receive)
             if end is not None:
                 outbox.ender = end.end
                 outbox.nudge = end.nudge

@@ -67,6 +67,11 @@ _MCP_GAUGES = (
         "live request streams resumable on this node",
         "resumable_streams",
     ),
+    (
+        "steward_stream_fast_path",
+        "1 while idle streams may end in the caller's step (server/_stream_end.py), 0 once off",
+        "stream_fast_path",
+    ),
 )
 
 _MCP_COUNTERS = (
@@ -74,6 +79,16 @@ _MCP_COUNTERS = (
         "steward_mcp_events_stored",
         "stream events handed to the store for resumption",
         "events_stored",
+    ),
+    (
+        "steward_stream_ends_direct",
+        "streams whose final event the fast path wrote in the caller's step",
+        "stream_ends_direct",
+    ),
+    (
+        "steward_stream_fast_path_fallbacks",
+        "stream ends that raised in the fast path and went through ASGI",
+        "stream_fast_path_fallbacks",
     ),
 )
 # RelayStatistics fields (cross-node delivery, server/_relay.py)

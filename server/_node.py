@@ -347,6 +347,7 @@ async def run_node(
         allowed_origins=settings.allowed_origins,
         own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
+        stream_fast_path=settings.stream_fast_path,
     )
     legacy = LegacySse(mcp)
     relay = Relay(mcp, legacy, store, node_id=node_id)

@@ -227,3 +227,10 @@ def test_the_upstream_refresh_settings_are_bounded_and_reach_the_session_policy(
         with pytest.raises(ConfigError) as refused:
             load_settings(environ=env)
         assert expected in str(refused.value), refused.value
+
+
+def test_the_stream_fast_path_is_on_by_default_and_the_environment_turns_it_off() -> None:
+    assert load_settings(environ={}).stream_fast_path is True
+    assert load_settings(environ={"STEWARD_STREAM_FAST_PATH": "false"}).stream_fast_path is False
+    with pytest.raises(ConfigError, match="stream_fast_path"):
+        load_settings(environ={"STEWARD_STREAM_FAST_PATH": "sometimes"})

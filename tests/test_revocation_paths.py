@@ -11,6 +11,7 @@ node a while the stream, and a verified token in the cache, are held by node b.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -20,8 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import trio
+from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.trio.tcp_server import TCPServer
 
 from server._node import Node
+from tests.harness._hypercorn import CANARY, renamed
 from tests.harness._pg import psql
 from tests.harness._steward import (
     REDIRECT_URI,
@@ -466,3 +470,85 @@ async def test_a_revocation_whose_write_is_not_acknowledged_ends_the_streams_her
         assert (await mcp.post("ping")).status_code == 401
         again = await http.post(url, data=form)
         assert again.status_code == 200, again.text
+
+
+# the Hypercorn fast path (server/_stream_end.py) unusable: a private attribute renamed before
+# the streams open or after (as a Hypercorn release would), or turned off by the setting
+FAST_PATH_CASES = {
+    "intact": None,
+    "send_lock-renamed-before-open": (TCPServer, "send_lock", "open"),
+    "send_lock-renamed-before-end": (TCPServer, "send_lock", "end"),
+    "state-renamed-before-end": (HTTPStream, "state", "end"),
+    "closed-renamed-before-end": (HTTPStream, "closed", "end"),
+    "setting-off": "setting",
+}
+
+
+@pytest.mark.parametrize("case", list(FAST_PATH_CASES))
+async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_fast_path(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Alice holds three GET streams (three transport sessions of one grant), Bob one. Her
+    access token is revoked (`/revoke`) while Hypercorn's objects are not what the fast path
+    expects: each of her streams still gets its final error event and ends, notifications reach
+    Bob's stream alone, and the revocation is audited. Whether the fast path ended the streams or
+    their pumps did shows in the statistics (McpHttp.statistics(), /metrics)."""
+    broken = FAST_PATH_CASES[case]
+    settings = {"stream_fast_path": False} if broken == "setting" else {}
+    async with (
+        running_node(fresh_db, **settings) as node,
+        httpx.AsyncClient(timeout=10) as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if isinstance(broken, tuple) and broken[2] == "open":
+            renamed(monkeypatch, broken[0], broken[1])
+        alice = await sign_in(http, node, "alice")
+        bob = McpClient(http, node, (await sign_in(http, node, "bob"))["access_token"])
+        await bob.initialize()
+        tabs = [McpClient(http, node, alice["access_token"]) for _ in range(3)]
+        for tab in tabs:
+            await tab.initialize()
+        streams = [await stack.enter_async_context(get_stream(tab)) for tab in [*tabs, bob]]
+        for stream in streams:
+            assert await stream.next() is not None  # the priming event
+        # every pump is past its start and takes notifications
+        assert node.mcp.notify_list_changed("tools") == 4
+        for stream in streams:
+            with trio.fail_after(5):
+                event = await stream.next_message()
+            assert (
+                event is not None and event["data"]["method"] == "notifications/tools/list_changed"
+            )
+        was_on = node.mcp.statistics().stream_fast_path == 1
+        on_until_now = broken is None or (isinstance(broken, tuple) and broken[2] == "end")
+        # in the canary the newest Hypercorn may have turned it off at the first stream
+        assert was_on == on_until_now or (CANARY and not was_on)
+        if isinstance(broken, tuple) and broken[2] == "end":
+            renamed(monkeypatch, broken[0], broken[1])
+
+        r = await http.post(
+            f"{node.info.listen_url}/revoke",
+            data={"token": alice["access_token"], "client_id": alice["client_id"]},
+        )
+        assert r.status_code == 200 and r.json() == {}
+        for stream in streams[:3]:
+            await ends_with_revoked(stream)
+        assert node.mcp.notify_list_changed("tools") == 1  # Bob's stream alone is left
+        with trio.fail_after(5):
+            event = await streams[3].next_message()
+        assert event is not None and event["data"]["method"] == "notifications/tools/list_changed"
+        assert await audited(fresh_db, node, "token_revoked") == 1
+        assert psql(fresh_db, "SELECT status FROM grants WHERE user_id LIKE '%|alice'") == "revoked"
+        assert (await tabs[0].post("ping")).status_code == 401
+        assert (await bob.post("ping")).status_code == 200
+
+        stats = node.mcp.statistics()
+        if broken is None and was_on:
+            assert (stats.stream_fast_path, stats.stream_ends_direct) == (1, 3)
+        else:
+            assert (stats.stream_fast_path, stats.stream_ends_direct) == (0, 0)
+        # renamed after the streams opened: the first end raised and fell back, the others
+        # found the fast path off
+        assert stats.stream_fast_path_fallbacks == (1 if was_on and broken is not None else 0)
+        metrics = (await http.get(f"{node.info.listen_url}/metrics")).text
+        assert f"steward_stream_fast_path {float(stats.stream_fast_path)}" in metrics
