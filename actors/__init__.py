@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from actors._audit import audit_op, recent_auth_events
+from actors._events import ClusterEvent, cluster_event_ops
+from actors._grants import (
+    OPERATOR_ENDED,
+    end_grants_ops,
+    grant_detail,
+    grant_end_ops,
+    grant_user,
+    list_grants,
+    live_grants_of,
+)
 from actors._migrations import (
     Migration,
     MigrationError,
@@ -17,13 +28,16 @@ from actors._redirect_uris import (
     valid_redirect_uri,
 )
 from actors._revocation import (
+    OPERATOR_REINSTATED,
+    OPERATOR_REVOKED,
     RevokerPolicy,
     UpstreamRevoker,
     UserChange,
-    grant_end_ops,
     reinstate_user,
+    revoke_user,
     revoke_user_ops,
 )
+from actors._statuses import LIVE_STATUSES, CloseReason, GrantStatus, RefreshOutcome
 from actors._store import (
     Conn,
     Op,
@@ -34,6 +48,7 @@ from actors._store import (
     StoreUnavailable,
     WriteQueue,
     WriteRejected,
+    run_ops,
     store_child_spec,
 )
 from actors._store_retention import (
@@ -48,6 +63,7 @@ from actors._tiers import (
     TierMapping,
     TierResolution,
     apply_idp_tier,
+    override_tier,
     set_tier_override,
 )
 from actors._upstream import (
@@ -62,16 +78,24 @@ from actors._upstream import (
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
+    "LIVE_STATUSES",
+    "OPERATOR_ENDED",
+    "OPERATOR_REINSTATED",
+    "OPERATOR_REVOKED",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
     "RETENTION_RULES",
+    "CloseReason",
+    "ClusterEvent",
     "Conn",
+    "GrantStatus",
     "IdTokenInvalid",
     "Migration",
     "MigrationError",
     "Op",
     "ProviderMetadata",
     "QueueFull",
+    "RefreshOutcome",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
@@ -92,15 +116,26 @@ __all__ = [
     "WriteRejected",
     "applied_migrations",
     "apply_idp_tier",
+    "audit_op",
+    "cluster_event_ops",
+    "end_grants_ops",
+    "grant_detail",
     "grant_end_ops",
+    "grant_user",
+    "list_grants",
+    "live_grants_of",
     "load_migrations",
     "migrate",
+    "override_tier",
     "pending_migrations",
+    "recent_auth_events",
     "redirect_uri_matches",
     "redirect_uri_problem",
     "reinstate_user",
     "retention_sweep",
+    "revoke_user",
     "revoke_user_ops",
+    "run_ops",
     "set_tier_override",
     "store_child_spec",
     "valid_redirect_uri",

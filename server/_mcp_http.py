@@ -25,7 +25,7 @@ import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
+from actors import CloseReason, Op, Store, StoreUnavailable
 from actors._sessions import (
     AuthenticationRequiredError,
     Connection,
@@ -358,7 +358,7 @@ class Exchange:
         if self.buffer and not self.attached.is_set():
             await self.attached.wait()
         if self.conn is not None:
-            await self.conn.close("reconnect")
+            await self.conn.close(CloseReason.RECONNECT)
         else:
             self.close_requested = True
 
@@ -1214,7 +1214,7 @@ class McpHttp:
             self.live_streams[(exchange.session_id or "", exchange.stream_id)] = exchange
         exchange.attach(conn)
         if exchange.close_requested:
-            await conn.close("reconnect")
+            await conn.close(CloseReason.RECONNECT)
 
         def gone() -> None:
             if cancel_on_disconnect:  # MCP-R15; in the 2025 era a disconnect is no cancel (R4)
@@ -1259,13 +1259,13 @@ class McpHttp:
                         # before a checkpoint: the close ends the pump
                         if on_disconnect is not None:
                             on_disconnect()
-                        await conn.close("client_disconnected")
+                        await conn.close(CloseReason.CLIENT_DISCONNECTED)
                         return
                     continue
                 body = encode_event(event)
                 if event.final:
                     # with the end of the body, at once, before anything is torn down
-                    conn.finish("complete")  # keeps the reason of a close that came first
+                    conn.finish(CloseReason.COMPLETE)  # keeps the reason of a close that came first
                     await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -1331,7 +1331,7 @@ class McpHttp:
             old = exchange.conn
             exchange.resume(conn, after)
             if old is not None and old is not conn:
-                await old.close("resumed")
+                await old.close(CloseReason.RESUMED)
             await self.pump(conn, send, receive, priming_id=None)
             return
         try:
@@ -1558,7 +1558,7 @@ class McpHttp:
                     )
                 )
             except StoreUnavailable:
-                await conn.close("database_unreachable")
+                await conn.close(CloseReason.DATABASE_UNREACHABLE)
                 raise _unavailable() from None
         self.listeners[conn] = {**honoured, "_id": message["id"]}
         ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}

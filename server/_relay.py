@@ -34,7 +34,7 @@ import attrs
 import structlog
 import trio
 
-from actors import Op, Store, StoreUnavailable
+from actors import CloseReason, Op, Store, StoreUnavailable
 from actors._auth import Principal
 from actors._sessions import Connection
 from actors._store import Conn
@@ -343,7 +343,7 @@ class Relay:
         after ``conn``'s last sequence number, in order, once each; the response ends it."""
         key = f"stream:{conn.session_id}:{conn.stream_id}"
         if key in self._followers:  # resumed again here: the newer connection follows
-            await self._followers[key][0].close("resumed")
+            await self._followers[key][0].close(CloseReason.RESUMED)
         self._followers[key] = (conn, trio.Lock())
         try:
             await self._follow(key)  # what was stored before the block began
