@@ -65,12 +65,20 @@ __all__ = [
     "TransportSession",
     "UserContext",
     "UserSession",
+    "log_level_op",
 ]
 
 log = structlog.get_logger("sessions")
 SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 UTC = datetime.UTC
 ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
+
+
+def log_level_op(session_id: str, level: str) -> Op:
+    """Record the log level a transport session asked for (logging/setLevel)."""
+    return Op(
+        "UPDATE transport_sessions SET log_level = $2 WHERE session_id = $1", (session_id, level)
+    )
 
 
 @attrs.frozen

@@ -25,7 +25,18 @@ import attrs
 import structlog
 import trio
 
-from actors import CloseReason, Op, Store, StoreUnavailable
+from actors import (
+    CloseReason,
+    RelayAddress,
+    Store,
+    StoreUnavailable,
+    forget_subscriptions_op,
+    log_level_op,
+    store_stream_event_op,
+    subscribe_op,
+    subscribe_session_op,
+    unsubscribe_op,
+)
 from actors._sessions import (
     AuthenticationRequiredError,
     Connection,
@@ -561,17 +572,12 @@ class McpHttp:
         so a node that resumed the stream is woken to read it (server/_relay.py)."""
         self.events_stored += 1
         wake = (
-            [self.relay.wake_op(f"stream:{session_id}:{stream_id}")]
+            [self.relay.wake_op(RelayAddress.stream(session_id, stream_id))]
             if elsewhere and self.relay is not None
             else []
         )
         self.store.write_nowait(
-            Op(
-                "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                (session_id, stream_id, seq, user_id, message),
-            ),
-            *wake,
+            store_stream_event_op(session_id, stream_id, seq, user_id, message), *wake
         )
 
     def emit(self, conn: Connection, message: dict[str, Any], *, final: bool = False) -> None:
@@ -632,19 +638,13 @@ class McpHttp:
         """(Un)subscribe: here, and in a row that an update published on another node finds."""
         if session_id is None:
             return
-        target = f"session:{session_id}"
+        target = RelayAddress.session(session_id)
         if on:
             self.subscriptions.setdefault(uri, set()).add(session_id)
-            op = Op(
-                "INSERT INTO resource_subscriptions (uri, target, user_id) SELECT $1, $2, user_id "
-                "FROM transport_sessions WHERE session_id = $3 ON CONFLICT DO NOTHING",
-                (uri, target, session_id),
-            )
+            op = subscribe_session_op(uri, session_id)
         else:
             self._unsubscribe_here(session_id, uri)
-            op = Op(
-                "DELETE FROM resource_subscriptions WHERE uri = $1 AND target = $2", (uri, target)
-            )
+            op = unsubscribe_op(uri, target)
         # a node holding the session's stream re-reads its subscriptions (server/_relay.py)
         wake = [] if self.relay is None else [self.relay.wake_op(target)]
         try:
@@ -677,12 +677,7 @@ class McpHttp:
         if session_id is None:
             return
         self._remember(self.log_levels, session_id, level)
-        self.store.write_nowait(
-            Op(
-                "UPDATE transport_sessions SET log_level = $2 WHERE session_id = $1",
-                (session_id, level),
-            )
-        )
+        self.store.write_nowait(log_level_op(session_id, level))
 
     def _session_stream(self, session_id: str) -> Connection | None:
         conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
@@ -693,16 +688,16 @@ class McpHttp:
         subscriber, MCP-R6): at once to the streams on this node (their count is returned), and
         through the outbox to every other subscriber, wherever its stream is or next opens."""
         message = notification("notifications/resources/updated", {"uri": uri})
-        done: list[str] = []
+        done: list[RelayAddress] = []
         for session_id in self.subscriptions.get(uri, ()):
             conn = self._session_stream(session_id)
             if conn is not None:
                 self.emit(conn, message)
-                done.append(f"session:{session_id}")
+                done.append(RelayAddress.session(session_id))
         for conn, wanted in self.listeners.items():
             if uri in (wanted.get("resourceSubscriptions") or ()):
                 self.emit(conn, _tagged(message, wanted["_id"]))
-                done.append(f"listen:{conn.id}")
+                done.append(RelayAddress.listen(conn.id))
         if self.relay is not None:
             self.relay.publish_to_subscribers(uri, message, exclude=done)
         return len(done)
@@ -1308,7 +1303,7 @@ class McpHttp:
         """``conn`` becomes the session's GET stream (the pump forgets it as it ends)."""
         self.get_streams[session_id] = conn
         if self.relay is not None:  # what waited in the outbox for this session's stream
-            self.relay.wake(f"session:{session_id}")
+            self.relay.wake(RelayAddress.session(session_id))
 
     async def _resume(
         self,
@@ -1386,9 +1381,7 @@ class McpHttp:
             raise rpc_reply(404, None, INVALID_REQUEST, "Session not found")
         for uri in list(self.subscriptions):
             self._unsubscribe_here(session_id, uri)
-        self.store.write_nowait(
-            Op("DELETE FROM resource_subscriptions WHERE target = $1", (f"session:{session_id}",))
-        )
+        self.store.write_nowait(forget_subscriptions_op(RelayAddress.session(session_id)))
         self.log_levels.pop(session_id, None)
         await send_response(send, 204, b"", b"application/json")
 
@@ -1545,17 +1538,13 @@ class McpHttp:
         conn = await self.open_stream(
             session, "listen", None, token_expires_at=principal.expires_at
         )
-        target = f"listen:{conn.id}"
+        target = RelayAddress.listen(conn.id)
         if honoured.get("resourceSubscriptions"):
             # committed before the acknowledgement: from then on, an update published on any
             # node finds this stream
             try:
                 await self.store.write(
-                    Op(
-                        "INSERT INTO resource_subscriptions (uri, target, user_id) "
-                        "SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
-                        (honoured["resourceSubscriptions"], target, principal.user_id),
-                    )
+                    subscribe_op(honoured["resourceSubscriptions"], target, principal.user_id)
                 )
             except StoreUnavailable:
                 await conn.close(CloseReason.DATABASE_UNREACHABLE)
@@ -1568,9 +1557,7 @@ class McpHttp:
         finally:
             self.listeners.pop(conn, None)
             if honoured.get("resourceSubscriptions"):
-                self.store.write_nowait(
-                    Op("DELETE FROM resource_subscriptions WHERE target = $1", (target,))
-                )
+                self.store.write_nowait(forget_subscriptions_op(target))
 
 
 def _header_value(raw: str) -> str | None:

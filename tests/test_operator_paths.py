@@ -110,7 +110,7 @@ async def rows_of(node: Node, who: Subject) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for table in TABLES:
         rows = await node.store.fetch(
-            f"SELECT * FROM {table} WHERE user_id = $1 "  # noqa: S608 (TABLES: constants)
+            f"SELECT * FROM {table} WHERE user_id = $1 "
             + ("OR grant_id = ANY($2::uuid[])" if table != "users" else "OR $2::uuid[] IS NULL"),
             who.user_id,
             who.grants,
