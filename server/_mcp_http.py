@@ -33,6 +33,7 @@ from actors import (
     forget_subscriptions_op,
     log_level_op,
     store_stream_event_op,
+    stream_events_after,
     subscribe_op,
     subscribe_session_op,
     unsubscribe_op,
@@ -1331,16 +1332,9 @@ class McpHttp:
             return
         try:
             await self.store.write()  # what this node queued is committed before reading it back
-            rows = await self.store.fetch(
-                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 "
-                "AND seq > $3 ORDER BY seq LIMIT 10000",
-                ts.session_id,
-                stream_id,
-                after,
-            )
+            replay = await stream_events_after(self.store, ts.session_id, stream_id, after)
         except StoreUnavailable:
             raise _unavailable() from None
-        replay = [(int(r["seq"]), r["payload"]) for r in rows]
         ends = any(_is_response(payload) for _, payload in replay)
         if not ends and stream_id.startswith(REQUEST_STREAM) and self.relay is not None:
             # the request still runs on another node (or ended without its response there):
