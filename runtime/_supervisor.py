@@ -303,7 +303,10 @@ class Supervisor:
         self._wake.set()
 
     async def _on_exit(self, child: _Child, incarnation: int, exit: Exit) -> None:
-        if incarnation != child.incarnation or child.state in (ChildState.STOPPING, ChildState.STOPPED):
+        if incarnation != child.incarnation or child.state in (
+            ChildState.STOPPING,
+            ChildState.STOPPED,
+        ):
             return
         child.state = ChildState.STOPPED
         child.last_exit = exit
@@ -367,7 +370,9 @@ class Supervisor:
         if self.dynamic or self.strategy is Strategy.ONE_FOR_ONE:
             return [child]
         if self.strategy is Strategy.ONE_FOR_ALL:
-            return [c for c in self._children.values() if c is child or c.state != ChildState.STOPPED]
+            return [
+                c for c in self._children.values() if c is child or c.state != ChildState.STOPPED
+            ]
         ordered = list(self._children.values())
         index = ordered.index(child)
         return [c for c in ordered[index:] if c is child or c.state != ChildState.STOPPED]
