@@ -5,6 +5,7 @@ The whole public API of the package is here; the edge (``server/``) imports noth
 
 from __future__ import annotations
 
+from actors._audit import audit_op, recent_auth_events
 from actors._auth import (
     AuthPolicy,
     AuthService,
@@ -16,7 +17,16 @@ from actors._auth import (
 )
 from actors._cluster import Janitor, JanitorPolicy, Notifier
 from actors._crypto import KeyRing, hash_token, new_token
-from actors._events import cluster_event_ops
+from actors._events import ClusterEvent, cluster_event_ops
+from actors._grants import (
+    OPERATOR_ENDED,
+    end_grants_ops,
+    grant_detail,
+    grant_end_ops,
+    grant_user,
+    list_grants,
+    live_grants_of,
+)
 from actors._keys import RotationBlocked, RotationReport, rotate_keys
 from actors._migrations import (
     Migration,
@@ -26,6 +36,27 @@ from actors._migrations import (
     migrate,
     pending_migrations,
 )
+from actors._nodes import alive_nodes, legacy_stream_node
+from actors._outbox import (
+    OUTBOX_CHANNEL,
+    AddressKind,
+    RelayAddress,
+    claim_outbox,
+    forget_subscriptions_op,
+    insert_outbox_op,
+    outbox_wake_op,
+    post_outbox,
+    post_reply,
+    publish_to_subscribers_ops,
+    store_stream_event_op,
+    store_stream_events,
+    stream_events_after,
+    subscribe_op,
+    subscribe_session_op,
+    subscriptions_of,
+    unsubscribe_op,
+    withdraw_outbox,
+)
 from actors._redirect_uris import (
     REDIRECT_URI_LIMIT,
     redirect_uri_matches,
@@ -33,11 +64,13 @@ from actors._redirect_uris import (
     valid_redirect_uri,
 )
 from actors._revocation import (
+    OPERATOR_REINSTATED,
+    OPERATOR_REVOKED,
     RevokerPolicy,
     UpstreamRevoker,
     UserChange,
-    grant_end_ops,
     reinstate_user,
+    revoke_user,
     revoke_user_ops,
 )
 from actors._sessions import (
@@ -52,7 +85,9 @@ from actors._sessions import (
     TransportSession,
     UserContext,
     UserSession,
+    log_level_op,
 )
+from actors._statuses import LIVE_STATUSES, CloseReason, GrantStatus, RefreshOutcome
 from actors._store import (
     Conn,
     Op,
@@ -63,6 +98,7 @@ from actors._store import (
     StoreUnavailable,
     WriteQueue,
     WriteRejected,
+    run_ops,
     store_child_spec,
 )
 from actors._store_retention import (
@@ -77,6 +113,7 @@ from actors._tiers import (
     TierMapping,
     TierResolution,
     apply_idp_tier,
+    override_tier,
     set_tier_override,
 )
 from actors._upstream import (
@@ -93,15 +130,24 @@ from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, par
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
+    "LIVE_STATUSES",
+    "OPERATOR_ENDED",
+    "OPERATOR_REINSTATED",
+    "OPERATOR_REVOKED",
+    "OUTBOX_CHANNEL",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
     "RETENTION_RULES",
+    "AddressKind",
     "AuthPolicy",
     "AuthService",
     "AuthenticationRequiredError",
+    "CloseReason",
+    "ClusterEvent",
     "Conn",
     "Connection",
     "ConsentNeeded",
+    "GrantStatus",
     "IdTokenInvalid",
     "Janitor",
     "JanitorPolicy",
@@ -116,6 +162,8 @@ __all__ = [
     "QueueFull",
     "QuotaExceeded",
     "RateLimited",
+    "RefreshOutcome",
+    "RelayAddress",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
@@ -149,24 +197,52 @@ __all__ = [
     "UserSession",
     "WriteQueue",
     "WriteRejected",
+    "alive_nodes",
     "applied_migrations",
     "apply_idp_tier",
+    "audit_op",
+    "claim_outbox",
     "cluster_event_ops",
+    "end_grants_ops",
+    "forget_subscriptions_op",
+    "grant_detail",
     "grant_end_ops",
+    "grant_user",
     "hash_token",
+    "insert_outbox_op",
+    "legacy_stream_node",
+    "list_grants",
+    "live_grants_of",
     "load_migrations",
+    "log_level_op",
     "migrate",
     "new_token",
+    "outbox_wake_op",
+    "override_tier",
     "parse_quota",
     "pending_migrations",
+    "post_outbox",
+    "post_reply",
+    "publish_to_subscribers_ops",
+    "recent_auth_events",
     "redirect_uri_matches",
     "redirect_uri_problem",
     "reinstate_user",
     "retention_sweep",
+    "revoke_user",
     "revoke_user_ops",
     "rotate_keys",
+    "run_ops",
     "s256",
     "set_tier_override",
     "store_child_spec",
+    "store_stream_event_op",
+    "store_stream_events",
+    "stream_events_after",
+    "subscribe_op",
+    "subscribe_session_op",
+    "subscriptions_of",
+    "unsubscribe_op",
     "valid_redirect_uri",
+    "withdraw_outbox",
 ]

@@ -23,7 +23,9 @@ from urllib.parse import urlencode
 import attrs
 import structlog
 
+from actors._audit import audit_op
 from actors._crypto import KeyRing, hash_token, new_token
+from actors._grants import grant_end_ops
 from actors._redirect_uris import (
     consent_may_be_remembered,
     consent_redirect_key,
@@ -31,6 +33,7 @@ from actors._redirect_uris import (
     redirect_uri_problem,
     valid_redirect_uri,
 )
+from actors._statuses import LIVE_STATUSES, GrantStatus, RefreshOutcome
 from actors._store import Conn, Op, Store
 from actors._tiers import TierChange, TierMapping, apply_idp_tier
 from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
@@ -50,24 +53,7 @@ __all__ = [
 
 log = structlog.get_logger("auth")
 UTC = datetime.UTC
-LIVE_GRANT = ("active", "refreshing")  # the grant statuses a token of the grant may be used in
-
-
-def audit_op(
-    kind: str,
-    *,
-    node_id: str,
-    user_id: str | None = None,
-    client_id: str | None = None,
-    grant_id: uuid.UUID | None = None,
-    detail: dict[str, Any] | None = None,
-) -> Op:
-    """The row of one authentication event (``auth_events``), to commit with what it records."""
-    return Op(
-        "INSERT INTO auth_events (event_id, kind, user_id, client_id, grant_id, node_id, detail) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        (uuid.uuid4(), kind, user_id, client_id, grant_id, node_id, detail or {}),
-    )
+LIVE_GRANT = LIVE_STATUSES  # the grant statuses a token of the grant may be used in
 
 
 def _now() -> datetime.datetime:
@@ -157,7 +143,7 @@ class GrantInvalidator(Protocol):
         self,
         grant_id: uuid.UUID,
         *,
-        reason: str,
+        reason: GrantStatus,
         message: str | None = None,
         also: Sequence[Op] = (),
     ) -> None: ...
@@ -249,15 +235,13 @@ class AuthService:
     ) -> None:
         """Revoke the grant everywhere: streams end, caches forget, on every node."""
         if self.invalidate_grant is not None:
-            await self.invalidate_grant(grant_id, reason="revoked", message=message, also=also)
+            await self.invalidate_grant(
+                grant_id, reason=GrantStatus.REVOKED, message=message, also=also
+            )
             return
         # no session manager (a bare service): the rows alone, which the token checks read
         await self.store.write(
-            Op(
-                "UPDATE grants SET status = 'revoked', status_reason = $2 WHERE grant_id = $1 AND status IN ('active', 'refreshing')",
-                (grant_id, message),
-            ),
-            *also,
+            *grant_end_ops([grant_id], status=GrantStatus.REVOKED, message=message), *also
         )
 
     # -- tiers -----------------------------------------------------------------------------------------
@@ -881,7 +865,7 @@ class AuthService:
         requested = tuple(dict.fromkeys(f.get("scope", "").split())) or None
         token_hash = hash_token(token)
 
-        async def rotate(conn: Conn) -> dict[str, Any]:
+        async def rotate(conn: Conn) -> tuple[RefreshOutcome, dict[str, Any]]:
             row = await conn.fetchrow(
                 "SELECT t.*, f.revoked_at AS family_revoked, g.status, u.revoked_at AS user_revoked "
                 "FROM tokens t JOIN token_families f USING (family_id) JOIN grants g ON g.grant_id = t.grant_id "
@@ -889,7 +873,7 @@ class AuthService:
                 token_hash,
             )
             if row is None:
-                return {"outcome": "unknown"}
+                return RefreshOutcome.UNKNOWN, {}
             row = dict(row)
             if (
                 row["rotated_at"] is not None
@@ -903,19 +887,19 @@ class AuthService:
                     row["family_id"],
                 )
                 state = "superseded" if row["rotated_at"] is not None else "revoked"
-                return {"outcome": "reuse", "state": state, **row}
+                return RefreshOutcome.REUSE, {"state": state, **row}
             if client_id != row["client_id"]:  # a live token: refused before anything changes
-                return {"outcome": "wrong_client", **row}
+                return RefreshOutcome.WRONG_CLIENT, row
             if row["user_revoked"] is not None:
-                return {"outcome": "user_revoked", **row}
+                return RefreshOutcome.USER_REVOKED, row
             if row["status"] not in LIVE_GRANT:
-                return {"outcome": "inactive", **row}
+                return RefreshOutcome.INACTIVE, row
             if row["expires_at"] < _now():
-                return {"outcome": "expired", **row}
+                return RefreshOutcome.EXPIRED, row
             if requested is not None:
                 extra = [s for s in requested if s not in row["scopes"]]
                 if extra:
-                    return {"outcome": "invalid_scope", "extra": extra, **row}
+                    return RefreshOutcome.INVALID_SCOPE, {"extra": extra, **row}
             # a token carries its grant's scopes (the grant's are what requests are checked
             # against): a narrower request is answered with the grant's, as `scope` says
             tokens, ops = self._issue(row["family_id"], row, parent=token_hash)
@@ -924,15 +908,14 @@ class AuthService:
             )
             for op in ops:  # the successor exists as soon as the token is superseded
                 await conn.execute(op.sql, *op.args)
-            return {"outcome": "ok", "tokens": tokens, **row}
+            return RefreshOutcome.OK, {"tokens": tokens, **row}
 
-        row = await self.store.transact(rotate)
-        outcome = row["outcome"]
-        if outcome == "unknown":
+        outcome, row = await self.store.transact(rotate)
+        if outcome is RefreshOutcome.UNKNOWN:
             raise OAuthError("invalid_grant", "unknown refresh token")
-        if outcome == "wrong_client":
+        if outcome is RefreshOutcome.WRONG_CLIENT:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
-        if outcome == "reuse":
+        if outcome is RefreshOutcome.REUSE:
             self.audit(
                 "refresh_reuse_detected",
                 user_id=row["user_id"],
@@ -948,16 +931,16 @@ class AuthService:
             raise OAuthError(
                 "invalid_grant", "refresh token reuse detected; the token family is revoked"
             )
-        if outcome == "user_revoked":
+        if outcome is RefreshOutcome.USER_REVOKED:
             raise OAuthError("invalid_grant", "this user's access was revoked")
-        if outcome == "inactive":
+        if outcome is RefreshOutcome.INACTIVE:
             raise OAuthError("invalid_grant", f"the session is {row['status']}; authorize again")
-        if outcome == "invalid_scope":
+        if outcome is RefreshOutcome.INVALID_SCOPE:
             raise OAuthError(
                 "invalid_scope",
                 f"scope {row['extra'][0]!r} was not granted; the grant holds: {' '.join(row['scopes'])}",
             )
-        if outcome != "ok":
+        if outcome is not RefreshOutcome.OK:
             raise OAuthError("invalid_grant", f"refresh token {outcome}")
         self.audit(
             "token_refresh",

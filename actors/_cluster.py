@@ -19,9 +19,10 @@ import structlog
 import trio
 
 from actors._crypto import KeyRing
-from actors._events import CHANNEL, cluster_event_ops
-from actors._revocation import ENDED_GRANTS_SQL
+from actors._events import CHANNEL, GRANT_ENDING, ClusterEvent, cluster_event_ops
+from actors._grants import ENDED_GRANTS_SQL
 from actors._sessions import SessionManager
+from actors._statuses import GrantStatus
 from actors._store import Op, Store, StoreUnavailable
 from actors._store_retention import retention_sweep
 from runtime import Backoff, ChildSpec, fault_point
@@ -30,7 +31,7 @@ __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "c
 
 log = structlog.get_logger("cluster")
 
-KEYS_ROTATED = "keys_rotated"  # the key file changed: reload it (actors/_keys.py)
+KEYS_ROTATED = ClusterEvent.KEYS_ROTATED  # the key file changed: reload it (actors/_keys.py)
 
 
 class Notifier:
@@ -91,24 +92,28 @@ class Notifier:
         return len(rows)
 
     async def apply(self, row: dict[str, Any]) -> None:
-        kind = row["kind"]
+        kind = ClusterEvent.parse(row["kind"])
         self.applied += 1
-        log.info("cluster_event", kind=kind, origin=row["origin_node"], user_id=row["user_id"])
-        if kind in ("revoke_user", "revoke_grant", "end_session", "reauth_required"):
+        log.info(
+            "cluster_event", kind=row["kind"], origin=row["origin_node"], user_id=row["user_id"]
+        )
+        if kind is None:  # a kind this version does not know: nothing to do here
+            return
+        if kind in GRANT_ENDING:
             self.sessions.grants_ended()  # their upstream tokens wait for a revoker
-        if kind == "revoke_user" and row["user_id"]:
+        if kind is ClusterEvent.REVOKE_USER and row["user_id"]:
             await self.sessions.end_user_locally(row["user_id"])
-        elif kind in ("revoke_grant", "end_session", "reauth_required") and row["grant_id"]:
+        elif kind in GRANT_ENDING and row["grant_id"]:
             live = self.sessions.registry.lookup(row["grant_id"])
             if live is not None:
                 await live.end_locally(
-                    row["payload"].get("status", kind),
+                    _status(row["payload"].get("status"), kind),
                     row["payload"].get("message", f"the session was ended: {kind}"),
                 )
             self.sessions.forget(row["grant_id"], row["user_id"] or "")
-        elif kind == KEYS_ROTATED:
+        elif kind is ClusterEvent.KEYS_ROTATED:
             await self._reload_keys()
-        elif kind == "tier_changed" and row["user_id"]:
+        elif kind is ClusterEvent.TIER_CHANGED and row["user_id"]:
             self.sessions.tier_changed_here(row["user_id"], str(row["payload"]["tier"]))
 
     async def _reload_keys(self) -> None:
@@ -130,6 +135,16 @@ class Notifier:
                 (self.node_id, ring.current),
             )
         )
+
+
+def _status(text: Any, kind: ClusterEvent) -> GrantStatus:
+    """The status a grant-ending event names (the event's kind for one that names none)."""
+    for value in (text, str(kind)):
+        try:
+            return GrantStatus(value)
+        except ValueError:
+            continue
+    return GrantStatus.ENDED
 
 
 @attrs.frozen
@@ -269,7 +284,9 @@ class Janitor:
         for grant_id in ended:  # type: ignore[attr-defined]
             session = self.sessions.registry.lookup(grant_id)
             if session is not None:
-                await session.end_locally("expired", "the session's lifetime ended; sign in again")
+                await session.end_locally(
+                    GrantStatus.EXPIRED, "the session's lifetime ended; sign in again"
+                )
         self.sweeps += 1
         if any(result.values()):
             log.info("janitor_sweep", **result)

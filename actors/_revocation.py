@@ -1,18 +1,14 @@
-"""Ending grants and users, one implementation for every caller (the session manager, the janitor,
+"""Revoking and reinstating users, one implementation for every caller (the session manager,
 the admin API and ``steward`` operator commands), and the upstream revoker.
 
-When a grant ends, whoever ends it and for whatever reason, the same transaction
-- changes its status and closes its open connection rows,
-- drops its resource subscriptions and what the outbox holds for them (an update stops writing
-  rows for a grant that can no longer receive them),
-- marks its upstream tokens for revocation.
-
-The revoker (one per node, a supervised child) then revokes the marked upstream tokens at the
-identity provider (RFC 7009: the refresh token first, then the access token) and deletes their
-ciphertext. It never holds up the revocation itself: the grant is ended locally first, the IdP
-call is bounded, retried with backoff, and waits out a database or IdP outage; past
-``give_up_after`` (or ``max_attempts``) the ciphertext is deleted unrevoked and the event is
-audited (docs/sessions.md, "Ending a grant upstream").
+Ending a grant is actors/_grants.py's; revoking a user ends every live grant of theirs the same
+way, in the transaction that marks them revoked. The revoker (one per node, a supervised child)
+then revokes the marked upstream tokens at the identity provider (RFC 7009: the refresh token
+first, then the access token) and deletes their ciphertext. It never holds up the revocation
+itself: the grant is ended locally first, the IdP call is bounded, retried with backoff, and
+waits out a database or IdP outage; past ``give_up_after`` (or ``max_attempts``) the
+ciphertext is deleted unrevoked and the event is audited (docs/sessions.md, "Ending a grant
+upstream").
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from __future__ import annotations
 import datetime
 import enum
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -28,80 +23,30 @@ import structlog
 import trio
 from cryptography.exceptions import InvalidTag
 
-from actors._auth import AuthService, audit_op
-from actors._events import cluster_event_ops
-from actors._store import Conn, Op, Store, StoreUnavailable
+from actors._audit import audit_op
+from actors._auth import AuthService
+from actors._events import ClusterEvent, cluster_event_ops
+from actors._grants import user_end_ops
+from actors._statuses import GrantStatus
+from actors._store import Conn, Op, Store, StoreUnavailable, run_ops
 from actors._upstream import RevokeOutcome, UpstreamClient
 from runtime import Backoff, ChildSpec
 
 __all__ = [
-    "ENDED_GRANTS_SQL",
+    "OPERATOR_REINSTATED",
+    "OPERATOR_REVOKED",
     "RevokerPolicy",
     "UpstreamRevoker",
     "UserChange",
-    "grant_end_ops",
     "reinstate_user",
+    "revoke_user",
     "revoke_user_ops",
-    "user_end_ops",
 ]
 
 log = structlog.get_logger("revocation")
 
-LIVE = "('active', 'refreshing')"
-
-# The streams' targets of the grants ``$1`` (uuid[]): their transport sessions' and their open
-# listen streams'.
-_TARGETS = (
-    "SELECT 'session:' || session_id FROM transport_sessions WHERE grant_id = ANY($1::uuid[]) "
-    "UNION ALL SELECT 'listen:' || connection_id::text FROM connections "
-    "WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL AND kind = 'listen'"
-)
-
-# What follows the end of the grants ``$1`` (uuid[]), before their connection rows close: their
-# subscriptions and outbox rows go, their upstream tokens are marked for the revoker.
-ENDED_GRANTS_SQL: tuple[str, ...] = (
-    f"DELETE FROM resource_subscriptions WHERE target IN ({_TARGETS})",
-    f"DELETE FROM outbox WHERE target IN ({_TARGETS})",
-    "UPDATE upstream_tokens SET revoke_requested_at = now(), revoke_next_at = now() "
-    "WHERE grant_id = ANY($1::uuid[]) AND revoke_requested_at IS NULL",
-)
-
-
-def grant_end_ops(grant_ids: Sequence[uuid.UUID], *, status: str, message: str | None) -> list[Op]:
-    """The ops that end these grants (the live ones change status; all lose their subscriptions
-    and have their upstream tokens marked for revocation)."""
-    ids = list(grant_ids)
-    return [
-        *(Op(sql, (ids,)) for sql in ENDED_GRANTS_SQL),
-        Op(
-            "UPDATE grants SET status = $2, status_reason = $3, ended_at = coalesce(ended_at, now()) "
-            f"WHERE grant_id = ANY($1::uuid[]) AND status IN {LIVE}",
-            (ids, status, message),
-        ),
-        Op(
-            "UPDATE connections SET closed_at = now(), close_reason = $2 "
-            "WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL",
-            (ids, status),
-        ),
-    ]
-
-
-def user_end_ops(user_id: str, *, status: str, message: str | None) -> list[Op]:
-    """The ops that end every live grant of a user, as ``grant_end_ops`` does for one."""
-    grants = f"ARRAY(SELECT grant_id FROM grants WHERE user_id = $1 AND status IN {LIVE})"
-    return [
-        *(Op(sql.replace("$1::uuid[]", grants), (user_id,)) for sql in ENDED_GRANTS_SQL),
-        Op(
-            "UPDATE grants SET status = $2, status_reason = $3, ended_at = coalesce(ended_at, now()) "
-            f"WHERE user_id = $1 AND status IN {LIVE}",
-            (user_id, status, message),
-        ),
-        Op(
-            "UPDATE connections SET closed_at = now(), close_reason = $2 "
-            "WHERE user_id = $1 AND closed_at IS NULL",
-            (user_id, status),
-        ),
-    ]
+OPERATOR_REVOKED = "revoked by an operator"  # the reason of an operator's revocation
+OPERATOR_REINSTATED = "reinstated by an operator"
 
 
 def revoke_user_ops(user_id: str, *, reason: str, origin: str) -> list[Op]:
@@ -111,9 +56,9 @@ def revoke_user_ops(user_id: str, *, reason: str, origin: str) -> list[Op]:
     reads it FOR SHARE) either sees the revocation or has its grant ended here."""
     return [
         Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (user_id,)),
-        *user_end_ops(user_id, status="revoked", message=reason),
+        *user_end_ops(user_id, status=GrantStatus.REVOKED, message=reason),
         audit_op("revoked", node_id=origin, user_id=user_id, detail={"reason": reason}),
-        *cluster_event_ops("revoke_user", origin=origin, user_id=user_id),
+        *cluster_event_ops(ClusterEvent.REVOKE_USER, origin=origin, user_id=user_id),
     ]
 
 
@@ -123,6 +68,28 @@ class UserChange(enum.Enum):
     CHANGED = "changed"
     UNCHANGED = "unchanged"  # already so (reinstating a user who is not revoked)
     UNKNOWN_USER = "unknown_user"
+
+
+async def revoke_user(store: Store, user_id: str, *, reason: str, origin: str) -> UserChange:
+    """Revoke a user (``revoke_user_ops``) if they exist; CHANGED or UNKNOWN_USER.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached; nothing changed.
+    """
+
+    async def revoke(conn: Conn) -> UserChange:
+        if (
+            await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            is None
+        ):
+            return UserChange.UNKNOWN_USER
+        await run_ops(conn, revoke_user_ops(user_id, reason=reason, origin=origin))
+        return UserChange.CHANGED
+
+    change = await store.transact(revoke)
+    if change is UserChange.CHANGED:
+        log.info("auth_event", kind="revoked", user_id=user_id, reason=reason, origin=origin)
+    return change
 
 
 async def reinstate_user(store: Store, user_id: str, *, origin: str, reason: str) -> UserChange:
@@ -150,7 +117,7 @@ async def reinstate_user(store: Store, user_id: str, *, origin: str, reason: str
             user_id=user_id,
             detail={"reason": reason, "revoked_at": row["revoked_at"].isoformat()},
         )
-        await conn.execute(audit.sql, *audit.args)
+        await run_ops(conn, [audit])
         return UserChange.CHANGED
 
     change = await store.transact(reinstate)

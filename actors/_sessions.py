@@ -26,15 +26,12 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
-from actors._events import cluster_event_ops
-from actors._revocation import (
-    UserChange,
-    grant_end_ops,
-    reinstate_user,
-    revoke_user_ops,
-)
+from actors._events import ClusterEvent, cluster_event_ops
+from actors._grants import end_grants_ops, live_grants_of
+from actors._revocation import UserChange, reinstate_user, revoke_user
+from actors._statuses import CloseReason, GrantStatus
 from actors._store import Conn, Op, Store, StoreUnavailable, WriteRejected
-from actors._tiers import TierChange, apply_idp_tier, set_tier_override
+from actors._tiers import TierChange, apply_idp_tier, override_tier
 from actors._upstream import (
     IdTokenInvalid,
     UpstreamClient,
@@ -68,12 +65,20 @@ __all__ = [
     "TransportSession",
     "UserContext",
     "UserSession",
+    "log_level_op",
 ]
 
 log = structlog.get_logger("sessions")
 SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 UTC = datetime.UTC
 ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
+
+
+def log_level_op(session_id: str, level: str) -> Op:
+    """Record the log level a transport session asked for (logging/setLevel)."""
+    return Op(
+        "UPDATE transport_sessions SET log_level = $2 WHERE session_id = $1", (session_id, level)
+    )
 
 
 @attrs.frozen
@@ -354,7 +359,7 @@ class Connection:
         self.session_id = session_id
         self.stream_id = stream_id
         self.outbox = Outbox(outbox_size)
-        self.closed_reason: str | None = None
+        self.closed_reason: CloseReason | None = None
         self._actor_task: trio.lowlevel.Task | None = None  # the actor, while it waits
         self._closed_event: trio.Event | None = None  # made for whoever waits for the close
         self._seq = 0
@@ -384,23 +389,23 @@ class Connection:
             self.sent += 1
         else:
             log.warning("stream_overflow", connection=str(self.id), kind=self.kind)
-            self.finish("slow_client")
+            self.finish(CloseReason.SLOW_CLIENT)
 
     async def send(self, event: StreamEvent) -> None:
         self.send_nowait(event)
         await trio.lowlevel.checkpoint()
 
-    def fail(self, reason: str, message: str) -> None:
+    def fail(self, reason: CloseReason, message: str) -> None:
         """Send a final error event and close the stream."""
         self.end_with(final_event("error", {"error": reason, "message": message}), reason)
 
-    def reconnect(self, reason: str, message: str, retry_ms: int) -> None:
+    def reconnect(self, reason: CloseReason, message: str, retry_ms: int) -> None:
         """Send a final event asking the client to reconnect (with a fresh token, resuming from
         its last event id) after ``retry_ms``, and close the stream."""
         data = {"error": reason, "message": message, "reconnect": True, "retryMs": retry_ms}
         self.end_with(final_event("warning", data, retry_ms), reason)
 
-    def end_with(self, final: StreamEvent, reason: str) -> None:
+    def end_with(self, final: StreamEvent, reason: CloseReason) -> None:
         """Send ``final`` (from ``final_event``; one may serve many streams) and close."""
         if self.closed_reason is not None:
             return
@@ -411,7 +416,7 @@ class Connection:
         self.outbox.put(final)  # dropped when the outbox is full: the stream closes anyway
         self.finish(reason)
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: CloseReason) -> None:
         """Mark the stream closed for ``reason`` unless it already is (the first reason stays)."""
         if self.closed_reason is None:
             self.closed_reason = reason
@@ -438,7 +443,7 @@ class Connection:
             return self.next_beat
         return min(self.next_beat, self.reconnect_at)
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: CloseReason) -> None:
         """The HTTP side is done with this stream (client gone, request complete)."""
         self.finish(reason)
         await trio.lowlevel.checkpoint()
@@ -490,7 +495,7 @@ class Connection:
                 if self.reconnect_at is not None and trio.current_time() >= self.reconnect_at:
                     log.info("stream_token_expired", connection=str(self.id), kind=self.kind)
                     self.reconnect(
-                        "token_expired",
+                        CloseReason.TOKEN_EXPIRED,
                         "the access token that opened this stream expired; reconnect with a fresh token",
                         policy.reconnect_retry_ms,
                     )
@@ -508,12 +513,12 @@ class Connection:
         finally:
             self.release()
             if self.closed_reason is None:
-                self.fail("connection_stopped", "the stream's actor stopped")
+                self.fail(CloseReason.CONNECTION_STOPPED, "the stream's actor stopped")
             self.outbox.close()  # wakes a pump whose stream was ended in the caller's step
             store.write_nowait(
                 Op(
                     "UPDATE connections SET closed_at = now(), close_reason = $2 WHERE connection_id = $1 AND closed_at IS NULL",
-                    (self.id, self.closed_reason),
+                    (self.id, str(self.closed_reason)),
                 )
             )
 
@@ -621,7 +626,8 @@ class TokenKeeper:
                     outcome="invalid_grant",
                 )
                 await self.session.invalidate(
-                    "reauth_required", "the identity provider revoked the grant; sign in again"
+                    GrantStatus.REAUTH_REQUIRED,
+                    "the identity provider revoked the grant; sign in again",
                 )
                 raise Shutdown("revoked") from exc
             except UpstreamUnavailable:
@@ -645,7 +651,7 @@ class TokenKeeper:
             grant_id=self.session.grant_id,
             outcome="no_refresh_token",
         )
-        await self.session.invalidate("reauth_required", NO_REFRESH_TOKEN)
+        await self.session.invalidate(GrantStatus.REAUTH_REQUIRED, NO_REFRESH_TOKEN)
         raise Shutdown("reauth_required")
 
     async def _load(self) -> None:
@@ -673,7 +679,7 @@ class UserSession:
         self._sup: SupervisorHandle | None = None
         self._last_touch = 0.0
         self.last_active = trio.current_time()
-        self.invalid_reason: str | None = None
+        self.invalid_reason: GrantStatus | None = None
         self._ticker: trio.CancelScope | None = None  # while the ticker sleeps (tick_by)
 
     @property
@@ -754,9 +760,12 @@ class UserSession:
             )
         return keeper.tokens.access_token
 
-    async def invalidate(self, status: str, message: str, *, also: Sequence[Op] = ()) -> None:
-        """End this session: in one transaction the grant's status changes and its open connection
-        rows close (with ``also``); each stream gets a final error event; the actor stops."""
+    async def invalidate(
+        self, status: GrantStatus, message: str, *, also: Sequence[Op] = ()
+    ) -> None:
+        """End this session: in one transaction the grant ends (``end_grants_ops``: its status,
+        its open connection rows, its audit event, every node told), with ``also``; each stream
+        gets a final error event; the actor stops."""
         if self.invalid_reason is not None:
             if also:  # already ended (and told the other nodes): what comes with it still counts
                 await self.manager.store.write(*also)
@@ -765,48 +774,46 @@ class UserSession:
         self.manager.forget(self.grant_id, self.context.user_id)
         try:
             await self.manager.store.write(
-                *grant_end_ops([self.grant_id], status=status, message=message),
-                *also,
-                *self.manager.publish(
-                    "revoke_grant",
-                    grant_id=self.grant_id,
-                    user_id=self.context.user_id,
-                    payload={"status": status, "message": message},
+                *end_grants_ops(
+                    [self.grant_id], status=status, message=message, origin=self.manager.node_id
                 ),
+                *also,
             )
         except BaseException:
             # not acknowledged (it may still commit, and this node does not hear its own
             # event): this node's streams end now, failing closed, and the session is not
             # marked ended, so that a retry makes the whole change and tells the other nodes
-            self.close_streams(status, message)
+            self.close_streams(CloseReason(status), message)
             self.invalid_reason = None
             raise
         self.manager.grants_ended()
         self.manager.forget(self.grant_id, self.context.user_id)  # verified meanwhile
-        self.close_streams(status, message)
-        self.manager.auth.audit(
-            status,
+        self.close_streams(CloseReason(status), message)
+        log.info(
+            "auth_event",
+            kind=str(status),
             user_id=self.context.user_id,
             client_id=self.context.client_id,
-            grant_id=self.grant_id,
+            grant_id=str(self.grant_id),
+            reason=message,
         )
-        log.info("session_invalidated", grant_id=str(self.grant_id), status=status)
+        log.info("session_invalidated", grant_id=str(self.grant_id), status=str(status))
         if self._sup is not None:
             self.manager._stop_soon(self)
 
-    async def end_locally(self, status: str, message: str) -> None:
+    async def end_locally(self, status: GrantStatus, message: str) -> None:
         """Another node (or the janitor) already changed the rows: close this node's streams with
         an error event and stop the actor."""
         if self.invalid_reason is not None:
             return
         self.invalid_reason = status
         self.manager.forget(self.grant_id, self.context.user_id)
-        self.close_streams(status, message)
+        self.close_streams(CloseReason(status), message)
         if self._sup is not None:
             self.manager._stop_soon(self)
         await trio.lowlevel.checkpoint()
 
-    def close_streams(self, reason: str, message: str) -> None:
+    def close_streams(self, reason: CloseReason, message: str) -> None:
         final = final_event("error", {"error": reason, "message": message})
         for conn in self.connections():
             conn.end_with(final, reason)
@@ -1283,7 +1290,7 @@ class SessionManager:
         if session is not None:
             for conn in session.connections():
                 if conn.session_id == session_id:
-                    conn.fail("session_deleted", "the client ended this MCP session")
+                    conn.fail(CloseReason.SESSION_DELETED, "the client ended this MCP session")
         return True
 
     # -- invalidation ----------------------------------------------------------------------------------
@@ -1292,27 +1299,23 @@ class SessionManager:
         self,
         grant_id: uuid.UUID,
         *,
-        reason: str,
+        reason: GrantStatus,
         message: str | None = None,
         also: Sequence[Op] = (),
     ) -> None:
-        """End a grant on every node: its status and open connection rows change and a cluster
-        event is published, with ``also``, in one transaction; the streams of the grant end with
-        their error event here (if it is live here) and on every other node (the notifier), and
-        every node's verified-token cache forgets the grant's tokens."""
+        """End a grant on every node (``end_grants_ops``, with ``also``, in one transaction): the
+        streams of the grant end with their error event here (if it is live here) and on every
+        other node (the notifier), and every node's verified-token cache forgets the grant's
+        tokens."""
+        message = message or f"the session was {reason}"
         session = self.registry.lookup(grant_id)
         if session is not None:
-            await session.invalidate(reason, message or f"the session was {reason}", also=also)
+            await session.invalidate(reason, message, also=also)
             return
         self.forget(grant_id, "")
         await self.store.write(
-            *grant_end_ops([grant_id], status=reason, message=message),
+            *end_grants_ops([grant_id], status=reason, message=message, origin=self.node_id),
             *also,
-            *self.publish(
-                "revoke_grant",
-                grant_id=grant_id,
-                payload={"status": reason, "message": message or reason},
-            ),
         )
         self.grants_ended()
         # a request that verified a token or hydrated the session before the commit: forgotten
@@ -1320,11 +1323,11 @@ class SessionManager:
         self.forget(grant_id, "")
         late = self.registry.lookup(grant_id)
         if late is not None:
-            await late.end_locally(reason, message or f"the session was {reason}")
+            await late.end_locally(reason, message)
 
     def publish(
         self,
-        kind: str,
+        kind: ClusterEvent,
         *,
         user_id: str | None = None,
         grant_id: uuid.UUID | None = None,
@@ -1352,17 +1355,14 @@ class SessionManager:
         self.forget_user(user_id)
 
     async def set_tier(self, user_id: str, tier: str | None) -> TierChange | None:
-        """An operator's tier override of a user, everywhere: it holds until cleared (``tier``
-        None), whatever the identity provider says; cleared, the provider's last value applies.
-        Returns the change, None for an unknown user."""
-
-        async def write(conn: Conn) -> TierChange | None:
-            return await set_tier_override(conn, user_id, tier, origin=self.node_id)
-
-        change = await self.store.transact(write)
+        """An operator's tier override of a user, everywhere (``override_tier``): it holds until
+        cleared (``tier`` None), whatever the identity provider says; cleared, the provider's
+        last value applies. Returns the change, None for an unknown user."""
+        change = await override_tier(self.store, user_id, tier, origin=self.node_id)
         if change is not None:
-            self.auth.audit(
-                "tier_override_set" if tier is not None else "tier_override_cleared",
+            log.info(
+                "auth_event",
+                kind="tier_override_set" if tier is not None else "tier_override_cleared",
                 user_id=user_id,
                 tier=change.after,
             )
@@ -1408,29 +1408,26 @@ class SessionManager:
             self.tier_rereads["ok"] += 1
             return
         self.tier_rereads["refused"] += 1
-        grants = await self.store.fetch(
-            "SELECT grant_id FROM grants WHERE user_id = $1 AND status IN ('active', 'refreshing')",
-            user_id,
-        )
-        for row in grants:
+        for grant_id in await live_grants_of(self.store, user_id):
             await self.invalidate(
-                row["grant_id"],
-                reason="reauth_required",
+                grant_id,
+                reason=GrantStatus.REAUTH_REQUIRED,
                 message="the identity provider no longer gives this account a tier this "
                 "service offers; sign in again",
             )
 
-    async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> None:
-        """Revoke every grant of a user: each of their streams closes with an error event.
+    async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> UserChange:
+        """Revoke a user everywhere (``revoke_user``): each of their streams closes with an
+        error event. UNKNOWN_USER: no such user, nothing changed.
 
         This node's streams close before the commit (revocation takes effect here without
         waiting for the database) and the user's live sessions are ended again after it, in
         case the user came back in between, while the grants were still active."""
         await self.end_user_locally(user_id)
-        await self.store.write(*revoke_user_ops(user_id, reason=reason, origin=self.node_id))
+        change = await revoke_user(self.store, user_id, reason=reason, origin=self.node_id)
         self.grants_ended()
         await self.end_user_locally(user_id)
-        log.info("auth_event", kind="revoked", user_id=user_id, reason=reason)
+        return change
 
     async def reinstate_user(self, user_id: str, *, reason: str) -> UserChange:
         """Lift a user's revocation (actors/_revocation.py): they may sign in again."""
@@ -1446,7 +1443,7 @@ class SessionManager:
         """The user was revoked: close this node's streams of theirs and forget their tokens."""
         for session in self.live():
             if session.context.user_id == user_id:
-                await session.end_locally("revoked", "access was revoked")
+                await session.end_locally(GrantStatus.REVOKED, "access was revoked")
         self.forget_user(user_id)
 
     # -- upstream refresh, single flight across nodes ------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "StoreUnavailable",
     "WriteQueue",
     "WriteRejected",
+    "run_ops",
     "store_child_spec",
 ]
 
@@ -57,6 +58,13 @@ class Conn(Protocol):
     async def executemany(
         self, command: str, args: Any, *, timeout: float | None = None
     ) -> None: ...
+
+
+async def run_ops(conn: Conn, ops: Iterable[Op]) -> None:
+    """Run ``ops`` in order on ``conn`` (inside a ``transact`` function): the ops a write would
+    commit, committed with what the function does."""
+    for op in ops:
+        await conn.execute(op.sql, *op.args)
 
 
 CONNECT_LOG_EVERY = 60.0  # seconds between two store_connect_failed lines of one outage

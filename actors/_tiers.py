@@ -15,8 +15,9 @@ from typing import Any
 
 import attrs
 
-from actors._events import cluster_event_ops
-from actors._store import Conn
+from actors._audit import audit_op
+from actors._events import ClusterEvent, cluster_event_ops
+from actors._store import Conn, Store, run_ops
 
 __all__ = [
     "REFUSE",
@@ -24,6 +25,7 @@ __all__ = [
     "TierMapping",
     "TierResolution",
     "apply_idp_tier",
+    "override_tier",
     "set_tier_override",
 ]
 
@@ -164,10 +166,12 @@ class TierChange:
 
 
 async def _publish(conn: Conn, user_id: str, tier: str, origin: str) -> None:
-    for op in cluster_event_ops(
-        "tier_changed", origin=origin, user_id=user_id, payload={"tier": tier}
-    ):
-        await conn.execute(op.sql, *op.args)
+    await run_ops(
+        conn,
+        cluster_event_ops(
+            ClusterEvent.TIER_CHANGED, origin=origin, user_id=user_id, payload={"tier": tier}
+        ),
+    )
 
 
 async def apply_idp_tier(conn: Conn, user_id: str, tier: str, *, origin: str) -> TierChange | None:
@@ -214,3 +218,26 @@ async def set_tier_override(
     if after != row["tier"]:
         await _publish(conn, user_id, after, origin)
     return TierChange(row["tier"], after)
+
+
+async def override_tier(
+    store: Store, user_id: str, tier: str | None, *, origin: str
+) -> TierChange | None:
+    """An operator's tier override (``set_tier_override``), audited in the same transaction as
+    ``tier_override_set`` or, ``tier`` None, ``tier_override_cleared`` (detail: the tier the
+    user has now). The one implementation behind the admin API and ``steward users set-tier``.
+    None: no such user.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached; nothing changed.
+    """
+
+    async def write(conn: Conn) -> TierChange | None:
+        change = await set_tier_override(conn, user_id, tier, origin=origin)
+        if change is not None:
+            kind = "tier_override_set" if tier is not None else "tier_override_cleared"
+            audit = audit_op(kind, node_id=origin, user_id=user_id, detail={"tier": change.after})
+            await run_ops(conn, [audit])
+        return change
+
+    return await store.transact(write)

@@ -29,7 +29,7 @@ from runtime._exit import Exit, ExitKind, classify_exit
 from runtime._faults import FaultPoints, fault_point, faults
 from runtime._mailbox import ActorHandle, Mailbox, MailboxStatistics, Reply, open_mailbox
 from runtime._registry import Registration, Registry, live_registries
-from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, Restart, Strategy
+from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, ChildState, Restart, Strategy
 from runtime._supervisor import (
     ChildInfo,
     DynamicSupervisor,
@@ -49,6 +49,7 @@ __all__ = [
     "ChildRestarted",
     "ChildSpec",
     "ChildStarted",
+    "ChildState",
     "DuplicateKey",
     "DynamicSupervisor",
     "EventSubscription",

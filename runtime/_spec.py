@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-__all__ = ["UNAVAILABLE_BACKOFF", "Backoff", "ChildSpec", "Restart", "Strategy"]
+__all__ = ["UNAVAILABLE_BACKOFF", "Backoff", "ChildSpec", "ChildState", "Restart", "Strategy"]
 
 
 class Restart(enum.Enum):
@@ -17,6 +17,16 @@ class Restart(enum.Enum):
     PERMANENT = "permanent"  # after any exit
     TRANSIENT = "transient"  # only after an error exit
     TEMPORARY = "temporary"  # never, even when a sibling's failure stopped it
+
+
+class ChildState(enum.StrEnum):
+    """Where a supervised child is in its life (its value is what trees and logs show)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"  # exited; the supervisor starts it again after its backoff
+    STOPPED = "stopped"
 
 
 class Strategy(enum.Enum):

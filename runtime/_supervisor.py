@@ -27,13 +27,13 @@ from runtime._errors import (
 from runtime._events import ChildExited, ChildRestarted, ChildStarted, IntensityExceeded, publish
 from runtime._exit import Exit, ExitKind, classify_exit
 from runtime._mailbox import ActorHandle
-from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, Restart, Strategy
+from runtime._spec import UNAVAILABLE_BACKOFF, Backoff, ChildSpec, ChildState, Restart, Strategy
 
 __all__ = ["ChildInfo", "DynamicSupervisor", "Supervisor", "SupervisorHandle", "TreeNode", "tree"]
 
 log = structlog.get_logger("runtime")
 
-_RUNNING = ("starting", "running")
+_RUNNING = (ChildState.STARTING, ChildState.RUNNING)
 
 
 @attrs.frozen
@@ -41,7 +41,7 @@ class ChildInfo:
     """A snapshot of one child of a supervisor."""
 
     id: str
-    state: str  # starting | running | stopping | restarting | stopped
+    state: ChildState
     restarts: int
     face: object = attrs.field(eq=False, repr=False)
     last_exit: Exit | None = None
@@ -53,7 +53,7 @@ class TreeNode:
 
     id: str
     kind: str  # supervisor | dynamic_supervisor | worker
-    state: str
+    state: ChildState
     restarts: int
     children: tuple[TreeNode, ...] = ()
 
@@ -61,7 +61,7 @@ class TreeNode:
         return {
             "id": self.id,
             "kind": self.kind,
-            "state": self.state,
+            "state": self.state.value,
             "restarts": self.restarts,
             "children": [c.to_dict() for c in self.children],
         }
@@ -78,7 +78,7 @@ def _ended(child: _Child, incarnation: int) -> None:
 @attrs.define(eq=False)
 class _Child:
     spec: ChildSpec
-    state: str = "stopped"
+    state: ChildState = ChildState.STOPPED
     face: object = None
     scope: trio.CancelScope | None = None
     # made only when a stop waits for the running incarnation (an Event per live child is
@@ -165,7 +165,7 @@ class SupervisorHandle:
         return self._exit
 
     def tree(self) -> TreeNode:
-        return self._sup._tree_node("running", 0)
+        return self._sup._tree_node(ChildState.RUNNING, 0)
 
 
 class Supervisor:
@@ -303,9 +303,12 @@ class Supervisor:
         self._wake.set()
 
     async def _on_exit(self, child: _Child, incarnation: int, exit: Exit) -> None:
-        if incarnation != child.incarnation or child.state in ("stopping", "stopped"):
+        if incarnation != child.incarnation or child.state in (
+            ChildState.STOPPING,
+            ChildState.STOPPED,
+        ):
             return
-        child.state = "stopped"
+        child.state = ChildState.STOPPED
         child.last_exit = exit
         now = trio.current_time()
         publish(ChildExited(self.name, child.spec.id, exit, now))
@@ -356,7 +359,7 @@ class Supervisor:
             delay = backoff.delay(child.backoff_attempt, self._rng)
             child.backoff_attempt += 1
         for c in group:
-            c.state = "restarting"
+            c.state = ChildState.RESTARTING
         child.restarts += 1
         publish(ChildRestarted(self.name, child.spec.id, child.restarts, delay, now))
         log.info("child_restarted", supervisor=self.name, child=child.spec.id, delay=delay)
@@ -367,10 +370,12 @@ class Supervisor:
         if self.dynamic or self.strategy is Strategy.ONE_FOR_ONE:
             return [child]
         if self.strategy is Strategy.ONE_FOR_ALL:
-            return [c for c in self._children.values() if c is child or c.state != "stopped"]
+            return [
+                c for c in self._children.values() if c is child or c.state != ChildState.STOPPED
+            ]
         ordered = list(self._children.values())
         index = ordered.index(child)
-        return [c for c in ordered[index:] if c is child or c.state != "stopped"]
+        return [c for c in ordered[index:] if c is child or c.state != ChildState.STOPPED]
 
     async def _restart_later(self, group: list[_Child], delay: float) -> None:
         pending = trio.CancelScope()
@@ -379,7 +384,7 @@ class Supervisor:
             await trio.sleep(delay)
             async with self._lock:
                 for c in group:
-                    if c.state != "restarting":
+                    if c.state != ChildState.RESTARTING:
                         continue
                     try:
                         await self._start(c)
@@ -388,13 +393,13 @@ class Supervisor:
                             raise
                         # a failed restart is a failure of that child: the strategy applies again
                         # (a start that found its dependency away stays UNAVAILABLE)
-                        c.state = "running"
+                        c.state = ChildState.RUNNING
                         self._post(
                             c, c.incarnation, classify_exit(exc) or Exit(ExitKind.ERROR, None, exc)
                         )
                         for rest in group:
-                            if rest.state == "restarting" and rest is not c:
-                                rest.state = "stopped"
+                            if rest.state == ChildState.RESTARTING and rest is not c:
+                                rest.state = ChildState.STOPPED
                         break
         self._pending_restarts.discard(pending)
 
@@ -407,7 +412,7 @@ class Supervisor:
             msg = f"supervisor {self.name!r} is stopping: child {child.spec.id!r} not started"
             raise SupervisionError(msg)
         child.incarnation += 1
-        child.state = "starting"
+        child.state = ChildState.STARTING
         # Shielded so that an enclosing cancellation reaches children only through their
         # supervisor, which stops them one by one in reverse start order, each bounded by its
         # shutdown grace (a stop cancels this scope itself, which the shield does not block).
@@ -424,9 +429,9 @@ class Supervisor:
         try:
             face = await self._nursery.start(self._incarnation, child, child.incarnation)
         except BaseException:
-            child.state = "stopped"
+            child.state = ChildState.STOPPED
             raise
-        child.state = "running"
+        child.state = ChildState.RUNNING
         child.started_at = trio.current_time()
         publish(ChildStarted(self.name, child.spec.id, child.started_at))
         log.debug("child_started", supervisor=self.name, child=child.spec.id)
@@ -481,9 +486,9 @@ class Supervisor:
 
     async def _stop_child(self, child: _Child, reason: str) -> None:
         if child.scope is None:
-            child.state = "stopped"
+            child.state = ChildState.STOPPED
             return
-        child.state = "stopping"
+        child.state = ChildState.STOPPING
         child.stop_reason = reason
         child.scope.cancel(reason=reason)
         with trio.move_on_after(child.spec.shutdown_grace, shield=True) as grace:
@@ -498,7 +503,7 @@ class Supervisor:
                 child=child.spec.id,
                 grace=child.spec.shutdown_grace,
             )
-        child.state = "stopped"
+        child.state = ChildState.STOPPED
         # how it really ended (an error while stopping stays an error), or the stop's reason
         exit = child.final or Exit(ExitKind.SHUTDOWN, reason)
         child.last_exit = exit
@@ -506,7 +511,7 @@ class Supervisor:
 
     async def _stop_all(self, reason: str) -> None:
         for child in reversed(list(self._children.values())):
-            if child.state in (*_RUNNING, "stopping"):
+            if child.state in (*_RUNNING, ChildState.STOPPING):
                 await self._stop_child(child, reason)
 
     async def _terminate(self, id: str, reason: str) -> None:
@@ -532,7 +537,7 @@ class Supervisor:
         if self._find(spec.id) is not None:
             msg = f"supervisor {self.name!r} already has a child {spec.id!r}"
             raise SupervisionError(msg)
-        child = _Child(spec, state="starting")
+        child = _Child(spec, state=ChildState.STARTING)
         self._children[spec.id] = child
         try:
             if self.dynamic:
@@ -551,7 +556,7 @@ class Supervisor:
         if self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
 
-    def _tree_node(self, state: str, restarts: int) -> TreeNode:
+    def _tree_node(self, state: ChildState, restarts: int) -> TreeNode:
         nodes = []
         for child in self._children.values():
             handle = _supervisor_of(child.face)
@@ -599,7 +604,7 @@ class DynamicSupervisor(Supervisor):
     async def _stop_all(self, reason: str) -> None:
         async with trio.open_nursery() as nursery:
             for child in list(self._children.values()):
-                if child.state in (*_RUNNING, "stopping"):
+                if child.state in (*_RUNNING, ChildState.STOPPING):
                     nursery.start_soon(self._stop_child, child, reason)
 
 
@@ -636,4 +641,4 @@ def tree() -> list[TreeNode]:
         for child in sup._children.values()
         if (handle := _supervisor_of(child.face)) is not None
     }
-    return [sup._tree_node("running", 0) for sup in _live if id(sup) not in nested]
+    return [sup._tree_node(ChildState.RUNNING, 0) for sup in _live if id(sup) not in nested]

@@ -37,7 +37,18 @@ from urllib.parse import urlsplit
 import attrs
 import structlog
 
-from actors import SessionManager, Store, StoreUnavailable, UserChange
+from actors import (
+    OPERATOR_ENDED,
+    OPERATOR_REINSTATED,
+    OPERATOR_REVOKED,
+    GrantStatus,
+    SessionManager,
+    Store,
+    StoreUnavailable,
+    UserChange,
+    list_grants,
+    recent_auth_events,
+)
 from runtime import TreeNode
 from server._http import (
     BodyTooLarge,
@@ -62,6 +73,7 @@ PREFIX = "/admin/api/"
 VIEW = "/admin"
 COOKIE = "steward_admin"
 COOKIE_TTL = 8 * 3600  # seconds an admin sign-in lasts
+SESSIONS_SHOWN = 200  # rows of /admin/api/sessions
 TREE_CHILDREN = 200  # children shown per supervisor in /admin/api/tree (the rest are counted)
 STATIC_DIR = Path(__file__).parent / "admin_static"
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
@@ -300,32 +312,23 @@ class AdminApi:
             }
         if method == "GET" and route == "sessions":
             live = {s.grant_id: len(s.connections()) for s in self.sessions.live()}
-            rows = await self.store.fetch(
-                "SELECT g.grant_id, g.user_id, g.client_id, u.tier, u.tier_override, g.scopes, g.status, g.created_at, g.last_seen_at, "
-                "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS open_streams, "
-                "u.revoked_at IS NOT NULL AS user_revoked "
-                "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
-                q.get("user", ""),
-            )
+            rows = await list_grants(self.store, user=q.get("user", ""), limit=SESSIONS_SHOWN)
             return 200, {
                 "sessions": [_jsonable({**r, "live_here": r["grant_id"] in live}) for r in rows]
             }
         if method == "GET" and route == "events":
             limit = max(1, min(500, int(q.get("limit", "50"))))
-            rows = await self.store.fetch(
-                "SELECT occurred_at, kind, user_id, client_id, grant_id, node_id, detail FROM auth_events ORDER BY occurred_at DESC LIMIT $1",
-                limit,
-            )
+            rows = await recent_auth_events(self.store, limit)
             return 200, {"events": [_jsonable(r) for r in rows]}
         if method == "POST" and route == "users/revoke":
             await self.sessions.revoke_user(
-                str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))
+                str(body["user_id"]), reason=str(body.get("reason", OPERATOR_REVOKED))
             )
             return 200, {"revoked": body["user_id"]}
         if method == "POST" and route == "users/reinstate":
             user_id = str(body["user_id"])
             reinstated = await self.sessions.reinstate_user(
-                user_id, reason=str(body.get("reason", "reinstated by an operator"))
+                user_id, reason=str(body.get("reason", OPERATOR_REINSTATED))
             )
             if reinstated is UserChange.UNKNOWN_USER:
                 return 404, {"error": "not_found", "error_description": f"no user {user_id!r}"}
@@ -347,8 +350,8 @@ class AdminApi:
         if method == "POST" and route == "sessions/end":
             await self.sessions.invalidate(
                 uuid.UUID(str(body["grant_id"])),
-                reason="ended",
-                message="an operator ended this session",
+                reason=GrantStatus.ENDED,
+                message=OPERATOR_ENDED,
             )
             return 200, {"ended": body["grant_id"]}
         return 404, {

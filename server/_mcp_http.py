@@ -27,10 +27,11 @@ import trio
 
 from actors import (
     AuthenticationRequiredError,
+    CloseReason,
     Connection,
-    Op,
     QuotaExceeded,
     RateLimited,
+    RelayAddress,
     SessionLimitReached,
     SessionManager,
     SessionRestarting,
@@ -42,6 +43,13 @@ from actors import (
     UsageMeter,
     UserContext,
     UserSession,
+    forget_subscriptions_op,
+    log_level_op,
+    store_stream_event_op,
+    stream_events_after,
+    subscribe_op,
+    subscribe_session_op,
+    unsubscribe_op,
 )
 from runtime import MaxChildrenError
 from server._dispatch import (
@@ -367,7 +375,7 @@ class Exchange:
         if self.buffer and not self.attached.is_set():
             await self.attached.wait()
         if self.conn is not None:
-            await self.conn.close("reconnect")
+            await self.conn.close(CloseReason.RECONNECT)
         else:
             self.close_requested = True
 
@@ -577,17 +585,12 @@ class McpHttp:
         so a node that resumed the stream is woken to read it (server/_relay.py)."""
         self.events_stored += 1
         wake = (
-            [self.relay.wake_op(f"stream:{session_id}:{stream_id}")]
+            [self.relay.wake_op(RelayAddress.stream(session_id, stream_id))]
             if elsewhere and self.relay is not None
             else []
         )
         self.store.write_nowait(
-            Op(
-                "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                (session_id, stream_id, seq, user_id, message),
-            ),
-            *wake,
+            store_stream_event_op(session_id, stream_id, seq, user_id, message), *wake
         )
 
     def emit(self, conn: Connection, message: dict[str, Any], *, final: bool = False) -> None:
@@ -648,19 +651,13 @@ class McpHttp:
         """(Un)subscribe: here, and in a row that an update published on another node finds."""
         if session_id is None:
             return
-        target = f"session:{session_id}"
+        target = RelayAddress.session(session_id)
         if on:
             self.subscriptions.setdefault(uri, set()).add(session_id)
-            op = Op(
-                "INSERT INTO resource_subscriptions (uri, target, user_id) SELECT $1, $2, user_id "
-                "FROM transport_sessions WHERE session_id = $3 ON CONFLICT DO NOTHING",
-                (uri, target, session_id),
-            )
+            op = subscribe_session_op(uri, session_id)
         else:
             self._unsubscribe_here(session_id, uri)
-            op = Op(
-                "DELETE FROM resource_subscriptions WHERE uri = $1 AND target = $2", (uri, target)
-            )
+            op = unsubscribe_op(uri, target)
         # a node holding the session's stream re-reads its subscriptions (server/_relay.py)
         wake = [] if self.relay is None else [self.relay.wake_op(target)]
         try:
@@ -693,12 +690,7 @@ class McpHttp:
         if session_id is None:
             return
         self._remember(self.log_levels, session_id, level)
-        self.store.write_nowait(
-            Op(
-                "UPDATE transport_sessions SET log_level = $2 WHERE session_id = $1",
-                (session_id, level),
-            )
-        )
+        self.store.write_nowait(log_level_op(session_id, level))
 
     def _session_stream(self, session_id: str) -> Connection | None:
         conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
@@ -736,16 +728,16 @@ class McpHttp:
         subscriber, MCP-R6): at once to the streams on this node (their count is returned), and
         through the outbox to every other subscriber, wherever its stream is or next opens."""
         message = notification("notifications/resources/updated", {"uri": uri})
-        done: list[str] = []
+        done: list[RelayAddress] = []
         for session_id in self.subscriptions.get(uri, ()):
             conn = self._session_stream(session_id)
             if conn is not None:
                 self.emit(conn, message)
-                done.append(f"session:{session_id}")
+                done.append(RelayAddress.session(session_id))
         for conn, wanted in self.listeners.items():
             if uri in (wanted.get("resourceSubscriptions") or ()):
                 self.emit(conn, _tagged(message, wanted["_id"]))
-                done.append(f"listen:{conn.id}")
+                done.append(RelayAddress.listen(conn.id))
         if self.relay is not None:
             self.relay.publish_to_subscribers(uri, message, exclude=done)
         return len(done)
@@ -1257,7 +1249,7 @@ class McpHttp:
             self.live_streams[(exchange.session_id or "", exchange.stream_id)] = exchange
         exchange.attach(conn)
         if exchange.close_requested:
-            await conn.close("reconnect")
+            await conn.close(CloseReason.RECONNECT)
 
         def gone() -> None:
             if cancel_on_disconnect:  # MCP-R15; in the 2025 era a disconnect is no cancel (R4)
@@ -1302,13 +1294,13 @@ class McpHttp:
                         # before a checkpoint: the close ends the pump
                         if on_disconnect is not None:
                             on_disconnect()
-                        await conn.close("client_disconnected")
+                        await conn.close(CloseReason.CLIENT_DISCONNECTED)
                         return
                     continue
                 body = encode_event(event)
                 if event.final:
                     # with the end of the body, at once, before anything is torn down
-                    conn.finish("complete")  # keeps the reason of a close that came first
+                    conn.finish(CloseReason.COMPLETE)  # keeps the reason of a close that came first
                     await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -1351,7 +1343,7 @@ class McpHttp:
         """``conn`` becomes the session's GET stream (the pump forgets it as it ends)."""
         self.get_streams[session_id] = conn
         if self.relay is not None:  # what waited in the outbox for this session's stream
-            self.relay.wake(f"session:{session_id}")
+            self.relay.wake(RelayAddress.session(session_id))
 
     async def _resume(
         self,
@@ -1374,21 +1366,14 @@ class McpHttp:
             old = exchange.conn
             exchange.resume(conn, after)
             if old is not None and old is not conn:
-                await old.close("resumed")
+                await old.close(CloseReason.RESUMED)
             await self.pump(conn, send, receive, priming_id=None)
             return
         try:
             await self.store.write()  # what this node queued is committed before reading it back
-            rows = await self.store.fetch(
-                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 "
-                "AND seq > $3 ORDER BY seq LIMIT 10000",
-                ts.session_id,
-                stream_id,
-                after,
-            )
+            replay = await stream_events_after(self.store, ts.session_id, stream_id, after)
         except StoreUnavailable:
             raise _unavailable() from None
-        replay = [(int(r["seq"]), r["payload"]) for r in rows]
         ends = any(_is_response(payload) for _, payload in replay)
         if not ends and stream_id.startswith(REQUEST_STREAM) and self.relay is not None:
             # the request still runs on another node (or ended without its response there):
@@ -1429,9 +1414,7 @@ class McpHttp:
             raise rpc_reply(404, None, INVALID_REQUEST, "Session not found")
         for uri in list(self.subscriptions):
             self._unsubscribe_here(session_id, uri)
-        self.store.write_nowait(
-            Op("DELETE FROM resource_subscriptions WHERE target = $1", (f"session:{session_id}",))
-        )
+        self.store.write_nowait(forget_subscriptions_op(RelayAddress.session(session_id)))
         self.log_levels.pop(session_id, None)
         await send_response(send, 204, b"", b"application/json")
 
@@ -1588,20 +1571,16 @@ class McpHttp:
         conn = await self.open_stream(
             session, "listen", None, token_expires_at=principal.expires_at
         )
-        target = f"listen:{conn.id}"
+        target = RelayAddress.listen(conn.id)
         if honoured.get("resourceSubscriptions"):
             # committed before the acknowledgement: from then on, an update published on any
             # node finds this stream
             try:
                 await self.store.write(
-                    Op(
-                        "INSERT INTO resource_subscriptions (uri, target, user_id) "
-                        "SELECT unnest($1::text[]), $2, $3 ON CONFLICT DO NOTHING",
-                        (honoured["resourceSubscriptions"], target, principal.user_id),
-                    )
+                    subscribe_op(honoured["resourceSubscriptions"], target, principal.user_id)
                 )
             except StoreUnavailable:
-                await conn.close("database_unreachable")
+                await conn.close(CloseReason.DATABASE_UNREACHABLE)
                 raise _unavailable() from None
         self.listeners[conn] = {**honoured, "_id": message["id"]}
         ack = {"notifications": honoured, "_meta": {META_SUBSCRIPTION: message["id"]}}
@@ -1611,9 +1590,7 @@ class McpHttp:
         finally:
             self.listeners.pop(conn, None)
             if honoured.get("resourceSubscriptions"):
-                self.store.write_nowait(
-                    Op("DELETE FROM resource_subscriptions WHERE target = $1", (target,))
-                )
+                self.store.write_nowait(forget_subscriptions_op(target))
 
 
 def _header_value(raw: str) -> str | None:

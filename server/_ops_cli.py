@@ -18,17 +18,22 @@ from typing import Any
 import trio
 
 from actors import (
-    Conn,
+    OPERATOR_ENDED,
+    OPERATOR_REINSTATED,
+    OPERATOR_REVOKED,
+    GrantStatus,
     RotationBlocked,
     Store,
-    TierChange,
     UserChange,
-    cluster_event_ops,
-    grant_end_ops,
+    end_grants_ops,
+    grant_detail,
+    grant_user,
+    list_grants,
+    live_grants_of,
+    override_tier,
     reinstate_user,
-    revoke_user_ops,
+    revoke_user,
     rotate_keys,
-    set_tier_override,
     store_child_spec,
 )
 from runtime import Supervisor
@@ -123,15 +128,15 @@ async def _with_store(dsn: str, fn: Callable[[Store], Awaitable[None]]) -> None:
 
 
 async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
-    rows = await store.fetch(
-        "SELECT g.grant_id, g.user_id, g.client_id, u.tier, g.status, g.last_seen_at, "
-        "(SELECT count(*) FROM connections c WHERE c.grant_id = g.grant_id AND c.closed_at IS NULL) AS streams "
-        "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') AND ($2 = '' OR g.status = $2) "
-        "ORDER BY g.last_seen_at DESC LIMIT $3",
-        args.user,
-        args.status,
-        max(1, min(args.limit, 10_000)),
-    )
+    found = await list_grants(store, user=args.user, status=args.status, limit=args.limit)
+    rows = [
+        {
+            **{k: r[k] for k in ("grant_id", "user_id", "client_id", "tier", "status")},
+            "last_seen_at": r["last_seen_at"],
+            "streams": r["open_streams"],
+        }
+        for r in found
+    ]
 
     def human(rows: list[dict[str, Any]]) -> str:
         if not rows:
@@ -151,24 +156,10 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
 
 async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
     grant_id = _uuid(args.grant_id)
-    grant = await store.fetchrow(
-        "SELECT g.grant_id, g.user_id, g.client_id, g.status, g.status_reason, u.tier, "
-        "u.tier_override, u.idp_tier, g.scopes, g.expires_at, g.created_at, g.last_seen_at "
-        "FROM grants g JOIN users u USING (user_id) WHERE g.grant_id = $1",
-        grant_id,
-    )
-    if grant is None:
+    payload = await grant_detail(store, grant_id)
+    if payload is None:
         msg = f"no session {grant_id}"
         raise ConfigError(msg)
-    streams = await store.fetch(
-        "SELECT connection_id, node_id, kind, session_id, opened_at, closed_at, close_reason FROM connections WHERE grant_id = $1 ORDER BY opened_at DESC LIMIT 100",
-        grant_id,
-    )
-    transports = await store.fetch(
-        "SELECT session_id, protocol_version, created_at, ended_at FROM transport_sessions WHERE grant_id = $1 ORDER BY created_at DESC LIMIT 100",
-        grant_id,
-    )
-    payload = {"session": grant, "streams": streams, "transport_sessions": transports}
 
     def human(p: dict[str, Any]) -> str:
         g = p["session"]
@@ -207,47 +198,33 @@ async def _sessions_end(store: Store, args: argparse.Namespace) -> None:
         raise ConfigError(msg)
     if args.grant_id is not None:
         grant_id = _uuid(args.grant_id)
-        row = await store.fetchrow("SELECT user_id FROM grants WHERE grant_id = $1", grant_id)
-        if row is None:
+        if await grant_user(store, grant_id) is None:
             msg = f"no session {grant_id}"
             raise ConfigError(msg)
-        await _end_grants(store, [(grant_id, row["user_id"])])
+        await _end_grants(store, [grant_id])
         _out(args, {"ended": str(grant_id)}, lambda p: f"ended session {p['ended']}")
         return
-    rows = await store.fetch(
-        "SELECT grant_id, user_id FROM grants WHERE user_id = $1 AND status IN ('active', 'refreshing') ORDER BY grant_id",
-        args.user,
-    )
+    grants = await live_grants_of(store, args.user)
     progress = Progress("ending sessions", enabled=not args.json)
-    progress(0, len(rows))
-    for start in range(0, len(rows), END_BATCH):
-        chunk = rows[start : start + END_BATCH]
-        await _end_grants(store, [(r["grant_id"], r["user_id"]) for r in chunk])
-        progress(start + len(chunk), len(rows))
+    progress(0, len(grants))
+    for start in range(0, len(grants), END_BATCH):
+        chunk = grants[start : start + END_BATCH]
+        await _end_grants(store, chunk)
+        progress(start + len(chunk), len(grants))
     progress.close()
     _out(
         args,
-        {"user_id": args.user, "ended": [str(r["grant_id"]) for r in rows]},
+        {"user_id": args.user, "ended": [str(g) for g in grants]},
         lambda p: f"ended {len(p['ended'])} sessions of {p['user_id']}",
     )
 
 
-async def _end_grants(store: Store, grants: list[tuple[uuid.UUID, str]]) -> None:
-    """End these sessions in one transaction and tell every node (actors/_revocation.py: their
-    subscriptions are dropped and their upstream tokens revoked by a running node)."""
+async def _end_grants(store: Store, grants: list[uuid.UUID]) -> None:
+    """End these sessions in one transaction and tell every node, as the admin API does
+    (actors/_grants.py: audited, their subscriptions dropped, their upstream tokens revoked by a
+    running node)."""
     await store.write(
-        *grant_end_ops([g for g, _ in grants], status="ended", message="ended by an operator"),
-        *(
-            op
-            for grant_id, user_id in grants
-            for op in cluster_event_ops(
-                "revoke_grant",
-                origin=ORIGIN,
-                grant_id=grant_id,
-                user_id=user_id,
-                payload={"status": "ended", "message": "an operator ended this session"},
-            )
-        ),
+        *end_grants_ops(grants, status=GrantStatus.ENDED, message=OPERATOR_ENDED, origin=ORIGIN)
     )
 
 
@@ -258,19 +235,14 @@ def _no_user(user_id: str) -> ConfigError:
 
 
 async def _users_revoke(store: Store, args: argparse.Namespace) -> None:
-    n = await store.fetchval("SELECT count(*) FROM users WHERE user_id = $1", args.user_id)
-    if not n:
+    change = await revoke_user(store, args.user_id, reason=OPERATOR_REVOKED, origin=ORIGIN)
+    if change is UserChange.UNKNOWN_USER:
         raise _no_user(args.user_id)
-    await store.write(
-        *revoke_user_ops(args.user_id, reason="revoked by an operator", origin=ORIGIN)
-    )
     _out(args, {"revoked": args.user_id}, lambda p: f"revoked {p['revoked']}")
 
 
 async def _users_reinstate(store: Store, args: argparse.Namespace) -> None:
-    change = await reinstate_user(
-        store, args.user_id, origin=ORIGIN, reason="reinstated by an operator"
-    )
+    change = await reinstate_user(store, args.user_id, origin=ORIGIN, reason=OPERATOR_REINSTATED)
     if change is UserChange.UNKNOWN_USER:
         raise _no_user(args.user_id)
     payload = {"user_id": args.user_id, "reinstated": change is UserChange.CHANGED}
@@ -296,20 +268,7 @@ async def _users_set_tier(
         msg = f"tier must be one of {', '.join(settings.tier_names())}, got {tier!r}"
         raise ConfigError(msg)
 
-    async def write(conn: Conn) -> TierChange | None:
-        change = await set_tier_override(conn, args.user_id, tier, origin=ORIGIN)
-        if change is not None:
-            await conn.execute(
-                "INSERT INTO auth_events (event_id, kind, user_id, node_id, detail) VALUES ($1, $2, $3, $4, $5)",
-                uuid.uuid4(),
-                "tier_override_cleared" if clear else "tier_override_set",
-                args.user_id,
-                ORIGIN,
-                {"tier": change.after},
-            )
-        return change
-
-    change = await store.transact(write)
+    change = await override_tier(store, args.user_id, tier, origin=ORIGIN)
     if change is None:
         msg = f"no user {args.user_id!r} (user ids are as `steward sessions list` shows them)"
         raise ConfigError(msg)

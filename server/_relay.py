@@ -34,7 +34,31 @@ import attrs
 import structlog
 import trio
 
-from actors import Conn, Connection, Op, Principal, Store, StoreUnavailable, StreamEvent
+from actors import (
+    OUTBOX_CHANNEL,
+    AddressKind,
+    CloseReason,
+    Conn,
+    Connection,
+    Op,
+    Principal,
+    RelayAddress,
+    Store,
+    StoreUnavailable,
+    StreamEvent,
+    alive_nodes,
+    claim_outbox,
+    insert_outbox_op,
+    legacy_stream_node,
+    outbox_wake_op,
+    post_outbox,
+    post_reply,
+    publish_to_subscribers_ops,
+    store_stream_events,
+    stream_events_after,
+    subscriptions_of,
+    withdraw_outbox,
+)
 from runtime import Backoff, ChildSpec
 from server._http import Receive, Send, send_json
 
@@ -42,8 +66,7 @@ __all__ = ["CHANNEL", "LegacyHere", "Relay", "RelayPolicy", "StreamsHere"]
 
 log = structlog.get_logger("relay")
 
-CHANNEL = "steward_outbox"
-_NOTIFY = "SELECT pg_notify($1, $2)"
+CHANNEL = OUTBOX_CHANNEL
 
 
 @attrs.frozen
@@ -177,10 +200,12 @@ class Relay:
         self.store = store
         self.node_id = node_id
         self.policy = policy or RelayPolicy()
-        self._wakes, self._woken = trio.open_memory_channel[str | None](self.policy.wake_buffer)
+        self._wakes, self._woken = trio.open_memory_channel[RelayAddress | None](
+            self.policy.wake_buffer
+        )
         self._waiting: dict[str, trio.Event] = {}  # forward id -> wakes its waiter
         self._served: dict[str, _Forwarded] = {}  # forward id -> a request running here
-        self._followers: dict[str, tuple[Connection, trio.Lock]] = {}  # see following()
+        self._followers: dict[RelayAddress, tuple[Connection, trio.Lock]] = {}  # following()
         # node -> the scopes of forwarded requests whose answers come from it (_watch_owners)
         self._owned_by: dict[str, set[trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
@@ -218,7 +243,7 @@ class Relay:
                 except StoreUnavailable:
                     log.warning("relay_claim_failed", reason="database unreachable")
 
-    def wake(self, target: str | None) -> None:
+    def wake(self, target: RelayAddress | None) -> None:
         """Claim what the outbox holds for ``target`` (None: for everything held here) soon."""
         try:
             self._wakes.send_nowait(target)
@@ -235,8 +260,11 @@ class Relay:
                 async with self.store.listen(CHANNEL) as inbox:
                     attempt = 0
                     self.wake(None)  # what was addressed here while not listening
-                    async for target in inbox:
-                        self.wake(target)
+                    async for text in inbox:
+                        try:
+                            self.wake(RelayAddress.parse(text))
+                        except ValueError as exc:  # not written by a node: nothing to claim
+                            log.warning("relay_bad_address", error=str(exc))
             except StoreUnavailable:
                 pass
             self.reconnects += 1
@@ -251,68 +279,61 @@ class Relay:
 
     # -- claiming ----------------------------------------------------------------------------------
 
-    def _streams(self, target: str | None) -> dict[str, Connection]:
+    def _streams(self, target: RelayAddress | None) -> dict[RelayAddress, Connection]:
         """The streams held here that ``target`` names (all of them for None)."""
-        found: dict[str, Connection] = {}
-        kind, _, key = (target or "").partition(":")
-        if target is None or kind == "session":
-            sessions = [key] if target else self.mcp.stream_sessions()
+        found: dict[RelayAddress, Connection] = {}
+        kind = None if target is None else target.kind
+        if kind in (None, AddressKind.SESSION):
+            sessions = [target.key] if target is not None else self.mcp.stream_sessions()
             for session_id in sessions:
                 conn = self.mcp.session_stream(session_id)
                 if conn is not None:
-                    found[f"session:{session_id}"] = conn
-        if target is None or kind == "listen":
+                    found[RelayAddress.session(session_id)] = conn
+        if kind in (None, AddressKind.LISTEN):
             for conn in self.mcp.listen_streams():
-                if target is None or str(conn.id) == key:
-                    found[f"listen:{conn.id}"] = conn
+                if target is None or str(conn.id) == target.key:
+                    found[RelayAddress.listen(conn.id)] = conn
         return found
 
-    async def _claim(self, target: str | None) -> None:
-        kind, _, key = (target or "").partition(":")
+    async def _claim(self, target: RelayAddress | None) -> None:
+        kind = None if target is None else target.kind
         streams = self._streams(target)
         if streams:
-            await self._reread_subscriptions([t for t in streams if t.startswith("session:")])
+            await self._reread_subscriptions([a for a in streams if a.kind is AddressKind.SESSION])
             await self._deliver(streams)
-        if target is None or kind == "reply":
-            if target:
-                replies = [target] if self.mcp.awaits_answer(key) else []
+        if kind in (None, AddressKind.REPLY):
+            if target is not None:
+                replies = [target] if self.mcp.awaits_answer(target.key) else []
             else:
-                replies = [f"reply:{k}" for k in self.mcp.awaited_answers()]
+                replies = [RelayAddress.reply(k) for k in self.mcp.awaited_answers()]
             if replies:
                 for row in await self._take(replies):
                     self.delivered += self.mcp.resolve(row["payload"])
-        if target is None or kind == "relay":
+        if kind in (None, AddressKind.RELAY):
             for forward, event in self._waiting.items():
-                if target is None or forward == key:
+                if target is None or forward == target.key:
                     event.set()
-        if target is None or kind == "stream":
-            for follower in [target] if target else list(self._followers):
+        if kind in (None, AddressKind.STREAM):
+            followers = [target] if target is not None else list(self._followers)
+            for follower in followers:
                 await self._follow(follower)
-        if target is None or target == f"node:{self.node_id}":
-            for row in await self._take([f"node:{self.node_id}"]):
+        here = RelayAddress.node(self.node_id)
+        if target is None or target == here:
+            for row in await self._take([here]):
                 self._start_forwarded(row["payload"])
 
-    async def _reread_subscriptions(self, targets: list[str]) -> None:
+    async def _reread_subscriptions(self, sessions: list[RelayAddress]) -> None:
         """What the sessions whose streams this node holds are subscribed to, from the rows: a
-        (un)subscribe through another node wakes this node with the session's target."""
-        if not targets:
+        (un)subscribe through another node wakes this node with the session's address."""
+        if not sessions:
             return
-        rows = await self.store.fetch(
-            "SELECT target, uri FROM resource_subscriptions WHERE target = ANY($1::text[])",
-            targets,
-        )
-        self.mcp.set_subscriptions(
-            [t[8:] for t in targets], [(r["target"][8:], r["uri"]) for r in rows]
-        )
+        found = await subscriptions_of(self.store, sessions)
+        self.mcp.set_subscriptions([a.key for a in sessions], [(a.key, uri) for a, uri in found])
 
-    async def _take(self, targets: list[str]) -> list[dict[str, Any]]:
-        rows = await self.store.fetch(
-            "DELETE FROM outbox WHERE target = ANY($1::text[]) RETURNING message_id, payload",
-            targets,
-        )
-        return sorted(rows, key=lambda r: int(r["message_id"]))
+    async def _take(self, targets: list[RelayAddress]) -> list[dict[str, Any]]:
+        return await claim_outbox(self.store, targets)
 
-    async def _deliver(self, streams: dict[str, Connection]) -> None:
+    async def _deliver(self, streams: dict[RelayAddress, Connection]) -> None:
         """Claim the rows for ``streams``, store them as events and send them, in id order: while
         the claim runs, events emitted here wait behind the claimed ones."""
         with self.mcp.hold(streams.values()) as held:
@@ -321,15 +342,10 @@ class Relay:
                 return
             claimed: list[tuple[Connection, dict[str, Any], str]] = []
 
-            async def claim(db: Any) -> None:
-                rows = await db.fetch(
-                    "DELETE FROM outbox WHERE target = ANY($1::text[]) "
-                    "RETURNING message_id, target, payload",
-                    list(mine),
-                )
+            async def claim(db: Conn) -> None:
                 events = []
-                for row in sorted(rows, key=lambda r: int(r["message_id"])):
-                    conn = mine[row["target"]]
+                for row in await claim_outbox(db, list(mine)):
+                    conn = mine[RelayAddress.parse(row["target"])]
                     message = self.mcp.for_stream(conn, row["payload"])
                     event_id = conn.next_event_id()
                     claimed.append((conn, message, event_id))
@@ -338,11 +354,7 @@ class Relay:
                         user_id = conn.session.context.user_id
                         events.append((conn.session_id, stream, int(seq), user_id, message))
                 if events:  # stored with the claim: a client that missed them resumes them
-                    await db.executemany(
-                        "INSERT INTO stream_events (session_id, stream_id, seq, user_id, payload) "
-                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        events,
-                    )
+                    await store_stream_events(db, events)
 
             await self.store.transact(claim)
             for conn, message, event_id in claimed:
@@ -352,53 +364,31 @@ class Relay:
     # -- publishing --------------------------------------------------------------------------------
 
     def publish_to_subscribers(
-        self, uri: str, message: dict[str, Any], *, exclude: list[str]
+        self, uri: str, message: dict[str, Any], *, exclude: list[RelayAddress]
     ) -> None:
         """An outbox row for every subscriber of ``uri`` but ``exclude`` (served here already)."""
-        match = "FROM resource_subscriptions WHERE uri = $1 AND NOT (target = ANY($2::text[]))"
-        self.store.write_nowait(
-            Op(
-                f"INSERT INTO outbox (target, user_id, payload) SELECT target, user_id, $3 {match}",
-                (uri, exclude, message),
-            ),
-            Op(f"SELECT pg_notify($3, target) {match}", (uri, exclude, CHANNEL)),
-        )
+        self.store.write_nowait(*publish_to_subscribers_ops(uri, message, exclude=exclude))
 
     async def forward_reply(self, message: dict[str, Any], user_id: str) -> bool:
         """A client's answer to a server request sent by another node: for that node to claim.
         False, and nothing stored, when the user already has ``max_replies`` answers unclaimed
         (answers to requests that no node awaits are claimed by none)."""
-        target = f"reply:{message.get('id')}"
+        target = RelayAddress.reply(message.get("id"))
 
         async def store(conn: Conn) -> bool:
-            status = await conn.execute(
-                "INSERT INTO outbox (target, user_id, payload) SELECT $1, $2, $3 WHERE "
-                "(SELECT count(*) FROM outbox WHERE user_id = $2 AND target LIKE 'reply:%') < $4",
-                target,
-                user_id,
-                message,
-                self.policy.max_replies,
-            )
-            if status != "INSERT 0 1":
-                return False
-            await conn.execute(_NOTIFY, CHANNEL, target)
-            return True
+            return await post_reply(conn, target, user_id, message, limit=self.policy.max_replies)
 
         return await self.store.transact(store)
 
-    def _addressed(self, target: str, user_id: str | None, payload: dict[str, Any]) -> list[Op]:
-        return [
-            Op(
-                "INSERT INTO outbox (target, user_id, payload) VALUES ($1, $2, $3)",
-                (target, user_id, payload),
-            ),
-            self.wake_op(target),
-        ]
+    def _addressed(
+        self, target: RelayAddress, user_id: str | None, payload: dict[str, Any]
+    ) -> list[Op]:
+        return [insert_outbox_op(target, user_id, payload), self.wake_op(target)]
 
     @staticmethod
-    def wake_op(target: str) -> Op:
+    def wake_op(target: RelayAddress) -> Op:
         """The op that wakes the node holding ``target`` when it commits."""
-        return Op(_NOTIFY, (CHANNEL, target))
+        return outbox_wake_op(target)
 
     # -- following a request's stream that another node writes ------------------------------------
 
@@ -406,9 +396,10 @@ class Relay:
     async def following(self, conn: Connection) -> AsyncIterator[None]:
         """While the block runs, ``conn`` receives the events another node stores for its stream
         after ``conn``'s last sequence number, in order, once each; the response ends it."""
-        key = f"stream:{conn.session_id}:{conn.stream_id}"
+        assert conn.session_id is not None  # a resumable stream belongs to a transport session
+        key = RelayAddress.stream(conn.session_id, conn.stream_id)
         if key in self._followers:  # resumed again here: the newer connection follows
-            await self._followers[key][0].close("resumed")
+            await self._followers[key][0].close(CloseReason.RESUMED)
         self._followers[key] = (conn, trio.Lock())
         try:
             await self._follow(key)  # what was stored before the block began
@@ -417,22 +408,16 @@ class Relay:
             if self._followers.get(key, (None,))[0] is conn:
                 del self._followers[key]
 
-    async def _follow(self, key: str) -> None:
+    async def _follow(self, key: RelayAddress) -> None:
         follower = self._followers.get(key)
         if follower is None:
             return
         conn, lock = follower
         async with lock:
-            rows = await self.store.fetch(
-                "SELECT seq, payload FROM stream_events WHERE session_id = $1 AND stream_id = $2 "
-                "AND seq > $3 ORDER BY seq LIMIT 10000",
-                conn.session_id,
-                conn.stream_id,
-                conn._seq,
-            )
-            for row in rows:
-                conn._seq = int(row["seq"])
-                payload = row["payload"]
+            session_id, stream_id = key.stream_parts
+            rows = await stream_events_after(self.store, session_id, stream_id, conn._seq)
+            for seq, payload in rows:
+                conn._seq = seq
                 final = "method" not in payload and "id" in payload  # the request's response
                 event_id = f"{conn.stream_id}:{conn._seq}"
                 conn.send_nowait(self.mcp.stream_event(conn, payload, event_id, final=final))
@@ -444,11 +429,7 @@ class Relay:
         self, session_id: str, principal: Principal, request: dict[str, Any], send: Send
     ) -> bool:
         """Forward a legacy POST to the node holding its session's stream; False if none does."""
-        owner = await self.store.fetchval(
-            "SELECT node_id FROM connections WHERE session_id = $1 AND kind = 'legacy_sse' "
-            "AND closed_at IS NULL ORDER BY opened_at DESC LIMIT 1",
-            session_id,
-        )
+        owner = await legacy_stream_node(self.store, session_id)
         if owner is None or owner == self.node_id:
             return False
         request = {**request, "principal": _principal_doc(principal)}
@@ -469,38 +450,23 @@ class Relay:
         altered requestState names one); the caller answers. A disconnect seen on ``receive`` is
         passed on (for a 2026 request, the cancellation).
         """
-        alive = await self.store.fetchval(
-            "SELECT 1 FROM nodes WHERE node_id = $1 AND status = 'alive'", node
-        )
-        if alive is None:
+        if not await alive_nodes(self.store, [node]):
             return False
         forward = uuid.uuid4().hex
         woken = self._waiting[forward] = trio.Event()
         try:
             request = {**request, "forward": forward, "from": self.node_id}
 
-            async def post(db: Any) -> int:
-                message_id: int = await db.fetchval(
-                    "INSERT INTO outbox (target, user_id, payload) VALUES ($1, $2, $3) "
-                    "RETURNING message_id",
-                    f"node:{node}",
-                    user_id,
-                    request,
-                )
-                await db.execute(_NOTIFY, CHANNEL, f"node:{node}")
-                return message_id
+            async def post(db: Conn) -> int:
+                return await post_outbox(db, RelayAddress.node(node), user_id, request)
 
             message_id = await self.store.transact(post)
             self.forwarded += 1
             with trio.move_on_after(self.policy.forward_timeout):
                 await woken.wait()
-            if not woken.is_set():
-                withdrawn = await self.store.fetchval(
-                    "DELETE FROM outbox WHERE message_id = $1 RETURNING message_id", message_id
-                )
-                if withdrawn is not None:
-                    log.warning("forward_not_taken", node=node, kind=request.get("kind"))
-                    return False
+            if not woken.is_set() and await withdraw_outbox(self.store, message_id):
+                log.warning("forward_not_taken", node=node, kind=request.get("kind"))
+                return False
             started = False
 
             async def relayed(message: MutableMapping[str, Any]) -> None:
@@ -544,13 +510,9 @@ class Relay:
                 continue
             nodes = list(self._owned_by)
             try:
-                rows = await self.store.fetch(
-                    "SELECT node_id FROM nodes WHERE node_id = ANY($1::text[]) AND status = 'alive'",
-                    nodes,
-                )
+                alive = await alive_nodes(self.store, nodes)
             except StoreUnavailable:
                 continue
-            alive = {row["node_id"] for row in rows}
             for node in nodes:
                 if node in alive:
                     continue
@@ -565,7 +527,7 @@ class Relay:
         """Pass the forwarded request's ASGI messages to ``send`` until its last body part."""
         while True:
             self._waiting[forward] = woken = trio.Event()
-            for row in await self._take([f"relay:{forward}"]):
+            for row in await self._take([RelayAddress.relay(forward)]):
                 message = _asgi_message(row["payload"])
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body"):
@@ -580,7 +542,7 @@ class Relay:
         cancel = {"kind": "cancel", "forward": forward}
         # bounded: a write whose caller stops waiting still commits (Store.write)
         with trio.move_on_after(self.policy.forward_timeout, shield=True):
-            await self.store.write(*self._addressed(f"node:{node}", user_id, cancel))
+            await self.store.write(*self._addressed(RelayAddress.node(node), user_id, cancel))
 
     # -- forwarding: the owning node's side --------------------------------------------------------
 
@@ -603,7 +565,9 @@ class Relay:
                 sent["start"] = True
             elif not message.get("more_body"):
                 sent["end"] = True
-            await self.store.write(*self._addressed(f"relay:{forward}", None, _asgi_doc(message)))
+            await self.store.write(
+                *self._addressed(RelayAddress.relay(forward), None, _asgi_doc(message))
+            )
 
         served = self._served[forward] = _Forwarded()
         try:

@@ -175,7 +175,11 @@ async def test_the_subscriptions_of_an_ended_grant_are_dropped(fresh_db: str) ->
         assert (rows("outbox", alice), rows("outbox", bob)) == (1, 1)
 
         revoked = await http.post(
-            f"{a.info.listen_url}/revoke", data={"token": clients["alice"][1]["refresh_token"]}
+            f"{a.info.listen_url}/revoke",
+            data={
+                "token": clients["alice"][1]["refresh_token"],
+                "client_id": clients["alice"][1]["client_id"],
+            },
         )
         assert revoked.status_code == 200
         assert rows("resource_subscriptions", alice) == 0

@@ -86,6 +86,9 @@ async def test_writes_queued_during_an_outage_commit_after_recovery_and_reads_fa
                             await trio.sleep(0.05)
                 with trio.fail_after(5), pytest.raises(StoreUnavailable):
                     await store.transact(lambda conn: conn.fetchval("SELECT 1"))
+                with trio.fail_after(5):  # the connection check that the failure started
+                    while store.statistics().connected:
+                        await trio.sleep(0.02)
                 stats = store.statistics()
                 assert stats.queue_depth >= 1 and not stats.connected
                 assert stats.outage_since is not None

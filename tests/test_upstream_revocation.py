@@ -141,7 +141,8 @@ async def test_every_way_a_grant_ends_revokes_its_upstream_tokens_and_deletes_th
         ).is_success
         # bob: the client revokes its refresh token (RFC 7009 at Steward)
         r = await http.post(
-            f"{node.info.listen_url}/revoke", data={"token": tokens["bob"]["refresh_token"]}
+            f"{node.info.listen_url}/revoke",
+            data={"token": tokens["bob"]["refresh_token"], "client_id": tokens["bob"]["client_id"]},
         )
         assert r.status_code == 200
         # carol: an operator revokes her (admin API)

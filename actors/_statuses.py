@@ -1,0 +1,65 @@
+"""The statuses and outcomes that rows and actors speak of, as enums.
+
+Each is a ``StrEnum`` whose values are the text the database stores (``grants.status``,
+``connections.close_reason``) or the text logs and audit details carry: a member compares equal
+to its value, so rows read back compare with members, and members are written as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["LIVE_STATUSES", "CloseReason", "GrantStatus", "RefreshOutcome"]
+
+
+class GrantStatus(enum.StrEnum):
+    """``grants.status``: a user session (grant) is live while active or refreshing."""
+
+    ACTIVE = "active"
+    REFRESHING = "refreshing"
+    REAUTH_REQUIRED = "reauth_required"  # the upstream refresh failed for good: sign in again
+    REVOKED = "revoked"  # a user revoked, a token revoked, a reused code or refresh token
+    EXPIRED = "expired"  # the session's lifetime ended
+    ENDED = "ended"  # an operator ended the session
+
+    @property
+    def live(self) -> bool:
+        return self in LIVE_STATUSES
+
+
+LIVE_STATUSES = frozenset({GrantStatus.ACTIVE, GrantStatus.REFRESHING})
+
+
+class CloseReason(enum.StrEnum):
+    """``connections.close_reason``: why a stream closed. A grant that ends closes its streams
+    with its new status as the reason."""
+
+    REVOKED = "revoked"
+    ENDED = "ended"
+    EXPIRED = "expired"
+    REAUTH_REQUIRED = "reauth_required"
+    COMPLETE = "complete"  # the stream's work is done (a POST's answer sent)
+    CLIENT_DISCONNECTED = "client_disconnected"
+    SESSION_DELETED = "session_deleted"  # the client ended its MCP session (DELETE)
+    RESUMED = "resumed"  # the client resumed the stream elsewhere (Last-Event-ID)
+    RECONNECT = "reconnect"  # the stream asked its client to reconnect
+    TOKEN_EXPIRED = "token_expired"  # the access token that opened it expired: reconnect
+    SLOW_CLIENT = "slow_client"  # its buffer filled: the client does not read
+    CONNECTION_STOPPED = "connection_stopped"  # the stream's actor stopped
+    DATABASE_UNREACHABLE = "database_unreachable"
+    NODE_RESTARTED = "node_restarted"  # closed by the node's next incarnation
+    NODE_DEAD = "node_dead"  # closed by the janitor: its node stopped beating
+    STALE = "stale"  # closed by the janitor: no heartbeat
+
+
+class RefreshOutcome(enum.StrEnum):
+    """What looking up a presented refresh token found (``AuthService.refresh``)."""
+
+    OK = "ok"
+    UNKNOWN = "unknown"
+    REUSE = "reuse"  # a rotated-away refresh token presented again
+    WRONG_CLIENT = "wrong_client"
+    USER_REVOKED = "user_revoked"
+    INACTIVE = "inactive"  # the grant is no longer live
+    EXPIRED = "expired"
+    INVALID_SCOPE = "invalid_scope"  # wider scopes than the grant's
