@@ -42,7 +42,7 @@ class LegacySse:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.mcp.answer(send, lambda: self._route(scope, receive, send))
+        await self.mcp.answer(send, lambda: self._route(scope, receive, send), scope["path"])
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.mcp.check_origin(scope)

@@ -762,26 +762,29 @@ class McpHttp:
         session.touch()
         return principal, session
 
-    def reauthorize(self, exc: AuthenticationRequiredError) -> Reply:
+    def reauthorize(self, exc: AuthenticationRequiredError, path: str | None = None) -> Reply:
         """The one answer to AuthenticationRequiredError, wherever it is raised: 401 with the
         challenge (``error="invalid_token"``, ``resource_metadata``) that starts re-authorization
         (MCP-R21, R23). The grant's verified tokens leave the cache."""
         if exc.grant_id is not None:
             self.rs.forget_grant(exc.grant_id)
-        err = self.rs.challenge("invalid_token", str(exc))
+        err = self.rs.challenge("invalid_token", str(exc), path=path)
         return Reply(err.status, err.body, err.headers)
 
-    async def answer(self, send: Send, handler: Callable[[], Awaitable[None]]) -> None:
-        """Run one endpoint's handler and send the error answer it raised, if any."""
+    async def answer(
+        self, send: Send, handler: Callable[[], Awaitable[None]], path: str | None = None
+    ) -> None:
+        """Run one endpoint's handler (at ``path``) and send the error answer it raised, if any."""
         try:
             await handler()
         except (Reply, AuthenticationRequiredError, ClientGone, BaseExceptionGroup) as exc:
-            await self._answer_error(send, exc)
+            await self._answer_error(send, exc, path)
 
     async def _answer_error(
         self,
         send: Send,
         exc: Reply | AuthenticationRequiredError | ClientGone | BaseExceptionGroup[Any],
+        path: str | None = None,
     ) -> None:
         """The answer to what a handler raised; a group that holds anything but answers is
         raised again."""
@@ -797,12 +800,14 @@ class McpHttp:
             )
             if answers is None or rest is not None:
                 raise exc
-            await self._send_error(send, _first_leaf(answers))
+            await self._send_error(send, _first_leaf(answers), path)
             return
-        await self._send_error(send, exc)
+        await self._send_error(send, exc, path)
 
-    async def _send_error(self, send: Send, exc: Reply | AuthenticationRequiredError) -> None:
-        reply = self.reauthorize(exc) if isinstance(exc, AuthenticationRequiredError) else exc
+    async def _send_error(
+        self, send: Send, exc: Reply | AuthenticationRequiredError, path: str | None
+    ) -> None:
+        reply = self.reauthorize(exc, path) if isinstance(exc, AuthenticationRequiredError) else exc
         await send_json(send, reply.status, reply.body, reply.headers)
 
     async def open_stream(
