@@ -16,7 +16,15 @@ import structlog
 
 from actors._sessions import AuthenticationRequiredError, UserContext
 from actors._upstream import UpstreamUnavailable
-from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
+from server._app import (
+    Context,
+    InvalidArguments,
+    PromptDef,
+    ResourceDef,
+    Steward,
+    ToolError,
+    check_arguments,
+)
 from server._jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -24,6 +32,7 @@ from server._jsonrpc import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RESOURCE_NOT_FOUND,
+    TIER_REQUIRED,
     UPSTREAM_UNAVAILABLE,
     RpcError,
     error_response,
@@ -58,11 +67,24 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 
 
 class ScopeRequired(Exception):
-    """The caller lacks a scope or the tier a tool needs: HTTP 403 insufficient_scope."""
+    """The caller's token lacks OAuth scopes (``missing``): HTTP 403 insufficient_scope, which a
+    client answers by asking for them (step-up). A tier too low is not this: no authorization
+    can change a tier (``tier_refusal``)."""
 
-    def __init__(self, needed: frozenset[str], message: str) -> None:
+    def __init__(self, missing: frozenset[str], message: str) -> None:
         super().__init__(message)
-        self.needed = needed
+        self.missing = missing
+
+
+def _require_scopes(what: str, needed: frozenset[str], user: UserContext) -> None:
+    missing = needed - user.scopes
+    if missing:
+        raise ScopeRequired(missing, f"{what} needs the scopes {' '.join(sorted(missing))}")
+
+
+def tier_sentence(what: str, min_tier: str | None, tier: str) -> str:
+    """The one sentence of a tier refusal, for the user to read."""
+    return f"{what} needs the {min_tier} tier or above; this account is {tier}"
 
 
 _CACHEABLE = frozenset(
@@ -210,7 +232,8 @@ class Dispatcher:
     async def _tools_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"tools": [t.describe() for t in self.app.tools.values()]}
+        app = self.app
+        return {"tools": [t.describe() for t in app.tools.values() if app.offers(user, t)]}
 
     async def _tools_call(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -219,16 +242,12 @@ class Dispatcher:
         tool = self.app.tools.get(name) if isinstance(name, str) else None
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}")
-        missing = tool.scopes - user.scopes
-        if missing:
-            raise ScopeRequired(
-                tool.scopes, f"tool {tool.name!r} needs the scopes {' '.join(sorted(missing))}"
-            )
+        _require_scopes(f"tool {tool.name!r}", tool.scopes, user)
         if not self.app.tier_allows(user.tier, tool.min_tier):
-            raise ScopeRequired(
-                tool.scopes,
-                f"tool {tool.name!r} needs the {tool.min_tier} tier or above; this account is {user.tier}",
-            )
+            # in the MCP answer, where the user reads it: a 403 would send the client into an
+            # OAuth step-up that cannot change a tier (docs/protocol.md, "Tiers and scopes")
+            text = tier_sentence(f"tool {tool.name!r}", tool.min_tier, user.tier)
+            return {"content": [{"type": "text", "text": text}], "isError": True}
         try:
             arguments = check_arguments(tool, params.get("arguments"))
         except InvalidArguments as exc:
@@ -259,15 +278,28 @@ class Dispatcher:
                 "isError": True,
             }
 
+    def _check_access(self, what: str, item: PromptDef | ResourceDef, user: UserContext) -> None:
+        """A prompt's or resource's scopes (403 insufficient_scope) and tier (-32003 naming the
+        tier it needs: prompts/get and resources/read have no error result of their own)."""
+        _require_scopes(what, item.scopes, user)
+        if not self.app.tier_allows(user.tier, item.min_tier):
+            raise RpcError(
+                TIER_REQUIRED,
+                tier_sentence(what, item.min_tier, user.tier),
+                {"requiredTier": item.min_tier, "tier": user.tier},
+            )
+
     async def _resources_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"resources": [r.describe() for r in self.app.resources.values()]}
+        app = self.app
+        return {"resources": [r.describe() for r in app.resources.values() if app.offers(user, r)]}
 
     async def _templates_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"resourceTemplates": [r.describe() for r in self.app.templates]}
+        app = self.app
+        return {"resourceTemplates": [r.describe() for r in app.templates if app.offers(user, r)]}
 
     async def _resources_read(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -279,6 +311,7 @@ class Dispatcher:
             code = INVALID_PARAMS if getattr(emitter, "stateless", False) else RESOURCE_NOT_FOUND
             raise RpcError(code, f"resource {uri!r} not found", {"uri": uri})
         resource, variables = found
+        self._check_access(f"resource {uri!r}", resource, user)
         value = await resource.fn(Context(user, emitter), **variables)
         if isinstance(value, dict) and "contents" in value:
             return value
@@ -315,7 +348,8 @@ class Dispatcher:
     async def _prompts_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"prompts": [p.describe() for p in self.app.prompts.values()]}
+        app = self.app
+        return {"prompts": [p.describe() for p in app.prompts.values() if app.offers(user, p)]}
 
     async def _prompts_get(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -324,6 +358,7 @@ class Dispatcher:
         prompt = self.app.prompts.get(name) if isinstance(name, str) else None
         if prompt is None:
             raise RpcError(INVALID_PARAMS, f"unknown prompt {name!r}")
+        self._check_access(f"prompt {prompt.name!r}", prompt, user)
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise RpcError(INVALID_PARAMS, "arguments must be an object")

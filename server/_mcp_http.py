@@ -509,6 +509,7 @@ class McpHttp:
         dispatcher.on_subscribe = self._on_subscribe
         dispatcher.on_log_level = self._on_log_level
         dispatcher.app.watch(self.notify_list_changed)
+        sessions.on_tier_changed = self.tier_changed
 
     # -- shared plumbing ---------------------------------------------------------------------------
 
@@ -720,6 +721,32 @@ class McpHttp:
             if wanted.get(f"{kind}ListChanged"):
                 self.emit(conn, _tagged(message, wanted["_id"]))
                 sent += 1
+        return sent
+
+    def tier_changed(self, user_id: str, tier: str) -> int:
+        """A user's tier changed: what the user may list changes with it, so each list whose
+        items depend on the tier gets ``notifications/<kind>/list_changed`` on the user's session
+        and listen streams on this node (every node is told, the notifier calls each). Returns
+        how many were sent."""
+        app = self.dispatcher.app
+        sent = 0
+        for kind in ("tools", "prompts", "resources"):
+            if not app.tiered(kind):
+                continue
+            message = notification(f"notifications/{kind}/list_changed", {})
+            for conn in [*self.get_streams.values(), *self.legacy_streams.values()]:
+                if conn.closed_reason is None and conn.session.context.user_id == user_id:
+                    self.emit(conn, message)
+                    sent += 1
+            for conn, wanted in self.listeners.items():
+                if (
+                    wanted.get(f"{kind}ListChanged")
+                    and conn.closed_reason is None
+                    and conn.session.context.user_id == user_id
+                ):
+                    self.emit(conn, _tagged(message, wanted["_id"]))
+                    sent += 1
+        log.info("tier_lists_changed", user_id=user_id, tier=tier, streams=sent)
         return sent
 
     def check_origin(self, scope: Scope) -> None:
@@ -1143,7 +1170,7 @@ class McpHttp:
             exchange.decided = trio.Event()
             await exchange.decided.wait()
         if exchange.denied is not None:
-            err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
+            err = self.rs.insufficient_scope(exchange.denied.missing, user.scopes)
             err.body["error_description"] = str(exchange.denied)
             raise Reply(403, err.body, err.headers)
         final = exchange.final or {}

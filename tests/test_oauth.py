@@ -157,8 +157,9 @@ async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
         assert forged.status_code == 403
 
 
-async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
-    """MCP-R25: 403 insufficient_scope listing existing and needed scopes."""
+async def test_scopes_are_enforced_with_403_and_tiers_in_the_mcp_answer(fresh_db: str) -> None:
+    """MCP-R25: 403 insufficient_scope listing existing and needed scopes; a tier too low is no
+    OAuth matter: the tool result says it (tests/test_tier_refusal.py)."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         narrow = await sign_in(http, node, "bob", scope="mcp:resources")
         mcp = McpClient(http, node, narrow["access_token"])
@@ -175,7 +176,16 @@ async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
         mcp = McpClient(http, node, free["access_token"])
         await mcp.initialize()
         r = await mcp.post("tools/call", {"name": "report", "arguments": {"topic": "x"}})
-        assert r.status_code == 403 and "pro tier" in r.json()["error_description"]
+        assert r.status_code == 200 and "www-authenticate" not in r.headers
+        assert r.json()["result"] == {
+            "content": [
+                {
+                    "type": "text",
+                    "text": "tool 'report' needs the pro tier or above; this account is free",
+                }
+            ],
+            "isError": True,
+        }
 
 
 async def test_tokens_in_query_strings_and_for_other_audiences_are_refused(fresh_db: str) -> None:
