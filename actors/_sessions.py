@@ -1269,7 +1269,9 @@ class SessionManager:
         if session is not None:
             for conn in session.connections():
                 if conn.session_id == session_id:
-                    conn.fail("session_deleted", "the client ended this MCP session")
+                    # the client ended it: its streams end quietly, as a completed response (an
+                    # error event would reach a client that is closing and log an error there)
+                    conn.finish("session_deleted")
         return True
 
     # -- invalidation ----------------------------------------------------------------------------------
