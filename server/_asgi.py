@@ -10,11 +10,14 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from actors import StoreUnavailable
+from server._cors import Cors
 from server._http import (
+    Headers,
     InvalidInput,
     Receive,
     Scope,
     Send,
+    header,
     lifespan,
     send_json,
     send_response,
@@ -55,6 +58,11 @@ class StewardAsgi:
         self.readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.admin: Any = None  # the admin API, once the node exists
         self.limiter: AddressLimiter | None = None  # rate limits per client address
+        self.cors = Cors(
+            mcp.origin_allowed,
+            public_paths=frozenset(p for p in oauth.paths if p.startswith("/.well-known/")),
+            messages_path=self.legacy.messages_path,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -71,9 +79,14 @@ class StewardAsgi:
             else "other"
         )
         counting_send = _CountingSend(send)
+        cors = self.cors.handles(path)
+        if cors and scope["method"] != "OPTIONS":
+            counting_send.extra = self.cors.response_headers(path, header(scope, b"origin"))
 
         try:
-            if path == "/mcp":
+            if cors and scope["method"] == "OPTIONS":
+                await self.cors.preflight(scope, counting_send)
+            elif path == "/mcp":
                 await self.mcp(scope, receive, counting_send)
             elif path in _LEGACY_PATHS:
                 await self.legacy(scope, receive, counting_send)
@@ -138,16 +151,19 @@ def _unavailable_only(exc: BaseException) -> bool:
 
 
 class _CountingSend:
-    """The ASGI send of a request, noting the response's status; ``inner`` is the server's own
-    (server._stream_end looks behind it)."""
+    """The ASGI send of a request, noting the response's status and adding ``extra`` headers
+    (CORS) to it; ``inner`` is the server's own (server._stream_end looks behind it)."""
 
-    __slots__ = ("inner", "status")
+    __slots__ = ("extra", "inner", "status")
 
     def __init__(self, inner: Send) -> None:
         self.inner = inner
         self.status = 0
+        self.extra: Headers = []
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            if self.extra:
+                message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
         await self.inner(message)

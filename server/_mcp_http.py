@@ -753,19 +753,22 @@ class McpHttp:
         """MCP-R2: a present Origin must be allowed: the public URL's own, a configured one, or
         a loopback one when none is configured."""
         origin = header(scope, b"origin")
-        if origin is None:
+        if origin is None or self.origin_allowed(origin):
             return
         origin = origin.rstrip("/")
+        body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
+        raise Reply(403, body)
+
+    def origin_allowed(self, origin: str) -> bool:
+        """The rule of ``check_origin`` (and of CORS, server/_cors.py) for one Origin value."""
+        origin = origin.rstrip("/")
         if origin in self.allowed_origins or origin.lower() == self.own_origin:
-            return
+            return True
         try:
             host = urllib.parse.urlsplit(origin).hostname
         except ValueError:  # a malformed Origin is not an allowed one
             host = None
-        if not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1"):
-            return
-        body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
-        raise Reply(403, body)
+        return not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1")
 
     async def authenticate(self, scope: Scope) -> tuple[Any, UserSession]:
         """MCP-R18: every request, each stream's opening one included, carries a valid token."""
