@@ -52,6 +52,7 @@ __all__ = [
     "Dispatcher",
     "RpcError",
     "ScopeRequired",
+    "TierRefused",
     "error_response",
     "stamp_2026",
 ]
@@ -74,6 +75,15 @@ class ScopeRequired(Exception):
     def __init__(self, missing: frozenset[str], message: str) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class TierRefused(Exception):
+    """A tool above the caller's tier: answered with ``result``, a tool result with ``isError``
+    (the transports send it as any result, and record the request as ``forbidden``)."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result["content"][0]["text"])
+        self.result = result
 
 
 def _require_scopes(what: str, needed: frozenset[str], user: UserContext) -> None:
@@ -216,8 +226,8 @@ class Dispatcher:
             raise RpcError(METHOD_NOT_FOUND, f"method {method!r} not found")
         try:
             return await handler(user, params, emitter)
-        except (RpcError, ScopeRequired, AuthenticationRequiredError):
-            raise  # answered by the transport: a JSON-RPC error, a 403, a 401
+        except (RpcError, ScopeRequired, TierRefused, AuthenticationRequiredError):
+            raise  # answered by the transport: a JSON-RPC error, a 403, a result, a 401
         except Exception as exc:
             # the application's prompt, resource or completion raised: a JSON-RPC error for this
             # request (tools answer such failures with isError), never an HTTP 500
@@ -247,7 +257,7 @@ class Dispatcher:
             # in the MCP answer, where the user reads it: a 403 would send the client into an
             # OAuth step-up that cannot change a tier (docs/protocol.md, "Tiers and scopes")
             text = tier_sentence(f"tool {tool.name!r}", tool.min_tier, user.tier)
-            return {"content": [{"type": "text", "text": text}], "isError": True}
+            raise TierRefused({"content": [{"type": "text", "text": text}], "isError": True})
         try:
             arguments = check_arguments(tool, params.get("arguments"))
         except InvalidArguments as exc:

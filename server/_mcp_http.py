@@ -47,6 +47,7 @@ from server._dispatch import (
     V2026,
     Dispatcher,
     ScopeRequired,
+    TierRefused,
     stamp_2026,
 )
 from server._http import (
@@ -177,10 +178,12 @@ def too_many(
     return reply
 
 
-def outcome_of(exc: RpcError | ScopeRequired | AuthenticationRequiredError) -> str:
+def outcome_of(
+    exc: RpcError | ScopeRequired | TierRefused | AuthenticationRequiredError,
+) -> str:
     """A request's outcome for usage from what its handler raised: the one mapping, for both
     transports (a request that ends normally is ``ok``, one cancelled ``cancelled``)."""
-    if isinstance(exc, ScopeRequired):
+    if isinstance(exc, (ScopeRequired, TierRefused)):
         return "forbidden"
     if isinstance(exc, AuthenticationRequiredError):
         return "reauth_required"
@@ -1117,7 +1120,11 @@ class McpHttp:
             try:
                 with exchange.cancel_scope:
                     try:
-                        result = await self.dispatcher.call(user, method, params, exchange)
+                        try:
+                            result = await self.dispatcher.call(user, method, params, exchange)
+                        except TierRefused as exc:  # a result all the same (docs/protocol.md)
+                            outcome = outcome_of(exc)
+                            result = exc.result
                     except RpcError as exc:
                         outcome = outcome_of(exc)
                         exchange.finish(error_response(exchange.request_id, exc))

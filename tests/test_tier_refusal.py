@@ -116,6 +116,11 @@ async def test_a_free_user_reads_the_tier_sentence_and_lists_what_the_tier_allow
                 done = await session.call_tool("report", {"topic": "q3"})
                 assert done.is_error is False
                 assert done.content[0].text == "report on q3"  # type: ignore[union-attr]
+        # the refusal is recorded as such in the usage events, the later call as ok
+        query = "SELECT string_agg(outcome, ',' ORDER BY occurred_at) FROM usage_events WHERE name = 'report'"
+        with trio.fail_after(10):
+            while psql(fresh_db, query) != "forbidden,ok":
+                await trio.sleep(0.05)
 
 
 async def wait_for_get_stream(node: Any) -> None:
@@ -147,3 +152,25 @@ async def test_a_missing_scope_is_still_a_403_that_names_only_the_missing_scope(
         challenge = r.headers["www-authenticate"]
         assert 'error="insufficient_scope"' in challenge
         assert 'scope="mcp:resources mcp:tools"' in challenge
+
+
+async def test_the_deprecated_transport_gives_the_same_tier_sentence(fresh_db: str) -> None:
+    """The SDK's sse_client (2024-11-05): the same lists and the same isError result."""
+    from mcp.client.sse import sse_client
+
+    async with running_node(fresh_db, app=app) as node:
+        async with httpx.AsyncClient() as http:
+            tokens = await sign_in(http, node, "alice")
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        with trio.fail_after(30):
+            async with (
+                sse_client(f"{node.info.listen_url}/sse", headers=headers) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                assert {t.name for t in (await session.list_tools()).tools} == {"echo"}
+                refused = await session.call_tool("report", {"topic": "q3"})
+                assert refused.is_error is True
+                assert refused.content[0].text == (  # type: ignore[union-attr]
+                    "tool 'report' needs the pro tier or above; this account is free"
+                )
