@@ -153,6 +153,10 @@ class GrantInvalidator(Protocol):
 class AuthPolicy:
     issuer: str  # Steward's base URL (the authorization server facade)
     resource: str  # this server's resource URL: the audience of its tokens
+    # other identifiers of the same protected resource (the deprecated transport's ``/sse``): a
+    # client may ask for any of them and a token for one is valid on every MCP endpoint of this
+    # server (docs/security.md, "One resource, two identifiers")
+    resource_aliases: tuple[str, ...] = ()
     access_ttl: float = 3600.0
     refresh_ttl: float = 30 * 86400.0
     code_ttl: float = 60.0
@@ -299,6 +303,19 @@ class AuthService:
             )
         return found.tier
 
+    @property
+    def resources(self) -> tuple[str, ...]:
+        """Every identifier of this server's protected resource, the canonical one first."""
+        return (self.policy.resource, *self.policy.resource_aliases)
+
+    def canonical_resource(self, resource: str) -> str | None:
+        """``resource`` as this server names it (one of ``resources``; a trailing slash aside),
+        or None when it names another resource."""
+        for mine in self.resources:
+            if resource.rstrip("/") == mine.rstrip("/"):
+                return mine
+        return None
+
     def tier_changed(self, user_id: str, change: TierChange | None, *, source: str) -> None:
         """After a committed tier write: this node's sessions take the new tier up; audited."""
         if change is None or not change.changed:
@@ -420,12 +437,19 @@ class AuthService:
         challenge = params.get("code_challenge", "")
         if params.get("code_challenge_method") != "S256" or not (43 <= len(challenge) <= 128):
             raise OAuthError("invalid_request", "PKCE with code_challenge_method S256 is required")
-        state = params.get("state", "")
-        if not state or len(state) > 1024:
-            raise OAuthError("invalid_request", "state is required (at most 1024 characters)")
-        resource = params.get("resource") or self.policy.resource
-        if resource.rstrip("/") != self.policy.resource.rstrip("/"):
-            raise OAuthError("invalid_target", f"resource must be {self.policy.resource}")
+        # OAuth 2.1: with PKCE, state is optional; when sent it is returned as it came ("" is
+        # stored for none: a state that is sent must have 1 to 1024 characters)
+        state = params.get("state")
+        if state is not None and not 1 <= len(state) <= 1024:
+            raise OAuthError(
+                "invalid_request",
+                f"state, when sent, must have 1 to 1024 characters, got {len(state)}",
+            )
+        resource = self.canonical_resource(params.get("resource") or self.policy.resource)
+        if resource is None:
+            raise OAuthError(
+                "invalid_target", f"resource must be one of {', '.join(self.resources)}"
+            )
         scopes = self._scopes(params.get("scope"))
         # the IdP's endpoints are known (discovery succeeded) before anything is stored
         self.upstream.require_ready()
@@ -443,10 +467,10 @@ class AuthService:
                     request_hash,
                     client_id,
                     redirect_uri,
-                    state,
+                    state or "",
                     challenge,
                     list(scopes),
-                    self.policy.resource,
+                    resource,
                     key_id,
                     verifier_ct,
                     _in(self.policy.request_ttl),
@@ -1003,7 +1027,7 @@ class AuthService:
             "AND g.status = 'active' AND u.revoked_at IS NULL AND t.expires_at > now()",
             hash_token(token),
         )
-        if row is None or row["resource"].rstrip("/") != self.policy.resource.rstrip("/"):
+        if row is None or self.canonical_resource(row["resource"]) is None:
             return None
         return Principal(
             user_id=row["user_id"],
@@ -1042,4 +1066,7 @@ class AuthService:
 
 
 def _with_params(uri: str, params: dict[str, str]) -> str:
+    """``uri`` with ``params`` added; an empty ``state`` (the client sent none) is left out."""
+    if params.get("state") == "":
+        params = {k: v for k, v in params.items() if k != "state"}
     return f"{uri}{'&' if '?' in uri else '?'}{urlencode(params)}"

@@ -925,6 +925,9 @@ class SessionManager:
         # reuse) take the same path as an operator's: this manager's invalidate
         auth.invalidate_grant = self.invalidate
         auth.on_tier_changed = self.tier_changed_here
+        # set by the MCP endpoint: a user's tier changed on this node or another (what the user
+        # may list changed with it: list_changed on the user's streams here)
+        self.on_tier_changed: Callable[[str, str], object] | None = None
         self._sup: SupervisorHandle | None = None
         self._hydrating: dict[uuid.UUID, trio.Event] = {}
         self._on_forget = on_forget
@@ -1290,7 +1293,9 @@ class SessionManager:
         if session is not None:
             for conn in session.connections():
                 if conn.session_id == session_id:
-                    conn.fail(CloseReason.SESSION_DELETED, "the client ended this MCP session")
+                    # the client ended it: its streams end quietly, as a completed response (an
+                    # error event would reach a client that is closing and log an error there)
+                    conn.finish(CloseReason.SESSION_DELETED)
         return True
 
     # -- invalidation ----------------------------------------------------------------------------------
@@ -1353,6 +1358,8 @@ class SessionManager:
             if session.context.user_id == user_id:
                 session.context = attrs.evolve(session.context, tier=tier)
         self.forget_user(user_id)
+        if self.on_tier_changed is not None:
+            self.on_tier_changed(user_id, tier)
 
     async def set_tier(self, user_id: str, tier: str | None) -> TierChange | None:
         """An operator's tier override of a user, everywhere (``override_tier``): it holds until

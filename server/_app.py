@@ -189,6 +189,8 @@ class ResourceDef:
     description: str
     mime_type: str
     template: re.Pattern[str] | None = None
+    scopes: frozenset[str] = frozenset()
+    min_tier: str | None = None
 
     def describe(self) -> dict[str, Any]:
         key = "uriTemplate" if self.template is not None else "uri"
@@ -206,6 +208,8 @@ class PromptDef:
     fn: Handler
     description: str
     arguments: tuple[dict[str, Any], ...]
+    scopes: frozenset[str] = frozenset()
+    min_tier: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -369,6 +373,27 @@ class Steward:
         except ValueError:
             return False
 
+    def offers(self, user: UserContext, item: ToolDef | PromptDef | ResourceDef) -> bool:
+        """Whether ``user`` sees ``item`` in its list: every scope it needs, and its tier."""
+        return item.scopes <= user.scopes and self.tier_allows(user.tier, item.min_tier)
+
+    def tiered(self, kind: str) -> bool:
+        """Whether what a user sees of a list ("tools", "prompts", "resources") depends on the
+        user's tier: a tier change then changes it (list_changed)."""
+        items: Iterable[ToolDef | PromptDef | ResourceDef] = (
+            self.tools.values()
+            if kind == "tools"
+            else self.prompts.values()
+            if kind == "prompts"
+            else [*self.resources.values(), *self.templates]
+        )
+        return any(item.min_tier is not None for item in items)
+
+    def _check_tier(self, what: str, min_tier: str | None) -> None:
+        if min_tier is not None and min_tier not in self.tiers:
+            msg = f"{what}: min_tier {min_tier!r} is not one of {self.tiers}"
+            raise ValueError(msg)
+
     @typing.overload
     def tool(self, name: Handler) -> Handler: ...
 
@@ -397,8 +422,10 @@ class Steward:
         """Register a tool: ``@app.tool`` or ``@app.tool("name", scopes=..., min_tier=...)``.
 
         Its input schema comes from the handler's type hints (``Annotated[T, "description"]``
-        describes an argument) unless ``input_schema`` is given; a caller without every scope in
-        ``scopes`` or below ``min_tier`` gets 403 insufficient_scope.
+        describes an argument) unless ``input_schema`` is given. A caller without every scope in
+        ``scopes`` or below ``min_tier`` does not see it in ``tools/list``; calling it anyway, a
+        missing scope is 403 insufficient_scope (OAuth step-up can grant it), a tier too low a
+        tool result with ``isError`` that says which tier it needs (docs/protocol.md).
         """
         if callable(name):
             return self.tool()(name)
@@ -409,9 +436,7 @@ class Steward:
                 schema = input_schema
                 required = frozenset(input_schema.get("required", ()))
             tool_name = name if isinstance(name, str) else fn.__name__
-            if min_tier is not None and min_tier not in self.tiers:
-                msg = f"tool {tool_name!r}: min_tier {min_tier!r} is not one of {self.tiers}"
-                raise ValueError(msg)
+            self._check_tier(f"tool {tool_name!r}", min_tier)
             self.tools[tool_name] = ToolDef(
                 tool_name,
                 fn,
@@ -439,10 +464,22 @@ class Steward:
         name: str | None = None,
         description: str | None = None,
         mime_type: str = "text/plain",
+        scopes: Iterable[str] = (),
+        min_tier: str | None = None,
     ) -> Callable[[Handler], Handler]:
+        """Register a resource; ``scopes`` and ``min_tier`` as for a tool (a caller without them
+        neither lists nor reads it)."""
+        self._check_tier(f"resource {uri!r}", min_tier)
+
         def register(fn: Handler) -> Handler:
             self.resources[uri] = ResourceDef(
-                uri, fn, name or fn.__name__, description or inspect.getdoc(fn) or "", mime_type
+                uri,
+                fn,
+                name or fn.__name__,
+                description or inspect.getdoc(fn) or "",
+                mime_type,
+                scopes=frozenset(scopes),
+                min_tier=min_tier,
             )
             self.changed("resources")
             return fn
@@ -456,7 +493,11 @@ class Steward:
         name: str | None = None,
         description: str | None = None,
         mime_type: str = "text/plain",
+        scopes: Iterable[str] = (),
+        min_tier: str | None = None,
     ) -> Callable[[Handler], Handler]:
+        self._check_tier(f"resource template {uri_template!r}", min_tier)
+
         def register(fn: Handler) -> Handler:
             self.templates.append(
                 ResourceDef(
@@ -466,6 +507,8 @@ class Steward:
                     description or inspect.getdoc(fn) or "",
                     mime_type,
                     _template_pattern(uri_template),
+                    frozenset(scopes),
+                    min_tier,
                 )
             )
             self.changed("resources")
@@ -474,8 +517,17 @@ class Steward:
         return register
 
     def prompt(
-        self, name: str | None = None, *, description: str | None = None
+        self,
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        scopes: Iterable[str] = (),
+        min_tier: str | None = None,
     ) -> Callable[[Handler], Handler]:
+        """Register a prompt; ``scopes`` and ``min_tier`` as for a tool (a caller without them
+        neither lists nor gets it)."""
+        self._check_tier(f"prompt {name!r}", min_tier)
+
         def register(fn: Handler) -> Handler:
             sig = inspect.signature(fn)
             args = tuple(
@@ -484,7 +536,12 @@ class Steward:
             )
             prompt_name = name or fn.__name__
             self.prompts[prompt_name] = PromptDef(
-                prompt_name, fn, description or inspect.getdoc(fn) or "", args
+                prompt_name,
+                fn,
+                description or inspect.getdoc(fn) or "",
+                args,
+                frozenset(scopes),
+                min_tier,
             )
             self.changed("prompts")
             return fn

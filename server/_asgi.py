@@ -12,11 +12,14 @@ from prometheus_client import CollectorRegistry
 
 from actors import StoreUnavailable
 from server._admin import AdminApi
+from server._cors import Cors
 from server._http import (
+    Headers,
     InvalidInput,
     Receive,
     Scope,
     Send,
+    header,
     lifespan,
     send_json,
     send_response,
@@ -75,6 +78,11 @@ class StewardAsgi:
         self.metrics = metrics
         self.readiness = readiness
         self.limiter = limiter
+        self.cors = Cors(
+            mcp.origin_allowed,
+            public_paths=frozenset(p for p in oauth.paths if p.startswith("/.well-known/")),
+            messages_path=self.legacy.messages_path,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -92,9 +100,14 @@ class StewardAsgi:
         )
         receive = _TrackedReceive(receive)
         counting_send = _CountingSend(send, receive)
+        cors = self.cors.handles(path)
+        if cors and scope["method"] != "OPTIONS":
+            counting_send.extra = self.cors.response_headers(path, header(scope, b"origin"))
 
         try:
-            if path == "/mcp":
+            if cors and scope["method"] == "OPTIONS":
+                await self.cors.preflight(scope, counting_send)
+            elif path == "/mcp":
                 await self.mcp(scope, receive, counting_send)
             elif path in _LEGACY_PATHS:
                 await self.legacy(scope, receive, counting_send)
@@ -188,20 +201,23 @@ async def _drain(receive: _TrackedReceive) -> None:
 
 
 class _CountingSend:
-    """The ASGI send of a request, noting the response's status; ``inner`` is the server's own
-    (server._stream_end looks behind it). The answer's last part waits until the request body
-    was read to its end (``_drain``)."""
+    """The ASGI send of a request, noting the response's status and adding ``extra`` headers
+    (CORS) to it; ``inner`` is the server's own (server._stream_end looks behind it). The
+    answer's last part waits until the request body was read to its end (``_drain``)."""
 
-    __slots__ = ("inner", "receive", "status")
+    __slots__ = ("extra", "inner", "receive", "status")
 
     def __init__(self, inner: Send, receive: _TrackedReceive) -> None:
         self.inner = inner
         self.receive = receive
         self.status = 0
+        self.extra: Headers = []
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            if self.extra:
+                message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
         elif (
             message["type"] == "http.response.body"
             and not message.get("more_body", False)

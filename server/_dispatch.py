@@ -15,7 +15,15 @@ from typing import Any
 import structlog
 
 from actors import AuthenticationRequiredError, UpstreamUnavailable, UserContext
-from server._app import Context, InvalidArguments, Steward, ToolError, check_arguments
+from server._app import (
+    Context,
+    InvalidArguments,
+    PromptDef,
+    ResourceDef,
+    Steward,
+    ToolError,
+    check_arguments,
+)
 from server._jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -23,6 +31,7 @@ from server._jsonrpc import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RESOURCE_NOT_FOUND,
+    TIER_REQUIRED,
     UPSTREAM_UNAVAILABLE,
     RpcError,
     error_response,
@@ -42,6 +51,7 @@ __all__ = [
     "Dispatcher",
     "RpcError",
     "ScopeRequired",
+    "TierRefused",
     "error_response",
     "stamp_2026",
 ]
@@ -57,11 +67,33 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 
 
 class ScopeRequired(Exception):
-    """The caller lacks a scope or the tier a tool needs: HTTP 403 insufficient_scope."""
+    """The caller's token lacks OAuth scopes (``missing``): HTTP 403 insufficient_scope, which a
+    client answers by asking for them (step-up). A tier too low is not this: no authorization
+    can change a tier (``tier_refusal``)."""
 
-    def __init__(self, needed: frozenset[str], message: str) -> None:
+    def __init__(self, missing: frozenset[str], message: str) -> None:
         super().__init__(message)
-        self.needed = needed
+        self.missing = missing
+
+
+class TierRefused(Exception):
+    """A tool above the caller's tier: answered with ``result``, a tool result with ``isError``
+    (the transports send it as any result, and record the request as ``forbidden``)."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result["content"][0]["text"])
+        self.result = result
+
+
+def _require_scopes(what: str, needed: frozenset[str], user: UserContext) -> None:
+    missing = needed - user.scopes
+    if missing:
+        raise ScopeRequired(missing, f"{what} needs the scopes {' '.join(sorted(missing))}")
+
+
+def tier_sentence(what: str, min_tier: str | None, tier: str) -> str:
+    """The one sentence of a tier refusal, for the user to read."""
+    return f"{what} needs the {min_tier} tier or above; this account is {tier}"
 
 
 _CACHEABLE = frozenset(
@@ -193,8 +225,8 @@ class Dispatcher:
             raise RpcError(METHOD_NOT_FOUND, f"method {method!r} not found")
         try:
             return await handler(user, params, emitter)
-        except (RpcError, ScopeRequired, AuthenticationRequiredError):
-            raise  # answered by the transport: a JSON-RPC error, a 403, a 401
+        except (RpcError, ScopeRequired, TierRefused, AuthenticationRequiredError):
+            raise  # answered by the transport: a JSON-RPC error, a 403, a result, a 401
         except Exception as exc:
             # the application's prompt, resource or completion raised: a JSON-RPC error for this
             # request (tools answer such failures with isError), never an HTTP 500
@@ -209,7 +241,8 @@ class Dispatcher:
     async def _tools_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"tools": [t.describe() for t in self.app.tools.values()]}
+        app = self.app
+        return {"tools": [t.describe() for t in app.tools.values() if app.offers(user, t)]}
 
     async def _tools_call(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -218,16 +251,12 @@ class Dispatcher:
         tool = self.app.tools.get(name) if isinstance(name, str) else None
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}")
-        missing = tool.scopes - user.scopes
-        if missing:
-            raise ScopeRequired(
-                tool.scopes, f"tool {tool.name!r} needs the scopes {' '.join(sorted(missing))}"
-            )
+        _require_scopes(f"tool {tool.name!r}", tool.scopes, user)
         if not self.app.tier_allows(user.tier, tool.min_tier):
-            raise ScopeRequired(
-                tool.scopes,
-                f"tool {tool.name!r} needs the {tool.min_tier} tier or above; this account is {user.tier}",
-            )
+            # in the MCP answer, where the user reads it: a 403 would send the client into an
+            # OAuth step-up that cannot change a tier (docs/protocol.md, "Tiers and scopes")
+            text = tier_sentence(f"tool {tool.name!r}", tool.min_tier, user.tier)
+            raise TierRefused({"content": [{"type": "text", "text": text}], "isError": True})
         try:
             arguments = check_arguments(tool, params.get("arguments"))
         except InvalidArguments as exc:
@@ -258,15 +287,28 @@ class Dispatcher:
                 "isError": True,
             }
 
+    def _check_access(self, what: str, item: PromptDef | ResourceDef, user: UserContext) -> None:
+        """A prompt's or resource's scopes (403 insufficient_scope) and tier (-32003 naming the
+        tier it needs: prompts/get and resources/read have no error result of their own)."""
+        _require_scopes(what, item.scopes, user)
+        if not self.app.tier_allows(user.tier, item.min_tier):
+            raise RpcError(
+                TIER_REQUIRED,
+                tier_sentence(what, item.min_tier, user.tier),
+                {"requiredTier": item.min_tier, "tier": user.tier},
+            )
+
     async def _resources_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"resources": [r.describe() for r in self.app.resources.values()]}
+        app = self.app
+        return {"resources": [r.describe() for r in app.resources.values() if app.offers(user, r)]}
 
     async def _templates_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"resourceTemplates": [r.describe() for r in self.app.templates]}
+        app = self.app
+        return {"resourceTemplates": [r.describe() for r in app.templates if app.offers(user, r)]}
 
     async def _resources_read(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -278,6 +320,7 @@ class Dispatcher:
             code = INVALID_PARAMS if getattr(emitter, "stateless", False) else RESOURCE_NOT_FOUND
             raise RpcError(code, f"resource {uri!r} not found", {"uri": uri})
         resource, variables = found
+        self._check_access(f"resource {uri!r}", resource, user)
         value = await resource.fn(Context(user, emitter), **variables)
         if isinstance(value, dict) and "contents" in value:
             return value
@@ -314,7 +357,8 @@ class Dispatcher:
     async def _prompts_list(
         self, user: UserContext, params: dict[str, Any], emitter: Any
     ) -> dict[str, Any]:
-        return {"prompts": [p.describe() for p in self.app.prompts.values()]}
+        app = self.app
+        return {"prompts": [p.describe() for p in app.prompts.values() if app.offers(user, p)]}
 
     async def _prompts_get(
         self, user: UserContext, params: dict[str, Any], emitter: Any
@@ -323,6 +367,7 @@ class Dispatcher:
         prompt = self.app.prompts.get(name) if isinstance(name, str) else None
         if prompt is None:
             raise RpcError(INVALID_PARAMS, f"unknown prompt {name!r}")
+        self._check_access(f"prompt {prompt.name!r}", prompt, user)
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise RpcError(INVALID_PARAMS, "arguments must be an object")

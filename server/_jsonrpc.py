@@ -47,6 +47,7 @@ UPSTREAM_UNAVAILABLE = -32002  # with data.retryable: docs/sessions.md names thi
 REQUEST_CANCELLED = -32800
 HEADER_MISMATCH = -32020  # 2026-07-28: a header and the body (or its _meta) disagree
 REQUEST_TIMEOUT = -32001
+TIER_REQUIRED = -32003  # a prompt or resource needs a higher tier: data names both tiers
 MISSING_CAPABILITY = -32021  # 2026-07-28: the request needs a capability the client lacks
 UNSUPPORTED_VERSION = -32022  # 2026-07-28: a version this server does not speak
 

@@ -23,7 +23,7 @@ from actors import (
     TransportSession,
     UserSession,
 )
-from server._dispatch import ScopeRequired
+from server._dispatch import ScopeRequired, TierRefused
 from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
 from server._mcp_http import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
@@ -43,7 +43,7 @@ class LegacySse:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.mcp.answer(send, lambda: self._route(scope, receive, send))
+        await self.mcp.answer(send, lambda: self._route(scope, receive, send), scope["path"])
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.mcp.check_origin(scope)
@@ -155,7 +155,11 @@ class LegacySse:
         started, outcome = trio.current_time(), "ok"
         try:
             with exchange.cancel_scope:
-                result = await self.mcp.dispatcher.call(user, method, params, exchange)
+                try:
+                    result = await self.mcp.dispatcher.call(user, method, params, exchange)
+                except TierRefused as exc:  # a result all the same (docs/protocol.md)
+                    outcome = outcome_of(exc)
+                    result = exc.result
                 self.mcp.emit(conn, result_response(request_id, result))
             if exchange.cancel_scope.cancelled_caught:
                 outcome = "cancelled"

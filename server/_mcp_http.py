@@ -59,6 +59,7 @@ from server._dispatch import (
     V2026,
     Dispatcher,
     ScopeRequired,
+    TierRefused,
     stamp_2026,
 )
 from server._http import (
@@ -194,10 +195,12 @@ def too_many(
     return reply
 
 
-def outcome_of(exc: RpcError | ScopeRequired | AuthenticationRequiredError) -> str:
+def outcome_of(
+    exc: RpcError | ScopeRequired | TierRefused | AuthenticationRequiredError,
+) -> str:
     """A request's outcome for usage from what its handler raised: the one mapping, for both
     transports (a request that ends normally is ``ok``, one cancelled ``cancelled``)."""
-    if isinstance(exc, ScopeRequired):
+    if isinstance(exc, (ScopeRequired, TierRefused)):
         return "forbidden"
     if isinstance(exc, AuthenticationRequiredError):
         return "reauth_required"
@@ -530,6 +533,7 @@ class McpHttp:
         dispatcher.on_subscribe = self._on_subscribe
         dispatcher.on_log_level = self._on_log_level
         dispatcher.app.watch(self.notify_list_changed)
+        sessions.on_tier_changed = self.tier_changed
 
     # -- shared plumbing ---------------------------------------------------------------------------
 
@@ -757,23 +761,52 @@ class McpHttp:
                 sent += 1
         return sent
 
+    def tier_changed(self, user_id: str, tier: str) -> int:
+        """A user's tier changed: what the user may list changes with it, so each list whose
+        items depend on the tier gets ``notifications/<kind>/list_changed`` on the user's session
+        and listen streams on this node (every node is told, the notifier calls each). Returns
+        how many were sent."""
+        app = self.dispatcher.app
+        sent = 0
+        for kind in ("tools", "prompts", "resources"):
+            if not app.tiered(kind):
+                continue
+            message = notification(f"notifications/{kind}/list_changed", {})
+            for conn in [*self.get_streams.values(), *self.legacy_streams.values()]:
+                if conn.closed_reason is None and conn.session.context.user_id == user_id:
+                    self.emit(conn, message)
+                    sent += 1
+            for conn, wanted in self.listeners.items():
+                if (
+                    wanted.get(f"{kind}ListChanged")
+                    and conn.closed_reason is None
+                    and conn.session.context.user_id == user_id
+                ):
+                    self.emit(conn, _tagged(message, wanted["_id"]))
+                    sent += 1
+        log.info("tier_lists_changed", user_id=user_id, tier=tier, streams=sent)
+        return sent
+
     def check_origin(self, scope: Scope) -> None:
         """MCP-R2: a present Origin must be allowed: the public URL's own, a configured one, or
         a loopback one when none is configured."""
         origin = header(scope, b"origin")
-        if origin is None:
+        if origin is None or self.origin_allowed(origin):
             return
         origin = origin.rstrip("/")
+        body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
+        raise Reply(403, body)
+
+    def origin_allowed(self, origin: str) -> bool:
+        """The rule of ``check_origin`` (and of CORS, server/_cors.py) for one Origin value."""
+        origin = origin.rstrip("/")
         if origin in self.allowed_origins or origin.lower() == self.own_origin:
-            return
+            return True
         try:
             host = urllib.parse.urlsplit(origin).hostname
         except ValueError:  # a malformed Origin is not an allowed one
             host = None
-        if not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1"):
-            return
-        body = {"error": "forbidden", "error_description": f"origin {origin!r} is not allowed"}
-        raise Reply(403, body)
+        return not self.allowed_origins and host in ("localhost", "127.0.0.1", "::1")
 
     async def authenticate(self, scope: Scope) -> tuple[Any, UserSession]:
         """MCP-R18: every request, each stream's opening one included, carries a valid token."""
@@ -797,26 +830,29 @@ class McpHttp:
         session.touch()
         return principal, session
 
-    def reauthorize(self, exc: AuthenticationRequiredError) -> Reply:
+    def reauthorize(self, exc: AuthenticationRequiredError, path: str | None = None) -> Reply:
         """The one answer to AuthenticationRequiredError, wherever it is raised: 401 with the
         challenge (``error="invalid_token"``, ``resource_metadata``) that starts re-authorization
         (MCP-R21, R23). The grant's verified tokens leave the cache."""
         if exc.grant_id is not None:
             self.rs.forget_grant(exc.grant_id)
-        err = self.rs.challenge("invalid_token", str(exc))
+        err = self.rs.challenge("invalid_token", str(exc), path=path)
         return Reply(err.status, err.body, err.headers)
 
-    async def answer(self, send: Send, handler: Callable[[], Awaitable[None]]) -> None:
-        """Run one endpoint's handler and send the error answer it raised, if any."""
+    async def answer(
+        self, send: Send, handler: Callable[[], Awaitable[None]], path: str | None = None
+    ) -> None:
+        """Run one endpoint's handler (at ``path``) and send the error answer it raised, if any."""
         try:
             await handler()
         except (Reply, AuthenticationRequiredError, ClientGone, BaseExceptionGroup) as exc:
-            await self._answer_error(send, exc)
+            await self._answer_error(send, exc, path)
 
     async def _answer_error(
         self,
         send: Send,
         exc: Reply | AuthenticationRequiredError | ClientGone | BaseExceptionGroup[Any],
+        path: str | None = None,
     ) -> None:
         """The answer to what a handler raised; a group that holds anything but answers is
         raised again."""
@@ -832,12 +868,14 @@ class McpHttp:
             )
             if answers is None or rest is not None:
                 raise exc
-            await self._send_error(send, _first_leaf(answers))
+            await self._send_error(send, _first_leaf(answers), path)
             return
-        await self._send_error(send, exc)
+        await self._send_error(send, exc, path)
 
-    async def _send_error(self, send: Send, exc: Reply | AuthenticationRequiredError) -> None:
-        reply = self.reauthorize(exc) if isinstance(exc, AuthenticationRequiredError) else exc
+    async def _send_error(
+        self, send: Send, exc: Reply | AuthenticationRequiredError, path: str | None
+    ) -> None:
+        reply = self.reauthorize(exc, path) if isinstance(exc, AuthenticationRequiredError) else exc
         await send_json(send, reply.status, reply.body, reply.headers)
 
     async def open_stream(
@@ -1117,7 +1155,11 @@ class McpHttp:
             try:
                 with exchange.cancel_scope:
                     try:
-                        result = await self.dispatcher.call(user, method, params, exchange)
+                        try:
+                            result = await self.dispatcher.call(user, method, params, exchange)
+                        except TierRefused as exc:  # a result all the same (docs/protocol.md)
+                            outcome = outcome_of(exc)
+                            result = exc.result
                     except RpcError as exc:
                         outcome = outcome_of(exc)
                         exchange.finish(error_response(exchange.request_id, exc))
@@ -1173,7 +1215,7 @@ class McpHttp:
             exchange.decided = trio.Event()
             await exchange.decided.wait()
         if exchange.denied is not None:
-            err = self.rs.insufficient_scope(exchange.denied.needed, user.scopes)
+            err = self.rs.insufficient_scope(exchange.denied.missing, user.scopes)
             err.body["error_description"] = str(exchange.denied)
             raise Reply(403, err.body, err.headers)
         final = exchange.final or {}

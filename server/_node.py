@@ -247,6 +247,7 @@ async def run_node(
     sock = sock or bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
     base_url = settings.public_url.rstrip("/") if settings.public_url else _url(sock)
     resource = f"{base_url}/mcp"
+    legacy_resource = f"{base_url}/sse"
 
     dev_idp: DevIdP | None = None
     if settings.upstream is not None:
@@ -294,6 +295,8 @@ async def run_node(
     auth_policy = AuthPolicy(
         issuer=base_url,
         resource=resource,
+        # the deprecated HTTP+SSE transport's URL names the same resource (docs/security.md)
+        resource_aliases=(legacy_resource,),
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
         session_ttl=settings.session_ttl,
@@ -302,7 +305,9 @@ async def run_node(
         tier_mapping=settings.tier_mapping(),
     )
     auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
-    rs = ResourceServer(auth)
+    rs = ResourceServer(
+        auth, endpoint_resources={"/sse": legacy_resource, "/messages": legacy_resource}
+    )
     sessions = SessionManager(
         store,
         auth,

@@ -12,6 +12,7 @@ import collections
 import html
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +57,9 @@ CSRF_COOKIE = "__Host-steward_csrf"
 _FORM_LIMIT = 64 * 1024
 
 
+Route = Callable[[Scope, bytes, Send], Awaitable[None]]
+
+
 class AuthError(Exception):
     """An HTTP authentication failure, to send as is."""
 
@@ -89,12 +93,17 @@ class ResourceServer:
         *,
         cache_size: int = 10_000,
         cache_ttl: float = 60.0,
+        endpoint_resources: dict[str, str] | None = None,
     ) -> None:
         self.auth = auth
         self.resource = auth.policy.resource
-        parts = urlsplit(self.resource)
-        base = f"{parts.scheme}://{parts.netloc}"
-        self.metadata_url = f"{base}/.well-known/oauth-protected-resource{parts.path}"
+        self.metadata_url = metadata_url(self.resource)
+        # request path -> the resource identifier its challenges name (the deprecated transport's
+        # /sse and /messages name /sse, so that a client that starts there finds metadata whose
+        # resource is its own URL); any other path names the canonical resource
+        self.endpoint_metadata = {
+            path: metadata_url(resource) for path, resource in (endpoint_resources or {}).items()
+        }
         self.scopes = auth.policy.default_scopes
         self.cache_size = cache_size
         self.cache_ttl = cache_ttl
@@ -104,10 +113,22 @@ class ResourceServer:
         # dev_no_auth: every request runs as this principal, token or not (server/_dev_auth.py)
         self.dev_principal: Principal | None = None
 
+    def metadata_url_for(self, path: str | None) -> str:
+        """The protected resource metadata URL that a challenge on ``path`` names."""
+        return self.endpoint_metadata.get(path or "", self.metadata_url)
+
     def challenge(
-        self, error: str | None = None, description: str | None = None, *, status: int = 401
+        self,
+        error: str | None = None,
+        description: str | None = None,
+        *,
+        status: int = 401,
+        path: str | None = None,
     ) -> AuthError:
-        parts = [f'resource_metadata="{self.metadata_url}"', f'scope="{" ".join(self.scopes)}"']
+        parts = [
+            f'resource_metadata="{self.metadata_url_for(path)}"',
+            f'scope="{" ".join(self.scopes)}"',
+        ]
         if error:
             parts.insert(0, f'error="{error}"')
         if description:
@@ -121,13 +142,23 @@ class ResourceServer:
         )
 
     def insufficient_scope(
-        self, needed: set[str] | frozenset[str], have: frozenset[str] = frozenset()
+        self,
+        missing: set[str] | frozenset[str],
+        have: frozenset[str] = frozenset(),
+        *,
+        path: str | None = None,
     ) -> AuthError:
-        scopes = " ".join(sorted(set(have) | set(needed)))
-        value = f'Bearer error="insufficient_scope", scope="{scopes}", resource_metadata="{self.metadata_url}"'
+        """403 for OAuth scopes the token lacks: the description names only ``missing``; the
+        challenge's ``scope`` lists what the token holds and what it lacks (MCP-R25: a client
+        that steps up keeps what it was granted)."""
+        scopes = " ".join(sorted(set(have) | set(missing)))
+        value = (
+            f'Bearer error="insufficient_scope", scope="{scopes}", '
+            f'resource_metadata="{self.metadata_url_for(path)}"'
+        )
         body = {
             "error": "insufficient_scope",
-            "error_description": f"this needs the scopes: {' '.join(sorted(needed))}",
+            "error_description": f"this needs the scopes: {' '.join(sorted(missing))}",
         }
         return AuthError(403, body, [(b"www-authenticate", value.encode())])
 
@@ -143,13 +174,14 @@ class ResourceServer:
                     "error_description": "access tokens in query strings are refused; use the Authorization header",
                 },
             )
+        path = scope.get("path")
         auth = header(scope, b"authorization")
         if auth is None:
-            raise self.challenge()
+            raise self.challenge(path=path)
         kind, _, token = auth.partition(" ")
         token = token.strip()
         if kind.lower() != "bearer" or not token:
-            raise self.challenge("invalid_request", "use the Bearer scheme")
+            raise self.challenge("invalid_request", "use the Bearer scheme", path=path)
         key = hash_token(token)
         now = time.time()
         entry = self._cache.get(key)
@@ -171,7 +203,9 @@ class ResourceServer:
         if principal is None:
             self._cache.pop(key, None)
             raise self.challenge(
-                "invalid_token", "the token is invalid, expired, revoked or for another resource"
+                "invalid_token",
+                "the token is invalid, expired, revoked or for another resource",
+                path=path,
             )
         if forgets != self._forgets:
             return principal  # read before a revocation this node just heard of: not kept
@@ -211,13 +245,13 @@ class OAuthEndpoints:
         self.base_url = base_url.rstrip("/")
         self.callback_uri = f"{self.base_url}/callback"
         self.metadata = metadata or MetadataFetcher()
-        resource_path = urlsplit(auth.policy.resource).path
-        self._routes = {
+        self._routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/oauth-protected-resource"): self._resource_metadata,
-            (
-                "GET",
-                f"/.well-known/oauth-protected-resource{resource_path}",
-            ): self._resource_metadata,
+            # RFC 9728 §3.1: each identifier of the resource has its own document, naming it
+            **{
+                ("GET", urlsplit(metadata_url(r)).path): self._resource_metadata
+                for r in auth.resources
+            },
             ("GET", "/.well-known/oauth-authorization-server"): self._server_metadata,
             ("GET", "/.well-known/openid-configuration"): self._server_metadata,
             ("GET", "/authorize"): self._authorize,
@@ -286,11 +320,17 @@ class OAuthEndpoints:
     # -- metadata --------------------------------------------------------------------------------
 
     async def _resource_metadata(self, scope: Scope, body: bytes, send: Send) -> None:
+        # the document at /.well-known/oauth-protected-resource/sse names /sse (RFC 9728 §3.3:
+        # the resource the client built the URL from); the root one, the canonical resource
+        resource = self.auth.policy.resource
+        for candidate in self.auth.resources:
+            if urlsplit(metadata_url(candidate)).path == scope["path"]:
+                resource = candidate
         await send_json(
             send,
             200,
             {
-                "resource": self.auth.policy.resource,
+                "resource": resource,
                 "authorization_servers": [self.base_url],
                 "scopes_supported": list(self.auth.policy.scopes_supported),
                 "bearer_methods_supported": ["header"],
@@ -470,6 +510,13 @@ access was denied).</p>
         if not isinstance(metadata, dict):
             raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
         await send_json(send, 201, await self.auth.register_client(metadata))
+
+
+def metadata_url(resource: str) -> str:
+    """The protected resource metadata URL of ``resource`` (RFC 9728 §3.1: the well-known path
+    inserted between the host and the resource's path)."""
+    parts = urlsplit(resource)
+    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{parts.path}"
 
 
 def _cookie(raw: str, name: str) -> str | None:

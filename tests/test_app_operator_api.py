@@ -1,5 +1,6 @@
 """The operator API: schemas from type hints, argument errors that name the argument, tool failures
-as error results, and scopes and tiers enforced with 403 insufficient_scope over real HTTP."""
+as error results, scopes enforced with 403 insufficient_scope and tiers with an error result, over
+real HTTP."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ async def test_an_unknown_tool_is_invalid_params() -> None:
     assert info.value.code == -32602 and "'nope'" in info.value.message
 
 
-async def test_scopes_and_tiers_are_enforced_with_403_insufficient_scope(fresh_db: str) -> None:
+async def test_scopes_are_enforced_with_403_and_tiers_with_an_error_result(fresh_db: str) -> None:
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         # the demo's echo needs mcp:tools; report needs the pro tier
         narrow = await sign_in(http, node, "alice", scope="mcp:resources")
@@ -167,8 +168,9 @@ async def test_scopes_and_tiers_are_enforced_with_403_insufficient_scope(fresh_d
         free = McpClient(http, node, (await sign_in(http, node, "alice"))["access_token"])
         await free.initialize()
         r = await free.post("tools/call", {"name": "report", "arguments": {"topic": "t"}})
-        assert r.status_code == 403
-        assert r.json()["error_description"] == (
+        assert r.status_code == 200
+        assert r.json()["result"]["isError"] is True
+        assert r.json()["result"]["content"][0]["text"] == (
             "tool 'report' needs the pro tier or above; this account is free"
         )
         assert (await free.call("tools/call", {"name": "echo", "arguments": {"text": "ok"}}))[

@@ -382,6 +382,8 @@ async def test_the_readme_sdk_client_signs_in_through_the_development_idp_and_ca
             lambda: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
         )
         assert out.returncode == 0, out.stderr
+        # the client's DELETE on exit closes its stream quietly: no error, no traceback
+        assert "Error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
         lines = out.stdout.splitlines()
         assert lines[0].startswith("whoami → {'user': ") and "'tier': 'pro'" in lines[0]
         assert lines[1] == "echo → hello from the SDK client"

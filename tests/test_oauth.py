@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import trio
@@ -173,8 +174,9 @@ async def test_consent_is_remembered_and_csrf_protected(fresh_db: str) -> None:
         assert forged.status_code == 403
 
 
-async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
-    """MCP-R25: 403 insufficient_scope listing existing and needed scopes."""
+async def test_scopes_are_enforced_with_403_and_tiers_in_the_mcp_answer(fresh_db: str) -> None:
+    """MCP-R25: 403 insufficient_scope listing existing and needed scopes; a tier too low is no
+    OAuth matter: the tool result says it (tests/test_tier_refusal.py)."""
     async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
         narrow = await sign_in(http, node, "bob", scope="mcp:resources")
         mcp = McpClient(http, node, narrow["access_token"])
@@ -191,7 +193,16 @@ async def test_scopes_and_tiers_are_enforced_with_403(fresh_db: str) -> None:
         mcp = McpClient(http, node, free["access_token"])
         await mcp.initialize()
         r = await mcp.post("tools/call", {"name": "report", "arguments": {"topic": "x"}})
-        assert r.status_code == 403 and "pro tier" in r.json()["error_description"]
+        assert r.status_code == 200 and "www-authenticate" not in r.headers
+        assert r.json()["result"] == {
+            "content": [
+                {
+                    "type": "text",
+                    "text": "tool 'report' needs the pro tier or above; this account is free",
+                }
+            ],
+            "isError": True,
+        }
 
 
 async def test_tokens_in_query_strings_and_for_other_audiences_are_refused(fresh_db: str) -> None:
@@ -492,3 +503,66 @@ async def test_registration_refuses_grant_types_that_are_not_strings(fresh_db: s
             assert r.status_code == 400, r.text
             assert r.json()["error"] == "invalid_client_metadata"
         assert psql(fresh_db, "SELECT count(*) FROM oauth_clients") == "0"
+
+
+async def test_state_is_optional_with_pkce_and_returned_exactly_when_sent(fresh_db: str) -> None:
+    """OAuth 2.1 §4.1.1: with PKCE a client may send no state (the TypeScript SDK's example
+    provider sends none); the code then comes back without one, and the sign-in completes. A
+    state that is sent comes back as it was; an empty or oversize one is refused."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient() as http:
+        client_id = await register(http, node)
+        for state in (None, "s-ü &=?"):
+            verifier, challenge = pkce()
+            params = {
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": REDIRECT_URI,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "login_hint": "alice",
+                **({"state": state} if state is not None else {}),
+            }
+            r = await http.get(f"{node.info.listen_url}/authorize", params=params)
+            assert r.status_code == 302, r.text
+            r = await http.get(r.headers["location"])
+            r = await http.get(
+                r.headers["location"].replace(node.info.base_url, node.info.listen_url, 1)
+            )
+            if r.status_code == 200:  # the consent page, the first time
+                cookie = r.headers["set-cookie"].split(";")[0]
+                fields = dict(re.findall(r'name="(request|csrf)" value="([^"]+)"', r.text))
+                r = await http.post(
+                    f"{node.info.listen_url}/consent",
+                    data={**fields, "decision": "allow"},
+                    headers={"cookie": cookie},
+                )
+            assert r.status_code == 302, r.text
+            back = parse_qs(urlsplit(r.headers["location"]).query)
+            assert back.get("state") == ([state] if state is not None else None)
+            assert back["iss"] == [node.info.issuer_url]
+            r = await http.post(
+                f"{node.info.listen_url}/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": back["code"][0],
+                    "code_verifier": verifier,
+                    "client_id": client_id,
+                    "redirect_uri": REDIRECT_URI,
+                },
+            )
+            assert r.status_code == 200 and r.json()["access_token"], r.text
+        _, challenge = pkce()
+        for bad in ("", "x" * 1025):
+            r = await http.get(
+                f"{node.info.listen_url}/authorize",
+                params={
+                    "response_type": "code",
+                    "client_id": client_id,
+                    "redirect_uri": REDIRECT_URI,
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                    "state": bad,
+                },
+            )
+            assert r.status_code == 400 and "location" not in r.headers
+            assert "1 to 1024 characters" in r.json()["error_description"]

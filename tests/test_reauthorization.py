@@ -5,6 +5,7 @@ R23)."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,10 @@ async def upstream_after_sign_out(ctx: Context) -> str:
     session = ctx._emit.session
     await session.invalidate("reauth_required", "the identity provider revoked the grant")
     return await ctx.upstream_token()
+
+
+def metadata_url_for_sse(node: Any) -> str:
+    return f"{node.info.base_url}/.well-known/oauth-protected-resource/sse"
 
 
 def assert_challenge(r: httpx.Response, metadata_url: str, reason: str | None = None) -> None:
@@ -74,7 +79,9 @@ async def test_a_refresh_refused_for_good_is_answered_401_with_the_challenge_eve
         legacy = await http.get(
             f"{node.info.listen_url}/sse", headers={**bearer, "accept": "text/event-stream"}
         )
-        assert_challenge(legacy, metadata)
+        # the deprecated transport's challenge names the /sse resource's document (RFC 9728)
+        assert_challenge(legacy, node.resource_server.metadata_url_for("/sse"))
+        assert metadata_url_for_sse(node) == node.resource_server.metadata_url_for("/sse")
         with trio.fail_after(5):  # the session ends here first; the row commits right after
             while psql(fresh_db, "SELECT status FROM grants") != "reauth_required":
                 await trio.sleep(0.05)

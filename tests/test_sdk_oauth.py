@@ -86,10 +86,12 @@ class Browser:
         return self.result
 
 
-def sdk_provider(node: Any, browser: Browser, storage: Storage) -> OAuthClientProvider:
+def sdk_provider(
+    node: Any, browser: Browser, storage: Storage, server_url: str | None = None
+) -> OAuthClientProvider:
     """The SDK's OAuth provider for a public client, signing in through ``browser``."""
     return OAuthClientProvider(
-        server_url=node.info.mcp_url,
+        server_url=server_url or node.info.mcp_url,
         client_metadata=OAuthClientMetadata(
             client_name="sdk test",
             redirect_uris=[REDIRECT],
@@ -139,3 +141,64 @@ async def test_the_sdk_oauth_provider_signs_in_refreshes_and_reauthorizes(fresh_
                 result = await session.call_tool("echo", {"text": "after re-authorization"})
                 assert result.content[0].text == "after re-authorization"  # type: ignore[union-attr]
                 assert browser.sign_ins == 2
+
+
+async def test_the_sdk_sse_client_discovers_signs_in_and_works_from_sse(fresh_db: str) -> None:
+    """The deprecated transport's client starts at /sse: the 401 there names the metadata of the
+    /sse resource (RFC 9728, path-suffixed), the SDK's resource check passes, the token it gets
+    is bound to /sse and works on /sse and /messages, and on /mcp (one resource, docs/security.md)."""
+    from mcp.client.sse import sse_client
+
+    async with running_node(fresh_db) as node:
+        browser = Browser(node, "carol")
+        storage = Storage()
+        provider = sdk_provider(node, browser, storage, f"{node.info.base_url}/sse")
+        with trio.fail_after(30):
+            async with (
+                sse_client(f"{node.info.listen_url}/sse", auth=provider) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                result = await session.call_tool("echo", {"text": "over the old transport"})
+                assert result.content[0].text == "over the old transport"  # type: ignore[union-attr]
+        assert browser.sign_ins == 1 and storage.tokens is not None
+        resource = psql(fresh_db, "SELECT DISTINCT resource FROM tokens WHERE kind = 'access'")
+        assert resource == f"{node.info.base_url}/sse"
+        async with httpx.AsyncClient(timeout=20) as http:
+            # the /sse metadata names /sse; the canonical one still names /mcp
+            prm = await http.get(f"{node.info.listen_url}/.well-known/oauth-protected-resource/sse")
+            assert prm.json()["resource"] == f"{node.info.base_url}/sse"
+            prm = await http.get(f"{node.info.listen_url}/.well-known/oauth-protected-resource")
+            assert prm.json()["resource"] == node.info.mcp_url
+            # a token for /sse is this server's: accepted on /mcp too
+            r = await http.post(
+                f"{node.info.listen_url}/mcp",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                },
+                headers={
+                    "authorization": f"Bearer {storage.tokens.access_token}",
+                    "accept": "application/json, text/event-stream",
+                },
+            )
+            assert r.status_code == 200, r.text
+            # the challenge of each endpoint names its own metadata document
+            for path, named in (("/sse", "/sse"), ("/messages", "/sse"), ("/mcp", "/mcp")):
+                method = "GET" if path == "/sse" else "POST"
+                r = await http.request(
+                    method,
+                    f"{node.info.listen_url}{path}",
+                    headers={"content-type": "application/json", "accept": "text/event-stream"},
+                )
+                assert r.status_code == 401
+                assert (
+                    f'resource_metadata="{node.info.base_url}/.well-known/oauth-protected-resource{named}"'
+                    in r.headers["www-authenticate"]
+                )
