@@ -36,6 +36,11 @@ from server._progress import Progress
 __all__ = ["add_commands", "run_command"]
 
 ORIGIN = "cli"
+_SESSION_HELP = "a session id (a UUID, as `steward sessions list` shows)"
+_USER_HELP = (
+    "a user: the full id (<issuer>|<subject>, as `--json` shows) or the name `sessions list` "
+    "shows, where only one user has it"
+)
 
 
 def add_commands(sub: Any) -> None:
@@ -43,18 +48,28 @@ def add_commands(sub: Any) -> None:
         dest="action", required=True
     )
     ls = sessions.add_parser("list", help="user sessions, newest first")
-    ls.add_argument("--user", default="", help="only users whose id contains this")
-    ls.add_argument("--status", default="", help="only this status (active, revoked, …)")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument(
+        "--user", default="", help="only users whose id contains this (default: every user)"
+    )
+    ls.add_argument(
+        "--status",
+        default="",
+        help="only this status (active, revoked, …; default: every status)",
+    )
+    ls.add_argument("--limit", type=int, default=50, help="at most this many sessions")
     show = sessions.add_parser(
         "show", help="one user session with its streams and transport sessions"
     )
-    show.add_argument("grant_id")
+    show.add_argument("grant_id", help=_SESSION_HELP)
     end = sessions.add_parser(
         "end", help="end a user session, or every active session of a user, on every node"
     )
-    end.add_argument("grant_id", nargs="?", help="the session to end")
-    end.add_argument("--user", help="end every active session of this user id instead")
+    end.add_argument("grant_id", nargs="?", help=_SESSION_HELP)
+    end.add_argument(
+        "--user",
+        help="end every active session of this user instead (a user id, or a user's name where "
+        "only one user has it; default: none, give a session id)",
+    )
     users = sub.add_parser(
         "users", help="revoke or reinstate a user, or change a tier"
     ).add_subparsers(dest="action", required=True)
@@ -62,24 +77,26 @@ def add_commands(sub: Any) -> None:
         "revoke",
         help="revoke every session of a user on every node (and upstream) and refuse their sign-in",
     )
-    revoke.add_argument("user_id")
+    revoke.add_argument("user_id", help=_USER_HELP)
     reinstate = users.add_parser(
         "reinstate",
         help="lift a user's revocation: they may sign in again (ended sessions stay ended)",
     )
-    reinstate.add_argument("user_id")
+    reinstate.add_argument("user_id", help=_USER_HELP)
     tier = users.add_parser(
         "set-tier",
         help="override a user's subscription tier everywhere; it holds until clear-tier, "
         "whatever the identity provider says",
     )
-    tier.add_argument("user_id")
-    tier.add_argument("tier")
+    tier.add_argument("user_id", help=_USER_HELP)
+    tier.add_argument(
+        "tier", help="one of the configured tiers (free, pro, enterprise unless configured)"
+    )
     clear = users.add_parser(
         "clear-tier",
         help="clear a user's tier override: the identity provider's tier applies again",
     )
-    clear.add_argument("user_id")
+    clear.add_argument("user_id", help=_USER_HELP)
     keys = sub.add_parser("keys", help="the upstream-token encryption key").add_subparsers(
         dest="action", required=True
     )
@@ -94,8 +111,17 @@ def add_commands(sub: Any) -> None:
     )
     for p in (ls, show, end, revoke, reinstate, tier, clear, rotate):
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--data-dir", type=str)
-        p.add_argument("--database-url")
+        p.add_argument(
+            "--data-dir",
+            type=str,
+            help="the data folder whose private PostgreSQL holds the sessions "
+            "(default: steward-data, or the setting data_dir / STEWARD_DATA_DIR)",
+        )
+        p.add_argument(
+            "--database-url",
+            help="postgresql://… of the database instead "
+            "(default: none, or the setting database_url / STEWARD_DATABASE_URL)",
+        )
 
 
 def _uuid(text: str) -> uuid.UUID:
