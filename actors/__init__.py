@@ -59,12 +59,14 @@ from actors._upstream import (
     UpstreamNotReady,
     UpstreamUnavailable,
 )
+from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
     "RETENTION_RULES",
+    "AmbiguousUser",
     "Conn",
     "IdTokenInvalid",
     "Migration",
@@ -82,6 +84,7 @@ __all__ = [
     "TierChange",
     "TierMapping",
     "TierResolution",
+    "UnknownUser",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
@@ -99,9 +102,11 @@ __all__ = [
     "redirect_uri_matches",
     "redirect_uri_problem",
     "reinstate_user",
+    "resolve_user",
     "retention_sweep",
     "revoke_user_ops",
     "set_tier_override",
     "store_child_spec",
+    "user_names",
     "valid_redirect_uri",
 ]

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import attrs
 import structlog
 
-from actors import StoreUnavailable, UserChange
+from actors import StoreUnavailable, UserChange, user_names
 from runtime import tree
 from server._http import (
     BodyTooLarge,
@@ -293,8 +293,18 @@ class AdminApi:
                 "FROM grants g JOIN users u USING (user_id) WHERE ($1 = '' OR g.user_id ILIKE '%' || $1 || '%') ORDER BY g.last_seen_at DESC LIMIT 200",
                 q.get("user", ""),
             )
+            names = await user_names(node.store, (r["user_id"] for r in rows))
             return 200, {
-                "sessions": [_jsonable({**r, "live_here": r["grant_id"] in live}) for r in rows]
+                "sessions": [
+                    _jsonable(
+                        {
+                            **r,
+                            "user_name": names.get(r["user_id"]),
+                            "live_here": r["grant_id"] in live,
+                        }
+                    )
+                    for r in rows
+                ]
             }
         if method == "GET" and route == "events":
             limit = max(1, min(500, int(q.get("limit", "50"))))
@@ -302,7 +312,10 @@ class AdminApi:
                 "SELECT occurred_at, kind, user_id, client_id, grant_id, node_id, detail FROM auth_events ORDER BY occurred_at DESC LIMIT $1",
                 limit,
             )
-            return 200, {"events": [_jsonable(r) for r in rows]}
+            names = await user_names(node.store, (r["user_id"] for r in rows))
+            return 200, {
+                "events": [_jsonable({**r, "user_name": names.get(r["user_id"])}) for r in rows]
+            }
         if method == "POST" and route == "users/revoke":
             await node.sessions.revoke_user(
                 str(body["user_id"]), reason=str(body.get("reason", "revoked by an operator"))

@@ -18,15 +18,19 @@ from typing import Any
 import trio
 
 from actors import (
+    AmbiguousUser,
     Conn,
     Store,
     TierChange,
+    UnknownUser,
     UserChange,
     grant_end_ops,
     reinstate_user,
+    resolve_user,
     revoke_user_ops,
     set_tier_override,
     store_child_spec,
+    user_names,
 )
 from actors._cluster import cluster_event_ops
 from runtime import Supervisor
@@ -156,6 +160,8 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
         args.status,
         max(1, min(args.limit, 10_000)),
     )
+    names = await user_names(store, (r["user_id"] for r in rows))
+    rows = [{**r, "user_name": names.get(r["user_id"], r["user_id"])} for r in rows]
 
     def human(rows: list[dict[str, Any]]) -> str:
         if not rows:
@@ -166,7 +172,7 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
         for r in rows:
             seen = r["last_seen_at"].astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
             lines.append(
-                f"{r['grant_id']!s:36}  {r['status']:15}  {r['tier']:10}  {r['streams']:7}  {seen}  {r['user_id']}"
+                f"{r['grant_id']!s:36}  {r['status']:15}  {r['tier']:10}  {r['streams']:7}  {seen}  {r['user_name']}"
             )
         return "\n".join(lines)
 
@@ -192,13 +198,15 @@ async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
         "SELECT session_id, protocol_version, created_at, ended_at FROM transport_sessions WHERE grant_id = $1 ORDER BY created_at DESC LIMIT 100",
         grant_id,
     )
+    names = await user_names(store, [grant["user_id"]])
+    grant = {**grant, "user_name": names.get(grant["user_id"], grant["user_id"])}
     payload = {"session": grant, "streams": streams, "transport_sessions": transports}
 
     def human(p: dict[str, Any]) -> str:
         g = p["session"]
         lines = [
             f"session   {g['grant_id']}",
-            f"user      {g['user_id']}",
+            f"user      {g['user_name']}  ({g['user_id']})",
             f"client    {g['client_id']}",
             f"status    {g['status']}" + (f" ({g['status_reason']})" if g["status_reason"] else ""),
             f"tier      {g['tier']}"
@@ -392,6 +400,19 @@ async def _keys_rotate(store: Store, args: argparse.Namespace, settings: Setting
     _out(args, report.to_dict(), human)
 
 
+async def _resolve_user_names(store: Store, args: argparse.Namespace) -> None:
+    """A user named by subject or email address (``bob``) becomes that user's id, where only one
+    user has the name (actors/_user_names.py)."""
+    for field in ("user_id", "user"):
+        given = getattr(args, field, None)
+        if not given or (args.command, args.action) == ("sessions", "list"):
+            continue  # `sessions list --user` is a search, not a name
+        try:
+            setattr(args, field, await resolve_user(store, given))
+        except (UnknownUser, AmbiguousUser) as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def run_command(
     args: argparse.Namespace, settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> None:
@@ -407,9 +428,13 @@ def run_command(
     }
     handler = handlers[(args.command, args.action)]
 
+    async def named(store: Store) -> None:
+        await _resolve_user_names(store, args)
+        await handler(store)
+
     async def main() -> None:
         async def with_dsn(dsn: str) -> None:
-            await _with_store(dsn, handler)
+            await _with_store(dsn, named)
 
         await with_database(settings, with_dsn)
 
