@@ -169,3 +169,33 @@ async def test_the_development_idp_keeps_its_issuer_and_its_users_across_restart
     assert count == 1
     kept = json.loads((data_dir / DEV_IDP_FILE).read_text())
     assert f"127.0.0.1:{kept['port']}" in next(iter(user_ids))
+
+
+def test_with_workers_the_development_idp_keeps_its_issuer_across_restarts(
+    fresh_db: str, data_dir: Path
+) -> None:
+    """``--workers 2``: the parent serves the development IdP, on the port the data folder keeps;
+    "bob" signed in before and after a restart is one user."""
+    from bench._servers import obtain_token
+    from tests.harness._serve import steward_serve
+
+    os.chmod(data_dir, 0o755)
+    args = ("--workers", "2", "--port", "0", "--database-url", fresh_db)
+    issuers, users = [], set()
+    with steward_serve(*args, env={"STEWARD_ADMIN_TOKEN": "t"}, folder=data_dir) as server:
+        for start in range(2):
+            if start:
+                assert server.stop() == 0
+                server.start()
+            issuers.append(server.ready["dev_idp_url"])
+            obtain_token(server.ready, "bob")
+            listed = httpx.get(
+                f"{server.ready['base_url']}/admin/api/sessions",
+                headers={"authorization": "Bearer t"},
+                timeout=20,
+            )
+            users |= {s["user_id"] for s in listed.json()["sessions"]}
+    assert issuers[0] == issuers[1], issuers
+    assert users == {f"{issuers[0]}|bob"}
+    kept = json.loads((data_dir / "data" / DEV_IDP_FILE).read_text())
+    assert issuers[0] == f"http://127.0.0.1:{kept['port']}"
