@@ -127,6 +127,7 @@ from actors._upstream import (
     UpstreamUnavailable,
 )
 from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
+from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
@@ -139,6 +140,7 @@ __all__ = [
     "REFUSE",
     "RETENTION_RULES",
     "AddressKind",
+    "AmbiguousUser",
     "AuthPolicy",
     "AuthService",
     "AuthenticationRequiredError",
@@ -184,6 +186,7 @@ __all__ = [
     "TierMapping",
     "TierResolution",
     "TransportSession",
+    "UnknownUser",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
@@ -228,6 +231,7 @@ __all__ = [
     "redirect_uri_matches",
     "redirect_uri_problem",
     "reinstate_user",
+    "resolve_user",
     "retention_sweep",
     "revoke_user",
     "revoke_user_ops",
@@ -243,6 +247,7 @@ __all__ = [
     "subscribe_session_op",
     "subscriptions_of",
     "unsubscribe_op",
+    "user_names",
     "valid_redirect_uri",
     "withdraw_outbox",
 ]

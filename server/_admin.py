@@ -48,6 +48,7 @@ from actors import (
     UserChange,
     list_grants,
     recent_auth_events,
+    user_names,
 )
 from runtime import TreeNode
 from server._http import (
@@ -313,13 +314,26 @@ class AdminApi:
         if method == "GET" and route == "sessions":
             live = {s.grant_id: len(s.connections()) for s in self.sessions.live()}
             rows = await list_grants(self.store, user=q.get("user", ""), limit=SESSIONS_SHOWN)
+            names = await user_names(self.store, (r["user_id"] for r in rows))
             return 200, {
-                "sessions": [_jsonable({**r, "live_here": r["grant_id"] in live}) for r in rows]
+                "sessions": [
+                    _jsonable(
+                        {
+                            **r,
+                            "user_name": names.get(r["user_id"]),
+                            "live_here": r["grant_id"] in live,
+                        }
+                    )
+                    for r in rows
+                ]
             }
         if method == "GET" and route == "events":
             limit = max(1, min(500, int(q.get("limit", "50"))))
             rows = await recent_auth_events(self.store, limit)
-            return 200, {"events": [_jsonable(r) for r in rows]}
+            names = await user_names(self.store, (r["user_id"] for r in rows))
+            return 200, {
+                "events": [_jsonable({**r, "user_name": names.get(r["user_id"])}) for r in rows]
+            }
         if method == "POST" and route == "users/revoke":
             await self.sessions.revoke_user(
                 str(body["user_id"]), reason=str(body.get("reason", OPERATOR_REVOKED))

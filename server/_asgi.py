@@ -30,6 +30,7 @@ from server._limits import AddressLimiter
 from server._mcp_http import McpHttp
 from server._metrics import RequestCounter, render_metrics
 from server._oauth import OAuthEndpoints
+from server._static import send_public_file
 
 __all__ = ["StewardAsgi"]
 
@@ -132,7 +133,7 @@ class StewardAsgi:
                     render_metrics(self.metrics),
                     b"text/plain; version=0.0.4; charset=utf-8",
                 )
-            else:
+            elif not await send_public_file(counting_send, scope["method"], path):
                 await send_json(
                     counting_send,
                     404,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from server._app import Steward
@@ -28,52 +29,136 @@ from server._progress import Progress
 __all__ = ["main"]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default: ``(default: …)`` unless the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return help_with_default(action)
+
+
+def help_with_default(action: argparse.Action) -> str:
+    """An option's help as ``--help`` prints it, its default included."""
+    text = action.help or ""
+    if (
+        "default" in text
+        or action.help is argparse.SUPPRESS
+        or action.default is argparse.SUPPRESS
+        or not action.option_strings  # a positional argument has no default
+    ):
+        return text
+    if action.default is None:  # the option's own help must say what applies without it
+        return text
+    if action.default is False:
+        return f"{text} (default: off)"
+    return f"{text} (default: %(default)s)"
+
+
+def _setting(name: str) -> str:
+    """The default of an option that overrides the setting ``name``."""
+    default = attrs.fields_dict(Settings)[name].default
+    shown = {None: "none", False: "off", True: "on"}.get(default, str(default))
+    return f"(default: {shown}, or the setting {name} / STEWARD_{name.upper()})"
+
+
+_CONFIG_HELP = (
+    "a TOML configuration file (STEWARD_* variables and these options override it; "
+    "default: none, the built-in settings)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="steward", description="A session runtime for remote MCP servers."
+        prog="steward",
+        description="A session runtime for remote MCP servers.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--config", type=Path, help="a TOML configuration file (STEWARD_* variables override it)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--config", type=Path, help=_CONFIG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve", help="serve MCP (a private PostgreSQL starts when no database URL is set)"
     )
     serve.add_argument(
-        "--app", help="the application to serve, as module:attribute (default: the demo)"
+        "--app",
+        help="the application to serve, as module:attribute (default: the demo, server._demo:demo)",
     )
     serve.add_argument(
-        "--ready-file", type=Path, help="write the URLs as JSON here once Steward accepts requests"
+        "--ready-file",
+        type=Path,
+        help="write the URLs as JSON here once Steward accepts requests (default: none)",
     )
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--database-url")
+    serve.add_argument("--host", help=f"the address to listen on {_setting('host')}")
     serve.add_argument(
-        "--workers", type=int, help="worker processes (nodes) sharing the port and the database"
+        "--port", type=int, help=f"the port to listen on, 0 for any {_setting('port')}"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"the data folder: the private PostgreSQL, keys, journal {_setting('data_dir')}",
+    )
+    serve.add_argument(
+        "--database-url",
+        help="postgresql://… of an existing database instead of the private one "
+        f"{_setting('database_url')}",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help=f"worker processes (nodes) sharing the port and the database {_setting('workers')}",
     )
     serve.add_argument(
         "--dev-no-auth",
         action="store_true",
         default=None,
         help="DEVELOPMENT ONLY: switch authorization off, every request runs as the development "
-        "user (refused without the development IdP or off loopback; for conformance runs)",
+        "user (refused without the development IdP or off loopback; for conformance runs) "
+        f"{_setting('dev_no_auth')}",
     )
     add_commands(sub)
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
-    migrate.add_argument("--data-dir", type=Path)
-    migrate.add_argument("--database-url")
+    migrate.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"the data folder of the private PostgreSQL {_setting('data_dir')}",
+    )
+    migrate.add_argument(
+        "--database-url", help=f"postgresql://… to migrate {_setting('database_url')}"
+    )
     doctor = sub.add_parser(
         "doctor",
         help="check the configuration, database, migrations, IdP, key file and port; "
         "say how to fix each failure",
     )
-    doctor.add_argument("--data-dir", type=Path)
-    doctor.add_argument("--database-url")
-    doctor.add_argument("--host")
-    doctor.add_argument("--port", type=int)
+    doctor.add_argument(
+        "--data-dir", type=Path, help=f"the data folder to check {_setting('data_dir')}"
+    )
+    doctor.add_argument(
+        "--database-url", help=f"postgresql://… to check {_setting('database_url')}"
+    )
+    doctor.add_argument("--host", help=f"the address to check {_setting('host')}")
+    doctor.add_argument("--port", type=int, help=f"the port to check {_setting('port')}")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in subcommands(parser):
+        command.formatter_class = HelpFormatter
+        if not _has_subcommands(command):
+            # ``steward serve --config x.toml`` as well as ``steward --config x.toml serve``
+            command.add_argument(
+                "--config", type=Path, default=argparse.SUPPRESS, help=_CONFIG_HELP
+            )
     return parser
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (``serve``, ``sessions``, ``sessions list``, …)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *subcommands(child)]
+    return found
 
 
 def load_app(spec: str | None) -> Steward:
@@ -131,13 +216,23 @@ async def _with_database(settings: Settings, fn: Any, *, supervised: bool = Fals
 
 
 async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> None:
-    from server._node import run_node, write_ready_file
+    from server._node import bind_dev_idp, bind_socket, run_node, write_ready_file
+
+    # the ports first: a port in use ends the command at once, before a database starts
+    sock = bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
+    idp_sock = bind_dev_idp(settings) if settings.upstream is None and settings.dev_idp else None
 
     async def run(dsn: str, keeper: PostmasterKeeper | None) -> None:
         async with trio.open_nursery() as nursery:
             node = await nursery.start(
                 lambda task_status: run_node(
-                    settings, app, dsn=dsn, embedded_postgres=keeper, task_status=task_status
+                    settings,
+                    app,
+                    dsn=dsn,
+                    sock=sock,
+                    idp_sock=idp_sock,
+                    embedded_postgres=keeper,
+                    task_status=task_status,
                 )
             )
             if ready_file is not None:
@@ -184,7 +279,12 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
 
     from server._dev_idp import DevIdP
     from server._limits import address_limiter
-    from server._node import bind_socket, open_keyring, serve_http
+    from server._node import bind_dev_idp, bind_socket, open_keyring, serve_http
+
+    # the ports first: a port in use ends the command at once, before a database starts
+    probe = bind_socket(settings.host, settings.port, reuse_port=True)
+    port = probe.getsockname()[1]
+    idp_sock = bind_dev_idp(settings) if settings.upstream is None and settings.dev_idp else None
 
     async def run(dsn: str, keeper: PostmasterKeeper | None) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -195,8 +295,6 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             if key_file is not None
             else {"STEWARD_ENCRYPTION_KEY": settings.encryption_key or ""}
         )
-        probe = bind_socket(settings.host, settings.port, reuse_port=True)
-        port = probe.getsockname()[1]
         public = settings.public_url or f"http://{settings.host}:{port}"
         env = {
             **os.environ,
@@ -212,8 +310,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             if keeper is not None:  # the workers share the cluster: this process keeps it up
                 await nursery.start(keeper.run)
             idp_url = None
-            if settings.upstream is None and settings.dev_idp:
-                idp_sock = bind_socket(settings.host, settings.dev_idp_port)
+            if idp_sock is not None:
                 host, idp_port = idp_sock.getsockname()[:2]
                 idp_url = f"http://{host}:{idp_port}"
                 idp = DevIdP(idp_url)
@@ -378,8 +475,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _known_error(exc: BaseException) -> BaseException | None:
     """A failure an operator fixes outside Steward (a migration the database role may not
-    apply), found in ``exc``, its exception groups and its causes; None for anything else."""
+    apply, a port in use), found in ``exc``, its exception groups and its causes; None for
+    anything else."""
     from actors import MigrationError
+    from server._node import CannotListen
 
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
@@ -388,7 +487,7 @@ def _known_error(exc: BaseException) -> BaseException | None:
         if id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, MigrationError):
+        if isinstance(e, MigrationError | CannotListen):
             return e
         if isinstance(e, BaseExceptionGroup):
             todo.extend(e.exceptions)

@@ -380,7 +380,15 @@ class Settings:
     )
     admin_token: str | None = attrs.field(default=None, metadata={"secret": True})
     dev_idp: bool = attrs.field(default=True, metadata={"help": "serve the development IdP"})
-    dev_idp_port: int = attrs.field(default=0, metadata={"min": 0, "max": 65535})
+    dev_idp_port: int = attrs.field(
+        default=0,
+        metadata={
+            "min": 0,
+            "max": 65535,
+            "help": "the development IdP's port; 0: the one kept in <data_dir>/dev-idp.json, "
+            "chosen at the first start",
+        },
+    )
     dev_idp_allow_public_insecure: bool = attrs.field(
         default=False,
         metadata={

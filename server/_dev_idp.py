@@ -14,6 +14,7 @@ import collections
 import hashlib
 import hmac
 import html
+import itertools
 import json
 import math
 import re
@@ -42,6 +43,7 @@ from server._http import (
     send_json,
 )
 from server._limits import AddressLimiter
+from server._static import PAGE_HEAD, send_public_file
 
 __all__ = ["DEMO_USERS", "DevIdP"]
 
@@ -55,6 +57,7 @@ DEMO_USERS = {
 _MAX_BODY = 64 * 1024
 _MAX_GRANTS = 100_000
 _MAX_USERS = 100_000
+_LISTED = 100  # users the sign-in page lists
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _REDIRECT_URI = re.compile(r"https?://[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
 _MAX_SLOW = 3600.0  # seconds a "slow" refresh fault may last
@@ -154,7 +157,7 @@ class DevIdP:
                 await route(scope, body, send)
             elif path.startswith("/_control/") and method in ("GET", "POST"):
                 await self._control(scope, path.removeprefix("/_control/"), body, send)
-            else:
+            elif not await send_public_file(send, method, path):
                 await _error(send, 404, "not_found", f"no endpoint {method} {path}")
         except InvalidInput as exc:  # a NUL character in the query string or form
             await _error(send, 400, "invalid_request", str(exc))
@@ -206,15 +209,7 @@ class DevIdP:
             # any other well-formed name signs in as a new free-tier user (benchmarks need many)
             self.users[user] = {"email": f"{user}@example.com", "tier": "free"}
         if user not in self.users:
-            links = "".join(
-                f'<li><a href="/authorize?{html.escape(urlencode({**q, "login_hint": name}))}">{name}</a> ({info["tier"]})</li>'
-                for name, info in self.users.items()
-            )
-            await send_html(
-                send,
-                200,
-                f"<!doctype html><title>Sign in</title><h1>Development sign-in</h1><p>Choose a demo user:</p><ul>{links}</ul>",
-            )
+            await send_html(send, 200, self._sign_in_page(q))
             return
         if user in self.revoked_users:
             await redirect(send, q["redirect_uri"], {"error": "access_denied", "state": q["state"]})
@@ -233,6 +228,30 @@ class DevIdP:
         await redirect(
             send, q["redirect_uri"], {"code": code, "state": q["state"], "iss": self.issuer}
         )
+
+    def _sign_in_page(self, q: dict[str, str]) -> str:
+        """The page that lists the users to sign in as (the first ``_LISTED``)."""
+        e = html.escape
+        choices = "".join(
+            f'<li><a class="choice" href="/authorize?{e(urlencode({**q, "login_hint": name}))}">'
+            f'<strong>{e(name)}</strong> <span class="badge tier">{e(str(info["tier"]))}</span> '
+            f'<span class="hint">{e(str(info["email"]))}</span></a></li>'
+            for name, info in itertools.islice(self.users.items(), _LISTED)
+        )
+        more = len(self.users) - _LISTED
+        rest = (
+            f'<p class="hint">… and {more} more: sign in as any of them with login_hint.</p>'
+            if more > 0
+            else ""
+        )
+        return f"""<!doctype html><html lang="en"><head>{PAGE_HEAD}<title>Sign in</title></head>
+<body class="page"><header><h1>Steward</h1><span>development identity provider</span></header>
+<main><section>
+<h2>Development sign-in</h2>
+<p>Choose a demo user:</p>
+<ul class="choices">{choices}</ul>{rest}
+<p class="hint">For development only: this identity provider signs anyone in as any user.</p>
+</section></main></body></html>"""
 
     async def _token(self, scope: Scope, body: bytes, send: Send) -> None:
         f = form(body)

@@ -133,6 +133,38 @@ def check_port(name: str, host: str, port: int) -> Check:
     return Check(name, "ok", f"{host}:{port} is free")
 
 
+def check_dev_idp_port(settings: Settings, *, running: bool) -> Check:
+    """The development IdP's port: ``dev_idp_port``, or the one its data folder keeps
+    (server/_node.py, ``bind_dev_idp``); ``running``: a Steward already serves this config."""
+    from server._node import DEV_IDP_FILE, kept_dev_idp_port
+
+    name = "development IdP port"
+    try:
+        kept = None if settings.dev_idp_port else kept_dev_idp_port(settings)
+    except ConfigError as exc:
+        return Check(name, "fail", str(exc), f"correct or delete {DEV_IDP_FILE}")
+    check = check_port(name, settings.host, kept or settings.dev_idp_port)
+    if check.status == "fail" and kept is not None:
+        if running:
+            return Check(
+                name,
+                "warn",
+                f"{settings.host}:{kept} is in use, by the Steward already serving?",
+                "fine if it is the one this configuration describes",
+            )
+        return Check(
+            name,
+            "fail",
+            f"{check.detail} (kept in {settings.data_dir / DEV_IDP_FILE} so that the "
+            "development IdP's users keep their ids)",
+            "stop what holds the port, or delete the file to take a new one (users signed in "
+            "through the old one then sign in as new users)",
+        )
+    if check.status == "ok" and kept is not None:
+        return Check(name, "ok", f"{settings.host}:{kept} is free (kept in the data folder)")
+    return check
+
+
 def check_data_dir(settings: Settings) -> Check:
     folder = settings.data_dir
     probe = (
@@ -522,8 +554,8 @@ async def run_checks(
     checks.append(check_data_dir(settings))
     checks.append(check_key_file(settings))
     checks.append(check_port("port", settings.host, settings.port))
-    if settings.upstream is None and settings.dev_idp and settings.dev_idp_port:
-        checks.append(check_port("development IdP port", settings.host, settings.dev_idp_port))
+    if settings.upstream is None and settings.dev_idp:
+        checks.append(check_dev_idp_port(settings, running=checks[-1].status == "warn"))
     if not settings.database_url:
         try:
             find_postgres_bindir()

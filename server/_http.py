@@ -249,7 +249,8 @@ async def send_html(
         (b"x-frame-options", b"DENY"),
         (
             b"content-security-policy",
-            b"frame-ancestors 'none'; default-src 'self'; style-src 'unsafe-inline'",
+            # this server's own style sheet and icon (server/_static.py), no inline style
+            b"frame-ancestors 'none'; default-src 'self'; style-src 'self'; base-uri 'none'",
         ),
     ]
     await send_response(

@@ -17,6 +17,7 @@ root (one_for_one)
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -62,7 +63,7 @@ from server._admin import AdminApi
 from server._app import Steward
 from server._asgi import StewardAsgi
 from server._client_metadata import MetadataFetcher
-from server._config import DEV_IDP_EXPOSED, Settings, TierSettings
+from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
 from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
@@ -75,11 +76,15 @@ from server._oauth import OAuthEndpoints, ResourceServer
 from server._relay import Relay
 
 __all__ = [
+    "DEV_IDP_FILE",
     "GC_THRESHOLDS",
+    "CannotListen",
     "Node",
     "NodeInfo",
     "RootPolicy",
+    "bind_dev_idp",
     "bind_socket",
+    "kept_dev_idp_port",
     "open_keyring",
     "run_node",
     "tune_gc",
@@ -130,20 +135,105 @@ class NodeInfo:
 UNACKED_LIMIT = 60.0
 
 
+class CannotListen(Exception):
+    """A port Steward must listen on is taken or forbidden; the message says which and the fix."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 def bind_socket(
-    host: str, port: int, *, reuse_port: bool = False, unacked_limit: float = UNACKED_LIMIT
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    unacked_limit: float = UNACKED_LIMIT,
+    fix: str = "stop what holds the port (a Steward already running?) or choose another "
+    "(port / STEWARD_PORT, --port)",
 ) -> socket.socket:
     """A listening TCP socket; accepted connections inherit its options (TCP_USER_TIMEOUT of
-    ``unacked_limit`` seconds where the platform has it)."""
+    ``unacked_limit`` seconds where the platform has it).
+
+    Raises:
+        CannotListen: the address is in use or may not be bound (``fix`` ends its message).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # sibling worker processes share the port; the kernel spreads connections
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(unacked_limit * 1000))
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # sibling worker processes share the port; the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(unacked_limit * 1000))
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise CannotListen(f"cannot listen on {host}:{port}: {why}; {fix}", exc.errno) from None
+    return sock
+
+
+DEV_IDP_FILE = "dev-idp.json"  # in the data folder: the development IdP's port, kept
+
+
+def kept_dev_idp_port(settings: Settings) -> int | None:
+    """The development IdP's port kept in the data folder; None before its first start.
+
+    Raises:
+        ConfigError: the file is not what Steward wrote.
+    """
+    path = settings.data_dir / DEV_IDP_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror}"
+        raise ConfigError(msg) from None
+    try:
+        kept = json.loads(text)["port"]
+    except (ValueError, KeyError, TypeError):
+        kept = None
+    if not isinstance(kept, int) or isinstance(kept, bool) or not 0 < kept < 65536:
+        msg = (
+            f'{path} should hold the development IdP\'s port, as {{"port": 43121}}: correct '
+            "it, or delete it to take a new port (users signed in through the old one then sign "
+            "in as new users)"
+        )
+        raise ConfigError(msg)
+    return kept
+
+
+def bind_dev_idp(settings: Settings) -> socket.socket:
+    """The development IdP's socket, on the same port at every start of a data folder.
+
+    Its URL is its issuer, and a user's id is ``<issuer>|<subject>``: a port of its own at each
+    start would make each start's "bob" another user. The port is ``dev_idp_port`` when set, else
+    the one kept in ``<data_dir>/dev-idp.json``, else one the system chooses, kept there.
+
+    Raises:
+        CannotListen: the port is taken (the message names the file that keeps it).
+        ConfigError: the file is not what Steward wrote.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / DEV_IDP_FILE
+    kept = None if settings.dev_idp_port else kept_dev_idp_port(settings)
+    port = kept or settings.dev_idp_port
+    fix = (
+        f"the development IdP keeps this port (in {path}) so that its users keep their ids: "
+        "stop what holds it, or delete the file to take a new port (users signed in through "
+        "the old one then sign in as new users)"
+        if kept is not None
+        else "stop what holds it or choose another (dev_idp_port / STEWARD_DEV_IDP_PORT)"
+    )
+    sock = bind_socket(settings.host, port, fix=fix)
+    chosen = sock.getsockname()[1]
+    if chosen != kept:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": chosen, "issuer": _url(sock)}) + "\n")
+        tmp.replace(path)  # whole or absent
     return sock
 
 
@@ -244,7 +334,10 @@ async def run_node(
     """
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    sock = sock or bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
+    bound: list[socket.socket] = []  # the sockets this node bound itself, closed at its end
+    if sock is None:
+        sock = bind_socket(settings.host, settings.port, reuse_port=settings.reuse_port)
+        bound.append(sock)
     base_url = settings.public_url.rstrip("/") if settings.public_url else _url(sock)
     resource = f"{base_url}/mcp"
     legacy_resource = f"{base_url}/sse"
@@ -253,7 +346,10 @@ async def run_node(
     if settings.upstream is not None:
         upstream_config = settings.upstream.client_config()
     elif settings.dev_idp:
-        idp_sock = idp_sock or bind_socket(settings.host, settings.dev_idp_port)
+        if idp_sock is None:
+            # the same port at every start of this data folder, free again once this node ends
+            idp_sock = bind_dev_idp(settings)
+            bound.append(idp_sock)
         idp_url = _url(idp_sock)
         dev_idp = DevIdP(idp_url)
         if settings.dev_idp_exposed:  # allowed by dev_idp_allow_public_insecure only
@@ -549,6 +645,8 @@ async def run_node(
                 on_ready(node)
             task_status.started(node)
     finally:
+        for own in bound:  # Hypercorn served duplicates of them: the port is free again
+            own.close()
         with trio.move_on_after(2, shield=True):
             await upstream.aclose()
 

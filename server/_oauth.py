@@ -48,6 +48,7 @@ from server._http import (
     send_json,
     unavailable,
 )
+from server._static import PAGE_HEAD
 
 __all__ = ["AuthError", "OAuthEndpoints", "ResourceServer"]
 
@@ -227,6 +228,11 @@ class ResourceServer:
     def forget_token(self, token: str) -> None:
         self._forgets += 1
         self._cache.pop(hash_token(token), None)
+
+
+def _user_name(user_id: str) -> str:
+    """The part of a user id (``<issuer>|<subject>``) a person reads: the subject."""
+    return user_id.partition("|")[2] or user_id
 
 
 class OAuthEndpoints:
@@ -419,31 +425,35 @@ class OAuthEndpoints:
             await send_json(send, exc.status, exc.body())
             return
         e = html.escape
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Access revoked</title></head>
-<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto">
-<h1>Access revoked</h1>
-<p>The account <strong>{e(exc.user_id)}</strong> is not allowed to sign in to this MCP server:
-its operator revoked its access. Signing in again does not help; ask the operator to reinstate
-the account.</p>
-<p><a id="return" href="{e(exc.client_redirect)}">Return to the application</a> (it is told that
-access was denied).</p>
-</body></html>"""
+        page = f"""<!doctype html><html lang="en"><head>{PAGE_HEAD}<title>Access revoked</title></head>
+<body class="page"><header><h1>Steward</h1></header><main><section>
+<h2>Access revoked</h2>
+<p>The account <strong title="{e(exc.user_id)}">{e(_user_name(exc.user_id))}</strong> is not
+allowed to sign in to this MCP server: its operator revoked its access. Signing in again does not
+help; ask the operator to reinstate the account.</p>
+<p class="hint">Account id <code>{e(exc.user_id)}</code></p>
+<p class="buttons"><a id="return" class="button" href="{e(exc.client_redirect)}">Return to the application</a></p>
+<p class="hint">The application is told that access was denied.</p>
+</section></main></body></html>"""
         await send_html(send, exc.status, page, [(b"cache-control", b"no-store")])
 
     async def _consent_page(self, send: Send, c: ConsentNeeded) -> None:
         e = html.escape
-        scopes = "".join(f"<li>{e(s)}</li>" for s in c.scopes)
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Allow access?</title></head>
-<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto">
-<h1>Allow {e(c.client_name)}?</h1>
-<p>The application <strong>{e(c.client_name)}</strong> (client id <code>{e(c.client_id)}</code>) asks to act for
-<strong>{e(c.user_id)}</strong> on this MCP server with these scopes:</p><ul>{scopes}</ul>
-<p>After you answer you will be sent to <code>{e(c.redirect_uri)}</code>.</p>
+        scopes = "".join(f"<li><code>{e(s)}</code></li>" for s in c.scopes)
+        page = f"""<!doctype html><html lang="en"><head>{PAGE_HEAD}<title>Allow access?</title></head>
+<body class="page"><header><h1>Steward</h1></header><main><section>
+<h2>Allow {e(c.client_name)}?</h2>
+<p>The application <strong>{e(c.client_name)}</strong> asks to act for
+<strong title="{e(c.user_id)}">{e(_user_name(c.user_id))}</strong> on this MCP server with these
+scopes:</p><ul class="scopes">{scopes}</ul>
+<p class="hint">Client id <code>{e(c.client_id)}</code>. After you answer you will be sent to
+<code>{e(c.redirect_uri)}</code>.</p>
 <form method="post" action="/consent">
 <input type="hidden" name="request" value="{e(c.request_token)}">
 <input type="hidden" name="csrf" value="{e(c.csrf_token)}">
-<button name="decision" value="allow">Allow</button> <button name="decision" value="deny">Deny</button>
-</form></body></html>"""
+<p class="buttons"><button class="primary" name="decision" value="allow">Allow</button>
+<button name="decision" value="deny">Deny</button></p>
+</form></section></main></body></html>"""
         cookie = (
             f"{CSRF_COOKIE}={c.csrf_token}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
         )

@@ -21,9 +21,11 @@ from actors import (
     OPERATOR_ENDED,
     OPERATOR_REINSTATED,
     OPERATOR_REVOKED,
+    AmbiguousUser,
     GrantStatus,
     RotationBlocked,
     Store,
+    UnknownUser,
     UserChange,
     end_grants_ops,
     grant_detail,
@@ -32,9 +34,11 @@ from actors import (
     live_grants_of,
     override_tier,
     reinstate_user,
+    resolve_user,
     revoke_user,
     rotate_keys,
     store_child_spec,
+    user_names,
 )
 from runtime import Supervisor
 from server._config import ConfigError, Settings
@@ -43,6 +47,11 @@ from server._progress import Progress
 __all__ = ["add_commands", "run_command"]
 
 ORIGIN = "cli"
+_SESSION_HELP = "a session id (a UUID, as `steward sessions list` shows)"
+_USER_HELP = (
+    "a user: the full id (<issuer>|<subject>, as `--json` shows) or the name `sessions list` "
+    "shows, where only one user has it"
+)
 
 
 def add_commands(sub: Any) -> None:
@@ -50,18 +59,28 @@ def add_commands(sub: Any) -> None:
         dest="action", required=True
     )
     ls = sessions.add_parser("list", help="user sessions, newest first")
-    ls.add_argument("--user", default="", help="only users whose id contains this")
-    ls.add_argument("--status", default="", help="only this status (active, revoked, …)")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument(
+        "--user", default="", help="only users whose id contains this (default: every user)"
+    )
+    ls.add_argument(
+        "--status",
+        default="",
+        help="only this status (active, revoked, …; default: every status)",
+    )
+    ls.add_argument("--limit", type=int, default=50, help="at most this many sessions")
     show = sessions.add_parser(
         "show", help="one user session with its streams and transport sessions"
     )
-    show.add_argument("grant_id")
+    show.add_argument("grant_id", help=_SESSION_HELP)
     end = sessions.add_parser(
         "end", help="end a user session, or every active session of a user, on every node"
     )
-    end.add_argument("grant_id", nargs="?", help="the session to end")
-    end.add_argument("--user", help="end every active session of this user id instead")
+    end.add_argument("grant_id", nargs="?", help=_SESSION_HELP)
+    end.add_argument(
+        "--user",
+        help="end every active session of this user instead (a user id, or a user's name where "
+        "only one user has it; default: none, give a session id)",
+    )
     users = sub.add_parser(
         "users", help="revoke or reinstate a user, or change a tier"
     ).add_subparsers(dest="action", required=True)
@@ -69,24 +88,26 @@ def add_commands(sub: Any) -> None:
         "revoke",
         help="revoke every session of a user on every node (and upstream) and refuse their sign-in",
     )
-    revoke.add_argument("user_id")
+    revoke.add_argument("user_id", help=_USER_HELP)
     reinstate = users.add_parser(
         "reinstate",
         help="lift a user's revocation: they may sign in again (ended sessions stay ended)",
     )
-    reinstate.add_argument("user_id")
+    reinstate.add_argument("user_id", help=_USER_HELP)
     tier = users.add_parser(
         "set-tier",
         help="override a user's subscription tier everywhere; it holds until clear-tier, "
         "whatever the identity provider says",
     )
-    tier.add_argument("user_id")
-    tier.add_argument("tier")
+    tier.add_argument("user_id", help=_USER_HELP)
+    tier.add_argument(
+        "tier", help="one of the configured tiers (free, pro, enterprise unless configured)"
+    )
     clear = users.add_parser(
         "clear-tier",
         help="clear a user's tier override: the identity provider's tier applies again",
     )
-    clear.add_argument("user_id")
+    clear.add_argument("user_id", help=_USER_HELP)
     keys = sub.add_parser("keys", help="the upstream-token encryption key").add_subparsers(
         dest="action", required=True
     )
@@ -101,8 +122,17 @@ def add_commands(sub: Any) -> None:
     )
     for p in (ls, show, end, revoke, reinstate, tier, clear, rotate):
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--data-dir", type=str)
-        p.add_argument("--database-url")
+        p.add_argument(
+            "--data-dir",
+            type=str,
+            help="the data folder whose private PostgreSQL holds the sessions "
+            "(default: steward-data, or the setting data_dir / STEWARD_DATA_DIR)",
+        )
+        p.add_argument(
+            "--database-url",
+            help="postgresql://… of the database instead "
+            "(default: none, or the setting database_url / STEWARD_DATABASE_URL)",
+        )
 
 
 def _uuid(text: str) -> uuid.UUID:
@@ -129,11 +159,13 @@ async def _with_store(dsn: str, fn: Callable[[Store], Awaitable[None]]) -> None:
 
 async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
     found = await list_grants(store, user=args.user, status=args.status, limit=args.limit)
+    names = await user_names(store, (r["user_id"] for r in found))
     rows = [
         {
             **{k: r[k] for k in ("grant_id", "user_id", "client_id", "tier", "status")},
             "last_seen_at": r["last_seen_at"],
             "streams": r["open_streams"],
+            "user_name": names.get(r["user_id"], r["user_id"]),
         }
         for r in found
     ]
@@ -147,7 +179,7 @@ async def _sessions_list(store: Store, args: argparse.Namespace) -> None:
         for r in rows:
             seen = r["last_seen_at"].astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
             lines.append(
-                f"{r['grant_id']!s:36}  {r['status']:15}  {r['tier']:10}  {r['streams']:7}  {seen}  {r['user_id']}"
+                f"{r['grant_id']!s:36}  {r['status']:15}  {r['tier']:10}  {r['streams']:7}  {seen}  {r['user_name']}"
             )
         return "\n".join(lines)
 
@@ -160,12 +192,15 @@ async def _sessions_show(store: Store, args: argparse.Namespace) -> None:
     if payload is None:
         msg = f"no session {grant_id}"
         raise ConfigError(msg)
+    grant = payload["session"]
+    names = await user_names(store, [grant["user_id"]])
+    payload["session"] = {**grant, "user_name": names.get(grant["user_id"], grant["user_id"])}
 
     def human(p: dict[str, Any]) -> str:
         g = p["session"]
         lines = [
             f"session   {g['grant_id']}",
-            f"user      {g['user_id']}",
+            f"user      {g['user_name']}  ({g['user_id']})",
             f"client    {g['client_id']}",
             f"status    {g['status']}" + (f" ({g['status_reason']})" if g["status_reason"] else ""),
             f"tier      {g['tier']}"
@@ -325,6 +360,19 @@ async def _keys_rotate(store: Store, args: argparse.Namespace, settings: Setting
     _out(args, report.to_dict(), human)
 
 
+async def _resolve_user_names(store: Store, args: argparse.Namespace) -> None:
+    """A user named by subject or email address (``bob``) becomes that user's id, where only one
+    user has the name (actors/_user_names.py)."""
+    for field in ("user_id", "user"):
+        given = getattr(args, field, None)
+        if not given or (args.command, args.action) == ("sessions", "list"):
+            continue  # `sessions list --user` is a search, not a name
+        try:
+            setattr(args, field, await resolve_user(store, given))
+        except (UnknownUser, AmbiguousUser) as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def run_command(
     args: argparse.Namespace, settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> None:
@@ -340,9 +388,13 @@ def run_command(
     }
     handler = handlers[(args.command, args.action)]
 
+    async def named(store: Store) -> None:
+        await _resolve_user_names(store, args)
+        await handler(store)
+
     async def main() -> None:
         async def with_dsn(dsn: str) -> None:
-            await _with_store(dsn, handler)
+            await _with_store(dsn, named)
 
         await with_database(settings, with_dsn)
 

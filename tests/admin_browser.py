@@ -5,6 +5,7 @@ policy trio-asyncio replaces in any process that imports Steward, so this module
 Playwright. It prints what it saw as JSON; its expectations fail it with a non-zero exit.
 
     python -m tests.admin_browser BASE_URL USER_ID ADMIN_TOKEN
+    python -m tests.admin_browser pages AUTHORIZE_URL REDIRECT_URI
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import sys
 import tempfile
 from typing import Any
+from urllib.parse import urlsplit
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,6 +31,53 @@ CHROMIUM_ARGS = [
 ]
 # set to a path to keep a screenshot of the view (docs/admin-view.png is made this way)
 SCREENSHOT = os.environ.get("STEWARD_ADMIN_SCREENSHOT")
+# set to a folder to keep screenshots of the sign-in and consent pages
+PAGES_SCREENSHOTS = os.environ.get("STEWARD_PAGES_SCREENSHOTS")
+VIEWPORT = {"width": 1280, "height": 800}  # a common laptop screen: everything fits
+
+# Where each button of the sessions table is: inside the viewport once scrolled to, and the
+# topmost element at each of its corners (so neither covered nor clipped by a scrolling box);
+# each user cell on one line and not cut; the page no wider than the window.
+LAYOUT = """() => {
+  const corners = (r) => [[r.left + 2, r.top + 2], [r.right - 2, r.top + 2],
+                          [r.left + 2, r.bottom - 2], [r.right - 2, r.bottom - 2]];
+  const buttons = [...document.querySelectorAll('#sessions button')].map((b) => {
+    b.scrollIntoView({block: 'center', inline: 'nearest'});
+    const r = b.getBoundingClientRect();
+    const inside = r.width > 0 && r.left >= 0 && r.top >= 0 &&
+      r.right <= window.innerWidth && r.bottom <= window.innerHeight;
+    const shown = corners(r).every(([x, y]) => {
+      const hit = document.elementFromPoint(x, y);
+      return hit !== null && (hit === b || b.contains(hit));
+    });
+    return {label: b.textContent, inside, shown};
+  });
+  window.scrollTo(0, 0);
+  const users = [...document.querySelectorAll('td.user')].map((cell) => {
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    return {text: cell.textContent, title: cell.title, lines: range.getClientRects().length,
+            cut: cell.scrollWidth > cell.clientWidth};
+  });
+  return {buttons, users,
+          page_overflow: document.documentElement.scrollWidth - window.innerWidth};
+}"""
+
+# How a page looks: its computed colours (admin.css's) and the style sheets it loaded.
+LOOK = """() => {
+  const style = (selector, property) => {
+    const node = document.querySelector(selector);
+    return node === null ? null : getComputedStyle(node)[property];
+  };
+  return {
+    title: document.title,
+    sheets: [...document.styleSheets].map((s) => s.href),
+    body_background: style('body', 'backgroundColor'),
+    header_background: style('header', 'backgroundColor'),
+    section_border: style('section', 'borderTopColor'),
+    icon: [...document.querySelectorAll('link[rel=icon]')].map((l) => l.href),
+  };
+}"""
 
 
 def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
@@ -45,13 +94,19 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 executable_path=CHROMIUM,
                 args=CHROMIUM_ARGS,
                 headless=True,
-                viewport={"width": 1600, "height": 900},
+                viewport=VIEWPORT,
             )
             try:
                 page = browser.new_page()
                 page.set_default_timeout(15_000)
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))  # uncaught script errors
+                console: list[str] = []  # a CSP violation, say
+                page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+                failed: list[str] = []  # every answer of 400 or more (a missing icon, say)
+                page.on(
+                    "response", lambda r: failed.append(_failure(r)) if r.status >= 400 else None
+                )
                 page.on("dialog", lambda d: d.accept())
 
                 page.goto(f"{base}/admin")
@@ -73,6 +128,8 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 seen["restarts"] = page.locator(
                     'li.tnode[data-id="store"] .restarts'
                 ).first.get_attribute("data-restarts")
+                expect(page.locator("#sessions tbody tr button")).to_have_count(4)
+                seen["layout"] = page.evaluate(LAYOUT)
                 if SCREENSHOT:
                     page.screenshot(path=SCREENSHOT, full_page=True)
 
@@ -80,7 +137,8 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 page.fill("#user-search", "alice")
                 rows = page.locator("#sessions tbody tr")
                 expect(rows).to_have_count(1)
-                expect(rows.first.locator("td.user")).to_have_text(alice)
+                expect(rows.first.locator("td.user")).to_have_text(alice.partition("|")[2])
+                expect(rows.first.locator("td.user")).to_have_attribute("title", alice)
                 expect(rows.first).to_have_attribute("data-status", "active")
                 expect(rows.first.locator("td").nth(1)).to_have_text("free")
                 expect(rows.first.locator("td").nth(2)).to_contain_text("mcp:tools")
@@ -96,7 +154,7 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
 
                 page.get_by_role("button", name="Revoke user").click()
                 expect(page.locator("#flash")).to_have_text(
-                    f"Revoked {alice}: every session of this user ended."
+                    f"Revoked {alice.partition('|')[2]}: every session of this user ended."
                 )
                 expect(rows.first).to_have_attribute("data-status", "revoked")
                 expect(rows.first.locator("td.streams")).to_have_text("0")  # and no longer live
@@ -119,12 +177,75 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
                 expect(rows).to_have_count(1)
                 expect(rows.first).to_have_attribute("data-user-revoked", "true")
                 page.get_by_role("button", name="Reinstate user").click()
-                expect(page.locator("#flash")).to_contain_text(f"Reinstated {alice}")
+                expect(page.locator("#flash")).to_contain_text(
+                    f"Reinstated {alice.partition('|')[2]}"
+                )
                 expect(rows.first).to_have_attribute("data-user-revoked", "false")
                 expect(rows.first).to_have_attribute("data-status", "revoked")  # stays ended
                 expect(page.locator('#events tr[data-kind="reinstated"]')).to_have_count(1)
                 seen["cookies"] = browser.cookies()
                 seen["errors"] = errors
+                seen["console"] = [m for m in console if not m.startswith("Failed to load")]
+                seen["failed"] = failed
+            finally:
+                browser.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return seen
+
+
+def _failure(response: Any) -> str:
+    return f"{response.status} {response.request.method} {urlsplit(response.url).path}"
+
+
+def sign_in_pages(authorize_url: str, redirect_uri: str) -> dict[str, Any]:
+    """Sign in through the development IdP's page and Steward's consent page as a person does,
+    noting how each page looks; the application's redirect URI answers from the browser."""
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="stw-chromium-")
+    seen: dict[str, Any] = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport=VIEWPORT,
+            )
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15_000)
+                console: list[str] = []
+                page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+                failed: list[str] = []
+                page.on(
+                    "response", lambda r: failed.append(_failure(r)) if r.status >= 400 else None
+                )
+                page.route(
+                    f"{redirect_uri}**",
+                    lambda route: route.fulfill(status=200, body="back in the application"),
+                )
+                page.goto(authorize_url)
+                page.wait_for_selector("a.choice")
+                seen["sign_in"] = page.evaluate(LOOK)
+                if PAGES_SCREENSHOTS:
+                    page.screenshot(path=f"{PAGES_SCREENSHOTS}/sign-in.png")
+                page.locator("a.choice", has_text="bob").click()
+                page.wait_for_selector("button[value=allow]")
+                seen["consent"] = page.evaluate(LOOK)
+                seen["allow_background"] = page.evaluate(
+                    "() => getComputedStyle(document.querySelector('button[value=allow]'))"
+                    ".backgroundColor"
+                )
+                if PAGES_SCREENSHOTS:
+                    page.screenshot(path=f"{PAGES_SCREENSHOTS}/consent.png")
+                page.click("button[value=allow]")
+                page.wait_for_url(f"{redirect_uri}**")
+                seen["returned_to"] = page.url
+                seen["console"] = console
+                seen["failed"] = failed
             finally:
                 browser.close()
     finally:
@@ -133,4 +254,7 @@ def browse_and_revoke(base: str, alice: str, token: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(browse_and_revoke(sys.argv[1], sys.argv[2], sys.argv[3])))
+    if sys.argv[1] == "pages":
+        print(json.dumps(sign_in_pages(sys.argv[2], sys.argv[3])))
+    else:
+        print(json.dumps(browse_and_revoke(sys.argv[1], sys.argv[2], sys.argv[3])))

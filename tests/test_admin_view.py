@@ -11,12 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 import trio
 
-from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._steward import (
+    REDIRECT_URI,
+    McpClient,
+    get_stream,
+    pkce,
+    register,
+    running_node,
+    sign_in,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "admin-view-secret"
@@ -66,6 +75,24 @@ async def test_the_admin_view_renders_the_tree_revokes_ends_and_reinstates_in_ch
 
         assert seen["forged"] == 403
         assert seen["errors"] == []
+        # nothing failed to load (the icon included) but the wrong token and the forged POST
+        assert seen["console"] == []
+        assert sorted(seen["failed"]) == [
+            "401 POST /admin/login",
+            "403 POST /admin/api/users/revoke",
+        ], seen["failed"]
+        # at 1280x800 each button is in the window and nothing covers or clips it; user
+        # names sit on one line, the full id as their title; the page is no wider than the window
+        layout = seen["layout"]
+        assert [b["label"] for b in layout["buttons"]] == ["End session", "Revoke user"] * 2
+        assert all(b["inside"] and b["shown"] for b in layout["buttons"]), layout["buttons"]
+        assert layout["page_overflow"] <= 0, layout
+        assert {(u["text"], u["title"]) for u in layout["users"]} >= {
+            ("alice", alice_id),
+            ("bob", alice_id.replace("|alice", "|bob")),
+        }
+        named = [u for u in layout["users"] if u["text"]]  # an event may have no user
+        assert all(u["lines"] == 1 and not u["cut"] for u in named), named
         assert seen["restarts"] == "0"
         (cookie,) = seen["cookies"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -145,6 +172,78 @@ async def test_the_admin_view_needs_the_token_and_a_csrf_token_for_actions(
         assert (await http.get(f"{base}/admin/api/tree", headers=forged)).status_code == 401
         out = await http.post(f"{base}/admin/logout", headers={**cookie, "x-csrf-token": csrf})
         assert out.status_code == 200 and "Max-Age=0" in out.headers["set-cookie"]
+
+
+async def test_the_sign_in_and_consent_pages_have_the_admin_views_look_in_chromium(
+    fresh_db: str, chromium: Path
+) -> None:
+    """A person signs in through the development IdP's page and the consent page in Chromium:
+    both load Steward's style sheet and icon under their Content-Security-Policy (no error in the
+    console, where Chromium reports a refused style or a missing icon)."""
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
+        client_id = await register(http, node)
+        _, challenge = pkce()
+        authorize = f"{node.info.listen_url}/authorize?" + urlencode(
+            {
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": REDIRECT_URI,
+                "state": "st8",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "resource": node.info.mcp_url,
+            }
+        )
+        script = [sys.executable, "-m", "tests.admin_browser", "pages", authorize, REDIRECT_URI]
+        out = await trio.to_thread.run_sync(
+            lambda: subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen = json.loads(out.stdout)
+    assert seen["console"] == [] and seen["failed"] == []
+    for page, origin in (("sign_in", node.info.dev_idp_url), ("consent", node.info.listen_url)):
+        look = seen[page]
+        assert look["sheets"] == [f"{origin}/static/steward.css"], look
+        assert look["icon"] == [f"{origin}/favicon.ico"], look
+        # admin.css's colours: the page background, the header band, the section's border
+        assert look["body_background"] == "rgb(246, 247, 249)", look
+        assert look["header_background"] == "rgb(31, 45, 61)", look
+        assert look["section_border"] == "rgb(221, 225, 230)", look
+    assert seen["allow_background"] == "rgb(31, 45, 61)"
+    returned = parse_qs(urlsplit(seen["returned_to"]).query)
+    assert returned["state"] == ["st8"] and returned["code"]
+
+
+async def test_the_pages_serve_their_style_and_icon_under_a_policy_without_inline_style(
+    fresh_db: str,
+) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
+        assert node.info.dev_idp_url is not None
+        for origin in (node.info.listen_url, node.info.dev_idp_url):
+            icon = await http.get(f"{origin}/favicon.ico")
+            assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+            assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+            css = await http.get(f"{origin}/static/steward.css")
+            assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+            assert "body.page" in css.text
+            assert (await http.post(f"{origin}/favicon.ico")).status_code in (404, 405)
+        sign_in_page = await http.get(
+            f"{node.info.dev_idp_url}/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "steward",
+                "redirect_uri": REDIRECT_URI,
+                "state": "s",
+                "code_challenge": "c",
+                "code_challenge_method": "S256",
+            },
+        )
+        assert sign_in_page.status_code == 200 and 'class="choice"' in sign_in_page.text
+        csp = sign_in_page.headers["content-security-policy"]
+        assert "style-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "style=" not in sign_in_page.text and "<style" not in sign_in_page.text
+        admin = await http.get(f"{node.info.listen_url}/admin")
+        assert '<link rel="icon" href="/favicon.ico">' in admin.text
 
 
 def test_the_tree_shows_a_bounded_number_of_children_and_counts_the_rest() -> None:

@@ -125,8 +125,11 @@ async def rows_of(node: Node, who: Subject) -> dict[str, list[str]]:
 async def ended(stream: SseReader, reason: str) -> None:
     """The stream's final event names ``reason``, and then it ends."""
     with trio.fail_after(10):
-        event = await stream.next_message()
-        assert event is not None, "the stream ended without its final event"
+        while True:  # list_changed notifications of an earlier tier change may come first
+            event = await stream.next_message()
+            assert event is not None, "the stream ended without its final event"
+            if not event["data"].get("method", "").endswith("/list_changed"):
+                break
         assert event["data"]["params"]["data"]["error"] == reason, event
         while await stream.next() is not None:
             pass

@@ -50,10 +50,23 @@
     box.className = isError ? "error" : "";
   }
 
+  // a time cell: the time of day for today, the date otherwise; the full date and time as title
   function when(value) {
-    if (!value) return "";
+    if (!value) return el("td", { class: "when" });
     const date = new Date(value);
-    return isNaN(date) ? String(value) : date.toLocaleString();
+    if (isNaN(date)) return el("td", { class: "when" }, String(value));
+    const today = date.toDateString() === new Date().toDateString();
+    const text = today ? date.toLocaleTimeString() : date.toLocaleDateString();
+    return el("td", { class: "when", title: date.toLocaleString() }, text);
+  }
+
+  // a user as a person reads them (the name, e.g. "bob"), the full id as title
+  function userCell(name, id) {
+    return el("td", { class: "user", title: id || "" }, name || id || "");
+  }
+
+  function clientCell(id) {
+    return el("td", { class: "client", title: id || "" }, id || "");
   }
 
   // -- the supervision tree ------------------------------------------------------------------
@@ -111,6 +124,7 @@
 
   function sessionRow(s) {
     const live = s.status === "active" || s.status === "refreshing";
+    const who = s.user_name || s.user_id;
     const actions = el("td", { class: "actions" });
     if (live) {
       actions.append(
@@ -123,29 +137,29 @@
     }
     if (s.user_revoked) {
       actions.append(
-        action("Reinstate user", `Reinstate ${s.user_id}`, async () => {
+        action("Reinstate user", `Reinstate ${who} (${s.user_id})`, async () => {
           await api("POST", "users/reinstate", { user_id: s.user_id });
-          return `Reinstated ${s.user_id}: they may sign in again (ended sessions stay ended).`;
+          return `Reinstated ${who}: they may sign in again (ended sessions stay ended).`;
         })
       );
     } else {
       actions.append(
-        action("Revoke user", `Revoke ${s.user_id}`, async () => {
+        action("Revoke user", `Revoke ${who} (${s.user_id})`, async () => {
           await api("POST", "users/revoke", { user_id: s.user_id });
-          return `Revoked ${s.user_id}: every session of this user ended.`;
+          return `Revoked ${who}: every session of this user ended.`;
         })
       );
     }
     return el(
       "tr",
       { "data-grant": s.grant_id, "data-status": s.status, "data-user-revoked": String(!!s.user_revoked) },
-      el("td", { class: "user" }, s.user_id),
+      userCell(s.user_name, s.user_id),
       el("td", {}, s.tier),
       el("td", {}, (s.scopes || []).join(" ")),
       el("td", {}, el("span", { class: `badge status-${s.status}` }, s.status)),
       el("td", { class: "streams" }, String(s.open_streams), s.live_here ? " (live here)" : ""),
-      el("td", {}, s.client_id),
-      el("td", {}, when(s.last_seen_at)),
+      clientCell(s.client_id),
+      when(s.last_seen_at),
       actions
     );
   }
@@ -161,11 +175,11 @@
       el(
         "tr",
         { "data-kind": e.kind },
-        el("td", {}, when(e.occurred_at)),
+        when(e.occurred_at),
         el("td", {}, e.kind),
-        el("td", { class: "user" }, e.user_id || ""),
-        el("td", {}, e.client_id || ""),
-        el("td", {}, e.node_id || "")
+        userCell(e.user_name, e.user_id),
+        clientCell(e.client_id),
+        el("td", { class: "node" }, e.node_id || "")
       )
     );
     $("events").tBodies[0].replaceChildren(...rows);
