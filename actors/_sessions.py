@@ -524,7 +524,7 @@ class Connection:
 
 
 # what a read of ``upstream_tokens`` adds for the token keeper: the seconds until the floor
-# ends (the database's clock, like the lease) and the access token's lifetime (migration 0014)
+# ends (the database's clock, like the lease) and the access token's lifetime (migration 0010)
 _STATE = (
     "EXTRACT(EPOCH FROM refresh_not_before - now())::float8 AS floor_wait, "
     "EXTRACT(EPOCH FROM access_expires_at - access_issued_at)::float8 AS lifetime"
