@@ -251,7 +251,7 @@ async def test_tier_downgraded_mid_stream(fresh_db: str) -> None:
     with observe(
         "tier downgraded mid-stream",
         "bob goes from pro to free while his stream is open",
-        "pro-only tools answer 403; the stream stays",
+        "pro-only tools answer with the tier sentence (isError); the stream stays and hears list_changed",
     ) as obs:
         async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
             bob = await client(http, node, "bob")
@@ -262,8 +262,12 @@ async def test_tier_downgraded_mid_stream(fresh_db: str) -> None:
                 await stream.next()
                 await node.sessions.set_tier(user_id(fresh_db, "bob"), "free")
                 r = await bob.post("tools/call", {"name": "report", "arguments": {"topic": "t"}})
-                obs.failed(r.status_code)
-                assert r.status_code == 403
+                assert r.status_code == 200
+                result = r.json()["result"]
+                if result["isError"]:
+                    obs.failed(403)  # refused for the tier, inside MCP
+                assert result["isError"] is True
+                assert "needs the pro tier or above; this account is free" in str(result["content"])
                 assert await is_open(stream)
     assert obs.failed_requests == {"403": 1} and obs.restarted == {}
 

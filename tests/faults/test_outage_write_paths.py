@@ -239,7 +239,9 @@ def requests_during(
         "token refresh": lambda: refresh(
             http, node, p.alice["client_id"], p.alice["refresh_token"]
         ),
-        "revoke": lambda: http.post(f"{base}/revoke", data={"token": p.doomed_token}),
+        "revoke": lambda: http.post(
+            f"{base}/revoke", data={"token": p.doomed_token, "client_id": p.carol["client_id"]}
+        ),
         "resource metadata": lambda: http.get(f"{base}/.well-known/oauth-protected-resource/mcp"),
         "server metadata": lambda: http.get(f"{base}/.well-known/oauth-authorization-server"),
         # MCP streamable HTTP
@@ -649,7 +651,12 @@ async def check_after(
         200,
     )
     # the refused revocation left carol's token as it was: it is revoked now
-    await eventually(lambda: http.post(f"{base}/revoke", data={"token": p.doomed_token}), 200)
+    await eventually(
+        lambda: http.post(
+            f"{base}/revoke", data={"token": p.doomed_token, "client_id": p.carol["client_id"]}
+        ),
+        200,
+    )
     await eventually(
         lambda: http.post(
             f"{base}/admin/api/users/revoke", json={"user_id": ids["carol"]}, headers=admin

@@ -24,7 +24,8 @@ from server._config import load_settings
 from server._demo import demo
 from server._node import Node, run_node
 
-REDIRECT_URI = "http://127.0.0.1:9/callback"
+# https: a remembered consent is used for an https redirect URI only (docs/security.md)
+REDIRECT_URI = "https://client.test/callback"
 
 # Every test client comes from 127.0.0.1, so the suites that register and sign in many clients
 # in one module would meet the per-address limits (server/_limits.py): a node in a test has them
