@@ -91,6 +91,7 @@ class OidcProvider:
     id_token_ttl: float = 300.0
     userinfo: bool = True  # serve and advertise the userinfo endpoint
     refresh_tokens: bool = True  # issue refresh tokens (and advertise the grant)
+    revocation: bool = True  # serve and advertise the RFC 7009 revocation endpoint
     openid_configuration: bool = True  # serve /.well-known/openid-configuration
     oauth_metadata: bool = True  # serve RFC 8414 metadata
     advertised_issuer: str | None = None  # a metadata document naming another issuer
@@ -226,7 +227,6 @@ class OidcProvider:
             "authorization_endpoint": f"{i}/authorize",
             "token_endpoint": f"{i}/token",
             "jwks_uri": f"{i}/jwks",
-            "revocation_endpoint": f"{i}/revoke",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
@@ -238,6 +238,8 @@ class OidcProvider:
         }
         if self.userinfo:
             doc["userinfo_endpoint"] = f"{i}/userinfo"
+        if self.revocation:
+            doc["revocation_endpoint"] = f"{i}/revoke"
         return doc
 
     async def _openid_configuration(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
@@ -406,6 +408,9 @@ class OidcProvider:
 
     async def _revoke(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
         """RFC 7009: the client authenticates; 200 for a known or unknown token alike."""
+        if not self.revocation:
+            await _json(send, 404, {"error": "not_found"})
+            return
         if self.revoke_faults > 0:
             self.revoke_faults -= 1
             await _json(send, 503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"1")])
