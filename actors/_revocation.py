@@ -280,7 +280,12 @@ class UpstreamRevoker:
 
     async def _revoke(self, row: dict[str, Any]) -> RevokeResult:
         p = self.policy
-        if self.upstream.config.revocation_endpoint is None:
+        u = self.upstream
+        if u.metadata.revocation_endpoint is None and not (
+            u.config.discovery and u.discovered is None
+        ):
+            # neither configured nor discovered; while discovery is pending, revoke() says
+            # UNAVAILABLE and the row is retried
             return RevokeResult.NOT_OFFERED
         if int(row["revoke_attempts"]) > p.max_attempts or float(row["waited"]) > p.give_up_after:
             log.warning(

@@ -1,8 +1,9 @@
 """Tiers fail closed and follow the identity provider (docs/security.md, "Tiers").
 
 The nodes here sign users in through an identity provider of their own configuration
-(``[upstream]``, with ``[upstream.tiers]``): the development IdP served on its own port, shared by
-every node of a test, whose ``/_control/`` sets a user's tier or any claim over HTTP."""
+(``[upstream]`` from its issuer alone, with ``[upstream.tiers]``): the standard OpenID Connect
+provider of the tests (tests/harness/_oidc.py), shared by every node of a test. A test sets a
+user's claims there; they reach Steward in the id_token and from userinfo."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors._sessions import SessionPolicy
 from server._config import ConfigError, load_settings
-from server._dev_idp import DevIdP
 from server._node import Node
-from tests.harness._asgi_server import hypercorn_on_a_free_port
+from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._pg import psql
 from tests.harness._steward import (
     REDIRECT_URI,
@@ -49,44 +47,9 @@ TIERS = [
 ]
 
 
-class Idp:
-    """The shared development IdP of a test and its controls."""
-
-    def __init__(self, idp: DevIdP, url: str, http: httpx.AsyncClient) -> None:
-        self.idp, self.url, self.http = idp, url, http
-
-    def upstream(self, **tiers: Any) -> dict[str, Any]:
-        return {
-            "issuer": self.url,
-            "authorization_endpoint": f"{self.url}/authorize",
-            "token_endpoint": f"{self.url}/token",
-            "userinfo_endpoint": f"{self.url}/userinfo",
-            "revocation_endpoint": f"{self.url}/revoke",
-            "client_id": "steward",
-            **({"tiers": tiers} if tiers else {}),
-        }
-
-    async def control(self, action: str, **args: Any) -> None:
-        r = await self.http.post(
-            f"{self.url}/_control/{action}",
-            json=args,
-            headers={"x-control-secret": self.idp.control_secret},
-        )
-        assert r.status_code == 200, r.text
-
-    def refreshes(self) -> int:
-        return self.idp.calls["refresh"]
-
-
-@asynccontextmanager
-async def shared_idp() -> AsyncIterator[Idp]:
-    idp = DevIdP()
-    async with (
-        hypercorn_on_a_free_port(idp) as port,
-        httpx.AsyncClient(timeout=20) as http,
-    ):
-        idp.issuer = f"http://127.0.0.1:{port}"
-        yield Idp(idp, idp.issuer, http)
+def upstream(idp: OidcProvider, **tiers: Any) -> dict[str, Any]:
+    """``[upstream]`` for the provider: its issuer, the client, and ``[upstream.tiers]``."""
+    return idp.upstream_settings(**({"tiers": tiers} if tiers else {}))
 
 
 async def mcp_for(http: httpx.AsyncClient, node: Node, user: str) -> McpClient:
@@ -125,13 +88,13 @@ async def test_an_unknown_or_missing_tier_claim_gets_the_default_tier_never_no_l
     quick call, as for a free user; ``whoami`` says free; the pro tool is refused. Each sign-in
     is logged and counted in /metrics; nothing unconfigured reaches the database."""
     async with (
-        shared_idp() as idp,
-        running_node(fresh_db, upstream=idp.upstream(), tiers=TIERS) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, upstream=upstream(idp), tiers=TIERS) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        await idp.control("set_tier", user="alice", tier="gold")
-        await idp.control("set_tier", user="bob", tier="Pro")
-        await idp.control("set_claims", user="carol", claims={"tier": None})
+        idp.set_user("alice", tier="gold")
+        idp.set_user("bob", tier="Pro")
+        idp.set_user("carol")  # no tier claim at all
         for user in ("alice", "bob", "carol"):
             mcp = await mcp_for(http, node, user)
             assert (await whoami(mcp))["tier"] == "free"  # one call of the burst of 3
@@ -156,12 +119,13 @@ async def test_a_tier_claim_that_maps_to_nothing_refuses_the_sign_in_when_so_con
     callback with 403 access_denied naming the rule; no grant, no user row is made; bob (pro)
     signs in. The refusals are counted."""
     async with (
-        shared_idp() as idp,
-        running_node(fresh_db, upstream=idp.upstream(default="refuse"), tiers=TIERS) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, upstream=upstream(idp, default="refuse"), tiers=TIERS) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        await idp.control("set_tier", user="alice", tier="gold")
-        await idp.control("set_claims", user="carol", claims={"tier": None})
+        idp.set_user("alice", tier="gold")
+        idp.set_user("bob", tier="pro")
+        idp.set_user("carol")  # no tier claim at all
         client_id = await register(http, node)
         for user in ("alice", "carol"):
             _, challenge = pkce()
@@ -205,8 +169,8 @@ async def test_a_nested_list_claim_maps_to_the_highest_mapped_tier_in_any_case(
         "default": "free",
     }
     async with (
-        shared_idp() as idp,
-        running_node(fresh_db, upstream=idp.upstream(**tiers), tiers=TIERS) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, upstream=upstream(idp, **tiers), tiers=TIERS) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
         roles = {
@@ -216,11 +180,7 @@ async def test_a_nested_list_claim_maps_to_the_highest_mapped_tier_in_any_case(
         }
         for user, held in roles.items():
             # the top-level claim says enterprise for every one of them: it is not the claim
-            await idp.control(
-                "set_claims",
-                user=user,
-                claims={"tier": "enterprise", "realm_access": {"roles": held}},
-            )
+            idp.set_user(user, tier="enterprise", realm_access={"roles": held})
         alice, bob, carol = [await mcp_for(http, node, u) for u in ("alice", "bob", "carol")]
         assert (await whoami(alice))["tier"] == "pro"
         report = await alice.call("tools/call", {"name": "report", "arguments": {"topic": "t"}})
@@ -244,15 +204,15 @@ async def test_a_change_at_the_identity_provider_reaches_every_grant_on_every_no
         "tiers": TIERS,
         "session_policy": SessionPolicy(refresh_lead=1.5, refresh_jitter=0.0),
     }
-    async with shared_idp() as idp:
-        upstream = idp.upstream()
+    async with oidc_provider() as idp:
+        settings["upstream"] = upstream(idp)
         async with (
-            running_node(fresh_db, upstream=upstream, **settings) as a,
-            running_node(fresh_db, upstream=upstream, **settings) as b,
+            running_node(fresh_db, **settings) as a,
+            running_node(fresh_db, **settings) as b,
             httpx.AsyncClient(timeout=20) as http,
         ):
-            await idp.control("set_tier", user="alice", tier="pro")
-            await idp.control("token_ttl", seconds=3)
+            idp.set_user("alice", tier="pro")
+            idp.set_lifetime(3)
             on_a = await mcp_for(http, a, "alice")
             on_b = McpClient(http, b, on_a.token)
             await on_b.initialize()
@@ -263,8 +223,8 @@ async def test_a_change_at_the_identity_provider_reaches_every_grant_on_every_no
             async with get_stream(on_a) as stream_a, get_stream(on_b) as stream_b:
                 for stream in (stream_a, stream_b):
                     assert (await stream.next()) is not None  # the priming event
-                before = idp.refreshes()
-                await idp.control("set_tier", user="alice", tier="free")
+                before = idp.calls["refresh:alice"]
+                idp.set_user("alice", tier="free")
 
                 def tiers_of_alice() -> set[str]:
                     return {
@@ -277,7 +237,7 @@ async def test_a_change_at_the_identity_provider_reaches_every_grant_on_every_no
                 with trio.fail_after(30):
                     while tiers_of_alice() != {"free"}:
                         await trio.sleep(0.05)
-                assert idp.refreshes() > before
+                assert idp.calls["refresh:alice"] > before
                 assert sum(len(n.sessions.live()) for n in (a, b)) == 3  # 1 on A, 2 on B
                 for node in (a, b):  # the streams stayed open
                     assert (
@@ -306,10 +266,10 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
     ``clear-tier`` do the same from the command line and reach the running node; an unknown
     user or tier is a clear error (404 / 400)."""
     async with (
-        shared_idp() as idp,
+        oidc_provider() as idp,
         running_node(
             fresh_db,
-            upstream=idp.upstream(),
+            upstream=upstream(idp),
             tiers=TIERS,
             admin_token=ADMIN,
             session_policy=SessionPolicy(refresh_lead=1.5, refresh_jitter=0.0),
@@ -318,6 +278,7 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
     ):
         admin = {"authorization": f"Bearer {ADMIN}"}
         api = f"{node.info.listen_url}/admin/api/users"
+        idp.set_user("alice", tier="free")
         alice = await mcp_for(http, node, "alice")
         assert (await whoami(alice))["tier"] == "free"
         user_id = await node.store.fetchval("SELECT user_id FROM users WHERE subject = 'alice'")
@@ -331,8 +292,8 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
         }
         assert (await whoami(alice))["tier"] == "pro"
 
-        await idp.control("set_tier", user="alice", tier="enterprise")
-        await idp.control("token_ttl", seconds=3)
+        idp.set_user("alice", tier="enterprise")
+        idp.set_lifetime(3)
         again = await mcp_for(http, node, "alice")  # a sign-in: short upstream tokens from now
         assert (await whoami(again))["tier"] == "pro"
         assert (
@@ -471,14 +432,14 @@ async def test_a_sign_in_at_a_new_tier_changes_the_users_other_grants_too(fresh_
     """Tiers are per user: alice signs in through one client as pro; the IdP makes her free; her
     sign-in through another client is free, and so is her first grant, at once."""
     async with (
-        shared_idp() as idp,
-        running_node(fresh_db, upstream=idp.upstream(), tiers=TIERS) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, upstream=upstream(idp), tiers=TIERS) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        await idp.control("set_tier", user="alice", tier="pro")
+        idp.set_user("alice", tier="pro")
         first = await mcp_for(http, node, "alice")
         assert (await whoami(first))["tier"] == "pro"
-        await idp.control("set_tier", user="alice", tier="free")
+        idp.set_user("alice", tier="free")
         second = await mcp_for(http, node, "alice")
         assert (await whoami(second))["tier"] == "free"
         assert (await whoami(first))["tier"] == "free"
@@ -492,21 +453,21 @@ async def test_a_refresh_that_maps_to_no_tier_ends_the_users_grants_when_refusin
     ``gold``. At the next refresh her grant ends with ``reauth_required`` (the stream's final
     event says so) and a new sign-in is refused."""
     async with (
-        shared_idp() as idp,
+        oidc_provider() as idp,
         running_node(
             fresh_db,
-            upstream=idp.upstream(default="refuse"),
+            upstream=upstream(idp, default="refuse"),
             tiers=TIERS,
             session_policy=SessionPolicy(refresh_lead=1.5, refresh_jitter=0.0),
         ) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        await idp.control("set_tier", user="alice", tier="pro")
-        await idp.control("token_ttl", seconds=3)
+        idp.set_user("alice", tier="pro")
+        idp.set_lifetime(3)
         alice = await mcp_for(http, node, "alice")
         async with get_stream(alice) as stream:
             assert (await stream.next()) is not None
-            await idp.control("set_tier", user="alice", tier="gold")
+            idp.set_user("alice", tier="gold")
             with trio.fail_after(20):
                 event = await stream.next_message()
         assert event is not None

@@ -1,8 +1,10 @@
 """Upstream refreshes fit any token lifetime (docs/sessions.md, "When the token keeper refreshes").
 
-Two nodes on one database share one identity provider (the development IdP served on its own,
-configured as ``[upstream]``), as a deployment does: a grant's session lives on both nodes, each
-with its token keeper. What the IdP answers is set through its ``/_control/`` endpoints.
+Two nodes on one database share one identity provider, as a deployment does: a standard OpenID
+Connect provider (tests/harness/_oidc.py: discovery, JWKS, the code flow with PKCE, refresh with
+rotation, userinfo, revocation), configured from its issuer alone as ``[upstream]``. A grant's
+session lives on both nodes, each with its token keeper. The tests set the lifetimes the
+provider issues and the ``expires_in`` it answers.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import trio
 
 from actors._sessions import NO_REFRESH_TOKEN, SessionPolicy, refresh_gap
 from actors._upstream import UpstreamClient, UpstreamConfig, UpstreamUnavailable
-from server._dev_idp import DevIdP
 from server._http import lifespan
 from server._node import Node
 from tests.harness._asgi_server import hypercorn_on_a_free_port
+from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
 
@@ -37,16 +39,8 @@ class Cluster:
     dsn: str
     a: Node
     b: Node
-    idp: DevIdP
+    idp: OidcProvider
     http: httpx.AsyncClient
-
-    async def control(self, action: str, body: dict[str, Any]) -> None:
-        r = await self.http.post(
-            f"{self.idp.issuer}/_control/{action}",
-            json=body,
-            headers={"x-control-secret": self.idp.control_secret},
-        )
-        assert r.status_code == 200, r.text
 
     def refreshes(self, user: str) -> int:
         """The refresh calls the IdP answered for ``user``'s grants, from every node."""
@@ -71,21 +65,14 @@ class Cluster:
 
 @asynccontextmanager
 async def two_nodes_one_idp(
-    dsn: str, session_policy: SessionPolicy | None = None, **overrides: Any
+    dsn: str,
+    session_policy: SessionPolicy | None = None,
+    provider: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Cluster]:
-    idp = DevIdP()
-    async with hypercorn_on_a_free_port(idp) as port:
-        url = idp.issuer = f"http://127.0.0.1:{port}"
-        upstream = {
-            "issuer": url,
-            "authorization_endpoint": f"{url}/authorize",
-            "token_endpoint": f"{url}/token",
-            "userinfo_endpoint": f"{url}/userinfo",
-            "revocation_endpoint": f"{url}/revoke",
-            "client_id": "steward",
-        }
+    async with oidc_provider(**(provider or {})) as idp:
         node = {
-            "upstream": upstream,
+            "upstream": idp.upstream_settings(),
             "public_url": PUBLIC,
             "encryption_key": KEY,
             "session_policy": session_policy,
@@ -153,7 +140,7 @@ async def test_tokens_of_30_and_60_seconds_are_refreshed_once_per_lifetime_acros
     2.6 lifetimes that is exactly three refresh calls (and three token writes and three
     ``upstream_refresh`` events), where the fixed 60 s lead refreshed in a tight loop."""
     async with two_nodes_one_idp(fresh_db) as cluster, refresh_log(cluster, "alice") as log:
-        await cluster.control("token_ttl", {"user": "alice", "seconds": lifetime})
+        cluster.idp.set_lifetime(lifetime, user="alice")
         signed_in = trio.current_time()
         on_a, on_b, grant = await cluster.on_both("alice")
         await log.wait_for(3, 2.6 * lifetime)
@@ -201,7 +188,7 @@ async def test_tokens_of_0_to_5_seconds_meet_the_floor_and_its_backoff_on_every_
         assert cluster.a.sessions.policy.refresh_floor == floor
         assert cluster.b.sessions.policy.refresh_backoff_max == most
         row = "SELECT {} FROM upstream_tokens WHERE grant_id = '{}'"
-        await cluster.control("token_answers", {"user": "alice", "expires_in": 0})
+        cluster.idp.answer_expires_in(0, user="alice")
         _, _, grant = await cluster.on_both("alice")
         # 0 s tokens: due at once; then the floor holds them 1, 2, 4 and 4 s apart
         await log.wait_for(5, 1 + 2 + 4 + 4 + 3)
@@ -212,19 +199,19 @@ async def test_tokens_of_0_to_5_seconds_meet_the_floor_and_its_backoff_on_every_
             assert least - 0.05 <= gap <= least + 0.6, (gaps, expected)
         assert psql(fresh_db, row.format("short_lifetimes", grant)) == "5"
         # a negative lifetime: still too short, the gap stays at its bound
-        await cluster.control("token_answers", {"user": "alice", "expires_in": -30})
+        cluster.idp.answer_expires_in(-30, user="alice")
         await log.wait_for(6, most + 1)
         assert most - 0.05 <= log.times[5] - log.times[4] <= most + 0.6, log.times
         # 5 s tokens: the next refresh after the floor, then one per token, 3.5 to 4 s after
         # it was issued (refresh_lead_fraction 0.25 ±20%): the backoff is reset
-        await cluster.control("token_answers", {"user": "alice", "expires_in": "lifetime"})
-        await cluster.control("token_ttl", {"user": "alice", "seconds": 5})
+        cluster.idp.answer_expires_in("lifetime", user="alice")
+        cluster.idp.set_lifetime(5, user="alice")
         await log.wait_for(8, most + 4 + 1.5)
         assert most - 0.05 <= log.times[6] - log.times[5] <= most + 0.6, log.times
         assert 3.45 <= log.times[7] - log.times[6] <= 4.1, log.times
         assert psql(fresh_db, row.format("short_lifetimes", grant)) == "0"
         # no expires_in: an hour, so nothing more for now
-        await cluster.control("token_answers", {"user": "alice", "expires_in": None})
+        cluster.idp.answer_expires_in(None, user="alice")
         await log.wait_for(9, 4 + 1.5)
         await log.none_for(5.0)
         lifetime = "round(extract(epoch FROM access_expires_at - access_issued_at))"
@@ -238,9 +225,8 @@ async def test_without_a_refresh_token_the_session_lives_until_the_token_expires
     token works in a tool) and its streams on both nodes stay open until the token expires; then
     each stream ends with ``reauth_required`` and a message that says why, the grant is
     ``reauth_required`` and a request gets the 401 challenge. The IdP is never asked to refresh."""
-    async with two_nodes_one_idp(fresh_db) as cluster:
-        await cluster.control("token_answers", {"refresh_token": False})
-        await cluster.control("token_ttl", {"user": "bob", "seconds": 8})
+    async with two_nodes_one_idp(fresh_db, provider={"refresh_tokens": False}) as cluster:
+        cluster.idp.set_lifetime(8, user="bob")
         on_a, on_b, grant = await cluster.on_both("bob")
         expires = float(
             psql(
@@ -271,7 +257,7 @@ async def test_without_a_refresh_token_the_session_lives_until_the_token_expires
         assert psql(fresh_db, f"SELECT status FROM grants WHERE grant_id = '{grant}'") == (
             "reauth_required"
         )
-        assert cluster.refreshes("bob") == 0
+        assert cluster.idp.calls["refresh"] == 0  # no refresh attempted, by any node
 
 
 async def test_an_expires_in_that_is_not_a_finite_number_is_a_malformed_answer() -> None:

@@ -6,8 +6,9 @@ tokens at the IdP (RFC 7009, refresh token first) and deletes their ciphertext. 
 away delays that, never the local revocation, and never forever. A revoked user is refused at
 sign-in with a page that says so, until an operator reinstates them (CLI, admin API).
 
-The development IdP records every /revoke it receives (``/_control/stats``) and can fail them
-(``/_control/fail_revoke``).
+The upstream revocations go to a standard OpenID Connect provider (tests/harness/_oidc.py),
+configured from its issuer alone: it advertises its RFC 7009 endpoint in discovery, requires the
+client to authenticate there, records every /revoke it answers and can fail them with 503.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import trio
 
 from runtime import Backoff
 from server._node import Node
+from tests.harness._oidc import oidc_provider
 from tests.harness._steward import (
     REDIRECT_URI,
     McpClient,
@@ -41,19 +43,6 @@ from tests.harness._steward import (
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "revocation-admin"
 STEWARD = [sys.executable, "-m", "server._cli"]
-
-
-async def idp(http: httpx.AsyncClient, node: Node, action: str, **args: Any) -> dict[str, Any]:
-    """A development-IdP control over HTTP; its answer (calls, revocations received)."""
-    assert node.info.dev_idp_url is not None and node.info.dev_idp_control_secret is not None
-    r = await http.post(
-        f"{node.info.dev_idp_url}/_control/{action}",
-        json=args,
-        headers={"x-control-secret": node.info.dev_idp_control_secret},
-    )
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 async def admin(http: httpx.AsyncClient, node: Node, route: str, body: dict[str, Any]) -> Any:
@@ -123,7 +112,8 @@ async def test_every_way_a_grant_ends_revokes_its_upstream_tokens_and_deletes_th
     then the access token's, and the grant's upstream_tokens row (its ciphertext) is deleted.
     Active grants keep theirs."""
     async with (
-        running_node(fresh_db, admin_token=TOKEN) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, admin_token=TOKEN, upstream=idp.upstream_settings()) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
         users = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"]
@@ -169,14 +159,14 @@ async def test_every_way_a_grant_ends_revokes_its_upstream_tokens_and_deletes_th
         ended = ["alice", "bob", "carol", "dave", "erin", "frank"]
         for user in ended:
             await wait_deleted(node, grants[user])
-        revocations = (await idp(http, node, "stats"))["revocations"]
+        revocations = idp.revocations
         for user in ended:
             mine = [(r["kind"], r["token_type_hint"]) for r in revocations if r["user"] == user]
             assert mine == [("refresh", "refresh_token"), ("access", "access_token")], (
                 user,
                 revocations,
             )
-        assert all(r["client_id"] == "steward" for r in revocations)
+        assert all(r["client_id"] == "steward" for r in revocations)  # authenticated there
         # grace's grant is active: her tokens stay, and were not sent to the IdP
         assert await upstream_row(node, grants["grace"]) is not None
         assert not [r for r in revocations if r["user"] == "grace"]
@@ -194,7 +184,8 @@ async def test_the_idp_being_away_delays_upstream_revocation_not_the_revocation(
     next request is refused), the upstream tokens are kept and retried with backoff, and revoked
     and deleted once the IdP answers."""
     async with (
-        running_node(fresh_db, admin_token=TOKEN) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, admin_token=TOKEN, upstream=idp.upstream_settings()) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
         assert node.revoker is not None
@@ -205,21 +196,20 @@ async def test_the_idp_being_away_delays_upstream_revocation_not_the_revocation(
         mcp = McpClient(http, node, tokens["access_token"])
         await mcp.initialize()
         grant = await grant_of(node, "alice")
-        await idp(http, node, "fail_revoke", count=2)
+        idp.fail_revoke(2)
 
         alice = await user_id_of(node, "alice")
         with trio.fail_after(2):  # not held up by the IdP
             assert (await admin(http, node, "users/revoke", {"user_id": alice})).is_success
         assert (await mcp.post("ping")).status_code == 401
         with trio.fail_after(10):  # kept while the IdP fails, attempt after attempt
-            while (await idp(http, node, "stats"))["pending_revoke_faults"] > 0:
+            while idp.revoke_faults > 0:
                 row = await upstream_row(node, grant)
                 assert row is not None and row["revoke_requested_at"] is not None
                 await trio.sleep(0.05)
         await wait_deleted(node, grant)
-        stats = await idp(http, node, "stats")
-        assert stats["calls"]["/revoke"] == 4  # two refused with 503, then both tokens
-        assert [r["kind"] for r in stats["revocations"]] == ["refresh", "access"]
+        assert idp.calls["/revoke"] == 4  # two refused with 503, then both tokens
+        assert [r["kind"] for r in idp.revocations] == ["refresh", "access"]
         attempts = await node.store.fetchval(
             "SELECT (detail->>'attempts')::int FROM auth_events WHERE kind = 'upstream_revoked' AND grant_id = $1",
             grant,
@@ -231,9 +221,11 @@ async def test_ciphertext_is_deleted_when_the_idp_never_answers_or_offers_no_rev
     fresh_db: str,
 ) -> None:
     """An IdP that keeps failing: after ``max_attempts`` the ciphertext is deleted unrevoked and
-    the event audited (``abandoned``). An IdP without a revocation endpoint: deleted at once."""
+    the event audited (``abandoned``). An IdP whose metadata names no revocation endpoint:
+    deleted at once, no call made."""
     async with (
-        running_node(fresh_db, admin_token=TOKEN) as node,
+        oidc_provider() as idp,
+        running_node(fresh_db, admin_token=TOKEN, upstream=idp.upstream_settings()) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
         assert node.revoker is not None
@@ -241,26 +233,27 @@ async def test_ciphertext_is_deleted_when_the_idp_never_answers_or_offers_no_rev
             node.revoker.policy, backoff=Backoff(min=0.1, max=0.2, jitter=0.0), max_attempts=3
         )
         await sign_in(http, node, "alice")
-        await sign_in(http, node, "bob")
-        await idp(http, node, "fail_revoke", count=1000)
+        idp.fail_revoke(1000)
         alice = await grant_of(node, "alice")
         assert (await admin(http, node, "sessions/end", {"grant_id": str(alice)})).is_success
         await wait_deleted(node, alice)
-        stats = await idp(http, node, "stats")
-        assert stats["calls"]["/revoke"] == 3 and stats["revocations"] == []
+        assert idp.calls["/revoke"] == 3 and idp.revocations == []
         detail = await node.store.fetchval(
             "SELECT detail FROM auth_events WHERE kind = 'upstream_tokens_deleted' AND grant_id = $1",
             alice,
         )
         assert detail is not None and detail["outcome"] == "abandoned"
 
-        node.revoker.upstream.config = attrs.evolve(
-            node.revoker.upstream.config, revocation_endpoint=None
-        )
+    async with (
+        oidc_provider(revocation=False) as idp,
+        running_node(fresh_db, admin_token=TOKEN, upstream=idp.upstream_settings()) as node,
+        httpx.AsyncClient(timeout=20) as http,
+    ):
+        await sign_in(http, node, "bob")
         bob = await grant_of(node, "bob")
         assert (await admin(http, node, "sessions/end", {"grant_id": str(bob)})).is_success
         await wait_deleted(node, bob)
-        assert (await idp(http, node, "stats"))["calls"]["/revoke"] == 3  # no call made
+        assert idp.calls["/revoke"] == 0  # no call made
         detail = await node.store.fetchval(
             "SELECT detail FROM auth_events WHERE kind = 'upstream_tokens_deleted' AND grant_id = $1",
             bob,

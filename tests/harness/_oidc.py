@@ -14,6 +14,12 @@ client_secret_post. Tests set users' claims, token lifetimes, and faults::
         idp.rotate_key()            # a new signing key, the old one still published
         idp.available = False       # every endpoint answers 503
         idp.calls["refresh"]        # requests seen, by endpoint
+        idp.set_lifetime(30, user="dora")      # her next access tokens live 30 s
+        idp.answer_expires_in(0, user="dora")  # and the token endpoint says 0 (or -30, or None:
+                                               # the field left out; "lifetime": the truth again)
+        idp.fail_revoke(2)          # the next two /revoke calls answer 503
+        idp.calls["refresh:dora"]   # refreshes granted to dora's grants
+        idp.revocations             # what /revoke received, newest last
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import attrs
@@ -85,6 +91,7 @@ class OidcProvider:
     id_token_ttl: float = 300.0
     userinfo: bool = True  # serve and advertise the userinfo endpoint
     refresh_tokens: bool = True  # issue refresh tokens (and advertise the grant)
+    revocation: bool = True  # serve and advertise the RFC 7009 revocation endpoint
     openid_configuration: bool = True  # serve /.well-known/openid-configuration
     oauth_metadata: bool = True  # serve RFC 8414 metadata
     advertised_issuer: str | None = None  # a metadata document naming another issuer
@@ -94,6 +101,13 @@ class OidcProvider:
     keys: list[RSAKey] = attrs.field(factory=list)
     calls: collections.Counter[str] = attrs.field(factory=collections.Counter)
     revoked: set[str] = attrs.field(factory=set)
+    user_ttl: dict[str, float] = attrs.field(factory=dict)  # access lifetimes by user
+    # what the token endpoint says as expires_in, by user or (key None) for everyone, whatever
+    # the token's real lifetime; a value None leaves the field out
+    expires_in: dict[str | None, float | None] = attrs.field(factory=dict)
+    revoke_faults: int = 0  # the next this many /revoke calls answer 503
+    # each /revoke that was answered: the token's kind as known here, its user, the hint, the client
+    revocations: list[dict[str, str | None]] = attrs.field(factory=list)
     _tamper: collections.deque[str] = attrs.field(factory=collections.deque)
     _codes: dict[str, _Code] = attrs.field(factory=dict)
     _refresh: dict[str, _Refresh] = attrs.field(factory=dict)
@@ -117,6 +131,29 @@ class OidcProvider:
         )
         self.keys = [*self.keys, key] if keep_old else [key]
         return kid
+
+    def set_lifetime(self, seconds: float, *, user: str | None = None) -> None:
+        """Access tokens issued from now on live ``seconds``, for ``user`` or for everyone."""
+        assert seconds > 0, seconds
+        if user is None:
+            self.access_ttl = seconds
+        else:
+            self.user_ttl[user] = seconds
+
+    def answer_expires_in(
+        self, value: float | Literal["lifetime"] | None, *, user: str | None = None
+    ) -> None:
+        """What token answers say as ``expires_in`` from now on, for ``user`` or for everyone:
+        a number (0 and negative ones too) whatever the real lifetime, None to leave it out,
+        "lifetime" to say the truth again."""
+        if value == "lifetime":
+            self.expires_in.pop(user, None)
+        else:
+            self.expires_in[user] = value
+
+    def fail_revoke(self, count: int) -> None:
+        """The next ``count`` calls to /revoke answer 503 temporarily_unavailable."""
+        self.revoke_faults = count
 
     def tamper(self, mode: str) -> None:
         """Issue the next id_token wrong in this way (one of TAMPER_MODES)."""
@@ -190,7 +227,6 @@ class OidcProvider:
             "authorization_endpoint": f"{i}/authorize",
             "token_endpoint": f"{i}/token",
             "jwks_uri": f"{i}/jwks",
-            "revocation_endpoint": f"{i}/revoke",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
@@ -202,6 +238,8 @@ class OidcProvider:
         }
         if self.userinfo:
             doc["userinfo_endpoint"] = f"{i}/userinfo"
+        if self.revocation:
+            doc["revocation_endpoint"] = f"{i}/revoke"
         return doc
 
     async def _openid_configuration(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
@@ -247,7 +285,8 @@ class OidcProvider:
         )
         await send({"type": "http.response.body", "body": b""})
 
-    def _client_ok(self, scope: dict[str, Any], f: dict[str, str]) -> bool:
+    def _client(self, scope: dict[str, Any], f: dict[str, str]) -> str | None:
+        """The authenticated client's id (client_secret_basic or client_secret_post), or None."""
         client_id, secret = f.get("client_id"), f.get("client_secret")
         auth = dict(scope["headers"]).get(b"authorization", b"").decode()
         if auth.startswith("Basic "):
@@ -255,14 +294,16 @@ class OidcProvider:
             client_id, _, secret = raw.partition(":")
             client_id, secret = unquote(client_id), unquote(secret)
         if client_id != self.client_id:
-            return False
+            return None
         if self.client_secret is None:
-            return True
-        return secret is not None and hmac.compare_digest(secret, self.client_secret)
+            return client_id
+        if secret is None or not hmac.compare_digest(secret, self.client_secret):
+            return None
+        return client_id
 
     async def _token(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
         f = dict(parse_qsl(body.decode()))
-        if not self._client_ok(scope, f):
+        if self._client(scope, f) is None:
             await _json(send, 401, {"error": "invalid_client"})
             return
         grant = f.get("grant_type")
@@ -277,13 +318,17 @@ class OidcProvider:
                 await _json(send, 400, {"error": "invalid_grant"})
                 return
             await _json(send, 200, self._issue(code.user, code.scope, nonce=code.nonce))
-        elif grant == "refresh_token" and self.refresh_tokens:
-            self.calls["refresh"] += 1
+        elif grant == "refresh_token":
+            self.calls["refresh"] += 1  # every attempt, granted or not
+            if not self.refresh_tokens:
+                await _json(send, 400, {"error": "unsupported_grant_type"})
+                return
             token = f.get("refresh_token", "")
             found = self._refresh.pop(token, None)
             if found is None or found.expires < time.time() or token in self.revoked:
                 await _json(send, 400, {"error": "invalid_grant"})
                 return
+            self.calls[f"refresh:{found.user}"] += 1
             await _json(send, 200, self._issue(found.user, found.scope, nonce=None))
         else:
             await _json(send, 400, {"error": "unsupported_grant_type"})
@@ -291,13 +336,20 @@ class OidcProvider:
     def _issue(self, user: str, scope: str, *, nonce: str | None) -> dict[str, Any]:
         now = time.time()
         access = secrets.token_urlsafe(32)
-        self._access[access] = (user, now + self.access_ttl)
+        ttl = self.user_ttl.get(user, self.access_ttl)
+        self._access[access] = (user, now + ttl)
         answer: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": math.ceil(self.access_ttl),
+            "expires_in": math.ceil(ttl),
             "scope": scope,
         }
+        said = user if user in self.expires_in else None
+        if said in self.expires_in:
+            if self.expires_in[said] is None:
+                del answer["expires_in"]
+            else:
+                answer["expires_in"] = self.expires_in[said]
         if self.refresh_tokens:
             refresh = secrets.token_urlsafe(32)
             self._refresh[refresh] = _Refresh(user, scope, now + self.refresh_ttl)
@@ -355,14 +407,39 @@ class OidcProvider:
         await _json(send, 200, {**self.users.get(user, {}), "sub": user})
 
     async def _revoke(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
+        """RFC 7009: the client authenticates; 200 for a known or unknown token alike."""
+        if not self.revocation:
+            await _json(send, 404, {"error": "not_found"})
+            return
+        if self.revoke_faults > 0:
+            self.revoke_faults -= 1
+            await _json(send, 503, {"error": "temporarily_unavailable"}, [(b"retry-after", b"1")])
+            return
         f = dict(parse_qsl(body.decode()))
-        if not self._client_ok(scope, f):
+        client_id = self._client(scope, f)
+        if client_id is None:
             await _json(send, 401, {"error": "invalid_client"})
             return
         token = f.get("token", "")
-        if token in self._refresh or token in self._access:
+        refresh, access = self._refresh.get(token), self._access.get(token)
+        kind, user = (
+            ("refresh", refresh.user)
+            if refresh is not None
+            else ("access", access[0])
+            if access is not None
+            else ("unknown", None)
+        )
+        if kind != "unknown":
             self.revoked.add(token)
             self.calls["revoked"] += 1
+        self.revocations.append(
+            {
+                "kind": kind,
+                "user": user,
+                "token_type_hint": f.get("token_type_hint"),
+                "client_id": client_id,
+            }
+        )
         await _json(send, 200, {})
 
 
