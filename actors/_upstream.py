@@ -326,7 +326,7 @@ class UpstreamClient:
                     issuer=m.issuer,
                     userinfo=m.userinfo_endpoint is not None,
                     jwks=m.jwks_uri is not None,
-                    refresh_token="refresh_token" in m.grant_types_supported,
+                    refresh_grant="refresh_token" in m.grant_types_supported,  # not a secret
                 )
                 break
             log.warning(

@@ -35,6 +35,11 @@ from pydantic import AnyUrl
 CALLBACK_WAIT = 300.0  # seconds a person gets to sign in
 
 
+class SignInFailed(SystemExit):
+    """The sign-in did not end with a code (a refused or revoked user, a denied consent). A
+    SystemExit: the SDK logs any Exception its redirect handler raises with a traceback."""
+
+
 class MemoryStorage:
     """The SDK's token storage, in memory for one run."""
 
@@ -59,7 +64,7 @@ def _result(location: str) -> AuthorizationCodeResult:
     q = parse_qs(urlsplit(location).query)
     if "code" not in q:
         msg = f"the authorization ended without a code: {q.get('error', ['?'])[0]}"
-        raise SystemExit(msg)
+        raise SignInFailed(msg)
     return AuthorizationCodeResult(
         code=q["code"][0], state=q["state"][0], iss=q.get("iss", [None])[0]
     )
@@ -90,7 +95,13 @@ class HeadlessUser:
             location = r.headers.get("location", "")
             if not location.startswith(self.redirect_uri):
                 msg = f"the sign-in did not come back to {self.redirect_uri} ({r.status_code})"
-                raise SystemExit(msg)
+                if "json" in r.headers.get("content-type", ""):  # Steward's OAuth error
+                    error = r.json()
+                    msg = (
+                        f"the sign-in was refused ({r.status_code} {error.get('error')}): "
+                        f"{error.get('error_description')}"
+                    )
+                raise SignInFailed(msg)
             self.result = _result(location)
 
     async def callback(self) -> AuthorizationCodeResult:
@@ -169,4 +180,10 @@ if __name__ == "__main__":
         "--user", help="sign in this demo user without a browser (alice, bob, carol)"
     )
     args = parser.parse_args()
-    trio.run(main, args.url, args.user)
+    try:
+        trio.run(main, args.url, args.user)
+    except* SignInFailed as failed:  # raised inside the SDK's task group: one line, no traceback
+        first = failed.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        sys.exit(f"sdk_client: {first}")

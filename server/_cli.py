@@ -56,7 +56,10 @@ def help_with_default(action: argparse.Action) -> str:
 def _setting(name: str) -> str:
     """The default of an option that overrides the setting ``name``."""
     default = attrs.fields_dict(Settings)[name].default
-    shown = {None: "none", False: "off", True: "on"}.get(default, str(default))
+    if default is None or isinstance(default, bool):  # by type: 1 == True in a dict lookup
+        shown = {None: "none", False: "off", True: "on"}[default]
+    else:
+        shown = str(default)
     return f"(default: {shown}, or the setting {name} / STEWARD_{name.upper()})"
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -400,9 +401,22 @@ def run_command(
 
     try:
         trio.run(main)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_gone()
     except BaseExceptionGroup as group:  # a ConfigError raised inside the store's nursery
         config = group.subgroup(ConfigError)
         if config is not None:
             raise config.exceptions[0] from None
+        broken, rest = group.split(BrokenPipeError)
+        if broken is not None and rest is None:
+            _reader_gone()
         raise
-    sys.stdout.flush()
+
+
+def _reader_gone() -> NoReturn:
+    """The output's reader left (``steward sessions list | head``): stop quietly, exit 1, with
+    what is still buffered for stdout dropped instead of failing again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(1)

@@ -396,6 +396,31 @@ async def test_the_readme_sdk_client_signs_in_through_the_development_idp_and_ca
         )
 
 
+async def test_the_readme_sdk_client_says_in_one_line_that_a_revoked_user_was_refused(
+    fresh_db: str,
+) -> None:
+    import trio
+
+    from tests.harness._steward import running_node, sign_in
+
+    async with running_node(fresh_db) as node:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await sign_in(http, node, "bob")
+        user_id = await node.store.fetchval("SELECT user_id FROM users WHERE subject = 'bob'")
+        await node.sessions.revoke_user(user_id)
+        command = [sys.executable, "-m", "examples.sdk_client", node.info.mcp_url, "--user", "bob"]
+        out = await trio.to_thread.run_sync(
+            lambda: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        )
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr and "OAuth flow error" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines() == [
+            "sdk_client: the sign-in was refused (403 access_denied): "
+            "this user's access was revoked"
+        ]
+        assert out.stdout == ""
+
+
 def test_serve_restarts_its_embedded_postgres_when_it_dies(data_dir: Path) -> None:
     """kill -9 of the embedded postmaster under `steward serve`: Steward starts it again by
     itself (a new postmaster), /readyz comes back, writes work, the process never exits; no
@@ -592,3 +617,34 @@ def test_serve_brings_its_embedded_postgres_back_once_its_port_is_free(
         log_text = server.log_path.read_text()
         assert "embedded_postgres_recovered" in log_text
         assert server.stop() == 0
+
+
+async def test_a_listing_piped_into_a_reader_that_leaves_ends_quietly(fresh_db: str) -> None:
+    """`steward sessions list | head -1`: the reader closes the pipe before the listing is
+    written; the command stops without a traceback."""
+    import trio
+
+    from tests.harness._steward import running_node, sign_in
+
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=20) as http:
+        await sign_in(http, node, "alice")
+
+    def listing(*args: str) -> subprocess.CompletedProcess[str]:
+        read, write = os.pipe()
+        os.close(read)  # the reader has already gone
+        try:
+            return subprocess.run(
+                [*STEWARD, "sessions", "list", *args, "--database-url", fresh_db],
+                cwd=ROOT,
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(write)
+
+    for args in ((), ("--json",)):
+        out = await trio.to_thread.run_sync(listing, *args)
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

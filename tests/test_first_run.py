@@ -85,6 +85,8 @@ def test_every_option_of_every_subcommand_has_help_that_shows_its_default() -> N
     # the defaults shown are the real ones
     serve = next(p for p in parsers if p.prog == "steward serve").format_help()
     assert "(default: 8000, or the setting port / STEWARD_PORT)" in " ".join(serve.split())
+    # 1 == True in a dict lookup: a numeric default of 1 must not read as "on"
+    assert "(default: 1, or the setting workers / STEWARD_WORKERS)" in " ".join(serve.split())
 
 
 def test_config_is_accepted_after_the_subcommand_too(data_dir: Path) -> None:

@@ -331,3 +331,23 @@ async def test_without_userinfo_the_tier_follows_the_refreshed_id_token(fresh_db
             await refresh_now()
             assert await a.store.fetchval("SELECT tier FROM users") == "pro"
             assert a.sessions.tier_rereads["failed"] == 1
+
+
+async def test_the_discovery_log_line_says_whether_the_provider_refreshes(fresh_db: str) -> None:
+    """``idp_discovered`` reports the refresh grant under a name the log's redaction leaves
+    alone: a field named like a token is masked, and the operator would read ``[redacted]``."""
+    from structlog.testing import capture_logs
+
+    from server._redact import redact_secrets
+
+    async with oidc_provider() as idp:
+        with capture_logs() as logs:
+            async with running_node(
+                fresh_db, public_url=PUBLIC, encryption_key=KEY, upstream=idp.upstream_settings()
+            ):
+                pass
+    found = [e for e in logs if e["event"] == "idp_discovered"]
+    assert len(found) == 1, logs
+    shown = redact_secrets(None, "info", dict(found[0]))  # as the log prints it
+    assert shown["refresh_grant"] is True and shown["issuer"] == idp.issuer, shown
+    assert "[redacted]" not in str(shown.values()), shown
