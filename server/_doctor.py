@@ -43,6 +43,7 @@ __all__ = ["Check", "run_doctor"]
 Status = Literal["ok", "warn", "fail"]
 IDP_TIMEOUT = 5.0  # seconds for the IdP's metadata
 DB_WAIT = 5.0  # seconds for a database connection
+ADMIN_TOKEN_MIN = 24  # characters; a generated token has 32 (24 random bytes)
 
 
 @attrs.frozen
@@ -576,6 +577,16 @@ async def run_checks(
                 "warn",
                 "not set: each start makes a new one (printed by steward serve)",
                 "set admin_token (STEWARD_ADMIN_TOKEN) to keep one",
+            )
+        )
+    elif len(settings.admin_token) < ADMIN_TOKEN_MIN:
+        checks.append(
+            Check(
+                "admin token",
+                "warn",
+                f"{len(settings.admin_token)} characters: whoever guesses it controls every "
+                f"session; use at least {ADMIN_TOKEN_MIN} random characters",
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
             )
         )
     return checks

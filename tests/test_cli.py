@@ -238,7 +238,10 @@ async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
 
     async with running_node(fresh_db) as node:  # migrates the database, serves an IdP
         assert node.info.dev_idp_url is not None
-        env = {**upstream_env(node.info.dev_idp_url), "STEWARD_ADMIN_TOKEN": "doctor-test"}
+        env = {
+            **upstream_env(node.info.dev_idp_url),
+            "STEWARD_ADMIN_TOKEN": "doctor-test-" + "x" * 24,
+        }
         args = ["--database-url", fresh_db, "--data-dir", str(data_dir), "--port", str(free_port())]
         code, checks = await trio.to_thread.run_sync(lambda: doctor(*args, env=env))
         port = str(urllib.parse.urlsplit(node.info.listen_url).port)
@@ -648,3 +651,15 @@ async def test_a_listing_piped_into_a_reader_that_leaves_ends_quietly(fresh_db: 
         out = await trio.to_thread.run_sync(listing, *args)
         assert out.returncode == 1, out.stderr
         assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_doctor_warns_of_an_admin_token_short_enough_to_guess(data_dir: Path) -> None:
+    """The admin token controls every session: one an operator chose short is named, with a
+    way to make a strong one; a generated-length token passes."""
+    args = ["--data-dir", str(data_dir), "--port", "0"]
+    _, checks = doctor(*args, env={"STEWARD_ADMIN_TOKEN": "short"})
+    assert checks["admin token"]["status"] == "warn"
+    assert "5 characters" in checks["admin token"]["detail"]
+    assert "secrets.token_urlsafe" in checks["admin token"]["fix"]
+    _, checks = doctor(*args, env={"STEWARD_ADMIN_TOKEN": "a" * 32})
+    assert "admin token" not in checks
