@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 import attrs
 import structlog
+import trio
 
 from actors._audit import audit_op
 from actors._crypto import KeyRing, hash_token, new_token
@@ -53,6 +54,7 @@ __all__ = [
 
 log = structlog.get_logger("auth")
 UTC = datetime.UTC
+DISCARD_WAIT = 5.0  # seconds to revoke the upstream tokens of a refused sign-in
 LIVE_GRANT = LIVE_STATUSES  # the grant statuses a token of the grant may be used in
 
 
@@ -534,8 +536,10 @@ class AuthService:
         )
         assert known is not None
         if known["revoked"]:
+            await self._discard_upstream(tokens)
             await self._refuse_revoked_user(request_hash, user_id, row)
         if idp_tier is None and known["tier_override"] is None:
+            await self._discard_upstream(tokens)
             await self._refuse_without_tier(request_hash, user_id, row["client_id"])
         # a new user's first tier is the override-free one; apply_idp_tier then records the
         # provider's value (an operator's override, once set, wins) and publishes a change
@@ -611,6 +615,15 @@ class AuthService:
                 },
             ),
         )
+
+    async def _discard_upstream(self, tokens: UpstreamTokens) -> None:
+        """The tokens the IdP issued for a sign-in Steward refuses are revoked there (RFC 7009),
+        refresh token first, within ``DISCARD_WAIT`` seconds and at best effort: nothing of them is
+        stored, so no later revocation could reach them."""
+        with trio.move_on_after(DISCARD_WAIT):
+            if tokens.refresh_token:
+                await self.upstream.revoke(tokens.refresh_token, hint="refresh_token")
+            await self.upstream.revoke(tokens.access_token, hint="access_token")
 
     async def _refuse_without_tier(
         self, request_hash: bytes, user_id: str, client_id: str

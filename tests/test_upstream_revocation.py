@@ -308,8 +308,16 @@ async def test_a_revoked_user_sees_a_page_at_sign_in_until_reinstated_from_the_c
         out = await trio.to_thread.run_sync(steward, fresh_db, "users", "revoke", alice)
         assert out.returncode == 0, out.stderr
 
+        idp = node.dev_idp
+        assert idp is not None
+        idp.revocations.clear()
         page, state = await browser_sign_in(http, node, client_id, "alice")
         assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
+        # the tokens the IdP issued for the refused sign-in are revoked there, none stored
+        assert [(r["kind"], r["user"]) for r in idp.revocations] == [
+            ("refresh", "alice"),
+            ("access", "alice"),
+        ]
         assert "Access revoked" in page.text and alice in page.text
         links = _Links()
         links.feed(page.text)
