@@ -146,6 +146,13 @@ class UpstreamSettings:
                 "and 'upstream.token_endpoint' are required"
             )
             raise ConfigError(msg)
+        if not self.discovery and self.jwks_uri is None and self.userinfo_endpoint is None:
+            msg = (
+                "setting 'upstream.discovery' is false and neither 'upstream.jwks_uri' nor "
+                "'upstream.userinfo_endpoint' is set: Steward could not learn who signed in "
+                "(set one of them, or turn discovery on)"
+            )
+            raise ConfigError(msg)
 
 
 def _claim_path(value: str) -> bool:

@@ -234,3 +234,23 @@ def test_the_stream_fast_path_is_on_by_default_and_the_environment_turns_it_off(
     assert load_settings(environ={"STEWARD_STREAM_FAST_PATH": "false"}).stream_fast_path is False
     with pytest.raises(ConfigError, match="stream_fast_path"):
         load_settings(environ={"STEWARD_STREAM_FAST_PATH": "sometimes"})
+
+
+def test_an_upstream_without_discovery_needs_a_way_to_learn_who_signed_in(
+    tmp_path: Path,
+) -> None:
+    """With discovery off, an id_token needs the provider's keys (jwks_uri) and userinfo needs
+    its endpoint: with neither, no sign-in could ever name its user, so the start is refused."""
+    base = (
+        "[upstream]\nissuer = 'https://a.example'\nclient_id = 'one'\ndiscovery = false\n"
+        "authorization_endpoint = 'https://a.example/authorize'\n"
+        "token_endpoint = 'https://a.example/token'\n"
+    )
+    with pytest.raises(ConfigError, match="could not learn who signed in"):
+        load_settings(write(tmp_path, base), environ={})
+    for extra in (
+        "jwks_uri = 'https://a.example/jwks'\n",
+        "userinfo_endpoint = 'https://a.example/me'\n",
+    ):
+        settings = load_settings(write(tmp_path, base + extra), environ={})
+        assert settings.upstream is not None and settings.upstream.discovery is False
