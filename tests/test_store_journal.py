@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import stat
 import decimal
 import uuid
 from collections.abc import AsyncIterator
@@ -244,3 +246,27 @@ async def test_a_stopped_store_first_commits_what_is_queued(fresh_db: str, tmp_p
     assert not journal.exists()
     async with supervised(Store(fresh_db)) as again:
         assert await again.fetchval("SELECT count(*) FROM auth_events") == 2_000
+
+
+async def test_the_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The journal holds the writes of an outage (user ids, email addresses, token hashes,
+    encrypted upstream tokens): like the database folder (0700), no other OS user may read it,
+    whatever the umask; one left by an earlier Steward is made owner-only when adopted."""
+    journal = tmp_path / "j"
+    before = os.umask(0o022)
+    try:
+        queue = WriteQueue(memory_bound=0, journal_path=journal, spill_batch=1)
+        queue.put([event("u0")], wait=False)  # spilled: the file is created by an append
+        assert queue.journal_depth == 1
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        queue.put([event("u1")], wait=False)
+        queue.persist()  # rewritten whole through a temporary file
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        assert not journal.with_name("j.tmp").exists()
+
+        journal.chmod(0o644)  # as an older Steward left it
+        later = WriteQueue(memory_bound=0, journal_path=journal)
+        assert later.depth == 2
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    finally:
+        os.umask(before)
