@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import attrs
 import structlog
@@ -31,6 +31,8 @@ from runtime import Unavailable
 __all__ = ["Op", "QueueFull", "StoreUnavailable", "WriteQueue"]
 
 log = structlog.get_logger("store")
+
+JOURNAL_MODE = 0o600  # the journal and its temporary copy: the owner reads and writes, no one else
 
 
 class StoreUnavailable(Unavailable):
@@ -76,6 +78,19 @@ class _Entry:
     def journaled(self) -> bool:
         """Read back from the journal file: it may have been applied by an earlier run."""
         return self.source == "file"
+
+
+def _open_private(path: Path, flag: int) -> BinaryIO:
+    """``path`` opened to write, created owner-only (``JOURNAL_MODE``): the journal holds the
+    writes of an outage (user ids, email addresses, token hashes), which no other OS user may
+    read, whatever the umask or the mode of a file left there before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag, JOURNAL_MODE)
+    try:
+        os.fchmod(fd, JOURNAL_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 # -- journal encoding: op args as JSON, tagged for the types JSON lacks -----------------------
@@ -287,7 +302,7 @@ class WriteQueue:
         if not self._spill:
             return
         data = b"".join(_line(e) for e in self._spill)
-        with self.journal_path.open("ab") as f:
+        with _open_private(self.journal_path, os.O_APPEND) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -415,7 +430,7 @@ class WriteQueue:
     def _replace_file(self, data: bytes) -> None:
         assert self.journal_path is not None
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with _open_private(tmp, os.O_TRUNC) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -451,6 +466,7 @@ class WriteQueue:
     def _open_existing(self) -> None:
         """Adopt a journal left by an earlier process: cut a torn last line, count the entries."""
         assert self.journal_path is not None
+        os.chmod(self.journal_path, JOURNAL_MODE)  # one an older Steward left readable to all
         data = self.journal_path.read_bytes()
         cut = data.rfind(b"\n") + 1
         if cut < len(data):

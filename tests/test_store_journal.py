@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import os
 import stat
-import decimal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
