@@ -3,6 +3,8 @@ endpoints, admin, health and metrics; a JSON 404 for anything else."""
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -151,12 +153,13 @@ class StewardAsgi:
                 return
             # a defect: logged with its type, answered without a traceback
             log.exception("request_failed", path=path, error=type(exc).__name__)
-            try:
-                await send_json(
-                    send, 500, {"error": "server_error", "error_description": "internal error"}
-                )
-            except Exception:  # the response had already started
-                pass
+            if counting_send.status == 0:  # not started: a 500 a browser client can read too
+                with contextlib.suppress(Exception):
+                    await send_json(
+                        counting_send,
+                        500,
+                        {"error": "server_error", "error_description": "internal error"},
+                    )
         finally:
             self.requests.add(scope["method"], route, counting_send.status)
 

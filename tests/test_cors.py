@@ -192,3 +192,34 @@ async def test_a_page_on_an_allowed_origin_uses_mcp_in_chromium_and_a_foreign_on
     bad = seen["foreign"]
     assert bad["ok"] is False and "Failed to fetch" in bad["error"], bad
     assert any("CORS" in line for line in bad["console"]), bad
+
+
+async def test_an_unexpected_error_is_a_500_a_browser_can_read_and_is_counted(
+    fresh_db: str,
+) -> None:
+    """A defect in an endpoint is answered 500 through the same send as every answer: with the
+    CORS headers of the origin, and counted under its status (it was sent around them, counted
+    as status 0)."""
+    from tests.harness._steward import running_node
+
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        real = node.asgi.oauth
+
+        class Broken:
+            paths = real.paths
+
+            def handles(self, path: str) -> bool:
+                return real.handles(path)
+
+            async def __call__(self, scope: object, receive: object, send: object) -> None:
+                raise RuntimeError("a defect")
+
+        node.asgi.oauth = Broken()  # type: ignore[assignment]
+        origin = "http://127.0.0.1:5173"
+        r = await http.post(f"{node.info.listen_url}/token", data={}, headers={"origin": origin})
+        assert r.status_code == 500 and r.json()["error"] == "server_error"
+        assert r.headers["access-control-allow-origin"] == origin
+        with trio.fail_after(5):  # counted once the request's task ends, after the answer
+            while not any(status == 500 for (_, _, status) in node.asgi.requests.counts):
+                await trio.sleep(0.01)
+        assert not any(status == 0 for (_, _, status) in node.asgi.requests.counts)
