@@ -4,7 +4,6 @@ endpoints, admin, health and metrics; a JSON 404 for anything else."""
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
