@@ -23,6 +23,7 @@ the cookie, embedded in the page) and, when the browser sends one, a same-origin
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import html
@@ -75,6 +76,11 @@ VIEW = "/admin"
 COOKIE = "steward_admin"
 COOKIE_TTL = 8 * 3600  # seconds an admin sign-in lasts
 SESSIONS_SHOWN = 200  # rows of /admin/api/sessions
+# wrong admin tokens (bearer or sign-in form) one client address may present in GUESS_WINDOW
+# seconds; past them, a token from that address is refused (429) before it is compared
+ADMIN_GUESSES = 10
+GUESS_WINDOW = 60.0
+GUESS_ADDRESSES = 10_000  # addresses remembered, least recently wrong out
 TREE_CHILDREN = 200  # children shown per supervisor in /admin/api/tree (the rest are counted)
 STATIC_DIR = Path(__file__).parent / "admin_static"
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
@@ -120,6 +126,7 @@ class AdminApi:
         self.static = {name: _static(name) for name in ("admin.js", "admin.css")}
         self.page = _static("admin.html").decode()
         self.login_page = _static("login.html").decode()
+        self.guesses = _Guesses()
 
     def handles(self, path: str) -> bool:
         return path == VIEW or path.startswith(VIEW + "/")
@@ -223,7 +230,16 @@ class AdminApi:
         except BodyTooLarge:
             await self._send_login(send, 413, "The form is too large.")
             return
+        address = _peer(scope)
+        wait = self.guesses.wait(address)
+        if wait:
+            log.warning("admin_sign_in_refused", reason="too many wrong tokens")
+            await self._send_login(
+                send, 429, f"Too many wrong tokens from this address: wait {wait:.0f} s."
+            )
+            return
         if not _same_secret(fields.get("token", "").strip(), self.token):
+            self.guesses.wrong(address)
             log.warning("admin_sign_in_refused", reason="wrong token")
             await self._send_login(send, 401, "That is not the admin token.")
             return
@@ -254,6 +270,23 @@ class AdminApi:
         return self._same_origin(scope) and _same_secret(sent, self._csrf(cookie))
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (header(scope, b"authorization") or "").startswith("Bearer "):
+            address = _peer(scope)
+            wait = self.guesses.wait(address)
+            if wait:  # refused before the token is compared: guessing it is bounded
+                await send_json(
+                    send,
+                    429,
+                    {
+                        "error": "too_many_requests",
+                        "error_description": f"more than {ADMIN_GUESSES} wrong admin tokens "
+                        f"from this address in {GUESS_WINDOW:.0f} s",
+                    },
+                    [(b"retry-after", str(max(1, round(wait))).encode())],
+                )
+                return
+            if not self._bearer_ok(scope):
+                self.guesses.wrong(address)
         if not self._bearer_ok(scope):
             cookie = self._cookie(scope)
             if cookie is None:
@@ -372,6 +405,39 @@ class AdminApi:
             "error": "not_found",
             "error_description": f"no admin endpoint {method} {route}",
         }
+
+
+class _Guesses:
+    """Wrong admin tokens by client address (the TCP peer), in fixed windows; bounded."""
+
+    def __init__(self) -> None:
+        self._seen: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+
+    def wait(self, address: str) -> float:
+        """Seconds until ``address`` may present a token again (0: it may now)."""
+        entry = self._seen.get(address)
+        if entry is None:
+            return 0.0
+        started, count = entry
+        left = GUESS_WINDOW - (time.monotonic() - started)
+        if left <= 0:
+            del self._seen[address]
+            return 0.0
+        return left if count >= ADMIN_GUESSES else 0.0
+
+    def wrong(self, address: str) -> None:
+        now = time.monotonic()
+        started, count = self._seen.pop(address, (now, 0))
+        if now - started >= GUESS_WINDOW:
+            started, count = now, 0
+        self._seen[address] = (started, count + 1)
+        while len(self._seen) > GUESS_ADDRESSES:
+            self._seen.popitem(last=False)
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _same_secret(given: str, expected: str) -> bool:

@@ -257,3 +257,32 @@ def test_the_tree_shows_a_bounded_number_of_children_and_counts_the_rest() -> No
     sessions = shown["children"][0]
     assert [c["id"] for c in sessions["children"]] == ["s0", "s1", "s2"]
     assert sessions["more"] == 2 and "more" not in shown
+
+
+async def test_guessing_the_admin_token_is_bounded_per_address(fresh_db: str) -> None:
+    """Past ADMIN_GUESSES wrong tokens from one address in a window (bearer or the sign-in form,
+    counted together), a token from that address is refused with 429 before it is compared,
+    the right one included; a signed-in view's cookie keeps working."""
+    from server._admin import ADMIN_GUESSES
+    from tests.harness._steward import running_node
+
+    token = "guess-test-" + "x" * 24
+    async with running_node(fresh_db, admin_token=token) as node, httpx.AsyncClient() as http:
+        base = node.info.listen_url
+        async with httpx.AsyncClient() as view:  # the signed-in view: its own cookie jar
+            login = await view.post(f"{base}/admin/login", data={"token": token})
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].split(";")[0]
+        api = f"{base}/admin/api/tree"
+        for i in range(ADMIN_GUESSES):
+            wrong = {"authorization": f"Bearer wrong-{i}"}
+            if i % 2:
+                r = await http.post(f"{base}/admin/login", data={"token": f"wrong-{i}"})
+            else:
+                r = await http.get(api, headers=wrong)
+            assert r.status_code == 401, (i, r.text)
+        refused = await http.get(api, headers={"authorization": f"Bearer {token}"})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        form = await http.post(f"{base}/admin/login", data={"token": token})
+        assert form.status_code == 429
+        assert (await http.get(api, headers={"cookie": cookie})).status_code == 200
