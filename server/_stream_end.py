@@ -225,8 +225,9 @@ class FastPath:
 def _reads(receive: Callable[..., Any] | None, inbox: trio.MemorySendChannel[Any]) -> bool:
     """Whether ``receive`` takes what is sent on ``inbox``: the receive end of the same memory
     channel (Hypercorn hands the app ``app_receive_channel.receive``). A receive that is not
-    known to be one makes no nudge: the pump then waits under a cancel scope instead."""
-    channel = getattr(receive, "__self__", None)
+    known to be one makes no nudge: the pump then waits under a cancel scope instead. A wrapper
+    the edge puts around the request's ``receive`` (``inner``) is looked behind, as for ``send``."""
+    channel = getattr(getattr(receive, "inner", receive), "__self__", None)
     if not isinstance(channel, trio.MemoryReceiveChannel):
         return False
     state = getattr(inbox, "_state", None)  # trio's two ends share one state object

@@ -308,3 +308,27 @@ async def test_the_setting_turns_the_fast_path_off_from_the_start() -> None:
             await ends_through_its_task(harness, stream, buffer, outbox)
     assert "stream_fast_path_off" not in [e["event"] for e in logs]  # chosen, not a fault
     assert harness.finished == ["sent"]
+
+
+async def test_a_stream_served_by_a_node_can_be_woken_without_a_cancel_scope(
+    fresh_db: str,
+) -> None:
+    """Through the whole edge (which wraps the request's receive to note the end of its body),
+    a GET stream's outbox still gets the nudge that wakes its pump: the wrapper is looked
+    behind. Without it every idle stream waited under a cancel scope, silently."""
+    import httpx
+
+    from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        tokens = await sign_in(http, node, "alice")
+        mcp = McpClient(http, node, tokens["access_token"])
+        await mcp.initialize()
+        async with get_stream(mcp) as stream:
+            await stream.next()
+            assert mcp.session_id is not None
+            conn = node.mcp.session_stream(mcp.session_id)
+            assert conn is not None
+            if CANARY and not node.mcp.statistics().stream_fast_path:
+                pytest.skip("the fast path turned itself off on this Hypercorn")
+            assert conn.outbox.nudge is not None
