@@ -11,7 +11,7 @@ root (one_for_one)
 ├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
 ├── revoker      revokes ended grants at the upstream IdP (actors/_revocation.py)
 ├── relay        the outbox: messages and requests for what another node holds
-├── dev_user     dev_no_auth only: signs the development user in (server/_dev_auth.py)
+├── dev_user     dev_no_auth only: signs the development user in (server/dev/_sign_in.py)
 └── http         Hypercorn serving Steward: started last, stopped first
 """
 
@@ -59,21 +59,16 @@ from actors import (
     store_child_spec,
 )
 from runtime import ChildSpec, Supervisor, SupervisorHandle, TreeNode, tree
-from server._admin import AdminApi
-from server._app import Steward
 from server._asgi import StewardAsgi
-from server._client_metadata import MetadataFetcher
-from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
-from server._dev_auth import sign_in_dev_user
-from server._dev_idp import DevIdP
-from server._dispatch import Dispatcher
-from server._embedded_pg import PostmasterKeeper
-from server._legacy_sse import LegacySse
-from server._limits import address_limiter
-from server._mcp_http import McpHttp
-from server._metrics import NodeCollector, RequestCounter, new_registry
-from server._oauth import OAuthEndpoints, ResourceServer
-from server._relay import Relay
+from server.app import Steward
+from server.cluster import Relay
+from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
+from server.dev import DevIdP, sign_in_dev_user
+from server.http import address_limiter
+from server.mcp import Dispatcher, LegacySse, McpHttp
+from server.oauth import MetadataFetcher, OAuthEndpoints, ResourceServer
+from server.ops import AdminApi, NodeCollector, RequestCounter, new_registry
+from server.postgres import PostmasterKeeper
 
 __all__ = [
     "DEV_IDP_FILE",

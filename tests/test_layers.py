@@ -3,8 +3,11 @@
 - Layers point down: runtime knows nothing above it, only the store touches asyncpg.
 - No package reaches past another package's curated ``__init__``: code in ``runtime/``, ``actors/``,
   ``server/`` and ``examples/`` imports another package only through the names its ``__init__``
-  exports, never a private module (``actors._sessions``) nor a private name. Inside a package,
-  modules import their siblings' private modules freely. ``tests/`` and ``bench/`` may import
+  exports, never a private module (``actors._sessions``) nor a private name. Subpackages count as
+  packages: ``server._node`` takes ``McpHttp`` from ``server.mcp``, not from
+  ``server.mcp._streamable``, and ``server.ops`` takes nothing private from ``server.http``.
+  Inside a package, modules import their siblings' private modules freely, and a subpackage may
+  use the private modules of the packages above it (``server.cli`` runs ``server._node``). ``tests/`` and ``bench/`` may import
   private modules, because they test and measure the parts below the public surface; they are
   still held to the no-cycle rule.
 - No import cycle among the project's modules. Every import counts as an edge: at module level,
@@ -166,14 +169,32 @@ def _is_private(part: str) -> bool:
 
 
 def private_imports(edges: Iterable[Edge], packages: Iterable[str]) -> list[str]:
-    """Imports that reach into another package: a private module, or a private name."""
+    """Imports that reach into another package or subpackage: a private module, or a private
+    name. A module's home is the package it sits in (a package's ``__init__`` is at home in the
+    package itself); siblings share a home, and the packages above a home are open to it."""
+    edges = list(edges)
     held = set(packages)
+    names = {edge.importer for edge in edges} | {edge.target for edge in edges}
+    # a package is any name with a module below it
+    folders = {".".join(n.split(".")[:end]) for n in names for end in range(1, n.count(".") + 1)}
+
+    def home(module: str) -> str:
+        return module if module in folders else module.rpartition(".")[0]
+
     found = []
     for edge in edges:
-        home, there = edge.importer.split(".")[0], edge.target.split(".")[0]
-        if home not in held or home == there:
+        if edge.importer.split(".")[0] not in held:
             continue
-        private_parts = [part for part in edge.target.split(".")[1:] if _is_private(part)]
+        here, there = home(edge.importer), home(edge.target)
+        if here == there or here.startswith(f"{there}."):
+            continue
+        # the parts of the target below what both share
+        shared = 0
+        for mine, theirs in zip(here.split("."), edge.target.split("."), strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        private_parts = [p for p in edge.target.split(".")[shared:] if _is_private(p)]
         private_names = [name for name in edge.names if _is_private(name)]
         if private_parts or private_names:
             found.append(str(edge))
@@ -273,6 +294,14 @@ def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> No
             ),
             "high/_y.py": "from high._x import low\nY = 1\n",
             "tests/test_t.py": "from low._c import _hidden\n",
+            # subpackages: sub's own modules and the package above are open to it, and nothing
+            # below another subpackage's __init__ is open to anyone else
+            "high/sub/__init__.py": "from high.sub._p import P\n",
+            "high/sub/_p.py": "from high._y import Y\nP = Y\n",
+            "high/sub/_q.py": "from high.sub._p import P\nfrom high.sub import P as Q\n",
+            "high/other/__init__.py": "",
+            "high/other/_r.py": "from high.sub._p import P\nfrom high.sub import P as Q\n",
+            "high/_z.py": "from high.sub._q import Q\nfrom high.other import _r\n",
         },
     )
     edges = import_graph(tmp_path, ("low", "high", "tests"))
@@ -280,6 +309,9 @@ def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> No
         "high._x:2 -> low._c",
         "high._x:3 -> low (_hidden)",
         "high._x:4 -> low._b",
+        "high._z:1 -> high.sub._q (Q)",
+        "high._z:2 -> high.other._r",
+        "high.other._r:1 -> high.sub._p (P)",
     ]
     assert import_cycles(edges) == [
         ["high._x:6 -> high._y (Y)", "high._y:1 -> high._x (low)"],

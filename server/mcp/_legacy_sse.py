@@ -23,10 +23,10 @@ from actors import (
     TransportSession,
     UserSession,
 )
-from server._dispatch import ScopeRequired, TierRefused
-from server._http import Receive, Scope, Send, query, send_response
-from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
-from server._mcp_http import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
+from server.http import Receive, Scope, Send, query, send_response
+from server.mcp._dispatch import ScopeRequired, TierRefused
+from server.mcp._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
+from server.mcp._streamable import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
 
 __all__ = ["LegacySse"]
 
@@ -75,7 +75,7 @@ class LegacySse:
             raise
         self.mcp.legacy_streams[session_id] = conn
         # the stream's row is committed before the client learns where to POST: a POST that
-        # reaches another node finds this one through it (server/_relay.py)
+        # reaches another node finds this one through it (server/cluster/_relay.py)
         await self.mcp.store.write()
         endpoint = f"{self.messages_path}?session_id={session_id}"
         conn.send_nowait(StreamEvent(event="endpoint", text=endpoint))
@@ -110,7 +110,7 @@ class LegacySse:
         self, principal: Principal, session_id: str, message: dict[str, Any], send: Send
     ) -> None:
         """A POSTed message that another node forwarded here, where its stream is (the relay's
-        port, server/_relay.py)."""
+        port, server/cluster/_relay.py)."""
         session = await self.mcp.sessions.session_for(principal)
         ts = await self.mcp.transport(principal, session_id)
         await self.handle(session, ts, message, send)

@@ -422,7 +422,7 @@ class Settings:
         metadata={
             "help": "end idle SSE streams by writing their final event straight to the socket "
             "through Hypercorn's HTTP/1.1 objects; it turns itself off if they are not as "
-            "expected (server/_stream_end.py); false: every stream ends through ASGI"
+            "expected (server/http/_stream_end.py); false: every stream ends through ASGI"
         },
     )
     transport_session_idle: float = attrs.field(

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from actors import AuthService, SessionManager, Store, UsageMeter
 from runtime import TreeNode, tree
-from server._limits import AddressLimiter
+from server.http import AddressLimiter
 
 __all__ = ["NodeCollector", "Reporting", "RequestCounter", "new_registry", "render_metrics"]
 
@@ -69,7 +69,7 @@ _MCP_GAUGES = (
     ),
     (
         "steward_stream_fast_path",
-        "1 while idle streams may end in the caller's step (server/_stream_end.py), 0 once off",
+        "1 while idle streams may end in the caller's step (server/http/_stream_end.py), 0 once off",
         "stream_fast_path",
     ),
 )
@@ -91,7 +91,7 @@ _MCP_COUNTERS = (
         "stream_fast_path_fallbacks",
     ),
 )
-# RelayStatistics fields (cross-node delivery, server/_relay.py)
+# RelayStatistics fields (cross-node delivery, server/cluster/_relay.py)
 _RELAY_GAUGES = (
     (
         "steward_relay_waiting",

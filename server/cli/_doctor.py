@@ -29,8 +29,8 @@ from actors import (
     store_child_spec,
 )
 from runtime import Supervisor
-from server._config import ConfigError, Settings
-from server._embedded_pg import (
+from server.config import ConfigError, Settings
+from server.postgres import (
     EmbeddedPostgres,
     PostgresNotFound,
     PostgresStartError,

@@ -31,8 +31,8 @@ from actors import (
     UserRevokedError,
     hash_token,
 )
-from server._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
-from server._http import (
+from server.http import (
+    PAGE_HEAD,
     BodyTooLarge,
     Headers,
     Receive,
@@ -48,7 +48,7 @@ from server._http import (
     send_json,
     unavailable,
 )
-from server._static import PAGE_HEAD
+from server.oauth._client_metadata import GENERIC_ERROR, MetadataFetcher, MetadataFetchFailed
 
 __all__ = ["AuthError", "OAuthEndpoints", "ResourceServer"]
 
@@ -111,7 +111,7 @@ class ResourceServer:
         self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
         # bumped by every forget: a verification that raced with one is answered, not cached
         self._forgets = 0
-        # dev_no_auth: every request runs as this principal, token or not (server/_dev_auth.py)
+        # dev_no_auth: every request runs as this principal, token or not (server/dev/_sign_in.py)
         self.dev_principal: Principal | None = None
 
     def metadata_url_for(self, path: str | None) -> str:
@@ -378,7 +378,7 @@ class OAuthEndpoints:
 
     async def _ensure_metadata_client(self, client_id: str) -> None:
         """Client ID metadata documents: the client id is a URL serving the client's metadata,
-        fetched under server/_client_metadata.py's rules. Every failure has the same text."""
+        fetched under server/oauth/_client_metadata.py's rules. Every failure has the same text."""
         try:
             self.metadata.check_url(client_id)
         except MetadataFetchFailed as exc:

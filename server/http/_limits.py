@@ -22,8 +22,8 @@ from typing import Any
 
 import attrs
 
-from server._config import AddressLimitSettings
-from server._http import Scope, Send, header, send_json
+from server.config import AddressLimitSettings
+from server.http._plumbing import Scope, Send, header, send_json
 
 __all__ = ["AddressLimiter", "Rate", "address_limiter", "client_address", "send_limited"]
 

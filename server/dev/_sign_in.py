@@ -4,7 +4,7 @@ The official conformance suite has no authorization scenarios, so it runs agains
 with ``steward serve --dev-no-auth``. At start the node signs the development user in through the
 development IdP, exactly as a client would (a real grant, real upstream tokens that the session
 refreshes), and every MCP request then runs as that grant's principal, token or not. The settings
-refuse the flag without the development IdP or off loopback (``server/_config.py``).
+refuse the flag without the development IdP or off loopback (``server/config/_settings.py``).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ from actors import (
     user_names,
 )
 from runtime import Supervisor
-from server._config import ConfigError, Settings
-from server._progress import Progress
+from server.cli._progress import Progress
+from server.config import ConfigError, Settings
 
 __all__ = ["add_commands", "run_command"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.lowlevel
 
-from server._app import Context, Steward, ToolError
+from server.app import Context, Steward, ToolError
 
 __all__ = ["demo"]
 

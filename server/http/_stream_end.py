@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from actors import StreamEvent
-from server._sse import encode_event
+from server.http._sse import encode_event
 
 __all__ = ["FACTS", "FastPath", "FastPathState", "StreamEnd"]
 

@@ -52,7 +52,22 @@ from actors import (
     unsubscribe_op,
 )
 from runtime import MaxChildrenError
-from server._dispatch import (
+from server.http import (
+    SSE_HEADERS,
+    BodyTooLarge,
+    ClientGone,
+    FastPath,
+    Receive,
+    Scope,
+    Send,
+    encode_event,
+    header,
+    read_body,
+    send_json,
+    send_response,
+    unavailable,
+)
+from server.mcp._dispatch import (
     LOG_LEVELS,
     SUPPORTED_2025,
     SUPPORTED_VERSIONS,
@@ -62,19 +77,7 @@ from server._dispatch import (
     TierRefused,
     stamp_2026,
 )
-from server._http import (
-    BodyTooLarge,
-    ClientGone,
-    Receive,
-    Scope,
-    Send,
-    header,
-    read_body,
-    send_json,
-    send_response,
-    unavailable,
-)
-from server._jsonrpc import (
+from server.mcp._jsonrpc import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -92,12 +95,10 @@ from server._jsonrpc import (
     request,
     result_response,
 )
-from server._oauth import AuthError, ResourceServer
-from server._sse import SSE_HEADERS, encode_event
-from server._stream_end import FastPath
+from server.oauth import AuthError, ResourceServer
 
 if TYPE_CHECKING:
-    from server._relay import Relay
+    from server.cluster import Relay
 
 __all__ = ["McpHttp", "McpHttpStatistics"]
 
@@ -157,7 +158,7 @@ class McpHttpStatistics:
     remembered_log_levels: int
     max_remembered: int
     events_stored: int  # stream events handed to the store for resumption, since start
-    # the Hypercorn fast path (server/_stream_end.py): on (1) until the setting or a failed fact
+    # the Hypercorn fast path (server/http/_stream_end.py): on (1) until the setting or a failed fact
     # turns it off (0); streams it ended; ends that raised and went through ASGI instead
     stream_fast_path: int
     stream_ends_direct: int
@@ -516,7 +517,7 @@ class McpHttp:
         self.max_remembered = max_remembered
         self.stream_token_grace = stream_token_grace
         # idle streams ended in the caller's step, while Hypercorn's objects are as expected
-        # (server/_stream_end.py)
+        # (server/http/_stream_end.py)
         self.fast_path = FastPath(enabled=stream_fast_path)
         self.events_stored = 0
         self.pending: dict[str, tuple[trio.Event, dict[str, Any]]] = {}
@@ -529,7 +530,7 @@ class McpHttp:
         self.subscriptions: dict[str, set[str]] = {}  # uri -> transport sessions
         self.log_levels: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.held: dict[Connection, list[StreamEvent]] = {}  # see hold()
-        self.relay: Relay | None = None  # cross-node delivery, set by the node (server/_relay.py)
+        self.relay: Relay | None = None  # cross-node delivery, set by the node (server/cluster/)
         dispatcher.on_subscribe = self._on_subscribe
         dispatcher.on_log_level = self._on_log_level
         dispatcher.app.watch(self.notify_list_changed)
@@ -550,7 +551,7 @@ class McpHttp:
         if len(self.parked) >= self.max_pending:
             msg = f"too many requests awaiting input (max_pending={self.max_pending})"
             raise RpcError(INVALID_REQUEST, msg)
-        # names its node: a retry that reaches another node is forwarded here (server/_relay.py)
+        # names its node: a retry that reaches another node is forwarded here (server/cluster/_relay.py)
         state = f"{secrets.token_urlsafe(16)}.{self.sessions.node_id}"
         self.parked[state] = exchange
         return state
@@ -586,7 +587,7 @@ class McpHttp:
         elsewhere: bool = False,
     ) -> None:
         """Store one event of a resumable stream; ``elsewhere``: its client is not attached here,
-        so a node that resumed the stream is woken to read it (server/_relay.py)."""
+        so a node that resumed the stream is woken to read it (server/cluster/_relay.py)."""
         self.events_stored += 1
         wake = (
             [self.relay.wake_op(RelayAddress.stream(session_id, stream_id))]
@@ -662,7 +663,7 @@ class McpHttp:
         else:
             self._unsubscribe_here(session_id, uri)
             op = unsubscribe_op(uri, target)
-        # a node holding the session's stream re-reads its subscriptions (server/_relay.py)
+        # a node holding the session's stream re-reads its subscriptions (server/cluster/_relay.py)
         wake = [] if self.relay is None else [self.relay.wake_op(target)]
         try:
             await self.store.write(op, *wake)
@@ -700,7 +701,7 @@ class McpHttp:
         conn = self.get_streams.get(session_id) or self.legacy_streams.get(session_id)
         return conn if conn is not None and conn.closed_reason is None else None
 
-    # -- the relay's port (server/_relay.py, StreamsHere) -----------------------------------------
+    # -- the relay's port (server/cluster/_relay.py, StreamsHere) ---------------------------------
 
     def stream_sessions(self) -> list[str]:
         """The transport sessions whose GET or legacy stream this node holds."""
@@ -798,7 +799,7 @@ class McpHttp:
         raise Reply(403, body)
 
     def origin_allowed(self, origin: str) -> bool:
-        """The rule of ``check_origin`` (and of CORS, server/_cors.py) for one Origin value."""
+        """The rule of ``check_origin`` (and of CORS, server/http/_cors.py) for one Origin value."""
         origin = origin.rstrip("/")
         if origin in self.allowed_origins or origin.lower() == self.own_origin:
             return True
@@ -935,7 +936,7 @@ class McpHttp:
         """A response to a server request, or a notification (cancellation) from the client.
 
         A response to a request this node did not send goes to the outbox: the node whose
-        handler awaits it claims it (server/_relay.py). Only an id of the form this server gives
+        handler awaits it claims it (server/cluster/_relay.py). Only an id of the form this server gives
         its requests travels, and a user's unclaimed answers there are bounded (429 beyond).
         """
         if "method" not in message:

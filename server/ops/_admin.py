@@ -52,7 +52,7 @@ from actors import (
     user_names,
 )
 from runtime import TreeNode
-from server._http import (
+from server.http import (
     BodyTooLarge,
     Receive,
     Scope,
@@ -82,7 +82,7 @@ ADMIN_GUESSES = 10
 GUESS_WINDOW = 60.0
 GUESS_ADDRESSES = 10_000  # addresses remembered, least recently wrong out
 TREE_CHILDREN = 200  # children shown per supervisor in /admin/api/tree (the rest are counted)
-STATIC_DIR = Path(__file__).parent / "admin_static"
+STATIC_DIR = Path(__file__).parent.parent / "admin_static"
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
 # nothing inline, nothing from elsewhere: the page's script and style come from this server
 VIEW_HEADERS = [

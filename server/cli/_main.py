@@ -13,18 +13,17 @@ from typing import Any
 import attrs
 import trio
 
-from server._app import Steward
-from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, load_settings
-from server._dev_auth import DEV_USER
-from server._embedded_pg import (
+from server.app import Steward
+from server.cli._ops import add_commands, run_command
+from server.cli._progress import Progress
+from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, configure_logging, load_settings
+from server.dev import DEV_USER
+from server.postgres import (
     EmbeddedPostgres,
     PostgresNotFound,
     PostgresStartError,
     PostmasterKeeper,
 )
-from server._logging import configure_logging
-from server._ops_cli import add_commands, run_command
-from server._progress import Progress
 
 __all__ = ["main"]
 
@@ -82,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--app",
-        help="the application to serve, as module:attribute (default: the demo, server._demo:demo)",
+        help="the application to serve, as module:attribute (default: the demo, server.dev._demo:demo)",
     )
     serve.add_argument(
         "--ready-file",
@@ -166,7 +165,7 @@ def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 def load_app(spec: str | None) -> Steward:
     if spec is None:
-        from server._demo import demo
+        from server.dev import demo
 
         return demo
     module_name, _, attribute = spec.partition(":")
@@ -280,9 +279,9 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
     import secrets
     import tempfile
 
-    from server._dev_idp import DevIdP
-    from server._limits import address_limiter
     from server._node import bind_dev_idp, bind_socket, open_keyring, serve_http
+    from server.dev import DevIdP
+    from server.http import address_limiter
 
     # the ports first: a port in use ends the command at once, before a database starts
     probe = bind_socket(settings.host, settings.port, reuse_port=True)
@@ -337,7 +336,7 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 cmd = [
                     sys.executable,
                     "-m",
-                    "server._cli",
+                    "server.cli",
                     "serve",
                     "--ready-file",
                     str(folder / f"{i}.json"),
@@ -423,7 +422,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 def _doctor(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from server._doctor import run_doctor
+    from server.cli._doctor import run_doctor
 
     configure_logging("error")  # the report is the output
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server._http import Headers, Scope, Send, header, send_json, send_response
+from server.http._plumbing import Headers, Scope, Send, header, send_json, send_response
 
 __all__ = ["Cors"]
 

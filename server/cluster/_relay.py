@@ -60,7 +60,7 @@ from actors import (
     withdraw_outbox,
 )
 from runtime import Backoff, ChildSpec
-from server._http import Receive, Send, send_json
+from server.http import Receive, Send, send_json
 
 __all__ = ["CHANNEL", "LegacyHere", "Relay", "RelayPolicy", "StreamsHere"]
 
@@ -96,7 +96,7 @@ class RelayStatistics:
 class StreamsHere(Protocol):
     """The relay's port into the transports of this node: the streams and server requests they
     hold, and the running of a request forwarded here. The streamable-HTTP transport implements
-    it (server/_mcp_http.py); the relay knows nothing else of it."""
+    it (server/mcp/_streamable.py); the relay knows nothing else of it."""
 
     def stream_sessions(self) -> list[str]:
         """The transport sessions whose GET or legacy stream this node holds."""
@@ -163,7 +163,7 @@ class StreamsHere(Protocol):
 
 
 class LegacyHere(Protocol):
-    """The relay's port into the deprecated HTTP+SSE transport (server/_legacy_sse.py)."""
+    """The relay's port into the deprecated HTTP+SSE transport (server/mcp/_legacy_sse.py)."""
 
     async def handle_forwarded(
         self, principal: Principal, session_id: str, message: dict[str, Any], send: Send

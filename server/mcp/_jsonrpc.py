@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from server._http import contains_nul
+from server.http import contains_nul
 
 __all__ = [
     "HEADER_MISMATCH",

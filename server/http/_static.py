@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from server._http import Send, send_response
+from server.http._plumbing import Send, send_response
 
 __all__ = ["PAGE_HEAD", "send_public_file"]
 
-STATIC_DIR = Path(__file__).parent / "admin_static"
+STATIC_DIR = Path(__file__).parent.parent / "admin_static"
 STYLE = "/static/steward.css"
 ICON = "/favicon.ico"
 _FILES = {

@@ -13,7 +13,7 @@ from typing import TextIO
 
 import structlog
 
-from server._redact import RedactingFormatter, redact_rendered, redact_secrets
+from server.config._redact import RedactingFormatter, redact_rendered, redact_secrets
 
 __all__ = ["configure_logging"]
 

@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import trio
 
-from server._http import parse_storable_json
+from server.http import parse_storable_json
 
 __all__ = [
     "GENERIC_ERROR",

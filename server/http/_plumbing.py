@@ -249,7 +249,7 @@ async def send_html(
         (b"x-frame-options", b"DENY"),
         (
             b"content-security-policy",
-            # this server's own style sheet and icon (server/_static.py), no inline style
+            # this server's own style sheet and icon (server/http/_static.py), no inline style
             b"frame-ancestors 'none'; default-src 'self'; style-src 'self'; base-uri 'none'",
         ),
     ]

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from actors import AuthenticationRequiredError, UpstreamUnavailable, UserContext
-from server._app import (
+from server.app import (
     Context,
     InvalidArguments,
     PromptDef,
@@ -24,7 +24,7 @@ from server._app import (
     ToolError,
     check_arguments,
 )
-from server._jsonrpc import (
+from server.mcp._jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,

@@ -27,7 +27,9 @@ import attrs
 import structlog
 import trio
 
-from server._http import (
+from server.http import (
+    PAGE_HEAD,
+    AddressLimiter,
     BodyTooLarge,
     InvalidInput,
     Receive,
@@ -41,9 +43,8 @@ from server._http import (
     redirect,
     send_html,
     send_json,
+    send_public_file,
 )
-from server._limits import AddressLimiter
-from server._static import PAGE_HEAD, send_public_file
 
 __all__ = ["DEMO_USERS", "DevIdP"]
 
@@ -122,7 +123,7 @@ class DevIdP:
         self.user_ttl: dict[str, float] = {}
         self.expires_in: dict[str | None, float | None] = {}  # None: the field left out
         self.no_refresh_token: set[str | None] = set()
-        # rate limits per client address on the sign-in page (server/_limits.py); None: none
+        # rate limits per client address on the sign-in page (server/http/_limits.py); None: none
         self.limiter: AddressLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,0 +1,26 @@
+"""The operator API: a ``Steward`` app registers tools, resources, prompts and completions;
+``Context`` is what a handler sees of its call."""
+
+from __future__ import annotations
+
+from server.app._steward import (
+    Context,
+    InvalidArguments,
+    PromptDef,
+    ResourceDef,
+    Steward,
+    ToolDef,
+    ToolError,
+    check_arguments,
+)
+
+__all__ = [
+    "Context",
+    "InvalidArguments",
+    "PromptDef",
+    "ResourceDef",
+    "Steward",
+    "ToolDef",
+    "ToolError",
+    "check_arguments",
+]
