@@ -17,6 +17,7 @@ from server.http import (
     Cors,
     Headers,
     InvalidInput,
+    OriginPolicy,
     Receive,
     Scope,
     Send,
@@ -63,6 +64,7 @@ class StewardAsgi:
         *,
         mcp: McpHttp,
         legacy: LegacySse,
+        origins: OriginPolicy,
         oauth: OAuthEndpoints,
         admin: AdminApi,
         requests: RequestCounter,
@@ -79,7 +81,7 @@ class StewardAsgi:
         self.readiness = readiness
         self.limiter = limiter
         self.cors = Cors(
-            mcp.origin_allowed,
+            origins.allowed,
             public_paths=frozenset(p for p in oauth.paths if p.startswith("/.well-known/")),
             messages_path=self.legacy.messages_path,
         )

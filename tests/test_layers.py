@@ -317,3 +317,75 @@ def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> No
         ["high._x:6 -> high._y (Y)", "high._y:1 -> high._x (low)"],
         ["low._a:4 -> low._b (B)", "low._b:1 -> low._a (A)"],
     ]
+
+
+# -- the edge's parts ------------------------------------------------------------------------------
+
+_MUTATORS = frozenset(
+    {"pop", "clear", "setdefault", "update", "popitem", "append", "extend", "remove", "discard"}
+    | {"add", "insert"}
+)
+
+
+def foreign_writes(path: Path) -> list[str]:
+    """Where a method writes a table that another object holds: ``self.other.table[k] = v``,
+    ``del self.other.table[k]``, ``self.other.table.pop(k)`` and the like."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        written: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            written = [t.value for t in node.targets if isinstance(t, ast.Subscript)]
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+            written = [node.target.value]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            written = [node.func.value]
+        for table in written:
+            hops, root = 0, table
+            while isinstance(root, ast.Attribute):
+                hops, root = hops + 1, root.value
+            if hops >= 2 and isinstance(root, ast.Name) and root.id == "self":
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(table)}")
+    return found
+
+
+def test_no_part_of_the_edge_writes_another_parts_tables() -> None:
+    """Each table of the edge (streams, server requests, requests in flight, subscriptions) is
+    written only by the object that holds it; the others call its methods."""
+    offenders = [
+        w for path in sorted((ROOT / "server").rglob("*.py")) for w in foreign_writes(path)
+    ]
+    assert offenders == []
+
+
+def test_the_rule_sees_foreign_writes(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "class A:\n"
+        "    def f(self, k):\n"
+        "        self.b.table[k] = 1\n"
+        "        del self.b.table[k]\n"
+        "        self.b.table.pop(k, None)\n"
+        "        self.own[k] = 1\n"
+        "        self.own.setdefault(k, set()).add(2)\n"
+    )
+    assert foreign_writes(sample) == [
+        "sample.py:3 self.b.table",
+        "sample.py:4 self.b.table",
+        "sample.py:5 self.b.table",
+    ]
+
+
+def test_legacy_sse_and_the_relay_import_nothing_from_the_streamable_transport() -> None:
+    """The 2025 router is one transport among three: the legacy transport and the relay reach
+    the shared parts (the runner, the tables, the ports), never it."""
+    edges = import_graph(ROOT, PACKAGES)
+    importers = {"server.mcp._legacy_sse", "server.cluster._relay"}
+    assert {e.importer for e in edges} >= importers
+    reaching = [
+        str(e) for e in edges if e.importer in importers and e.target == "server.mcp._streamable"
+    ]
+    assert reaching == []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from server.app._emitter import Emitter
 from server.app._steward import (
     Context,
     InvalidArguments,
@@ -16,6 +17,7 @@ from server.app._steward import (
 
 __all__ = [
     "Context",
+    "Emitter",
     "InvalidArguments",
     "PromptDef",
     "ResourceDef",

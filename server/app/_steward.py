@@ -25,6 +25,7 @@ from typing import Any, Literal
 import attrs
 
 from actors import UpstreamUnavailable, UserContext
+from server.app._emitter import Emitter
 
 __all__ = [
     "Context",
@@ -51,7 +52,7 @@ class Context:
     """What a handler can do besides returning: report progress, log, sample, elicit."""
 
     def __init__(
-        self, user: UserContext, emitter: Any, progress_token: str | int | None = None
+        self, user: UserContext, emitter: Emitter, progress_token: str | int | None = None
     ) -> None:
         self.user = user
         self._emit = emitter

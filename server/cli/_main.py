@@ -315,8 +315,9 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
             if idp_sock is not None:
                 host, idp_port = idp_sock.getsockname()[:2]
                 idp_url = f"http://{host}:{idp_port}"
-                idp = DevIdP(idp_url)
-                idp.limiter = address_limiter(settings.address_limits, sign_in=True)
+                idp = DevIdP(
+                    idp_url, limiter=address_limiter(settings.address_limits, sign_in=True)
+                )
                 await nursery.start(serve_http, idp, idp_sock, 1.0)
                 env.update(
                     {

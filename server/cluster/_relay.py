@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 import attrs
 import structlog
@@ -45,7 +46,6 @@ from actors import (
     RelayAddress,
     Store,
     StoreUnavailable,
-    StreamEvent,
     alive_nodes,
     claim_outbox,
     insert_outbox_op,
@@ -61,8 +61,9 @@ from actors import (
 )
 from runtime import Backoff, ChildSpec
 from server.http import Receive, Send, send_json
+from server.mcp import ForwardedHere, StreamsHere
 
-__all__ = ["CHANNEL", "LegacyHere", "Relay", "RelayPolicy", "StreamsHere"]
+__all__ = ["CHANNEL", "Relay", "RelayPolicy", "RelayStatistics"]
 
 log = structlog.get_logger("relay")
 
@@ -93,85 +94,6 @@ class RelayStatistics:
     owners_lost: int  # forwarded requests whose node died while they ran (503 or a cut stream)
 
 
-class StreamsHere(Protocol):
-    """The relay's port into the transports of this node: the streams and server requests they
-    hold, and the running of a request forwarded here. The streamable-HTTP transport implements
-    it (server/mcp/_streamable.py); the relay knows nothing else of it."""
-
-    def stream_sessions(self) -> list[str]:
-        """The transport sessions whose GET or legacy stream this node holds."""
-        ...
-
-    def session_stream(self, session_id: str) -> Connection | None:
-        """The open GET or legacy stream of a transport session, if this node holds it."""
-        ...
-
-    def listen_streams(self) -> list[Connection]:
-        """The 2026-07-28 listen streams this node holds."""
-        ...
-
-    def awaited_answers(self) -> list[str]:
-        """The ids of the server requests whose client answer this node awaits."""
-        ...
-
-    def awaits_answer(self, request_id: str) -> bool:
-        """Whether this node awaits the client's answer to that server request."""
-        ...
-
-    def resolve(self, message: dict[str, Any]) -> bool:
-        """Hand a client's answer to the server request awaiting it here; False if none does."""
-        ...
-
-    def set_subscriptions(
-        self, session_ids: Iterable[str], rows: Iterable[tuple[str, str]]
-    ) -> None:
-        """Replace what this node remembers of these sessions' resource subscriptions."""
-        ...
-
-    def hold(
-        self, conns: Iterable[Connection]
-    ) -> contextlib.AbstractContextManager[list[Connection]]:
-        """Hold back new events on ``conns`` while the block sends its own first."""
-        ...
-
-    def for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
-        """``message`` as ``conn`` carries it."""
-        ...
-
-    def stream_event(
-        self, conn: Connection, message: dict[str, Any], event_id: str, *, final: bool = False
-    ) -> StreamEvent:
-        """The event that carries ``message`` on ``conn``."""
-        ...
-
-    async def answer(self, send: Send, handler: Callable[[], Awaitable[None]]) -> None:
-        """Run ``handler``, answering its refusals and failures on ``send``."""
-        ...
-
-    async def retry(
-        self,
-        state: Any,
-        grant_id: Any,
-        message: dict[str, Any],
-        send: Send,
-        receive: Receive,
-        *,
-        stream_ok: bool,
-    ) -> None:
-        """A 2026-07-28 retry of a request parked on this node."""
-        ...
-
-
-class LegacyHere(Protocol):
-    """The relay's port into the deprecated HTTP+SSE transport (server/mcp/_legacy_sse.py)."""
-
-    async def handle_forwarded(
-        self, principal: Principal, session_id: str, message: dict[str, Any], send: Send
-    ) -> None:
-        """A message POSTed on another node for a legacy stream this node holds."""
-        ...
-
-
 class _Forwarded:
     """A request forwarded to this node: its client's disconnect arrives as a cancel row."""
 
@@ -188,15 +110,13 @@ class Relay:
 
     def __init__(
         self,
-        mcp: StreamsHere,
-        legacy: LegacyHere,
+        here: StreamsHere,
         store: Store,
         *,
         node_id: str,
         policy: RelayPolicy | None = None,
     ) -> None:
-        self.mcp = mcp
-        self.legacy = legacy
+        self.mcp = here
         self.store = store
         self.node_id = node_id
         self.policy = policy or RelayPolicy()
@@ -216,8 +136,18 @@ class Relay:
         self.wakes_dropped = 0
         self.owners_lost = 0
 
-    def child_spec(self) -> ChildSpec:
-        return ChildSpec("relay", self.run, backoff=self.policy.reconnect, shutdown_grace=2.0)
+    def child_spec(self, forwarded: ForwardedHere) -> ChildSpec:
+        """The relay as a child of the node; ``forwarded`` runs here what other nodes forward."""
+        return ChildSpec(
+            "relay",
+            functools.partial(self.run, forwarded),
+            backoff=self.policy.reconnect,
+            shutdown_grace=2.0,
+        )
+
+    @property
+    def max_replies(self) -> int:
+        return self.policy.max_replies
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(
@@ -230,7 +160,12 @@ class Relay:
             self.owners_lost,
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        forwarded: ForwardedHere,
+        *,
+        task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._listen)
@@ -239,7 +174,7 @@ class Relay:
             task_status.started(self)
             async for target in self._woken:
                 try:
-                    await self._claim(target)
+                    await self._claim(target, forwarded)
                 except StoreUnavailable:
                     log.warning("relay_claim_failed", reason="database unreachable")
 
@@ -295,7 +230,7 @@ class Relay:
                     found[RelayAddress.listen(conn.id)] = conn
         return found
 
-    async def _claim(self, target: RelayAddress | None) -> None:
+    async def _claim(self, target: RelayAddress | None, forwarded: ForwardedHere) -> None:
         kind = None if target is None else target.kind
         streams = self._streams(target)
         if streams:
@@ -320,7 +255,7 @@ class Relay:
         here = RelayAddress.node(self.node_id)
         if target is None or target == here:
             for row in await self._take([here]):
-                self._start_forwarded(row["payload"])
+                self._start_forwarded(row["payload"], forwarded)
 
     async def _reread_subscriptions(self, sessions: list[RelayAddress]) -> None:
         """What the sessions whose streams this node holds are subscribed to, from the rows: a
@@ -546,7 +481,7 @@ class Relay:
 
     # -- forwarding: the owning node's side --------------------------------------------------------
 
-    def _start_forwarded(self, request: dict[str, Any]) -> None:
+    def _start_forwarded(self, request: dict[str, Any], forwarded: ForwardedHere) -> None:
         forward = str(request.get("forward"))
         if request.get("kind") == "cancel":
             served = self._served.get(forward)
@@ -554,9 +489,9 @@ class Relay:
                 served.gone.set()
             return
         assert self._nursery is not None
-        self._nursery.start_soon(self._serve, request)
+        self._nursery.start_soon(self._serve, request, forwarded)
 
-    async def _serve(self, request: dict[str, Any]) -> None:
+    async def _serve(self, request: dict[str, Any], forwarded: ForwardedHere) -> None:
         forward, origin = str(request["forward"]), str(request["from"])
         sent = {"start": False, "end": False}
 
@@ -576,7 +511,9 @@ class Relay:
                 await send_json(send, 503, _unavailable(msg), [(b"retry-after", b"1")])
                 return
             self.served += 1
-            await self.mcp.answer(send, lambda: self._run_forwarded(request, send, served))
+            await forwarded.answer(
+                send, lambda: self._run_forwarded(request, send, served, forwarded)
+            )
         except StoreUnavailable:
             log.warning("forward_answer_lost", origin=origin, reason="database unreachable")
         except Exception as exc:  # a forwarded request's failure is its own, never the relay's
@@ -595,10 +532,12 @@ class Relay:
                     except StoreUnavailable:
                         pass
 
-    async def _run_forwarded(self, request: dict[str, Any], send: Send, served: _Forwarded) -> None:
+    async def _run_forwarded(
+        self, request: dict[str, Any], send: Send, served: _Forwarded, forwarded: ForwardedHere
+    ) -> None:
         message = request["message"]
         if request["kind"] == "retry":
-            await self.mcp.retry(
+            await forwarded.retry(
                 request["state"],
                 uuid.UUID(request["grant_id"]),
                 message,
@@ -608,7 +547,7 @@ class Relay:
             )
         elif request["kind"] == "legacy":
             principal = _principal(request["principal"])
-            await self.legacy.handle_forwarded(principal, request["session_id"], message, send)
+            await forwarded.handle_forwarded(principal, request["session_id"], message, send)
         else:
             msg = f"unknown forwarded request kind {request.get('kind')!r}"
             await send_json(send, 400, {"error": "invalid_request", "error_description": msg})

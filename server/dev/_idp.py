@@ -99,6 +99,7 @@ class DevIdP:
         *,
         control_secret: str | None = None,
         access_ttl: float = 3600.0,
+        limiter: AddressLimiter | None = None,
     ) -> None:
         self.issuer = issuer
         self.control_secret = control_secret or secrets.token_urlsafe(16)
@@ -124,7 +125,7 @@ class DevIdP:
         self.expires_in: dict[str | None, float | None] = {}  # None: the field left out
         self.no_refresh_token: set[str | None] = set()
         # rate limits per client address on the sign-in page (server/http/_limits.py); None: none
-        self.limiter: AddressLimiter | None = None
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from server.http._cors import Cors
 from server.http._limits import AddressLimiter, address_limiter
+from server.http._origin import OriginPolicy
 from server.http._plumbing import (
     BodyTooLarge,
     ClientGone,
@@ -40,6 +41,7 @@ __all__ = [
     "FastPath",
     "Headers",
     "InvalidInput",
+    "OriginPolicy",
     "Receive",
     "Scope",
     "Send",

@@ -17,6 +17,7 @@ import structlog
 from actors import AuthenticationRequiredError, UpstreamUnavailable, UserContext
 from server.app import (
     Context,
+    Emitter,
     InvalidArguments,
     PromptDef,
     ResourceDef,
@@ -218,7 +219,7 @@ class Dispatcher:
         return result
 
     async def call(
-        self, user: UserContext, method: str, params: dict[str, Any], emitter: Any
+        self, user: UserContext, method: str, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         handler = self._methods.get(method)
         if handler is None:
@@ -234,18 +235,18 @@ class Dispatcher:
             raise RpcError(INTERNAL_ERROR, f"{method} failed: {type(exc).__name__}") from None
 
     async def _ping(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         return {}
 
     async def _tools_list(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         app = self.app
         return {"tools": [t.describe() for t in app.tools.values() if app.offers(user, t)]}
 
     async def _tools_call(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         name = params.get("name")
         tool = self.app.tools.get(name) if isinstance(name, str) else None
@@ -299,19 +300,19 @@ class Dispatcher:
             )
 
     async def _resources_list(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         app = self.app
         return {"resources": [r.describe() for r in app.resources.values() if app.offers(user, r)]}
 
     async def _templates_list(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         app = self.app
         return {"resourceTemplates": [r.describe() for r in app.templates if app.offers(user, r)]}
 
     async def _resources_read(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         uri = params.get("uri")
         found = self.app.find_resource(uri) if isinstance(uri, str) else None
@@ -335,7 +336,7 @@ class Dispatcher:
         return {"contents": [item]}
 
     async def _subscribe(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         uri = params.get("uri")
         if not isinstance(uri, str):
@@ -345,7 +346,7 @@ class Dispatcher:
         return {}
 
     async def _unsubscribe(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         uri = params.get("uri")
         if not isinstance(uri, str):
@@ -355,13 +356,13 @@ class Dispatcher:
         return {}
 
     async def _prompts_list(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         app = self.app
         return {"prompts": [p.describe() for p in app.prompts.values() if app.offers(user, p)]}
 
     async def _prompts_get(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         name = params.get("name")
         prompt = self.app.prompts.get(name) if isinstance(name, str) else None
@@ -389,7 +390,7 @@ class Dispatcher:
         return {"description": prompt.description, "messages": value}
 
     async def _complete(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         ref = params.get("ref") or {}
         argument = params.get("argument") or {}
@@ -423,7 +424,7 @@ class Dispatcher:
         }
 
     async def _set_level(
-        self, user: UserContext, params: dict[str, Any], emitter: Any
+        self, user: UserContext, params: dict[str, Any], emitter: Emitter
     ) -> dict[str, Any]:
         level = params.get("level")
         if level not in LOG_LEVELS:

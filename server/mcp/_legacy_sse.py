@@ -12,21 +12,31 @@ import contextlib
 from typing import Any
 
 import structlog
-import trio
 
 from actors import (
-    AuthenticationRequiredError,
     Connection,
     Principal,
+    SessionManager,
+    Store,
     StoreUnavailable,
     StreamEvent,
     TransportSession,
     UserSession,
 )
-from server.http import Receive, Scope, Send, query, send_response
-from server.mcp._dispatch import ScopeRequired, TierRefused
-from server.mcp._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
-from server.mcp._streamable import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
+from server.http import OriginPolicy, Receive, Scope, Send, query, send_response
+from server.mcp._admission import Admission
+from server.mcp._dispatch import Dispatcher
+from server.mcp._errors import ErrorAnswers
+from server.mcp._exchange import Reply, ReplyMode, rpc_reply, unavailable_reply
+from server.mcp._gate import Gate
+from server.mcp._jsonrpc import INVALID_REQUEST, result_response
+from server.mcp._outlet import StreamOutlet
+from server.mcp._ports import CrossNode
+from server.mcp._pump import SsePump
+from server.mcp._read import read_message
+from server.mcp._runner import RequestRunner
+from server.mcp._streams import StreamTable
+from server.mcp._subscriptions import Subscriptions
 
 __all__ = ["LegacySse"]
 
@@ -36,17 +46,51 @@ LEGACY_VERSION = "2024-11-05"
 
 
 class LegacySse:
-    """``GET /sse`` and ``POST /messages``, sharing authentication and dispatch with ``/mcp``."""
+    """``GET /sse`` and ``POST /messages``, sharing authentication, limits and the request
+    runner with ``/mcp``."""
 
-    def __init__(self, mcp: McpHttp, *, messages_path: str = "/messages") -> None:
-        self.mcp = mcp
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        sessions: SessionManager,
+        store: Store,
+        origins: OriginPolicy,
+        gate: Gate,
+        errors: ErrorAnswers,
+        admission: Admission,
+        runner: RequestRunner,
+        streams: StreamTable,
+        subscriptions: Subscriptions,
+        outlet: StreamOutlet,
+        pump: SsePump,
+        relay: CrossNode | None,
+        max_body: int,
+        messages_path: str = "/messages",
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.store = store
+        self.origins = origins
+        self.gate = gate
+        self.errors = errors
+        self.admission = admission
+        self.runner = runner
+        self.streams = streams
+        self.subscriptions = subscriptions
+        self.outlet = outlet
+        self.pump = pump
+        self.relay = relay
+        self.max_body = max_body
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.mcp.answer(send, lambda: self._route(scope, receive, send), scope["path"])
+        await self.errors.answer(send, lambda: self._route(scope, receive, send), scope["path"])
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.mcp.check_origin(scope)
+        refused = self.origins.refusal(scope)
+        if refused is not None:
+            raise Reply(403, refused)
         path, method = scope["path"], scope["method"]
         if path == "/sse" and method == "GET":
             await self._stream(scope, receive, send)
@@ -58,52 +102,47 @@ class LegacySse:
             raise Reply(405, body, [(b"allow", allow)])
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal, session = await self.mcp.authenticate(scope)
+        principal, session = await self.gate.authenticate(scope)
         try:
-            session_id = await self.mcp.new_transport_session(
+            session_id = await self.admission.new_transport_session(
                 session, None, protocol_version=LEGACY_VERSION, client_info={}, capabilities={}
             )
         except StoreUnavailable:
-            raise _unavailable() from None
+            raise unavailable_reply() from None
         try:
-            conn = await self.mcp.open_stream(
+            conn = await self.admission.open_stream(
                 session, "legacy_sse", session_id, token_expires_at=principal.expires_at
             )
         except Reply:  # refused (a stream limit): the transport session made for it ends
             with contextlib.suppress(StoreUnavailable):
-                await self.mcp.sessions.end_transport_session(principal, session_id)
+                await self.sessions.end_transport_session(principal, session_id)
             raise
-        self.mcp.legacy_streams[session_id] = conn
+        self.streams.set_legacy_stream(session_id, conn)
         # the stream's row is committed before the client learns where to POST: a POST that
         # reaches another node finds this one through it (server/cluster/_relay.py)
-        await self.mcp.store.write()
+        await self.store.write()
         endpoint = f"{self.messages_path}?session_id={session_id}"
         conn.send_nowait(StreamEvent(event="endpoint", text=endpoint))
-        try:
-            await self.mcp.pump(conn, send, receive, priming_id=None)
-        finally:
-            if self.mcp.legacy_streams.get(session_id) is conn:
-                del self.mcp.legacy_streams[session_id]
-            self.mcp.log_levels.pop(session_id, None)
 
-    def _stream_of(self, session_id: str) -> Connection | None:
-        conn = self.mcp.legacy_streams.get(session_id)
-        return conn if conn is not None and conn.closed_reason is None else None
+        def ended() -> None:
+            self.streams.end_legacy_stream(session_id, conn)
+            self.subscriptions.forget_log_level(session_id)
+
+        await self.pump.pump(conn, send, receive, priming_id=None, on_end=ended)
 
     async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal, session = await self.mcp.authenticate(scope)
+        principal, session = await self.gate.authenticate(scope)
         session_id = query(scope).get("session_id", "")
-        ts = await self.mcp.transport(principal, session_id)
-        message = await self.mcp.read_message(receive)
-        relay = self.mcp.relay
-        if self._stream_of(ts.session_id) is None and relay is not None:
+        ts = await self.gate.transport(principal, session_id)
+        message = await read_message(receive, self.max_body)
+        if self.streams.legacy_stream(ts.session_id) is None and self.relay is not None:
             # the stream is held by another node: the message is handled there
             forward = {"kind": "legacy", "session_id": ts.session_id, "message": message}
             try:
-                if await relay.forward_to_stream(ts.session_id, principal, forward, send):
+                if await self.relay.forward_to_stream(ts.session_id, principal, forward, send):
                     return
             except StoreUnavailable:
-                raise _unavailable() from None
+                raise unavailable_reply() from None
         await self.handle(session, ts, message, send)
 
     async def handle_forwarded(
@@ -111,70 +150,43 @@ class LegacySse:
     ) -> None:
         """A POSTed message that another node forwarded here, where its stream is (the relay's
         port, server/cluster/_relay.py)."""
-        session = await self.mcp.sessions.session_for(principal)
-        ts = await self.mcp.transport(principal, session_id)
+        session = await self.sessions.session_for(principal)
+        ts = await self.gate.transport(principal, session_id)
         await self.handle(session, ts, message, send)
 
     async def handle(
         self, session: UserSession, ts: TransportSession, message: dict[str, Any], send: Send
     ) -> None:
         """One POSTed message for a stream this node holds: 202, and its reply on the stream."""
-        conn = self._stream_of(ts.session_id)
+        conn: Connection | None = self.streams.legacy_stream(ts.session_id)
         if conn is None:
             raise rpc_reply(404, None, INVALID_REQUEST, "Session not found (its stream is closed)")
         if "method" not in message or "id" not in message:
-            await self.mcp.client_message(ts.session_id, ts.user_id, message)
+            await self.runner.client_message(ts.session_id, ts.user_id, message)
             await send_response(send, 202, b"", b"application/json")
             return
         await send_response(send, 202, b"", b"application/json")
         request_id, method = message["id"], message["method"]
         params: dict[str, Any] = message["params"]
         if method == "initialize":
-            result = self.mcp.dispatcher.initialize_result(params.get("protocolVersion"))
-            self.mcp.emit(conn, result_response(request_id, result))
+            result = self.dispatcher.initialize_result(params.get("protocolVersion"))
+            self.outlet.emit(conn, result_response(request_id, result))
             return
         user = session.context_for(ts.session_id)
         try:
-            await self.mcp.count(user, method, request_id)
+            await self.admission.count(user, method, request_id)
         except (
             Reply
         ) as refused:  # answered 202 already: the 429's JSON-RPC error goes on the stream
-            self.mcp.emit(conn, refused.body)
+            self.outlet.emit(conn, refused.body)
             return
-        exchange = Exchange(
-            self.mcp,
-            request_id,
+        exchange = self.runner.exchange(
+            message,
+            ReplyMode.LEGACY,
+            user=user,
+            session=session,
             session_id=ts.session_id,
-            user_id=user.user_id,
-            log_level=self.mcp.log_levels.get(ts.session_id, ts.log_level),
+            log_level=self.subscriptions.log_level(ts.session_id, ts.log_level),
             legacy_conn=conn,
         )
-        exchange.session = session
-        key = (ts.session_id, request_id)
-        self.mcp.inflight[key] = exchange
-        started, outcome = trio.current_time(), "ok"
-        try:
-            with exchange.cancel_scope:
-                try:
-                    result = await self.mcp.dispatcher.call(user, method, params, exchange)
-                except TierRefused as exc:  # a result all the same (docs/protocol.md)
-                    outcome = outcome_of(exc)
-                    result = exc.result
-                self.mcp.emit(conn, result_response(request_id, result))
-            if exchange.cancel_scope.cancelled_caught:
-                outcome = "cancelled"
-        except RpcError as exc:
-            outcome = outcome_of(exc)
-            self.mcp.emit(conn, error_response(request_id, exc))
-        except ScopeRequired as exc:
-            outcome = outcome_of(exc)
-            msg = f"insufficient_scope: {exc}"
-            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
-        except AuthenticationRequiredError as exc:  # answered 202 already: the reply says it
-            outcome = outcome_of(exc)
-            msg = f"authentication required: {exc}"
-            self.mcp.emit(conn, error_response(request_id, RpcError(INVALID_REQUEST, msg)))
-        finally:
-            if self.mcp.inflight.get(key) is exchange:
-                del self.mcp.inflight[key]
-            self.mcp.record_usage(user, method, params, outcome, started)
+        await self.runner.run(exchange, user, message, key=ts.session_id)
