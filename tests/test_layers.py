@@ -4,12 +4,12 @@
 - No package reaches past another package's curated ``__init__``: code in ``runtime/``, ``actors/``,
   ``server/`` and ``examples/`` imports another package only through the names its ``__init__``
   exports, never a private module (``actors._sessions``) nor a private name. Subpackages count as
-  packages: ``server._node`` takes ``McpHttp`` from ``server.mcp``, not from
-  ``server.mcp._streamable``, and ``server.ops`` takes nothing private from ``server.http``.
+  packages: ``server._node`` takes ``McpEdge`` from ``server.mcp``, not from
+  ``server.mcp._edge``, and ``server.ops`` takes nothing private from ``server.http``.
   Inside a package, modules import their siblings' private modules freely, and a subpackage may
-  use the private modules of the packages above it (``server.cli`` runs ``server._node``). ``tests/`` and ``bench/`` may import
-  private modules, because they test and measure the parts below the public surface; they are
-  still held to the no-cycle rule.
+  use the private modules of the packages above it (``server.cli`` runs ``server._node``).
+  ``tests/`` and ``bench/`` may import private modules, because they test and measure the parts
+  below the public surface; they are still held to the no-cycle rule.
 - No import cycle among the project's modules. Every import counts as an edge: at module level,
   inside a function (the usual way to dodge a cycle) and under ``TYPE_CHECKING``.
 """
