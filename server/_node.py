@@ -276,7 +276,7 @@ async def serve_http(
     await hypercorn_serve(app, config, task_status=task_status)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RootPolicy:
     """The root supervisor's restart intensity. Restarts because the database is away are not
     counted (runtime.Unavailable), so an outage of any length never reaches it."""

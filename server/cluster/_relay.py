@@ -70,7 +70,7 @@ log = structlog.get_logger("relay")
 CHANNEL = OUTBOX_CHANNEL
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RelayPolicy:
     """The relay's bounds and durations (seconds)."""
 
@@ -83,7 +83,7 @@ class RelayPolicy:
     reconnect: Backoff = Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)  # noqa: RUF009
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RelayStatistics:
     delivered: int  # outbox rows delivered to streams and server requests here
     forwarded: int  # requests this node sent to another node
@@ -151,13 +151,13 @@ class Relay:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(
-            self.delivered,
-            self.forwarded,
-            self.served,
-            self.reconnects,
-            len(self._waiting),
-            self.wakes_dropped,
-            self.owners_lost,
+            delivered=self.delivered,
+            forwarded=self.forwarded,
+            served=self.served,
+            reconnects=self.reconnects,
+            waiting=len(self._waiting),
+            wakes_dropped=self.wakes_dropped,
+            owners_lost=self.owners_lost,
         )
 
     async def run(

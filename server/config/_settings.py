@@ -57,7 +57,7 @@ def _url(value: str) -> bool:
     return value.startswith(("http://", "https://")) and len(value) > len("https://")
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class UpstreamSettings:
     """The upstream identity provider Steward signs users in with. The issuer alone is enough
     for a provider that publishes its metadata (OpenID Connect discovery or RFC 8414); an
@@ -159,7 +159,7 @@ def _claim_path(value: str) -> bool:
     return bool(value) and all(part for part in value.split("."))
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class TierMappingSettings:
     """How the identity provider's claims give a user's tier (``[upstream.tiers]``): the claim
     (a dotted path, e.g. ``realm_access.roles``; a top-level claim of that exact name first),
@@ -235,7 +235,7 @@ class TierSettings:
     )
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ClientSettings:
     """An OAuth client registered ahead of time by the operator."""
 
@@ -252,7 +252,7 @@ class ClientSettings:
     scope: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class AddressLimitSettings:
     """Rate limits per client address (``[address_limits]``) on the endpoints anyone can call:
     a token bucket per address and kind, ``*_per_minute`` with a burst of ``*_burst``. A full
@@ -320,7 +320,7 @@ DEFAULT_TIERS = (
 )
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Settings:
     """All of Steward's settings. Durations are in seconds."""
 
