@@ -178,7 +178,7 @@ def steward(
     With ``node_options`` the node is ``python -m bench._node`` with those options instead (the
     same node with a session policy of the benchmark's choosing; its ready file also names the
     database URL, the development IdP's control secret and the admin token)."""
-    if not (ROOT / "server" / "_cli.py").exists():
+    if not (ROOT / "server" / "cli" / "_main.py").exists():
         msg = "the steward command (server/cli/_main.py) does not exist in this tree"
         raise Unavailable(msg)
     env = {
