@@ -22,11 +22,11 @@ from typing import Any
 import trio
 
 from actors._sessions import SessionPolicy
-from server._cli import _with_database
-from server._config import load_settings
-from server._demo import demo
-from server._logging import configure_logging
 from server._node import Node, run_node, tune_gc
+from server.cli._main import _with_database
+from server.config._logging import configure_logging
+from server.config._settings import load_settings
+from server.dev._demo import demo
 
 
 def _policy(args: argparse.Namespace) -> SessionPolicy:

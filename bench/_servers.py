@@ -178,8 +178,8 @@ def steward(
     With ``node_options`` the node is ``python -m bench._node`` with those options instead (the
     same node with a session policy of the benchmark's choosing; its ready file also names the
     database URL, the development IdP's control secret and the admin token)."""
-    if not (ROOT / "server" / "_cli.py").exists():
-        msg = "the steward command (server/_cli.py) does not exist in this tree"
+    if not (ROOT / "server" / "cli" / "_main.py").exists():
+        msg = "the steward command (server/cli/_main.py) does not exist in this tree"
         raise Unavailable(msg)
     env = {
         "STEWARD_LOG_LEVEL": "warning",
@@ -192,7 +192,7 @@ def steward(
             config=STEWARD_CONFIG,
             env=env,
             launcher=pinned([], core),
-            module="server._cli" if node_options is None else "bench._node",
+            module="server.cli" if node_options is None else "bench._node",
         ) as server:
             url = urlsplit(server.ready["mcp_url"])
             if url.port is None:

@@ -18,7 +18,7 @@ import trio_asyncio
 
 from actors import Op, Store, migrate, store_child_spec
 from runtime import Supervisor
-from server._embedded_pg import EmbeddedPostgres
+from server.postgres._embedded import EmbeddedPostgres
 
 SQL = "INSERT INTO usage_events (event_id, user_id, method, tier, outcome, occurred_at) VALUES ($1, $2, 'tools/call', 'free', 'ok', now()) ON CONFLICT DO NOTHING"
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from server._app import Context, InvalidArguments, Steward, ToolError
-from server._config import ConfigError, Settings, load_settings
-from server._demo import demo
-from server._embedded_pg import (
+from server.app import Context, InvalidArguments, Steward, ToolError
+from server.config import ConfigError, Settings, load_settings
+from server.dev import demo
+from server.mcp import RpcError
+from server.postgres import (
     EmbeddedPostgres,
     PostgresNotFound,
     PostgresStartError,
     StopMode,
     find_postgres_bindir,
 )
-from server._jsonrpc import RpcError
 
 __all__ = [
     "ConfigError",

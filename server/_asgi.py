@@ -12,26 +12,25 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from actors import StoreUnavailable
-from server._admin import AdminApi
-from server._cors import Cors
-from server._http import (
+from server.http import (
+    AddressLimiter,
+    Cors,
     Headers,
     InvalidInput,
+    OriginPolicy,
     Receive,
     Scope,
     Send,
     header,
     lifespan,
     send_json,
+    send_public_file,
     send_response,
     unavailable,
 )
-from server._legacy_sse import LegacySse
-from server._limits import AddressLimiter
-from server._mcp_http import McpHttp
-from server._metrics import RequestCounter, render_metrics
-from server._oauth import OAuthEndpoints
-from server._static import send_public_file
+from server.mcp import LegacySse, McpHttp
+from server.oauth import OAuthEndpoints
+from server.ops import AdminApi, RequestCounter, render_metrics
 
 __all__ = ["StewardAsgi"]
 
@@ -45,7 +44,7 @@ DRAIN_SECONDS = 2.0
 _MCP_PATHS = frozenset({"/mcp", "/sse", "/messages"})
 _LEGACY_PATHS = frozenset({"/sse", "/messages"})
 _OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# the anonymous endpoints limited per client address, by kind (server/_limits.py): the flow's
+# the anonymous endpoints limited per client address, by kind (server/http/_limits.py): the flow's
 # browser steps share the authorize kind, a client's token calls the token kind
 LIMITED = {
     "/register": "register",
@@ -65,6 +64,7 @@ class StewardAsgi:
         *,
         mcp: McpHttp,
         legacy: LegacySse,
+        origins: OriginPolicy,
         oauth: OAuthEndpoints,
         admin: AdminApi,
         requests: RequestCounter,
@@ -81,7 +81,7 @@ class StewardAsgi:
         self.readiness = readiness
         self.limiter = limiter
         self.cors = Cors(
-            mcp.origin_allowed,
+            origins.allowed,
             public_paths=frozenset(p for p in oauth.paths if p.startswith("/.well-known/")),
             messages_path=self.legacy.messages_path,
         )
@@ -205,7 +205,7 @@ async def _drain(receive: _TrackedReceive) -> None:
 
 class _CountingSend:
     """The ASGI send of a request, noting the response's status and adding ``extra`` headers
-    (CORS) to it; ``inner`` is the server's own (server._stream_end looks behind it). The
+    (CORS) to it; ``inner`` is the server's own (server.http._stream_end looks behind it). The
     answer's last part waits until the request body was read to its end (``_drain``)."""
 
     __slots__ = ("extra", "inner", "receive", "status")

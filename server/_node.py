@@ -11,7 +11,7 @@ root (one_for_one)
 ├── janitor      heartbeat, expiry, stale connections, dead nodes, retention
 ├── revoker      revokes ended grants at the upstream IdP (actors/_revocation.py)
 ├── relay        the outbox: messages and requests for what another node holds
-├── dev_user     dev_no_auth only: signs the development user in (server/_dev_auth.py)
+├── dev_user     dev_no_auth only: signs the development user in (server/dev/_sign_in.py)
 └── http         Hypercorn serving Steward: started last, stopped first
 """
 
@@ -59,21 +59,16 @@ from actors import (
     store_child_spec,
 )
 from runtime import ChildSpec, Supervisor, SupervisorHandle, TreeNode, tree
-from server._admin import AdminApi
-from server._app import Steward
 from server._asgi import StewardAsgi
-from server._client_metadata import MetadataFetcher
-from server._config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
-from server._dev_auth import sign_in_dev_user
-from server._dev_idp import DevIdP
-from server._dispatch import Dispatcher
-from server._embedded_pg import PostmasterKeeper
-from server._legacy_sse import LegacySse
-from server._limits import address_limiter
-from server._mcp_http import McpHttp
-from server._metrics import NodeCollector, RequestCounter, new_registry
-from server._oauth import OAuthEndpoints, ResourceServer
-from server._relay import Relay
+from server.app import Steward
+from server.cluster import Relay
+from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
+from server.dev import DevIdP, sign_in_dev_user
+from server.http import address_limiter
+from server.mcp import Dispatcher, LocalStreams, McpEdge, McpOptions
+from server.oauth import MetadataFetcher, OAuthEndpoints, ResourceServer
+from server.ops import AdminApi, NodeCollector, RequestCounter, new_registry
+from server.postgres import PostmasterKeeper
 
 __all__ = [
     "DEV_IDP_FILE",
@@ -105,7 +100,7 @@ def tune_gc() -> None:
 log = structlog.get_logger("node")
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class NodeInfo:
     node_id: str
     base_url: str
@@ -281,7 +276,7 @@ async def serve_http(
     await hypercorn_serve(app, config, task_status=task_status)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RootPolicy:
     """The root supervisor's restart intensity. Restarts because the database is away are not
     counted (runtime.Unavailable), so an outage of any length never reaches it."""
@@ -290,7 +285,7 @@ class RootPolicy:
     period: float = 60.0
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, kw_only=True)
 class Node:
     """Everything one node holds (the tests read it; each part is given only what it uses)."""
 
@@ -301,7 +296,7 @@ class Node:
     resource_server: ResourceServer
     oauth: OAuthEndpoints
     sessions: SessionManager
-    mcp: McpHttp
+    mcp: McpEdge
     asgi: StewardAsgi
     usage: UsageMeter
     dev_idp: DevIdP | None
@@ -342,64 +337,13 @@ async def run_node(
     resource = f"{base_url}/mcp"
     legacy_resource = f"{base_url}/sse"
 
-    dev_idp: DevIdP | None = None
-    if settings.upstream is not None:
-        upstream_config = settings.upstream.client_config()
-    elif settings.dev_idp:
-        if idp_sock is None:
-            # the same port at every start of this data folder, free again once this node ends
-            idp_sock = bind_dev_idp(settings)
-            bound.append(idp_sock)
-        idp_url = _url(idp_sock)
-        dev_idp = DevIdP(idp_url)
-        if settings.dev_idp_exposed:  # allowed by dev_idp_allow_public_insecure only
-            log.warning(
-                "dev_idp_exposed", setting="dev_idp_allow_public_insecure", note=DEV_IDP_EXPOSED
-            )
-        dev_idp.limiter = address_limiter(settings.address_limits, sign_in=True)
-        upstream_config = UpstreamConfig(
-            idp_url,
-            f"{idp_url}/authorize",
-            f"{idp_url}/token",
-            "steward",
-            f"{idp_url}/userinfo",
-            f"{idp_url}/revoke",
-            discovery=False,  # in this process, every endpoint known
-        )
-    else:
-        msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
-        raise ValueError(msg)
-
+    upstream_config, dev_idp, idp_sock = _identity_provider(settings, idp_sock, bound)
     keyring = open_keyring(settings)
 
-    policy = store_policy or StorePolicy(
-        write_wait=settings.db_wait,
-        read_wait=min(1.0, settings.db_wait),
-        answer_wait=settings.db_wait,
-    )
-    store = Store(
-        dsn,
-        policy=policy,
-        queue=WriteQueue(
-            memory_bound=policy.memory_bound,
-            journal_path=settings.data_dir / f"store-{node_id}.journal",
-            journal_max_bytes=settings.journal_max_bytes,
-        ),
-        gated=True,  # nothing reads or commits before the schema child made the schema current
-    )
+    store = _store(settings, dsn, node_id=node_id, policy=store_policy)
+    policy = store.policy
     upstream = UpstreamClient(upstream_config)
-    auth_policy = AuthPolicy(
-        issuer=base_url,
-        resource=resource,
-        # the deprecated HTTP+SSE transport's URL names the same resource (docs/security.md)
-        resource_aliases=(legacy_resource,),
-        access_ttl=settings.access_token_ttl,
-        refresh_ttl=settings.refresh_token_ttl,
-        session_ttl=settings.session_ttl,
-        scopes_supported=settings.scopes_supported,
-        default_scopes=settings.default_scopes,
-        tier_mapping=settings.tier_mapping(),
-    )
+    auth_policy = _auth_policy(settings, base_url, resource=resource, legacy=legacy_resource)
     auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
     rs = ResourceServer(
         auth, endpoint_resources={"/sse": legacy_resource, "/messages": legacy_resource}
@@ -438,21 +382,32 @@ async def run_node(
     )
     usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
     app.tiers = settings.tier_names()
-    mcp = McpHttp(
-        Dispatcher(app),
-        sessions,
-        rs,
-        store,
-        usage,
+    mcp_options = McpOptions(
         max_body=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins,
         own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
         stream_fast_path=settings.stream_fast_path,
     )
-    legacy = LegacySse(mcp)
-    relay = Relay(mcp, legacy, store, node_id=node_id)
-    mcp.relay = relay
+    # the tables first: the relay reads them, and the MCP endpoints use the relay
+    local = LocalStreams.new(store, node_id=node_id, options=mcp_options)
+    relay = Relay(local, store, node_id=node_id)
+    mcp = McpEdge(
+        dispatcher=Dispatcher(
+            app,
+            on_subscribe=local.subscriptions.on_subscribe,
+            on_log_level=local.subscriptions.on_log_level,
+        ),
+        sessions=sessions,
+        resource_server=rs,
+        store=store,
+        usage=usage,
+        local=local,
+        relay=relay,
+        options=mcp_options,
+    )
+    app.watch(mcp.notify_list_changed)
+    sessions.on_tier_changed = mcp.tier_changed
     limiter = address_limiter(settings.address_limits)
     requests = RequestCounter()
     metrics = new_registry(
@@ -468,65 +423,16 @@ async def run_node(
         )
     )
     info = NodeInfo(
-        node_id,
-        base_url,
-        resource,
-        base_url,
-        dev_idp.issuer if dev_idp else None,
-        dev_idp.control_secret if dev_idp else None,
-        _url(sock),
+        node_id=node_id,
+        base_url=base_url,
+        mcp_url=resource,
+        issuer_url=base_url,
+        dev_idp_url=dev_idp.issuer if dev_idp else None,
+        dev_idp_control_secret=dev_idp.control_secret if dev_idp else None,
+        listen_url=_url(sock),
     )
 
-    async def database_readiness() -> dict[str, Any]:
-        reason = store.unready_reason()
-        if reason is not None:
-            connected = store.statistics().connected
-            return {"database": "migrating" if connected else "unreachable", "reason": reason}
-        try:
-            pending = [m.version for m in await pending_migrations(store)]
-        except StoreUnavailable as exc:
-            return {"database": "unreachable", "reason": str(exc)}
-        if pending:
-            return {"database": "ok", "pending_migrations": pending, "reason": "migrations pending"}
-        return {"database": "ok", "pending_migrations": []}
-
-    # each check answers its fields, with "reason" while it is not ready; /readyz is ready when
-    # no check gives a reason (another child of the tree adds its own check here)
-    readiness_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = [database_readiness]
-    if embedded_postgres is not None:
-        keeper = embedded_postgres
-
-        async def postgres_readiness() -> dict[str, Any]:
-            postmaster = keeper.status()
-            fields: dict[str, Any] = {"postgres": postmaster.as_dict()}
-            if not postmaster.up:
-                fields["reason"] = f"the embedded PostgreSQL is {postmaster.state.value}" + (
-                    f": {postmaster.error}" if postmaster.error else ""
-                )
-            return fields
-
-        readiness_checks.insert(0, postgres_readiness)
-
-    async def idp_readiness() -> dict[str, Any]:
-        # reported, not a reason: without discovery a node still serves what is signed in
-        if upstream.ready:
-            return {"identity_provider": "ok"}
-        return {
-            "identity_provider": "discovering",
-            "identity_provider_problem": upstream.discovery_problem,
-        }
-
-    readiness_checks.append(idp_readiness)
-
-    async def readiness() -> dict[str, Any]:
-        report: dict[str, Any] = {}
-        reasons: list[str] = []
-        for check in readiness_checks:
-            fields = await check()
-            if "reason" in fields:
-                reasons.append(fields.pop("reason"))
-            report.update(fields)
-        return {"ready": not reasons, **report, **({"reasons": reasons} if reasons else {})}
+    readiness = _readiness(store, upstream, embedded_postgres)
 
     def live_trees() -> list[TreeNode]:
         """This node's tree once it runs (before: every live tree of the process)."""
@@ -543,8 +449,9 @@ async def run_node(
         trees=live_trees,
     )
     asgi = StewardAsgi(
-        mcp=mcp,
-        legacy=legacy,
+        mcp=mcp.http,
+        legacy=mcp.legacy,
+        origins=mcp.origins,
         oauth=oauth,
         admin=admin,
         requests=requests,
@@ -553,20 +460,20 @@ async def run_node(
         limiter=limiter,
     )
     node = Node(
-        settings,
-        info,
-        store,
-        auth,
-        rs,
-        oauth,
-        sessions,
-        mcp,
-        asgi,
-        usage,
-        dev_idp,
-        notifier,
-        janitor,
-        relay,
+        settings=settings,
+        info=info,
+        store=store,
+        auth=auth,
+        resource_server=rs,
+        oauth=oauth,
+        sessions=sessions,
+        mcp=mcp,
+        asgi=asgi,
+        usage=usage,
+        dev_idp=dev_idp,
+        notifier=notifier,
+        janitor=janitor,
+        relay=relay,
         revoker=revoker,
         admin_token=admin_token,
     )
@@ -624,7 +531,7 @@ async def run_node(
         notifier.child_spec(),
         janitor.child_spec(),
         revoker.child_spec(),
-        relay.child_spec(),
+        relay.child_spec(mcp),
     ]
     if settings.dev_no_auth:
         children.append(ChildSpec("dev_user", dev_user, start_grace=30.0))
@@ -649,6 +556,135 @@ async def run_node(
             own.close()
         with trio.move_on_after(2, shield=True):
             await upstream.aclose()
+
+
+def _store(settings: Settings, dsn: str, *, node_id: str, policy: StorePolicy | None) -> Store:
+    """The node's store: gated (nothing reads or commits before the schema child made the schema
+    current), its write queue journaled in the data folder."""
+    policy = policy or StorePolicy(
+        write_wait=settings.db_wait,
+        read_wait=min(1.0, settings.db_wait),
+        answer_wait=settings.db_wait,
+    )
+    return Store(
+        dsn,
+        policy=policy,
+        queue=WriteQueue(
+            memory_bound=policy.memory_bound,
+            journal_path=settings.data_dir / f"store-{node_id}.journal",
+            journal_max_bytes=settings.journal_max_bytes,
+        ),
+        gated=True,
+    )
+
+
+def _auth_policy(settings: Settings, base_url: str, *, resource: str, legacy: str) -> AuthPolicy:
+    return AuthPolicy(
+        issuer=base_url,
+        resource=resource,
+        # the deprecated HTTP+SSE transport's URL names the same resource (docs/security.md)
+        resource_aliases=(legacy,),
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+        session_ttl=settings.session_ttl,
+        scopes_supported=settings.scopes_supported,
+        default_scopes=settings.default_scopes,
+        tier_mapping=settings.tier_mapping(),
+    )
+
+
+def _identity_provider(
+    settings: Settings, idp_sock: socket.socket | None, bound: list[socket.socket]
+) -> tuple[UpstreamConfig, DevIdP | None, socket.socket | None]:
+    """The upstream identity provider: the configured one, or the development IdP on its own
+    socket (bound here if not given, and added to ``bound``)."""
+    dev_idp: DevIdP | None = None
+    if settings.upstream is not None:
+        upstream_config = settings.upstream.client_config()
+    elif settings.dev_idp:
+        if idp_sock is None:
+            # the same port at every start of this data folder, free again once this node ends
+            idp_sock = bind_dev_idp(settings)
+            bound.append(idp_sock)
+        idp_url = _url(idp_sock)
+        dev_idp = DevIdP(idp_url, limiter=address_limiter(settings.address_limits, sign_in=True))
+        if settings.dev_idp_exposed:  # allowed by dev_idp_allow_public_insecure only
+            log.warning(
+                "dev_idp_exposed", setting="dev_idp_allow_public_insecure", note=DEV_IDP_EXPOSED
+            )
+        upstream_config = UpstreamConfig(
+            idp_url,
+            f"{idp_url}/authorize",
+            f"{idp_url}/token",
+            "steward",
+            f"{idp_url}/userinfo",
+            f"{idp_url}/revoke",
+            discovery=False,  # in this process, every endpoint known
+        )
+    else:
+        msg = "no upstream identity provider is configured and the development IdP is off ([upstream] or dev_idp = true)"
+        raise ValueError(msg)
+    return upstream_config, dev_idp, idp_sock
+
+
+def _readiness(
+    store: Store, upstream: UpstreamClient, embedded_postgres: PostmasterKeeper | None
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """``/readyz``: the embedded PostgreSQL (if any), the database and its schema, and the
+    identity provider's discovery."""
+
+    async def database_readiness() -> dict[str, Any]:
+        reason = store.unready_reason()
+        if reason is not None:
+            connected = store.statistics().connected
+            return {"database": "migrating" if connected else "unreachable", "reason": reason}
+        try:
+            pending = [m.version for m in await pending_migrations(store)]
+        except StoreUnavailable as exc:
+            return {"database": "unreachable", "reason": str(exc)}
+        if pending:
+            return {"database": "ok", "pending_migrations": pending, "reason": "migrations pending"}
+        return {"database": "ok", "pending_migrations": []}
+
+    # each check answers its fields, with "reason" while it is not ready; /readyz is ready when
+    # no check gives a reason (another child of the tree adds its own check here)
+    readiness_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = [database_readiness]
+    if embedded_postgres is not None:
+        keeper = embedded_postgres
+
+        async def postgres_readiness() -> dict[str, Any]:
+            postmaster = keeper.status()
+            fields: dict[str, Any] = {"postgres": postmaster.as_dict()}
+            if not postmaster.up:
+                fields["reason"] = f"the embedded PostgreSQL is {postmaster.state.value}" + (
+                    f": {postmaster.error}" if postmaster.error else ""
+                )
+            return fields
+
+        readiness_checks.insert(0, postgres_readiness)
+
+    async def idp_readiness() -> dict[str, Any]:
+        # reported, not a reason: without discovery a node still serves what is signed in
+        if upstream.ready:
+            return {"identity_provider": "ok"}
+        return {
+            "identity_provider": "discovering",
+            "identity_provider_problem": upstream.discovery_problem,
+        }
+
+    readiness_checks.append(idp_readiness)
+
+    async def readiness() -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        reasons: list[str] = []
+        for check in readiness_checks:
+            fields = await check()
+            if "reason" in fields:
+                reasons.append(fields.pop("reason"))
+            report.update(fields)
+        return {"ready": not reasons, **report, **({"reasons": reasons} if reasons else {})}
+
+    return readiness
 
 
 async def _make_schema_current(store: Store, settings: Settings, auth: AuthService) -> None:

@@ -247,7 +247,7 @@ async def test_the_pages_serve_their_style_and_icon_under_a_policy_without_inlin
 
 
 def test_the_tree_shows_a_bounded_number_of_children_and_counts_the_rest() -> None:
-    from server._admin import _bounded
+    from server.ops._admin import _bounded
 
     def node(name: str, *children: dict[str, Any]) -> dict[str, Any]:
         return {"id": name, "children": list(children)}
@@ -263,7 +263,7 @@ async def test_guessing_the_admin_token_is_bounded_per_address(fresh_db: str) ->
     """Past ADMIN_GUESSES wrong tokens from one address in a window (bearer or the sign-in form,
     counted together), a token from that address is refused with 429 before it is compared,
     the right one included; a signed-in view's cookie keeps working."""
-    from server._admin import ADMIN_GUESSES
+    from server.ops._admin import ADMIN_GUESSES
     from tests.harness._steward import running_node
 
     token = "guess-test-" + "x" * 24

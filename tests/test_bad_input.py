@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import (
     REDIRECT_URI,

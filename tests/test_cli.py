@@ -22,7 +22,7 @@ from tests.harness._pg import Cluster
 from tests.harness._serve import steward_serve
 
 ROOT = Path(__file__).resolve().parent.parent
-STEWARD = [sys.executable, "-m", "server._cli"]
+STEWARD = [sys.executable, "-m", "server.cli"]
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_app_is_imported_from_the_working_folder(
     """``steward`` is a console script: the working folder is not on sys.path unless --app puts
     it there (``steward serve --app examples.everything:app`` from the repository's root)."""
     from server import Steward
-    from server._cli import load_app
+    from server.cli._main import load_app
 
     (tmp_path / "stw_cwd_app.py").write_text('from server import Steward\napp = Steward("cwd")\n')
     monkeypatch.chdir(tmp_path)
@@ -233,7 +233,7 @@ async def test_doctor_passes_with_a_migrated_database_and_a_reachable_idp(
 ) -> None:
     import trio
 
-    from server._embedded_pg import free_port
+    from server.postgres._embedded import free_port
     from tests.harness._steward import running_node
 
     async with running_node(fresh_db) as node:  # migrates the database, serves an IdP
@@ -464,7 +464,7 @@ def test_serve_restarts_its_embedded_postgres_when_it_dies(data_dir: Path) -> No
 async def test_doctor_checks_the_embedded_clusters_access_and_role(data_dir: Path) -> None:
     import trio
 
-    from server._embedded_pg import EmbeddedPostgres
+    from server.postgres._embedded import EmbeddedPostgres
     from tests.harness._pg import psql
 
     cluster = EmbeddedPostgres(data_dir / "data" / "postgres", durable=False)

@@ -14,14 +14,14 @@ import httpx
 import pytest
 import trio
 
-from server._client_metadata import (
+from server._node import Node, bind_socket, serve_http
+from server.oauth._client_metadata import (
     GENERIC_ERROR,
     IPAddress,
     MetadataFetcher,
     MetadataFetchFailed,
     address_refused,
 )
-from server._node import Node, bind_socket, serve_http
 from tests.harness._pg import psql
 from tests.harness._steward import REDIRECT_URI, pkce, running_node
 

@@ -14,8 +14,8 @@ import trio
 
 from examples.everything import WATCHED_URI
 from examples.everything import app as everything
-from server._app import Context, Steward
 from server._node import Node
+from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in, sse_stream
 from tests.test_mcp_transport import headers_2026, rpc_2026
@@ -106,7 +106,7 @@ async def test_the_janitor_expires_sessions_reaps_stale_connections_and_dead_nod
         assert again["expired_sessions"] == again["dead_nodes"] == again["stale_connections"] == 0
 
 
-# -- cross-node delivery through the outbox (server/_relay.py) -------------------------------------
+# -- cross-node delivery through the outbox (server/cluster/_relay.py) -------------------------------------
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server._config import ConfigError, Settings, load_settings
+from server.config._settings import ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

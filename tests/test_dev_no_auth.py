@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server._config import ConfigError, load_settings
-from server._dev_auth import DEV_USER
+from server.config._settings import ConfigError, load_settings
+from server.dev._sign_in import DEV_USER
 from tests.harness._steward import McpClient, running_node
 
 UPSTREAM = {

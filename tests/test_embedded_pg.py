@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-import server._embedded_pg as embedded
+import server.postgres._embedded as embedded
 from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
-from server._embedded_pg import ADMIN_USER, DB_NAME, RUNTIME_USER
+from server.postgres._embedded import ADMIN_USER, DB_NAME, RUNTIME_USER
 from tests.harness._pg import Cluster, create_database, drop_database, psql
 
 

@@ -18,12 +18,12 @@ import attrs
 import httpx
 import pytest
 
-from server._cli import _parser
-from server._config import Settings
+from server.cli._main import _parser
+from server.config._settings import Settings
 from tests.harness._steward import running_node, sign_in
 
 ROOT = Path(__file__).resolve().parent.parent
-STEWARD = [sys.executable, "-m", "server._cli"]
+STEWARD = [sys.executable, "-m", "server.cli"]
 DEV_IDP_FILE = "dev-idp.json"  # server/_node.py: the development IdP's port, kept
 
 

@@ -154,7 +154,7 @@ async def test_keys_rotate_command_moves_a_running_nodes_tokens_to_the_new_key(
                 "SELECT info->>'key_id' = 'k1' FROM nodes WHERE node_id = $1", node.info.node_id
             ):
                 await trio.sleep(0.05)
-        command = [sys.executable, "-m", "server._cli", "keys", "rotate", "--json"]
+        command = [sys.executable, "-m", "server.cli", "keys", "rotate", "--json"]
         command += ["--database-url", fresh_db, "--data-dir", str(node.settings.data_dir)]
         out = await trio.to_thread.run_sync(
             lambda: subprocess.run(

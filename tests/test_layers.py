@@ -3,10 +3,13 @@
 - Layers point down: runtime knows nothing above it, only the store touches asyncpg.
 - No package reaches past another package's curated ``__init__``: code in ``runtime/``, ``actors/``,
   ``server/`` and ``examples/`` imports another package only through the names its ``__init__``
-  exports, never a private module (``actors._sessions``) nor a private name. Inside a package,
-  modules import their siblings' private modules freely. ``tests/`` and ``bench/`` may import
-  private modules, because they test and measure the parts below the public surface; they are
-  still held to the no-cycle rule.
+  exports, never a private module (``actors._sessions``) nor a private name. Subpackages count as
+  packages: ``server._node`` takes ``McpEdge`` from ``server.mcp``, not from
+  ``server.mcp._edge``, and ``server.ops`` takes nothing private from ``server.http``.
+  Inside a package, modules import their siblings' private modules freely, and a subpackage may
+  use the private modules of the packages above it (``server.cli`` runs ``server._node``).
+  ``tests/`` and ``bench/`` may import private modules, because they test and measure the parts
+  below the public surface; they are still held to the no-cycle rule.
 - No import cycle among the project's modules. Every import counts as an edge: at module level,
   inside a function (the usual way to dodge a cycle) and under ``TYPE_CHECKING``.
 """
@@ -166,14 +169,32 @@ def _is_private(part: str) -> bool:
 
 
 def private_imports(edges: Iterable[Edge], packages: Iterable[str]) -> list[str]:
-    """Imports that reach into another package: a private module, or a private name."""
+    """Imports that reach into another package or subpackage: a private module, or a private
+    name. A module's home is the package it sits in (a package's ``__init__`` is at home in the
+    package itself); siblings share a home, and the packages above a home are open to it."""
+    edges = list(edges)
     held = set(packages)
+    names = {edge.importer for edge in edges} | {edge.target for edge in edges}
+    # a package is any name with a module below it
+    folders = {".".join(n.split(".")[:end]) for n in names for end in range(1, n.count(".") + 1)}
+
+    def home(module: str) -> str:
+        return module if module in folders else module.rpartition(".")[0]
+
     found = []
     for edge in edges:
-        home, there = edge.importer.split(".")[0], edge.target.split(".")[0]
-        if home not in held or home == there:
+        if edge.importer.split(".")[0] not in held:
             continue
-        private_parts = [part for part in edge.target.split(".")[1:] if _is_private(part)]
+        here, there = home(edge.importer), home(edge.target)
+        if here == there or here.startswith(f"{there}."):
+            continue
+        # the parts of the target below what both share
+        shared = 0
+        for mine, theirs in zip(here.split("."), edge.target.split("."), strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        private_parts = [p for p in edge.target.split(".")[shared:] if _is_private(p)]
         private_names = [name for name in edge.names if _is_private(name)]
         if private_parts or private_names:
             found.append(str(edge))
@@ -273,6 +294,14 @@ def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> No
             ),
             "high/_y.py": "from high._x import low\nY = 1\n",
             "tests/test_t.py": "from low._c import _hidden\n",
+            # subpackages: sub's own modules and the package above are open to it, and nothing
+            # below another subpackage's __init__ is open to anyone else
+            "high/sub/__init__.py": "from high.sub._p import P\n",
+            "high/sub/_p.py": "from high._y import Y\nP = Y\n",
+            "high/sub/_q.py": "from high.sub._p import P\nfrom high.sub import P as Q\n",
+            "high/other/__init__.py": "",
+            "high/other/_r.py": "from high.sub._p import P\nfrom high.sub import P as Q\n",
+            "high/_z.py": "from high.sub._q import Q\nfrom high.other import _r\n",
         },
     )
     edges = import_graph(tmp_path, ("low", "high", "tests"))
@@ -280,8 +309,83 @@ def test_the_rules_catch_dodged_cycles_and_private_imports(tmp_path: Path) -> No
         "high._x:2 -> low._c",
         "high._x:3 -> low (_hidden)",
         "high._x:4 -> low._b",
+        "high._z:1 -> high.sub._q (Q)",
+        "high._z:2 -> high.other._r",
+        "high.other._r:1 -> high.sub._p (P)",
     ]
     assert import_cycles(edges) == [
         ["high._x:6 -> high._y (Y)", "high._y:1 -> high._x (low)"],
         ["low._a:4 -> low._b (B)", "low._b:1 -> low._a (A)"],
     ]
+
+
+# -- the edge's parts ------------------------------------------------------------------------------
+
+_MUTATORS = frozenset(
+    {"pop", "clear", "setdefault", "update", "popitem", "append", "extend", "remove", "discard"}
+    | {"add", "insert"}
+)
+
+
+def foreign_writes(path: Path) -> list[str]:
+    """Where a method writes a table that another object holds: ``self.other.table[k] = v``,
+    ``del self.other.table[k]``, ``self.other.table.pop(k)`` and the like."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        written: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            written = [t.value for t in node.targets if isinstance(t, ast.Subscript)]
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+            written = [node.target.value]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            written = [node.func.value]
+        for table in written:
+            hops, root = 0, table
+            while isinstance(root, ast.Attribute):
+                hops, root = hops + 1, root.value
+            if hops >= 2 and isinstance(root, ast.Name) and root.id == "self":
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(table)}")
+    return found
+
+
+def test_no_part_of_the_edge_writes_another_parts_tables() -> None:
+    """Each table of the edge (streams, server requests, requests in flight, subscriptions) is
+    written only by the object that holds it; the others call its methods."""
+    offenders = [
+        w for path in sorted((ROOT / "server").rglob("*.py")) for w in foreign_writes(path)
+    ]
+    assert offenders == []
+
+
+def test_the_rule_sees_foreign_writes(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "class A:\n"
+        "    def f(self, k):\n"
+        "        self.b.table[k] = 1\n"
+        "        del self.b.table[k]\n"
+        "        self.b.table.pop(k, None)\n"
+        "        self.own[k] = 1\n"
+        "        self.own.setdefault(k, set()).add(2)\n"
+    )
+    assert foreign_writes(sample) == [
+        "sample.py:3 self.b.table",
+        "sample.py:4 self.b.table",
+        "sample.py:5 self.b.table",
+    ]
+
+
+def test_legacy_sse_and_the_relay_import_nothing_from_the_streamable_transport() -> None:
+    """The 2025 router is one transport among three: the legacy transport and the relay reach
+    the shared parts (the runner, the tables, the ports), never it."""
+    edges = import_graph(ROOT, PACKAGES)
+    importers = {"server.mcp._legacy_sse", "server.cluster._relay"}
+    assert {e.importer for e in edges} >= importers
+    reaching = [
+        str(e) for e in edges if e.importer in importers and e.target == "server.mcp._streamable"
+    ]
+    assert reaching == []

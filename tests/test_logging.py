@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from server._logging import configure_logging
-from server._redact import REDACTED, RedactingFormatter
+from server.config._logging import configure_logging
+from server.config._redact import REDACTED, RedactingFormatter
 
 
 @pytest.fixture

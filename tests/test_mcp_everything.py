@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from actors._sessions import UserContext
 from examples.everything import PNG_1PX, WATCHED_URI
 from examples.everything import app as everything
-from server._dispatch import Dispatcher
+from server.mcp._dispatch import Dispatcher
 from tests.harness._steward import running_node, sign_in
 
 

@@ -10,7 +10,7 @@ import mcp_types as t
 import pytest
 from pydantic import TypeAdapter
 
-from server._jsonrpc import (
+from server.mcp._jsonrpc import (
     InvalidMessage,
     RpcError,
     error_response,

@@ -11,7 +11,7 @@ import trio
 from mcp import ClientSession, types
 from mcp.client.sse import sse_client
 
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._steward import SseReader, running_node, sign_in
 
 app = Steward("legacy-test")

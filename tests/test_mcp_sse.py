@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from actors._sessions import StreamEvent
-from server._sse import SSE_HEADERS, encode_event
+from server.http._sse import SSE_HEADERS, encode_event
 
 
 def test_a_message_is_one_data_line_with_its_id() -> None:

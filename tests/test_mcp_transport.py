@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from examples.everything import app as everything
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._steward import (
     MCP_HEADERS,
     McpClient,

@@ -60,7 +60,7 @@ async def initialize(url: str, token: str) -> str:
 
 def worker_pids(parent: int) -> list[int]:
     out = subprocess.run(
-        ["pgrep", "-P", str(parent), "-f", "server._cli serve"], capture_output=True, text=True
+        ["pgrep", "-P", str(parent), "-f", "server.cli serve"], capture_output=True, text=True
     )
     return [int(p) for p in out.stdout.split()]
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import trio
 
-from server._redact import REDACTED, redact_secrets
+from server.config._redact import REDACTED, redact_secrets
 from tests.harness._pg import Cluster, psql
 from tests.harness._steward import (
     REDIRECT_URI,

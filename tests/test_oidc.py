@@ -338,7 +338,7 @@ async def test_the_discovery_log_line_says_whether_the_provider_refreshes(fresh_
     alone: a field named like a token is masked, and the operator would read ``[redacted]``."""
     from structlog.testing import capture_logs
 
-    from server._redact import redact_secrets
+    from server.config._redact import redact_secrets
 
     async with oidc_provider() as idp:
         with capture_logs() as logs:

@@ -29,7 +29,7 @@ from tests.harness._steward import McpClient, SseReader, get_stream, running_nod
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "operator-paths-admin"
-STEWARD = [sys.executable, "-m", "server._cli"]
+STEWARD = [sys.executable, "-m", "server.cli"]
 TABLES = ("users", "grants", "connections", "upstream_tokens", "cluster_events", "auth_events")
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from actors._sessions import AuthenticationRequiredError, SessionPolicy
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, running_node, sign_in
 

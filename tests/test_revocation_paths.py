@@ -472,7 +472,7 @@ async def test_a_revocation_whose_write_is_not_acknowledged_ends_the_streams_her
         assert again.status_code == 200, again.text
 
 
-# the Hypercorn fast path (server/_stream_end.py) unusable: a private attribute renamed before
+# the Hypercorn fast path (server/http/_stream_end.py) unusable: a private attribute renamed before
 # the streams open or after (as a Hypercorn release would), or turned off by the setting
 FAST_PATH_CASES = {
     "intact": None,

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from actors._sessions import SessionPolicy
 from runtime import Backoff, faults
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, SseReader, get_stream, running_node, sign_in
 from tests.test_sdk_oauth import Browser, Storage, sdk_provider

@@ -11,7 +11,7 @@ from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._steward import running_node, sign_in
 
 app = Steward("sdk-test")

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from actors import Op, QueueFull, Store, StorePolicy, StoreUnavailable, WriteQueue
-from server._embedded_pg import EmbeddedPostgres
+from server.postgres._embedded import EmbeddedPostgres
 from tests.faults.conftest import new_database, own_cluster  # noqa: F401 (a fixture)
 from tests.harness._pg import psql
 from tests.harness._store import running_store
@@ -144,7 +144,7 @@ async def test_a_long_outage_logs_one_connect_failure_a_minute_not_one_per_attem
     from structlog.testing import capture_logs
 
     from runtime import Backoff
-    from server._embedded_pg import free_port
+    from server.postgres._embedded import free_port
 
     policy = StorePolicy(
         connect_timeout=0.5, reconnect=Backoff(min=0.01, max=0.02, jitter=0.0, reset_after=30.0)

@@ -1,4 +1,4 @@
-"""Ending an idle stream in the caller's step (server._stream_end), against a real Hypercorn.
+"""Ending an idle stream in the caller's step (server.http._stream_end), against a real Hypercorn.
 
 The final event and the end of the chunked body go straight to the socket while the stream's
 ASGI task still waits; the connection then serves its next request (Hypercorn's h11 state stays
@@ -22,10 +22,10 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 
-import server._stream_end as stream_end_module
+import server.http._stream_end as stream_end_module
 from actors._sessions import Outbox, StreamEvent, final_event
-from server._http import lifespan
-from server._stream_end import FACTS, FastPath, FastPathState, StreamEnd
+from server.http._plumbing import lifespan
+from server.http._stream_end import FACTS, FastPath, FastPathState, StreamEnd
 from tests.harness._asgi_server import hypercorn_on_a_free_port
 from tests.harness._hypercorn import CANARY, renamed
 

@@ -20,8 +20,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors._sessions import SessionPolicy
-from server._config import ConfigError, load_settings
 from server._node import Node
+from server.config._settings import ConfigError, load_settings
 from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._pg import psql
 from tests.harness._steward import (
@@ -321,7 +321,7 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
 
         def steward(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "server._cli", *args, "--database-url", fresh_db],
+                [sys.executable, "-m", "server.cli", *args, "--database-url", fresh_db],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

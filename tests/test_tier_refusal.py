@@ -13,7 +13,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from server._app import Context, Steward
+from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, running_node, sign_in
 

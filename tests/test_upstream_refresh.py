@@ -23,8 +23,8 @@ import trio
 
 from actors._sessions import NO_REFRESH_TOKEN, SessionPolicy, refresh_gap
 from actors._upstream import UpstreamClient, UpstreamConfig, UpstreamUnavailable
-from server._http import lifespan
 from server._node import Node
+from server.http._plumbing import lifespan
 from tests.harness._asgi_server import hypercorn_on_a_free_port
 from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._pg import psql

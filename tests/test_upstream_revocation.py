@@ -42,7 +42,7 @@ from tests.harness._steward import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "revocation-admin"
-STEWARD = [sys.executable, "-m", "server._cli"]
+STEWARD = [sys.executable, "-m", "server.cli"]
 
 
 async def admin(http: httpx.AsyncClient, node: Node, route: str, body: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ import trio
 from tests.harness._steward import running_node, sign_in
 
 ROOT = Path(__file__).resolve().parent.parent
-STEWARD = [sys.executable, "-m", "server._cli"]
+STEWARD = [sys.executable, "-m", "server.cli"]
 OLD_BOB = "http://127.0.0.1:42161|bob"  # as a development IdP on a random port named bob
 
 

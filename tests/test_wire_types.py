@@ -9,8 +9,8 @@ import mcp_types as t
 import pytest
 
 from actors._sessions import UserContext
-from server._demo import demo
-from server._dispatch import Dispatcher, RpcError
+from server.dev._demo import demo
+from server.mcp._dispatch import Dispatcher, RpcError
 
 USER = UserContext(
     "u", uuid.uuid4(), "c", "enterprise", frozenset({"mcp:tools", "mcp:resources", "mcp:prompts"})

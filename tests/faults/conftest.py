@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server._embedded_pg import EmbeddedPostgres
+from server.postgres._embedded import EmbeddedPostgres
 from tests.harness._pg import create_database
 
 

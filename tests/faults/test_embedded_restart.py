@@ -1,5 +1,5 @@
 """Fault catalog: the embedded PostgreSQL's postmaster dies under a live node, and Steward itself
-brings it back (its keeper, a child of root: server/_embedded_pg.py, PostmasterKeeper)."""
+brings it back (its keeper, a child of root: server/postgres/_embedded.py, PostmasterKeeper)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import trio
 from structlog.testing import capture_logs
 
 from runtime import Backoff
-from server._config import load_settings
-from server._demo import demo
-from server._embedded_pg import EmbeddedPostgres, PostmasterKeeper, PostmasterState
 from server._node import Node, run_node
+from server.config._settings import load_settings
+from server.dev._demo import demo
+from server.postgres._embedded import EmbeddedPostgres, PostmasterKeeper, PostmasterState
 from tests.faults._report import observe
 from tests.faults.test_catalog import client, is_open
 from tests.harness._pg import psql
@@ -34,7 +34,7 @@ FAST = Backoff(min=0.1, max=0.4, jitter=0.0, reset_after=60.0)
 @asynccontextmanager
 async def embedded_node(backoff: Backoff = FAST) -> AsyncIterator[tuple[Node, PostmasterKeeper]]:
     """A node on its own embedded cluster, kept by a PostmasterKeeper in its tree, as
-    ``steward serve`` runs it (server/_cli.py): the cluster started first, then the node."""
+    ``steward serve`` runs it (server/cli/_main.py): the cluster started first, then the node."""
     folder = Path(tempfile.mkdtemp(prefix="stw-k-", dir="/tmp"))
     os.chmod(folder, 0o755)
     cluster = EmbeddedPostgres(folder / "pg", durable=False)

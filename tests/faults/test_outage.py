@@ -31,8 +31,8 @@ from runtime import (
     subscribe_events,
     tree,
 )
-from server._embedded_pg import EmbeddedPostgres
 from server._node import Node, RootPolicy
+from server.postgres._embedded import EmbeddedPostgres
 from tests.faults._report import Observation, observe
 from tests.faults.conftest import new_database
 from tests.faults.test_catalog import client, is_open

@@ -1,4 +1,4 @@
-"""A Hypercorn whose private names are not what the fast path (server/_stream_end.py) expects.
+"""A Hypercorn whose private names are not what the fast path (server/http/_stream_end.py) expects.
 
 ``renamed(monkeypatch, cls, name)`` makes the attribute ``name`` of every ``cls`` object (one
 made before or after) invisible to all code but Hypercorn's own modules, which go on reading and
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import trio
 
-from server._http import lifespan
-from server._stream_end import FastPath
+from server.http._plumbing import lifespan
+from server.http._stream_end import FastPath
 from tests.harness._asgi_server import hypercorn_on_a_free_port
 
 

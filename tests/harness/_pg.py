@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from server._embedded_pg import RUNTIME_USER, EmbeddedPostgres, StopMode
+from server.postgres._embedded import RUNTIME_USER, EmbeddedPostgres, StopMode
 
 
 class ExternalPostgres:

@@ -29,7 +29,7 @@ def main(pid: int, folder: Path) -> None:
         time.sleep(POLL)
     import trio
 
-    from server._embedded_pg import EmbeddedPostgres
+    from server.postgres._embedded import EmbeddedPostgres
 
     cluster = EmbeddedPostgres(folder, durable=False)
     try:

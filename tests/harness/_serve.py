@@ -40,7 +40,7 @@ class ServeFailed(Exception):
 
 @attrs.define
 class StewardProcess:
-    """``python -m server._cli [--config F/steward.toml] serve --data-dir F/data --ready-file
+    """``python -m server.cli [--config F/steward.toml] serve --data-dir F/data --ready-file
     F/ready.json [args]``.
 
     ``folder`` holds the data folder, the ready file, the log and the configuration file (written
@@ -57,7 +57,7 @@ class StewardProcess:
     launcher: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, Any] = attrs.field(factory=dict)
-    module: str = "server._cli"
+    module: str = "server.cli"
 
     @property
     def ready_path(self) -> Path:
@@ -145,7 +145,7 @@ def steward_serve(
     env: Mapping[str, str] | None = None,
     launcher: Sequence[str] = (),
     folder: Path | None = None,
-    module: str = "server._cli",
+    module: str = "server.cli",
 ) -> Iterator[StewardProcess]:
     """A started ``steward serve [args]``, stopped at the end of the block. Without ``folder`` a
     fresh temporary one is used and removed afterwards; a given folder is kept."""

@@ -19,16 +19,16 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import trio
 
-from server._app import Steward
-from server._config import load_settings
-from server._demo import demo
 from server._node import Node, run_node
+from server.app._steward import Steward
+from server.config._settings import load_settings
+from server.dev._demo import demo
 
 # https: a remembered consent is used for an https redirect URI only (docs/security.md)
 REDIRECT_URI = "https://client.test/callback"
 
 # Every test client comes from 127.0.0.1, so the suites that register and sign in many clients
-# in one module would meet the per-address limits (server/_limits.py): a node in a test has them
+# in one module would meet the per-address limits (server/http/_limits.py): a node in a test has them
 # out of reach unless the test passes ``address_limits`` (tests/test_abuse_limits.py does).
 UNLIMITED_ADDRESSES = {
     f"{kind}_{what}": 1_000_000

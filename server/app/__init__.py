@@ -1,0 +1,28 @@
+"""The operator API: a ``Steward`` app registers tools, resources, prompts and completions;
+``Context`` is what a handler sees of its call."""
+
+from __future__ import annotations
+
+from server.app._emitter import Emitter
+from server.app._steward import (
+    Context,
+    InvalidArguments,
+    PromptDef,
+    ResourceDef,
+    Steward,
+    ToolDef,
+    ToolError,
+    check_arguments,
+)
+
+__all__ = [
+    "Context",
+    "Emitter",
+    "InvalidArguments",
+    "PromptDef",
+    "ResourceDef",
+    "Steward",
+    "ToolDef",
+    "ToolError",
+    "check_arguments",
+]
