@@ -6,15 +6,6 @@ The whole public API of the package is here; the edge (``server/``) imports noth
 from __future__ import annotations
 
 from actors._audit import audit_op, recent_auth_events
-from actors._auth import (
-    AuthPolicy,
-    AuthService,
-    ConsentNeeded,
-    OAuthError,
-    Principal,
-    UserRevokedError,
-    s256,
-)
 from actors._cluster import Janitor, JanitorPolicy, Notifier
 from actors._crypto import KeyRing, hash_token, new_token
 from actors._events import ClusterEvent, cluster_event_ops
@@ -73,20 +64,6 @@ from actors._revocation import (
     revoke_user,
     revoke_user_ops,
 )
-from actors._sessions import (
-    AuthenticationRequiredError,
-    Connection,
-    SessionLimitReached,
-    SessionManager,
-    SessionPolicy,
-    SessionRestarting,
-    StreamEvent,
-    StreamLimitReached,
-    TransportSession,
-    UserContext,
-    UserSession,
-    log_level_op,
-)
 from actors._statuses import LIVE_STATUSES, CloseReason, GrantStatus, RefreshOutcome
 from actors._store import (
     Conn,
@@ -128,6 +105,29 @@ from actors._upstream import (
 )
 from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
 from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
+from actors.auth import (
+    AuthPolicy,
+    AuthService,
+    ConsentNeeded,
+    OAuthError,
+    Principal,
+    UserRevokedError,
+    s256,
+)
+from actors.sessions import (
+    AuthenticationRequiredError,
+    Connection,
+    SessionLimitReached,
+    SessionManager,
+    SessionPolicy,
+    SessionRestarting,
+    StreamEvent,
+    StreamLimitReached,
+    TransportSession,
+    UserContext,
+    UserSession,
+    log_level_op,
+)
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",

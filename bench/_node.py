@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from server._cli import _with_database
 from server._config import load_settings
 from server._demo import demo

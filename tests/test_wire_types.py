@@ -8,7 +8,7 @@ from typing import Any
 import mcp_types as t
 import pytest
 
-from actors._sessions import UserContext
+from actors.sessions import UserContext
 from server._demo import demo
 from server._dispatch import Dispatcher, RpcError
 

@@ -25,7 +25,6 @@ import attrs
 import structlog
 import trio
 
-from actors._auth import AuthService, Principal
 from actors._events import ClusterEvent, cluster_event_ops
 from actors._grants import end_grants_ops, live_grants_of
 from actors._revocation import UserChange, reinstate_user, revoke_user
@@ -39,6 +38,7 @@ from actors._upstream import (
     UpstreamTokens,
     UpstreamUnavailable,
 )
+from actors.auth import AuthService, Principal
 from runtime import (
     Backoff,
     ChildSpec,
