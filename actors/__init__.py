@@ -6,15 +6,7 @@ The whole public API of the package is here; the edge (``server/``) imports noth
 from __future__ import annotations
 
 from actors._audit import audit_op, recent_auth_events
-from actors._auth import (
-    AuthPolicy,
-    AuthService,
-    ConsentNeeded,
-    OAuthError,
-    Principal,
-    UserRevokedError,
-    s256,
-)
+from actors._catalog import RolePowers, RolePrivileges, role_powers, role_privileges, server_version
 from actors._cluster import Janitor, JanitorPolicy, Notifier
 from actors._crypto import KeyRing, hash_token, new_token
 from actors._events import ClusterEvent, cluster_event_ops
@@ -57,6 +49,13 @@ from actors._outbox import (
     unsubscribe_op,
     withdraw_outbox,
 )
+from actors._provisioning import (
+    Provisioning,
+    database_listing,
+    databases_in,
+    hand_over_statement,
+    provisioning_statements,
+)
 from actors._redirect_uris import (
     REDIRECT_URI_LIMIT,
     redirect_uri_matches,
@@ -72,20 +71,6 @@ from actors._revocation import (
     reinstate_user,
     revoke_user,
     revoke_user_ops,
-)
-from actors._sessions import (
-    AuthenticationRequiredError,
-    Connection,
-    SessionLimitReached,
-    SessionManager,
-    SessionPolicy,
-    SessionRestarting,
-    StreamEvent,
-    StreamLimitReached,
-    TransportSession,
-    UserContext,
-    UserSession,
-    log_level_op,
 )
 from actors._statuses import LIVE_STATUSES, CloseReason, GrantStatus, RefreshOutcome
 from actors._store import (
@@ -128,6 +113,29 @@ from actors._upstream import (
 )
 from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
 from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
+from actors.auth import (
+    AuthPolicy,
+    AuthService,
+    ConsentNeeded,
+    OAuthError,
+    Principal,
+    UserRevokedError,
+    s256,
+)
+from actors.sessions import (
+    AuthenticationRequiredError,
+    Connection,
+    SessionLimitReached,
+    SessionManager,
+    SessionPolicy,
+    SessionRestarting,
+    StreamEvent,
+    StreamLimitReached,
+    TransportSession,
+    UserContext,
+    UserSession,
+    log_level_op,
+)
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
@@ -161,6 +169,7 @@ __all__ = [
     "Op",
     "Principal",
     "ProviderMetadata",
+    "Provisioning",
     "QueueFull",
     "QuotaExceeded",
     "RateLimited",
@@ -169,6 +178,8 @@ __all__ = [
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
+    "RolePowers",
+    "RolePrivileges",
     "RotationBlocked",
     "RotationReport",
     "SessionLimitReached",
@@ -206,11 +217,14 @@ __all__ = [
     "audit_op",
     "claim_outbox",
     "cluster_event_ops",
+    "database_listing",
+    "databases_in",
     "end_grants_ops",
     "forget_subscriptions_op",
     "grant_detail",
     "grant_end_ops",
     "grant_user",
+    "hand_over_statement",
     "hash_token",
     "insert_outbox_op",
     "legacy_stream_node",
@@ -226,6 +240,7 @@ __all__ = [
     "pending_migrations",
     "post_outbox",
     "post_reply",
+    "provisioning_statements",
     "publish_to_subscribers_ops",
     "recent_auth_events",
     "redirect_uri_matches",
@@ -235,9 +250,12 @@ __all__ = [
     "retention_sweep",
     "revoke_user",
     "revoke_user_ops",
+    "role_powers",
+    "role_privileges",
     "rotate_keys",
     "run_ops",
     "s256",
+    "server_version",
     "set_tier_override",
     "store_child_spec",
     "store_stream_event_op",

@@ -21,10 +21,10 @@ import trio
 from actors._crypto import KeyRing
 from actors._events import CHANNEL, GRANT_ENDING, ClusterEvent, cluster_event_ops
 from actors._grants import ENDED_GRANTS_SQL
-from actors._sessions import SessionManager
 from actors._statuses import GrantStatus
 from actors._store import Op, Store, StoreUnavailable
 from actors._store_retention import retention_sweep
+from actors.sessions import SessionManager
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]

@@ -29,9 +29,13 @@ __all__ = [
     "end_grants_ops",
     "grant_detail",
     "grant_end_ops",
+    "grant_expired_op",
+    "grant_row",
+    "grant_touched_op",
     "grant_user",
     "list_grants",
     "live_grants_of",
+    "session_grant",
     "user_end_ops",
 ]
 
@@ -178,3 +182,35 @@ async def live_grants_of(store: Store, user_id: str) -> list[uuid.UUID]:
         user_id,
     )
     return [r["grant_id"] for r in rows]
+
+
+def grant_touched_op(grant_id: uuid.UUID) -> Op:
+    """The grant was used (``last_seen_at``; a session writes it at most every touch interval)."""
+    return Op("UPDATE grants SET last_seen_at = now() WHERE grant_id = $1", (grant_id,))
+
+
+def grant_expired_op(grant_id: uuid.UUID) -> Op:
+    """An active grant found past its ``expires_at`` becomes ``expired``."""
+    return Op(
+        "UPDATE grants SET status = 'expired' WHERE grant_id = $1 AND status = 'active'",
+        (grant_id,),
+    )
+
+
+async def grant_row(store: Store, grant_id: uuid.UUID) -> dict[str, Any] | None:
+    """The grant's row as it is, None if there is none."""
+    row: dict[str, Any] | None = await store.fetchrow(
+        "SELECT * FROM grants WHERE grant_id = $1", grant_id
+    )
+    return row
+
+
+async def session_grant(store: Store, grant_id: uuid.UUID) -> dict[str, Any] | None:
+    """What a session actor starts from: the grant's user, client, scopes, expiry and status,
+    with its user's tier (every grant of a user has one tier)."""
+    row: dict[str, Any] | None = await store.fetchrow(
+        "SELECT g.grant_id, g.user_id, g.client_id, g.scopes, g.expires_at, g.status, u.tier "
+        "FROM grants g JOIN users u USING (user_id) WHERE g.grant_id = $1",
+        grant_id,
+    )
+    return row

@@ -1,13 +1,19 @@
 """What the ``nodes`` rows (and the open ``connections`` rows) tell about the cluster: which
-nodes are alive, and which node holds a stream. The janitor (actors/_cluster.py) writes them."""
+nodes are alive, and which node holds a stream. The janitor (actors/_cluster.py) writes their
+heartbeats; a node's new incarnation marks its row started (``node_started_op``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors._store import Store
+from actors._store import Op, Store
 
-__all__ = ["alive_nodes", "legacy_stream_node"]
+__all__ = [
+    "alive_nodes",
+    "legacy_stream_node",
+    "node_started_op",
+    "other_alive_nodes",
+]
 
 
 async def alive_nodes(store: Store, node_ids: Sequence[str]) -> set[str]:
@@ -28,3 +34,21 @@ async def legacy_stream_node(store: Store, session_id: str) -> str | None:
         session_id,
     )
     return node
+
+
+def node_started_op(node_id: str) -> Op:
+    """A new incarnation of ``node_id`` took over its row: alive, started and beating now."""
+    return Op(
+        "UPDATE nodes SET started_at = now(), heartbeat_at = now(), status = 'alive' "
+        "WHERE node_id = $1",
+        (node_id,),
+    )
+
+
+async def other_alive_nodes(store: Store, node_id: str) -> int:
+    """How many nodes but ``node_id`` are alive."""
+    return int(
+        await store.fetchval(
+            "SELECT count(*) FROM nodes WHERE status = 'alive' AND node_id <> $1", node_id
+        )
+    )

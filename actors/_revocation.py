@@ -24,12 +24,12 @@ import trio
 from cryptography.exceptions import InvalidTag
 
 from actors._audit import audit_op
-from actors._auth import AuthService
 from actors._events import ClusterEvent, cluster_event_ops
 from actors._grants import user_end_ops
 from actors._statuses import GrantStatus
 from actors._store import Conn, Op, Store, StoreUnavailable, run_ops
 from actors._upstream import RevokeOutcome, UpstreamClient
+from actors.auth import AuthService
 from runtime import Backoff, ChildSpec
 
 __all__ = [

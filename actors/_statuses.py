@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["LIVE_STATUSES", "CloseReason", "GrantStatus", "RefreshOutcome"]
+__all__ = [
+    "LIVE_STATUSES",
+    "CloseReason",
+    "GrantStatus",
+    "RefreshOutcome",
+    "TierRereadOutcome",
+    "UpstreamRefreshFailure",
+    "UpstreamRefreshOutcome",
+]
 
 
 class GrantStatus(enum.StrEnum):
@@ -63,3 +71,32 @@ class RefreshOutcome(enum.StrEnum):
     INACTIVE = "inactive"  # the grant is no longer live
     EXPIRED = "expired"
     INVALID_SCOPE = "invalid_scope"  # wider scopes than the grant's
+
+
+class UpstreamRefreshOutcome(enum.StrEnum):
+    """What a refresh of a grant's upstream tokens came to, as counted on ``/metrics``
+    (``steward_upstream_refreshes_total{outcome}``)."""
+
+    OK = "ok"
+    FAILED = "failed"  # for now (network, timeout, 5xx): a retry may succeed
+    REVOKED = "revoked"  # for good (``invalid_grant``): the user signs in again
+    SHORT_LIFETIME = "short_lifetime"  # an OK whose lifetime was under the refresh floor
+
+
+class UpstreamRefreshFailure(enum.StrEnum):
+    """Why a session's token keeper gave up on a refresh (the ``outcome`` of the audited
+    ``upstream_refresh_failed`` event)."""
+
+    INVALID_GRANT = "invalid_grant"  # the identity provider refused the refresh token
+    UNAVAILABLE = "unavailable"  # it did not answer; the keeper retries with backoff
+    NO_REFRESH_TOKEN = "no_refresh_token"  # none was issued and the access token expired
+
+
+class TierRereadOutcome(enum.StrEnum):
+    """What reading the identity provider's claims again after an upstream refresh did to the
+    user's tier (``steward_tier_rereads_total{outcome}``)."""
+
+    OK = "ok"  # the tier was applied (changed or not), or an operator's override holds
+    FAILED = "failed"  # the claims could not be had or were refused: the tier stays
+    SKIPPED = "skipped"  # the provider gives no claims after a refresh
+    REFUSED = "refused"  # the claims map to no tier and the default refuses: grants end

@@ -27,6 +27,7 @@ __all__ = [
     "apply_idp_tier",
     "override_tier",
     "set_tier_override",
+    "tier_override_of",
 ]
 
 REFUSE = "refuse"  # the ``default`` that refuses a sign-in whose claim maps to no tier
@@ -241,3 +242,11 @@ async def override_tier(
         return change
 
     return await store.transact(write)
+
+
+async def tier_override_of(store: Store, user_id: str) -> str | None:
+    """The operator's override of the user's tier, None when none holds (or no such user)."""
+    override: str | None = await store.fetchval(
+        "SELECT tier_override FROM users WHERE user_id = $1", user_id
+    )
+    return override

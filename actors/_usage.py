@@ -13,8 +13,8 @@ import attrs
 import structlog
 import trio
 
-from actors._sessions import UserContext
 from actors._store import Op, Store, StoreUnavailable
+from actors.sessions import UserContext
 
 __all__ = [
     "Quota",

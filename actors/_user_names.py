@@ -1,6 +1,6 @@
 """Users by a name an operator reads and types: ``bob`` for ``http://127.0.0.1:43121|bob``.
 
-A user's id is ``<issuer>|<subject>`` (actors/_auth.py): unique, but long. Its *name* is the
+A user's id is ``<issuer>|<subject>`` (actors/auth/): unique, but long. Its *name* is the
 subject, the part the identity provider gives, when no other user has the same subject; with
 several (the same subject at two identity providers, or a data folder from before the development
 IdP kept its port) each name adds its issuer's host: ``bob (127.0.0.1:42161)``.

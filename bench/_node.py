@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from server._node import Node, run_node, tune_gc
 from server.cli._main import _with_database
 from server.config._logging import configure_logging

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import trio
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from tests.harness._pg import create_database, start_cluster, stop_cluster
 from tests.harness._steward import McpClient, running_node, sign_in
 

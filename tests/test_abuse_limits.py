@@ -332,7 +332,7 @@ async def test_idle_transport_sessions_end_and_free_their_place(fresh_db: str) -
             await McpClient(http, node, token).initialize()
         # a request on a session writes its last_seen_at (at most every touch_interval)
         psql(fresh_db, "UPDATE transport_sessions SET last_seen_at = now() - interval '2 days'")
-        node.sessions._ts_touched.clear()
+        node.sessions.transports._touched.clear()
         assert (await streaming.post("ping")).status_code == 200
         fresh = f"SELECT count(*) FROM transport_sessions WHERE session_id = '{streaming.session_id}' AND last_seen_at > now() - interval '1 minute'"
         with trio.fail_after(5):

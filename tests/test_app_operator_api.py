@@ -11,7 +11,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from actors._sessions import UserContext
+from actors.sessions import UserContext
 from server.app._steward import Context, Steward
 from server.mcp._dispatch import Dispatcher, RpcError
 from tests.harness._steward import McpClient, running_node, sign_in

@@ -15,7 +15,7 @@ from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import TypeAdapter
 
-from actors._sessions import UserContext
+from actors.sessions import UserContext
 from examples.everything import PNG_1PX, WATCHED_URI
 from examples.everything import app as everything
 from server.mcp._dispatch import Dispatcher

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from actors._sessions import StreamEvent
+from actors.sessions import StreamEvent
 from server.http._sse import SSE_HEADERS, encode_event
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from actors._sessions import Outbox, StreamEvent
+from actors.sessions import Outbox, StreamEvent
 
 
 def event(n: int) -> StreamEvent:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from actors._sessions import AuthenticationRequiredError, SessionPolicy
+from actors.sessions import AuthenticationRequiredError, SessionPolicy
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, running_node, sign_in

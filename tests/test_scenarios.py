@@ -15,7 +15,7 @@ import trio
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from runtime import Backoff, faults
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql

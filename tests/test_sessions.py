@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from runtime import faults
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in

@@ -23,7 +23,7 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 
 import server.http._stream_end as stream_end_module
-from actors._sessions import Outbox, StreamEvent, final_event
+from actors.sessions import Outbox, StreamEvent, final_event
 from server.http._plumbing import lifespan
 from server.http._stream_end import FACTS, FastPath, FastPathState, StreamEnd
 from tests.harness._asgi_server import hypercorn_on_a_free_port

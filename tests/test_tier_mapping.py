@@ -19,7 +19,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from server._node import Node
 from server.config._settings import ConfigError, load_settings
 from tests.harness._oidc import OidcProvider, oidc_provider

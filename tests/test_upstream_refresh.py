@@ -21,8 +21,8 @@ import httpx
 import pytest
 import trio
 
-from actors._sessions import NO_REFRESH_TOKEN, SessionPolicy, refresh_gap
 from actors._upstream import UpstreamClient, UpstreamConfig, UpstreamUnavailable
+from actors.sessions import NO_REFRESH_TOKEN, SessionPolicy, refresh_gap
 from server._node import Node
 from server.http._plumbing import lifespan
 from tests.harness._asgi_server import hypercorn_on_a_free_port

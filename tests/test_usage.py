@@ -7,8 +7,8 @@ import uuid
 import pytest
 import trio
 
-from actors._sessions import UserContext
 from actors._usage import QuotaExceeded, TierLimit, UsageMeter, parse_quota
+from actors.sessions import UserContext
 from tests.harness._store import running_store
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import mcp_types as t
 import pytest
 
-from actors._sessions import UserContext
+from actors.sessions import UserContext
 from server.dev._demo import demo
 from server.mcp._dispatch import Dispatcher, RpcError
 

@@ -26,6 +26,9 @@ from actors import (
     UpstreamUnavailable,
     applied_migrations,
     load_migrations,
+    role_powers,
+    role_privileges,
+    server_version,
     store_child_spec,
 )
 from runtime import Supervisor
@@ -327,34 +330,13 @@ def _check_grants(m: ProviderMetadata) -> Check:
     return Check(name, "ok", offered)
 
 
-_ROLE_SQL = """
-SELECT quote_ident(current_user) AS role, current_schema() AS schema,
-       coalesce(has_schema_privilege(current_schema(), 'USAGE'), false) AS usage,
-       coalesce(has_schema_privilege(current_schema(), 'CREATE'), false) AS can_create,
-       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
-       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
-          WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 'p')
-            AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
-                     AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))
-       ) AS no_access,
-       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
-          WHERE c.relnamespace = to_regnamespace(current_schema())
-            AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
-       ) AS no_sequence,
-       (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}') FROM pg_class c
-          WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 'p')
-            AND NOT pg_has_role(c.relowner, 'USAGE')) AS not_owned
-"""
-
-
 async def _check_privileges(store: Store, pending: bool) -> Check:
     """The database role's privileges: migrations create and alter tables in its schema (serve
     applies them at start), and every node reads and writes every table."""
-    row = await store.fetchrow(_ROLE_SQL)
-    assert row is not None
-    role, schema = row["role"], row["schema"]
+    row = await role_privileges(store)
+    role, schema = row.role, row.schema
     name = "database privileges"
-    if row["superuser"]:
+    if row.superuser:
         return Check(name, "ok", f"{role} is a superuser (a role that owns its database is enough)")
     if schema is None:
         return Check(
@@ -369,9 +351,9 @@ async def _check_privileges(store: Store, pending: bool) -> Check:
         f"or make {role} the owner of the database and schema (CREATE DATABASE … OWNER {role}; "
         f"ALTER SCHEMA {schema} OWNER TO {role}); docs/operating.md, 'The database role'"
     )
-    if not row["usage"]:
+    if not row.usage:
         return Check(name, "fail", f"role {role} may not use schema {schema}", grant)
-    if not row["can_create"]:
+    if not row.can_create:
         if pending:
             return Check(
                 name,
@@ -388,8 +370,8 @@ async def _check_privileges(store: Store, pending: bool) -> Check:
             "migrations will fail",
             grant,
         )
-    if row["no_access"] or row["no_sequence"]:
-        tables = ", ".join([*row["no_access"], *row["no_sequence"]][:8])
+    if row.no_access or row.no_sequence:
+        tables = ", ".join([*row.no_access, *row.no_sequence][:8])
         return Check(
             name,
             "fail",
@@ -398,13 +380,13 @@ async def _check_privileges(store: Store, pending: bool) -> Check:
             f"or GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role} "
             f"and GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
         )
-    if row["not_owned"]:
-        tables = ", ".join(row["not_owned"][:8])
+    if row.not_owned:
+        tables = ", ".join(row.not_owned[:8])
         return Check(
             name,
             "warn",
             f"role {role} does not own: {tables}; migrations that alter them will fail",
-            f"ALTER TABLE … OWNER TO {role} for each (as their owner or a superuser)",
+            f"for each, as its owner or a superuser: ALTER TABLE … OWNER TO {role}",
         )
     return Check(name, "ok", f"{role} may create tables in schema {schema} and owns Steward's")
 
@@ -433,24 +415,10 @@ async def _check_migrations(store: Store) -> Check:
     return Check("migrations", "ok", f"the schema is current ({len(applied)} applied)")
 
 
-# pg_roles' column -> the attribute's name in ALTER ROLE
-_ROLE_POWERS = {
-    "rolsuper": "SUPERUSER",
-    "rolcreaterole": "CREATEROLE",
-    "rolcreatedb": "CREATEDB",
-    "rolreplication": "REPLICATION",
-    "rolbypassrls": "BYPASSRLS",
-}
-
-
 async def _check_role(store: Store, *, embedded: bool) -> Check:
     """The role Steward connects as holds no power beyond its database."""
-    columns = ", ".join(_ROLE_POWERS)
-    row = await store.fetchrow(
-        f"SELECT current_user AS name, {columns} FROM pg_roles WHERE rolname = current_user"
-    )
-    powers = [power for column, power in _ROLE_POWERS.items() if row and row[column]]
-    name = row["name"] if row else "?"
+    held = await role_powers(store)
+    powers, name = held.powers, held.name
     if not powers:
         return Check("database role", "ok", f"{name}: not a superuser, no role-wide powers")
     detail = f"Steward connects as {name}, which has {', '.join(powers)}"
@@ -518,7 +486,7 @@ async def check_database(
         async with trio.open_nursery() as nursery:
             sup = await nursery.start(Supervisor("doctor", [store_child_spec(store)]).run)
             try:
-                version = await store.fetchval("SHOW server_version")
+                version = await server_version(store)
                 checks.append(Check("database", "ok", f"{where}: PostgreSQL {version}"))
                 migrations = await _check_migrations(store)
                 checks.append(migrations)

@@ -165,8 +165,8 @@ class NodeCollector:
         refreshes = CounterMetricFamily(
             "steward_upstream_refreshes", "upstream token refreshes by outcome", labels=["outcome"]
         )
-        for outcome, n in self.sessions.refreshes.items():
-            refreshes.add_metric([outcome], n)
+        for refresh, n in self.sessions.refreshes.items():
+            refreshes.add_metric([refresh], n)
         yield refreshes
         unmapped = CounterMetricFamily(
             "steward_tier_claim_unmapped",
@@ -182,8 +182,8 @@ class NodeCollector:
             "tier re-reads after upstream refreshes, by outcome (ok, failed, skipped, refused)",
             labels=["outcome"],
         )
-        for outcome, n in self.sessions.tier_rereads.items():
-            rereads.add_metric([outcome], n)
+        for reread, n in self.sessions.tier_rereads.items():
+            rereads.add_metric([reread], n)
         yield rereads
         yield CounterMetricFamily(
             "steward_tier_unknown_lookups",

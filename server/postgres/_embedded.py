@@ -39,6 +39,7 @@ import attrs
 import structlog
 import trio
 
+from actors import database_listing, databases_in, hand_over_statement, provisioning_statements
 from runtime import Backoff, ChildSpec
 
 __all__ = [
@@ -645,38 +646,24 @@ class EmbeddedPostgres:
         superuser) keeps its data: ``postgres`` is renamed ``DB_NAME`` and everything in it
         passes to the runtime role.
         """
-        out = await self._single_user(
-            "template1", ["SELECT string_agg(datname, ',') AS names FROM pg_database;"]
-        )
-        found = re.search(r'names = "([^"]*)"', out)
-        if found is None:
+        out = await self._single_user("template1", [database_listing()])
+        databases = databases_in(out)
+        if databases is None:
             msg = f"provisioning the cluster in {self.pgdata}: cannot list its databases"
             raise PostgresStartError(msg)
-        databases = set(found.group(1).split(","))
-        upgrade = not created and DB_NAME not in databases and "postgres" in databases
         role = RUNTIME_USER
-        statements = [
-            f"ALTER ROLE {ADMIN_USER} WITH PASSWORD '{scram_verifier(credentials.admin)}';",
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
-            f"CREATE ROLE {role}; END IF; END $$;",
-            f"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-            f"NOBYPASSRLS PASSWORD '{scram_verifier(credentials.runtime)}';",
-        ]
-        if upgrade:
-            statements += [
-                f"ALTER DATABASE postgres RENAME TO {DB_NAME};",
-                "CREATE DATABASE postgres TEMPLATE template0;",
-            ]
-        elif DB_NAME not in databases:
-            statements.append(f"CREATE DATABASE {DB_NAME} TEMPLATE template0;")
-        statements += [
-            f"ALTER DATABASE {DB_NAME} OWNER TO {role};",
-            f"REVOKE ALL ON DATABASE {DB_NAME} FROM PUBLIC;",
-            "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;",
-            "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;",
-        ]
-        await self._single_user("template1", statements)
-        await self._single_user(DB_NAME, [_HAND_OVER.format(admin=ADMIN_USER, role=role)])
+        plan = provisioning_statements(
+            admin=ADMIN_USER,
+            admin_verifier=scram_verifier(credentials.admin),
+            role=role,
+            role_verifier=scram_verifier(credentials.runtime),
+            database=DB_NAME,
+            databases=databases,
+            created=created,
+        )
+        upgrade = plan.upgrade
+        await self._single_user("template1", list(plan.statements))
+        await self._single_user(DB_NAME, [hand_over_statement(admin=ADMIN_USER, role=role)])
         log.info(
             "cluster_upgraded" if upgrade else "cluster_provisioned",
             data_dir=str(self.data_dir),
@@ -807,47 +794,6 @@ class EmbeddedPostgres:
         # for a live server: the lock files of the dead cluster go, as after a machine crash
         self._remove_stale_locks()
         log.info("cluster_killed", port=self.port, pid=pid)
-
-
-# Run in the cluster's database as the superuser: what the superuser owns there (an older
-# Steward's tables, sequences, views, functions, types and schemas) passes to the runtime role.
-# Sequences owned by a table follow it. No blank line inside: single-user mode ends a statement
-# at a semicolon followed by an empty line.
-_HAND_OVER = """DO $$
-DECLARE
-  item record;
-BEGIN
-  FOR item IN SELECT n.nspname FROM pg_namespace n
-      WHERE n.nspowner = '{admin}'::regrole AND n.nspname NOT LIKE 'pg\\_%'
-        AND n.nspname <> 'information_schema' LOOP
-    EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', item.nspname);
-  END LOOP;
-  FOR item IN SELECT c.oid::regclass AS name, c.relkind FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relowner = '{admin}'::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
-    EXECUTE format('ALTER TABLE %s OWNER TO {role}', item.name);
-  END LOOP;
-  FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relowner = '{admin}'::regrole AND c.relkind = 'S'
-        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
-    EXECUTE format('ALTER SEQUENCE %s OWNER TO {role}', item.name);
-  END LOOP;
-  FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
-      JOIN pg_namespace n ON n.oid = p.pronamespace
-      WHERE p.proowner = '{admin}'::regrole
-        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
-    EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
-  END LOOP;
-  FOR item IN SELECT t.oid::regtype AS name FROM pg_type t
-      JOIN pg_namespace n ON n.oid = t.typnamespace
-      WHERE t.typowner = '{admin}'::regrole AND t.typtype IN ('c', 'd', 'e', 'r')
-        AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
-        AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
-    EXECUTE format('ALTER TYPE %s OWNER TO {role}', item.name);
-  END LOOP;
-END $$;"""
 
 
 def _any_process_in(pgdata: Path) -> bool:

@@ -14,7 +14,7 @@ import trio
 import trio.lowlevel
 
 from actors import StorePolicy
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from bench._servers import free_port, obtain_token
 from runtime import Backoff, faults
 from server._node import bind_socket

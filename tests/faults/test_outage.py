@@ -17,7 +17,7 @@ import trio
 
 from actors import StorePolicy, StoreUnavailable
 from actors._cluster import CHANNEL
-from actors._sessions import SessionPolicy
+from actors.sessions import SessionPolicy
 from runtime import (
     Backoff,
     ChildExited,
