@@ -1,5 +1,5 @@
 """Results: the per-benchmark summary line, ``latest.json`` merged per benchmark, the markdown
-table ``latest.md``, and PNG plots (matplotlib, a dev dependency, with the Agg backend)."""
+table ``latest.md``, and PNG plots (matplotlib, the bench extra, with the Agg backend)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[str]:
     try:
         matplotlib = importlib.import_module("matplotlib")
     except ImportError:
-        return ["no plots: matplotlib is not installed (pip install -e '.[dev]')"]
+        return ["no plots: matplotlib is not installed (./steward install bench)"]
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
     written = []

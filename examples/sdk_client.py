@@ -8,7 +8,8 @@ the user to Steward's ``/authorize``. Without ``--user`` this script prints that
 a demo user at the development IdP, allow the consent page, and the browser comes back to this
 script's callback on 127.0.0.1. With ``--user`` the script plays the browser itself (the
 development IdP signs in the named demo user: alice, bob or carol). Then it calls ``whoami`` and
-``echo`` and prints their results. The ``mcp`` package is in Steward's dev extra.
+``echo`` and prints their results. The ``mcp`` package is Steward's ``client`` extra:
+``./steward client URL`` installs it and runs this script.
 """
 
 from __future__ import annotations

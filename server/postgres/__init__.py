@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from server.postgres._binaries import (
+    PgBinaries,
+    build_runpath_problem,
+    find_postgres_binaries,
+)
 from server.postgres._embedded import (
     EmbeddedPostgres,
     PostgresNotFound,
@@ -14,10 +19,13 @@ from server.postgres._embedded import (
 
 __all__ = [
     "EmbeddedPostgres",
+    "PgBinaries",
     "PostgresNotFound",
     "PostgresStartError",
     "PostmasterKeeper",
     "StopMode",
     "audit_hba",
+    "build_runpath_problem",
+    "find_postgres_binaries",
     "find_postgres_bindir",
 ]

