@@ -327,6 +327,7 @@ async def run_node(
     ``embedded_postgres``: the keeper of the private cluster ``dsn`` points at, run as a child of
     root before the store; its status is part of ``/readyz``.
     """
+    # -- where the node listens, and who signs its users in ---------------------------------------
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     bound: list[socket.socket] = []  # the sockets this node bound itself, closed at its end
@@ -340,6 +341,7 @@ async def run_node(
     upstream_config, dev_idp, idp_sock = _identity_provider(settings, idp_sock, bound)
     keyring = open_keyring(settings)
 
+    # -- the store and the domain: authorization, sessions and their peers -----------------------
     store = _store(settings, dsn, node_id=node_id, policy=store_policy)
     policy = store.policy
     upstream = UpstreamClient(upstream_config)
@@ -374,6 +376,7 @@ async def run_node(
     janitor = Janitor(store, sessions, node_id=node_id)
     revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
     sessions.on_grants_ended = revoker.wake
+    # -- the edge: OAuth, the MCP endpoints over their tables and the relay, ops, the router --------
     oauth = OAuthEndpoints(
         auth,
         rs,
@@ -478,6 +481,7 @@ async def run_node(
         admin_token=admin_token,
     )
 
+    # -- the tree, left to right as the module's docstring draws it -----------------------------
     async def schema(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Makes the schema current and opens the store's gate, then holds nothing.
 

@@ -116,7 +116,7 @@ class Relay:
         node_id: str,
         policy: RelayPolicy | None = None,
     ) -> None:
-        self.mcp = here
+        self.here = here
         self.store = store
         self.node_id = node_id
         self.policy = policy or RelayPolicy()
@@ -219,13 +219,13 @@ class Relay:
         found: dict[RelayAddress, Connection] = {}
         kind = None if target is None else target.kind
         if kind in (None, AddressKind.SESSION):
-            sessions = [target.key] if target is not None else self.mcp.stream_sessions()
+            sessions = [target.key] if target is not None else self.here.stream_sessions()
             for session_id in sessions:
-                conn = self.mcp.session_stream(session_id)
+                conn = self.here.session_stream(session_id)
                 if conn is not None:
                     found[RelayAddress.session(session_id)] = conn
         if kind in (None, AddressKind.LISTEN):
-            for conn in self.mcp.listen_streams():
+            for conn in self.here.listen_streams():
                 if target is None or str(conn.id) == target.key:
                     found[RelayAddress.listen(conn.id)] = conn
         return found
@@ -238,12 +238,12 @@ class Relay:
             await self._deliver(streams)
         if kind in (None, AddressKind.REPLY):
             if target is not None:
-                replies = [target] if self.mcp.awaits_answer(target.key) else []
+                replies = [target] if self.here.awaits_answer(target.key) else []
             else:
-                replies = [RelayAddress.reply(k) for k in self.mcp.awaited_answers()]
+                replies = [RelayAddress.reply(k) for k in self.here.awaited_answers()]
             if replies:
                 for row in await self._take(replies):
-                    self.delivered += self.mcp.resolve(row["payload"])
+                    self.delivered += self.here.resolve(row["payload"])
         if kind in (None, AddressKind.RELAY):
             for forward, event in self._waiting.items():
                 if target is None or forward == target.key:
@@ -263,7 +263,7 @@ class Relay:
         if not sessions:
             return
         found = await subscriptions_of(self.store, sessions)
-        self.mcp.set_subscriptions([a.key for a in sessions], [(a.key, uri) for a, uri in found])
+        self.here.set_subscriptions([a.key for a in sessions], [(a.key, uri) for a, uri in found])
 
     async def _take(self, targets: list[RelayAddress]) -> list[dict[str, Any]]:
         return await claim_outbox(self.store, targets)
@@ -271,7 +271,7 @@ class Relay:
     async def _deliver(self, streams: dict[RelayAddress, Connection]) -> None:
         """Claim the rows for ``streams``, store them as events and send them, in id order: while
         the claim runs, events emitted here wait behind the claimed ones."""
-        with self.mcp.hold(streams.values()) as held:
+        with self.here.hold(streams.values()) as held:
             mine = {t: c for t, c in streams.items() if c in held}  # one claim per stream at once
             if not mine:
                 return
@@ -281,7 +281,7 @@ class Relay:
                 events = []
                 for row in await claim_outbox(db, list(mine)):
                     conn = mine[RelayAddress.parse(row["target"])]
-                    message = self.mcp.for_stream(conn, row["payload"])
+                    message = self.here.for_stream(conn, row["payload"])
                     event_id = conn.next_event_id()
                     claimed.append((conn, message, event_id))
                     if conn.session_id is not None and conn.kind == "get":
@@ -293,7 +293,7 @@ class Relay:
 
             await self.store.transact(claim)
             for conn, message, event_id in claimed:
-                conn.send_nowait(self.mcp.stream_event(conn, message, event_id))
+                conn.send_nowait(self.here.stream_event(conn, message, event_id))
             self.delivered += len(claimed)
 
     # -- publishing --------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ class Relay:
                 conn._seq = seq
                 final = "method" not in payload and "id" in payload  # the request's response
                 event_id = f"{conn.stream_id}:{conn._seq}"
-                conn.send_nowait(self.mcp.stream_event(conn, payload, event_id, final=final))
+                conn.send_nowait(self.here.stream_event(conn, payload, event_id, final=final))
             self.delivered += len(rows)
 
     # -- forwarding: this node's side -------------------------------------------------------------

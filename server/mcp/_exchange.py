@@ -460,8 +460,21 @@ class Exchange:
     def finish(self, message: dict[str, Any]) -> None:
         self._out(message, final=True)
 
+    def name_stream(self, prefix: str) -> str:
+        """The reply becomes a stream: its id, ``prefix`` and random hex."""
+        self.stream_id = prefix + secrets.token_hex(8)
+        return self.stream_id
+
+    async def settled(self) -> None:
+        """Wait until the reply is decided for good: a final message, or a refusal."""
+        while self.final is None and self.denied is None:
+            self.decided = trio.Event()
+            await self.decided.wait()
+
     def rebind(self, request_id: Any) -> None:
-        """The client's retry of a request that asked for input answers on a new HTTP reply."""
+        """The client's retry of a request that asked for input answers on a new HTTP reply
+        (the requestState it echoed is spent)."""
+        self.state = None
         self.request_id = request_id
         self.final = None
         self.denied = None

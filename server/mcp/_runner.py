@@ -4,7 +4,6 @@ mode says; and what a client sends back (answers to server requests, cancellatio
 
 from __future__ import annotations
 
-import secrets
 import types
 from collections.abc import Mapping
 from functools import partial
@@ -216,9 +215,7 @@ class RequestRunner:
         if exchange.buffer and stream_ok:
             await self._reply_stream(send, receive, exchange)
             return
-        while exchange.final is None and exchange.denied is None:
-            exchange.decided = trio.Event()
-            await exchange.decided.wait()
+        await exchange.settled()
         if exchange.denied is not None:
             err = self.rs.insufficient_scope(exchange.denied.missing, user.scopes)
             err.body["error_description"] = str(exchange.denied)
@@ -229,7 +226,7 @@ class RequestRunner:
         await send_json(send, status, final)
 
     async def _reply_stream(self, send: Send, receive: Receive, exchange: Exchange) -> None:
-        exchange.stream_id = REQUEST_STREAM + secrets.token_hex(8)
+        exchange.name_stream(REQUEST_STREAM)
         assert exchange.session is not None
         conn = await self.admission.open_stream(
             exchange.session, "post", exchange.session_id, exchange.stream_id

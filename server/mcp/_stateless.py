@@ -153,7 +153,6 @@ class Stateless:
             )
             return
         self.requests.unpark(state)
-        exchange.state = None
         exchange.rebind(message["id"])
         exchange.answer(message["params"].get("inputResponses"))
         if exchange.asked:  # SEP-2322: re-request what is missing rather than fail
