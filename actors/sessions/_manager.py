@@ -63,7 +63,10 @@ UTC = datetime.UTC
 
 
 class SessionManager:
-    """The face of the ``sessions`` dynamic supervisor."""
+    """The face of the ``sessions`` dynamic supervisor: the registry of this node's live
+    sessions (hydration, invalidation, a user's revocation, tier changes taken up). Its parts
+    (``slots``, ``transports``, ``refresher``, ``tiers``) carry the other roles; the methods at
+    the end only forward to them, so that the edge holds one name."""
 
     def __init__(
         self,
