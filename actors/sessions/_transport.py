@@ -53,8 +53,8 @@ class TransportSessions:
         cache_size: int = CACHE_SIZE,
     ) -> None:
         self._store = store
-        self._touch_interval = touch_interval
-        self._idle = idle
+        self.touch_interval = touch_interval
+        self.idle = idle
         self._streams_of = streams_of
         self._cache_size = cache_size
         self._cache: dict[str, TransportSession] = {}  # bounded: oldest out past cache_size
@@ -141,7 +141,7 @@ class TransportSessions:
         principal (MCP-R20: answered exactly as if it did not exist)."""
         ts = self._cache.get(session_id)
         now = trio.current_time()
-        if ts is not None and now - self._touched.get(session_id, now) > self._idle:
+        if ts is not None and now - self._touched.get(session_id, now) > self.idle:
             # unused here for longer than the idle end: the janitor may have ended it
             self._forget(session_id)
             ts = None
@@ -167,7 +167,7 @@ class TransportSessions:
         # authorized again the same client keeps its transport session under the new grant
         if ts.user_id != principal.user_id or ts.client_id != principal.client_id:
             return None
-        if now - self._touched.get(session_id, -math.inf) >= self._touch_interval:
+        if now - self._touched.get(session_id, -math.inf) >= self.touch_interval:
             self._touched[session_id] = now
             self._store.write_nowait(
                 Op(
