@@ -72,7 +72,16 @@ from actors._revocation import (
     revoke_user,
     revoke_user_ops,
 )
-from actors._statuses import LIVE_STATUSES, CloseReason, GrantStatus, RefreshOutcome
+from actors._statuses import (
+    LIVE_STATUSES,
+    AuthEvent,
+    CloseReason,
+    GrantStatus,
+    RefreshOutcome,
+    TierRereadOutcome,
+    UpstreamRefreshFailure,
+    UpstreamRefreshOutcome,
+)
 from actors._store import (
     Conn,
     Op,
@@ -149,6 +158,7 @@ __all__ = [
     "RETENTION_RULES",
     "AddressKind",
     "AmbiguousUser",
+    "AuthEvent",
     "AuthPolicy",
     "AuthService",
     "AuthenticationRequiredError",
@@ -195,12 +205,15 @@ __all__ = [
     "TierChange",
     "TierLimit",
     "TierMapping",
+    "TierRereadOutcome",
     "TierResolution",
     "TransportSession",
     "UnknownUser",
     "UpstreamClient",
     "UpstreamConfig",
     "UpstreamNotReady",
+    "UpstreamRefreshFailure",
+    "UpstreamRefreshOutcome",
     "UpstreamRevoked",
     "UpstreamRevoker",
     "UpstreamUnavailable",

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from actors._statuses import LIVE_STATUSES
+from actors._statuses import LIVE_STATUSES, AuthEvent, GrantStatus
 from actors._store import Op, Store
 
 __all__ = ["audit_op", "grants_audit_op", "recent_auth_events"]
@@ -16,7 +16,7 @@ _COLUMNS = "(event_id, kind, user_id, client_id, grant_id, node_id, detail)"
 
 
 def audit_op(
-    kind: str,
+    kind: AuthEvent | GrantStatus,
     *,
     node_id: str,
     user_id: str | None = None,
@@ -28,12 +28,16 @@ def audit_op(
     return Op(
         f"INSERT INTO auth_events {_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7) "
         "ON CONFLICT DO NOTHING",
-        (uuid.uuid4(), kind, user_id, client_id, grant_id, node_id, detail or {}),
+        (uuid.uuid4(), str(kind), user_id, client_id, grant_id, node_id, detail or {}),
     )
 
 
 def grants_audit_op(
-    kind: str, grant_ids: Sequence[uuid.UUID], *, node_id: str, detail: dict[str, Any]
+    kind: AuthEvent | GrantStatus,
+    grant_ids: Sequence[uuid.UUID],
+    *,
+    node_id: str,
+    detail: dict[str, Any],
 ) -> Op:
     """One event per grant of ``grant_ids`` that is still live, with the grant's user and client
     read from its row. Put before the op that ends the grants: each grant ended is audited once,
@@ -42,7 +46,7 @@ def grants_audit_op(
         f"INSERT INTO auth_events {_COLUMNS} "
         "SELECT gen_random_uuid(), $2, user_id, client_id, grant_id, $3, $4 FROM grants "
         "WHERE grant_id = ANY($1::uuid[]) AND status = ANY($5::text[])",
-        (list(grant_ids), kind, node_id, detail, sorted(str(s) for s in LIVE_STATUSES)),
+        (list(grant_ids), str(kind), node_id, detail, sorted(str(s) for s in LIVE_STATUSES)),
     )
 
 

@@ -20,11 +20,18 @@ import trio
 
 from actors._crypto import KeyRing
 from actors._events import CHANNEL, GRANT_ENDING, ClusterEvent, cluster_event_ops
-from actors._grants import ENDED_GRANTS_SQL
-from actors._statuses import GrantStatus
-from actors._store import Op, Store, StoreUnavailable
+from actors._grants import lapsed_grants_expired
+from actors._nodes import dead_nodes_marked, node_beat_op, node_key_op
+from actors._statuses import CloseReason, GrantStatus
+from actors._store import Store, StoreUnavailable
 from actors._store_retention import retention_sweep
 from actors.sessions import SessionManager
+from actors.sessions._streams import (
+    dead_nodes_connections_closed,
+    grant_connections_closed,
+    stale_connections_closed,
+)
+from actors.sessions._transport import idle_transport_sessions_ended
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
@@ -129,12 +136,7 @@ class Notifier:
             return
         self.sessions.auth.keyring = ring
         log.info("keys_reloaded", key_id=ring.current, key_ids=ring.key_ids)
-        await self.store.write(
-            Op(
-                "UPDATE nodes SET info = info || jsonb_build_object('key_id', $2::text) WHERE node_id = $1",
-                (self.node_id, ring.current),
-            )
-        )
+        await self.store.write(node_key_op(self.node_id, ring.current))
 
 
 def _status(text: Any, kind: ClusterEvent) -> GrantStatus:
@@ -203,17 +205,13 @@ class Janitor:
         """One pass; returns what it changed, by kind."""
         p = self.policy
         await self.store.write(
-            Op(
-                "INSERT INTO nodes (node_id, heartbeat_at, status, info) VALUES ($1, now(), 'alive', $2) "
-                "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive', info = EXCLUDED.info",
-                (
-                    self.node_id,
-                    {
-                        "sessions": len(self.sessions.registry),
-                        "pid": os.getpid(),
-                        "key_id": self.sessions.auth.keyring.current,
-                    },
-                ),
+            node_beat_op(
+                self.node_id,
+                {
+                    "sessions": len(self.sessions.registry),
+                    "pid": os.getpid(),
+                    "key_id": self.sessions.auth.keyring.current,
+                },
             )
         )
 
@@ -222,56 +220,28 @@ class Janitor:
             log.info("janitor_reaping_deferred", reason="the database just came back")
 
         async def sweep(conn: Any) -> dict[str, int]:
-            expired = await conn.fetch(
-                "UPDATE grants SET status = 'expired', status_reason = 'session lifetime ended' "
-                "WHERE status IN ('active', 'refreshing') AND expires_at < now() RETURNING grant_id, user_id"
-            )
-            if expired:
-                ids = [r["grant_id"] for r in expired]
-                for sql in ENDED_GRANTS_SQL:  # subscriptions dropped, upstream tokens marked
-                    await conn.execute(sql, ids)
+            expired = await lapsed_grants_expired(conn)
             if not reap:
                 return {
                     "expired_sessions": len(expired),
                     "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
                 }
-            dead = await conn.fetch(
-                "UPDATE nodes SET status = 'dead' WHERE status = 'alive' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING node_id",
-                p.dead_node,
-            )
-            dead_conns = await conn.execute(
-                "UPDATE connections SET closed_at = now(), close_reason = 'node_dead' WHERE closed_at IS NULL AND node_id = ANY($1::text[])",
-                [r["node_id"] for r in dead],
-            )
-            stale = await conn.execute(
-                "UPDATE connections SET closed_at = now(), close_reason = 'stale' "
-                "WHERE closed_at IS NULL AND heartbeat_at < now() - make_interval(secs => $1)",
-                p.stale_connection,
-            )
+            dead = await dead_nodes_marked(conn, p.dead_node)
+            dead_conns = await dead_nodes_connections_closed(conn, dead)
+            stale = await stale_connections_closed(conn, p.stale_connection)
             # a transport session with no request and no stream for transport_idle ends (its
             # user's max_sessions counts live ones only); a bounded chunk per sweep
-            idle = await conn.execute(
-                "WITH idle AS (SELECT session_id FROM transport_sessions t WHERE t.ended_at IS NULL "
-                "AND t.last_seen_at < now() - make_interval(secs => $1) AND NOT EXISTS ("
-                "SELECT 1 FROM connections c WHERE c.session_id = t.session_id "
-                "AND (c.closed_at IS NULL OR c.closed_at > now() - make_interval(secs => $1))) "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                "UPDATE transport_sessions s SET ended_at = now() FROM idle "
-                "WHERE s.session_id = idle.session_id",
-                self.sessions.policy.transport_idle,
-                p.idle_chunk,
+            idle = await idle_transport_sessions_ended(
+                conn, self.sessions.policy.transport_idle, p.idle_chunk
             )
             for grant in expired:
-                await conn.execute(
-                    "UPDATE connections SET closed_at = now(), close_reason = 'expired' WHERE grant_id = $1 AND closed_at IS NULL",
-                    grant["grant_id"],
-                )
+                await grant_connections_closed(conn, grant["grant_id"], CloseReason.EXPIRED)
             return {
                 "expired_sessions": len(expired),
                 "dead_nodes": len(dead),
-                "dead_node_connections": int(dead_conns.split()[-1]),
-                "stale_connections": int(stale.split()[-1]),
-                "idle_transport_sessions": int(idle.split()[-1]),
+                "dead_node_connections": dead_conns,
+                "stale_connections": stale,
+                "idle_transport_sessions": idle,
                 "_expired": [r["grant_id"] for r in expired],  # type: ignore[dict-item]
             }
 

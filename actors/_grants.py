@@ -20,7 +20,7 @@ from typing import Any
 from actors._audit import grants_audit_op
 from actors._events import ClusterEvent, grant_event_ops
 from actors._statuses import CloseReason, GrantStatus
-from actors._store import Op, Store
+from actors._store import Conn, Op, Store
 
 __all__ = [
     "ENDED_GRANTS_SQL",
@@ -33,6 +33,7 @@ __all__ = [
     "grant_row",
     "grant_touched_op",
     "grant_user",
+    "lapsed_grants_expired",
     "list_grants",
     "live_grants_of",
     "session_grant",
@@ -108,7 +109,7 @@ def end_grants_ops(
     (``revoke_grant``, with the status and the message its streams end with). The one
     implementation behind the session actors, the admin API and ``steward sessions end``."""
     return [
-        grants_audit_op(str(status), grant_ids, node_id=origin, detail={"reason": message}),
+        grants_audit_op(status, grant_ids, node_id=origin, detail={"reason": message}),
         *grant_end_ops(grant_ids, status=status, message=message),
         *grant_event_ops(
             ClusterEvent.REVOKE_GRANT,
@@ -214,3 +215,18 @@ async def session_grant(store: Store, grant_id: uuid.UUID) -> dict[str, Any] | N
         grant_id,
     )
     return row
+
+
+async def lapsed_grants_expired(conn: Conn) -> list[dict[str, Any]]:
+    """Live grants past their lifetime become ``expired`` (the janitor, in its transaction), with
+    what an ended grant takes along but its connection rows (``ENDED_GRANTS_SQL``); their
+    ``grant_id`` and ``user_id``."""
+    rows = await conn.fetch(
+        "UPDATE grants SET status = 'expired', status_reason = 'session lifetime ended' "
+        f"WHERE status IN {LIVE} AND expires_at < now() RETURNING grant_id, user_id"
+    )
+    if rows:
+        ids = [r["grant_id"] for r in rows]
+        for sql in ENDED_GRANTS_SQL:  # subscriptions dropped, upstream tokens marked
+            await conn.execute(sql, ids)
+    return [dict(r) for r in rows]

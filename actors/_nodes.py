@@ -5,12 +5,16 @@ heartbeats; a node's new incarnation marks its row started (``node_started_op``)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from actors._store import Op, Store
+from actors._store import Conn, Op, Store
 
 __all__ = [
     "alive_nodes",
+    "dead_nodes_marked",
     "legacy_stream_node",
+    "node_beat_op",
+    "node_key_op",
     "node_started_op",
     "other_alive_nodes",
 ]
@@ -52,3 +56,32 @@ async def other_alive_nodes(store: Store, node_id: str) -> int:
             "SELECT count(*) FROM nodes WHERE status = 'alive' AND node_id <> $1", node_id
         )
     )
+
+
+def node_beat_op(node_id: str, info: dict[str, Any]) -> Op:
+    """The node's heartbeat (the janitor's, each sweep), with what it tells of itself."""
+    return Op(
+        "INSERT INTO nodes (node_id, heartbeat_at, status, info) VALUES ($1, now(), 'alive', $2) "
+        "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), status = 'alive', "
+        "info = EXCLUDED.info",
+        (node_id, info),
+    )
+
+
+def node_key_op(node_id: str, key_id: str) -> Op:
+    """The node took up the key ring whose current key is ``key_id``."""
+    return Op(
+        "UPDATE nodes SET info = info || jsonb_build_object('key_id', $2::text) WHERE node_id = $1",
+        (node_id, key_id),
+    )
+
+
+async def dead_nodes_marked(conn: Conn, silent_for: float) -> list[str]:
+    """Mark dead the alive nodes whose last heartbeat is older than ``silent_for`` seconds; their
+    ids."""
+    rows = await conn.fetch(
+        "UPDATE nodes SET status = 'dead' WHERE status = 'alive' "
+        "AND heartbeat_at < now() - make_interval(secs => $1) RETURNING node_id",
+        silent_for,
+    )
+    return [r["node_id"] for r in rows]

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from actors._audit import audit_op
 from actors._events import ClusterEvent, cluster_event_ops
 from actors._grants import user_end_ops
-from actors._statuses import GrantStatus
+from actors._statuses import AuthEvent, GrantStatus
 from actors._store import Conn, Op, Store, StoreUnavailable, run_ops
 from actors._upstream import RevokeOutcome, UpstreamClient
 from actors.auth import AuthService
@@ -57,7 +57,9 @@ def revoke_user_ops(user_id: str, *, reason: str, origin: str) -> list[Op]:
     return [
         Op("UPDATE users SET revoked_at = now() WHERE user_id = $1", (user_id,)),
         *user_end_ops(user_id, status=GrantStatus.REVOKED, message=reason),
-        audit_op("revoked", node_id=origin, user_id=user_id, detail={"reason": reason}),
+        audit_op(
+            AuthEvent.USER_REVOKED, node_id=origin, user_id=user_id, detail={"reason": reason}
+        ),
         *cluster_event_ops(ClusterEvent.REVOKE_USER, origin=origin, user_id=user_id),
     ]
 
@@ -88,7 +90,9 @@ async def revoke_user(store: Store, user_id: str, *, reason: str, origin: str) -
 
     change = await store.transact(revoke)
     if change is UserChange.CHANGED:
-        log.info("auth_event", kind="revoked", user_id=user_id, reason=reason, origin=origin)
+        log.info(
+            "auth_event", kind=AuthEvent.USER_REVOKED, user_id=user_id, reason=reason, origin=origin
+        )
     return change
 
 
@@ -112,7 +116,7 @@ async def reinstate_user(store: Store, user_id: str, *, origin: str, reason: str
             "UPDATE users SET revoked_at = NULL, updated_at = now() WHERE user_id = $1", user_id
         )
         audit = audit_op(
-            "reinstated",
+            AuthEvent.USER_REINSTATED,
             node_id=origin,
             user_id=user_id,
             detail={"reason": reason, "revoked_at": row["revoked_at"].isoformat()},
@@ -122,7 +126,13 @@ async def reinstate_user(store: Store, user_id: str, *, origin: str, reason: str
 
     change = await store.transact(reinstate)
     if change is UserChange.CHANGED:
-        log.info("auth_event", kind="reinstated", user_id=user_id, reason=reason, origin=origin)
+        log.info(
+            "auth_event",
+            kind=AuthEvent.USER_REINSTATED,
+            user_id=user_id,
+            reason=reason,
+            origin=origin,
+        )
     return change
 
 
@@ -271,7 +281,9 @@ class UpstreamRevoker:
             self.wake()
             return
         self.auth.audit(
-            "upstream_revoked" if result is RevokeResult.REVOKED else "upstream_tokens_deleted",
+            AuthEvent.UPSTREAM_REVOKED
+            if result is RevokeResult.REVOKED
+            else AuthEvent.UPSTREAM_TOKENS_DELETED,
             user_id=row["user_id"],
             grant_id=grant_id,
             outcome=result.value,

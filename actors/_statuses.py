@@ -11,6 +11,7 @@ import enum
 
 __all__ = [
     "LIVE_STATUSES",
+    "AuthEvent",
     "CloseReason",
     "GrantStatus",
     "RefreshOutcome",
@@ -100,3 +101,29 @@ class TierRereadOutcome(enum.StrEnum):
     FAILED = "failed"  # the claims could not be had or were refused: the tier stays
     SKIPPED = "skipped"  # the provider gives no claims after a refresh
     REFUSED = "refused"  # the claims map to no tier and the default refuses: grants end
+
+
+class AuthEvent(enum.StrEnum):
+    """``auth_events.kind``: what an authentication event records. A grant that ends is audited
+    with its new ``GrantStatus`` as the kind."""
+
+    CLIENT_REGISTERED = "client_registered"
+    UPSTREAM_SIGN_IN = "upstream_sign_in"  # the identity provider signed the user in
+    SIGN_IN = "sign_in"  # the authorization completed: a grant and a code
+    SIGN_IN_REFUSED = "sign_in_refused"  # a revoked user, no tier, a refused id_token
+    CONSENT_GRANTED = "consent_granted"
+    CONSENT_DENIED = "consent_denied"
+    TOKEN_ISSUED = "token_issued"  # a code exchanged
+    TOKEN_REFRESH = "token_refresh"  # a refresh token rotated
+    TOKEN_REVOKED = "token_revoked"  # by its client (RFC 7009)
+    CODE_REUSE_DETECTED = "code_reuse_detected"
+    REFRESH_REUSE_DETECTED = "refresh_reuse_detected"
+    UPSTREAM_REFRESH = "upstream_refresh"
+    UPSTREAM_REFRESH_FAILED = "upstream_refresh_failed"  # outcome: UpstreamRefreshFailure
+    UPSTREAM_REVOKED = "upstream_revoked"  # an ended grant's tokens revoked at the IdP
+    UPSTREAM_TOKENS_DELETED = "upstream_tokens_deleted"  # ... or given up on and deleted
+    TIER_CHANGED = "tier_changed"
+    TIER_OVERRIDE_SET = "tier_override_set"
+    TIER_OVERRIDE_CLEARED = "tier_override_cleared"
+    USER_REVOKED = "revoked"  # an operator revoked the user
+    USER_REINSTATED = "reinstated"

@@ -17,6 +17,7 @@ import attrs
 
 from actors._audit import audit_op
 from actors._events import ClusterEvent, cluster_event_ops
+from actors._statuses import AuthEvent
 from actors._store import Conn, Store, run_ops
 
 __all__ = [
@@ -236,7 +237,9 @@ async def override_tier(
     async def write(conn: Conn) -> TierChange | None:
         change = await set_tier_override(conn, user_id, tier, origin=origin)
         if change is not None:
-            kind = "tier_override_set" if tier is not None else "tier_override_cleared"
+            kind = (
+                AuthEvent.TIER_OVERRIDE_SET if tier is not None else AuthEvent.TIER_OVERRIDE_CLEARED
+            )
             audit = audit_op(kind, node_id=origin, user_id=user_id, detail={"tier": change.after})
             await run_ops(conn, [audit])
         return change

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from actors._audit import audit_op
+from actors._statuses import AuthEvent, GrantStatus
 from actors._store import Store
 
 __all__ = ["AuthAudit"]
@@ -25,7 +26,7 @@ class AuthAudit:
 
     def __call__(
         self,
-        kind: str,
+        kind: AuthEvent | GrantStatus,
         *,
         user_id: str | None = None,
         client_id: str | None = None,
@@ -45,7 +46,7 @@ class AuthAudit:
         )
         log.info(
             "auth_event",
-            kind=kind,
+            kind=str(kind),
             user_id=user_id,
             client_id=client_id,
             grant_id=str(grant_id) if grant_id else None,

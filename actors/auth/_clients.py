@@ -7,6 +7,7 @@ import secrets
 from typing import Any
 
 from actors._redirect_uris import redirect_uri_problem
+from actors._statuses import AuthEvent
 from actors._store import Op, Store
 from actors.auth._audit_log import AuthAudit
 from actors.auth._values import OAuthError, now
@@ -76,7 +77,7 @@ class ClientRegistry:
                 ),
             )
         )
-        self._audit("client_registered", client_id=client_id, source=source)
+        self._audit(AuthEvent.CLIENT_REGISTERED, client_id=client_id, source=source)
         return {
             "client_id": client_id,
             "client_id_issued_at": int(now().timestamp()),

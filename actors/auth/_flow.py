@@ -20,6 +20,7 @@ from actors._redirect_uris import (
     redirect_uri_matches,
     valid_redirect_uri,
 )
+from actors._statuses import AuthEvent
 from actors._store import Conn, Op, Store
 from actors._tiers import TierChange, apply_idp_tier
 from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
@@ -177,7 +178,9 @@ class AuthorizationFlow:
                     (request_hash,),
                 )
             )
-            self._audit("sign_in_refused", client_id=row["client_id"], reason=str(exc)[:300])
+            self._audit(
+                AuthEvent.SIGN_IN_REFUSED, client_id=row["client_id"], reason=str(exc)[:300]
+            )
             raise OAuthError(
                 "server_error", f"the identity provider's answer was refused: {exc}", status=502
             ) from None
@@ -238,7 +241,7 @@ class AuthorizationFlow:
             return change
 
         self._claims.tier_changed(user_id, await self._store.transact(sign_in), source="sign_in")
-        self._audit("upstream_sign_in", user_id=user_id, client_id=row["client_id"])
+        self._audit(AuthEvent.UPSTREAM_SIGN_IN, user_id=user_id, client_id=row["client_id"])
         if (
             known["scopes"] is not None
             and set(row["scopes"]) <= set(known["scopes"])
@@ -267,7 +270,9 @@ class AuthorizationFlow:
             )
         )
         client_id = request["client_id"]
-        self._audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="user revoked")
+        self._audit(
+            AuthEvent.SIGN_IN_REFUSED, user_id=user_id, client_id=client_id, reason="user revoked"
+        )
         raise UserRevokedError(
             user_id,
             with_params(
@@ -301,7 +306,9 @@ class AuthorizationFlow:
                 (request_hash,),
             )
         )
-        self._audit("sign_in_refused", user_id=user_id, client_id=client_id, reason="no tier")
+        self._audit(
+            AuthEvent.SIGN_IN_REFUSED, user_id=user_id, client_id=client_id, reason="no tier"
+        )
         raise OAuthError(
             "access_denied",
             f"the identity provider gives this account no subscription tier this service "
@@ -336,7 +343,9 @@ class AuthorizationFlow:
                     (request_hash,),
                 )
             )
-            self._audit("consent_denied", user_id=row["user_id"], client_id=row["client_id"])
+            self._audit(
+                AuthEvent.CONSENT_DENIED, user_id=row["user_id"], client_id=row["client_id"]
+            )
             return with_params(
                 row["redirect_uri"],
                 {
@@ -358,7 +367,7 @@ class AuthorizationFlow:
             )
         )
         self._audit(
-            "consent_granted",
+            AuthEvent.CONSENT_GRANTED,
             user_id=row["user_id"],
             client_id=row["client_id"],
             scopes=list(row["scopes"]),
@@ -444,7 +453,7 @@ class AuthorizationFlow:
         if row.get("user_revoked"):
             await self._refuse_revoked_user(request_hash, row["user_id"], row)
         self._audit(
-            "sign_in", user_id=row["user_id"], client_id=row["client_id"], grant_id=grant_id
+            AuthEvent.SIGN_IN, user_id=row["user_id"], client_id=row["client_id"], grant_id=grant_id
         )
         return with_params(
             row["redirect_uri"],

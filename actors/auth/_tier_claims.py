@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from actors._statuses import AuthEvent
 from actors._tiers import TierChange, TierMapping
 from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
 from actors.auth._audit_log import AuthAudit
@@ -90,7 +91,11 @@ class TierClaimReader:
         if change is None or not change.changed:
             return
         self._audit(
-            "tier_changed", user_id=user_id, before=change.before, after=change.after, source=source
+            AuthEvent.TIER_CHANGED,
+            user_id=user_id,
+            before=change.before,
+            after=change.after,
+            source=source,
         )
         if self.on_tier_changed is not None:
             self.on_tier_changed(user_id, change.after)

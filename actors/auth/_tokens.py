@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors._crypto import hash_token, new_token
-from actors._statuses import LIVE_STATUSES, RefreshOutcome
+from actors._statuses import LIVE_STATUSES, AuthEvent, RefreshOutcome
 from actors._store import Conn, Op, Store
 from actors.auth._audit_log import AuthAudit
 from actors.auth._values import AuthPolicy, IssuedTokens, OAuthError, Principal, in_, now, s256
@@ -74,7 +74,7 @@ class TokenService:
             raise OAuthError("invalid_grant", "unknown authorization code")
         if row.get("reused"):
             self._audit(
-                "code_reuse_detected",
+                AuthEvent.CODE_REUSE_DETECTED,
                 user_id=row["user_id"],
                 client_id=row["client_id"],
                 grant_id=row["grant_id"],
@@ -112,7 +112,7 @@ class TokenService:
             *ops,
         )
         self._audit(
-            "token_issued",
+            AuthEvent.TOKEN_ISSUED,
             user_id=row["user_id"],
             client_id=row["client_id"],
             grant_id=row["grant_id"],
@@ -217,7 +217,7 @@ class TokenService:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         if outcome is RefreshOutcome.REUSE:
             self._audit(
-                "refresh_reuse_detected",
+                AuthEvent.REFRESH_REUSE_DETECTED,
                 user_id=row["user_id"],
                 client_id=row["client_id"],
                 grant_id=row["grant_id"],
@@ -243,7 +243,7 @@ class TokenService:
         if outcome is not RefreshOutcome.OK:
             raise OAuthError("invalid_grant", f"refresh token {outcome}")
         self._audit(
-            "token_refresh",
+            AuthEvent.TOKEN_REFRESH,
             user_id=row["user_id"],
             client_id=row["client_id"],
             grant_id=row["grant_id"],
@@ -284,7 +284,7 @@ class TokenService:
             ],
         )
         self._audit(
-            "token_revoked",
+            AuthEvent.TOKEN_REVOKED,
             user_id=row["user_id"],
             client_id=row["client_id"],
             grant_id=row["grant_id"],

@@ -63,7 +63,10 @@ UTC = datetime.UTC
 
 
 class SessionManager:
-    """The face of the ``sessions`` dynamic supervisor."""
+    """The face of the ``sessions`` dynamic supervisor: the registry of this node's live
+    sessions (hydration, invalidation, a user's revocation, tier changes taken up). Its parts
+    (``slots``, ``transports``, ``refresher``, ``tiers``) carry the other roles; the methods at
+    the end only forward to them, so that the edge holds one name."""
 
     def __init__(
         self,
@@ -80,7 +83,7 @@ class SessionManager:
         self.auth = auth  # the notifier reloads its key ring; the edge reads nothing of it here
         self.upstream = upstream
         self.node_id = node_id
-        self.policy = policy = policy or SessionPolicy()
+        self._policy = policy = policy or SessionPolicy()
         self.registry: Registry[uuid.UUID, UserSession] = Registry("sessions")
         # the revocations the authorization server finds (/revoke, code and refresh-token
         # reuse) take the same path as an operator's: this manager's invalidate
@@ -120,6 +123,20 @@ class SessionManager:
             on_changed=self.tier_changed_here,
         )
         self.refresher.on_refreshed = self.tiers.reread_safely
+
+    @property
+    def policy(self) -> SessionPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: SessionPolicy) -> None:
+        """A new policy reaches the parts and the live sessions' next streams and timers."""
+        self._policy = policy
+        self.refresher.policy = policy
+        self.slots.count_wait = policy.stream_count_wait
+        self.slots.nodes_recheck = policy.nodes_recheck
+        self.transports.touch_interval = policy.touch_interval
+        self.transports.idle = policy.transport_idle
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec("sessions", self.run, shutdown_grace=5.0)
@@ -261,7 +278,6 @@ class SessionManager:
         session = UserSession(
             row,
             store=self.store,
-            policy=self.policy,
             node_id=self.node_id,
             slots=self.slots,
             refresher=self.refresher,

@@ -51,6 +51,11 @@ class SessionLifecycle(Protocol):
     @property
     def registry(self) -> Registry[uuid.UUID, UserSession]: ...
 
+    @property
+    def policy(self) -> SessionPolicy:
+        """The sessions' policy as it is now (read at each use: a change reaches live sessions'
+        next streams and timers)."""
+
     def forget(self, grant_id: uuid.UUID, user_id: str) -> None:
         """Every verified-token cache of this node forgets the grant's tokens."""
 
@@ -69,7 +74,6 @@ class UserSession:
         row: dict[str, Any],
         *,
         store: Store,
-        policy: SessionPolicy,
         node_id: str,
         slots: StreamSlots,
         refresher: UpstreamRefresher,
@@ -77,7 +81,6 @@ class UserSession:
         lifecycle: SessionLifecycle,
     ) -> None:
         self._store = store
-        self._policy = policy
         self._node_id = node_id
         self._slots = slots
         self._refresher = refresher
@@ -108,7 +111,7 @@ class UserSession:
         """A request arrived: keep the actor alive; write last_seen at most every touch_interval."""
         now = trio.current_time()
         self.last_active = now
-        if now - self._last_touch >= self._policy.touch_interval:
+        if now - self._last_touch >= self._lifecycle.policy.touch_interval:
             self._last_touch = now
             self._store.write_nowait(grant_touched_op(self.grant_id), key=("touch", self.grant_id))
 
@@ -143,7 +146,7 @@ class UserSession:
             stream_id or secrets.token_hex(8),
             store=self._store,
             node_id=self._node_id,
-            policy=self._policy,
+            policy=self._lifecycle.policy,
             reconnect_at=reconnect_at,
             on_release=self._slots.give_back,
         )
@@ -250,7 +253,7 @@ class UserSession:
                 "connections",
                 DynamicSupervisor(
                     "connections",
-                    max_children=self._policy.max_connections,
+                    max_children=self._lifecycle.policy.max_connections,
                     intensity=1000,
                     period=1.0,
                 ).run,
@@ -259,7 +262,7 @@ class UserSession:
                 "token_keeper",
                 keeper.run,
                 restart=Restart.TRANSIENT,
-                backoff=self._policy.keeper_backoff,
+                backoff=self._lifecycle.policy.keeper_backoff,
                 shutdown_grace=1.0,
             ),
         ]
@@ -267,8 +270,8 @@ class UserSession:
             f"session:{self.grant_id}",
             children,
             strategy=Strategy.REST_FOR_ONE,
-            intensity=self._policy.session_intensity,
-            period=self._policy.session_period,
+            intensity=self._lifecycle.policy.session_intensity,
+            period=self._lifecycle.policy.session_period,
         )
         async with trio.open_nursery() as nursery:
             handle: SupervisorHandle = await nursery.start(sup.run)
@@ -311,7 +314,7 @@ class UserSession:
                     conn.wake_actor()
 
     async def _idle_watch(self, handle: SupervisorHandle) -> None:
-        idle = self._policy.idle_timeout
+        idle = self._lifecycle.policy.idle_timeout
         while True:
             await trio.sleep(idle / 4)
             await fault_point("session.tick")

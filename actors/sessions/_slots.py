@@ -28,8 +28,8 @@ class StreamSlots:
     ) -> None:
         self._store = store
         self._node_id = node_id
-        self._count_wait = count_wait  # the read of other nodes' streams, at most
-        self._nodes_recheck = nodes_recheck  # "no other node is alive" believed this long
+        self.count_wait = count_wait  # the read of other nodes' streams, at most
+        self.nodes_recheck = nodes_recheck  # "no other node is alive" believed this long
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> here
         self._others_alive = True  # until the nodes table says otherwise
         self._nodes_checked_until = 0.0
@@ -40,7 +40,7 @@ class StreamSlots:
         under the limit; that read is bounded and skipped when the database does not answer."""
         if self.open_streams[user_id] < limit:
             elsewhere = 0
-            with trio.move_on_after(self._count_wait):
+            with trio.move_on_after(self.count_wait):
                 try:
                     if await self._other_nodes_alive():
                         elsewhere = await open_streams_elsewhere(
@@ -59,7 +59,7 @@ class StreamSlots:
         now = trio.current_time()
         if now >= self._nodes_checked_until:
             self._others_alive = await other_alive_nodes(self._store, self._node_id) > 0
-            self._nodes_checked_until = now + self._nodes_recheck
+            self._nodes_checked_until = now + self.nodes_recheck
         return self._others_alive
 
     def give_back(self, user_id: str) -> None:

@@ -12,7 +12,7 @@ import structlog
 import trio
 
 from actors._statuses import CloseReason
-from actors._store import Op, Store
+from actors._store import Conn, Op, Store
 from actors.sessions._values import (
     ConnectionKind,
     SessionPolicy,
@@ -29,9 +29,12 @@ __all__ = [
     "connection_closed_op",
     "connection_heartbeat_op",
     "connection_opened_op",
+    "dead_nodes_connections_closed",
+    "grant_connections_closed",
     "node_connections_closed_op",
     "open_streams_elsewhere",
     "session_connections_closed_op",
+    "stale_connections_closed",
 ]
 
 log = structlog.get_logger("sessions")
@@ -431,4 +434,43 @@ async def open_streams_elsewhere(store: Store, user_id: str, node_id: str) -> in
             user_id,
             node_id,
         )
+    )
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status (``UPDATE 3``)."""
+    return int(status.split()[-1])
+
+
+async def dead_nodes_connections_closed(conn: Conn, node_ids: list[str]) -> int:
+    """Close the open rows of nodes found dead; how many."""
+    return _count(
+        await conn.execute(
+            "UPDATE connections SET closed_at = now(), close_reason = $2 "
+            "WHERE closed_at IS NULL AND node_id = ANY($1::text[])",
+            node_ids,
+            str(CloseReason.NODE_DEAD),
+        )
+    )
+
+
+async def stale_connections_closed(conn: Conn, silent_for: float) -> int:
+    """Close the open rows with no heartbeat for ``silent_for`` seconds; how many."""
+    return _count(
+        await conn.execute(
+            "UPDATE connections SET closed_at = now(), close_reason = $2 "
+            "WHERE closed_at IS NULL AND heartbeat_at < now() - make_interval(secs => $1)",
+            silent_for,
+            str(CloseReason.STALE),
+        )
+    )
+
+
+async def grant_connections_closed(conn: Conn, grant_id: uuid.UUID, reason: CloseReason) -> None:
+    """Close the open rows of a grant that ended."""
+    await conn.execute(
+        "UPDATE connections SET closed_at = now(), close_reason = $2 "
+        "WHERE grant_id = $1 AND closed_at IS NULL",
+        grant_id,
+        str(reason),
     )

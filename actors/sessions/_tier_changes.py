@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from actors._grants import live_grants_of
-from actors._statuses import TierRereadOutcome
+from actors._statuses import AuthEvent, TierRereadOutcome
 from actors._store import Conn, Store, StoreUnavailable, WriteRejected
 from actors._tiers import TierChange, apply_idp_tier, override_tier, tier_override_of
 from actors._upstream import IdTokenInvalid, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
@@ -70,7 +70,9 @@ class TierChanges:
         if change is not None:
             log.info(
                 "auth_event",
-                kind="tier_override_set" if tier is not None else "tier_override_cleared",
+                kind=AuthEvent.TIER_OVERRIDE_SET
+                if tier is not None
+                else AuthEvent.TIER_OVERRIDE_CLEARED,
                 user_id=user_id,
                 tier=change.after,
             )

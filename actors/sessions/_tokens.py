@@ -16,7 +16,7 @@ import attrs
 import structlog
 import trio
 
-from actors._statuses import GrantStatus, UpstreamRefreshFailure, UpstreamRefreshOutcome
+from actors._statuses import AuthEvent, GrantStatus, UpstreamRefreshFailure, UpstreamRefreshOutcome
 from actors._store import Op, Store, StoreUnavailable
 from actors._upstream import UpstreamClient, UpstreamRevoked, UpstreamTokens, UpstreamUnavailable
 from actors.sessions._values import AuthenticationRequiredError, SessionPolicy
@@ -157,7 +157,10 @@ class TokenKeeper:
 
     def _failed(self, outcome: UpstreamRefreshFailure) -> None:
         self._audit(
-            "upstream_refresh_failed", user_id=self.user_id, grant_id=self.grant_id, outcome=outcome
+            AuthEvent.UPSTREAM_REFRESH_FAILED,
+            user_id=self.user_id,
+            grant_id=self.grant_id,
+            outcome=outcome,
         )
 
     async def _expire_without_refresh_token(self, state: TokenState) -> None:
@@ -190,7 +193,7 @@ class Audit(Protocol):
 
     def __call__(
         self,
-        kind: str,
+        kind: AuthEvent | GrantStatus,
         *,
         user_id: str | None = None,
         client_id: str | None = None,
@@ -364,7 +367,7 @@ class UpstreamRefresher:
                 ),
             )
         )
-        self._audit("upstream_refresh", grant_id=grant_id)
+        self._audit(AuthEvent.UPSTREAM_REFRESH, grant_id=grant_id)
         if self.on_refreshed is not None:
             await self.on_refreshed(grant_id, user_id, fresh)
         return TokenState(fresh, lifetime, received + gap, current.generation + 1, streak)

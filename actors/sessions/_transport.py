@@ -14,12 +14,17 @@ import attrs
 import trio
 
 from actors._statuses import CloseReason
-from actors._store import Op, Store, WriteRejected
+from actors._store import Conn, Op, Store, WriteRejected
 from actors.auth import Principal
 from actors.sessions._streams import Connection, session_connections_closed_op
 from actors.sessions._values import SessionLimitReached, TransportSession, UserContext
 
-__all__ = ["CACHE_SIZE", "TransportSessions", "log_level_op"]
+__all__ = [
+    "CACHE_SIZE",
+    "TransportSessions",
+    "idle_transport_sessions_ended",
+    "log_level_op",
+]
 
 SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 CACHE_SIZE = 50_000  # transport sessions a node keeps in memory, the least recent out first
@@ -48,8 +53,8 @@ class TransportSessions:
         cache_size: int = CACHE_SIZE,
     ) -> None:
         self._store = store
-        self._touch_interval = touch_interval
-        self._idle = idle
+        self.touch_interval = touch_interval
+        self.idle = idle
         self._streams_of = streams_of
         self._cache_size = cache_size
         self._cache: dict[str, TransportSession] = {}  # bounded: oldest out past cache_size
@@ -136,7 +141,7 @@ class TransportSessions:
         principal (MCP-R20: answered exactly as if it did not exist)."""
         ts = self._cache.get(session_id)
         now = trio.current_time()
-        if ts is not None and now - self._touched.get(session_id, now) > self._idle:
+        if ts is not None and now - self._touched.get(session_id, now) > self.idle:
             # unused here for longer than the idle end: the janitor may have ended it
             self._forget(session_id)
             ts = None
@@ -162,7 +167,7 @@ class TransportSessions:
         # authorized again the same client keeps its transport session under the new grant
         if ts.user_id != principal.user_id or ts.client_id != principal.client_id:
             return None
-        if now - self._touched.get(session_id, -math.inf) >= self._touch_interval:
+        if now - self._touched.get(session_id, -math.inf) >= self.touch_interval:
             self._touched[session_id] = now
             self._store.write_nowait(
                 Op(
@@ -202,3 +207,21 @@ class TransportSessions:
         return True
 
     # -- invalidation ----------------------------------------------------------------------------------
+
+
+async def idle_transport_sessions_ended(conn: Conn, idle: float, limit: int) -> int:
+    """End at most ``limit`` transport sessions with no request and no stream (open, or closed
+    within the period) for ``idle`` seconds (their user's ``max_sessions`` counts live ones
+    only); how many."""
+    status = await conn.execute(
+        "WITH idle AS (SELECT session_id FROM transport_sessions t WHERE t.ended_at IS NULL "
+        "AND t.last_seen_at < now() - make_interval(secs => $1) AND NOT EXISTS ("
+        "SELECT 1 FROM connections c WHERE c.session_id = t.session_id "
+        "AND (c.closed_at IS NULL OR c.closed_at > now() - make_interval(secs => $1))) "
+        "LIMIT $2 FOR UPDATE SKIP LOCKED) "
+        "UPDATE transport_sessions s SET ended_at = now() FROM idle "
+        "WHERE s.session_id = idle.session_id",
+        idle,
+        limit,
+    )
+    return int(status.split()[-1])
