@@ -106,6 +106,7 @@ from actors._store_retention import (
     RetentionPolicy,
     RetentionRule,
     retention_sweep,
+    usage_rules,
 )
 from actors._tiers import (
     REFUSE,
@@ -126,15 +127,27 @@ from actors._upstream import (
     UpstreamRevoked,
     UpstreamUnavailable,
 )
-from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
+from actors._usage import (
+    OTHER_NAME,
+    QuotaExceeded,
+    RateLimited,
+    TierLimit,
+    UsageMeter,
+    parse_quota,
+)
+from actors._usage_query import Period, Resolution, UsageFilter, UsageQuery, parse_when
+from actors._usage_stats import LATENCY_BOUNDS_MS, OTHER_LABEL, ToolCallStats
 from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
+    "LATENCY_BOUNDS_MS",
     "LIVE_STATUSES",
     "OPERATOR_ENDED",
     "OPERATOR_REINSTATED",
     "OPERATOR_REVOKED",
+    "OTHER_LABEL",
+    "OTHER_NAME",
     "OUTBOX_CHANNEL",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
@@ -159,6 +172,7 @@ __all__ = [
     "Notifier",
     "OAuthError",
     "Op",
+    "Period",
     "Principal",
     "ProviderMetadata",
     "QueueFull",
@@ -166,6 +180,7 @@ __all__ = [
     "RateLimited",
     "RefreshOutcome",
     "RelayAddress",
+    "Resolution",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
@@ -185,6 +200,7 @@ __all__ = [
     "TierLimit",
     "TierMapping",
     "TierResolution",
+    "ToolCallStats",
     "TransportSession",
     "UnknownUser",
     "UpstreamClient",
@@ -193,7 +209,9 @@ __all__ = [
     "UpstreamRevoked",
     "UpstreamRevoker",
     "UpstreamUnavailable",
+    "UsageFilter",
     "UsageMeter",
+    "UsageQuery",
     "UserChange",
     "UserContext",
     "UserRevokedError",
@@ -223,6 +241,7 @@ __all__ = [
     "outbox_wake_op",
     "override_tier",
     "parse_quota",
+    "parse_when",
     "pending_migrations",
     "post_outbox",
     "post_reply",
@@ -247,6 +266,7 @@ __all__ = [
     "subscribe_session_op",
     "subscriptions_of",
     "unsubscribe_op",
+    "usage_rules",
     "user_names",
     "valid_redirect_uri",
     "withdraw_outbox",

@@ -24,7 +24,7 @@ from actors._grants import ENDED_GRANTS_SQL
 from actors._sessions import SessionManager
 from actors._statuses import GrantStatus
 from actors._store import Op, Store, StoreUnavailable
-from actors._store_retention import retention_sweep
+from actors._store_retention import RETENTION_RULES, RetentionRule, retention_sweep
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]
@@ -156,6 +156,7 @@ class JanitorPolicy:
     # waits this long, so that live nodes and streams have written theirs (None: ``interval``)
     recovery_grace: float | None = None
     idle_chunk: int = 5_000  # idle transport sessions ended per sweep at most
+    retention: tuple[RetentionRule, ...] = RETENTION_RULES  # usage_rules() sets the usage ones
 
 
 class Janitor:
@@ -277,7 +278,8 @@ class Janitor:
 
         result = await self.store.transact(sweep)
         # the retention rules live with the schema (actors/_store_retention.py), in bounded chunks
-        result["retention_deleted"] = sum((await retention_sweep(self.store)).values())
+        swept = await retention_sweep(self.store, rules=self.policy.retention)
+        result["retention_deleted"] = sum(swept.values())
         ended = result.pop("_expired")
         if ended:
             self.sessions.grants_ended()

@@ -29,7 +29,6 @@ from actors import (
     AuthenticationRequiredError,
     CloseReason,
     Connection,
-    QuotaExceeded,
     RateLimited,
     RelayAddress,
     SessionLimitReached,
@@ -93,6 +92,7 @@ from server._jsonrpc import (
     result_response,
 )
 from server._oauth import AuthError, ResourceServer
+from server._refusals import refusal
 from server._sse import SSE_HEADERS, encode_event
 from server._stream_end import FastPath
 
@@ -975,7 +975,9 @@ class McpHttp:
         self, user: UserContext, method: str, params: dict[str, Any], outcome: str, started: float
     ) -> None:
         """One request's usage event (both transports), ``started`` in Trio time."""
-        name = params.get("name") if method == "tools/call" else None
+        key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(method)
+        name = params.get(key) if key is not None else None
+        name = name if isinstance(name, str) else None
         self.usage.record(user, method, name, outcome, trio.current_time() - started)
 
     # -- the ASGI entry ------------------------------------------------------------------------------
@@ -1088,12 +1090,7 @@ class McpHttp:
         try:
             self.usage.check_initialize(user.user_id, user.tier)
         except RateLimited as exc:
-            limit = self.usage.limit(user.tier).initialize_per_minute
-            msg = (
-                f"the {user.tier} tier allows {limit} new MCP sessions per minute per account "
-                f"(initialize_per_minute); retry after {exc.retry_after}s"
-            )
-            data = {"limit": "initialize_per_minute", "value": limit}
+            msg, data = refusal(user.tier, exc)
             raise too_many(request_id, msg, exc.retry_after, data) from None
         try:
             return await self.sessions.create_transport_session(
@@ -1266,13 +1263,9 @@ class McpHttp:
             self.usage.check(user.user_id, user.tier)
             if method == "tools/call":
                 await self.usage.check_tool_call(user.user_id, user.tier)
-        except QuotaExceeded as exc:
-            msg = f"tool-call quota of the {user.tier} tier ({exc.quota}) used up; retry after {exc.retry_after}s"
-            data = {"quota": str(exc.quota)}
-            raise too_many(request_id, msg, exc.retry_after, data) from None
         except RateLimited as exc:
-            msg = f"rate limit of the {user.tier} tier exceeded; retry after {exc.retry_after}s"
-            raise too_many(request_id, msg, exc.retry_after) from None
+            msg, data = refusal(user.tier, exc)
+            raise too_many(request_id, msg, exc.retry_after, data) from None
 
     async def _reply_stream(
         self,

@@ -74,6 +74,7 @@ from server._mcp_http import McpHttp
 from server._metrics import NodeCollector, RequestCounter, new_registry
 from server._oauth import OAuthEndpoints, ResourceServer
 from server._relay import Relay
+from server._usage_api import UsageApi, janitor_policy, usage_query, wire_usage
 
 __all__ = [
     "DEV_IDP_FILE",
@@ -427,7 +428,7 @@ async def run_node(
             else partial(KeyRing.load, key_file, settings.encryption_key_id)
         ),
     )
-    janitor = Janitor(store, sessions, node_id=node_id)
+    janitor = Janitor(store, sessions, node_id=node_id, policy=janitor_policy(settings))
     revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
     sessions.on_grants_ended = revoker.wake
     oauth = OAuthEndpoints(
@@ -437,6 +438,7 @@ async def run_node(
         metadata=MetadataFetcher(allow_private=settings.client_metadata_allow_private),
     )
     usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
+    wire_usage(usage, app, settings.tier_names())
     app.tiers = settings.tier_names()
     mcp = McpHttp(
         Dispatcher(app),
@@ -541,6 +543,7 @@ async def run_node(
         sessions=sessions,
         tier_names=settings.tier_names(),
         trees=live_trees,
+        usage=UsageApi(usage_query(store, settings), usage.limits),
     )
     asgi = StewardAsgi(
         mcp=mcp,
