@@ -26,7 +26,15 @@ from actors import (
 from server._dispatch import ScopeRequired, TierRefused
 from server._http import Receive, Scope, Send, query, send_response
 from server._jsonrpc import INVALID_REQUEST, RpcError, error_response, result_response
-from server._mcp_http import Exchange, McpHttp, Reply, _unavailable, outcome_of, rpc_reply
+from server._mcp_http import (
+    Exchange,
+    McpHttp,
+    Reply,
+    _unavailable,
+    outcome_of,
+    result_outcome,
+    rpc_reply,
+)
 
 __all__ = ["LegacySse"]
 
@@ -160,6 +168,8 @@ class LegacySse:
                 except TierRefused as exc:  # a result all the same (docs/protocol.md)
                     outcome = outcome_of(exc)
                     result = exc.result
+                else:
+                    outcome = result_outcome(result)
                 self.mcp.emit(conn, result_response(request_id, result))
             if exchange.cancel_scope.cancelled_caught:
                 outcome = "cancelled"

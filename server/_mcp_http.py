@@ -207,6 +207,12 @@ def outcome_of(
     return "error"
 
 
+def result_outcome(result: Any) -> str:
+    """A result's outcome for usage: ``tool_error`` for a tool result with ``isError`` (the tool
+    failed; the request did not), else ``ok``."""
+    return "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+
+
 def _unavailable(description: str = "the database is unreachable; retry shortly") -> Reply:
     return Reply(503, *unavailable(description))
 
@@ -1172,6 +1178,8 @@ class McpHttp:
                             error_response(exchange.request_id, RpcError(INVALID_REQUEST, msg))
                         )
                     else:
+                        if outcome == "ok":
+                            outcome = result_outcome(result)
                         if stateless:
                             result = stamp_2026(method, result, self.dispatcher.server_meta)
                         exchange.finish(result_response(exchange.request_id, result))

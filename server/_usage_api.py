@@ -2,7 +2,7 @@
 meter to the application's names (docs/operating.md, "Usage"). Every figure comes from the one
 query layer, ``actors.UsageQuery``; ``steward usage`` (server/_usage_cli.py) reads the same.
 
-GET /admin/api/usage?since=1h&until=now&user=&tier=&tool=&top=10&step=
+GET /admin/api/usage?since=1h&until=now&user=&tier=&tool=&method=&top=10&step=
     calls and errors per step and tier, the totals, the top tools, the top users and the users
     closest to their quota
 GET /admin/api/usage/user?user=…&since=24h
@@ -14,6 +14,7 @@ GET /admin/api/usage/billing?since=…&until=…&period=month|day
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,20 @@ from actors import (
 __all__ = ["UsageApi", "janitor_policy", "usage_query", "wire_usage"]
 
 TOP = 10  # rows of each top list unless asked
+# an MCP method name, as a usage request may be narrowed to
+METHOD = re.compile(r"^[A-Za-z]+(/[A-Za-z]+){0,3}$")
+METHODS = (
+    "tools/call",
+    "resources/read",
+    "resources/list",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/get",
+    "prompts/list",
+    "completion/complete",
+    "logging/setLevel",
+)
 MAX_TOP = 100
 
 
@@ -129,7 +144,11 @@ class UsageApi:
         if tier is not None and tier not in self.limits:
             msg = f"tier must be one of {', '.join(self.limits)}, got {tier[:64]!r}"
             raise BadUsageRequest(msg)
-        return UsageFilter(user=user, tier=tier, tool=q.get("tool") or None)
+        method = q.get("method") or None
+        if method is not None and (len(method) > 64 or not METHOD.match(method)):
+            msg = f"method is an MCP method name such as tools/call, got {method[:64]!r}"
+            raise BadUsageRequest(msg)
+        return UsageFilter(user=user, tier=tier, tool=q.get("tool") or None, method=method)
 
     async def _user_id(self, given: str) -> str:
         try:
