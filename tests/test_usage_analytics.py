@@ -9,12 +9,14 @@ import csv
 import datetime
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -308,3 +310,83 @@ async def test_a_quota_refusal_names_the_limit_and_the_same_reset_on_every_node(
             <= resets
             <= now + datetime.timedelta(seconds=int(r.headers["retry-after"]) + 2)
         )
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+async def test_the_usage_page_draws_the_traffic_and_follows_it_live_in_chromium(
+    fresh_db: str, chromium: Path
+) -> None:
+    """The Usage page in Chromium: the chart's bars add up, per tier, to the calls and errors
+    the test sent; the top tools, top users and quota tables show them; one more call made
+    outside the page appears without a reload; bob's link opens bob's own usage."""
+    async with (
+        running_node(fresh_db, app=app, admin_token=TOKEN, tiers=TIERS) as node,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        clients, sent = await drive(http, node)
+        tools: collections.Counter[str] = collections.Counter()
+        by_tier: collections.Counter[str] = collections.Counter()
+        errors_by_tier: collections.Counter[str] = collections.Counter()
+        for (user, tool), (calls, errors) in sent.items():
+            tools[tool] += calls
+            by_tier[TIER_OF[user]] += calls
+            errors_by_tier[TIER_OF[user]] += errors
+        with trio.fail_after(20):
+            while await node.store.fetchval("SELECT count(*) FROM usage_events") < sum(
+                tools.values()
+            ):
+                await trio.sleep(0.05)
+        bob_id = await node.store.fetchval("SELECT user_id FROM users WHERE subject = 'bob'")
+        expected = {"calls": sum(tools.values()), "tools": dict(tools), "bob_id": bob_id}
+        script = [
+            sys.executable,
+            "-m",
+            "tests.admin_browser",
+            "usage",
+            node.info.listen_url,
+            TOKEN,
+            clients["carol"].token,
+            json.dumps(expected),
+        ]
+        out = await trio.to_thread.run_sync(
+            lambda: subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen = json.loads(out.stdout)
+    assert seen["errors"] == [] and seen["console"] == [] and seen["failed"] == []
+    calls_chart, errors_chart = seen["chart"]
+    assert (calls_chart["field"], errors_chart["field"]) == ("calls", "errors")
+    drawn: collections.Counter[str] = collections.Counter()
+    for bar in calls_chart["bars"]:
+        drawn[bar["tier"]] += bar["value"]
+        assert bar["height"] > 0
+    assert drawn == by_tier
+    drawn_errors: collections.Counter[str] = collections.Counter()
+    for bar in errors_chart["bars"]:
+        drawn_errors[bar["tier"]] += bar["value"]
+    assert drawn_errors == +errors_by_tier
+    # a colour per tier, from the style sheet
+    fills = {bar["tier"]: bar["fill"] for bar in calls_chart["bars"]}
+    assert len(set(fills.values())) == 3, fills
+    # the live call: carol's (enterprise) echo
+    after: collections.Counter[str] = collections.Counter()
+    for bar in seen["chart_after"][0]["bars"]:
+        after[bar["tier"]] += bar["value"]
+    assert after == by_tier + collections.Counter({"enterprise": 1})
+    tools_table = {row[0]: row[1:3] for row in seen["tools"]}
+    assert tools_table["fail"] == ["2", "2"] and tools_table["(other)"] == ["1", "1"]
+    assert seen["users"] == ["bob", "alice", "carol"]
+    assert seen["quota"][0][:3] == ["alice", "free", f"{QUOTA} / {QUOTA}/day"]
+    bob_tools = {row[1]: row[2] for row in seen["bob_tools"] if row[0] == "tools/call"}
+    assert bob_tools == {tool: str(n) for (user, tool), (n, _) in sent.items() if user == "bob"}
