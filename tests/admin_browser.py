@@ -376,6 +376,10 @@ def usage_page(base: str, token: str, mcp_token: str, expected: dict[str, Any]) 
                 )
                 page.click("#user-usage-close")
                 expect(panel).to_be_hidden()
+                # from the sessions table: carol's row opens carol's usage
+                page.locator("#sessions td.user", has_text="carol").first.click()
+                expect(panel).to_be_visible()
+                expect(page.locator("#user-usage-name")).to_have_text("carol (enterprise)")
                 seen["errors"] = errors
                 seen["console"] = console
                 seen["failed"] = failed

@@ -206,6 +206,13 @@
     }
   }
 
+  // a user in the sessions or events table opens that user's usage (the cell's title is the id)
+  for (const table of ["sessions", "events"]) {
+    $(table).addEventListener("click", (event) => {
+      const cell = event.target.closest("td.user");
+      if (cell && cell.title) window.location.hash = `user=${encodeURIComponent(cell.title)}`;
+    });
+  }
   $("usage-window").addEventListener("change", refresh);
   window.addEventListener("hashchange", refresh);
   $("user-usage-close").addEventListener("click", () => {
