@@ -173,3 +173,21 @@ async def test_usage_retention_is_configurable_minutes_and_hours_apart(fresh_db:
         assert await store.fetchval("SELECT count(*) FROM usage_hourly") == 2
     with pytest.raises(ValueError, match="usage_minute_retention_hours is 25"):
         usage_rules(days=10, minute_hours=24)
+
+
+def test_the_usage_retention_settings_are_checked() -> None:
+    from server._config import ConfigError, load_settings
+
+    settings = load_settings(
+        environ={"STEWARD_USAGE_RETENTION_DAYS": "30", "STEWARD_USAGE_MINUTE_RETENTION_HOURS": "72"}
+    )
+    assert (settings.usage_retention_days, settings.usage_minute_retention_hours) == (30, 72)
+    with pytest.raises(ConfigError, match=r"usage_minute_retention_hours.*at least 25, got '24'"):
+        load_settings(environ={"STEWARD_USAGE_MINUTE_RETENTION_HOURS": "24"})
+    with pytest.raises(ConfigError, match=r"at most 24 x usage_retention_days \(24\), got 30"):
+        load_settings(
+            environ={
+                "STEWARD_USAGE_RETENTION_DAYS": "1",
+                "STEWARD_USAGE_MINUTE_RETENTION_HOURS": "30",
+            }
+        )
