@@ -163,6 +163,14 @@ async def test_the_api_the_cli_and_metrics_report_the_traffic_the_test_sent(fres
         for (user, tool), (calls, _) in sent.items():
             if user == "bob":
                 assert bob_tools[("tools/call", tool)] == calls
+        billing = await http.get(
+            f"{base}/usage/billing", params={"period": "day", "since": "1d"}, headers=admin
+        )
+        assert billing.status_code == 200, billing.text
+        assert {
+            (r["user_id"].rsplit("|", 1)[-1], r["tool"]): (r["calls"], r["errors"])
+            for r in billing.json()["rows"]
+        } == {key: (calls, errors) for key, (calls, errors) in sent.items()}
         bad = await http.get(f"{base}/usage", params={"since": "yesterday"}, headers=admin)
         assert bad.status_code == 400 and "90m, 24h, 7d" in bad.json()["error_description"]
         nobody = await http.get(f"{base}/usage/user", params={"user": "zed"}, headers=admin)
