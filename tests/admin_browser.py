@@ -310,6 +310,9 @@ def usage_page(base: str, token: str, mcp_token: str, expected: dict[str, Any]) 
                 )
                 expect(page.locator("#usage-legend .legend-item")).to_have_count(3)
                 seen["chart"] = page.evaluate(CHART)
+                seen["page_overflow"] = page.evaluate(
+                    "() => document.documentElement.scrollWidth - window.innerWidth"
+                )
                 if USAGE_SCREENSHOT:
                     page.locator("#usage-section").screenshot(path=USAGE_SCREENSHOT)
 

@@ -373,6 +373,7 @@ async def test_the_usage_page_draws_the_traffic_and_follows_it_live_in_chromium(
         assert out.returncode == 0, out.stderr[-3000:]
         seen = json.loads(out.stdout)
     assert seen["errors"] == [] and seen["console"] == [] and seen["failed"] == []
+    assert seen["page_overflow"] <= 0  # the page is no wider than a 1280x800 window
     calls_chart, errors_chart = seen["chart"]
     assert (calls_chart["field"], errors_chart["field"]) == ("calls", "errors")
     drawn: collections.Counter[str] = collections.Counter()
