@@ -184,7 +184,8 @@ class UsageApi:
             limit=top,
         )
         users = await self.query.totals(since, until, by=("user_id",), where=where, limit=top)
-        near = await self.query.quota_standing(self.limits, user=where.user, limit=top)
+        limits = {t: v for t, v in self.limits.items() if where.tier in (None, t)}
+        near = await self.query.quota_standing(limits, user=where.user, limit=top)
         names = await user_names(
             self.query.store, [u["user_id"] for u in users] + [n["user_id"] for n in near]
         )

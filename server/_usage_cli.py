@@ -140,7 +140,7 @@ async def run_usage(store: Store, args: argparse.Namespace, settings: Settings) 
     where = UsageFilter(user=args.user, tier=args.tier, tool=args.tool)
     payload: dict[str, Any]
     if args.quota:
-        limits = {t.name: tier_limit(t) for t in settings.tiers}
+        limits = {t.name: tier_limit(t) for t in settings.tiers if args.tier in (None, t.name)}
         rows = await query.quota_standing(limits, user=args.user, limit=args.limit)
         columns = ["user_id", "tier", "quota", "used", "fraction", "resets_at"]
         payload = {"quota": rows}

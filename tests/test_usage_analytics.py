@@ -29,7 +29,7 @@ STEWARD = [sys.executable, "-m", "server._cli"]
 QUOTA = 4  # alice's free tier: tool calls a day
 TIERS = [
     {"name": "free", "tool_call_quota": f"{QUOTA}/day"},
-    {"name": "pro"},
+    {"name": "pro", "tool_call_quota": "1000/day"},
     {"name": "enterprise"},
 ]
 
@@ -163,6 +163,11 @@ async def test_the_api_the_cli_and_metrics_report_the_traffic_the_test_sent(fres
         for (user, tool), (calls, _) in sent.items():
             if user == "bob":
                 assert bob_tools[("tools/call", tool)] == calls
+        pro_only = await http.get(f"{base}/usage", params={"tier": "pro"}, headers=admin)
+        assert [(n["user_name"], n["tier"]) for n in pro_only.json()["near_quota"]] == [
+            ("bob", "pro")
+        ]
+        assert [u["user_name"] for u in pro_only.json()["users"]] == ["bob"]
         billing = await http.get(
             f"{base}/usage/billing", params={"period": "day", "since": "1d"}, headers=admin
         )
@@ -221,6 +226,12 @@ async def test_the_api_the_cli_and_metrics_report_the_traffic_the_test_sent(fres
             r["user_id"].rsplit("|", 1)[-1]: r["used"] for r in json.loads(out.stdout)["quota"]
         }
         assert quota["alice"] == QUOTA and quota["bob"] == by_user["bob"]
+        out = await trio.to_thread.run_sync(steward, "--quota", "--tier", "pro", "--json")
+        assert out.returncode == 0, out.stderr
+        pro_quota = [
+            (r["user_id"].rsplit("|", 1)[-1], r["tier"]) for r in json.loads(out.stdout)["quota"]
+        ]
+        assert pro_quota == [("bob", "pro")]
         out = await trio.to_thread.run_sync(steward, "--since", "last week")
         assert out.returncode == 2 and "90m, 24h, 7d" in out.stderr
         out = await trio.to_thread.run_sync(steward, "--user", "zed")
