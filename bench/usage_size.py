@@ -67,10 +67,15 @@ async def _measure(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
                 f"pg_relation_size('{table}') AS heap FROM {table}"
             )
             n, total = int(row["n"]), int(row["total"])
+            indexes = await run(conn.fetch)(
+                "SELECT indexrelid::regclass::text AS name, pg_relation_size(indexrelid) AS size "
+                f"FROM pg_index WHERE indrelid = '{table}'::regclass ORDER BY 1"
+            )
             out[table] = {
                 "rows": n,
                 "total_mib": round(total / 2**20, 1),
                 "heap_mib": round(int(row["heap"]) / 2**20, 1),
+                "index_mib": {i["name"]: round(int(i["size"]) / 2**20, 1) for i in indexes},
                 "bytes_per_row": round(total / n, 1) if n else None,
             }
         return out
