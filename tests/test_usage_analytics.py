@@ -20,6 +20,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import Op
 from server._app import Context, Steward
 from tests.harness._steward import McpClient, running_node, sign_in
 
@@ -410,3 +411,34 @@ async def test_the_usage_page_draws_the_traffic_and_follows_it_live_in_chromium(
     assert seen["quota"][0][:3] == ["alice", "free", f"{QUOTA} / {QUOTA}/day"]
     bob_tools = {row[1]: row[2] for row in seen["bob_tools"] if row[0] == "tools/call"}
     assert bob_tools == {tool: str(n) for (user, tool), (n, _) in sent.items() if user == "bob"}
+
+
+async def test_a_nodes_janitor_keeps_usage_for_the_configured_retention(fresh_db: str) -> None:
+    """usage_retention_days and usage_minute_retention_hours reach the node's janitor: its sweep
+    deletes the hourly rollups older than the days and the minute rollups older than the hours,
+    and keeps the younger ones."""
+    async with running_node(
+        fresh_db, app=app, usage_retention_days=3, usage_minute_retention_hours=30
+    ) as node:
+        for age in ("20 hours", "40 hours"):
+            await node.store.write(
+                Op(
+                    "INSERT INTO usage_rollups (user_id, minute, method, calls) VALUES "
+                    f"('u', date_trunc('minute', now() - interval '{age}'), 'tools/call', 1)",
+                    (),
+                )
+            )
+        for age in ("2 days", "4 days"):
+            await node.store.write(
+                Op(
+                    "INSERT INTO usage_hourly (user_id, hour, method, calls) VALUES "
+                    f"('u', date_trunc('hour', now() - interval '{age}'), 'tools/call', 1)",
+                    (),
+                )
+            )
+        await node.janitor.sweep()
+        left = await node.store.fetch(
+            "SELECT (SELECT count(*) FROM usage_rollups) AS minutes, "
+            "(SELECT count(*) FROM usage_hourly) AS hours"
+        )
+    assert left == [{"minutes": 1, "hours": 1}]
