@@ -22,6 +22,7 @@ from actors import (
     AmbiguousUser,
     JanitorPolicy,
     Period,
+    Store,
     TierLimit,
     ToolCallStats,
     UnknownUser,
@@ -33,24 +34,13 @@ from actors import (
     usage_rules,
     user_names,
 )
+from server._config import Settings
 
 __all__ = ["UsageApi", "janitor_policy", "usage_query", "wire_usage"]
 
 TOP = 10  # rows of each top list unless asked
 # an MCP method name, as a usage request may be narrowed to
 METHOD = re.compile(r"^[A-Za-z]+(/[A-Za-z]+){0,3}$")
-METHODS = (
-    "tools/call",
-    "resources/read",
-    "resources/list",
-    "resources/templates/list",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "prompts/get",
-    "prompts/list",
-    "completion/complete",
-    "logging/setLevel",
-)
 MAX_TOP = 100
 
 
@@ -78,7 +68,7 @@ def wire_usage(usage: UsageMeter, app: Any, tier_names: Sequence[str]) -> None:
     usage.tool_stats = ToolCallStats(app.tools, tiers=tier_names)
 
 
-def janitor_policy(settings: Any) -> JanitorPolicy:
+def janitor_policy(settings: Settings) -> JanitorPolicy:
     return JanitorPolicy(
         retention=usage_rules(
             days=settings.usage_retention_days,
@@ -87,7 +77,7 @@ def janitor_policy(settings: Any) -> JanitorPolicy:
     )
 
 
-def usage_query(store: Any, settings: Any) -> UsageQuery:
+def usage_query(store: Store, settings: Settings) -> UsageQuery:
     return UsageQuery(
         store, minute_retention=datetime.timedelta(hours=settings.usage_minute_retention_hours)
     )
