@@ -91,6 +91,7 @@ from actors._store_retention import (
     RetentionPolicy,
     RetentionRule,
     retention_sweep,
+    usage_rules,
 )
 from actors._tiers import (
     REFUSE,
@@ -111,7 +112,16 @@ from actors._upstream import (
     UpstreamRevoked,
     UpstreamUnavailable,
 )
-from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
+from actors._usage import (
+    OTHER_NAME,
+    QuotaExceeded,
+    RateLimited,
+    TierLimit,
+    UsageMeter,
+    parse_quota,
+)
+from actors._usage_query import Period, Resolution, UsageFilter, UsageQuery, parse_when
+from actors._usage_stats import LATENCY_BOUNDS_MS, OTHER_LABEL, ToolCallStats
 from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
 from actors.auth import (
     AuthPolicy,
@@ -139,10 +149,13 @@ from actors.sessions import (
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
+    "LATENCY_BOUNDS_MS",
     "LIVE_STATUSES",
     "OPERATOR_ENDED",
     "OPERATOR_REINSTATED",
     "OPERATOR_REVOKED",
+    "OTHER_LABEL",
+    "OTHER_NAME",
     "OUTBOX_CHANNEL",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
@@ -167,6 +180,7 @@ __all__ = [
     "Notifier",
     "OAuthError",
     "Op",
+    "Period",
     "Principal",
     "ProviderMetadata",
     "Provisioning",
@@ -175,6 +189,7 @@ __all__ = [
     "RateLimited",
     "RefreshOutcome",
     "RelayAddress",
+    "Resolution",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
@@ -196,6 +211,7 @@ __all__ = [
     "TierLimit",
     "TierMapping",
     "TierResolution",
+    "ToolCallStats",
     "TransportSession",
     "UnknownUser",
     "UpstreamClient",
@@ -204,7 +220,9 @@ __all__ = [
     "UpstreamRevoked",
     "UpstreamRevoker",
     "UpstreamUnavailable",
+    "UsageFilter",
     "UsageMeter",
+    "UsageQuery",
     "UserChange",
     "UserContext",
     "UserRevokedError",
@@ -237,6 +255,7 @@ __all__ = [
     "outbox_wake_op",
     "override_tier",
     "parse_quota",
+    "parse_when",
     "pending_migrations",
     "post_outbox",
     "post_reply",
@@ -265,6 +284,7 @@ __all__ = [
     "subscribe_session_op",
     "subscriptions_of",
     "unsubscribe_op",
+    "usage_rules",
     "user_names",
     "valid_redirect_uri",
     "withdraw_outbox",
