@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Op
 from server import Context, Steward
-from tests.harness._steward import McpClient, running_node, sign_in
+from tests.harness._steward import McpClient, SseReader, running_node, sign_in
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "usage-admin-secret"
@@ -442,3 +442,69 @@ async def test_a_nodes_janitor_keeps_usage_for_the_configured_retention(fresh_db
             "(SELECT count(*) FROM usage_hourly) AS hours"
         )
     assert left == [{"minutes": 1, "hours": 1}]
+
+
+async def test_the_legacy_sse_transport_counts_a_failed_tool_and_names_the_refused_quota(
+    fresh_db: str,
+) -> None:
+    """Over the 2024-11-05 transport (/sse and /messages), as over /mcp: a tool that fails is a
+    ``tool_error`` in the usage events, a prompt keeps its name, and the call past the quota is
+    refused on the stream with the limit, its value, the tier and the reset (the end of the UTC
+    day); the refused call records nothing."""
+    tiers = [{"name": "free", "tool_call_quota": "2/day"}, {"name": "pro"}, {"name": "enterprise"}]
+    async with (
+        running_node(fresh_db, app=app, tiers=tiers) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        token = (await sign_in(http, node, "alice"))["access_token"]
+        headers = {"authorization": f"Bearer {token}"}
+        async with http.stream("GET", f"{node.info.listen_url}/sse", headers=headers) as r:
+            reader = SseReader(r)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader._pump)
+                with trio.fail_after(5):
+                    endpoint = await reader.next()
+                assert endpoint is not None and endpoint["event"] == "endpoint"
+                post_url = f"{node.info.listen_url}{endpoint['data']}"
+
+                async def ask(request_id: int, method: str, params: dict[str, Any]) -> Any:
+                    message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+                    posted = await http.post(
+                        post_url, json={**message, "params": params}, headers=headers
+                    )
+                    assert posted.status_code == 202
+                    with trio.fail_after(5):
+                        reply = await reader.next()
+                    assert reply is not None and reply["data"]["id"] == request_id
+                    return reply["data"]
+
+                failed = await ask(1, "tools/call", {"name": "fail", "arguments": {}})
+                assert failed["result"]["isError"] is True
+                echoed = await ask(2, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+                assert echoed["result"].get("isError") is not True
+                prompt = await ask(3, "prompts/get", {"name": "nothing-here"})
+                assert "error" in prompt
+                refused = await ask(4, "tools/call", {"name": "echo", "arguments": {"text": "y"}})
+                error = refused["error"]
+                assert {k: error["data"][k] for k in ("limit", "value", "resetsAt", "tier")} == {
+                    "limit": "tool_calls",
+                    "value": "2/day",
+                    "resetsAt": next_utc_midnight(),
+                    "tier": "free",
+                }
+                assert error["data"]["retryAfter"] >= 1
+                assert f"resets at {next_utc_midnight()}" in error["message"]
+                nursery.cancel_scope.cancel()
+        with trio.fail_after(10):
+            while True:
+                rows = await node.store.fetch(
+                    "SELECT method, name, outcome FROM usage_events ORDER BY method, name"
+                )
+                if len(rows) >= 3:
+                    break
+                await trio.sleep(0.05)
+        assert [(r["method"], r["name"], r["outcome"]) for r in rows] == [
+            ("prompts/get", "nothing-here", "error"),  # its name as sent, in the event
+            ("tools/call", "echo", "ok"),
+            ("tools/call", "fail", "tool_error"),
+        ]
