@@ -100,6 +100,7 @@ from actors._store_retention import (
     RetentionPolicy,
     RetentionRule,
     retention_sweep,
+    usage_rules,
 )
 from actors._tiers import (
     REFUSE,
@@ -120,7 +121,16 @@ from actors._upstream import (
     UpstreamRevoked,
     UpstreamUnavailable,
 )
-from actors._usage import QuotaExceeded, RateLimited, TierLimit, UsageMeter, parse_quota
+from actors._usage import (
+    OTHER_NAME,
+    QuotaExceeded,
+    RateLimited,
+    TierLimit,
+    UsageMeter,
+    parse_quota,
+)
+from actors._usage_query import Period, Resolution, UsageFilter, UsageQuery, parse_when
+from actors._usage_stats import LATENCY_BOUNDS_MS, OTHER_LABEL, ToolCallStats
 from actors._user_names import AmbiguousUser, UnknownUser, resolve_user, user_names
 from actors.auth import (
     AuthPolicy,
@@ -148,10 +158,13 @@ from actors.sessions import (
 
 __all__ = [
     "ID_TOKEN_ALGORITHMS",
+    "LATENCY_BOUNDS_MS",
     "LIVE_STATUSES",
     "OPERATOR_ENDED",
     "OPERATOR_REINSTATED",
     "OPERATOR_REVOKED",
+    "OTHER_LABEL",
+    "OTHER_NAME",
     "OUTBOX_CHANNEL",
     "REDIRECT_URI_LIMIT",
     "REFUSE",
@@ -177,6 +190,7 @@ __all__ = [
     "Notifier",
     "OAuthError",
     "Op",
+    "Period",
     "Principal",
     "ProviderMetadata",
     "Provisioning",
@@ -185,6 +199,7 @@ __all__ = [
     "RateLimited",
     "RefreshOutcome",
     "RelayAddress",
+    "Resolution",
     "RetentionPolicy",
     "RetentionRule",
     "RevokerPolicy",
@@ -207,6 +222,7 @@ __all__ = [
     "TierMapping",
     "TierRereadOutcome",
     "TierResolution",
+    "ToolCallStats",
     "TransportSession",
     "UnknownUser",
     "UpstreamClient",
@@ -217,7 +233,9 @@ __all__ = [
     "UpstreamRevoked",
     "UpstreamRevoker",
     "UpstreamUnavailable",
+    "UsageFilter",
     "UsageMeter",
+    "UsageQuery",
     "UserChange",
     "UserContext",
     "UserRevokedError",
@@ -250,6 +268,7 @@ __all__ = [
     "outbox_wake_op",
     "override_tier",
     "parse_quota",
+    "parse_when",
     "pending_migrations",
     "post_outbox",
     "post_reply",
@@ -278,6 +297,7 @@ __all__ = [
     "subscribe_session_op",
     "subscriptions_of",
     "unsubscribe_op",
+    "usage_rules",
     "user_names",
     "valid_redirect_uri",
     "withdraw_outbox",

@@ -24,7 +24,7 @@ from actors._grants import lapsed_grants_expired
 from actors._nodes import dead_nodes_marked, node_beat_op, node_key_op
 from actors._statuses import CloseReason, GrantStatus
 from actors._store import Store, StoreUnavailable
-from actors._store_retention import retention_sweep
+from actors._store_retention import RETENTION_RULES, RetentionRule, retention_sweep
 from actors.sessions import SessionManager
 from actors.sessions._streams import (
     dead_nodes_connections_closed,
@@ -158,6 +158,7 @@ class JanitorPolicy:
     # waits this long, so that live nodes and streams have written theirs (None: ``interval``)
     recovery_grace: float | None = None
     idle_chunk: int = 5_000  # idle transport sessions ended per sweep at most
+    retention: tuple[RetentionRule, ...] = RETENTION_RULES  # usage_rules() sets the usage ones
 
 
 class Janitor:
@@ -247,7 +248,8 @@ class Janitor:
 
         result = await self.store.transact(sweep)
         # the retention rules live with the schema (actors/_store_retention.py), in bounded chunks
-        result["retention_deleted"] = sum((await retention_sweep(self.store)).values())
+        swept = await retention_sweep(self.store, rules=self.policy.retention)
+        result["retention_deleted"] = sum(swept.values())
         ended = result.pop("_expired")
         if ended:
             self.sessions.grants_ended()

@@ -8,7 +8,13 @@ import structlog
 
 from actors._store import Conn, Store
 
-__all__ = ["RETENTION_RULES", "RetentionPolicy", "RetentionRule", "retention_sweep"]
+__all__ = [
+    "RETENTION_RULES",
+    "RetentionPolicy",
+    "RetentionRule",
+    "retention_sweep",
+    "usage_rules",
+]
 
 log = structlog.get_logger("retention")
 
@@ -36,7 +42,10 @@ RETENTION_RULES: tuple[RetentionRule, ...] = (
     RetentionRule("connections", "closed_at < now() - interval '7 days'"),
     RetentionRule("stream_events", "created_at < now() - interval '1 hour'"),
     RetentionRule("usage_events", "occurred_at < now() - interval '7 days'"),
-    RetentionRule("usage_rollups", "minute < now() - interval '90 days'"),
+    # the minute rollups cover the longest quota window (a day) and the recent charts; the
+    # hourly rollups are the usage history (usage_rules() sets both from the configuration)
+    RetentionRule("usage_rollups", "minute < now() - interval '48 hours'"),
+    RetentionRule("usage_hourly", "hour < now() - interval '90 days'"),
     RetentionRule("auth_events", "occurred_at < now() - interval '90 days'"),
     RetentionRule("cluster_events", "created_at < now() - interval '1 hour'"),
     RetentionRule("outbox", "created_at < now() - interval '1 hour'"),
@@ -64,6 +73,28 @@ RETENTION_RULES: tuple[RetentionRule, ...] = (
     ),
     RetentionRule("authorization_codes", "expires_at < now() - interval '1 hour'"),
 )
+
+
+def usage_rules(
+    *, days: int = 90, minute_hours: int = 48, rules: tuple[RetentionRule, ...] = RETENTION_RULES
+) -> tuple[RetentionRule, ...]:
+    """``rules`` with the usage history kept ``days`` (hourly rollups) and the minute rollups
+    ``minute_hours`` (at least 25: a day quota counts the minute rollups of its day).
+
+    Raises:
+        ValueError: a retention out of range (the message says which).
+    """
+    if not 1 <= days <= 3660:
+        msg = f"usage_retention_days is 1 to 3660, got {days}"
+        raise ValueError(msg)
+    if not 25 <= minute_hours <= 24 * days:
+        msg = f"usage_minute_retention_hours is 25 to 24 x usage_retention_days, got {minute_hours}"
+        raise ValueError(msg)
+    swap = {
+        "usage_rollups": f"minute < now() - interval '{int(minute_hours)} hours'",
+        "usage_hourly": f"hour < now() - interval '{int(days)} days'",
+    }
+    return tuple(attrs.evolve(r, expired=swap.get(r.table, r.expired)) for r in rules)
 
 
 @attrs.frozen

@@ -14,9 +14,11 @@ import structlog
 import trio
 
 from actors._store import Op, Store, StoreUnavailable
+from actors._usage_stats import BUCKET_COLUMNS, BUCKETS, ToolCallStats, latency_bucket
 from actors.sessions import UserContext
 
 __all__ = [
+    "OTHER_NAME",
     "Quota",
     "QuotaExceeded",
     "RateLimited",
@@ -31,31 +33,67 @@ log = structlog.get_logger("usage")
 QUOTA_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
-# One statement per request (the event and its minute's rollup), so that the requests of one
-# group-commit batch are consecutive ops with the same SQL, which the store sends as one
+# a rollup row's name for a name the application does not serve (a tools/call of an unknown
+# tool, say): the rollups hold the application's names only, whatever callers send
+OTHER_NAME = "(other)"
+NAME_LENGTH = 200  # the longest name a rollup keeps (a resource URI, say)
+
+
+def _upsert(table: str, period: str, period_param: str) -> str:
+    keys = f"user_id, {period}, method, name, tier"
+    buckets = ", ".join(BUCKET_COLUMNS)
+    flags = ", ".join(f"(($13)::int = {i})::int" for i in range(BUCKETS))
+    adds = ", ".join(f"{b} = {table}.{b} + EXCLUDED.{b}" for b in BUCKET_COLUMNS)
+    return (
+        f"INSERT INTO {table} ({keys}, calls, errors, duration_ms, {buckets}) "
+        f"VALUES ($2, {period_param}, $4, $12, $6, 1, $11, $8, {flags}) "
+        f"ON CONFLICT ({keys}) DO UPDATE SET calls = {table}.calls + 1, "
+        f"errors = {table}.errors + EXCLUDED.errors, "
+        f"duration_ms = {table}.duration_ms + EXCLUDED.duration_ms, {adds}"
+    )
+
+
+# One statement per request (the event, its minute's rollup and its hour's), so that the requests
+# of one group-commit batch are consecutive ops with the same SQL, which the store sends as one
 # executemany; a data-modifying WITH runs exactly once whether or not its output is read.
 _RECORD = (
     "WITH event AS (INSERT INTO usage_events (event_id, user_id, grant_id, method, name, tier, outcome, duration_ms, occurred_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING) "
-    "INSERT INTO usage_rollups (user_id, minute, method, calls, errors) VALUES ($2, $10, $4, 1, $11) "
-    "ON CONFLICT (user_id, minute, method) DO UPDATE SET calls = usage_rollups.calls + 1, errors = usage_rollups.errors + EXCLUDED.errors"
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING), "
+    f"minute AS ({_upsert('usage_rollups', 'minute', '$10')}) "
+    f"{_upsert('usage_hourly', 'hour', '$14')}"
 )
 
 
 class RateLimited(Exception):
-    """The user's tier allows no more requests now; retry after ``retry_after`` seconds."""
+    """The user's tier allows no more requests now; retry after ``retry_after`` seconds.
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"rate limited; retry after {retry_after}s")
+    ``limit`` names the tier's setting that refused (``requests_per_minute``,
+    ``initialize_per_minute``, ``tool_calls``), ``value`` its value, and ``resets_at`` (UTC epoch
+    seconds) is when a request is admitted again."""
+
+    def __init__(
+        self,
+        retry_after: int,
+        *,
+        limit: str = "requests_per_minute",
+        value: int | str | None = None,
+        resets_at: float | None = None,
+    ) -> None:
+        super().__init__(f"rate limited ({limit}); retry after {retry_after}s")
         self.retry_after = retry_after
+        self.limit = limit
+        self.value = value
+        self.resets_at = resets_at if resets_at is not None else time.time() + retry_after
 
 
 class QuotaExceeded(RateLimited):
-    """The user's tier allows no more tool calls in this quota period (until ``retry_after``)."""
+    """The user's tier allows no more tool calls in this quota period. ``resets_at`` is the end of
+    the period, a fixed window aligned to UTC: every node computes the same instant."""
 
-    def __init__(self, retry_after: int, quota: Quota) -> None:
-        super().__init__(retry_after)
+    def __init__(self, retry_after: int, quota: Quota, *, used: int = 0, resets_at: float) -> None:
+        super().__init__(retry_after, limit="tool_calls", value=str(quota), resets_at=resets_at)
         self.quota = quota
+        self.used = used
 
 
 @attrs.frozen
@@ -166,6 +204,8 @@ class UsageMeter:
         wall_clock: Callable[[], float] = time.time,
         quota_reread: float = 10.0,
         quota_read_wait: float = 0.25,
+        name_of: Callable[[str, str], str | None] | None = None,
+        tool_stats: ToolCallStats | None = None,
     ) -> None:
         self.store = store
         self.limits = dict(limits)
@@ -186,6 +226,11 @@ class UsageMeter:
         # user -> its tool calls in the current quota window; bounded like the buckets
         self._tool_calls: collections.OrderedDict[str, _QuotaWindow] = collections.OrderedDict()
         self.quota_reads_skipped = 0
+        # (method, name) -> the application's name for the rollups, None for one it does not
+        # serve (given by the node from the application; without it, names are kept as given)
+        self.name_of = name_of
+        # tool calls for /metrics (the node gives the application's tool names)
+        self.tool_stats = ToolCallStats(tiers=self.limits) if tool_stats is None else tool_stats
         self.rejected = 0
         self.quota_rejected = 0
 
@@ -217,7 +262,13 @@ class UsageMeter:
             self.rejected += 1
             bucket = self._initializes[user_id]
             rate = per_minute / 60.0
-            raise RateLimited(max(1, math.ceil((1.0 - bucket.tokens) / rate)))
+            wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
+            raise RateLimited(
+                wait,
+                limit="initialize_per_minute",
+                value=per_minute,
+                resets_at=self._wall_clock() + wait,
+            )
 
     def _take(
         self,
@@ -266,7 +317,13 @@ class UsageMeter:
             await self._read_quota_window(user_id, quota, used)
         if used.base + used.local >= quota.calls:
             self.quota_rejected += 1
-            raise QuotaExceeded(max(1, math.ceil((window + 1) * quota.period - now)), quota)
+            resets = float((window + 1) * quota.period)
+            raise QuotaExceeded(
+                max(1, math.ceil(resets - now)),
+                quota,
+                used=used.base + used.local,
+                resets_at=resets,
+            )
         used.local += 1
         used.running += 1
 
@@ -305,8 +362,24 @@ class UsageMeter:
         bucket.stamp = now
         if bucket.tokens < 1.0:
             self.rejected += 1
-            raise RateLimited(max(1, int((1.0 - bucket.tokens) / rate + 0.999)))
+            wait = max(1, int((1.0 - bucket.tokens) / rate + 0.999))
+            raise RateLimited(
+                wait,
+                limit="requests_per_minute",
+                value=limit.requests_per_minute,
+                resets_at=self._wall_clock() + wait,
+            )
         bucket.tokens -= 1.0
+
+    def rollup_name(self, method: str, name: str | None) -> str:
+        """The name a rollup row keeps: the application's name (``name_of``), OTHER_NAME for one it
+        does not serve, '' for a method without a name; never longer than NAME_LENGTH."""
+        if name is None:
+            return ""
+        if self.name_of is not None:
+            known = self.name_of(method, name)
+            return OTHER_NAME if known is None else known[:NAME_LENGTH]
+        return name[:NAME_LENGTH]
 
     def record(
         self, user: UserContext, method: str, name: str | None, outcome: str, duration: float
@@ -315,9 +388,11 @@ class UsageMeter:
             used = self._tool_calls.get(user.user_id)
             if used is not None and used.running > 0:
                 used.running -= 1
+            self.tool_stats.add(name, user.tier, outcome, duration)
         now = datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
         minute = now.replace(second=0, microsecond=0)
         error = 0 if outcome == "ok" else 1
+        duration_ms = duration * 1000.0
         self.store.write_nowait(
             Op(
                 _RECORD,
@@ -329,10 +404,13 @@ class UsageMeter:
                     name,
                     user.tier,
                     outcome,
-                    duration * 1000.0,
+                    duration_ms,
                     now,
                     minute,
                     error,
+                    self.rollup_name(method, name),
+                    latency_bucket(duration_ms),
+                    minute.replace(minute=0),
                 ),
             )
         )

@@ -17,6 +17,7 @@ root (one_for_one)
 
 from __future__ import annotations
 
+import datetime
 import errno
 import gc
 import json
@@ -40,6 +41,7 @@ from actors import (
     AuthPolicy,
     AuthService,
     Janitor,
+    JanitorPolicy,
     KeyRing,
     Notifier,
     SessionManager,
@@ -48,26 +50,29 @@ from actors import (
     StorePolicy,
     StoreUnavailable,
     TierLimit,
+    ToolCallStats,
     UpstreamClient,
     UpstreamConfig,
     UpstreamRevoker,
     UsageMeter,
+    UsageQuery,
     WriteQueue,
     migrate,
     parse_quota,
     pending_migrations,
     store_child_spec,
+    usage_rules,
 )
 from runtime import ChildSpec, Supervisor, SupervisorHandle, TreeNode, tree
 from server._asgi import StewardAsgi
-from server.app import Steward
+from server.app import Steward, UsageNames
 from server.cluster import Relay
 from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
 from server.dev import DevIdP, sign_in_dev_user
 from server.http import address_limiter
 from server.mcp import Dispatcher, LocalStreams, McpEdge, McpOptions
 from server.oauth import MetadataFetcher, OAuthEndpoints, ResourceServer
-from server.ops import AdminApi, NodeCollector, RequestCounter, new_registry
+from server.ops import AdminApi, NodeCollector, RequestCounter, UsageApi, new_registry
 from server.postgres import PostmasterKeeper
 
 __all__ = [
@@ -373,7 +378,7 @@ async def run_node(
             else partial(KeyRing.load, key_file, settings.encryption_key_id)
         ),
     )
-    janitor = Janitor(store, sessions, node_id=node_id)
+    janitor = Janitor(store, sessions, node_id=node_id, policy=janitor_policy(settings))
     revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
     sessions.on_grants_ended = revoker.wake
     # -- the edge: OAuth, the MCP endpoints over their tables and the relay, ops, the router --------
@@ -383,7 +388,13 @@ async def run_node(
         base_url=base_url,
         metadata=MetadataFetcher(allow_private=settings.client_metadata_allow_private),
     )
-    usage = UsageMeter(store, {t.name: tier_limit(t) for t in settings.tiers})
+    # rollups keep the application's names only; /metrics labels the application's tools
+    usage = UsageMeter(
+        store,
+        {t.name: tier_limit(t) for t in settings.tiers},
+        name_of=UsageNames(app),
+        tool_stats=ToolCallStats(app.tools, tiers=settings.tier_names()),
+    )
     app.tiers = settings.tier_names()
     mcp_options = McpOptions(
         max_body=settings.max_body_bytes,
@@ -450,6 +461,7 @@ async def run_node(
         sessions=sessions,
         tier_names=settings.tier_names(),
         trees=live_trees,
+        usage=UsageApi(usage_query(store, settings), usage.limits),
     )
     asgi = StewardAsgi(
         mcp=mcp.http,
@@ -706,6 +718,23 @@ def session_policy_of(settings: Settings) -> SessionPolicy:
         refresh_lead_fraction=settings.upstream_refresh_lead_fraction,
         refresh_floor=settings.upstream_refresh_floor,
         refresh_backoff_max=settings.upstream_refresh_backoff_max,
+    )
+
+
+def janitor_policy(settings: Settings) -> JanitorPolicy:
+    """The janitor's sweeps, with the usage rollups kept for the configured windows."""
+    return JanitorPolicy(
+        retention=usage_rules(
+            days=settings.usage_retention_days,
+            minute_hours=settings.usage_minute_retention_hours,
+        )
+    )
+
+
+def usage_query(store: Store, settings: Settings) -> UsageQuery:
+    """The query layer over the usage rollups (the admin API's and ``steward usage``'s)."""
+    return UsageQuery(
+        store, minute_retention=datetime.timedelta(hours=settings.usage_minute_retention_hours)
     )
 
 

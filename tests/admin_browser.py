@@ -6,6 +6,7 @@ Playwright. It prints what it saw as JSON; its expectations fail it with a non-z
 
     python -m tests.admin_browser BASE_URL USER_ID ADMIN_TOKEN
     python -m tests.admin_browser pages AUTHORIZE_URL REDIRECT_URI
+    python -m tests.admin_browser usage BASE_URL ADMIN_TOKEN MCP_TOKEN EXPECTED_JSON
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CHROMIUM_ARGS = [
 ]
 # set to a path to keep a screenshot of the view (docs/admin-view.png is made this way)
 SCREENSHOT = os.environ.get("STEWARD_ADMIN_SCREENSHOT")
+# set to a path to keep a screenshot of the Usage page (docs/admin-usage.png is made this way)
+USAGE_SCREENSHOT = os.environ.get("STEWARD_USAGE_SCREENSHOT")
 # set to a folder to keep screenshots of the sign-in and consent pages
 PAGES_SCREENSHOTS = os.environ.get("STEWARD_PAGES_SCREENSHOTS")
 VIEWPORT = {"width": 1280, "height": 800}  # a common laptop screen: everything fits
@@ -253,8 +256,149 @@ def sign_in_pages(authorize_url: str, redirect_uri: str) -> dict[str, Any]:
     return seen
 
 
+# The Usage page's chart as drawn: each bar's tier and value, per chart (calls, errors).
+CHART = """() => [...document.querySelectorAll('svg.usage-chart')].map((chart) => ({
+  field: chart.dataset.field,
+  max: Number(chart.dataset.max),
+  bars: [...chart.querySelectorAll('rect[data-tier]')].map((r) => ({
+    tier: r.dataset.tier, value: Number(r.dataset.value), height: Number(r.getAttribute('height')),
+    fill: getComputedStyle(r).fill})),
+}))"""
+
+
+def usage_page(base: str, token: str, mcp_token: str, expected: dict[str, Any]) -> dict[str, Any]:
+    """Sign in, read the Usage page (its chart, top tools, top users, quota), make one more tool
+    call as carol and see the page take it up without a reload, then open bob's usage."""
+    from playwright.sync_api import expect, sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="stw-chromium-")
+    seen: dict[str, Any] = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport=VIEWPORT,
+            )
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                console: list[str] = []
+                page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+                failed: list[str] = []
+                page.on(
+                    "response", lambda r: failed.append(_failure(r)) if r.status >= 400 else None
+                )
+                page.goto(f"{base}/admin")
+                page.fill("#token", token)
+                page.click("button[type=submit]")
+                totals = page.locator("#usage-totals")
+                expect(totals).to_have_attribute("data-calls", str(expected["calls"]))
+                for tool, calls in expected["tools"].items():
+                    row = page.locator(f'#usage-tools tr[data-tool="{tool}"]')
+                    expect(row.locator("td").nth(1)).to_have_text(str(calls))
+                seen["tools"] = page.locator("#usage-tools tbody tr").evaluate_all(
+                    "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+                )
+                seen["users"] = page.locator("#usage-users tbody tr td.user").all_text_contents()
+                seen["quota"] = page.locator("#usage-quota tbody tr").evaluate_all(
+                    "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+                )
+                expect(page.locator("#usage-legend .legend-item")).to_have_count(3)
+                seen["chart"] = page.evaluate(CHART)
+                seen["page_overflow"] = page.evaluate(
+                    "() => document.documentElement.scrollWidth - window.innerWidth"
+                )
+                if USAGE_SCREENSHOT:
+                    page.locator("#usage-section").screenshot(path=USAGE_SCREENSHOT)
+
+                # one more call, made outside the page: the page shows it without a reload
+                api = p.request.new_context(base_url=base)
+                auth = {
+                    "authorization": f"Bearer {mcp_token}",
+                    "accept": "application/json, text/event-stream",
+                    "content-type": "application/json",
+                }
+                init = api.post(
+                    "/mcp",
+                    headers=auth,
+                    data=json.dumps(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": 1,
+                            "method": "initialize",
+                            "params": {
+                                "protocolVersion": "2025-11-25",
+                                "capabilities": {},
+                                "clientInfo": {"name": "browser-test", "version": "1"},
+                            },
+                        }
+                    ),
+                )
+                assert init.status == 200, init.text()
+                session = {
+                    **auth,
+                    "mcp-session-id": init.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-11-25",
+                }
+                api.post(
+                    "/mcp",
+                    headers=session,
+                    data=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                )
+                call = api.post(
+                    "/mcp",
+                    headers=session,
+                    data=json.dumps(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": 2,
+                            "method": "tools/call",
+                            "params": {"name": "echo", "arguments": {"text": "live"}},
+                        }
+                    ),
+                )
+                assert call.status == 200, call.text()
+                expect(totals).to_have_attribute("data-calls", str(expected["calls"] + 1))
+                echo = page.locator('#usage-tools tr[data-tool="echo"]')
+                expect(echo.locator("td").nth(1)).to_have_text(str(expected["tools"]["echo"] + 1))
+                seen["chart_after"] = page.evaluate(CHART)
+
+                # a user's own usage: their link opens the panel
+                page.locator("#usage-users td.user a", has_text="bob").click()
+                panel = page.locator("#user-usage")
+                expect(panel).to_be_visible()
+                expect(panel).to_have_attribute("data-user", expected["bob_id"])
+                expect(page.locator("#user-usage-name")).to_have_text("bob (pro)")
+                seen["bob_tools"] = page.locator("#user-usage-tools tbody tr").evaluate_all(
+                    "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))"
+                )
+                page.click("#user-usage-close")
+                expect(panel).to_be_hidden()
+                # from the sessions table: carol's row opens carol's usage
+                page.locator("#sessions td.user", has_text="carol").first.click()
+                expect(panel).to_be_visible()
+                expect(page.locator("#user-usage-name")).to_have_text("carol (enterprise)")
+                seen["errors"] = errors
+                seen["console"] = console
+                seen["failed"] = failed
+            finally:
+                browser.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return seen
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "pages":
+    if sys.argv[1] == "usage":
+        print(
+            json.dumps(usage_page(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
+        )
+    elif sys.argv[1] == "pages":
         print(json.dumps(sign_in_pages(sys.argv[2], sys.argv[3])))
     else:
         print(json.dumps(browse_and_revoke(sys.argv[1], sys.argv[2], sys.argv[3])))

@@ -10,6 +10,7 @@ Every test runs over real HTTP against a live node on real PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import datetime
 from typing import Any
 
 import httpx
@@ -249,6 +250,14 @@ async def test_300_initialize_of_one_free_user_are_limited_and_store_few_rows(
         error = refused.json()["error"]
         assert error["data"]["limit"] == "initialize_per_minute" and error["data"]["value"] == 30
         assert "30 new MCP sessions per minute" in error["message"]
+        # and when it resets: this node's bucket holds a token again within Retry-After
+        assert error["data"]["tier"] == "free"
+        resets = datetime.datetime.fromisoformat(error["data"]["resetsAt"].replace("Z", "+00:00"))
+        now = datetime.datetime.now(datetime.UTC)
+        retry_after = int(refused.headers["retry-after"])
+        assert now - datetime.timedelta(seconds=2) <= resets
+        assert resets <= now + datetime.timedelta(seconds=retry_after + 2)
+        assert f"at {error['data']['resetsAt']}" in error["message"]
         assert {r.status_code for r in replies} == {200, 429}
         assert count(fresh_db, "SELECT count(*) FROM transport_sessions") == len(ok)
         bob = McpClient(http, node, (await sign_in(http, node, "bob"))["access_token"])

@@ -83,7 +83,7 @@ async def test_the_sdk_sse_client_initializes_calls_tools_and_answers_sampling(
                     break
                 await trio.sleep(0.05)
         assert [(r["method"], r["name"], r["outcome"]) for r in rows] == [
-            ("resources/read", None, "ok"),
+            ("resources/read", "test://readme", "ok"),  # a resource by its URI
             ("tools/call", "ask_model", "ok"),
             ("tools/call", "echo", "ok"),
             ("tools/list", None, "ok"),

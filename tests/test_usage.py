@@ -7,6 +7,7 @@ import uuid
 import pytest
 import trio
 
+from actors import Op
 from actors._usage import QuotaExceeded, TierLimit, UsageMeter, parse_quota
 from actors.sessions import UserContext
 from tests.harness._store import running_store
@@ -19,8 +20,8 @@ async def test_each_recorded_request_is_one_event_and_one_count_in_its_minute(
         meter = UsageMeter(store, {})
         alice = UserContext("idp|alice", uuid.uuid4(), "c1", "free", frozenset())
         bob = UserContext("idp|bob", uuid.uuid4(), "c1", "pro", frozenset())
-        for outcome in ("ok", "ok", "error"):
-            meter.record(alice, "tools/call", "echo", outcome, 0.002)
+        for outcome, seconds in (("ok", 0.002), ("ok", 0.002), ("error", 0.020)):
+            meter.record(alice, "tools/call", "echo", outcome, seconds)
         meter.record(alice, "tools/list", None, "ok", 0.001)
         meter.record(bob, "tools/call", "echo", "ok", 0.003)
 
@@ -32,7 +33,16 @@ async def test_each_recorded_request_is_one_event_and_one_count_in_its_minute(
             "ORDER BY user_id, method, outcome"
         )
         rollups = await store.fetch(
-            "SELECT user_id, method, calls, errors FROM usage_rollups ORDER BY user_id, method"
+            "SELECT user_id, method, name, tier, calls, errors FROM usage_rollups "
+            "ORDER BY user_id, method"
+        )
+        hourly = await store.fetch(
+            "SELECT user_id, method, name, tier, calls, errors FROM usage_hourly "
+            "ORDER BY user_id, method"
+        )
+        timing = await store.fetchrow(
+            "SELECT duration_ms, b0, b1, b2, b11 FROM usage_hourly "
+            "WHERE user_id = 'idp|alice' AND method = 'tools/call'"
         )
 
     assert [(e["user_id"], e["method"], e["name"], e["tier"], e["outcome"]) for e in events] == [
@@ -43,11 +53,39 @@ async def test_each_recorded_request_is_one_event_and_one_count_in_its_minute(
         ("idp|bob", "tools/call", "echo", "pro", "ok"),
     ]
     assert {e["grant_id"] for e in events} == {alice.grant_id, bob.grant_id}
-    assert rollups == [
-        {"user_id": "idp|alice", "method": "tools/call", "calls": 3, "errors": 1},
-        {"user_id": "idp|alice", "method": "tools/list", "calls": 1, "errors": 0},
-        {"user_id": "idp|bob", "method": "tools/call", "calls": 1, "errors": 0},
-    ]
+    assert (
+        rollups
+        == hourly
+        == [
+            {
+                "user_id": "idp|alice",
+                "method": "tools/call",
+                "name": "echo",
+                "tier": "free",
+                "calls": 3,
+                "errors": 1,
+            },
+            {
+                "user_id": "idp|alice",
+                "method": "tools/list",
+                "name": "",
+                "tier": "free",
+                "calls": 1,
+                "errors": 0,
+            },
+            {
+                "user_id": "idp|bob",
+                "method": "tools/call",
+                "name": "echo",
+                "tier": "pro",
+                "calls": 1,
+                "errors": 0,
+            },
+        ]
+    )
+    # 2 ms, 2 ms and 20 ms: the duration sum and the buckets of 5 ms and 25 ms
+    assert timing is not None and abs(timing["duration_ms"] - 24.0) < 1e-6
+    assert (timing["b0"], timing["b1"], timing["b2"], timing["b11"]) == (2, 0, 1, 0)
 
 
 async def test_the_quota_counts_the_users_calls_in_the_database_and_those_still_running(
@@ -75,3 +113,81 @@ async def test_the_quota_counts_the_users_calls_in_the_database_and_those_still_
             await meter.check_tool_call(alice.user_id, "free")
         assert meter.quota_rejected == 1 and meter.quota_reads_skipped == 0
         await meter.check_tool_call("idp|bob", "free")  # another user: a count of its own
+
+
+def test_p50_and_p99_follow_from_the_buckets_like_histogram_quantile() -> None:
+    from actors import LATENCY_BOUNDS_MS
+    from actors._usage_query import latency_quantile
+
+    assert latency_quantile([0] * 12, 0.5) is None
+    buckets = [0] * 12
+    buckets[5] = 100  # 100 durations in (100, 250] ms
+    assert latency_quantile(buckets, 0.5) == 175.0  # halfway through the bucket
+    assert latency_quantile(buckets, 0.99) == 248.5
+    buckets[11] = 1  # one above the largest bound: p99 stays in (100, 250], p100 is the bound
+    assert latency_quantile(buckets, 0.99) == 249.985
+    assert latency_quantile(buckets, 1.0) == LATENCY_BOUNDS_MS[-1]
+
+
+def test_metric_labels_are_bounded_and_unknown_names_fold_into_other() -> None:
+    from actors import ToolCallStats
+
+    stats = ToolCallStats({"echo", *(f"t{i}" for i in range(5))}, tiers=["free"], max_names=3)
+    for name in ("echo", "t0", "t1", "t2", "t3", "made-up", None):
+        stats.add(name, "free", "ok", 0.001)
+    stats.add("echo", "gold", "ok", 0.001)  # a tier that is not configured
+    assert stats.calls == {
+        ("echo", "free", "ok"): 1,
+        ("t0", "free", "ok"): 1,
+        ("t1", "free", "ok"): 1,
+        ("other", "free", "ok"): 4,  # t2 and t3 past the bound, an unknown name, no name
+        ("echo", "other", "ok"): 1,
+    }
+
+
+async def test_usage_retention_is_configurable_minutes_and_hours_apart(fresh_db: str) -> None:
+    """usage_rules: minute rollups past usage_minute_retention_hours and hourly rollups past
+    usage_retention_days go; younger ones stay."""
+    from actors import retention_sweep, usage_rules
+
+    async with running_store(fresh_db) as (store, _):
+        for age in ("1 hour", "30 hours", "3 days"):
+            await store.write(
+                Op(
+                    "INSERT INTO usage_rollups (user_id, minute, method, calls) "
+                    f"VALUES ('u', date_trunc('minute', now() - interval '{age}'), 'tools/call', 1)",
+                    (),
+                )
+            )
+        for age in ("1 day", "5 days", "11 days"):
+            await store.write(
+                Op(
+                    "INSERT INTO usage_hourly (user_id, hour, method, calls) "
+                    f"VALUES ('u', date_trunc('hour', now() - interval '{age}'), 'tools/call', 1)",
+                    (),
+                )
+            )
+        deleted = await retention_sweep(store, rules=usage_rules(days=10, minute_hours=25))
+        assert (deleted["usage_rollups"], deleted["usage_hourly"]) == (2, 1)
+        assert await store.fetchval("SELECT count(*) FROM usage_rollups") == 1
+        assert await store.fetchval("SELECT count(*) FROM usage_hourly") == 2
+    with pytest.raises(ValueError, match="usage_minute_retention_hours is 25"):
+        usage_rules(days=10, minute_hours=24)
+
+
+def test_the_usage_retention_settings_are_checked() -> None:
+    from server.config import ConfigError, load_settings
+
+    settings = load_settings(
+        environ={"STEWARD_USAGE_RETENTION_DAYS": "30", "STEWARD_USAGE_MINUTE_RETENTION_HOURS": "72"}
+    )
+    assert (settings.usage_retention_days, settings.usage_minute_retention_hours) == (30, 72)
+    with pytest.raises(ConfigError, match=r"usage_minute_retention_hours.*at least 25, got '24'"):
+        load_settings(environ={"STEWARD_USAGE_MINUTE_RETENTION_HOURS": "24"})
+    with pytest.raises(ConfigError, match=r"at most 24 x usage_retention_days \(24\), got 30"):
+        load_settings(
+            environ={
+                "STEWARD_USAGE_RETENTION_DAYS": "1",
+                "STEWARD_USAGE_MINUTE_RETENTION_HOURS": "30",
+            }
+        )

@@ -14,6 +14,7 @@ from server.app._steward import (
     ToolError,
     check_arguments,
 )
+from server.app._usage_names import UsageNames
 
 __all__ = [
     "Context",
@@ -24,5 +25,6 @@ __all__ = [
     "Steward",
     "ToolDef",
     "ToolError",
+    "UsageNames",
     "check_arguments",
 ]

@@ -1,5 +1,6 @@
 """Operator commands: ``steward sessions list|show|end``, ``steward users
-revoke|reinstate|set-tier|clear-tier`` and ``steward keys rotate``.
+revoke|reinstate|set-tier|clear-tier``, ``steward keys rotate`` and ``steward usage``
+(server/cli/_usage.py).
 
 They talk to the database (the embedded cluster of the data folder, or the configured URL) and
 publish cluster events, so every running node closes the affected streams at once.
@@ -43,6 +44,7 @@ from actors import (
 )
 from runtime import Supervisor
 from server.cli._progress import Progress
+from server.cli._usage import add_usage_command, run_usage
 from server.config import ConfigError, Settings
 
 __all__ = ["add_commands", "run_command"]
@@ -121,7 +123,8 @@ def add_commands(sub: Any) -> None:
     rotate.add_argument(
         "--wait", type=float, default=30.0, help="seconds running nodes get to load the new key"
     )
-    for p in (ls, show, end, revoke, reinstate, tier, clear, rotate):
+    usage = add_usage_command(sub)
+    for p in (ls, show, end, revoke, reinstate, tier, clear, rotate, usage):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument(
             "--data-dir",
@@ -386,6 +389,7 @@ def run_command(
         ("users", "set-tier"): lambda s: _users_set_tier(s, args, settings),
         ("users", "clear-tier"): lambda s: _users_set_tier(s, args, settings, clear=True),
         ("keys", "rotate"): lambda s: _keys_rotate(s, args, settings),
+        ("usage", "report"): lambda s: run_usage(s, args, settings),
     }
     handler = handlers[(args.command, args.action)]
 

@@ -473,6 +473,23 @@ class Settings:
             "answering short lifetimes",
         },
     )
+    usage_retention_days: int = attrs.field(
+        default=90,
+        metadata={
+            "min": 1,
+            "max": 3660,
+            "help": "days the hourly usage rollups (the usage history: `steward usage`, the "
+            "admin view, billing) are kept",
+        },
+    )
+    usage_minute_retention_hours: int = attrs.field(
+        default=48,
+        metadata={
+            "min": 25,
+            "help": "hours the minute usage rollups (day quotas, charts by the minute) are kept; "
+            "at least 25, a day quota counts its day's minutes",
+        },
+    )
     upstream: UpstreamSettings | None = None
     address_limits: AddressLimitSettings = AddressLimitSettings()
     tiers: tuple[TierSettings, ...] = DEFAULT_TIERS
@@ -536,6 +553,13 @@ class Settings:
             msg = f"setting 'tiers': {REFUSE!r} is the mapping's refusal, not a tier name"
             raise ConfigError(msg)
         self.tier_mapping()  # validated at start
+        if self.usage_minute_retention_hours > 24 * self.usage_retention_days:
+            msg = (
+                "setting 'usage_minute_retention_hours' must be at most 24 x "
+                f"usage_retention_days ({24 * self.usage_retention_days}), got "
+                f"{self.usage_minute_retention_hours}"
+            )
+            raise ConfigError(msg)
         if self.upstream_refresh_backoff_max < self.upstream_refresh_floor:
             msg = (
                 "setting 'upstream_refresh_backoff_max' must be at least upstream_refresh_floor "

@@ -10,7 +10,6 @@ import trio
 
 from actors import (
     Connection,
-    QuotaExceeded,
     RateLimited,
     SessionLimitReached,
     SessionManager,
@@ -23,6 +22,7 @@ from actors import (
 )
 from runtime import MaxChildrenError
 from server.mcp._exchange import too_many, unavailable_reply
+from server.mcp._refusals import refusal
 
 __all__ = ["Admission"]
 
@@ -63,13 +63,9 @@ class Admission:
             self.usage.check(user.user_id, user.tier)
             if method == "tools/call":
                 await self.usage.check_tool_call(user.user_id, user.tier)
-        except QuotaExceeded as exc:
-            msg = f"tool-call quota of the {user.tier} tier ({exc.quota}) used up; retry after {exc.retry_after}s"
-            data = {"quota": str(exc.quota)}
+        except RateLimited as exc:  # QuotaExceeded too: the refusal names its limit and reset
+            msg, data = refusal(user.tier, exc)
             raise too_many(request_id, msg, exc.retry_after, data) from None
-        except RateLimited as exc:
-            msg = f"rate limit of the {user.tier} tier exceeded; retry after {exc.retry_after}s"
-            raise too_many(request_id, msg, exc.retry_after) from None
 
     async def new_transport_session(
         self,
@@ -87,12 +83,7 @@ class Admission:
         try:
             self.usage.check_initialize(user.user_id, user.tier)
         except RateLimited as exc:
-            limit = self.usage.limit(user.tier).initialize_per_minute
-            msg = (
-                f"the {user.tier} tier allows {limit} new MCP sessions per minute per account "
-                f"(initialize_per_minute); retry after {exc.retry_after}s"
-            )
-            data = {"limit": "initialize_per_minute", "value": limit}
+            msg, data = refusal(user.tier, exc)
             raise too_many(request_id, msg, exc.retry_after, data) from None
         try:
             return await self.sessions.create_transport_session(

@@ -49,6 +49,7 @@ __all__ = [
     "ReplyMode",
     "ServerRequests",
     "outcome_of",
+    "result_outcome",
     "rpc_reply",
     "too_many",
     "unavailable_reply",
@@ -114,6 +115,24 @@ def outcome_of(
     if isinstance(exc, AuthenticationRequiredError):
         return "reauth_required"
     return "error"
+
+
+def result_outcome(result: Any) -> str:
+    """A result's outcome for usage: ``tool_error`` for a tool result with ``isError`` (the tool
+    failed; the request did not), else ``ok``."""
+    return "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+
+
+# the parameter that names what a request used, kept in its usage event (docs/operating.md)
+USAGE_NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+def usage_name(method: str, params: dict[str, Any]) -> str | None:
+    """The tool's or prompt's name, or the resource's URI, of a request; None for other methods
+    and for a name that is not a string."""
+    key = USAGE_NAME_PARAMS.get(method)
+    name = params.get(key) if key is not None else None
+    return name if isinstance(name, str) else None
 
 
 # -- the server-request table ----------------------------------------------------------------------

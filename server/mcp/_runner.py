@@ -30,8 +30,10 @@ from server.mcp._exchange import (
     ReplyMode,
     ServerRequests,
     outcome_of,
+    result_outcome,
     too_many,
     unavailable_reply,
+    usage_name,
 )
 from server.mcp._jsonrpc import (
     INVALID_REQUEST,
@@ -159,6 +161,8 @@ class RequestRunner:
                         error_response(exchange.request_id, RpcError(INVALID_REQUEST, msg))
                     )
                 else:
+                    if outcome == "ok":  # a refusal by tier stays "forbidden"
+                        outcome = result_outcome(result)
                     if exchange.mode is ReplyMode.STATELESS:
                         result = stamp_2026(method, result, self.dispatcher.server_meta)
                     exchange.finish(result_response(exchange.request_id, result))
@@ -170,8 +174,9 @@ class RequestRunner:
                 del self._inflight[slot]
             # resumption after this point reads the stored events
             self.streams.forget_live(exchange.session_id or "", exchange.stream_id)
-            name = params.get("name") if method == "tools/call" else None
-            self.usage.record(user, method, name, outcome, trio.current_time() - started)
+            self.usage.record(
+                user, method, usage_name(method, params), outcome, trio.current_time() - started
+            )
 
     async def run_http(
         self,

@@ -8,6 +8,7 @@ GET  /admin/static/admin.js|admin.css     the view's script and style (no build 
 GET  /admin/api/tree                      the live supervision tree of this node, with the store
 GET  /admin/api/sessions?user=…           grants (user sessions) with tier, scopes, status, streams
 GET  /admin/api/events?limit=…            recent authentication events
+GET  /admin/api/usage[/user|/billing]?…   usage by user, tier, tool and window (server/ops/_usage_api.py)
 POST /admin/api/users/revoke   {user_id}  revoke a user on every node
 POST /admin/api/users/set-tier {user_id, tier}     an override: it holds until cleared
 POST /admin/api/users/clear-tier {user_id}         the identity provider's tier applies again
@@ -66,6 +67,7 @@ from server.http import (
     send_response,
     unavailable,
 )
+from server.ops._usage_api import UsageApi
 
 __all__ = ["AdminApi"]
 
@@ -114,6 +116,7 @@ class AdminApi:
         sessions: SessionManager,
         tier_names: Sequence[str],
         trees: Callable[[], Sequence[TreeNode]],
+        usage: UsageApi | None = None,
     ) -> None:
         self.token = token
         self.node_id = node_id
@@ -122,8 +125,9 @@ class AdminApi:
         self.sessions = sessions
         self.tier_names = tuple(tier_names)
         self.trees = trees
+        self.usage = usage
         self.secure = base_url.startswith("https://")
-        self.static = {name: _static(name) for name in ("admin.js", "admin.css")}
+        self.static = {name: _static(name) for name in ("admin.js", "admin.css", "usage.js")}
         self.page = _static("admin.html").decode()
         self.login_page = _static("login.html").decode()
         self.guesses = _Guesses()
@@ -338,6 +342,8 @@ class AdminApi:
     async def _route(
         self, method: str, route: str, q: dict[str, str], body: dict[str, Any]
     ) -> tuple[int, Any]:
+        if method == "GET" and self.usage is not None and route.startswith("usage"):
+            return await self.usage.route(route, q)
         if method == "GET" and route == "tree":
             return 200, {
                 "node_id": self.node_id,

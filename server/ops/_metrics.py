@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from actors import AuthService, SessionManager, Store, UsageMeter
 from runtime import TreeNode, tree
 from server.http import AddressLimiter
+from server.ops._usage_metrics import tool_call_families
 
 __all__ = ["NodeCollector", "Reporting", "RequestCounter", "new_registry", "render_metrics"]
 
@@ -240,6 +241,7 @@ class NodeCollector:
             "tool calls refused by tier tool-call quotas",
             value=self.usage.quota_rejected,
         )
+        yield from tool_call_families(self.usage.tool_stats)
         limiter = self.limiter
         if limiter is not None:
             limited = CounterMetricFamily(
