@@ -401,7 +401,9 @@ class UsageMeter:
                     user.user_id,
                     user.grant_id,
                     method,
-                    name,
+                    # the event keeps the name as sent, cut like a rollup's: a caller's
+                    # megabyte-long tool name or URI is not stored whole
+                    None if name is None else name[:NAME_LENGTH],
                     user.tier,
                     outcome,
                     duration_ms,

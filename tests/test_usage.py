@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from actors import Op
-from actors._usage import QuotaExceeded, TierLimit, UsageMeter, parse_quota
+from actors._usage import NAME_LENGTH, QuotaExceeded, TierLimit, UsageMeter, parse_quota
 from actors.sessions import UserContext
 from tests.harness._store import running_store
 
@@ -86,6 +86,21 @@ async def test_each_recorded_request_is_one_event_and_one_count_in_its_minute(
     # 2 ms, 2 ms and 20 ms: the duration sum and the buckets of 5 ms and 25 ms
     assert timing is not None and abs(timing["duration_ms"] - 24.0) < 1e-6
     assert (timing["b0"], timing["b1"], timing["b2"], timing["b11"]) == (2, 0, 1, 0)
+
+
+async def test_a_name_sent_a_megabyte_long_is_stored_cut_in_the_event_and_the_rollups(
+    fresh_db: str,
+) -> None:
+    async with running_store(fresh_db) as (store, _):
+        meter = UsageMeter(store, {})
+        alice = UserContext("idp|alice", uuid.uuid4(), "c1", "free", frozenset())
+        meter.record(alice, "resources/read", "demo://" + "x" * 1_000_000, "error", 0.001)
+        with trio.fail_after(10):
+            while await store.fetchval("SELECT count(*) FROM usage_events") < 1:
+                await trio.sleep(0.05)
+        event = await store.fetchval("SELECT length(name) FROM usage_events")
+        rollup = await store.fetchval("SELECT length(name) FROM usage_rollups")
+    assert event == rollup == NAME_LENGTH
 
 
 async def test_the_quota_counts_the_users_calls_in_the_database_and_those_still_running(
