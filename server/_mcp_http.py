@@ -722,6 +722,16 @@ class McpHttp:
         """Whether this node awaits the client's answer to that server request."""
         return request_id in self.pending
 
+    # -- what the node's introspection reads (server/_introspection.py, Observed) ----------------
+
+    def held_streams(self) -> list[Connection]:
+        """Every GET, legacy and listen stream in the tables, closing ones included."""
+        return [*self.get_streams.values(), *self.legacy_streams.values(), *self.listeners]
+
+    def subscribers(self, uri: str) -> frozenset[str]:
+        """The transport sessions on this node subscribed to ``uri``."""
+        return frozenset(self.subscriptions.get(uri, ()))
+
     def for_stream(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` as ``conn`` carries it: a listen stream tags it with its subscription."""
         wanted = self.listeners.get(conn)
