@@ -40,6 +40,9 @@ class OpenStream:
     session_id: str | None  # the transport (or legacy) session; None for a listen stream
     closed_reason: CloseReason | None  # set once the stream is ending; it leaves the table after
     events_sent: int  # events handed to the client's socket so far
+    # its pump is woken by a direct nudge of the server's task (the Hypercorn fast path,
+    # server/_stream_end.py), not by cancelling a scope around each wait
+    nudged: bool
 
     @property
     def open(self) -> bool:
@@ -67,6 +70,7 @@ def open_stream(conn: Connection) -> OpenStream:
         session_id=conn.session_id,
         closed_reason=conn.closed_reason,
         events_sent=conn.sent,
+        nudged=conn.outbox.nudge is not None,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -332,7 +333,7 @@ async def test_idle_transport_sessions_end_and_free_their_place(fresh_db: str) -
             await McpClient(http, node, token).initialize()
         # a request on a session writes its last_seen_at (at most every touch_interval)
         psql(fresh_db, "UPDATE transport_sessions SET last_seen_at = now() - interval '2 days'")
-        node.sessions._ts_touched.clear()
+        node.sessions.policy = attrs.evolve(node.sessions.policy, touch_interval=0.0)
         assert (await streaming.post("ping")).status_code == 200
         fresh = f"SELECT count(*) FROM transport_sessions WHERE session_id = '{streaming.session_id}' AND last_seen_at > now() - interval '1 minute'"
         with trio.fail_after(5):

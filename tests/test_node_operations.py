@@ -170,7 +170,7 @@ async def test_the_subscriptions_of_an_ended_grant_are_dropped(fresh_db: str) ->
         def rows(table: str, target: str) -> int:
             return int(psql(fresh_db, f"SELECT count(*) FROM {table} WHERE target = '{target}'"))
 
-        a.mcp.notify_resource_updated(WATCHED_URI)
+        a.notify_resource_updated(WATCHED_URI)
         await a.store.write()  # committed
         assert (rows("outbox", alice), rows("outbox", bob)) == (1, 1)
 
@@ -186,6 +186,6 @@ async def test_the_subscriptions_of_an_ended_grant_are_dropped(fresh_db: str) ->
         assert rows("resource_subscriptions", bob) == 1
         assert rows("outbox", alice) == 0
 
-        a.mcp.notify_resource_updated(WATCHED_URI)
+        a.notify_resource_updated(WATCHED_URI)
         await a.store.write()
         assert (rows("outbox", alice), rows("outbox", bob)) == (0, 2)

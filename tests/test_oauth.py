@@ -355,8 +355,8 @@ async def test_the_client_token_is_never_passed_upstream(fresh_db: str) -> None:
         session = node.sessions.live()[0]
         upstream = await session.upstream_access_token()
         assert upstream != tokens["access_token"]
-        assert node.dev_idp is not None and upstream in node.dev_idp._access
-        assert tokens["access_token"] not in node.dev_idp._access
+        assert node.dev_idp is not None and node.dev_idp.issued(upstream)
+        assert not node.dev_idp.issued(tokens["access_token"])
 
 
 async def test_client_id_metadata_documents_and_configured_clients(fresh_db: str) -> None:

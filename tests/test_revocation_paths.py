@@ -512,14 +512,14 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         for stream in streams:
             assert await stream.next() is not None  # the priming event
         # every pump is past its start and takes notifications
-        assert node.mcp.notify_list_changed("tools") == 4
+        assert node.notify_list_changed("tools") == 4
         for stream in streams:
             with trio.fail_after(5):
                 event = await stream.next_message()
             assert (
                 event is not None and event["data"]["method"] == "notifications/tools/list_changed"
             )
-        was_on = node.mcp.statistics().stream_fast_path == 1
+        was_on = node.statistics().mcp.stream_fast_path == 1
         on_until_now = broken is None or (isinstance(broken, tuple) and broken[2] == "end")
         # in the canary the newest Hypercorn may have turned it off at the first stream
         assert was_on == on_until_now or (CANARY and not was_on)
@@ -533,7 +533,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         assert r.status_code == 200 and r.json() == {}
         for stream in streams[:3]:
             await ends_with_revoked(stream)
-        assert node.mcp.notify_list_changed("tools") == 1  # Bob's stream alone is left
+        assert node.notify_list_changed("tools") == 1  # Bob's stream alone is left
         with trio.fail_after(5):
             event = await streams[3].next_message()
         assert event is not None and event["data"]["method"] == "notifications/tools/list_changed"
@@ -542,7 +542,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         assert (await tabs[0].post("ping")).status_code == 401
         assert (await bob.post("ping")).status_code == 200
 
-        stats = node.mcp.statistics()
+        stats = node.statistics().mcp
         if broken is None and was_on:
             assert (stats.stream_fast_path, stats.stream_ends_direct) == (1, 3)
         else:

@@ -40,7 +40,7 @@ async def test_revoking_a_user_closes_each_of_their_streams_with_an_error_and_no
                     assert event is not None and event["data"]["params"]["level"] == "error"
                     assert event["data"]["params"]["data"]["error"] == "revoked"
                     assert await s.next() is None  # the stream ended
-            assert node.mcp.notify_resource_updated("demo://readme") == 1
+            assert node.notify_resource_updated("demo://readme") == 1
             with trio.fail_after(5):
                 event = await s3.next_message()
             assert (
@@ -87,7 +87,7 @@ async def test_invalid_grant_upstream_requires_reauthorization(fresh_db: str) ->
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         assert node.dev_idp is not None
         node.dev_idp.access_ttl = 1.0  # the token keeper refreshes at once
-        node.dev_idp._refresh_faults.append("invalid_grant")
+        node.dev_idp.fail_refreshes("invalid_grant")
         tokens = await sign_in(http, node, "carol")
         mcp = McpClient(http, node, tokens["access_token"])
         r = await mcp.post(
@@ -158,7 +158,7 @@ async def test_resuming_a_stream_replays_what_was_missed_from_the_database(fresh
         async with get_stream(mcp) as stream:
             await stream.next()
             for _ in range(3):
-                node.mcp.notify_resource_updated("demo://readme")
+                node.notify_resource_updated("demo://readme")
             events = [await stream.next_message() for _ in range(3)]
         ids = [e["id"] for e in events if e]
         assert len(set(ids)) == 3

@@ -327,8 +327,7 @@ async def test_a_stream_served_by_a_node_can_be_woken_without_a_cancel_scope(
         async with get_stream(mcp) as stream:
             await stream.next()
             assert mcp.session_id is not None
-            conn = node.mcp.session_stream(mcp.session_id)
-            assert conn is not None
-            if CANARY and not node.mcp.statistics().stream_fast_path:
+            if CANARY and not node.statistics().mcp.stream_fast_path:
                 pytest.skip("the fast path turned itself off on this Hypercorn")
-            assert conn.outbox.nudge is not None
+            served = node.stream(mcp.session_id)
+            assert served is not None and served.nudged

@@ -23,6 +23,7 @@ from tests.harness._pg import Cluster, psql
 from tests.harness._proxy import FaultProxy
 from tests.harness._serve import steward_serve
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -162,12 +163,12 @@ async def _idp_fault(
                 node.sessions.upstream._http.timeout = httpx.Timeout(timeout)
                 node.dev_idp.slow_seconds = timeout * 3
             node.dev_idp.access_ttl = 1.0  # refresh at once
-            node.dev_idp._refresh_faults.extend([mode, mode])
+            node.dev_idp.fail_refreshes(mode, 2)
             mcp = await client(http, node, "alice")
             async with get_stream(mcp) as stream:
                 await stream.next()
                 with trio.fail_after(15):
-                    while node.dev_idp._refresh_faults or node.dev_idp.calls["refresh"] < 3:
+                    while node.dev_idp.refresh_faults_left or node.dev_idp.calls["refresh"] < 3:
                         await trio.sleep(0.05)
                 assert (await mcp.post("ping")).status_code == 200
                 assert await is_open(stream)
@@ -199,7 +200,7 @@ async def test_idp_invalid_grant(fresh_db: str) -> None:
             assert node.dev_idp is not None
             bob = await client(http, node, "bob")
             node.dev_idp.access_ttl = 1.0
-            node.dev_idp._refresh_faults.append("invalid_grant")
+            node.dev_idp.fail_refreshes("invalid_grant")
             carol = await client(http, node, "carol")
             with trio.fail_after(10):
                 while (r := await carol.post("ping")).status_code != 401:
@@ -402,20 +403,24 @@ async def test_slow_client_filling_its_outbox(fresh_db: str) -> None:
             async with get_stream(slow) as s1, get_stream(fine) as s2:
                 await s1.next()
                 await s2.next()
-                conn = node.mcp.get_streams[slow.session_id or ""]
                 big = {
                     "jsonrpc": "2.0",
                     "method": "notifications/message",
                     "params": {"level": "info", "data": "x" * 65536},
                 }
-                for _ in range(400):  # 26 MB: more than the socket buffers hold
-                    node.mcp.emit(conn, big)
-                    if conn.closed_reason is not None:
-                        break
+                sent = 0
+                # at most 26 MB (more than the socket buffers hold), until the stream is closed
+                while sent < 400 and node.send_to_session(slow.session_id or "", big):
+                    sent += 1
                     await trio.lowlevel.checkpoint()
-                assert conn.closed_reason == "slow_client"
+                assert sent < 400, "the slow client's stream was never closed"
+                closed = (
+                    "SELECT close_reason FROM connections WHERE kind = 'get' "
+                    f"AND session_id = '{slow.session_id}'"
+                )
+                await wait_until(lambda: psql(fresh_db, closed) == "slow_client", what=closed)
                 obs.streams_closed = 1
-                node.mcp.notify_resource_updated("nothing")
+                node.notify_resource_updated("nothing")
                 assert await is_open(s2)
     assert obs.restarted == {}
 
@@ -443,19 +448,22 @@ async def test_client_vanishes_without_fin(fresh_db: str) -> None:
             async with get_stream(vanishing) as s1, get_stream(staying) as s2:
                 await s1.next()
                 await s2.next()
-                conn = node.mcp.get_streams[vanishing.session_id or ""]
-                other = node.mcp.get_streams[staying.session_id or ""]
+                gone, other = vanishing.session_id or "", staying.session_id or ""
                 proxy.blackhole()
                 # On loopback the proxy's kernel still acknowledges what fits its receive buffer;
                 # filling that buffer leaves the next writes unacknowledged (a zero window), the
                 # state a vanished client leaves every write in.
                 log = {"level": "info", "data": "x" * 8192}
                 for _ in range(3):
-                    node.mcp.emit(
-                        conn, {"jsonrpc": "2.0", "method": "notifications/message", "params": log}
+                    assert node.send_to_session(
+                        gone, {"jsonrpc": "2.0", "method": "notifications/message", "params": log}
                     )
-                with trio.fail_after(10):
-                    await conn.wait_closed()
+
+                def closed() -> bool:
+                    stream = node.stream(gone)
+                    return stream is None or not stream.open
+
+                await wait_until(closed, what="the vanishing client's stream closed")
                 await node.store.write()
                 closed = psql(
                     fresh_db,
@@ -463,7 +471,8 @@ async def test_client_vanishes_without_fin(fresh_db: str) -> None:
                 )
                 assert closed == "client_disconnected"
                 obs.streams_closed = 1
-                assert other.closed_reason is None and await is_open(s2)
+                staying_stream = node.stream(other)
+                assert staying_stream is not None and staying_stream.open and await is_open(s2)
                 r = await staying.post("ping")
                 if r.status_code != 200:
                     obs.failed(r.status_code)
