@@ -356,10 +356,9 @@ async def test_a_forwarded_request_whose_node_dies_is_answered_503_not_left_wait
                 retried.append(await call(b, extra))
 
             nursery.start_soon(retry)
-            with trio.fail_after(5):
-                while a.relay.statistics().served < 1:
-                    await trio.sleep(0.02)
-            await trio.sleep(0.3)  # b has checked a at least twice: alive, still waiting
+            await wait_until(lambda: a.relay.statistics().served >= 1, within=5)
+            # kept: time passes for b to check a at least twice (alive: b still waits)
+            await trio.sleep(0.3)
             assert retried == []
             psql(fresh_db, f"UPDATE nodes SET status = 'dead' WHERE node_id = '{a.info.node_id}'")
         (r,) = retried
@@ -503,9 +502,8 @@ async def test_an_unsubscribe_through_another_node_stops_the_updates_everywhere(
             with trio.fail_after(5):
                 assert await stream.next_message() is not None
             await on_b.call("resources/unsubscribe", {"uri": WATCHED_URI})
-            with trio.fail_after(5):  # a, holding the stream, re-reads the session's rows
-                while a.subscribers(WATCHED_URI):
-                    await trio.sleep(0.01)
+            # a, holding the stream, re-reads the session's rows
+            await wait_until(lambda: not a.subscribers(WATCHED_URI), within=5, every=0.01)
             assert a.notify_resource_updated(WATCHED_URI) == 0
             assert b.notify_resource_updated(WATCHED_URI) == 0
             await a.store.write()

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness._pg import Cluster
 from tests.harness._steward import McpClient, running_node, sign_in
+from tests.harness._wait import wait_until
 
 
 async def test_metrics_health_and_readiness(pg_cluster: Cluster, fresh_db: str) -> None:
@@ -173,9 +174,8 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
                     done = await reader.next_message()
                     assert done is not None and "LLM response: hello" in json.dumps(done["data"])
                     nursery.cancel_scope.cancel()
-        with trio.fail_after(5):  # the server sees the GET stream's client leave
-            while node.statistics().mcp.open_streams:
-                await trio.sleep(0.02)
+        # the server sees the GET stream's client leave
+        await wait_until(lambda: not node.statistics().mcp.open_streams, within=5)
         after = node.statistics().mcp
         assert (after.live_exchanges, after.pending_client_answers) == (1, 1)
         assert after.resumable_streams == 0

@@ -20,6 +20,7 @@ from tests.harness._steward import (
     running_node,
     sign_in,
 )
+from tests.harness._wait import wait_until
 
 
 async def refresh(http: httpx.AsyncClient, base: str, token: str, client_id: str) -> httpx.Response:
@@ -276,9 +277,7 @@ async def test_no_secret_reaches_the_audit_table(fresh_db: str) -> None:
             await refresh(http, node.info.base_url, tokens["refresh_token"], tokens["client_id"])
         ).json()
         await node.store.write()  # flush queued audit events
-        with trio.fail_after(5):
-            while node.store.statistics().queue_depth:
-                await trio.sleep(0.01)
+        await wait_until(lambda: not node.store.statistics().queue_depth, within=5, every=0.01)
         audit = psql(fresh_db, "SELECT json_agg(a) FROM auth_events a")
         kinds = {e["kind"] for e in json.loads(audit)}
         assert {"sign_in", "token_issued", "token_refresh", "consent_granted"} <= kinds

@@ -38,6 +38,7 @@ from tests.harness._steward import (
     running_node,
     sign_in,
 )
+from tests.harness._wait import wait_until
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()  # every node of a deployment shares it
@@ -85,9 +86,7 @@ async def untouched(stream: SseReader) -> None:
 async def audited(dsn: str, node: Node, kind: str) -> int:
     """The number of ``kind`` rows in auth_events once the node's queued writes are committed."""
     await node.store.write()  # audit rows are queued (write_nowait): a write after them flushes
-    with trio.fail_after(5):
-        while node.store.statistics().queue_depth:
-            await trio.sleep(0.01)
+    await wait_until(lambda: not node.store.statistics().queue_depth, within=5, every=0.01)
     return int(psql(dsn, f"SELECT count(*) FROM auth_events WHERE kind = '{kind}'"))
 
 
@@ -464,9 +463,10 @@ async def test_a_revocation_whose_write_is_not_acknowledged_ends_the_streams_her
                 await ends_with_revoked(stream)
             finally:
                 faults.reset()
-        with trio.fail_after(10):  # the held commit lands: the grant is revoked
-            while psql(fresh_db, "SELECT status FROM grants") != "revoked":
-                await trio.sleep(0.05)
+        # the held commit lands: the grant is revoked
+        await wait_until(
+            lambda: psql(fresh_db, "SELECT status FROM grants") == "revoked", every=0.05
+        )
         assert (await mcp.post("ping")).status_code == 401
         again = await http.post(url, data=form)
         assert again.status_code == 200, again.text

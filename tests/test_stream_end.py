@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
+import trio.testing
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
@@ -104,7 +105,7 @@ async def waiting_stream(
     """A stream opened and read up to its first comment, its task waiting in ``outbox.wait``."""
     stream, buffer = await open_stream(port)
     outbox, end = await harness.streams.receive()
-    await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked()  # the stream's task is parked in outbox.wait
     return stream, buffer, outbox, end
 
 

@@ -17,7 +17,7 @@ from actors import StorePolicy
 from actors._sessions import SessionPolicy
 from bench._servers import free_port, obtain_token
 from runtime import Backoff, faults
-from server._node import bind_socket
+from server._node import Node, bind_socket
 from tests.faults._report import observe
 from tests.harness._pg import Cluster, psql
 from tests.harness._proxy import FaultProxy
@@ -167,9 +167,13 @@ async def _idp_fault(
             mcp = await client(http, node, "alice")
             async with get_stream(mcp) as stream:
                 await stream.next()
-                with trio.fail_after(15):
-                    while node.dev_idp.refresh_faults_left or node.dev_idp.calls["refresh"] < 3:
-                        await trio.sleep(0.05)
+                await wait_until(
+                    lambda: (
+                        not (node.dev_idp.refresh_faults_left or node.dev_idp.calls["refresh"] < 3)
+                    ),
+                    within=15,
+                    every=0.05,
+                )
                 assert (await mcp.post("ping")).status_code == 200
                 assert await is_open(stream)
     assert obs.restarted.get("session/token_keeper", 0) >= 2
@@ -291,9 +295,7 @@ async def test_connection_actor_crash(fresh_db: str) -> None:
                 async with get_stream(tab1) as s1, get_stream(tab2) as s2:
                     await s1.next()
                     await s2.next()
-                    with trio.fail_after(5):
-                        while faults.hits("connection.heartbeat") == 0:
-                            await trio.sleep(0.02)
+                    await wait_until(lambda: faults.hits("connection.heartbeat") != 0, within=5)
                     states = [await is_open(s, 0.5) for s in (s1, s2)]
                     obs.streams_closed = states.count(False)
             finally:
@@ -318,9 +320,7 @@ async def test_session_actor_crash(fresh_db: str) -> None:
                 await s2.next()
                 faults.arm("session.tick", error=RuntimeError("session crash"), times=1)
                 try:
-                    with trio.fail_after(5):
-                        while faults.hits("session.tick") == 0:
-                            await trio.sleep(0.02)
+                    await wait_until(lambda: faults.hits("session.tick") != 0, within=5)
                 finally:
                     faults.reset()
                 states = [await is_open(s, 0.5) for s in (s1, s2)]
@@ -376,10 +376,10 @@ async def test_token_keeper_crash_loop(fresh_db: str) -> None:
             faults.arm("token_keeper.refresh", error=RuntimeError("keeper bug"), times=6)
             try:
                 alice = await client(http, node, "alice")
-                with trio.fail_after(10):
-                    while faults.hits("token_keeper.refresh") < 6:
-                        await trio.sleep(0.02)
-                await trio.sleep(0.2)
+                await wait_until(lambda: faults.hits("token_keeper.refresh") >= 6)
+                await wait_until(
+                    lambda: session_restarts(node) >= 1, what="alice's session restarted"
+                )
             finally:
                 faults.reset()
             assert (await alice.post("ping")).status_code == 200
@@ -423,6 +423,13 @@ async def test_slow_client_filling_its_outbox(fresh_db: str) -> None:
                 node.notify_resource_updated("nothing")
                 assert await is_open(s2)
     assert obs.restarted == {}
+
+
+def session_restarts(node: Node) -> int:
+    """Restarts of the sessions under the node's session supervisor, as its tree shows them."""
+    assert node.root is not None
+    (sessions,) = [c for c in node.root.tree().children if c.id == "sessions"]
+    return sum(c.restarts for c in sessions.children)
 
 
 async def test_client_vanishes_without_fin(fresh_db: str) -> None:

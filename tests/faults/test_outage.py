@@ -382,7 +382,8 @@ async def test_node_starts_while_the_database_is_unreachable(
             assert r.status_code == 503 and r.headers["retry-after"]
             assert time.monotonic() - started <= ANSWER_BOUND
             obs.failed(r.status_code)
-            await trio.sleep(5.0)  # the database stays away through many reconnect attempts
+            # kept: the database stays away through many reconnect attempts
+            await trio.sleep(5.0)
             assert root_running(node)
             await own_cluster.start()
 

@@ -1,0 +1,58 @@
+"""The node's read-only surface (server/_introspection.py): what it holds, as frozen values, and
+the operator actions the tests and tools use instead of the endpoint's tables."""
+
+from __future__ import annotations
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from actors import CloseReason
+from server._introspection import StreamKind
+from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
+
+NOTE = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": 1}}
+
+
+async def test_the_node_shows_its_streams_and_subscribers_as_values(fresh_db: str) -> None:
+    async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
+        alice = McpClient(http, node, (await sign_in(http, node, "alice"))["access_token"])
+        bob = McpClient(http, node, (await sign_in(http, node, "bob"))["access_token"])
+        await alice.initialize()
+        await bob.initialize()
+        a, b = alice.session_id or "", bob.session_id or ""
+        whoami = {"name": "whoami", "arguments": {}}
+        alice_id = (await alice.call("tools/call", whoami))["result"]["structuredContent"]["user"]
+        # no stream yet: nothing listed, nothing sent
+        assert node.streams() == () and node.stream(a) is None
+        assert node.send_to_session(a, NOTE) is False
+        await alice.call("resources/subscribe", {"uri": "demo://readme"})
+        assert node.subscribers("demo://readme") == {a}
+        assert node.subscribers("demo://other") == frozenset()
+        async with get_stream(alice) as s1, get_stream(bob) as s2:
+            await s1.next()
+            await s2.next()
+            mine = node.stream(a)
+            assert mine is not None and mine.kind is StreamKind.GET and mine.open
+            assert mine.user_id == alice_id and mine.session_id == a
+            assert {s.session_id for s in node.streams(kind=StreamKind.GET)} == {a, b}
+            assert [s.session_id for s in node.streams(user_id=alice_id)] == [a]
+            assert node.streams(kind=StreamKind.LEGACY_SSE) == ()
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                mine.closed_reason = CloseReason.ENDED  # type: ignore[misc]
+            stats = node.statistics()
+            assert stats.mcp.get_streams == 2 and stats.mcp.open_streams == 2
+            assert stats.store.connected and stats.relay.forwarded == 0
+            # the operator actions reach the streams they name
+            assert node.send_to_session(a, NOTE) is True
+            with trio.fail_after(5):
+                event = await s1.next_message()
+            assert event is not None and event["data"] == NOTE
+            await wait_until(lambda: (s := node.stream(a)) is not None and s.events_sent > 0)
+            assert node.notify_resource_updated("demo://readme") == 1  # alice's stream only
+            assert node.notify_list_changed("tools") == 2
+        # the clients left: their streams leave the node's tables
+        await wait_until(lambda: node.streams() == (), what="every stream gone")
+        assert node.statistics().mcp.open_streams == 0
