@@ -112,7 +112,9 @@ async def test_the_sdk_client_reconnects_its_get_stream_with_a_fresh_token(fresh
 
             await wait_until(came_back, what="a new GET stream in place of the first")
             ended = f"SELECT close_reason FROM connections WHERE connection_id = '{first.id}'"
-            await wait_until(lambda: psql(fresh_db, ended) == "token_expired", what=ended)
+            await wait_until(
+                lambda: psql(fresh_db, ended) == "token_expired", every=0.05, what=ended
+            )
             assert storage.tokens.access_token != opened_with  # it refreshed before reconnecting
             hint = await received.receive()  # the SDK hands the hint to the application
             assert isinstance(hint, types.LoggingMessageNotification)

@@ -121,7 +121,7 @@ async def test_a_free_user_reads_the_tier_sentence_and_lists_what_the_tier_allow
                 assert done.content[0].text == "report on q3"  # type: ignore[union-attr]
         # the refusal is recorded as such in the usage events, the later call as ok
         query = "SELECT string_agg(outcome, ',' ORDER BY occurred_at) FROM usage_events WHERE name = 'report'"
-        await wait_until(lambda: psql(fresh_db, query) == "forbidden,ok", what=query)
+        await wait_until(lambda: psql(fresh_db, query) == "forbidden,ok", every=0.05, what=query)
 
 
 async def wait_for_get_stream(node: Node) -> None:

@@ -418,7 +418,9 @@ async def test_slow_client_filling_its_outbox(fresh_db: str) -> None:
                     "SELECT close_reason FROM connections WHERE kind = 'get' "
                     f"AND session_id = '{slow.session_id}'"
                 )
-                await wait_until(lambda: psql(fresh_db, closed) == "slow_client", what=closed)
+                await wait_until(
+                    lambda: psql(fresh_db, closed) == "slow_client", every=0.05, what=closed
+                )
                 obs.streams_closed = 1
                 node.notify_resource_updated("nothing")
                 assert await is_open(s2)
