@@ -9,8 +9,10 @@ import pytest
 import trio
 
 from actors import CloseReason
+from server._app import Context, Steward
 from server._introspection import StreamKind
-from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from server._jsonrpc import REQUEST_TIMEOUT
+from tests.harness._steward import McpClient, get_stream, running_node, sign_in, sse_messages
 from tests.harness._wait import wait_until
 
 NOTE = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": 1}}
@@ -56,3 +58,42 @@ async def test_the_node_shows_its_streams_and_subscribers_as_values(fresh_db: st
         # the clients left: their streams leave the node's tables
         await wait_until(lambda: node.streams() == (), what="every stream gone")
         assert node.statistics().mcp.open_streams == 0
+
+
+asking = Steward("asking")
+
+
+@asking.tool()
+async def ask_name(ctx: Context) -> str:
+    """Asks the client a question its client never answers."""
+    answer = await ctx.elicit("Your name?", {"type": "object"})
+    return str(answer)
+
+
+async def test_a_server_request_left_unanswered_fails_after_client_request_timeout(
+    fresh_db: str,
+) -> None:
+    """The ``client_request_timeout`` setting bounds how long a tool waits for the client's
+    answer to a server request: the call fails with -32001 naming the method and the bound."""
+    async with (
+        running_node(fresh_db, app=asking, client_request_timeout=0.5) as node,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        mcp = McpClient(http, node, (await sign_in(http, node, "alice"))["access_token"])
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        r = await mcp.post("initialize", hello)
+        mcp.session_id = r.headers["mcp-session-id"]
+        started = trio.current_time()
+        r = await mcp.post("tools/call", {"name": "ask_name", "arguments": {}})
+        waited = trio.current_time() - started
+        messages = sse_messages(r.text)
+        assert messages[0]["method"] == "elicitation/create"
+        error = messages[-1]["error"]
+        assert error["code"] == REQUEST_TIMEOUT, messages
+        assert "did not answer elicitation/create within 0.5s" in error["message"]
+        assert 0.5 <= waited < 5
+        assert node.statistics().mcp.pending_client_answers == 0  # its slot is freed
