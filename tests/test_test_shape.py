@@ -38,7 +38,7 @@ def _chain(node: ast.expr) -> list[str]:
 def _attributes(cls: type) -> set[str]:
     """The names a class and its instances carry: its members and what ``__init__`` sets."""
     names = {n for n in dir(cls) if not n.startswith("__")}
-    init = inspect.getsource(cls.__init__)
+    init = inspect.getsource(cls.__init__)  # type: ignore[misc]
     for node in ast.walk(ast.parse(inspect.cleandoc("\n" + init))):
         if isinstance(node, ast.Attribute) and _chain(node)[:1] == ["self"]:
             names.add(node.attr)
