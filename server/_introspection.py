@@ -78,6 +78,6 @@ def open_stream(conn: Connection) -> OpenStream:
 class NodeStatistics:
     """A snapshot of one node's parts, each with its own statistics record."""
 
-    mcp: McpHttpStatistics
+    endpoint: McpHttpStatistics  # the /mcp endpoint's tables
     relay: RelayStatistics
     store: StoreStatistics

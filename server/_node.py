@@ -318,7 +318,9 @@ class Node:
     def statistics(self) -> NodeStatistics:
         """A snapshot of the ``/mcp`` endpoint's tables, the relay and the store."""
         return NodeStatistics(
-            mcp=self.mcp.statistics(), relay=self.relay.statistics(), store=self.store.statistics()
+            endpoint=self.mcp.statistics(),
+            relay=self.relay.statistics(),
+            store=self.store.statistics(),
         )
 
     def streams(

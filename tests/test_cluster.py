@@ -310,7 +310,7 @@ async def test_a_2026_retry_reaching_another_node_continues_the_parked_request(
         assert r.status_code == 200, r.text
         assert r.json()["result"]["content"][0]["text"] == "Hello, Ada!"
         assert b.relay.statistics().forwarded == 1 and a.relay.statistics().served == 1
-        assert a.statistics().mcp.parked_requests == 0
+        assert a.statistics().endpoint.parked_requests == 0
         # a state naming node a that a never issued: a says so, through b
         forged = first["requestState"].partition(".")[0][:-1] + "x." + a.info.node_id
         r = await call(b, {"inputResponses": answer, "requestState": forged})

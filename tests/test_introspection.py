@@ -45,7 +45,7 @@ async def test_the_node_shows_its_streams_and_subscribers_as_values(fresh_db: st
             with pytest.raises(attrs.exceptions.FrozenInstanceError):
                 mine.closed_reason = CloseReason.ENDED  # type: ignore[misc]
             stats = node.statistics()
-            assert stats.mcp.get_streams == 2 and stats.mcp.open_streams == 2
+            assert stats.endpoint.get_streams == 2 and stats.endpoint.open_streams == 2
             assert stats.store.connected and stats.relay.forwarded == 0
             # the operator actions reach the streams they name
             assert node.send_to_session(a, NOTE) is True
@@ -57,7 +57,7 @@ async def test_the_node_shows_its_streams_and_subscribers_as_values(fresh_db: st
             assert node.notify_list_changed("tools") == 2
         # the clients left: their streams leave the node's tables
         await wait_until(lambda: node.streams() == (), what="every stream gone")
-        assert node.statistics().mcp.open_streams == 0
+        assert node.statistics().endpoint.open_streams == 0
 
 
 asking = Steward("asking")
@@ -96,4 +96,4 @@ async def test_a_server_request_left_unanswered_fails_after_client_request_timeo
         assert error["code"] == REQUEST_TIMEOUT, messages
         assert "did not answer elicitation/create within 0.5s" in error["message"]
         assert 0.5 <= waited < 5
-        assert node.statistics().mcp.pending_client_answers == 0  # its slot is freed
+        assert node.statistics().endpoint.pending_client_answers == 0  # its slot is freed

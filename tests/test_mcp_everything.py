@@ -166,9 +166,9 @@ async def test_every_fixture_answers_like_the_reference_server(fresh_db: str) ->
                 {"name": "arg1", "value": "a"},
             )
             assert completed.completion.values == ["alpha", "apple", "avocado"]
-        assert node.statistics().mcp.resumable_streams == 0
-        assert node.statistics().mcp.live_exchanges == 0
-        assert node.statistics().mcp.pending_client_answers == 0
+        assert node.statistics().endpoint.resumable_streams == 0
+        assert node.statistics().endpoint.live_exchanges == 0
+        assert node.statistics().endpoint.pending_client_answers == 0
 
 
 class Recorder:

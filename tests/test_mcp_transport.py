@@ -278,7 +278,7 @@ async def test_a_cancelled_request_gets_no_result(fresh_db: str) -> None:
         seen.clear()
 
         async def cancel_soon(request_id: int) -> None:
-            await wait_until(lambda: node.statistics().mcp.live_exchanges, every=0.01)
+            await wait_until(lambda: node.statistics().endpoint.live_exchanges, every=0.01)
             r = await http.post(
                 mcp.url,
                 json={
@@ -306,7 +306,7 @@ async def test_a_cancelled_request_gets_no_result(fresh_db: str) -> None:
         assert seen["s"] == "cancelled"
         messages = sse_messages(r.text)
         assert [m.get("method") for m in messages] == ["notifications/message"]  # no response
-        assert node.statistics().mcp.live_exchanges == 0
+        assert node.statistics().endpoint.live_exchanges == 0
 
 
 async def test_closing_a_2026_reply_stream_cancels_its_request(fresh_db: str) -> None:
@@ -358,8 +358,8 @@ async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str
             with trio.fail_after(5):
                 replayed = [await again.next(), await again.next(), await again.next()]
         assert [e["id"] if e else None for e in replayed] == [after["id"], result["id"], None]
-        assert node.statistics().mcp.resumable_streams == 0
-        assert node.statistics().mcp.live_exchanges == 0  # nothing left behind
+        assert node.statistics().endpoint.resumable_streams == 0
+        assert node.statistics().endpoint.live_exchanges == 0  # nothing left behind
 
 
 async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_db: str) -> None:
@@ -425,7 +425,7 @@ async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_
         r = await call("test_logging_tool", {})  # no logLevel in _meta: no log messages
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["result"]["content"][0]["text"] == "logged"
-        assert node.statistics().mcp.parked_requests == 0
+        assert node.statistics().endpoint.parked_requests == 0
 
 
 async def test_2026_param_headers_must_mirror_the_body_and_answers_may_come_with_the_request(

@@ -111,7 +111,7 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
         running_node(fresh_db, app=everything) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        idle = node.statistics().mcp
+        idle = node.statistics().endpoint
         assert (idle.live_exchanges, idle.parked_requests, idle.open_streams) == (0, 0, 0)
         assert idle.max_inflight == 10_000 and idle.events_stored == 0
         token = (await sign_in(http, node, "carol"))["access_token"]
@@ -137,12 +137,16 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
             },
         )
         assert r.json()["result"]["resultType"] == "input_required"
-        assert node.statistics().mcp.parked_requests == 1
+        assert node.statistics().endpoint.parked_requests == 1
         mcp = McpClient(http, node, token)
         await mcp.initialize()
         async with get_stream(mcp) as stream:
             await stream.next()
-            assert node.statistics().mcp.get_streams == node.statistics().mcp.open_streams == 1
+            assert (
+                node.statistics().endpoint.get_streams
+                == node.statistics().endpoint.open_streams
+                == 1
+            )
             body = {
                 "jsonrpc": "2.0",
                 "id": 2,
@@ -155,7 +159,7 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
                     nursery.start_soon(reader._pump)
                     asked = await reader.next_message()
                     assert asked is not None and asked["data"]["method"] == "sampling/createMessage"
-                    busy = node.statistics().mcp
+                    busy = node.statistics().endpoint
                     # the parked 2026 request still runs and awaits its input too
                     assert busy.live_exchanges == 2 and busy.pending_client_answers == 2
                     assert busy.resumable_streams == 1 and busy.events_stored >= 1
@@ -175,8 +179,8 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
                     assert done is not None and "LLM response: hello" in json.dumps(done["data"])
                     nursery.cancel_scope.cancel()
         # the server sees the GET stream's client leave
-        await wait_until(lambda: not node.statistics().mcp.open_streams, within=5)
-        after = node.statistics().mcp
+        await wait_until(lambda: not node.statistics().endpoint.open_streams, within=5)
+        after = node.statistics().endpoint
         assert (after.live_exchanges, after.pending_client_answers) == (1, 1)
         assert after.resumable_streams == 0
         assert after.events_stored == busy.events_stored + 1  # the response, stored too

@@ -519,7 +519,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
             assert (
                 event is not None and event["data"]["method"] == "notifications/tools/list_changed"
             )
-        was_on = node.statistics().mcp.stream_fast_path == 1
+        was_on = node.statistics().endpoint.stream_fast_path == 1
         on_until_now = broken is None or (isinstance(broken, tuple) and broken[2] == "end")
         # in the canary the newest Hypercorn may have turned it off at the first stream
         assert was_on == on_until_now or (CANARY and not was_on)
@@ -542,7 +542,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         assert (await tabs[0].post("ping")).status_code == 401
         assert (await bob.post("ping")).status_code == 200
 
-        stats = node.statistics().mcp
+        stats = node.statistics().endpoint
         if broken is None and was_on:
             assert (stats.stream_fast_path, stats.stream_ends_direct) == (1, 3)
         else:

@@ -246,7 +246,7 @@ async def test_scenario_a_restart_in_the_middle_of_a_session(fresh_db: str) -> N
             assert seen[0] is not None and seen[0]["data"] is None  # the priming event
             assert seen[1] is not None and seen[1]["data"]["params"]["progress"] == 1
             # the tool finishes while the client is away
-            await wait_until(lambda: not first.statistics().mcp.live_exchanges, within=5)
+            await wait_until(lambda: not first.statistics().endpoint.live_exchanges, within=5)
         async with running_node(fresh_db, app, **settings) as second:
             mcp.url = f"{second.info.listen_url}/mcp"
             listed = await mcp.call("tools/list")

@@ -328,7 +328,7 @@ async def test_a_stream_served_by_a_node_can_be_woken_without_a_cancel_scope(
         async with get_stream(mcp) as stream:
             await stream.next()
             assert mcp.session_id is not None
-            if CANARY and not node.statistics().mcp.stream_fast_path:
+            if CANARY and not node.statistics().endpoint.stream_fast_path:
                 pytest.skip("the fast path turned itself off on this Hypercorn")
             served = node.stream(mcp.session_id)
             assert served is not None and served.nudged
