@@ -16,10 +16,10 @@ from typing import Protocol
 import attrs
 
 from actors import CloseReason, Connection, StoreStatistics
-from server._mcp_http import McpHttpStatistics
+from server._mcp_http import McpHttp, McpHttpStatistics
 from server._relay import RelayStatistics
 
-__all__ = ["NodeStatistics", "Observed", "OpenStream", "StreamKind", "open_stream"]
+__all__ = ["NodeStatistics", "Observed", "OpenStream", "StreamKind", "observed", "open_stream"]
 
 
 class StreamKind(enum.StrEnum):
@@ -59,6 +59,11 @@ class Observed(Protocol):
     def subscribers(self, uri: str) -> frozenset[str]:
         """The transport sessions on this node subscribed to ``uri``."""
         ...
+
+
+def observed(endpoint: McpHttp) -> Observed:
+    """The endpoint as this module reads it (mypy holds the endpoint to the protocol)."""
+    return endpoint
 
 
 def open_stream(conn: Connection) -> OpenStream:

@@ -68,7 +68,7 @@ from server._dev_auth import sign_in_dev_user
 from server._dev_idp import DevIdP
 from server._dispatch import Dispatcher
 from server._embedded_pg import PostmasterKeeper
-from server._introspection import NodeStatistics, OpenStream, StreamKind, open_stream
+from server._introspection import NodeStatistics, OpenStream, StreamKind, observed, open_stream
 from server._legacy_sse import LegacySse
 from server._limits import address_limiter
 from server._mcp_http import McpHttp
@@ -329,7 +329,7 @@ class Node:
         """The long-lived streams this node holds (closing ones until they leave its tables)."""
         return tuple(
             s
-            for s in map(open_stream, self.mcp.held_streams())
+            for s in map(open_stream, observed(self.mcp).held_streams())
             if (kind is None or s.kind == kind) and (user_id is None or s.user_id == user_id)
         )
 
@@ -339,7 +339,7 @@ class Node:
 
     def subscribers(self, uri: str) -> frozenset[str]:
         """The transport sessions whose stream on this node hears of updates to ``uri``."""
-        return self.mcp.subscribers(uri)
+        return observed(self.mcp).subscribers(uri)
 
     def notify_list_changed(self, kind: str) -> int:
         """``notifications/{kind}/list_changed`` to every stream here that hears of it; returns
