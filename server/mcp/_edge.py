@@ -289,6 +289,16 @@ class McpEdge:
             stream_fast_path_fallbacks=self.fast_path.fallbacks,
         )
 
+    # -- what the node's introspection reads (server/_introspection.py, Observed) -----------------
+
+    def held_streams(self) -> list[Connection]:
+        """Every GET, legacy and listen stream in the stream table, closing ones included."""
+        return self.streams.held()
+
+    def subscribers(self, uri: str) -> frozenset[str]:
+        """The transport sessions on this node subscribed to ``uri``."""
+        return frozenset(self.session_subscriptions.subscribers(uri))
+
     # -- read-only views of the tables (introspection) --------------------------------------------
 
     @property
