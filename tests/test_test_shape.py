@@ -1,6 +1,7 @@
 """The tests read a node through its public surface, checked by parsing the tests.
 
-- No test reads or calls the ``/mcp`` endpoint's own attributes (``node.mcp.get_streams``): what a
+- No test reads or calls the MCP endpoints' own attributes (``Node.mcp``, an ``McpEdge``: its
+  tables ``streams`` and ``requests``, its parts ``runner``, ``http``, ``legacy``, …): what a
   node holds is read through ``Node.streams()``, ``Node.stream()``, ``Node.subscribers()`` and
   ``Node.statistics()``, and its actions are ``Node.notify_list_changed()`` and the like
   (server/_introspection.py). The edge can then change its tables without touching a test.
@@ -59,9 +60,14 @@ def _attribute_chains(path: Path) -> Iterator[tuple[int, list[str]]]:
             inner.add(id(node.value))
 
 
+def _endpoint() -> set[str]:
+    """What the endpoint carries, read from ``Node``'s annotation of ``mcp``."""
+    return _attributes(typing.get_type_hints(Node)["mcp"])
+
+
 def reach_ins(path: Path, root: Path = TESTS) -> list[str]:
     parts = {f.name for f in attrs.fields(Node)}
-    endpoint = _attributes(typing.get_type_hints(Node)["mcp"])
+    endpoint = _endpoint()
     found = []
     for line, chain in sorted(_attribute_chains(path)):
         for i, name in enumerate(chain[:-1]):
@@ -104,8 +110,9 @@ def test_the_check_sees_a_reach_in(tmp_path: Path) -> None:
     """The check finds what it forbids and lets the public surface and a client's `mcp` pass."""
     sample = tmp_path / "sample.py"
     sample.write_text(
-        "node.mcp.get_streams\n"
+        "peer.mcp.streams.held()\n"
         "cluster.a.mcp.notify_list_changed('tools')\n"
+        "peer.mcp.requests.pending\n"
         "node.sessions._ts_touched.clear()\n"
         "node.sessions.upstream._http.timeout = 1\n"
         "node.streams()\n"
@@ -115,8 +122,16 @@ def test_the_check_sees_a_reach_in(tmp_path: Path) -> None:
         "node.store.statistics().queue_depth\n"
     )
     assert [hit.split(": ", 1)[1] for hit in reach_ins(sample, tmp_path)] == [
-        "node.mcp.get_streams",
+        "peer.mcp.streams.held",
         "cluster.a.mcp.notify_list_changed",
+        "peer.mcp.requests.pending",
         "node.sessions._ts_touched.clear",
         "node.sessions.upstream._http.timeout",
     ]
+
+
+def test_the_endpoint_is_read_from_the_nodes_annotation() -> None:
+    """The check knows the endpoint's tables and parts (an empty set would let every reach pass)."""
+    endpoint = _endpoint()
+    assert {"streams", "requests", "runner", "http", "legacy", "statistics"} <= endpoint
+    assert {"session_id", "post", "url"}.isdisjoint(endpoint)  # a client's names stay free
