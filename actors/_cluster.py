@@ -25,13 +25,13 @@ from actors._nodes import dead_nodes_marked, node_beat_op, node_key_op
 from actors._statuses import CloseReason, GrantStatus
 from actors._store import Store, StoreUnavailable
 from actors._store_retention import RETENTION_RULES, RetentionRule, retention_sweep
-from actors.sessions import SessionManager
-from actors.sessions._streams import (
+from actors.sessions import (
+    SessionManager,
     dead_nodes_connections_closed,
     grant_connections_closed,
+    idle_transport_sessions_ended,
     stale_connections_closed,
 )
-from actors.sessions._transport import idle_transport_sessions_ended
 from runtime import Backoff, ChildSpec, fault_point
 
 __all__ = ["CHANNEL", "KEYS_ROTATED", "Janitor", "JanitorPolicy", "Notifier", "cluster_event_ops"]

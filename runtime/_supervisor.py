@@ -158,6 +158,11 @@ class SupervisorHandle:
             self._sup._request_stop(reason)
         await self._exited.wait()
 
+    @property
+    def exited(self) -> bool:
+        """Whether this run of the supervisor has ended."""
+        return self._exited.is_set()
+
     async def wait_exited(self) -> Exit:
         """How this run of the supervisor ended."""
         await self._exited.wait()

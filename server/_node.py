@@ -65,6 +65,7 @@ from actors import (
 )
 from runtime import ChildSpec, Supervisor, SupervisorHandle, TreeNode, tree
 from server._asgi import StewardAsgi
+from server._introspection import NodeStatistics, OpenStream, StreamKind, observed, open_stream
 from server.app import Steward, UsageNames
 from server.cluster import Relay
 from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
@@ -312,6 +313,53 @@ class Node:
     admin_token: str = attrs.field(default="", repr=False)
     revoker: UpstreamRevoker | None = None
 
+    # -- the node's read-only surface and operator actions (server/_introspection.py) ------------
+
+    def statistics(self) -> NodeStatistics:
+        """A snapshot of the ``/mcp`` endpoint's tables, the relay and the store."""
+        return NodeStatistics(
+            endpoint=self.mcp.statistics(),
+            relay=self.relay.statistics(),
+            store=self.store.statistics(),
+        )
+
+    def streams(
+        self, *, kind: StreamKind | None = None, user_id: str | None = None
+    ) -> tuple[OpenStream, ...]:
+        """The long-lived streams this node holds (closing ones until they leave its tables)."""
+        return tuple(
+            s
+            for s in map(open_stream, observed(self.mcp).held_streams())
+            if (kind is None or s.kind == kind) and (user_id is None or s.user_id == user_id)
+        )
+
+    def stream(self, session_id: str) -> OpenStream | None:
+        """The GET or legacy stream of a transport session while this node holds it."""
+        return next((s for s in self.streams() if s.session_id == session_id), None)
+
+    def subscribers(self, uri: str) -> frozenset[str]:
+        """The transport sessions whose stream on this node hears of updates to ``uri``."""
+        return observed(self.mcp).subscribers(uri)
+
+    def notify_list_changed(self, kind: str) -> int:
+        """``notifications/{kind}/list_changed`` to every stream here that hears of it; returns
+        how many were sent."""
+        return self.mcp.notify_list_changed(kind)
+
+    def notify_resource_updated(self, uri: str) -> int:
+        """``notifications/resources/updated`` to every subscriber of ``uri`` (through the outbox
+        to those on other nodes); returns how many streams on this node got it."""
+        return self.mcp.notify_resource_updated(uri)
+
+    def send_to_session(self, session_id: str, message: dict[str, Any]) -> bool:
+        """Send one JSON-RPC message on a transport session's open GET or legacy stream on this
+        node; False when this node holds no such stream."""
+        conn = self.mcp.session_stream(session_id)
+        if conn is None:
+            return False
+        self.mcp.emit(conn, message)
+        return True
+
 
 async def run_node(
     settings: Settings,
@@ -401,6 +449,7 @@ async def run_node(
         allowed_origins=settings.allowed_origins,
         own_origin=_origin(base_url),
         stream_token_grace=settings.stream_token_grace,
+        client_request_timeout=settings.client_request_timeout,
         stream_fast_path=settings.stream_fast_path,
     )
     # the tables first: the relay reads them, and the MCP endpoints use the relay

@@ -13,6 +13,7 @@ import base64
 import datetime
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -27,6 +28,7 @@ from tests.harness._steward import (
     running_node,
     sign_in,
 )
+from tests.harness._wait import wait_until
 from tests.test_sdk_oauth import Browser, Storage, sdk_provider
 
 PUBLIC = "http://steward.test"
@@ -341,12 +343,10 @@ async def test_idle_transport_sessions_end_and_free_their_place(fresh_db: str) -
             await McpClient(http, node, token).initialize()
         # a request on a session writes its last_seen_at (at most every touch_interval)
         psql(fresh_db, "UPDATE transport_sessions SET last_seen_at = now() - interval '2 days'")
-        node.sessions.transports._touched.clear()
+        node.sessions.policy = attrs.evolve(node.sessions.policy, touch_interval=0.0)
         assert (await streaming.post("ping")).status_code == 200
         fresh = f"SELECT count(*) FROM transport_sessions WHERE session_id = '{streaming.session_id}' AND last_seen_at > now() - interval '1 minute'"
-        with trio.fail_after(5):
-            while not count(fresh_db, fresh):
-                await trio.sleep(0.02)
+        await wait_until(lambda: count(fresh_db, fresh), within=5)
 
 
 async def test_unused_clients_and_pending_requests_expire_while_used_clients_stay(

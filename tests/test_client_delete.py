@@ -16,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness._pg import psql
 from tests.harness._steward import running_node, sign_in
+from tests.harness._wait import wait_until
 
 
 @contextmanager
@@ -55,12 +56,9 @@ async def test_the_sdk_client_ending_its_session_logs_no_error(fresh_db: str) ->
                     result = await session.call_tool("echo", {"text": "bye"})
                     assert result.content[0].text == "bye"  # type: ignore[union-attr]
                     # the SDK opens its GET stream in the background: the DELETE meets it open
-                    while not node.mcp.get_streams:
-                        await trio.sleep(0.02)
+                    await wait_until(node.streams, what="the SDK's GET stream")
             # the client sent its DELETE on exit: the session ended, its stream closed
-            with trio.fail_after(10):
-                while node.mcp.get_streams:
-                    await trio.sleep(0.02)
+            await wait_until(lambda: not node.streams(), what="no stream left")
         problems = [
             f"{r.name} {r.levelname}: {r.getMessage()[:300]}"
             for r in records

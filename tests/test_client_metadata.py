@@ -68,7 +68,7 @@ class DocumentServer:
         elif path == "/not-json":
             body = b"<html>an admin console</html>"
         elif path == "/slow.json":
-            await trio.sleep(30)
+            await trio.sleep(30)  # kept: a slow server, past the fetch's timeout
         elif path == "/missing.json":
             status = 404
         elif path == "/redirect.json":

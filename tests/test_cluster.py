@@ -14,10 +14,12 @@ import trio
 
 from examples.everything import WATCHED_URI
 from examples.everything import app as everything
+from server._introspection import StreamKind
 from server._node import Node
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in, sse_stream
+from tests.harness._wait import wait_until
 from tests.test_mcp_transport import headers_2026, rpc_2026
 
 PUBLIC = "http://steward.test"
@@ -148,7 +150,7 @@ async def test_an_update_published_on_one_node_reaches_a_stream_on_another_exact
         async with get_stream(on_b) as stream:
             priming = await stream.next()
             assert priming is not None
-            assert a.mcp.notify_resource_updated(WATCHED_URI) == 0  # no stream on a
+            assert a.notify_resource_updated(WATCHED_URI) == 0  # no stream on a
             with trio.fail_after(5):
                 first = await stream.next_message()
             assert first is not None
@@ -158,7 +160,7 @@ async def test_an_update_published_on_one_node_reaches_a_stream_on_another_exact
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE query LIKE 'LISTEN%steward_outbox%'",
             )
-            a.mcp.notify_resource_updated(WATCHED_URI)
+            a.notify_resource_updated(WATCHED_URI)
             with trio.fail_after(5):
                 second = await stream.next_message()
             assert second is not None and second["data"]["method"].endswith("resources/updated")
@@ -188,7 +190,7 @@ async def test_an_update_for_a_session_without_a_stream_waits_for_its_next_strea
         on_b = McpClient(http, b, tokens["access_token"])
         await on_b.initialize()
         await on_b.call("resources/subscribe", {"uri": WATCHED_URI})
-        assert a.mcp.notify_resource_updated(WATCHED_URI) == 0
+        assert a.notify_resource_updated(WATCHED_URI) == 0
         await a.store.write()  # committed
         assert psql(fresh_db, "SELECT count(*) FROM outbox") == "1"
         async with get_stream(on_b) as stream:
@@ -209,7 +211,7 @@ async def test_a_listen_stream_on_another_node_gets_the_update_tagged(fresh_db: 
         async with sse_stream(http, "POST", url, json=body, headers=headers) as reader:
             ack = await reader.next_message()
             assert ack is not None
-            a.mcp.notify_resource_updated(WATCHED_URI)
+            a.notify_resource_updated(WATCHED_URI)
             with trio.fail_after(5):
                 update = await reader.next_message()
             assert update is not None and update["data"]["params"]["uri"] == WATCHED_URI
@@ -308,7 +310,7 @@ async def test_a_2026_retry_reaching_another_node_continues_the_parked_request(
         assert r.status_code == 200, r.text
         assert r.json()["result"]["content"][0]["text"] == "Hello, Ada!"
         assert b.relay.statistics().forwarded == 1 and a.relay.statistics().served == 1
-        assert a.mcp.parked == {}
+        assert a.statistics().endpoint.parked_requests == 0
         # a state naming node a that a never issued: a says so, through b
         forged = first["requestState"].partition(".")[0][:-1] + "x." + a.info.node_id
         r = await call(b, {"inputResponses": answer, "requestState": forged})
@@ -354,10 +356,9 @@ async def test_a_forwarded_request_whose_node_dies_is_answered_503_not_left_wait
                 retried.append(await call(b, extra))
 
             nursery.start_soon(retry)
-            with trio.fail_after(5):
-                while a.relay.statistics().served < 1:
-                    await trio.sleep(0.02)
-            await trio.sleep(0.3)  # b has checked a at least twice: alive, still waiting
+            await wait_until(lambda: a.relay.statistics().served >= 1, within=5)
+            # kept: time passes for b to check a at least twice (alive: b still waits)
+            await trio.sleep(0.3)
             assert retried == []
             psql(fresh_db, f"UPDATE nodes SET status = 'dead' WHERE node_id = '{a.info.node_id}'")
         (r,) = retried
@@ -385,9 +386,8 @@ async def test_a_legacy_post_reaching_another_node_is_handled_by_the_streams_nod
                 reply = await reader.next()
             assert reply is not None and reply["data"] == {"jsonrpc": "2.0", "id": 1, "result": {}}
         assert b.relay.statistics().forwarded == 1
-        with trio.fail_after(5):  # a notices the disconnect; its stream's row closes
-            while a.mcp.legacy_streams:
-                await trio.sleep(0.01)
+        # a notices the disconnect; its stream's row closes
+        await wait_until(lambda: not a.streams(kind=StreamKind.LEGACY_SSE), within=5, every=0.01)
         await a.store.write()
         assert (await http.post(post_url, json=ping, headers=carol)).status_code == 404
 
@@ -498,15 +498,14 @@ async def test_an_unsubscribe_through_another_node_stops_the_updates_everywhere(
         await on_a.call("resources/subscribe", {"uri": WATCHED_URI})
         async with get_stream(on_a) as stream:
             await stream.next()
-            assert a.mcp.notify_resource_updated(WATCHED_URI) == 1
+            assert a.notify_resource_updated(WATCHED_URI) == 1
             with trio.fail_after(5):
                 assert await stream.next_message() is not None
             await on_b.call("resources/unsubscribe", {"uri": WATCHED_URI})
-            with trio.fail_after(5):  # a, holding the stream, re-reads the session's rows
-                while a.mcp.subscriptions.get(WATCHED_URI):
-                    await trio.sleep(0.01)
-            assert a.mcp.notify_resource_updated(WATCHED_URI) == 0
-            assert b.mcp.notify_resource_updated(WATCHED_URI) == 0
+            # a, holding the stream, re-reads the session's rows
+            await wait_until(lambda: not a.subscribers(WATCHED_URI), within=5, every=0.01)
+            assert a.notify_resource_updated(WATCHED_URI) == 0
+            assert b.notify_resource_updated(WATCHED_URI) == 0
             await a.store.write()
             await b.store.write()
             with trio.move_on_after(0.5) as nothing:

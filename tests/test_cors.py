@@ -17,6 +17,7 @@ import trio
 
 from tests.harness._extras import require_browser
 from tests.harness._steward import MCP_HEADERS, McpClient, running_node, sign_in
+from tests.harness._wait import wait_until
 
 APP = "https://app.example"
 EVIL = "https://evil.example"
@@ -215,7 +216,10 @@ async def test_an_unexpected_error_is_a_500_a_browser_can_read_and_is_counted(
         r = await http.post(f"{node.info.listen_url}/token", data={}, headers={"origin": origin})
         assert r.status_code == 500 and r.json()["error"] == "server_error"
         assert r.headers["access-control-allow-origin"] == origin
-        with trio.fail_after(5):  # counted once the request's task ends, after the answer
-            while not any(status == 500 for (_, _, status) in node.asgi.requests.counts):
-                await trio.sleep(0.01)
+        # counted once the request's task ends, after the answer
+        await wait_until(
+            lambda: any(status == 500 for (_, _, status) in node.asgi.requests.counts),
+            within=5,
+            every=0.01,
+        )
         assert not any(status == 0 for (_, _, status) in node.asgi.requests.counts)

@@ -20,6 +20,7 @@ from actors._store import Op, Store
 from runtime import faults
 from tests.harness._steward import running_node, sign_in
 from tests.harness._store import running_store
+from tests.harness._wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,9 +171,8 @@ async def test_keys_rotate_command_moves_a_running_nodes_tokens_to_the_new_key(
         assert report["key_id"] == "k2" and report["retired"] == ["k1"]
         assert report["reencrypted"]["upstream_tokens"] == 2
         assert await key_ids(node.store) == {"k2": 2}
-        with trio.fail_after(5):  # the node reloads the key file once the old key is retired
-            while node.auth.keyring.key_ids != ["k2"]:
-                await trio.sleep(0.05)
+        # the node reloads the key file once the old key is retired
+        await wait_until(lambda: node.auth.keyring.key_ids == ["k2"], within=5, every=0.05)
         # the running node decrypts the re-encrypted tokens and encrypts new ones with k2
         assert await readable(node.store, node.auth.keyring) == before
         await sign_in(http, node, "carol")

@@ -166,7 +166,9 @@ async def test_every_fixture_answers_like_the_reference_server(fresh_db: str) ->
                 {"name": "arg1", "value": "a"},
             )
             assert completed.completion.values == ["alpha", "apple", "avocado"]
-        assert node.mcp.live_streams == {} and node.mcp.inflight == {} and node.mcp.pending == {}
+        assert node.statistics().endpoint.resumable_streams == 0
+        assert node.statistics().endpoint.live_exchanges == 0
+        assert node.statistics().endpoint.pending_client_answers == 0
 
 
 class Recorder:

@@ -11,8 +11,10 @@ import trio
 from mcp import ClientSession, types
 from mcp.client.sse import sse_client
 
+from server._introspection import StreamKind
 from server.app._steward import Context, Steward
 from tests.harness._steward import SseReader, running_node, sign_in
+from tests.harness._wait import wait_until
 
 app = Steward("legacy-test")
 
@@ -122,8 +124,7 @@ async def test_the_endpoint_event_comes_first_and_posts_need_the_streams_princip
                 assert reply is not None and reply["event"] == "message"
                 assert reply["data"] == {"jsonrpc": "2.0", "id": 1, "result": {}}
                 nursery.cancel_scope.cancel()
-        with trio.fail_after(5):  # the stream's handler notices the disconnect and cleans up
-            while node.mcp.legacy_streams:
-                await trio.sleep(0.01)
+        # the stream's handler notices the disconnect and cleans up
+        await wait_until(lambda: not node.streams(kind=StreamKind.LEGACY_SSE), within=5, every=0.01)
         r3 = await http.post(post_url, json=ping, headers=as_carol)
         assert r3.status_code == 404  # the stream is gone

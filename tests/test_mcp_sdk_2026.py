@@ -75,4 +75,5 @@ async def test_the_sdk_client_in_auto_mode_uses_2026_and_answers_input_requests(
             )
             assert prompt.messages[0].content.text == "Prompt with arguments: arg1='a', arg2='b'"  # type: ignore[union-attr]
         assert await node.store.fetchval("SELECT count(*) FROM transport_sessions") == 0
-        assert node.mcp.parked == {} and node.mcp.pending == {}
+        assert node.statistics().endpoint.parked_requests == 0
+        assert node.statistics().endpoint.pending_client_answers == 0

@@ -20,6 +20,7 @@ from tests.harness._steward import (
     sign_in,
     sse_messages,
 )
+from tests.harness._wait import wait_until
 
 V2026 = "2026-07-28"
 app = Steward("transport-test")
@@ -245,10 +246,10 @@ async def test_a_listen_stream_acknowledges_its_filter_and_gets_only_what_it_ask
                 assert ack is not None
                 assert ack["data"]["method"] == "notifications/subscriptions/acknowledged"
                 assert ack["data"]["params"]["notifications"] == wanted
-                assert node.mcp.notify_resource_updated("test://other") == 0
-                assert node.mcp.notify_list_changed("prompts") == 0
-                assert node.mcp.notify_resource_updated("test://watched") == 1
-                assert node.mcp.notify_list_changed("tools") == 1
+                assert node.notify_resource_updated("test://other") == 0
+                assert node.notify_list_changed("prompts") == 0
+                assert node.notify_resource_updated("test://watched") == 1
+                assert node.notify_list_changed("tools") == 1
                 with trio.fail_after(5):
                     updated = await reader.next_message()
                     changed = await reader.next_message()
@@ -277,8 +278,7 @@ async def test_a_cancelled_request_gets_no_result(fresh_db: str) -> None:
         seen.clear()
 
         async def cancel_soon(request_id: int) -> None:
-            while not node.mcp.inflight:
-                await trio.sleep(0.01)
+            await wait_until(lambda: node.statistics().endpoint.live_exchanges, every=0.01)
             r = await http.post(
                 mcp.url,
                 json={
@@ -306,7 +306,7 @@ async def test_a_cancelled_request_gets_no_result(fresh_db: str) -> None:
         assert seen["s"] == "cancelled"
         messages = sse_messages(r.text)
         assert [m.get("method") for m in messages] == ["notifications/message"]  # no response
-        assert node.mcp.inflight == {}
+        assert node.statistics().endpoint.live_exchanges == 0
 
 
 async def test_closing_a_2026_reply_stream_cancels_its_request(fresh_db: str) -> None:
@@ -325,9 +325,8 @@ async def test_closing_a_2026_reply_stream_cancels_its_request(fresh_db: str) ->
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
                     break  # the log message arrived: the tool is running
-        with trio.fail_after(5):  # MCP-R15: closing the stream is a cancellation
-            while seen.get("r15") != "cancelled":
-                await trio.sleep(0.01)
+        # MCP-R15: closing the stream is a cancellation
+        await wait_until(lambda: seen.get("r15") == "cancelled", within=5, every=0.01)
 
 
 async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str) -> None:
@@ -359,7 +358,8 @@ async def test_a_stream_closed_mid_call_resumes_with_last_event_id(fresh_db: str
             with trio.fail_after(5):
                 replayed = [await again.next(), await again.next(), await again.next()]
         assert [e["id"] if e else None for e in replayed] == [after["id"], result["id"], None]
-        assert node.mcp.live_streams == {} and node.mcp.inflight == {}  # nothing left behind
+        assert node.statistics().endpoint.resumable_streams == 0
+        assert node.statistics().endpoint.live_exchanges == 0  # nothing left behind
 
 
 async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_db: str) -> None:
@@ -425,7 +425,7 @@ async def test_2026_input_requests_round_trip_and_refuse_an_altered_state(fresh_
         r = await call("test_logging_tool", {})  # no logLevel in _meta: no log messages
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["result"]["content"][0]["text"] == "logged"
-        assert node.mcp.parked == {}
+        assert node.statistics().endpoint.parked_requests == 0
 
 
 async def test_2026_param_headers_must_mirror_the_body_and_answers_may_come_with_the_request(
@@ -531,7 +531,8 @@ async def test_a_request_answered_before_its_body_leaves_the_connection_usable(
                     while b"\r\n" not in buffer:  # the answer starts before the body is sent
                         buffer += await stream.receive_some(65536)
                 assert buffer.startswith(b"HTTP/1.1 " + status), bytes(buffer)
-                await trio.sleep(0.2)  # a slow client: its body comes a moment after the answer
+                # kept: a slow client, its body comes a moment after the answer
+                await trio.sleep(0.2)
                 await stream.send_all(body)
                 with trio.fail_after(5):
                     first, _ = await _read_answer(stream, buffer)

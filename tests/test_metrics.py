@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness._pg import Cluster
 from tests.harness._steward import McpClient, running_node, sign_in
+from tests.harness._wait import wait_until
 
 
 async def test_metrics_health_and_readiness(pg_cluster: Cluster, fresh_db: str) -> None:
@@ -110,7 +111,7 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
         running_node(fresh_db, app=everything) as node,
         httpx.AsyncClient(timeout=20) as http,
     ):
-        idle = node.mcp.statistics()
+        idle = node.statistics().endpoint
         assert (idle.live_exchanges, idle.parked_requests, idle.open_streams) == (0, 0, 0)
         assert idle.max_inflight == 10_000 and idle.events_stored == 0
         token = (await sign_in(http, node, "carol"))["access_token"]
@@ -136,12 +137,16 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
             },
         )
         assert r.json()["result"]["resultType"] == "input_required"
-        assert node.mcp.statistics().parked_requests == 1
+        assert node.statistics().endpoint.parked_requests == 1
         mcp = McpClient(http, node, token)
         await mcp.initialize()
         async with get_stream(mcp) as stream:
             await stream.next()
-            assert node.mcp.statistics().get_streams == node.mcp.statistics().open_streams == 1
+            assert (
+                node.statistics().endpoint.get_streams
+                == node.statistics().endpoint.open_streams
+                == 1
+            )
             body = {
                 "jsonrpc": "2.0",
                 "id": 2,
@@ -154,7 +159,7 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
                     nursery.start_soon(reader._pump)
                     asked = await reader.next_message()
                     assert asked is not None and asked["data"]["method"] == "sampling/createMessage"
-                    busy = node.mcp.statistics()
+                    busy = node.statistics().endpoint
                     # the parked 2026 request still runs and awaits its input too
                     assert busy.live_exchanges == 2 and busy.pending_client_answers == 2
                     assert busy.resumable_streams == 1 and busy.events_stored >= 1
@@ -173,10 +178,9 @@ async def test_the_mcp_endpoint_reports_its_live_state_in_statistics_and_metrics
                     done = await reader.next_message()
                     assert done is not None and "LLM response: hello" in json.dumps(done["data"])
                     nursery.cancel_scope.cancel()
-        with trio.fail_after(5):  # the server sees the GET stream's client leave
-            while node.mcp.statistics().open_streams:
-                await trio.sleep(0.02)
-        after = node.mcp.statistics()
+        # the server sees the GET stream's client leave
+        await wait_until(lambda: not node.statistics().endpoint.open_streams, within=5)
+        after = node.statistics().endpoint
         assert (after.live_exchanges, after.pending_client_answers) == (1, 1)
         assert after.resumable_streams == 0
         assert after.events_stored == busy.events_stored + 1  # the response, stored too

@@ -18,6 +18,7 @@ from examples.everything import app as everything
 from tests.harness._pg import psql
 from tests.harness._serve import steward_serve
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()  # every node of a deployment shares it
@@ -93,9 +94,7 @@ async def test_a_node_restarted_after_kill_9_takes_over_its_predecessors_streams
             async with get_stream(tabs[0]) as s1, get_stream(tabs[1]) as s2:
                 for s in (s1, s2):
                     assert await s.next() is not None
-                with trio.fail_after(10):
-                    while open_streams(fresh_db, "b") < 2:
-                        await trio.sleep(0.05)
+                await wait_until(lambda: open_streams(fresh_db, "b") >= 2, every=0.05)
                 b.kill()  # SIGKILL: no stream row is closed
                 with trio.fail_after(10):
                     assert await s1.next() is None and await s2.next() is None
@@ -109,9 +108,7 @@ async def test_a_node_restarted_after_kill_9_takes_over_its_predecessors_streams
             assert refused.status_code == 429  # the ghosts count against alice
 
             await trio.to_thread.run_sync(b.start)  # the same node id, the same data folder
-            with trio.fail_after(10):
-                while open_streams(fresh_db, "b") > 0:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: open_streams(fresh_db, "b") == 0, every=0.05)
             reasons = psql(
                 fresh_db, "SELECT DISTINCT close_reason FROM connections WHERE node_id = 'b'"
             )
@@ -170,7 +167,7 @@ async def test_the_subscriptions_of_an_ended_grant_are_dropped(fresh_db: str) ->
         def rows(table: str, target: str) -> int:
             return int(psql(fresh_db, f"SELECT count(*) FROM {table} WHERE target = '{target}'"))
 
-        a.mcp.notify_resource_updated(WATCHED_URI)
+        a.notify_resource_updated(WATCHED_URI)
         await a.store.write()  # committed
         assert (rows("outbox", alice), rows("outbox", bob)) == (1, 1)
 
@@ -186,6 +183,6 @@ async def test_the_subscriptions_of_an_ended_grant_are_dropped(fresh_db: str) ->
         assert rows("resource_subscriptions", bob) == 1
         assert rows("outbox", alice) == 0
 
-        a.mcp.notify_resource_updated(WATCHED_URI)
+        a.notify_resource_updated(WATCHED_URI)
         await a.store.write()
         assert (rows("outbox", alice), rows("outbox", bob)) == (0, 2)

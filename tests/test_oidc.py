@@ -16,6 +16,7 @@ from actors import Op
 from server._node import Node
 from tests.harness._oidc import OidcProvider, oidc_provider
 from tests.harness._steward import REDIRECT_URI, McpClient, pkce, register, running_node, sign_in
+from tests.harness._wait import wait_until
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -213,17 +214,16 @@ async def test_sign_in_waits_for_discovery_and_the_node_starts_without_the_idp(
 
             idp.advertised_issuer = "https://impostor.invalid"
             idp.available = True
-            with trio.fail_after(10):
-                while "names issuer" not in (node.auth.upstream.discovery_problem or ""):
-                    await trio.sleep(0.05)
+            await wait_until(
+                lambda: "names issuer" in (node.auth.upstream.discovery_problem or ""),
+                every=0.05,
+            )
             r = await http.get(f"{node.info.listen_url}/authorize", params=params)
             assert r.status_code == 503
             assert "'https://impostor.invalid', not the configured" in r.json()["error_description"]
 
             idp.advertised_issuer = None
-            with trio.fail_after(20):
-                while not node.auth.upstream.ready:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: node.auth.upstream.ready, within=20, every=0.05)
             assert (await http.get(f"{node.info.listen_url}/readyz")).json()[
                 "identity_provider"
             ] == "ok"

@@ -26,6 +26,7 @@ import trio
 
 from server._node import Node
 from tests.harness._steward import McpClient, SseReader, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "operator-paths-admin"
@@ -75,9 +76,7 @@ class Subject:
 async def rows_of(node: Node, who: Subject) -> dict[str, list[str]]:
     """Every row of ``who`` in TABLES, with ids and times replaced by what they stand for."""
     await node.store.write()  # audit rows are queued (write_nowait): a write after them flushes
-    with trio.fail_after(5):
-        while node.store.statistics().queue_depth:
-            await trio.sleep(0.01)
+    await wait_until(lambda: not node.store.statistics().queue_depth, within=5, every=0.01)
     names = {who.user_id: "<user>", node.info.node_id: "<origin>", "cli": "<origin>"}
     names |= {str(g): f"<grant {i}>" for i, g in enumerate(who.grants)}
     clients = await node.store.fetch(

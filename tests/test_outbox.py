@@ -49,10 +49,10 @@ async def test_a_waiting_reader_wakes_for_each_event_and_ends_on_close(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
-        await trio.sleep(1)  # the reader waits on an empty outbox
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits on an empty outbox
         assert got == []
         box.put(event(1))
-        await trio.sleep(1)
+        await trio.testing.wait_all_tasks_blocked()  # and has taken the event
         assert got == [{"n": 1}]
         box.put(event(2))
         box.close()

@@ -15,6 +15,7 @@ from actors.sessions import AuthenticationRequiredError, SessionPolicy
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, running_node, sign_in
+from tests.harness._wait import wait_until
 
 app = Steward("reauth-test")
 
@@ -82,9 +83,12 @@ async def test_a_refresh_refused_for_good_is_answered_401_with_the_challenge_eve
         # the deprecated transport's challenge names the /sse resource's document (RFC 9728)
         assert_challenge(legacy, node.resource_server.metadata_url_for("/sse"))
         assert metadata_url_for_sse(node) == node.resource_server.metadata_url_for("/sse")
-        with trio.fail_after(5):  # the session ends here first; the row commits right after
-            while psql(fresh_db, "SELECT status FROM grants") != "reauth_required":
-                await trio.sleep(0.05)
+        # the session ends here first; the row commits right after
+        await wait_until(
+            lambda: psql(fresh_db, "SELECT status FROM grants") == "reauth_required",
+            within=5,
+            every=0.05,
+        )
 
 
 async def test_authentication_required_inside_a_tool_is_the_same_401(fresh_db: str) -> None:

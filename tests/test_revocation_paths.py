@@ -38,6 +38,7 @@ from tests.harness._steward import (
     running_node,
     sign_in,
 )
+from tests.harness._wait import wait_until
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()  # every node of a deployment shares it
@@ -85,9 +86,7 @@ async def untouched(stream: SseReader) -> None:
 async def audited(dsn: str, node: Node, kind: str) -> int:
     """The number of ``kind`` rows in auth_events once the node's queued writes are committed."""
     await node.store.write()  # audit rows are queued (write_nowait): a write after them flushes
-    with trio.fail_after(5):
-        while node.store.statistics().queue_depth:
-            await trio.sleep(0.01)
+    await wait_until(lambda: not node.store.statistics().queue_depth, within=5, every=0.01)
     return int(psql(dsn, f"SELECT count(*) FROM auth_events WHERE kind = '{kind}'"))
 
 
@@ -464,9 +463,10 @@ async def test_a_revocation_whose_write_is_not_acknowledged_ends_the_streams_her
                 await ends_with_revoked(stream)
             finally:
                 faults.reset()
-        with trio.fail_after(10):  # the held commit lands: the grant is revoked
-            while psql(fresh_db, "SELECT status FROM grants") != "revoked":
-                await trio.sleep(0.05)
+        # the held commit lands: the grant is revoked
+        await wait_until(
+            lambda: psql(fresh_db, "SELECT status FROM grants") == "revoked", every=0.05
+        )
         assert (await mcp.post("ping")).status_code == 401
         again = await http.post(url, data=form)
         assert again.status_code == 200, again.text
@@ -512,14 +512,14 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         for stream in streams:
             assert await stream.next() is not None  # the priming event
         # every pump is past its start and takes notifications
-        assert node.mcp.notify_list_changed("tools") == 4
+        assert node.notify_list_changed("tools") == 4
         for stream in streams:
             with trio.fail_after(5):
                 event = await stream.next_message()
             assert (
                 event is not None and event["data"]["method"] == "notifications/tools/list_changed"
             )
-        was_on = node.mcp.statistics().stream_fast_path == 1
+        was_on = node.statistics().endpoint.stream_fast_path == 1
         on_until_now = broken is None or (isinstance(broken, tuple) and broken[2] == "end")
         # in the canary the newest Hypercorn may have turned it off at the first stream
         assert was_on == on_until_now or (CANARY and not was_on)
@@ -533,7 +533,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         assert r.status_code == 200 and r.json() == {}
         for stream in streams[:3]:
             await ends_with_revoked(stream)
-        assert node.mcp.notify_list_changed("tools") == 1  # Bob's stream alone is left
+        assert node.notify_list_changed("tools") == 1  # Bob's stream alone is left
         with trio.fail_after(5):
             event = await streams[3].next_message()
         assert event is not None and event["data"]["method"] == "notifications/tools/list_changed"
@@ -542,7 +542,7 @@ async def test_a_revoke_ends_every_stream_of_the_grant_whatever_becomes_of_the_f
         assert (await tabs[0].post("ping")).status_code == 401
         assert (await bob.post("ping")).status_code == 200
 
-        stats = node.mcp.statistics()
+        stats = node.statistics().endpoint
         if broken is None and was_on:
             assert (stats.stream_fast_path, stats.stream_ends_direct) == (1, 3)
         else:

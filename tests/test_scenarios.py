@@ -20,6 +20,7 @@ from runtime import Backoff, faults
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, SseReader, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 from tests.test_sdk_oauth import Browser, Storage, sdk_provider
 
 PUBLIC = "http://steward.test"
@@ -100,9 +101,7 @@ async def test_scenario_three_tabs_a_crashed_stream_then_the_user_revoked_at_the
         try:
             streams = [await stack.enter_async_context(get_stream(tab)) for tab in tabs]
             priming = [await s.next() for s in streams]
-            with trio.fail_after(5):
-                while faults.hits("connection.heartbeat") == 0:
-                    await trio.sleep(0.02)
+            await wait_until(lambda: faults.hits("connection.heartbeat") != 0, within=5)
         finally:
             faults.reset()
         outcomes = []
@@ -127,7 +126,7 @@ async def test_scenario_three_tabs_a_crashed_stream_then_the_user_revoked_at_the
             for s in streams:
                 assert error_of(await s.next()) == "reauth_required"
                 assert await s.next() is None
-        assert node.mcp.notify_list_changed("tools") == 1  # Bob's stream is the only one left
+        assert node.notify_list_changed("tools") == 1  # Bob's stream is the only one left
         with trio.fail_after(5):
             event = await bob_stream.next()
         assert event is not None and event["data"]["method"] == "notifications/tools/list_changed"
@@ -186,15 +185,18 @@ async def test_scenario_upstream_refresh_fails_for_now_then_for_good_and_the_sdk
             async with get_stream(raw) as stream:
                 assert await stream.next() is not None
                 failed = node.sessions.refreshes["failed"]
-                node.dev_idp._refresh_faults.extend(["5xx", "5xx"])
-                with trio.fail_after(10):
-                    while node.dev_idp._refresh_faults or node.sessions.refreshes["ok"] < 3:
-                        await trio.sleep(0.05)
+                node.dev_idp.fail_refreshes("5xx", 2)
+                await wait_until(
+                    lambda: (
+                        not (node.dev_idp.refresh_faults_left or node.sessions.refreshes["ok"] < 3)
+                    ),
+                    every=0.05,
+                )
                 assert node.sessions.refreshes["failed"] - failed == 2
                 result = await session.call_tool("echo", {"text": "through the outage"})
                 assert result.content[0].text == "through the outage"  # type: ignore[union-attr]
                 assert await is_open(stream)
-                node.dev_idp._refresh_faults.append("invalid_grant")
+                node.dev_idp.fail_refreshes("invalid_grant")
                 with trio.fail_after(10):
                     assert error_of(await stream.next()) == "reauth_required"
                     assert await stream.next() is None
@@ -243,9 +245,8 @@ async def test_scenario_a_restart_in_the_middle_of_a_session(fresh_db: str) -> N
                         assert await reader.next() is None  # closed by the tool, not ended
             assert seen[0] is not None and seen[0]["data"] is None  # the priming event
             assert seen[1] is not None and seen[1]["data"]["params"]["progress"] == 1
-            with trio.fail_after(5):  # the tool finishes while the client is away
-                while first.mcp.statistics().live_exchanges:
-                    await trio.sleep(0.02)
+            # the tool finishes while the client is away
+            await wait_until(lambda: not first.statistics().endpoint.live_exchanges, within=5)
         async with running_node(fresh_db, app, **settings) as second:
             mcp.url = f"{second.info.listen_url}/mcp"
             listed = await mcp.call("tools/list")

@@ -9,6 +9,7 @@ from actors.sessions import SessionPolicy
 from runtime import faults
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 
 async def connected(http: httpx.AsyncClient, node: object, user: str) -> McpClient:
@@ -40,7 +41,7 @@ async def test_revoking_a_user_closes_each_of_their_streams_with_an_error_and_no
                     assert event is not None and event["data"]["params"]["level"] == "error"
                     assert event["data"]["params"]["data"]["error"] == "revoked"
                     assert await s.next() is None  # the stream ended
-            assert node.mcp.notify_resource_updated("demo://readme") == 1
+            assert node.notify_resource_updated("demo://readme") == 1
             with trio.fail_after(5):
                 event = await s3.next_message()
             assert (
@@ -87,7 +88,7 @@ async def test_invalid_grant_upstream_requires_reauthorization(fresh_db: str) ->
     async with running_node(fresh_db) as node, httpx.AsyncClient(timeout=10) as http:
         assert node.dev_idp is not None
         node.dev_idp.access_ttl = 1.0  # the token keeper refreshes at once
-        node.dev_idp._refresh_faults.append("invalid_grant")
+        node.dev_idp.fail_refreshes("invalid_grant")
         tokens = await sign_in(http, node, "carol")
         mcp = McpClient(http, node, tokens["access_token"])
         r = await mcp.post(
@@ -102,9 +103,12 @@ async def test_invalid_grant_upstream_requires_reauthorization(fresh_db: str) ->
             while (r := await mcp.post("ping")).status_code != 401:
                 await trio.sleep(0.05)
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
-        with trio.fail_after(5):  # the 401 may come before the row's commit
-            while psql(fresh_db, "SELECT status FROM grants") != "reauth_required":
-                await trio.sleep(0.05)
+        # the 401 may come before the row's commit
+        await wait_until(
+            lambda: psql(fresh_db, "SELECT status FROM grants") == "reauth_required",
+            within=5,
+            every=0.05,
+        )
         await node.store.write()
         kinds = psql(fresh_db, "SELECT string_agg(kind, ',') FROM auth_events")
         assert "upstream_refresh_failed" in kinds
@@ -158,7 +162,7 @@ async def test_resuming_a_stream_replays_what_was_missed_from_the_database(fresh
         async with get_stream(mcp) as stream:
             await stream.next()
             for _ in range(3):
-                node.mcp.notify_resource_updated("demo://readme")
+                node.notify_resource_updated("demo://readme")
             events = [await stream.next_message() for _ in range(3)]
         ids = [e["id"] for e in events if e]
         assert len(set(ids)) == 3
@@ -181,10 +185,9 @@ async def test_a_crashing_connection_actor_closes_only_its_own_stream(fresh_db: 
             async with get_stream(tab1) as s1, get_stream(tab2) as s2:
                 await s1.next()
                 await s2.next()
-                with trio.fail_after(5):
-                    while faults.hits("connection.heartbeat") == 0:
-                        await trio.sleep(0.05)
-                await trio.sleep(0.5)
+                await wait_until(lambda: faults.hits("connection.heartbeat") > 0, within=5)
+                # the crashed connection actor's stream is closed; the other stays
+                await wait_until(lambda: len(node.sessions.live()[0].connections()) == 1, within=5)
                 outcomes = []
                 for s in (s1, s2):
                     with trio.move_on_after(1.0):
@@ -221,7 +224,7 @@ async def test_every_stream_of_a_session_gets_its_keep_alives_and_heartbeat_rows
         counts = [0, 0]
 
         async def count_keep_alives(i: int, delay: float) -> None:
-            await trio.sleep(delay)
+            await trio.sleep(delay)  # kept: the two streams open at different times
             headers = {**tabs[i].headers(), "accept": "text/event-stream"}
             async with http.stream("GET", tabs[i].url, headers=headers) as response:
                 assert response.status_code == 200

@@ -13,6 +13,7 @@ from runtime import ChildRestarted, EventSubscription, faults, subscribe_events
 from tests.harness._pg import Cluster
 from tests.harness._proxy import FaultProxy
 from tests.harness._store import running_store
+from tests.harness._wait import wait_until
 
 INSERT = (
     "INSERT INTO auth_events (event_id, kind, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
@@ -86,9 +87,8 @@ async def test_writes_queued_during_an_outage_commit_after_recovery_and_reads_fa
                             await trio.sleep(0.05)
                 with trio.fail_after(5), pytest.raises(StoreUnavailable):
                     await store.transact(lambda conn: conn.fetchval("SELECT 1"))
-                with trio.fail_after(5):  # the connection check that the failure started
-                    while store.statistics().connected:
-                        await trio.sleep(0.02)
+                # the connection check that the failure started
+                await wait_until(lambda: not store.statistics().connected, within=5)
                 stats = store.statistics()
                 assert stats.queue_depth >= 1 and not stats.connected
                 assert stats.outage_since is not None
@@ -118,15 +118,15 @@ async def test_a_kill_in_the_middle_of_batches_loses_no_acknowledged_or_queued_w
                 else:
                     await store.write(op)
                     acknowledged.append(op.args[0])
-                await trio.sleep(0.002)
+                await trio.sleep(0.002)  # kept: the writers' pace, spread over the kill
 
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for w in range(8):
                     nursery.start_soon(writer, w)
-                await trio.sleep(0.1)  # batches are being committed
+                await wait_until(lambda: store.statistics().batches_committed >= 3, within=10)
                 await pg_cluster.stop("immediate")
-                await trio.sleep(0.3)
+                await trio.sleep(0.3)  # kept: the database stays away a while, writes queue up
                 await pg_cluster.start()
             await store.write(event("barrier"))  # committed after everything queued before it
         ids = {r["event_id"] for r in await store.fetch("SELECT event_id FROM auth_events")}

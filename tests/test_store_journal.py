@@ -17,6 +17,7 @@ import trio
 from actors import Op, Store, StorePolicy, WriteQueue, migrate, store_child_spec
 from runtime import Supervisor
 from tests.harness._pg import Cluster
+from tests.harness._wait import wait_until
 
 INSERT = (
     "INSERT INTO auth_events (event_id, kind, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
@@ -197,9 +198,7 @@ async def test_a_new_store_replays_a_journal_left_by_a_dead_process_exactly_once
         await store.write(Op("DELETE FROM auth_events WHERE user_id = 'dead0'"))
     replaying = Store(fresh_db, queue=WriteQueue(journal_path=journal))
     async with supervised(replaying) as store:
-        with trio.fail_after(20):
-            while journal.exists():
-                await trio.sleep(0.01)
+        await wait_until(lambda: not journal.exists(), within=20, every=0.01)
         users = await store.fetch("SELECT user_id FROM auth_events ORDER BY user_id")
         # dead0 was deleted after it was applied: a replay must not apply it again
         assert [r["user_id"] for r in users] == ["dead1", "dead2"]
@@ -222,17 +221,13 @@ async def test_a_store_stopped_during_an_outage_leaves_its_queue_for_the_next_pr
     copy = journal.read_bytes()
     second = Store(fresh_db, queue=WriteQueue(journal_path=journal))
     async with supervised(second):
-        with trio.fail_after(30):
-            while journal.exists():
-                await trio.sleep(0.01)
+        await wait_until(lambda: not journal.exists(), within=30, every=0.01)
         assert await second.fetchval("SELECT count(*) FROM auth_events") == 101
     # the same journal found again (as after a crash before its removal) applies nothing twice
     journal.write_bytes(copy)
     third = Store(fresh_db, queue=WriteQueue(journal_path=journal))
     async with supervised(third):
-        with trio.fail_after(30):
-            while journal.exists():
-                await trio.sleep(0.01)
+        await wait_until(lambda: not journal.exists(), within=30, every=0.01)
         assert await third.fetchval("SELECT count(*) FROM auth_events") == 101
 
 

@@ -16,6 +16,7 @@ from server.postgres._embedded import EmbeddedPostgres
 from tests.faults.conftest import new_database, own_cluster  # noqa: F401 (a fixture)
 from tests.harness._pg import psql
 from tests.harness._store import running_store
+from tests.harness._wait import wait_until
 
 INSERT = (
     "INSERT INTO auth_events (event_id, kind, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
@@ -111,9 +112,7 @@ async def test_the_journal_is_bounded_refuses_past_it_and_drops_nothing(
         with trio.fail_after(10):
             await store.wait_connected()
         own_cluster.kill()
-        with trio.fail_after(10):
-            while store.connected:
-                await trio.sleep(0.02)
+        await wait_until(lambda: not store.connected)
         queued = 0
         with pytest.raises(QueueFull, match="journal_max_bytes=8000"):
             while True:
@@ -129,9 +128,7 @@ async def test_the_journal_is_bounded_refuses_past_it_and_drops_nothing(
         assert store.statistics().writes_dropped == 1
         assert queued > 10 and journal.exists()
         await own_cluster.start()
-        with trio.fail_after(30):
-            while store.queue.depth:
-                await trio.sleep(0.05)
+        await wait_until(lambda: not store.queue.depth, within=30, every=0.05)
         await sup.stop()
     assert count(dsn, "spilled") == queued
     assert count(dsn, "refused") == 0 and count(dsn, "dropped") == 0
@@ -152,9 +149,7 @@ async def test_a_long_outage_logs_one_connect_failure_a_minute_not_one_per_attem
     dsn = f"postgresql://nobody:x@127.0.0.1:{free_port()}/none"  # nothing listens there
     with capture_logs() as logs:
         async with running_store(dsn, policy=policy, migrated=False) as (store, _):
-            with trio.fail_after(10):
-                while store.statistics().connect_failures < 20:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: store.statistics().connect_failures >= 20, every=0.05)
             assert not store.connected
     failed = [e for e in logs if e["event"] == "store_connect_failed"]
     assert len(failed) == 1, failed

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
+import trio.testing
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
@@ -104,7 +105,7 @@ async def waiting_stream(
     """A stream opened and read up to its first comment, its task waiting in ``outbox.wait``."""
     stream, buffer = await open_stream(port)
     outbox, end = await harness.streams.receive()
-    await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked()  # the stream's task is parked in outbox.wait
     return stream, buffer, outbox, end
 
 
@@ -327,8 +328,7 @@ async def test_a_stream_served_by_a_node_can_be_woken_without_a_cancel_scope(
         async with get_stream(mcp) as stream:
             await stream.next()
             assert mcp.session_id is not None
-            conn = node.mcp.session_stream(mcp.session_id)
-            assert conn is not None
-            if CANARY and not node.mcp.statistics().stream_fast_path:
+            if CANARY and not node.statistics().endpoint.stream_fast_path:
                 pytest.skip("the fast path turned itself off on this Hypercorn")
-            assert conn.outbox.nudge is not None
+            served = node.stream(mcp.session_id)
+            assert served is not None and served.nudged

@@ -14,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 from tests.test_sdk_oauth import Browser, Storage, sdk_provider
 
 
@@ -30,7 +31,8 @@ async def test_a_stream_whose_opening_token_expired_ends_with_a_reconnect_hint_a
         async with get_stream(tab1) as s1:
             priming = await s1.next()
             assert priming is not None and priming["data"] is None
-            await trio.sleep(1.0)  # a second token of the same grant, one second younger
+            # kept: time must pass for a second token of the same grant to be one second younger
+            await trio.sleep(1.0)
             r = await http.post(
                 f"{node.info.listen_url}/token",
                 data={
@@ -55,11 +57,12 @@ async def test_a_stream_whose_opening_token_expired_ends_with_a_reconnect_hint_a
                 assert params["data"]["reconnect"] is True
                 assert await s1.next() is None  # the stream ended
                 # the younger token's stream of the same session is still open
-                assert node.mcp.get_streams[tab2.session_id or ""].closed_reason is None
+                younger = node.stream(tab2.session_id or "")
+                assert younger is not None and younger.open
                 # the client comes back with its fresh token and resumes where it left off
                 tab1.token = second
                 async with get_stream(tab1, **{"last-event-id": priming["id"]}) as resumed:
-                    assert node.mcp.notify_list_changed("tools") == 2
+                    assert node.notify_list_changed("tools") == 2
                     with trio.fail_after(5):
                         event = await resumed.next_message()
                     assert event is not None
@@ -100,23 +103,23 @@ async def test_the_sdk_client_reconnects_its_get_stream_with_a_fresh_token(fresh
             await session.initialize()
             assert storage.tokens is not None
             opened_with = storage.tokens.access_token
-            with trio.fail_after(10):
-                while not node.mcp.get_streams:
-                    await trio.sleep(0.02)
-            (first,) = node.mcp.get_streams.values()
-            with trio.fail_after(10):  # the hint ends it, the client comes back on its own
-                while (
-                    first.closed_reason is None
-                    or not node.mcp.get_streams
-                    or first in node.mcp.get_streams.values()
-                ):
-                    await trio.sleep(0.02)
-            assert first.closed_reason == "token_expired"
+            await wait_until(node.streams, what="the SDK's GET stream")
+            (first,) = node.streams()
+
+            def came_back() -> bool:  # the hint ends it, the client comes back on its own
+                now = node.streams()
+                return bool(now) and all(s.open and s.id != first.id for s in now)
+
+            await wait_until(came_back, what="a new GET stream in place of the first")
+            ended = f"SELECT close_reason FROM connections WHERE connection_id = '{first.id}'"
+            await wait_until(
+                lambda: psql(fresh_db, ended) == "token_expired", every=0.05, what=ended
+            )
             assert storage.tokens.access_token != opened_with  # it refreshed before reconnecting
             hint = await received.receive()  # the SDK hands the hint to the application
             assert isinstance(hint, types.LoggingMessageNotification)
             assert hint.params.data["error"] == "token_expired"
-            assert node.mcp.notify_list_changed("tools") == 1
+            assert node.notify_list_changed("tools") == 1
             with trio.fail_after(5):
                 note = await received.receive()
             assert isinstance(note, types.ToolListChangedNotification)

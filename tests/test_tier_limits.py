@@ -13,6 +13,7 @@ import trio
 
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -141,9 +142,8 @@ async def test_a_user_holds_at_most_the_tiers_streams_on_every_node_and_closing_
                     elsewhere.url, headers={**elsewhere.headers(), "accept": "text/event-stream"}
                 )
             )
-        with trio.fail_after(5):  # both streams closed: their slots are free again
-            while sum(a.sessions.open_streams.values()):
-                await trio.sleep(0.02)
+        # both streams closed: their slots are free again
+        await wait_until(lambda: not sum(a.sessions.open_streams.values()), within=5)
         async with get_stream(tabs[2]) as s4:
             assert (await s4.next()) is not None
 

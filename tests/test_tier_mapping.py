@@ -33,6 +33,7 @@ from tests.harness._steward import (
     running_node,
     sign_in,
 )
+from tests.harness._wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = "http://steward.test"
@@ -234,9 +235,7 @@ async def test_a_change_at_the_identity_provider_reaches_every_grant_on_every_no
                         if s.context.user_id.endswith("|alice")
                     }
 
-                with trio.fail_after(30):
-                    while tiers_of_alice() != {"free"}:
-                        await trio.sleep(0.05)
+                await wait_until(lambda: tiers_of_alice() == {"free"}, within=30, every=0.05)
                 assert idp.calls["refresh:alice"] > before
                 assert sum(len(n.sessions.live()) for n in (a, b)) == 3  # 1 on A, 2 on B
                 for node in (a, b):  # the streams stayed open
@@ -301,9 +300,8 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
             == "enterprise"
         )
         before = node.sessions.tier_rereads["ok"]
-        with trio.fail_after(20):  # a refresh re-reads the IdP's enterprise: the override holds
-            while node.sessions.tier_rereads["ok"] == before:
-                await trio.sleep(0.05)
+        # a refresh re-reads the IdP's enterprise: the override holds
+        await wait_until(lambda: node.sessions.tier_rereads["ok"] != before, within=20, every=0.05)
         assert (await whoami(alice))["tier"] == "pro"
 
         r = await http.post(f"{api}/clear-tier", json={"user_id": user_id}, headers=admin)
@@ -330,9 +328,8 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
 
         out = await trio.to_thread.run_sync(steward, "users", "set-tier", user_id, "free")
         assert out.returncode == 0 and "is now free (an override" in out.stdout, out.stderr
-        with trio.fail_after(10):  # the command's tier_changed event reaches the running node
-            while node.sessions.live()[0].context.tier != "free":
-                await trio.sleep(0.05)
+        # the command's tier_changed event reaches the running node
+        await wait_until(lambda: node.sessions.live()[0].context.tier == "free", every=0.05)
         assert {s.context.tier for s in node.sessions.live()} == {"free"}
         out = await trio.to_thread.run_sync(steward, "users", "clear-tier", user_id, "--json")
         assert out.returncode == 0, out.stderr
@@ -341,9 +338,10 @@ async def test_an_operators_tier_override_holds_over_the_identity_provider_until
             "tier": "enterprise",
             "override": None,
         }
-        with trio.fail_after(10):
-            while {s.context.tier for s in node.sessions.live()} != {"enterprise"}:
-                await trio.sleep(0.05)
+        await wait_until(
+            lambda: {s.context.tier for s in node.sessions.live()} == {"enterprise"},
+            every=0.05,
+        )
         out = await trio.to_thread.run_sync(steward, "users", "clear-tier", "nobody")
         assert out.returncode == 2 and "no user 'nobody'" in out.stderr
 
@@ -414,9 +412,7 @@ async def test_limit_lookups_of_a_tier_that_is_not_configured_get_the_strictest_
             "SELECT 'tier_changed', user_id, '{\"tier\": \"legacy-gold\"}', 'elsewhere' "
             "FROM users WHERE subject = 'carol'; SELECT pg_notify('steward_events', 'tier_changed')",
         )
-        with trio.fail_after(10):
-            while node.sessions.live()[0].context.tier != "legacy-gold":
-                await trio.sleep(0.05)
+        await wait_until(lambda: node.sessions.live()[0].context.tier == "legacy-gold", every=0.05)
         passed, refusal = await calls_until_refused(mcp, 40)
         assert passed == 3 and "rate limit of the legacy-gold tier" in refusal
         assert node.usage.unknown_tier_lookups >= 4

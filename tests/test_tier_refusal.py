@@ -13,9 +13,12 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from server._introspection import StreamKind
+from server._node import Node
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, running_node, sign_in
+from tests.harness._wait import wait_until
 
 app = Steward("tier-test")
 
@@ -118,17 +121,13 @@ async def test_a_free_user_reads_the_tier_sentence_and_lists_what_the_tier_allow
                 assert done.content[0].text == "report on q3"  # type: ignore[union-attr]
         # the refusal is recorded as such in the usage events, the later call as ok
         query = "SELECT string_agg(outcome, ',' ORDER BY occurred_at) FROM usage_events WHERE name = 'report'"
-        with trio.fail_after(10):
-            while psql(fresh_db, query) != "forbidden,ok":
-                await trio.sleep(0.05)
+        await wait_until(lambda: psql(fresh_db, query) == "forbidden,ok", every=0.05, what=query)
 
 
-async def wait_for_get_stream(node: Any) -> None:
+async def wait_for_get_stream(node: Node) -> None:
     """Until the SDK's standalone GET stream is open on the node (it opens it after
     ``initialize``, in the background)."""
-    with trio.fail_after(10):
-        while not node.mcp.get_streams:
-            await trio.sleep(0.02)
+    await wait_until(lambda: node.streams(kind=StreamKind.GET), what="a GET stream")
 
 
 async def test_a_missing_scope_is_still_a_403_that_names_only_the_missing_scope(

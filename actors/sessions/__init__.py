@@ -13,7 +13,13 @@ from __future__ import annotations
 from actors.sessions._manager import SessionManager
 from actors.sessions._session import UserSession
 from actors.sessions._slots import StreamSlots
-from actors.sessions._streams import Connection, Outbox
+from actors.sessions._streams import (
+    Connection,
+    Outbox,
+    dead_nodes_connections_closed,
+    grant_connections_closed,
+    stale_connections_closed,
+)
 from actors.sessions._tier_changes import TierChanges
 from actors.sessions._tokens import (
     NO_REFRESH_TOKEN,
@@ -22,7 +28,11 @@ from actors.sessions._tokens import (
     UpstreamRefresher,
     refresh_gap,
 )
-from actors.sessions._transport import TransportSessions, log_level_op
+from actors.sessions._transport import (
+    TransportSessions,
+    idle_transport_sessions_ended,
+    log_level_op,
+)
 from actors.sessions._values import (
     AuthenticationRequiredError,
     SessionLimitReached,
@@ -55,7 +65,11 @@ __all__ = [
     "UpstreamRefresher",
     "UserContext",
     "UserSession",
+    "dead_nodes_connections_closed",
     "final_event",
+    "grant_connections_closed",
+    "idle_transport_sessions_ended",
     "log_level_op",
     "refresh_gap",
+    "stale_connections_closed",
 ]

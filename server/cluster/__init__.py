@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from server.cluster._relay import Relay
+from server.cluster._relay import Relay, RelayStatistics
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "RelayStatistics"]

@@ -379,6 +379,13 @@ class Settings:
             "help": "a long-lived SSE stream ends with a reconnect event this long after the access token that opened it expired",
         },
     )
+    client_request_timeout: float = attrs.field(
+        default=60.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds a tool waits for the client's answer to a server request (sampling, elicitation, roots) before the call fails",
+        },
+    )
     encryption_key: str | None = attrs.field(
         default=None, metadata={"secret": True, "help": "base64 of 32 bytes"}
     )

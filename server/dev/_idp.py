@@ -127,6 +127,27 @@ class DevIdP:
         # rate limits per client address on the sign-in page (server/http/_limits.py); None: none
         self.limiter = limiter
 
+    # -- the fault controls, in process (the same as POST /control/<action>) ----------------------
+
+    def fail_refreshes(self, mode: str, count: int = 1) -> None:
+        """The next ``count`` refresh grants fail as ``mode``: 5xx, invalid_grant or slow (hang
+        ``slow_seconds``).
+
+        Raises:
+            ValueError: an unknown mode or a count out of range.
+        """
+        self._apply_control("fail_refresh", {"mode": mode, "count": count})
+
+    @property
+    def refresh_faults_left(self) -> int:
+        """How many of the refresh faults asked for are still to come."""
+        return len(self._refresh_faults)
+
+    def issued(self, access_token: str) -> bool:
+        """Whether this IdP issued ``access_token`` and still honours it."""
+        entry = self._access.get(access_token)
+        return entry is not None and entry[1] > time.time()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)

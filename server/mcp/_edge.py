@@ -5,7 +5,7 @@ relay's ports by delegation, and reports the statistics of their tables."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -15,7 +15,7 @@ from server.http import FastPath, OriginPolicy, Receive, Send
 from server.mcp._admission import Admission
 from server.mcp._dispatch import Dispatcher
 from server.mcp._errors import ErrorAnswers
-from server.mcp._exchange import Exchange, ServerRequests
+from server.mcp._exchange import ServerRequests
 from server.mcp._gate import Gate
 from server.mcp._legacy_sse import LegacySse
 from server.mcp._listen import Listen
@@ -289,45 +289,12 @@ class McpEdge:
             stream_fast_path_fallbacks=self.fast_path.fallbacks,
         )
 
-    # -- read-only views of the tables (introspection) --------------------------------------------
+    # -- what the node's introspection reads (server/_introspection.py, Observed) -----------------
 
-    @property
-    def get_streams(self) -> Mapping[str, Connection]:
-        return self.streams.get_streams
+    def held_streams(self) -> list[Connection]:
+        """Every GET, legacy and listen stream in the stream table, closing ones included."""
+        return self.streams.held()
 
-    @property
-    def legacy_streams(self) -> Mapping[str, Connection]:
-        return self.streams.legacy_streams
-
-    @property
-    def listeners(self) -> Mapping[Connection, dict[str, Any]]:
-        return self.streams.listeners
-
-    @property
-    def live_streams(self) -> Mapping[tuple[str, str], Exchange]:
-        return self.streams.live_streams
-
-    @property
-    def inflight(self) -> Mapping[tuple[str, Any], Exchange]:
-        return self.runner.inflight
-
-    @property
-    def pending(self) -> Mapping[str, Any]:
-        return self.requests.pending
-
-    @property
-    def parked(self) -> Mapping[str, Exchange]:
-        return self.requests.parked
-
-    @property
-    def subscriptions(self) -> Mapping[str, frozenset[str]]:
-        """uri -> the transport sessions subscribed to it here."""
-        return self.session_subscriptions.view()
-
-    @property
-    def client_request_timeout(self) -> float:
-        return self.requests.timeout
-
-    @client_request_timeout.setter
-    def client_request_timeout(self, seconds: float) -> None:
-        self.requests.timeout = seconds
+    def subscribers(self, uri: str) -> frozenset[str]:
+        """The transport sessions on this node subscribed to ``uri``."""
+        return frozenset(self.session_subscriptions.subscribers(uri))

@@ -87,6 +87,11 @@ class StreamTable:
         """The transport sessions whose GET or legacy stream this node holds."""
         return [*self._get, *self._legacy]
 
+    def held(self) -> list[Connection]:
+        """Every GET, legacy and listen stream in the table, closing ones included (the node's
+        introspection, server/_introspection.py)."""
+        return [*self._get.values(), *self._legacy.values(), *self._listeners]
+
     def session_streams(self) -> list[Connection]:
         """Every open GET and legacy stream."""
         return [c for c in [*self._get.values(), *self._legacy.values()] if c.closed_reason is None]

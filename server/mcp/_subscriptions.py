@@ -40,10 +40,6 @@ class Subscriptions:
     def remembered_log_levels(self) -> int:
         return len(self._log_levels)
 
-    def view(self) -> dict[str, frozenset[str]]:
-        """A copy: uri -> the sessions subscribed to it here."""
-        return {uri: frozenset(s) for uri, s in self._subscribers.items()}
-
     def subscribers(self, uri: str) -> list[str]:
         return list(self._subscribers.get(uri, ()))
 

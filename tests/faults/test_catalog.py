@@ -17,12 +17,13 @@ from actors import StorePolicy
 from actors.sessions import SessionPolicy
 from bench._servers import free_port, obtain_token
 from runtime import Backoff, faults
-from server._node import bind_socket
+from server._node import Node, bind_socket
 from tests.faults._report import observe
 from tests.harness._pg import Cluster, psql
 from tests.harness._proxy import FaultProxy
 from tests.harness._serve import steward_serve
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
+from tests.harness._wait import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -162,13 +163,17 @@ async def _idp_fault(
                 node.sessions.upstream._http.timeout = httpx.Timeout(timeout)
                 node.dev_idp.slow_seconds = timeout * 3
             node.dev_idp.access_ttl = 1.0  # refresh at once
-            node.dev_idp._refresh_faults.extend([mode, mode])
+            node.dev_idp.fail_refreshes(mode, 2)
             mcp = await client(http, node, "alice")
             async with get_stream(mcp) as stream:
                 await stream.next()
-                with trio.fail_after(15):
-                    while node.dev_idp._refresh_faults or node.dev_idp.calls["refresh"] < 3:
-                        await trio.sleep(0.05)
+                await wait_until(
+                    lambda: (
+                        not (node.dev_idp.refresh_faults_left or node.dev_idp.calls["refresh"] < 3)
+                    ),
+                    within=15,
+                    every=0.05,
+                )
                 assert (await mcp.post("ping")).status_code == 200
                 assert await is_open(stream)
     assert obs.restarted.get("session/token_keeper", 0) >= 2
@@ -199,7 +204,7 @@ async def test_idp_invalid_grant(fresh_db: str) -> None:
             assert node.dev_idp is not None
             bob = await client(http, node, "bob")
             node.dev_idp.access_ttl = 1.0
-            node.dev_idp._refresh_faults.append("invalid_grant")
+            node.dev_idp.fail_refreshes("invalid_grant")
             carol = await client(http, node, "carol")
             with trio.fail_after(10):
                 while (r := await carol.post("ping")).status_code != 401:
@@ -290,9 +295,7 @@ async def test_connection_actor_crash(fresh_db: str) -> None:
                 async with get_stream(tab1) as s1, get_stream(tab2) as s2:
                     await s1.next()
                     await s2.next()
-                    with trio.fail_after(5):
-                        while faults.hits("connection.heartbeat") == 0:
-                            await trio.sleep(0.02)
+                    await wait_until(lambda: faults.hits("connection.heartbeat") != 0, within=5)
                     states = [await is_open(s, 0.5) for s in (s1, s2)]
                     obs.streams_closed = states.count(False)
             finally:
@@ -317,9 +320,7 @@ async def test_session_actor_crash(fresh_db: str) -> None:
                 await s2.next()
                 faults.arm("session.tick", error=RuntimeError("session crash"), times=1)
                 try:
-                    with trio.fail_after(5):
-                        while faults.hits("session.tick") == 0:
-                            await trio.sleep(0.02)
+                    await wait_until(lambda: faults.hits("session.tick") != 0, within=5)
                 finally:
                     faults.reset()
                 states = [await is_open(s, 0.5) for s in (s1, s2)]
@@ -375,10 +376,10 @@ async def test_token_keeper_crash_loop(fresh_db: str) -> None:
             faults.arm("token_keeper.refresh", error=RuntimeError("keeper bug"), times=6)
             try:
                 alice = await client(http, node, "alice")
-                with trio.fail_after(10):
-                    while faults.hits("token_keeper.refresh") < 6:
-                        await trio.sleep(0.02)
-                await trio.sleep(0.2)
+                await wait_until(lambda: faults.hits("token_keeper.refresh") >= 6)
+                await wait_until(
+                    lambda: session_restarts(node) >= 1, what="alice's session restarted"
+                )
             finally:
                 faults.reset()
             assert (await alice.post("ping")).status_code == 200
@@ -402,22 +403,35 @@ async def test_slow_client_filling_its_outbox(fresh_db: str) -> None:
             async with get_stream(slow) as s1, get_stream(fine) as s2:
                 await s1.next()
                 await s2.next()
-                conn = node.mcp.get_streams[slow.session_id or ""]
                 big = {
                     "jsonrpc": "2.0",
                     "method": "notifications/message",
                     "params": {"level": "info", "data": "x" * 65536},
                 }
-                for _ in range(400):  # 26 MB: more than the socket buffers hold
-                    node.mcp.emit(conn, big)
-                    if conn.closed_reason is not None:
-                        break
+                sent = 0
+                # at most 26 MB (more than the socket buffers hold), until the stream is closed
+                while sent < 400 and node.send_to_session(slow.session_id or "", big):
+                    sent += 1
                     await trio.lowlevel.checkpoint()
-                assert conn.closed_reason == "slow_client"
+                assert sent < 400, "the slow client's stream was never closed"
+                closed = (
+                    "SELECT close_reason FROM connections WHERE kind = 'get' "
+                    f"AND session_id = '{slow.session_id}'"
+                )
+                await wait_until(
+                    lambda: psql(fresh_db, closed) == "slow_client", every=0.05, what=closed
+                )
                 obs.streams_closed = 1
-                node.mcp.notify_resource_updated("nothing")
+                node.notify_resource_updated("nothing")
                 assert await is_open(s2)
     assert obs.restarted == {}
+
+
+def session_restarts(node: Node) -> int:
+    """Restarts of the sessions under the node's session supervisor, as its tree shows them."""
+    assert node.root is not None
+    (sessions,) = [c for c in node.root.tree().children if c.id == "sessions"]
+    return sum(c.restarts for c in sessions.children)
 
 
 async def test_client_vanishes_without_fin(fresh_db: str) -> None:
@@ -443,19 +457,22 @@ async def test_client_vanishes_without_fin(fresh_db: str) -> None:
             async with get_stream(vanishing) as s1, get_stream(staying) as s2:
                 await s1.next()
                 await s2.next()
-                conn = node.mcp.get_streams[vanishing.session_id or ""]
-                other = node.mcp.get_streams[staying.session_id or ""]
+                gone, other = vanishing.session_id or "", staying.session_id or ""
                 proxy.blackhole()
                 # On loopback the proxy's kernel still acknowledges what fits its receive buffer;
                 # filling that buffer leaves the next writes unacknowledged (a zero window), the
                 # state a vanished client leaves every write in.
                 log = {"level": "info", "data": "x" * 8192}
                 for _ in range(3):
-                    node.mcp.emit(
-                        conn, {"jsonrpc": "2.0", "method": "notifications/message", "params": log}
+                    assert node.send_to_session(
+                        gone, {"jsonrpc": "2.0", "method": "notifications/message", "params": log}
                     )
-                with trio.fail_after(10):
-                    await conn.wait_closed()
+
+                def closed() -> bool:
+                    stream = node.stream(gone)
+                    return stream is None or not stream.open
+
+                await wait_until(closed, what="the vanishing client's stream closed")
                 await node.store.write()
                 closed = psql(
                     fresh_db,
@@ -463,7 +480,8 @@ async def test_client_vanishes_without_fin(fresh_db: str) -> None:
                 )
                 assert closed == "client_disconnected"
                 obs.streams_closed = 1
-                assert other.closed_reason is None and await is_open(s2)
+                staying_stream = node.stream(other)
+                assert staying_stream is not None and staying_stream.open and await is_open(s2)
                 r = await staying.post("ping")
                 if r.status_code != 200:
                     obs.failed(r.status_code)

@@ -68,9 +68,7 @@ def most_in_a_window(times: list[float], period: float) -> int:
 
 def root_running(node: Node) -> bool:
     assert node.root is not None
-    return any(n.id == "root" and n.state == "running" for n in tree()) and not (
-        node.root._exited.is_set()
-    )
+    return any(n.id == "root" and n.state == "running" for n in tree()) and not (node.root.exited)
 
 
 @attrs.define
@@ -129,9 +127,8 @@ async def during_outage(
         probe.writes_refused += 1
         probe.slowest_refusal = max(probe.slowest_refusal, elapsed)
     # the stream opened before the outage still carries events
-    conn = node.mcp.get_streams[mcp.session_id or ""]
-    node.mcp.emit(
-        conn,
+    assert node.send_to_session(
+        mcp.session_id or "",
         {
             "jsonrpc": "2.0",
             "method": "notifications/message",
@@ -231,9 +228,8 @@ async def run_outage(
                 assert root_running(node)
                 assert await is_open(stream)
                 # the stream still carries events after the outage, and writes work again
-                conn = node.mcp.get_streams[mcp.session_id or ""]
-                node.mcp.emit(
-                    conn,
+                assert node.send_to_session(
+                    mcp.session_id or "",
                     {
                         "jsonrpc": "2.0",
                         "method": "notifications/message",
@@ -386,7 +382,8 @@ async def test_node_starts_while_the_database_is_unreachable(
             assert r.status_code == 503 and r.headers["retry-after"]
             assert time.monotonic() - started <= ANSWER_BOUND
             obs.failed(r.status_code)
-            await trio.sleep(5.0)  # the database stays away through many reconnect attempts
+            # kept: the database stays away through many reconnect attempts
+            await trio.sleep(5.0)
             assert root_running(node)
             await own_cluster.start()
 

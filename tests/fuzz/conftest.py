@@ -16,9 +16,9 @@ MAX_BODY = 64 * 1024  # small, so that oversize bodies are cheap to send
 
 @pytest.fixture
 def fuzzer(fresh_db: str) -> Iterator[Fuzzer]:
-    with LiveNode(fresh_db, max_body_bytes=MAX_BODY) as live:
+    # a tool awaiting client input gives up soon
+    with LiveNode(fresh_db, max_body_bytes=MAX_BODY, client_request_timeout=1.0) as live:
         assert live.node is not None
-        live.node.mcp.client_request_timeout = 1.0  # a tool awaiting client input gives up soon
         alice, bob = live.caller("alice"), live.caller("bob")
         ended = live.caller("alice")
         gone = httpx.delete(

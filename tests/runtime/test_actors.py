@@ -1,4 +1,9 @@
-"""Dynamic supervisors, mailboxes, the registry, exit classification and fault points."""
+"""Dynamic supervisors, mailboxes, the registry, exit classification and fault points.
+
+The ``trio.sleep`` calls in these tests run on the autojump ``MockClock``: each passes virtual
+time on purpose (a worker's lifetime, a restart window, a backoff, an outage); none waits for an
+effect, which ``trio.testing.wait_all_tasks_blocked()`` does where one is awaited.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """Lifecycle edges: leaks after a stop, stop reasons, exits during stops, the asyncio bridge's
-cancel, concurrent dynamic starts, handles without a mailbox block, events and the tree."""
+cancel, concurrent dynamic starts, handles without a mailbox block, events and the tree.
+
+The ``trio.sleep`` calls in these tests run on the autojump ``MockClock``: each passes virtual
+time on purpose (a worker's lifetime, a restart window, a backoff, an outage); none waits for an
+effect, which ``trio.testing.wait_all_tasks_blocked()`` does where one is awaited.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Supervisor semantics: OTP's strategies, restart types, intensity, backoff and ordered stops."""
+"""Supervisor semantics: OTP's strategies, restart types, intensity, backoff and ordered stops.
+
+The ``trio.sleep`` calls in these tests run on the autojump ``MockClock``: each passes virtual
+time on purpose (a worker's lifetime, a restart window, a backoff, an outage); none waits for an
+effect, which ``trio.testing.wait_all_tasks_blocked()`` does where one is awaited.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,12 @@
 
 Each test runs an "outage" far longer than every intensity window of the tree under it and
 counts the restarts the counted rule would have seen: more than the intensity, yet no supervisor
-gives up."""
+gives up.
+
+The ``trio.sleep`` calls in these tests run on the autojump ``MockClock``: each passes virtual
+time on purpose (a worker's lifetime, a restart window, a backoff, an outage); none waits for an
+effect, which ``trio.testing.wait_all_tasks_blocked()`` does where one is awaited.
+"""
 
 from __future__ import annotations
 
