@@ -13,6 +13,7 @@ When a grant ends, whoever ends it and for whatever reason, the same transaction
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "LIVE",
     "OPERATOR_ENDED",
     "end_grants_ops",
+    "grant_created",
     "grant_detail",
     "grant_end_ops",
     "grant_expired_op",
@@ -230,3 +232,29 @@ async def lapsed_grants_expired(conn: Conn) -> list[dict[str, Any]]:
         for sql in ENDED_GRANTS_SQL:  # subscriptions dropped, upstream tokens marked
             await conn.execute(sql, ids)
     return [dict(r) for r in rows]
+
+
+async def grant_created(
+    conn: Conn,
+    grant_id: uuid.UUID,
+    *,
+    user_id: str,
+    client_id: str,
+    resource: str,
+    tier: str,
+    scopes: Sequence[str],
+    expires_at: datetime.datetime,
+) -> None:
+    """A new grant (the user session an authorization completes into), in the caller's
+    transaction."""
+    await conn.execute(
+        "INSERT INTO grants (grant_id, user_id, client_id, resource, tier, scopes, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        grant_id,
+        user_id,
+        client_id,
+        resource,
+        tier,
+        list(scopes),
+        expires_at,
+    )

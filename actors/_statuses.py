@@ -15,6 +15,8 @@ __all__ = [
     "CloseReason",
     "GrantStatus",
     "RefreshOutcome",
+    "TierClaimFallback",
+    "TierClaimUnmapped",
     "TierRereadOutcome",
     "UpstreamRefreshFailure",
     "UpstreamRefreshOutcome",
@@ -127,3 +129,17 @@ class AuthEvent(enum.StrEnum):
     TIER_OVERRIDE_CLEARED = "tier_override_cleared"
     USER_REVOKED = "revoked"  # an operator revoked the user
     USER_REINSTATED = "reinstated"
+
+
+class TierClaimUnmapped(enum.StrEnum):
+    """Why the identity provider's tier claim mapped to no configured tier."""
+
+    MISSING = "missing"  # the claim is absent (or holds no usable value)
+    UNKNOWN = "unknown"  # its values name no configured tier
+
+
+class TierClaimFallback(enum.StrEnum):
+    """What followed an unmapped tier claim (``steward_tier_claim_unmapped{outcome}``)."""
+
+    DEFAULT = "default"  # the configured default tier
+    REFUSED = "refused"  # the default is ``refuse``: the sign-in is refused, grants end

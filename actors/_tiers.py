@@ -17,7 +17,7 @@ import attrs
 
 from actors._audit import audit_op
 from actors._events import ClusterEvent, cluster_event_ops
-from actors._statuses import AuthEvent
+from actors._statuses import AuthEvent, TierClaimUnmapped
 from actors._store import Conn, Store, run_ops
 
 __all__ = [
@@ -40,10 +40,10 @@ _SHOWN_CHARS = 64
 @attrs.frozen
 class TierResolution:
     """What a claim mapped to: ``tier`` (None: refused), and for a value that mapped to nothing
-    ``unmapped`` is ``"missing"`` or ``"unknown"`` with ``values`` a short, cut view of it."""
+    ``unmapped`` says why (``TierClaimUnmapped``) with ``values`` a short, cut view of it."""
 
     tier: str | None
-    unmapped: str | None = None
+    unmapped: TierClaimUnmapped | None = None
     values: tuple[str, ...] = ()
 
 
@@ -131,7 +131,7 @@ class TierMapping:
                 best = tier
         if best is not None:
             return TierResolution(best)
-        unmapped = "missing" if not values else "unknown"
+        unmapped = TierClaimUnmapped.MISSING if not values else TierClaimUnmapped.UNKNOWN
         shown = tuple(v[:_SHOWN_CHARS] for v in values[:_SHOWN])
         return TierResolution(None if self.default == REFUSE else self.default, unmapped, shown)
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import trio
 
 from actors._crypto import hash_token, new_token
+from actors._grants import grant_created
 from actors._redirect_uris import (
     consent_may_be_remembered,
     consent_redirect_key,
@@ -399,35 +400,22 @@ class AuthorizationFlow:
                     request_hash,
                 )
                 return {"user_revoked": True, **dict(row)}
-            await conn.execute(
-                "INSERT INTO grants (grant_id, user_id, client_id, resource, tier, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            await grant_created(
+                conn,
                 grant_id,
-                row["user_id"],
-                row["client_id"],
-                row["resource"],
-                row["tier"],
-                row["scopes"],
-                in_(self._policy.session_ttl),
+                user_id=row["user_id"],
+                client_id=row["client_id"],
+                resource=row["resource"],
+                tier=row["tier"],
+                scopes=row["scopes"],
+                expires_at=in_(self._policy.session_ttl),
             )
             blob = self._vault.keyring.decrypt(
                 row["key_id"], row["upstream_ciphertext"], aad=request_hash
             )
-            tokens = json.loads(blob)
-            key_id, access_ct = self._vault.keyring.encrypt(tokens["a"], aad=grant_id.bytes)
-            refresh_ct = (
-                self._vault.keyring.encrypt(tokens["r"], aad=grant_id.bytes)[1]
-                if tokens["r"]
-                else None
-            )
-            await conn.execute(
-                "INSERT INTO upstream_tokens (grant_id, user_id, key_id, access_ciphertext, refresh_ciphertext, access_expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                grant_id,
-                row["user_id"],
-                key_id,
-                access_ct,
-                refresh_ct,
-                datetime.datetime.fromtimestamp(tokens["e"], UTC),
-            )
+            kept = json.loads(blob)
+            tokens = UpstreamTokens(kept["a"], kept["r"], kept["e"])
+            await self._vault.store(conn, grant_id, row["user_id"], tokens)
             await conn.execute(
                 "UPDATE authorization_requests SET upstream_ciphertext = NULL WHERE request_hash = $1",
                 request_hash,

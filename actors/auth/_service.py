@@ -22,7 +22,7 @@ from typing import Any
 
 from actors._crypto import KeyRing
 from actors._grants import grant_end_ops
-from actors._statuses import GrantStatus
+from actors._statuses import GrantStatus, TierClaimFallback, TierClaimUnmapped
 from actors._store import Op, Store
 from actors._tiers import TierChange
 from actors._upstream import UpstreamClient, UpstreamTokens
@@ -96,7 +96,7 @@ class AuthService:
         self.claims.on_tier_changed = hook
 
     @property
-    def tier_unmapped(self) -> collections.Counter[tuple[str, str]]:
+    def tier_unmapped(self) -> collections.Counter[tuple[TierClaimUnmapped, TierClaimFallback]]:
         return self.claims.tier_unmapped
 
     async def _revoke_grant(

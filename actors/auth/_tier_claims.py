@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from actors._statuses import AuthEvent
+from actors._statuses import AuthEvent, TierClaimFallback, TierClaimUnmapped
 from actors._tiers import TierChange, TierMapping
 from actors._upstream import IdTokenInvalid, UpstreamClient, UpstreamTokens
 from actors.auth._audit_log import AuthAudit
@@ -31,7 +31,9 @@ class TierClaimReader:
         # set by the SessionManager: a user's tier changed here (this node's sessions take it
         # up; the other nodes through the tier_changed event committed with the change)
         self.on_tier_changed: Callable[[str, str], None] | None = None
-        self.tier_unmapped: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.tier_unmapped: collections.Counter[tuple[TierClaimUnmapped, TierClaimFallback]] = (
+            collections.Counter()
+        )
 
     async def upstream_claims(self, tokens: UpstreamTokens) -> dict[str, Any] | None:
         """The identity provider's claims about the user behind freshly refreshed ``tokens``:
@@ -71,7 +73,7 @@ class TierClaimReader:
         mapping = self.mapping
         found = mapping.resolve(claims)
         if found.unmapped is not None:
-            outcome = "refused" if found.tier is None else "default"
+            outcome = TierClaimFallback.REFUSED if found.tier is None else TierClaimFallback.DEFAULT
             self.tier_unmapped[(found.unmapped, outcome)] += 1
             log.warning(
                 "tier_claim_unmapped",

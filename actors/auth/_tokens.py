@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from actors._crypto import hash_token, new_token
 from actors._statuses import LIVE_STATUSES, AuthEvent, RefreshOutcome
@@ -18,8 +18,15 @@ from actors.auth._values import AuthPolicy, IssuedTokens, OAuthError, Principal,
 __all__ = ["GrantRevoker", "TokenService"]
 
 LIVE_GRANT = LIVE_STATUSES  # the grant statuses a token of the grant may be used in
-# revokes a grant everywhere, with ``also`` in its transaction
-GrantRevoker = Callable[..., Awaitable[None]]
+
+
+class GrantRevoker(Protocol):
+    """Revokes a grant everywhere (streams end, caches forget, on every node), with ``also`` in
+    its transaction."""
+
+    async def __call__(
+        self, grant_id: uuid.UUID, *, message: str, also: Sequence[Op] = ()
+    ) -> None: ...
 
 
 class TokenService:
@@ -33,7 +40,7 @@ class TokenService:
         policy: AuthPolicy,
         *,
         audit: AuthAudit,
-        revoke_grant: Callable[..., Awaitable[None]],
+        revoke_grant: GrantRevoker,
     ) -> None:
         self._store = store
         self._policy = policy

@@ -1,12 +1,15 @@
 """The upstream token vault: the identity provider's tokens of a grant, AES-GCM encrypted with
-the key ring, their associated data binding them to the grant's row."""
+the key ring, their associated data binding them to the grant's row; it stores a new grant's
+``upstream_tokens`` row (the refresh, the revocation and the key rotation change it later)."""
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
 from actors._crypto import KeyRing
+from actors._store import Conn
 from actors._upstream import UpstreamTokens
 
 __all__ = ["UpstreamVault"]
@@ -40,3 +43,19 @@ class UpstreamVault:
             else None
         )
         return UpstreamTokens(access, refresh, row["access_expires_at"].timestamp())
+
+    async def store(
+        self, conn: Conn, grant_id: uuid.UUID, user_id: str, tokens: UpstreamTokens
+    ) -> None:
+        """A new grant's ``upstream_tokens`` row, sealed, in the caller's transaction."""
+        key_id, access_ct, refresh_ct = self.encrypt_upstream(grant_id, tokens)
+        await conn.execute(
+            "INSERT INTO upstream_tokens (grant_id, user_id, key_id, access_ciphertext, "
+            "refresh_ciphertext, access_expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            grant_id,
+            user_id,
+            key_id,
+            access_ct,
+            refresh_ct,
+            datetime.datetime.fromtimestamp(tokens.expires_at, datetime.UTC),
+        )
