@@ -1,0 +1,106 @@
+"""A client process driven over its stdin and stdout, every wait bounded: lines of stdout and of
+stderr are read by threads into queues; a wait that times out or meets the end of the output
+raises, quoting the end of stderr. Leaving the block terminates the process (SIGKILL after 10 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+STOP_GRACE = 10.0
+
+
+class ClientFailed(AssertionError):
+    """The client did not print what was awaited in time; the message quotes its stderr."""
+
+
+class Child:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.stdout: queue.Queue[str | None] = queue.Queue()
+        self.stderr: queue.Queue[str | None] = queue.Queue()
+        self.err: list[str] = []  # every stderr line, for the failure message
+        assert proc.stdout is not None and proc.stderr is not None
+        for stream, q, keep in (
+            (proc.stdout, self.stdout, None),
+            (proc.stderr, self.stderr, self.err),
+        ):
+            threading.Thread(target=_pump, args=(stream, q, keep), daemon=True).start()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], timeout: float, *, stream: str = "stdout"
+    ) -> str:
+        """The first line of ``stream`` for which ``predicate`` holds (earlier lines are dropped)."""
+        q = self.stdout if stream == "stdout" else self.stderr
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = q.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                self.fail(f"no awaited line on {stream} within {timeout:.0f}s")
+            if line is None:
+                self.fail(f"{stream} ended (exit status {self.proc.poll()})")
+            if predicate(line):
+                return line
+
+    def fail(self, why: str) -> None:
+        tail = "\n".join(self.err[-30:])
+        msg = f"{why}; the client's stderr ends:\n{tail}"
+        raise ClientFailed(msg)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _pump(stream: IO[str], q: queue.Queue[str | None], keep: list[str] | None) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for line in stream:
+            line = line.rstrip("\n")
+            if keep is not None:
+                keep.append(line)
+            q.put(line)
+    q.put(None)
+
+
+@contextlib.contextmanager
+def child(
+    cmd: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Child]:
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+    )
+    c = Child(proc)
+    try:
+        yield c
+    finally:
+        c.stop()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
