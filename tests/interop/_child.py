@@ -25,13 +25,16 @@ class Child:
         self.proc = proc
         self.stdout: queue.Queue[str | None] = queue.Queue()
         self.stderr: queue.Queue[str | None] = queue.Queue()
+        self.both: queue.Queue[tuple[str, str] | None] = queue.Queue()  # (stream, line)
         self.err: list[str] = []  # every stderr line, for the failure message
         assert proc.stdout is not None and proc.stderr is not None
-        for stream, q, keep in (
-            (proc.stdout, self.stdout, None),
-            (proc.stderr, self.stderr, self.err),
+        for stream, name, q, keep in (
+            (proc.stdout, "stdout", self.stdout, None),
+            (proc.stderr, "stderr", self.stderr, self.err),
         ):
-            threading.Thread(target=_pump, args=(stream, q, keep), daemon=True).start()
+            threading.Thread(
+                target=_pump, args=(stream, name, q, self.both, keep), daemon=True
+            ).start()
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -41,7 +44,8 @@ class Child:
     def wait_for(
         self, predicate: Callable[[str], bool], timeout: float, *, stream: str = "stdout"
     ) -> str:
-        """The first line of ``stream`` for which ``predicate`` holds (earlier lines are dropped)."""
+        """The first line of ``stream`` for which ``predicate`` holds (earlier lines are dropped).
+        Use one way of reading per client: ``wait_for`` or ``wait_any``."""
         q = self.stdout if stream == "stdout" else self.stderr
         deadline = time.monotonic() + timeout
         while True:
@@ -54,6 +58,23 @@ class Child:
                 self.fail(f"{stream} ended (exit status {self.proc.poll()})")
             if predicate(line):
                 return line
+
+    def wait_any(self, predicate: Callable[[str, str], bool], timeout: float) -> tuple[str, str]:
+        """The first (stream, line) of stdout or stderr for which ``predicate`` holds."""
+        deadline = time.monotonic() + timeout
+        ended = 0
+        while True:
+            try:
+                item = self.both.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                self.fail(f"no awaited line within {timeout:.0f}s")
+            if item is None:
+                ended += 1
+                if ended == 2:
+                    self.fail(f"the output ended (exit status {self.proc.poll()})")
+                continue
+            if predicate(*item):
+                return item
 
     def fail(self, why: str) -> None:
         tail = "\n".join(self.err[-30:])
@@ -71,14 +92,22 @@ class Child:
         return self.proc.returncode
 
 
-def _pump(stream: IO[str], q: queue.Queue[str | None], keep: list[str] | None) -> None:
+def _pump(
+    stream: IO[str],
+    name: str,
+    q: queue.Queue[str | None],
+    both: queue.Queue[tuple[str, str] | None],
+    keep: list[str] | None,
+) -> None:
     with contextlib.suppress(ValueError, OSError):
         for line in stream:
             line = line.rstrip("\n")
             if keep is not None:
                 keep.append(line)
             q.put(line)
+            both.put((name, line))
     q.put(None)
+    both.put(None)
 
 
 @contextlib.contextmanager
