@@ -1,0 +1,88 @@
+"""The MCP Inspector's web UI in headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright), as a person uses it: connect to Steward, sign in at the development IdP's page by
+clicking the user's name, allow the consent, open the Tools tab, and run tools. Prints what the
+page showed as JSON.
+
+Run as a script by test_inspector_web.py (Playwright runs on asyncio, which a process that imports
+Steward gives to trio-asyncio; tests/admin_browser.py says more):
+
+    python -m tests.interop.inspector_web INSPECTOR_URL USER SCREENSHOT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.admin_browser import CHROMIUM, CHROMIUM_ARGS
+
+STEP = 20_000  # ms for any one step of the page
+
+
+def run(inspector_url: str, user: str, shots: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, Any] = {"requests": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(STEP)
+            context.on("request", lambda r: seen["requests"].append(f"{r.method} {r.url}"))
+            try:
+                page.goto(inspector_url)
+                page.locator(".mantine-Switch-track").first.click()  # connect
+                page.get_by_role("link", name=user).click()  # the IdP's sign-in page
+                page.get_by_role("button", name="Allow").click()  # Steward's consent page
+                page.get_by_text("Connected", exact=True).wait_for()
+                seen["connected"] = True
+                seen["body"] = page.inner_text("body")
+                page.get_by_text("Tools", exact=True).first.click()
+                page.get_by_text("echo", exact=True).first.wait_for()
+                seen["tools_page"] = page.inner_text("body")
+                seen["tools"] = tool_names(seen["tools_page"])
+                page.get_by_text("echo", exact=True).first.click()
+                page.get_by_role("textbox", name=re.compile(r"^text\b")).first.fill(
+                    "from the web ui"
+                )
+                page.get_by_role("button", name="Execute Tool").click()
+                page.get_by_text("Results", exact=True).wait_for()
+                page.get_by_text("from the web ui", exact=True).wait_for()
+                seen["echo"] = "from the web ui"
+                if "report" in seen["tools"]:
+                    page.get_by_text("report", exact=True).first.click()
+                    page.get_by_role("textbox", name=re.compile(r"^topic\b")).first.fill("q3")
+                    page.get_by_role("button", name="Execute Tool").click()
+                    result = page.get_by_text(re.compile(r"^report on q3"))
+                    result.wait_for()
+                    seen["report"] = result.inner_text()
+                page.screenshot(path=shots / f"{user}-done.png")
+            except Exception as exc:
+                page.screenshot(path=shots / f"{user}-failed.png")
+                seen["error"] = f"{type(exc).__name__}: {exc}"
+                seen["body"] = page.inner_text("body")
+                seen["url"] = page.url
+        finally:
+            browser.close()
+    return seen
+
+
+def tool_names(body: str) -> list[str]:
+    """The names in the Tools panel: the lines between "Tools (N)" and the tool pane."""
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Tools ("))
+    names = []
+    for line in lines[start + 1 :]:
+        if line.startswith("Select a tool") or line == "Logs":
+            break
+        if line != "Paginated":
+            names.append(line)
+    return names
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))
