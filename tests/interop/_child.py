@@ -5,7 +5,9 @@ raises, quoting the end of stderr. Leaving the block terminates the process (SIG
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -82,14 +84,33 @@ class Child:
         raise ClientFailed(msg)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM to the client's process group (a launcher's children too), SIGKILL after
+        ``STOP_GRACE``; returns the client's exit status."""
+        self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.proc.wait()
+        # children that outlive the launcher still get the SIGTERM's effect: wait for the group
+        deadline = time.monotonic() + STOP_GRACE
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(self.proc.pid):
+            self._signal(signal.SIGKILL)
         return self.proc.returncode
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)  # the group this client leads (start_new_session)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _pump(
@@ -123,6 +144,7 @@ def child(
         bufsize=1,
         env=dict(env) if env is not None else None,
         cwd=cwd,
+        start_new_session=True,  # its own process group: stop() ends its children too
     )
     c = Child(proc)
     try:

@@ -57,6 +57,11 @@ class Clients:
     node: Path
     modules: Path  # node_modules with the pinned clients
 
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """A client's environment: Node 22 first on PATH (a launcher starts ``node`` by name), a
+        home folder of its own (stored tokens), and ``extra``."""
+        return {"PATH": f"{self.node.parent}:/usr/bin:/bin", "HOME": str(home), **extra}
+
     def bin(self, package: str, name: str) -> Path:
         import json
 

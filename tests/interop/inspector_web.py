@@ -71,6 +71,74 @@ def run(inspector_url: str, user: str, shots: Path) -> dict[str, Any]:
     return seen
 
 
+def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict[str, Any]:
+    """The Inspector v1 web UI with its Connection Type set to Direct: the page itself fetches
+    Steward's metadata, /register, /token and /mcp (cross-origin: CORS)."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, Any] = {"cors": []}
+
+    def on_response(r: Any) -> None:
+        if r.url.split("?")[0].startswith(
+            mcp_url.rsplit("/", 1)[0]
+        ) and r.request.resource_type in (
+            "fetch",
+            "xhr",
+        ):
+            path = "/" + r.url.split("/", 3)[3].split("?")[0]
+            seen["cors"].append(
+                [r.request.method, path, r.status, r.headers.get("access-control-allow-origin")]
+            )
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(STEP)
+            context.on("response", on_response)
+            try:
+                page.goto(inspector_url)
+                page.get_by_role("combobox").nth(1).click()  # Connection Type
+                page.get_by_role("option", name="Direct").click()
+                page.get_by_role("button", name="Connect", exact=True).click()
+                page.get_by_role("link", name=user).click()  # the IdP's sign-in page
+                page.get_by_role("button", name="Allow").click()  # Steward's consent page
+                page.get_by_text("Connected", exact=True).wait_for()
+                seen["connected"] = True
+                page.get_by_role("tab", name="Tools").click()
+                page.get_by_role("button", name="List Tools").click()
+                page.get_by_text("echo", exact=True).first.wait_for()
+                seen["tools"] = [
+                    name
+                    for name in ("echo", "count", "report")
+                    if page.get_by_text(name, exact=True).count()
+                ]
+                page.get_by_text("echo", exact=True).first.click()
+                page.get_by_role("textbox", name=re.compile(r"^text\b")).first.fill(
+                    "from the browser, direct"
+                )
+                page.get_by_role("button", name="Run Tool").click()
+                page.get_by_text(re.compile(r"from the browser, direct")).last.wait_for()
+                seen["echo"] = "from the browser, direct"
+                if "report" in seen["tools"]:
+                    page.get_by_text("report", exact=True).first.click()
+                    page.get_by_role("textbox", name=re.compile(r"^topic\b")).first.fill("q3")
+                    page.get_by_role("button", name="Run Tool").click()
+                    result = page.get_by_text(re.compile(r"report on q3 for ")).last
+                    result.wait_for()
+                    seen["report"] = result.inner_text()
+                page.screenshot(path=shots / f"direct-{user}-done.png")
+            except Exception as exc:
+                page.screenshot(path=shots / f"direct-{user}-failed.png")
+                seen["error"] = f"{type(exc).__name__}: {exc}"
+                seen["body"] = page.inner_text("body")
+                seen["url"] = page.url
+        finally:
+            browser.close()
+    return seen
+
+
 def tool_names(body: str) -> list[str]:
     """The names in the Tools panel: the lines between "Tools (N)" and the tool pane."""
     lines = [line.strip() for line in body.splitlines() if line.strip()]
@@ -85,4 +153,7 @@ def tool_names(body: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))
+    if sys.argv[1] == "direct":
+        print(json.dumps(run_direct(sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5])))
+    else:
+        print(json.dumps(run(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))

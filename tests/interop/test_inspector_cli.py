@@ -28,13 +28,12 @@ def inspector(
 ) -> tuple[dict[str, Any], bool]:
     """One CLI run; returns its JSON result (on failure its error envelope) and whether it asked
     the user to sign in."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "BROWSER": "true",  # the browser "opens" and does nothing: the test signs in
-        "MCP_AUTO_OPEN_ENABLED": "true",  # no TTY here: sign in all the same
-        "MCP_INSPECTOR_SECRET_STORE": "file",  # in HOME: the next run reuses the token
-    }
+    env = clients.env(
+        home,
+        BROWSER="true",  # the browser "opens" and does nothing: the test signs in
+        MCP_AUTO_OPEN_ENABLED="true",  # no TTY here: sign in all the same
+        MCP_INSPECTOR_SECRET_STORE="file",  # in HOME: the next run reuses the token
+    )
     cmd = [
         clients.node,
         clients.bin("@modelcontextprotocol/inspector", "mcp-inspector"),

@@ -61,12 +61,11 @@ def test_mcp_remote_signs_in_and_proxies(clients: Clients, steward: Steward, era
 
 def as_user(clients: Clients, steward: Steward, config: Path, era: str, user: str) -> None:
     port = free_port()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(config),
-        "MCP_REMOTE_CONFIG_DIR": str(config),
-        "BROWSER": "true",  # the browser "opens" and does nothing: the test signs in
-    }
+    env = clients.env(
+        config,
+        MCP_REMOTE_CONFIG_DIR=str(config),
+        BROWSER="true",  # the browser "opens" and does nothing: the test signs in
+    )
     cmd = [
         clients.node,
         clients.bin("mcp-remote", "mcp-remote"),
