@@ -74,6 +74,7 @@ def run(inspector_url: str, user: str, shots: Path) -> dict[str, Any]:
 def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict[str, Any]:
     """The Inspector v1 web UI with its Connection Type set to Direct: the page itself fetches
     Steward's metadata, /register, /token and /mcp (cross-origin: CORS)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     seen: dict[str, Any] = {"cors": []}
@@ -97,6 +98,8 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
             page = context.new_page()
             page.set_default_timeout(STEP)
             context.on("response", on_response)
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
             try:
                 page.goto(inspector_url)
                 page.get_by_role("combobox").nth(1).click()  # Connection Type
@@ -104,7 +107,17 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
                 page.get_by_role("button", name="Connect", exact=True).click()
                 page.get_by_role("link", name=user).click()  # the IdP's sign-in page
                 page.get_by_role("button", name="Allow").click()  # Steward's consent page
-                page.get_by_text("Connected", exact=True).wait_for()
+                connected = page.get_by_text("Connected", exact=True)
+                try:
+                    connected.wait_for(timeout=STEP / 2)
+                except PlaywrightTimeout:
+                    # now and then this version's callback page stores the token and returns to
+                    # the sidebar without connecting: the person clicks Connect, which uses the
+                    # stored token (a refused token would send the page back to sign in, and
+                    # the wait below would fail)
+                    seen["connect_again"] = True
+                    page.get_by_role("button", name="Connect", exact=True).click()
+                    connected.wait_for()
                 seen["connected"] = True
                 page.get_by_role("tab", name="Tools").click()
                 page.get_by_role("button", name="List Tools").click()
@@ -134,6 +147,7 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
                 seen["error"] = f"{type(exc).__name__}: {exc}"
                 seen["body"] = page.inner_text("body")
                 seen["url"] = page.url
+                seen["console"] = console
         finally:
             browser.close()
     return seen

@@ -123,6 +123,7 @@ def direct_web_ui(clients: Clients, steward: Steward, home: Path, user: str) -> 
         assert done.returncode == 0, done.stderr
         seen: dict[str, Any] = json.loads(done.stdout)
         seen["origin"] = f"http://localhost:{client_port}"
+        (SHOTS / f"direct-{user}.json").write_text(json.dumps(seen, indent=1))
         return seen
 
 
@@ -142,6 +143,8 @@ def test_the_inspector_web_ui_direct_connection_signs_in_and_runs_tools(
         else:
             assert seen["tools"] == ["echo", "count", "report"]
             assert seen["report"].strip('"').startswith("report on q3 for ")
+        # one sign-in, even when the page needed a second Connect (inspector_web.run_direct)
+        assert [p for _, p, _, _ in seen["cors"]].count("/token") == 1, seen["cors"]
         fetched = {(method, path) for method, path, _, _ in seen["cors"]}
         assert {
             ("GET", "/.well-known/oauth-protected-resource/mcp"),
