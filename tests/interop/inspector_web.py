@@ -100,6 +100,7 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
             context.on("response", on_response)
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text))
+            seen["console"] = console
             try:
                 page.goto(inspector_url)
                 page.get_by_role("combobox").nth(1).click()  # Connection Type
@@ -111,12 +112,19 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
                 try:
                     connected.wait_for(timeout=STEP / 2)
                 except PlaywrightTimeout:
-                    # now and then this version's callback page stores the token and returns to
-                    # the sidebar without connecting: the person clicks Connect, which uses the
-                    # stored token (a refused token would send the page back to sign in, and
-                    # the wait below would fail)
-                    seen["connect_again"] = True
+                    # now and then this version's callback page exchanges the code twice, the
+                    # first request cut off by its own navigation: the second is refused
+                    # (invalid_grant, a code is used once) and the page returns to the sidebar,
+                    # disconnected. The person clicks Connect: the page connects on a token it
+                    # kept, or sends the person to sign in once more.
+                    seen["connect_again"] = page.url
                     page.get_by_role("button", name="Connect", exact=True).click()
+                    choice = page.get_by_role("link", name=user)
+                    connected.or_(choice).first.wait_for()
+                    if choice.count():
+                        seen["signed_in_again"] = True
+                        choice.click()
+                        page.get_by_role("button", name="Allow").click()
                     connected.wait_for()
                 seen["connected"] = True
                 page.get_by_role("tab", name="Tools").click()
@@ -147,7 +155,6 @@ def run_direct(inspector_url: str, user: str, shots: Path, mcp_url: str) -> dict
                 seen["error"] = f"{type(exc).__name__}: {exc}"
                 seen["body"] = page.inner_text("body")
                 seen["url"] = page.url
-                seen["console"] = console
         finally:
             browser.close()
     return seen
