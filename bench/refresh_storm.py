@@ -28,7 +28,15 @@ import asyncpg
 import httpx
 import trio
 
-from bench._loadgen import INITIALIZE, Connection, _rpc, base_headers, exchange
+from bench._loadgen import (
+    ERROR_KINDS,
+    INITIALIZE,
+    Connection,
+    ProtocolError,
+    _rpc,
+    base_headers,
+    exchange,
+)
 from bench._servers import (
     SERVER_CORE,
     Server,
@@ -100,28 +108,42 @@ async def _watch(dsn: str, sessions: int, deadline: float, settle: float) -> dic
     }
 
 
-async def _hydrate(server: Server, tokens: list[str]) -> int:
+async def _hydrate(server: Server, tokens: list[str]) -> tuple[int, dict[str, int]]:
     """One initialize per user session (its actor starts and its keeper reads the tokens); the
-    number answered 200."""
+    number answered 200, and the others by status and body (or by exception)."""
     todo = iter(tokens)
     ok = [0]
+    failures: dict[str, int] = {}
+
+    def fail(kind: str) -> None:
+        if kind not in failures and len(failures) >= ERROR_KINDS:
+            kind = "other"
+        failures[kind] = failures.get(kind, 0) + 1
 
     async def opener() -> None:
         conn = Connection("127.0.0.1", server.port)
         try:
             for token in todo:
                 body = _rpc(1, "initialize", INITIALIZE)
-                reply = await exchange(
-                    conn, "POST", server.path, base_headers(token), body, request_id=1
-                )
-                ok[0] += reply.status == 200
+                try:
+                    reply = await exchange(
+                        conn, "POST", server.path, base_headers(token), body, request_id=1
+                    )
+                except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
+                    fail(f"{type(exc).__name__}: {str(exc)[:100]}")
+                    await conn.aclose()
+                    continue
+                if reply.status == 200:
+                    ok[0] += 1
+                else:
+                    fail(f"{reply.status} {reply.body[:160]!r}")
         finally:
             await conn.aclose()
 
     async with trio.open_nursery() as nursery:
         for _ in range(OPENERS):
             nursery.start_soon(opener)
-    return ok[0]
+    return ok[0], failures
 
 
 def _idp_refreshes(server: Server) -> int:
@@ -149,7 +171,7 @@ def _measure(server: Server, sessions: int, lead: float, settle: float) -> dict[
     updated = asyncio.run(_set_expiry(dsn, expiry))
     calls_before = _idp_refreshes(server)
     t1 = time.monotonic()
-    hydrated = trio.run(_hydrate, server, tokens)
+    hydrated, hydrate_failures = trio.run(_hydrate, server, tokens)
     hydrate_s = time.monotonic() - t1
     watched = asyncio.run(_watch(dsn, sessions, expiry + WINDOW + WATCH_LIMIT, settle))
     calls = _idp_refreshes(server) - calls_before
@@ -161,6 +183,8 @@ def _measure(server: Server, sessions: int, lead: float, settle: float) -> dict[
         "sign_in_s": round(signed_in_s, 1),
         "rows_given_the_expiry": updated,
         "hydrated": hydrated,
+        "errors": sessions - hydrated,  # initialize not answered 200: no session, no refresh
+        "error_kinds": hydrate_failures,
         "hydrate_s": round(hydrate_s, 1),
         "idp_refresh_calls": calls,
         "refresh_generations": by_gen,

@@ -116,6 +116,8 @@ def run(sessions: int = 10_000) -> dict[str, Any]:
             "probe_s": probe["seconds"],
             "all_answered_after_s": round(started + probe["seconds"], 2),
             "answered": probe["answered"],
+            "errors": len(ids) - probe["answered"],  # old ids that never answered 200
+            "error_kinds": {str(k): n for k, n in probe["statuses"].items() if k != 200},
             "statuses": probe["statuses"],
         }
     with peer() as p:

@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+import bench.__main__ as bench_main
 from bench import idle_streams, refresh_storm, revocation_fanout, session_churn
 from bench._loadgen import Connection, exchange, run_load
 from bench._report import plots
@@ -206,3 +208,52 @@ def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> No
     assert sorted(Path(p).name for p in written) == ["idle-streams.png", "tool-calls.png"]
     for p in written:
         assert Path(p).read_bytes().startswith(b"\x89PNG")
+
+
+# -- no ratio over a point with errors ------------------------------------------------------------
+
+
+def _scale_out_result(errors: int) -> dict[str, Any]:
+    """A scale-out result shaped as the benchmark's, its two-worker point with ``errors``."""
+    kinds = (
+        {"tools/call 429 b'rate limit of the enterprise tier exceeded'": errors} if errors else {}
+    )
+    return {
+        "benchmark": "scale-out",
+        "churn": {
+            "1_worker": {"workers": 32, "sessions_per_s": 202.5, "errors": 0, "error_kinds": {}},
+            "2_worker": {
+                "workers": 32,
+                "sessions_per_s": 275.4,
+                "errors": errors,
+                "error_kinds": kinds,
+            },
+        },
+        "figures": {"errors": errors},
+        "ratios": {"two_vs_one_worker": 1.36},
+    }
+
+
+@pytest.mark.parametrize("errors", [0, 11_569])
+def test_a_point_with_errors_yields_no_ratio_names_the_point_and_exits_non_zero(
+    errors: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        bench_main, "_runs", lambda quick, peer: {"scale-out": lambda: _scale_out_result(errors)}
+    )
+    monkeypatch.setattr(bench_main, "record", lambda name, result: [])
+
+    status = bench_main.main(["scale-out"])
+
+    out, err = capsys.readouterr()
+    last = json.loads(out.strip().splitlines()[-1])
+    if not errors:
+        assert status == 0 and last["ratios"] == {"two_vs_one_worker": 1.36}
+        assert "failed_points" not in last
+        return
+    assert status == 1
+    assert last["ratios"] == {"two_vs_one_worker": None}
+    [point] = last["failed_points"]
+    assert point.startswith("churn.2_worker (workers=32): 11569 errors")
+    assert "rate limit of the enterprise tier" in point
+    assert "no ratio" in err and "churn.2_worker" in err
