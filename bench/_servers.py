@@ -159,17 +159,32 @@ def peer(
     *, replies: str = "sse", stateless: bool = False, core: int | None = SERVER_CORE
 ) -> Iterator[Server]:
     """The official MCP Python SDK server in a subprocess on a free port."""
+    cmd = ["-m", "bench._peer", "--replies", replies, *(["--stateless"] if stateless else [])]
+    with _module_server("mcp-sdk", "the MCP SDK peer", cmd, core) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def reference(*, core: int | None = SERVER_CORE) -> Iterator[Server]:
+    """An empty ASGI app on Steward's Hypercorn trio worker (bench/_reference.py)."""
+    with _module_server(
+        "hypercorn-reference", "the Hypercorn reference", ["-m", "bench._reference"], core
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _module_server(name: str, what: str, args: list[str], core: int | None) -> Iterator[Server]:
+    """``python ARGS --port P`` in a subprocess on a free port, once it listens."""
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="peer-bench-"))
-    log_path = folder / "peer.log"
-    cmd = [sys.executable, "-m", "bench._peer", "--port", str(port), "--replies", replies]
-    if stateless:
-        cmd.append("--stateless")
+    log_path = folder / "server.log"
+    cmd = [sys.executable, *args, "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, stdout=log, stderr=log)
     try:
-        _wait_listening(proc, port, log_path, "the MCP SDK peer")
-        yield Server("mcp-sdk", port, proc.pid)
+        _wait_listening(proc, port, log_path, what)
+        yield Server(name, port, proc.pid)
     finally:
         _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)

@@ -154,15 +154,29 @@ async def test_the_generator_completes_sessions_against_steward_with_a_token_fro
 def test_session_churn_records_every_steward_session_and_compares_both_peer_modes() -> None:
     result = session_churn.run(levels=(2,), duration=0.3)
 
-    for name in ("mcp-sdk", "mcp-sdk-json", "steward"):
+    for name in ("mcp-sdk", "mcp-sdk-json", "hypercorn-reference", "steward"):
         point = result["servers"][name]["points"][0]
         assert point["errors"] == 0, (name, point["error_kinds"])
         assert point["sessions"] > 0
     check = result["servers"]["steward"]["check"]
     assert check["all_recorded"], check
     assert check["rows_recorded"] == check["sessions_opened"] > 0
-    for key in ("sessions_per_s_vs_peer", "calls_per_s_vs_peer", "sessions_per_s_vs_peer_json"):
+    for key in (
+        "sessions_per_s_vs_peer",
+        "calls_per_s_vs_peer",
+        "sessions_per_s_vs_peer_json",
+        "sessions_per_s_vs_peer_best_w2",
+        "call_p99_ms_vs_peer_best_w2",
+        "http_vs_hypercorn_reference",
+    ):
         assert isinstance(result["ratios"][key], float), key
+    figures = result["figures"]
+    best = max(figures["peer_sessions_per_s_w2"], figures["peer_json_sessions_per_s_w2"])
+    assert result["ratios"]["sessions_per_s_vs_peer_best_w2"] == round(
+        figures["steward_sessions_per_s_w2"] / best, 2
+    )
+    reference = result["servers"]["hypercorn-reference"]["points"][0]
+    assert reference["requests"] == 13 * reference["sessions"]  # the same 13 requests a session
 
 
 def test_idle_streams_measures_every_server_and_reports_the_ratio() -> None:
