@@ -1189,7 +1189,8 @@ class SessionManager:
                 (*row, max_sessions),
             )
         try:
-            await self.store.write(op)
+            # visible before the answer, flushed within wal_writer_delay (docs/store.md)
+            await self.store.write(op, durable=False)
         except WriteRejected as exc:
             if max_sessions is None or getattr(exc.__cause__, "sqlstate", None) != SESSION_LIMIT:
                 raise
@@ -1279,15 +1280,16 @@ class SessionManager:
         if await self.transport_session(principal, session_id) is None:
             return False
         self._forget_transport(session_id)
+        # durable before the answer, in one statement (one round trip, no BEGIN/COMMIT): a
+        # deleted session never answers again, even after a crash (docs/store.md)
         await self.store.write(
             Op(
-                "UPDATE transport_sessions SET ended_at = now() WHERE session_id = $1 AND ended_at IS NULL",
+                "WITH ended AS (UPDATE transport_sessions SET ended_at = now() "
+                "WHERE session_id = $1 AND ended_at IS NULL RETURNING session_id) "
+                "UPDATE connections SET closed_at = now(), close_reason = 'session_deleted' "
+                "WHERE session_id = $1 AND closed_at IS NULL",
                 (session_id,),
-            ),
-            Op(
-                "UPDATE connections SET closed_at = now(), close_reason = 'session_deleted' WHERE session_id = $1 AND closed_at IS NULL",
-                (session_id,),
-            ),
+            )
         )
         session = self.registry.lookup(principal.grant_id)
         if session is not None:

@@ -34,7 +34,7 @@ NAMES = (
     "wire-types",
 )
 ALIASES = {"memory-streams": "idle-streams"}  # the earlier name of idle-streams
-ON_REQUEST = ("soak",)  # long runs, never part of "all"
+ON_REQUEST = ("soak", "edges")  # long runs and profiles, never part of "all"
 
 
 def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         runs["soak"] = lambda: soak.run(minutes=args.minutes)
+    if args.name == "edges":
+        from bench import edges
+
+        runs["edges"] = lambda: edges.run(quick=args.quick)
     names = list(runs) if args.name == "all" else [ALIASES.get(args.name, args.name)]
     summaries = []
     notes: list[str] = []
