@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from actors._auth import AuthService, Principal
+from actors._batched import BatchedLookup
 from actors._events import ClusterEvent, cluster_event_ops
 from actors._grants import end_grants_ops, live_grants_of
 from actors._revocation import UserChange, reinstate_user, revoke_user
@@ -68,6 +69,7 @@ __all__ = [
     "log_level_op",
 ]
 
+TRANSPORT_READ_BATCH = 500  # session ids read in one query at most (actors._batched)
 log = structlog.get_logger("sessions")
 SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 UTC = datetime.UTC
@@ -937,6 +939,10 @@ class SessionManager:
         # tier re-reads after an upstream refresh: ok, failed, skipped (no claims source), refused
         self.tier_rereads: collections.Counter[str] = collections.Counter()
         self._ts_cache: dict[str, TransportSession] = {}  # bounded: oldest out past 50,000
+        # cache misses arriving together (clients back after a restart) read in one query
+        self._ts_lookup: BatchedLookup[str, dict[str, Any]] = BatchedLookup(
+            self._read_transports, TRANSPORT_READ_BATCH
+        )
         self._ts_touched: dict[str, float] = {}  # session id -> last_seen written (Trio time)
         self.open_streams: collections.Counter[str] = collections.Counter()  # user -> long-lived
         self._others_alive = True  # until the nodes table says otherwise
@@ -1236,10 +1242,7 @@ class SessionManager:
             self._forget_transport(session_id)
             ts = None
         if ts is None:
-            row = await self.store.fetchrow(
-                "SELECT * FROM transport_sessions WHERE session_id = $1 AND ended_at IS NULL",
-                session_id,
-            )
+            row = await self._ts_lookup.get(session_id)
             if row is None:
                 return None
             ts = TransportSession(
@@ -1275,6 +1278,13 @@ class SessionManager:
                 )
             )
         return ts
+
+    async def _read_transports(self, session_ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows = await self.store.fetch(
+            "SELECT * FROM transport_sessions WHERE session_id = ANY($1::text[]) AND ended_at IS NULL",
+            session_ids,
+        )
+        return {row["session_id"]: row for row in rows}
 
     async def end_transport_session(self, principal: Principal, session_id: str) -> bool:
         if await self.transport_session(principal, session_id) is None:

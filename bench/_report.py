@@ -29,8 +29,13 @@ def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
             "bench": name,
             "figures": {
                 "sessions": result["sessions"],
-                "all_answered_after_s": steward["all_answered_after_s"],
+                # only when every one answered: a time over a part is not this figure
+                "all_answered_after_s": steward["all_answered_after_s"]
+                if steward["answered"] == result["sessions"]
+                else None,
                 "answered": steward["answered"],
+                "restart_s": steward.get("restart_s"),
+                "probe_s": steward.get("probe_s"),
             },
             "ratios": {
                 "answered_fraction_steward": round(steward["answered"] / result["sessions"], 3),
