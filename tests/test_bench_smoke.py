@@ -207,6 +207,8 @@ def test_refresh_storm_refreshes_each_session_once() -> None:
     assert figures["sessions_refreshed_once"] == 5
     assert figures["sessions_not_refreshed"] == figures["sessions_refreshed_more_than_once"] == 0
     assert figures["refresh_errors"] == 0
+    assert figures["sessions_up_inside_window"] == 0 and figures["initialize_failures"] == {}
+    assert figures["last_refresh_before_expiry_s"] > 0
 
 
 def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> None:
