@@ -12,6 +12,8 @@ The headline ratios are against the peer's best at each level, 1, 8, 32 and 128 
 over the lower of its two modes' call p99. Each mode's own ratios stay (``_vs_peer`` for SSE
 replies, ``_vs_peer_json``). An empty ASGI app on Steward's Hypercorn trio worker
 (bench/_reference.py) runs the same workload with the same generator in the same run:
+every server is started at once and, at each level, measured in ROUNDS interleaved rounds (the
+point's duration split between them) so that the load of a shared machine falls on each alike;
 ``http_vs_hypercorn_reference`` is Steward's best HTTP requests/s over the reference's best
 (``_wN`` per level). No ratio is given over a point with errors (bench/_honest.py).
 """
@@ -19,16 +21,29 @@ replies, ``_vs_peer_json``). An empty ASGI app on Steward's Hypercorn trio worke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import trio
 
-from bench._servers import SERVER_CORE, Server, generator_pinned, peer, reference, steward
-from bench.tool_calls import measure
+from bench._loadgen import run_load
+from bench._servers import (
+    SERVER_CORE,
+    Server,
+    Unavailable,
+    generator_pinned,
+    peer,
+    reference,
+    steward,
+)
+from bench.tool_calls import WARM_UP
 
 LEVELS = (1, 8, 32, 128)
 QUICK_LEVELS = (32,)
+ROUNDS = 5  # interleaved rounds per level: each server measured in turn, five times
 HEADLINE = 32  # clients: the level the headline ratios are taken at (declared before measuring)
 PEERS = {"mcp-sdk": "sse", "mcp-sdk-json": "json"}
 
@@ -89,18 +104,85 @@ PREFIXES = {
 }
 
 
-def run(*, levels: tuple[int, ...] = LEVELS, duration: float = 5.0) -> dict[str, Any]:
-    """The peer (both reply modes), the Hypercorn reference and Steward at every level for
-    ``duration`` s per point, in turn, with the same generator."""
-    with generator_pinned() as core:
-        servers = {
-            name: measure(functools.partial(peer, replies=mode), levels, duration)
-            for name, mode in PEERS.items()
+def _merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point from a server's interleaved rounds at one level: counts and seconds summed
+    (rates over the whole), latency percentiles the median of the rounds', error kinds added."""
+    out = dict(rounds[0])
+    for key in ("seconds", "sessions", "sessions_opened", "calls", "requests", "errors"):
+        out[key] = round(sum(r[key] for r in rounds), 2)
+    out["generator_cpu_s"] = round(sum(r["generator_cpu_s"] for r in rounds), 3)
+    seconds = out["seconds"] or 1.0
+    for key, count in (
+        ("sessions_per_s", "sessions"),
+        ("calls_per_s", "calls"),
+        ("requests_per_s", "requests"),
+    ):
+        out[key] = round(out[count] / seconds, 1)
+    out["generator_cpu_fraction"] = round(out["generator_cpu_s"] / seconds, 3)
+    for key in ("call_p50_ms", "call_p99_ms"):
+        values = sorted(r[key] for r in rounds if r[key] is not None)
+        out[key] = values[len(values) // 2] if values else None
+    kinds: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in r["error_kinds"].items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    out["error_kinds"] = kinds
+    out["rounds"] = len(rounds)
+    out["round_sessions_per_s"] = [r["sessions_per_s"] for r in rounds]
+    return out
+
+
+def measure_interleaved(
+    starts: dict[str, Callable[[], contextlib.AbstractContextManager[Server]]],
+    levels: tuple[int, ...],
+    duration: float,
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
+    """Every server started at once (idle while the others are measured), then at each level
+    ``rounds`` rounds of ``duration / rounds`` s per server in turn, so that background load on
+    a shared machine falls on all of them alike; each level's rounds merged (``_merge``).
+    Steward's durable rows are checked against the generator's counts before it stops."""
+    servers: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        running: dict[str, Server] = {}
+        for name, start in starts.items():
+            try:
+                running[name] = stack.enter_context(start())
+            except Unavailable as exc:
+                servers[name] = {"available": False, "reason": str(exc)}
+        loads = {
+            name: functools.partial(run_load, "127.0.0.1", s.port, token=s.token, path=s.path)
+            for name, s in running.items()
         }
-        servers["hypercorn-reference"] = measure(reference, levels, duration)
-        servers["steward"] = measure(
-            lambda: steward(node_options=[]), levels, duration, durable_rows
-        )
+        warm = {name: trio.run(load, 2, WARM_UP).as_dict() for name, load in loads.items()}
+        points: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+        piece = duration / rounds
+        for w in levels:
+            per: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+            for _ in range(rounds):
+                for name, load in loads.items():
+                    per[name].append(trio.run(load, w, piece).as_dict())
+            for name in loads:
+                points[name].append(_merge(per[name]))
+        for name, server in running.items():
+            servers[name] = {"available": True, "points": points[name]}
+            if name == "steward":
+                servers[name]["check"] = durable_rows(server, [warm[name], *points[name]])
+    return {name: servers[name] for name in starts}
+
+
+def run(
+    *, levels: tuple[int, ...] = LEVELS, duration: float = 5.0, rounds: int = ROUNDS
+) -> dict[str, Any]:
+    """The peer (both reply modes), the Hypercorn reference and Steward at every level for
+    ``duration`` s per point, interleaved in ``rounds`` rounds, with the same generator."""
+    starts: dict[str, Callable[[], contextlib.AbstractContextManager[Server]]] = {
+        name: functools.partial(peer, replies=mode) for name, mode in PEERS.items()
+    }
+    starts["hypercorn-reference"] = reference
+    starts["steward"] = lambda: steward(node_options=[])
+    with generator_pinned() as core:
+        servers = measure_interleaved(starts, levels, duration, max(1, rounds))
     figures: dict[str, Any] = {}
     for name, measured in servers.items():
         prefix = PREFIXES[name]
@@ -155,6 +237,7 @@ def run(*, levels: tuple[int, ...] = LEVELS, duration: float = 5.0) -> dict[str,
     out: dict[str, Any] = {
         "benchmark": "session-churn",
         "duration_per_point_s": duration,
+        "rounds_per_point": max(1, rounds),
         "levels": list(levels),
         "headline_clients": head,
         "server_core": SERVER_CORE if core is not None else None,

@@ -152,7 +152,7 @@ async def test_the_generator_completes_sessions_against_steward_with_a_token_fro
 
 
 def test_session_churn_records_every_steward_session_and_compares_both_peer_modes() -> None:
-    result = session_churn.run(levels=(2,), duration=0.3)
+    result = session_churn.run(levels=(2,), duration=0.6, rounds=2)
 
     for name in ("mcp-sdk", "mcp-sdk-json", "hypercorn-reference", "steward"):
         point = result["servers"][name]["points"][0]
@@ -177,6 +177,7 @@ def test_session_churn_records_every_steward_session_and_compares_both_peer_mode
     )
     reference = result["servers"]["hypercorn-reference"]["points"][0]
     assert reference["requests"] == 13 * reference["sessions"]  # the same 13 requests a session
+    assert reference["rounds"] == 2 and len(reference["round_sessions_per_s"]) == 2
 
 
 def test_idle_streams_measures_every_server_and_reports_the_ratio() -> None:
