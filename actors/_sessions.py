@@ -1195,8 +1195,8 @@ class SessionManager:
                 (*row, max_sessions),
             )
         try:
-            # visible before the answer, flushed within wal_writer_delay (docs/store.md)
-            await self.store.write(op, durable=False)
+            # durable before the answer (docs/store.md, "What is durable before the answer")
+            await self.store.write(op)
         except WriteRejected as exc:
             if max_sessions is None or getattr(exc.__cause__, "sqlstate", None) != SESSION_LIMIT:
                 raise

@@ -222,14 +222,8 @@ class Store:
 
     # -- the public API ------------------------------------------------------------------------
 
-    async def write(self, *ops: Op, wait: float | None = None, durable: bool = True) -> None:
+    async def write(self, *ops: Op, wait: float | None = None) -> None:
         """Queue ``ops`` (one transaction) and return after they committed (acknowledged).
-
-        With ``durable=False`` the acknowledgement comes once the commit is visible to every
-        connection, without waiting for its WAL flush: a batch made only of such writes commits
-        with ``synchronous_commit`` off (PostgreSQL flushes it within ``wal_writer_delay``). It
-        survives a crash of this process, not one of PostgreSQL's host in that window: only for
-        what may be lost then (docs/store.md, "What is durable before the answer").
 
         It waits at most ``wait`` seconds (default ``policy.write_wait``) for the commit. Past
         it the write is not acknowledged and ``StoreUnavailable`` says which of two things
@@ -242,7 +236,7 @@ class Store:
             StoreUnavailable: not committed within ``wait``; ``QueueFull``: refused at once
                 because the journal is at its bound (nothing queued).
         """
-        entry = self.queue.put(ops, wait=True, durable=durable)
+        entry = self.queue.put(ops, wait=True)
         assert entry.done is not None
         limit = self.policy.write_wait if wait is None else wait
         try:
@@ -745,14 +739,11 @@ class Store:
         timeout = self.policy.command_timeout
         runs = _runs(op for e in batch for op in e.ops)
         journaled = [e.id for e in batch if e.journaled]
-        unflushed = all(not e.durable for e in batch)  # one durable entry: the batch waits
-        if not journaled and len(runs) <= 1 and not unflushed:
+        if not journaled and len(runs) <= 1:
             if runs:
                 await _execute_run(conn, runs[0], timeout)
             return
         async with conn.transaction():
-            if unflushed:
-                await conn.execute(_UNFLUSHED, timeout=timeout)
             if journaled:
                 rows = await conn.fetch(_MARK_APPLIED, journaled, timeout=timeout)
                 fresh = {r["op_id"] for r in rows}
@@ -762,9 +753,6 @@ class Store:
                     )
             for run in runs:
                 await _execute_run(conn, run, timeout)
-
-
-_UNFLUSHED = "SET LOCAL synchronous_commit = off"
 
 
 async def _run_detachable(loop: Any, coro: Awaitable[T]) -> T:

@@ -73,9 +73,6 @@ class _Entry:
     taken: bool = False
     key: Hashable | None = None  # coalescing key of a fire-and-forget entry (``put(key=)``)
     size: int = 0  # spill entries: the bytes of their journal line
-    # False: its caller needs the commit visible, not flushed (``Store.write(durable=False)``);
-    # a batch of such entries only commits with synchronous_commit off (docs/store.md)
-    durable: bool = True
 
     @property
     def journaled(self) -> bool:
@@ -210,9 +207,7 @@ class WriteQueue:
 
     # -- putting ---------------------------------------------------------------------------------
 
-    def put(
-        self, ops: Sequence[Op], *, wait: bool, key: Hashable | None = None, durable: bool = True
-    ) -> _Entry:
+    def put(self, ops: Sequence[Op], *, wait: bool, key: Hashable | None = None) -> _Entry:
         """Queue one entry. Never blocks; never drops what it queued.
 
         ``key`` (fire-and-forget entries only) coalesces: while an entry with the same key is
@@ -228,9 +223,7 @@ class WriteQueue:
             if queued is not None and not queued.taken:
                 self.coalesced += 1
                 return queued
-        entry = _Entry(
-            uuid.uuid4(), tuple(ops), trio.Event() if wait else None, key=key, durable=durable
-        )
+        entry = _Entry(uuid.uuid4(), tuple(ops), trio.Event() if wait else None, key=key)
         spilling = self.journal_path is not None and (
             self._file_pending > 0
             or self._spill
