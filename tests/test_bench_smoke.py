@@ -274,3 +274,24 @@ def test_a_point_with_errors_yields_no_ratio_names_the_point_and_exits_non_zero(
     assert point.startswith("churn.2_worker (workers=32): 11569 errors")
     assert "rate limit of the enterprise tier" in point
     assert "no ratio" in err and "churn.2_worker" in err
+
+
+def test_cpu_by_role_counts_a_process_tree_and_its_reaped_children() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench._cpu import cpu_by_role, delta
+
+    before = cpu_by_role(os.getpid())
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass",
+        ],
+        check=True,
+    )
+    spent = delta(before, cpu_by_role(os.getpid()))
+    assert set(spent) == {"worker"}
+    assert spent["worker"] >= 0.25  # the child's CPU, added to this process when it was reaped
