@@ -1,6 +1,8 @@
 """``python -m bench NAME|all [--quick]``: run benchmarks, merge each result into
 bench/results/latest.json (and latest.md, plots when possible), print each full result as JSON,
-and end with one line per benchmark ``{"bench": NAME, "figures": {...}, "ratios": {...}}``."""
+and end with one line per benchmark ``{"bench": NAME, "figures": {...}, "ratios": {...}}``.
+A benchmark with a point that had errors reports no ratio (every one null), names the point and
+why under ``failed_points`` and on stderr, and the exit status is 1 (bench/_honest.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from bench._honest import withhold_ratios
 from bench._report import record, summary
 
 NAMES = (
@@ -31,7 +34,7 @@ NAMES = (
     "wire-types",
 )
 ALIASES = {"memory-streams": "idle-streams"}  # the earlier name of idle-streams
-ON_REQUEST = ("soak",)  # long runs, never part of "all"
+ON_REQUEST = ("soak", "edges")  # long runs and profiles, never part of "all"
 
 
 def _runs(quick: bool, peer_replies: str) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         runs["soak"] = lambda: soak.run(minutes=args.minutes)
+    if args.name == "edges":
+        from bench import edges
+
+        runs["edges"] = lambda: edges.run(quick=args.quick)
     names = list(runs) if args.name == "all" else [ALIASES.get(args.name, args.name)]
     summaries = []
     notes: list[str] = []
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             result = {"benchmark": name, "failed": f"{type(exc).__name__}: {exc}"}
+        result = withhold_ratios(result)  # no ratio over a point with errors
         result["taken_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result["quick"] = args.quick
         print(json.dumps(result, indent=2), flush=True)
@@ -105,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(note, file=sys.stderr)
     for s in summaries:
         print(json.dumps(s))
-    return 1 if any("failed" in s for s in summaries) else 0
+    for s in summaries:
+        for point in s.get("failed_points", []):
+            print(f"{s['bench']}: no ratio, a point failed: {point}", file=sys.stderr)
+    return 1 if any("failed" in s or "failed_points" in s for s in summaries) else 0
 
 
 if __name__ == "__main__":

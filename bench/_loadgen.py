@@ -56,6 +56,7 @@ class LoadPoint:
     generator_cpu_s: float
     error_kinds: dict[str, int]
     opened: int = 0  # sessions whose initialize succeeded (``sessions`` counts finished ones)
+    requests: int = 0  # HTTP requests answered (any status)
 
     @property
     def sessions_per_s(self) -> float:
@@ -64,6 +65,10 @@ class LoadPoint:
     @property
     def calls_per_s(self) -> float:
         return round(self.calls / self.seconds, 1) if self.seconds else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return round(self.requests / self.seconds, 1) if self.seconds else 0.0
 
     @property
     def generator_cpu_fraction(self) -> float:
@@ -79,6 +84,8 @@ class LoadPoint:
             "calls": self.calls,
             "sessions_per_s": self.sessions_per_s,
             "calls_per_s": self.calls_per_s,
+            "requests": self.requests,
+            "requests_per_s": self.requests_per_s,
             "call_p50_ms": self.call_p50_ms,
             "call_p99_ms": self.call_p99_ms,
             "errors": self.errors,
@@ -367,6 +374,7 @@ class _Tally:
     sessions: int = 0
     opened: int = 0
     calls: int = 0
+    requests: int = 0
     errors: int = 0
     seen: int = 0
     latencies: list[float] = attrs.field(factory=list)
@@ -402,11 +410,13 @@ async def _worker(
             try:
                 headers = await open_session(conn, path, token)
                 tally.opened += 1
+                tally.requests += 2
                 for i in range(calls_per_session):
                     request_id = i + 2
                     params = {"name": "echo", "arguments": {"text": f"hello {i}"}}
                     body = _rpc(request_id, "tools/call", params)
                     reply = await exchange(conn, "POST", path, headers, body, request_id=request_id)
+                    tally.requests += 1
                     msg = reply.message
                     if reply.status != 200 or msg is None or "result" not in msg:
                         tally.error(f"tools/call {reply.status} {reply.body[:80]!r}")
@@ -417,6 +427,7 @@ async def _worker(
                         tally.latency(reply.elapsed)
                 if "mcp-session-id" in headers:
                     reply = await exchange(conn, "DELETE", path, headers)
+                    tally.requests += 1
                     if reply.status not in (200, 202, 204):
                         tally.error(f"DELETE {reply.status}")
                         continue
@@ -468,4 +479,5 @@ async def run_load(
         generator_cpu_s=cpu,
         error_kinds=dict(sorted(tally.kinds.items(), key=lambda kv: -kv[1])),
         opened=tally.opened,
+        requests=tally.requests,
     )

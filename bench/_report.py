@@ -8,32 +8,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench._honest import failed_points
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """``{"bench", "figures", "ratios"}`` for one benchmark's result (plus ``unavailable`` or
-    ``failed`` when a server could not be measured or the benchmark broke)."""
+    ``failed`` when a server could not be measured or the benchmark broke, and
+    ``failed_points`` with every ratio None when a measured point had errors)."""
     out: dict[str, Any]
     if "failed" in result:
         return {"bench": name, "figures": {}, "ratios": {}, "failed": result["failed"]}
     if "figures" in result:
         out = {"bench": name, "figures": result["figures"], "ratios": result.get("ratios", {})}
-    elif name == "scale-out":
-        out = {
-            "bench": name,
-            "figures": {
-                "sessions_per_s_1_worker": result["churn"]["1_worker"]["sessions_per_s"],
-                "sessions_per_s_2_worker": result["churn"]["2_worker"]["sessions_per_s"],
-                "cross_node_revocation_p50_ms": result["revocation"][
-                    "cross_node_revocation_p50_ms"
-                ],
-                "cross_node_revocation_p99_ms": result["revocation"][
-                    "cross_node_revocation_p99_ms"
-                ],
-            },
-            "ratios": result["ratios"],
-        }
     elif name == "restart-recovery":
         steward = result["steward"]
         peer = result.get("mcp-sdk", {})
@@ -41,8 +29,13 @@ def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
             "bench": name,
             "figures": {
                 "sessions": result["sessions"],
-                "all_answered_after_s": steward["all_answered_after_s"],
+                # only when every one answered: a time over a part is not this figure
+                "all_answered_after_s": steward["all_answered_after_s"]
+                if steward["answered"] == result["sessions"]
+                else None,
                 "answered": steward["answered"],
+                "restart_s": steward.get("restart_s"),
+                "probe_s": steward.get("probe_s"),
             },
             "ratios": {
                 "answered_fraction_steward": round(steward["answered"] / result["sessions"], 3),
@@ -66,6 +59,10 @@ def summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
         out = {"bench": name, "figures": {}, "ratios": {}}
     if "unavailable" in result:
         out["unavailable"] = result["unavailable"]
+    failed = failed_points(result)
+    if failed:  # no ratio over a point with errors (bench/_honest.py)
+        out["ratios"] = dict.fromkeys(out["ratios"])
+        out["failed_points"] = failed
     return out
 
 
@@ -120,11 +117,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines += _server_tables(name, servers)
         if "failed" in s:
             lines += [f"**failed**: {s['failed']}", ""]
+        if "failed_points" in s:
+            lines += [
+                "**points with errors (no ratio)**:",
+                *(f"- {p}" for p in s["failed_points"]),
+                "",
+            ]
         lines += [f"- {k}: {v}" for k, v in s["figures"].items()]
         if isinstance(result.get("peer"), str):  # why a benchmark has no peer figure
             lines.append(f"- peer: {result['peer']}")
         lines += [
-            f"- ratio {k}: {'n/a (a server was unavailable)' if v is None else v}"
+            f"- ratio {k}: {'n/a (a point failed or a server was unavailable)' if v is None else v}"
             for k, v in s["ratios"].items()
         ]
         lines.append("")

@@ -50,10 +50,19 @@ UNLIMITED_ADDRESSES = (
     )
     + "register_node_per_minute = 100000000\nauthorize_node_per_minute = 100000000\n\n"
 )
+# Every worker of ``steward serve --workers N`` reads this file (it is passed on to each), and
+# the request-rate bucket is per worker while the tool-call quota is counted across workers (the
+# usage rollups): the quota per minute is set to what MAX_WORKERS workers at their full rate could
+# admit, so neither binds first and the limits agree whatever the number of workers.
+RATE_PER_MINUTE = 100_000_000
+MAX_WORKERS = 8
+TIER_LIMITS = (
+    f"requests_per_minute = {RATE_PER_MINUTE}\nburst = 1000000\nmax_streams = 1000000\n"
+    f"max_sessions = 100000000\ninitialize_per_minute = {RATE_PER_MINUTE}\n"
+    f'tool_call_quota = "{MAX_WORKERS * RATE_PER_MINUTE}/minute"\n'
+)
 STEWARD_CONFIG = UNLIMITED_ADDRESSES + "".join(
-    f'[[tiers]]\nname = "{tier}"\nrequests_per_minute = 100000000\nburst = 1000000\n'
-    "max_streams = 1000000\nmax_sessions = 100000000\ninitialize_per_minute = 100000000\n\n"
-    for tier in ("free", "pro", "enterprise")
+    f'[[tiers]]\nname = "{tier}"\n{TIER_LIMITS}\n' for tier in ("free", "pro", "enterprise")
 )
 
 
@@ -72,6 +81,7 @@ class Server:
     token: str | None = None
     ready: dict[str, Any] = attrs.field(factory=dict)
     admin: str | None = None
+    data_dir: str | None = None  # Steward's data folder (its PostgreSQL cluster is inside)
 
 
 def pinned(cmd: list[str], core: int | None) -> list[str]:
@@ -149,17 +159,32 @@ def peer(
     *, replies: str = "sse", stateless: bool = False, core: int | None = SERVER_CORE
 ) -> Iterator[Server]:
     """The official MCP Python SDK server in a subprocess on a free port."""
+    cmd = ["-m", "bench._peer", "--replies", replies, *(["--stateless"] if stateless else [])]
+    with _module_server("mcp-sdk", "the MCP SDK peer", cmd, core) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def reference(*, core: int | None = SERVER_CORE) -> Iterator[Server]:
+    """An empty ASGI app on Steward's Hypercorn trio worker (bench/_reference.py)."""
+    with _module_server(
+        "hypercorn-reference", "the Hypercorn reference", ["-m", "bench._reference"], core
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _module_server(name: str, what: str, args: list[str], core: int | None) -> Iterator[Server]:
+    """``python ARGS --port P`` in a subprocess on a free port, once it listens."""
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="peer-bench-"))
-    log_path = folder / "peer.log"
-    cmd = [sys.executable, "-m", "bench._peer", "--port", str(port), "--replies", replies]
-    if stateless:
-        cmd.append("--stateless")
+    log_path = folder / "server.log"
+    cmd = [sys.executable, *args, "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, stdout=log, stderr=log)
     try:
-        _wait_listening(proc, port, log_path, "the MCP SDK peer")
-        yield Server("mcp-sdk", port, proc.pid)
+        _wait_listening(proc, port, log_path, what)
+        yield Server(name, port, proc.pid)
     finally:
         _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
@@ -211,6 +236,7 @@ def steward(
                 token=token,
                 ready=server.ready,
                 admin="bench-admin",
+                data_dir=str(server.folder / "data"),
             )
     except ServeFailed as exc:
         raise Unavailable(str(exc)) from exc

@@ -1,7 +1,10 @@
 """restart-recovery: durable sessions across a restart.
 
 N transport sessions are created, Steward is stopped and started again on the same data folder,
-and the benchmark measures the time from the restart until every old session id answers again.
+and the benchmark measures the time from the restart until every old session id answers again:
+``restart_s`` (the process started until its ready file) plus ``probe_s`` (until the last old
+id answered 200), asked by the lean generator (bench/_loadgen.py) on PROBES kept-alive
+connections, so that the probe is not the bound.
 The peer keeps sessions in process memory: after its restart every old id answers 404.
 """
 
@@ -9,87 +12,96 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import trio
 
-from bench._servers import UNLIMITED_ADDRESSES, free_port, obtain_token, peer
+from bench._loadgen import (
+    INITIALIZE,
+    PROTOCOL_VERSION,
+    Connection,
+    ProtocolError,
+    _rpc,
+    base_headers,
+    exchange,
+)
+from bench._servers import STEWARD_CONFIG, free_port, obtain_token, peer
 from tests.harness._serve import steward_serve
 
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "b", "version": "1"},
-    },
-}
+OPENERS = 16  # connections creating the sessions
+PROBES = 64  # connections asking the old ids after the restart
 
 
-async def _create(url: str, token: str | None, n: int) -> list[str]:
+async def _create(port: int, path: str, token: str | None, n: int) -> list[str]:
+    """``n`` transport sessions (one initialize each), OPENERS at a time on kept-alive
+    connections: their ids."""
     ids: list[str] = []
-    headers = {**HEADERS, **({"authorization": f"Bearer {token}"} if token else {})}
-    limits = httpx.Limits(max_connections=16)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    todo = iter(range(n))
 
-        async def worker(count: int) -> None:
-            for _ in range(count):
-                r = await http.post(url, headers=headers, json=INIT)
-                ids.append(r.headers["mcp-session-id"])
+    async def opener() -> None:
+        conn = Connection("127.0.0.1", port)
+        try:
+            for _ in todo:
+                body = _rpc(1, "initialize", INITIALIZE)
+                reply = await exchange(conn, "POST", path, base_headers(token), body, request_id=1)
+                if reply.status != 200 or "mcp-session-id" not in reply.headers:
+                    msg = f"initialize answered {reply.status} {reply.body[:120]!r}"
+                    raise ProtocolError(msg)
+                ids.append(reply.headers["mcp-session-id"])
+        finally:
+            await conn.aclose()
 
-        async with trio.open_nursery() as nursery:
-            for i in range(16):
-                nursery.start_soon(worker, n // 16 + (1 if i < n % 16 else 0))
+    async with trio.open_nursery() as nursery:
+        for _ in range(OPENERS):
+            nursery.start_soon(opener)
     return ids
 
 
-async def _check(
-    http: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
-    sid: str,
-    limiter: trio.CapacityLimiter,
-    statuses: dict[int, int],
-    failed: list[str],
-) -> None:
-    async with limiter:
-        try:
-            r = await http.post(
-                url,
-                headers={**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"},
-                json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            )
-        except httpx.HTTPError:
-            failed.append(sid)
-            return
-    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-    if r.status_code != 200:
-        failed.append(sid)
-
-
-async def _probe(url: str, token: str | None, ids: list[str], deadline: float) -> dict[str, Any]:
-    """Ask every old session id until each answers 200 (or 404, which is final)."""
-    headers = {**HEADERS, **({"authorization": f"Bearer {token}"} if token else {})}
+async def _probe(
+    port: int, path: str, token: str | None, ids: list[str], deadline: float
+) -> dict[str, Any]:
+    """Ask every old session id (``tools/list``) with the lean generator, PROBES kept-alive
+    connections at once, until each answers 200 (a 404 is final: the session is gone)."""
     pending = list(ids)
     statuses: dict[int, int] = {}
-    limiter = trio.CapacityLimiter(32)
-    t0 = trio.current_time()
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as http:
-        while pending and trio.current_time() - t0 < deadline:
-            failed: list[str] = []
-            async with trio.open_nursery() as nursery:
-                for sid in pending:
-                    nursery.start_soon(_check, http, url, headers, sid, limiter, statuses, failed)
-            pending = failed
-            if pending and 404 in statuses:
-                break
+    t0 = time.monotonic()
+    last_answer = [t0]
+    base = {**base_headers(token), "mcp-protocol-version": PROTOCOL_VERSION}
+    body = _rpc(2, "tools/list")
+    while pending and time.monotonic() - t0 < deadline:
+        failed: list[str] = []
+        todo = iter(pending)
+
+        async def prober(todo: Iterator[str], failed: list[str]) -> None:
+            conn = Connection("127.0.0.1", port)
+            try:
+                for sid in todo:
+                    try:
+                        reply = await exchange(
+                            conn, "POST", path, {**base, "mcp-session-id": sid}, body, request_id=2
+                        )
+                    except (OSError, trio.BrokenResourceError, ProtocolError):
+                        failed.append(sid)
+                        await conn.aclose()
+                        await trio.sleep(0.01)
+                        continue
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    if reply.status == 200:
+                        last_answer[0] = time.monotonic()
+                    elif reply.status != 404:
+                        failed.append(sid)
+            finally:
+                await conn.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(PROBES):
+                nursery.start_soon(prober, todo, failed)
+        pending = failed
     return {
-        "answered": len(ids) - len(pending),
-        "seconds": round(trio.current_time() - t0, 2),
+        "answered": statuses.get(200, 0),
+        "seconds": round(last_answer[0] - t0, 2),
         "statuses": statuses,
     }
 
@@ -99,31 +111,36 @@ def run(sessions: int = 10_000) -> dict[str, Any]:
     with steward_serve(
         "--port",
         str(free_port()),
-        config=UNLIMITED_ADDRESSES
-        + '[[tiers]]\nname = "free"\nrequests_per_minute = 100000000\nburst = 1000000\n'
-        "max_sessions = 100000000\ninitialize_per_minute = 100000000\n",
+        config=STEWARD_CONFIG,
         env={"STEWARD_LOG_LEVEL": "warning"},
     ) as server:
         token = obtain_token(server.ready, "carol")
-        ids = trio.run(_create, server.ready["mcp_url"], token, sessions)
+        url = urlsplit(server.ready["mcp_url"])
+        port, path = url.port or 80, url.path or "/"
+        ids = trio.run(_create, port, path, token, sessions)
         server.stop()
         t0 = time.monotonic()
         doc = server.start()
         started = time.monotonic() - t0
-        probe = trio.run(_probe, doc["mcp_url"], token, ids, 300.0)
+        cpu0 = time.process_time()
+        probe = trio.run(_probe, port, path, token, ids, 300.0)
+        probe["generator_cpu_s"] = round(time.process_time() - cpu0, 2)
+        assert urlsplit(doc["mcp_url"]).port == port
         out["steward"] = {
             "restart_s": round(started, 2),
             "probe_s": probe["seconds"],
             "all_answered_after_s": round(started + probe["seconds"], 2),
             "answered": probe["answered"],
+            "errors": len(ids) - probe["answered"],  # old ids that never answered 200
+            "error_kinds": {str(k): n for k, n in probe["statuses"].items() if k != 200},
             "statuses": probe["statuses"],
+            "probe_connections": PROBES,
+            "generator_cpu_s": probe["generator_cpu_s"],
         }
     with peer() as p:
-        url = f"http://127.0.0.1:{p.port}/mcp"
-        ids = trio.run(_create, url, None, min(sessions, 1000))
+        ids = trio.run(_create, p.port, p.path, None, min(sessions, 1000))
     with peer() as p2, contextlib.suppress(Exception):
-        url = f"http://127.0.0.1:{p2.port}/mcp"
-        probe = trio.run(_probe, url, None, ids[:100], 30.0)
+        probe = trio.run(_probe, p2.port, p2.path, None, ids[:100], 30.0)
         out["mcp-sdk"] = {
             "answered": probe["answered"],
             "of": len(ids[:100]),

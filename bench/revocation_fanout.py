@@ -110,6 +110,7 @@ async def _round(
     return {
         "streams": len(streams),
         "ended_with_error": len(done),
+        "errors": n - len(done),  # streams that never got their error event
         "first_ms": round(min(done) * 1000, 2) if done else None,
         "last_ms": round(max(done) * 1000, 2) if done else None,
         "stream_p50_ms": _pct(done, 0.50),

@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+import bench.__main__ as bench_main
 from bench import idle_streams, refresh_storm, revocation_fanout, session_churn
 from bench._loadgen import Connection, exchange, run_load
 from bench._report import plots
@@ -151,17 +153,32 @@ async def test_the_generator_completes_sessions_against_steward_with_a_token_fro
 
 
 def test_session_churn_records_every_steward_session_and_compares_both_peer_modes() -> None:
-    result = session_churn.run(levels=(2,), duration=0.3)
+    result = session_churn.run(levels=(2,), duration=0.6, rounds=2)
 
-    for name in ("mcp-sdk", "mcp-sdk-json", "steward"):
+    for name in ("mcp-sdk", "mcp-sdk-json", "hypercorn-reference", "steward"):
         point = result["servers"][name]["points"][0]
         assert point["errors"] == 0, (name, point["error_kinds"])
         assert point["sessions"] > 0
     check = result["servers"]["steward"]["check"]
     assert check["all_recorded"], check
     assert check["rows_recorded"] == check["sessions_opened"] > 0
-    for key in ("sessions_per_s_vs_peer", "calls_per_s_vs_peer", "sessions_per_s_vs_peer_json"):
+    for key in (
+        "sessions_per_s_vs_peer",
+        "calls_per_s_vs_peer",
+        "sessions_per_s_vs_peer_json",
+        "sessions_per_s_vs_peer_best_w2",
+        "call_p99_ms_vs_peer_best_w2",
+        "http_vs_hypercorn_reference",
+    ):
         assert isinstance(result["ratios"][key], float), key
+    figures = result["figures"]
+    best = max(figures["peer_sessions_per_s_w2"], figures["peer_json_sessions_per_s_w2"])
+    assert result["ratios"]["sessions_per_s_vs_peer_best_w2"] == round(
+        figures["steward_sessions_per_s_w2"] / best, 2
+    )
+    reference = result["servers"]["hypercorn-reference"]["points"][0]
+    assert reference["requests"] == 13 * reference["sessions"]  # the same 13 requests a session
+    assert reference["rounds"] == 2 and len(reference["round_sessions_per_s"]) == 2
 
 
 def test_idle_streams_measures_every_server_and_reports_the_ratio() -> None:
@@ -192,6 +209,8 @@ def test_refresh_storm_refreshes_each_session_once() -> None:
     assert figures["sessions_refreshed_once"] == 5
     assert figures["sessions_not_refreshed"] == figures["sessions_refreshed_more_than_once"] == 0
     assert figures["refresh_errors"] == 0
+    assert figures["sessions_up_inside_window"] == 0 and figures["initialize_failures"] == {}
+    assert figures["last_refresh_before_expiry_s"] > 0
 
 
 def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> None:
@@ -208,3 +227,73 @@ def test_plots_are_written_for_tool_calls_and_idle_streams(tmp_path: Path) -> No
     assert sorted(Path(p).name for p in written) == ["idle-streams.png", "tool-calls.png"]
     for p in written:
         assert Path(p).read_bytes().startswith(b"\x89PNG")
+
+
+# -- no ratio over a point with errors ------------------------------------------------------------
+
+
+def _scale_out_result(errors: int) -> dict[str, Any]:
+    """A scale-out result shaped as the benchmark's, its two-worker point with ``errors``."""
+    kinds = (
+        {"tools/call 429 b'rate limit of the enterprise tier exceeded'": errors} if errors else {}
+    )
+    return {
+        "benchmark": "scale-out",
+        "churn": {
+            "1_worker": {"workers": 32, "sessions_per_s": 202.5, "errors": 0, "error_kinds": {}},
+            "2_worker": {
+                "workers": 32,
+                "sessions_per_s": 275.4,
+                "errors": errors,
+                "error_kinds": kinds,
+            },
+        },
+        "figures": {"errors": errors},
+        "ratios": {"two_vs_one_worker": 1.36},
+    }
+
+
+@pytest.mark.parametrize("errors", [0, 11_569])
+def test_a_point_with_errors_yields_no_ratio_names_the_point_and_exits_non_zero(
+    errors: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        bench_main, "_runs", lambda quick, peer: {"scale-out": lambda: _scale_out_result(errors)}
+    )
+    monkeypatch.setattr(bench_main, "record", lambda name, result: [])
+
+    status = bench_main.main(["scale-out"])
+
+    out, err = capsys.readouterr()
+    last = json.loads(out.strip().splitlines()[-1])
+    if not errors:
+        assert status == 0 and last["ratios"] == {"two_vs_one_worker": 1.36}
+        assert "failed_points" not in last
+        return
+    assert status == 1
+    assert last["ratios"] == {"two_vs_one_worker": None}
+    [point] = last["failed_points"]
+    assert point.startswith("churn.2_worker (workers=32): 11569 errors")
+    assert "rate limit of the enterprise tier" in point
+    assert "no ratio" in err and "churn.2_worker" in err
+
+
+def test_cpu_by_role_counts_a_process_tree_and_its_reaped_children() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench._cpu import cpu_by_role, delta
+
+    before = cpu_by_role(os.getpid())
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass",
+        ],
+        check=True,
+    )
+    spent = delta(before, cpu_by_role(os.getpid()))
+    assert set(spent) == {"worker"}
+    assert spent["worker"] >= 0.25  # the child's CPU, added to this process when it was reaped

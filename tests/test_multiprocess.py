@@ -318,3 +318,43 @@ async def test_an_expired_upstream_token_is_refreshed_once_for_a_session_live_in
     assert all(length > 0 for length in results)
     stats = await control("stats")
     assert stats["calls"]["refresh"] == 1
+
+
+async def test_every_worker_reads_the_configuration_files_tier_limits(fresh_db: str) -> None:
+    """``steward serve --workers 2 --config F``: F's tiers hold in every worker, not the
+    defaults. The free tier allows a burst of 2 tool calls per worker, so 10 calls, each on a
+    new connection (either worker may take it), pass at most 4 times and the rest are refused
+    with the free tier's 429; with the default tiers (burst 20) all 10 would pass."""
+    config = (
+        '[[tiers]]\nname = "free"\nrequests_per_minute = 1\nburst = 2\n\n'
+        '[[tiers]]\nname = "pro"\n\n[[tiers]]\nname = "enterprise"\n'
+    )
+    with steward_serve(
+        "--workers", "2", "--port", "0", "--database-url", fresh_db, config=config
+    ) as server:
+        doc = server.ready
+        token = await trio.to_thread.run_sync(obtain_token, doc, "alice")
+        sid = await initialize(doc["mcp_url"], token)
+        headers = {
+            **HEADERS,
+            "authorization": f"Bearer {token}",
+            "mcp-session-id": sid,
+            "mcp-protocol-version": "2025-11-25",
+        }
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}},
+        }
+        statuses: list[int] = []
+        refusals: list[str] = []
+        for _ in range(10):
+            async with httpx.AsyncClient(timeout=20) as http:  # a new connection each time
+                r = await http.post(doc["mcp_url"], headers=headers, json=call)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                refusals.append(r.json()["error"]["message"])
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) <= 4, statuses
+    assert refusals and all("rate limit of the free tier" in m for m in refusals), refusals

@@ -33,7 +33,6 @@ __all__ = [
     "grant_connections_closed",
     "node_connections_closed_op",
     "open_streams_elsewhere",
-    "session_connections_closed_op",
     "stale_connections_closed",
 ]
 
@@ -413,15 +412,6 @@ def node_connections_closed_op(node_id: str, reason: CloseReason) -> Op:
         "UPDATE connections SET closed_at = now(), close_reason = $2 "
         "WHERE node_id = $1 AND closed_at IS NULL",
         (node_id, str(reason)),
-    )
-
-
-def session_connections_closed_op(session_id: str, reason: CloseReason) -> Op:
-    """Close the rows of a transport session's streams."""
-    return Op(
-        "UPDATE connections SET closed_at = now(), close_reason = $2 "
-        "WHERE session_id = $1 AND closed_at IS NULL",
-        (session_id, str(reason)),
     )
 
 

@@ -1,6 +1,6 @@
 """Transport sessions (``Mcp-Session-Id``): created at ``initialize`` within the user's limit,
-looked up per request through a bounded cache, ended by ``DELETE``; the ``transport_sessions``
-statements are here."""
+looked up per request through a bounded cache (misses arriving together read in one query),
+ended by ``DELETE``; the ``transport_sessions`` statements are here."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from typing import Any
 import attrs
 import trio
 
+from actors._batched import BatchedLookup
 from actors._statuses import CloseReason
 from actors._store import Conn, Op, Store, WriteRejected
 from actors.auth import Principal
-from actors.sessions._streams import Connection, session_connections_closed_op
+from actors.sessions._streams import Connection
 from actors.sessions._values import SessionLimitReached, TransportSession, UserContext
 
 __all__ = [
     "CACHE_SIZE",
+    "TRANSPORT_READ_BATCH",
     "TransportSessions",
     "idle_transport_sessions_ended",
     "log_level_op",
@@ -28,6 +30,7 @@ __all__ = [
 
 SESSION_LIMIT = "STW01"  # the SQLSTATE of steward_session_slot's refusal (migration 0009)
 CACHE_SIZE = 50_000  # transport sessions a node keeps in memory, the least recent out first
+TRANSPORT_READ_BATCH = 500  # session ids read in one query at most (actors._batched)
 
 
 def log_level_op(session_id: str, level: str) -> Op:
@@ -59,6 +62,10 @@ class TransportSessions:
         self._cache_size = cache_size
         self._cache: dict[str, TransportSession] = {}  # bounded: oldest out past cache_size
         self._touched: dict[str, float] = {}  # session id -> last_seen written (Trio time)
+        # cache misses arriving together (clients back after a restart) read in one query
+        self._lookup: BatchedLookup[str, dict[str, Any]] = BatchedLookup(
+            self._read, TRANSPORT_READ_BATCH
+        )
 
     async def create(
         self,
@@ -105,6 +112,7 @@ class TransportSessions:
                 (*row, max_sessions),
             )
         try:
+            # durable before the answer (docs/store.md, "What is durable before the answer")
             await self._store.write(op)
         except WriteRejected as exc:
             if max_sessions is None or getattr(exc.__cause__, "sqlstate", None) != SESSION_LIMIT:
@@ -146,10 +154,7 @@ class TransportSessions:
             self._forget(session_id)
             ts = None
         if ts is None:
-            row = await self._store.fetchrow(
-                "SELECT * FROM transport_sessions WHERE session_id = $1 AND ended_at IS NULL",
-                session_id,
-            )
+            row = await self._lookup.get(session_id)
             if row is None:
                 return None
             ts = TransportSession(
@@ -186,19 +191,22 @@ class TransportSessions:
             )
         return ts
 
+    async def _read(self, session_ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows = await self._store.fetch(
+            "SELECT * FROM transport_sessions WHERE session_id = ANY($1::text[]) AND ended_at IS NULL",
+            session_ids,
+        )
+        return {row["session_id"]: row for row in rows}
+
     async def end(self, principal: Principal, session_id: str) -> bool:
         """End the principal's transport session (``DELETE``); False when it has none by that
         id (answered as if it did not exist)."""
         if await self.lookup(principal, session_id) is None:
             return False
         self._forget(session_id)
-        await self._store.write(
-            Op(
-                "UPDATE transport_sessions SET ended_at = now() WHERE session_id = $1 AND ended_at IS NULL",
-                (session_id,),
-            ),
-            session_connections_closed_op(session_id, CloseReason.SESSION_DELETED),
-        )
+        # durable before the answer, in one statement (one round trip, no BEGIN/COMMIT): a
+        # deleted session never answers again, even after a crash (docs/store.md)
+        await self._store.write(session_ended_op(session_id, CloseReason.SESSION_DELETED))
         for conn in self._streams_of(principal.grant_id):
             if conn.session_id == session_id:
                 # the client ended it: its streams end quietly, as a completed response (an
@@ -207,6 +215,17 @@ class TransportSessions:
         return True
 
     # -- invalidation ----------------------------------------------------------------------------------
+
+
+def session_ended_op(session_id: str, reason: CloseReason) -> Op:
+    """End a transport session and close the rows of its streams, in one statement."""
+    return Op(
+        "WITH ended AS (UPDATE transport_sessions SET ended_at = now() "
+        "WHERE session_id = $1 AND ended_at IS NULL RETURNING session_id) "
+        "UPDATE connections SET closed_at = now(), close_reason = $2 "
+        "WHERE session_id = $1 AND closed_at IS NULL",
+        (session_id, str(reason)),
+    )
 
 
 async def idle_transport_sessions_ended(conn: Conn, idle: float, limit: int) -> int:

@@ -273,10 +273,13 @@ async def _serve(settings: Settings, app: Steward, ready_file: Path | None) -> N
     await _with_database(settings, run, supervised=True)
 
 
-async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: Path | None) -> None:
+async def _serve_workers(
+    settings: Settings, app_spec: str | None, ready_file: Path | None, config: Path | None = None
+) -> None:
     """N worker processes, each a node with its own supervision tree, on one database and one
     port (SO_REUSEPORT). This process keeps what they share: the embedded database, the
-    development IdP and the upstream-token key."""
+    development IdP and the upstream-token key. Every worker reads the same configuration file
+    (its tiers, limits and clients), with what this process decided in its environment."""
     import json
     import secrets
     import tempfile
@@ -346,6 +349,8 @@ async def _serve_workers(settings: Settings, app_spec: str | None, ready_file: P
                 ]
                 if app_spec:
                     cmd += ["--app", app_spec]
+                if config is not None:
+                    cmd += ["--config", str(config.resolve())]
                 worker_env = {
                     **env,
                     "STEWARD_NODE_ID": f"{settings.node_id or 'node'}-{i}",
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             tune_gc()
         if args.command == "serve" and settings.workers > 1:
             load_app(args.app)  # fail early, in this process, on a bad --app
-            trio.run(_serve_workers, settings, args.app, args.ready_file)
+            trio.run(_serve_workers, settings, args.app, args.ready_file, args.config)
         elif args.command == "serve":
             app = load_app(args.app)
             trio.run(_serve, settings, app, args.ready_file)
