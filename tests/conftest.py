@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 
 import pytest
+import structlog
 
 from tests.harness._pg import (
     Cluster,
@@ -50,6 +51,16 @@ def fresh_db(pg_cluster: Cluster) -> Iterator[str]:
         yield pg_cluster.dsn(name)
     finally:
         drop_database(pg_cluster, name)
+
+
+@pytest.fixture(autouse=True)
+def structlog_kept() -> Iterator[None]:
+    """Each test starts with the logging configuration the one before it found: a command's
+    main() run in-process (``bench``'s filters below WARNING) must not silence the next test's
+    captured log lines."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(autouse=True)

@@ -52,7 +52,7 @@ def test_secrets_inside_exceptions_and_tracebacks_are_redacted(
     as_json: bool, restore_structlog: None
 ) -> None:
     out = io.StringIO()
-    configure_logging("info", json=as_json, stream=out)
+    configure_logging("info", json=as_json, stream=out, cache=False)
     log = structlog.get_logger("test")
     s = secret_values()
     try:

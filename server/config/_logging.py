@@ -26,7 +26,11 @@ _LEVELS = {
 
 
 def configure_logging(
-    level: str = "info", *, json: bool | None = None, stream: TextIO | None = None
+    level: str = "info",
+    *,
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    cache: bool = True,
 ) -> None:
     """Configure structlog for the process.
 
@@ -34,6 +38,9 @@ def configure_logging(
         level: the lowest level logged (debug, info, warning, error).
         json: JSON lines (the default when the stream is not a terminal) or console lines.
         stream: where events go (standard error by default).
+        cache: each logger keeps its configuration after first use (a process configures
+            once; a test that configures, then restores, passes False so that no module's
+            logger stays bound to its stream).
     """
     out = stream if stream is not None else sys.stderr
     if json is None:
@@ -56,7 +63,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(RedactingFormatter(logging.BASIC_FORMAT))
