@@ -43,7 +43,10 @@ def add_usage_command(sub: Any) -> argparse.ArgumentParser:
         default="user,tool",
         help="group by any of user, tier, tool, method, comma-separated",
     )
-    usage.add_argument("--user", help="only this user (an id, or a user's name or email address; default: every user)")
+    usage.add_argument(
+        "--user",
+        help="only this user (an id, or a user's name or email address; default: every user)",
+    )
     usage.add_argument("--tier", help="only requests made in this tier (default: every tier)")
     usage.add_argument("--tool", help="only tools/call of this tool (default: every tool)")
     usage.add_argument(
