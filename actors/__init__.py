@@ -140,6 +140,7 @@ from actors.auth import (
     ConsentNeeded,
     OAuthError,
     Principal,
+    SessionsPort,
     UserRevokedError,
     s256,
 )
@@ -213,6 +214,7 @@ __all__ = [
     "SessionManager",
     "SessionPolicy",
     "SessionRestarting",
+    "SessionsPort",
     "Store",
     "StorePolicy",
     "StoreStatistics",

@@ -46,6 +46,7 @@ from actors import (
     Notifier,
     SessionManager,
     SessionPolicy,
+    SessionsPort,
     Store,
     StorePolicy,
     StoreUnavailable,
@@ -399,7 +400,12 @@ async def run_node(
     policy = store.policy
     upstream = UpstreamClient(upstream_config)
     auth_policy = _auth_policy(settings, base_url, resource=resource, legacy=legacy_resource)
-    auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
+    # the authorization server ends grants and changes tiers through the session manager that is
+    # built on it: bound below, as that manager is built
+    auth_sessions = SessionsPort()
+    auth = AuthService(
+        store, keyring, upstream, auth_policy, node_id=node_id, sessions=auth_sessions
+    )
     # dev_no_auth: the principal every request runs as, once the dev_user child signed it in
     dev_principal = DevPrincipal() if settings.dev_no_auth else None
     rs = ResourceServer(
@@ -410,19 +416,21 @@ async def run_node(
     revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
     # the MCP edge is built on the session manager, which tells it of tier changes
     edge_tiers = _EdgeTiers()
-    sessions = SessionManager(
-        store,
-        auth,
-        upstream,
-        node_id=node_id,
-        on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
-        on_forget_user=rs.forget_user,
-        on_grants_ended=revoker.wake,
-        on_tier_changed=edge_tiers.tier_changed,
-        policy=attrs.evolve(
-            session_policy or session_policy_of(settings),
-            transport_idle=settings.transport_session_idle,
-        ),
+    sessions = auth_sessions.bind(
+        SessionManager(
+            store,
+            auth,
+            upstream,
+            node_id=node_id,
+            on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
+            on_forget_user=rs.forget_user,
+            on_grants_ended=revoker.wake,
+            on_tier_changed=edge_tiers.tier_changed,
+            policy=attrs.evolve(
+                session_policy or session_policy_of(settings),
+                transport_idle=settings.transport_session_idle,
+            ),
+        )
     )
     key_file = settings.key_file
     notifier = Notifier(

@@ -87,10 +87,6 @@ class SessionManager:
         self.node_id = node_id
         self._policy = policy = policy or SessionPolicy()
         self.registry: Registry[uuid.UUID, UserSession] = Registry("sessions")
-        # the revocations the authorization server finds (/revoke, code and refresh-token
-        # reuse) take the same path as an operator's: this manager's invalidate
-        auth.invalidate_grant = self.invalidate
-        auth.on_tier_changed = self.tier_changed_here
         # a user's tier changed on this node or another: the MCP edge tells the user's streams
         # here (what the user may list changed with it: list_changed)
         self._on_tier_changed = on_tier_changed
@@ -113,9 +109,6 @@ class SessionManager:
             idle=policy.transport_idle,
             streams_of=self._streams_of,
         )
-        self.refresher = UpstreamRefresher(
-            store, auth, upstream, node_id=node_id, policy=policy, audit=auth.audit
-        )
         self.tiers = TierChanges(
             store,
             auth,
@@ -124,7 +117,15 @@ class SessionManager:
             end_grant=self._reauthorize,
             on_changed=self.tier_changed_here,
         )
-        self.refresher.on_refreshed = self.tiers.reread_safely
+        self.refresher = UpstreamRefresher(
+            store,
+            auth,
+            upstream,
+            node_id=node_id,
+            policy=policy,
+            audit=auth.audit,
+            on_refreshed=self.tiers.reread_safely,  # the tier re-read after each refresh
+        )
 
     @property
     def policy(self) -> SessionPolicy:
