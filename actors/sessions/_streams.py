@@ -244,6 +244,18 @@ class Connection:
         self._seq += 1
         return f"{self.stream_id}:{self._seq}"
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last event id this stream gave (0: none yet)."""
+        return self._seq
+
+    def advance_to(self, seq: int) -> str:
+        """The stream carries the stored events up to ``seq`` (a resumption's replay, or what
+        another node stored for it): its next own id counts on from there, never back. Returns
+        ``seq``'s event id."""
+        self._seq = max(self._seq, seq)
+        return f"{self.stream_id}:{seq}"
+
     def send_nowait(self, event: StreamEvent) -> None:
         """Queue an event; a full outbox means a slow client: its stream is closed with an error."""
         if self.closed_reason is not None:

@@ -350,11 +350,10 @@ class Relay:
         conn, lock = follower
         async with lock:
             session_id, stream_id = key.stream_parts
-            rows = await stream_events_after(self.store, session_id, stream_id, conn._seq)
+            rows = await stream_events_after(self.store, session_id, stream_id, conn.last_seq)
             for seq, payload in rows:
-                conn._seq = seq
+                event_id = conn.advance_to(seq)
                 final = "method" not in payload and "id" in payload  # the request's response
-                event_id = f"{conn.stream_id}:{conn._seq}"
                 conn.send_nowait(self.here.stream_event(conn, payload, event_id, final=final))
             self.delivered += len(rows)
 

@@ -256,7 +256,7 @@ class McpHttp:
             # the request still runs on another node (or ended without its response there):
             # this stream follows what that node stores for it, until the response
             conn = await self.admission.open_stream(session, "post", ts.session_id, stream_id)
-            conn._seq = after
+            conn.advance_to(after)
             async with self.relay.following(conn):
                 await self.pump.pump(conn, send, receive, priming_id=None)
             return
@@ -267,7 +267,7 @@ class McpHttp:
             stream_id,
             token_expires_at=None if ends else principal.expires_at,
         )
-        conn._seq = max([after, *(seq for seq, _ in replay)])
+        conn.advance_to(max([after, *(seq for seq, _ in replay)]))
         for seq, payload in replay:
             conn.send_nowait(
                 StreamEvent(payload, event_id=f"{stream_id}:{seq}", final=_is_response(payload))
