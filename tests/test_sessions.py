@@ -7,6 +7,7 @@ from typing import Any, cast
 import httpx
 import trio
 
+from actors import ConnectionKind
 from actors.sessions import Connection, SessionPolicy
 from runtime import faults
 from tests.harness._pg import psql
@@ -252,7 +253,7 @@ def test_a_streams_event_ids_move_on_from_what_it_carried_and_never_back() -> No
     stored) numbers its own next event after the last one it carried, never again below it."""
     conn = Connection(
         cast(Any, None),
-        "get",
+        ConnectionKind.GET,
         "session",
         "stream",
         store=cast(Any, None),

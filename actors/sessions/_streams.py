@@ -11,10 +11,9 @@ from typing import Any, Protocol
 import structlog
 import trio
 
-from actors._statuses import CloseReason
+from actors._statuses import CloseReason, ConnectionKind
 from actors._store import Conn, Op, Store
 from actors.sessions._values import (
-    ConnectionKind,
     SessionPolicy,
     StreamEvent,
     UserContext,
@@ -442,9 +441,10 @@ async def open_streams_elsewhere(store: Store, user_id: str, node_id: str) -> in
     return int(
         await store.fetchval(
             "SELECT count(*) FROM connections WHERE user_id = $1 AND closed_at IS NULL "
-            "AND kind <> 'post' AND node_id <> $2",
+            "AND kind <> $3 AND node_id <> $2",
             user_id,
             node_id,
+            ConnectionKind.POST,
         )
     )
 

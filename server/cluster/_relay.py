@@ -41,6 +41,7 @@ from actors import (
     CloseReason,
     Conn,
     Connection,
+    ConnectionKind,
     Op,
     Principal,
     RelayAddress,
@@ -284,7 +285,7 @@ class Relay:
                     message = self.here.for_stream(conn, row["payload"])
                     event_id = conn.next_event_id()
                     claimed.append((conn, message, event_id))
-                    if conn.session_id is not None and conn.kind == "get":
+                    if conn.session_id is not None and conn.kind is ConnectionKind.GET:
                         stream, _, seq = event_id.rpartition(":")
                         user_id = conn.session.context.user_id
                         events.append((conn.session_id, stream, int(seq), user_id, message))
