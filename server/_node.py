@@ -436,6 +436,7 @@ async def run_node(
     notifier = Notifier(
         store,
         sessions,
+        auth=auth,
         node_id=node_id,
         reload_keys=(
             None

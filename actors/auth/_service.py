@@ -88,9 +88,9 @@ class AuthService:
         """The node's current key ring (the vault's); replaced when the keys are reloaded."""
         return self.vault.keyring
 
-    @keyring.setter
-    def keyring(self, ring: KeyRing) -> None:
-        self.vault.keyring = ring
+    def use_keyring(self, ring: KeyRing) -> None:
+        """The keys were reloaded (a rotation): the vault seals with ``ring`` from now on."""
+        self.vault.use(ring)
 
     @property
     def tier_unmapped(self) -> collections.Counter[tuple[TierClaimUnmapped, TierClaimFallback]]:

@@ -82,7 +82,7 @@ class SessionManager:
         on_tier_changed: Callable[[str, str], object] | None = None,
     ) -> None:
         self.store = store
-        self.auth = auth  # the notifier reloads its key ring; the edge reads nothing of it here
+        self.auth = auth
         self.upstream = upstream
         self.node_id = node_id
         self._policy = policy = policy or SessionPolicy()

@@ -59,14 +59,24 @@ class Outbox:
         self._size = size
         self._closed = False
         self._waiter: trio.CancelScope | None = None
-        # set by the pump when its transport lets a put wake it through the request's own
-        # receive (server._stream_end): then the wait needs no cancel scope, and a wake no cancel
+        # given by the pump (``attach``) when its transport lets a put wake it through the
+        # request's own receive (server/http/_stream_end.py): then the wait needs no cancel
+        # scope, and a wake no cancel
         self.nudge: Callable[[], bool] | None = None
         self._waiting = False
-        # set by the pump when its transport can write a final event in the caller's step
-        # (server._stream_end); ``ended`` once it did
+        # given by the pump when its transport can write a final event in the caller's step;
+        # ``ended`` once it did
         self.ender: Callable[[StreamEvent], bool] | None = None
         self.ended = False
+
+    def attach(
+        self, *, ender: Callable[[StreamEvent], bool], nudge: Callable[[], bool] | None
+    ) -> None:
+        """The pump's transport ends the stream itself (``ender``: the final event written in
+        the caller's step) and wakes the waiting pump through its receive (``nudge``; None: the
+        pump waits under a cancel scope)."""
+        self.ender = ender
+        self.nudge = nudge
 
     def end(self, event: StreamEvent) -> bool:
         """The final ``event`` written and the stream ended now, by the ender, when the pump waits
