@@ -292,7 +292,7 @@ class RootPolicy:
     period: float = 60.0
 
 
-@attrs.define(eq=False, kw_only=True)
+@attrs.frozen(eq=False, kw_only=True)
 class Node:
     """Everything one node holds (the tests read it; each part is given only what it uses)."""
 
@@ -310,7 +310,7 @@ class Node:
     notifier: Notifier
     janitor: Janitor
     relay: Relay
-    root: SupervisorHandle | None = None
+    root: SupervisorHandle  # the node's supervision tree, running
     admin_token: str = attrs.field(default="", repr=False)
     revoker: UpstreamRevoker | None = None
 
