@@ -25,6 +25,7 @@ from actors._nodes import dead_nodes_marked, node_beat_op, node_key_op
 from actors._statuses import CloseReason, GrantStatus
 from actors._store import Store, StoreUnavailable
 from actors._store_retention import RETENTION_RULES, RetentionRule, retention_sweep
+from actors.auth import AuthService
 from actors.sessions import (
     SessionManager,
     dead_nodes_connections_closed,
@@ -49,12 +50,14 @@ class Notifier:
         store: Store,
         sessions: SessionManager,
         *,
+        auth: AuthService,
         node_id: str,
         reconnect: Backoff | None = None,
         reload_keys: Callable[[], KeyRing] | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
+        self.auth = auth  # takes up the reloaded keys
         self.node_id = node_id
         self.reload_keys = reload_keys  # None: the key is set inline, only a restart changes it
         self.reconnect = reconnect or Backoff(min=0.1, max=5.0, jitter=0.2, reset_after=30.0)
@@ -134,7 +137,7 @@ class Notifier:
         except (OSError, ValueError) as exc:
             log.error("key_reload_failed", error=str(exc))
             return
-        self.sessions.auth.keyring = ring
+        self.auth.use_keyring(ring)
         log.info("keys_reloaded", key_id=ring.current, key_ids=ring.key_ids)
         await self.store.write(node_key_op(self.node_id, ring.current))
 

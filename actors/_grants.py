@@ -20,7 +20,7 @@ from typing import Any
 
 from actors._audit import grants_audit_op
 from actors._events import ClusterEvent, grant_event_ops
-from actors._statuses import CloseReason, GrantStatus
+from actors._statuses import CloseReason, ConnectionKind, GrantStatus
 from actors._store import Conn, Op, Store
 
 __all__ = [
@@ -51,7 +51,7 @@ OPERATOR_ENDED = "an operator ended this session"  # the reason of a session an 
 _TARGETS = (
     "SELECT 'session:' || session_id FROM transport_sessions WHERE grant_id = ANY($1::uuid[]) "
     "UNION ALL SELECT 'listen:' || connection_id::text FROM connections "
-    "WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL AND kind = 'listen'"
+    f"WHERE grant_id = ANY($1::uuid[]) AND closed_at IS NULL AND kind = '{ConnectionKind.LISTEN}'"
 )
 
 # What follows the end of the grants ``$1`` (uuid[]), before their connection rows close: their

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from actors._statuses import ConnectionKind
 from actors._store import Conn, Op, Store
 
 __all__ = [
@@ -33,9 +34,10 @@ async def legacy_stream_node(store: Store, session_id: str) -> str | None:
     """The node holding the open legacy (HTTP+SSE) stream of ``session_id``, the newest if
     several; None when none is open."""
     node: str | None = await store.fetchval(
-        "SELECT node_id FROM connections WHERE session_id = $1 AND kind = 'legacy_sse' "
+        "SELECT node_id FROM connections WHERE session_id = $1 AND kind = $2 "
         "AND closed_at IS NULL ORDER BY opened_at DESC LIMIT 1",
         session_id,
+        ConnectionKind.LEGACY_SSE,
     )
     return node
 

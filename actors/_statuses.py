@@ -13,6 +13,7 @@ __all__ = [
     "LIVE_STATUSES",
     "AuthEvent",
     "CloseReason",
+    "ConnectionKind",
     "GrantStatus",
     "RefreshOutcome",
     "TierClaimFallback",
@@ -39,6 +40,20 @@ class GrantStatus(enum.StrEnum):
 
 
 LIVE_STATUSES = frozenset({GrantStatus.ACTIVE, GrantStatus.REFRESHING})
+
+
+class ConnectionKind(enum.StrEnum):
+    """``connections.kind``: what a stream (one connection actor) carries."""
+
+    GET = "get"  # the GET stream of a 2025 transport session
+    POST = "post"  # the reply stream of one POST (a request): not long-lived
+    LEGACY_SSE = "legacy_sse"  # the ``/sse`` stream of a legacy (2024-11-05) session
+    LISTEN = "listen"  # a 2026-07-28 ``subscriptions/listen`` stream
+
+    @property
+    def long_lived(self) -> bool:
+        """Held open until its client or its grant ends it; counted in ``max_streams``."""
+        return self is not ConnectionKind.POST
 
 
 class CloseReason(enum.StrEnum):

@@ -101,10 +101,14 @@ class StewardAsgi:
             else "other"
         )
         receive = _TrackedReceive(receive)
-        counting_send = _CountingSend(send, receive)
         cors = self.cors.handles(path)
-        if cors and scope["method"] != "OPTIONS":
-            counting_send.extra = self.cors.response_headers(path, header(scope, b"origin"))
+        counting_send = _CountingSend(
+            send,
+            receive,
+            self.cors.response_headers(path, header(scope, b"origin"))
+            if cors and scope["method"] != "OPTIONS"
+            else [],
+        )
 
         try:
             if cors and scope["method"] == "OPTIONS":
@@ -210,11 +214,11 @@ class _CountingSend:
 
     __slots__ = ("extra", "inner", "receive", "status")
 
-    def __init__(self, inner: Send, receive: _TrackedReceive) -> None:
+    def __init__(self, inner: Send, receive: _TrackedReceive, extra: Headers) -> None:
         self.inner = inner
         self.receive = receive
         self.status = 0
-        self.extra: Headers = []
+        self.extra = extra
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":

@@ -46,6 +46,7 @@ from actors import (
     Notifier,
     SessionManager,
     SessionPolicy,
+    SessionsPort,
     Store,
     StorePolicy,
     StoreUnavailable,
@@ -72,7 +73,7 @@ from server.config import DEV_IDP_EXPOSED, ConfigError, Settings, TierSettings
 from server.dev import DevIdP, sign_in_dev_user
 from server.http import address_limiter
 from server.mcp import Dispatcher, LocalStreams, McpEdge, McpOptions
-from server.oauth import MetadataFetcher, OAuthEndpoints, ResourceServer
+from server.oauth import DevPrincipal, MetadataFetcher, OAuthEndpoints, ResourceServer
 from server.ops import AdminApi, NodeCollector, RequestCounter, UsageApi, new_registry
 from server.postgres import PostmasterKeeper
 
@@ -291,7 +292,7 @@ class RootPolicy:
     period: float = 60.0
 
 
-@attrs.define(eq=False, kw_only=True)
+@attrs.frozen(eq=False, kw_only=True)
 class Node:
     """Everything one node holds (the tests read it; each part is given only what it uses)."""
 
@@ -309,7 +310,7 @@ class Node:
     notifier: Notifier
     janitor: Janitor
     relay: Relay
-    root: SupervisorHandle | None = None
+    root: SupervisorHandle  # the node's supervision tree, running
     admin_token: str = attrs.field(default="", repr=False)
     revoker: UpstreamRevoker | None = None
 
@@ -399,26 +400,43 @@ async def run_node(
     policy = store.policy
     upstream = UpstreamClient(upstream_config)
     auth_policy = _auth_policy(settings, base_url, resource=resource, legacy=legacy_resource)
-    auth = AuthService(store, keyring, upstream, auth_policy, node_id=node_id)
-    rs = ResourceServer(
-        auth, endpoint_resources={"/sse": legacy_resource, "/messages": legacy_resource}
+    # the authorization server ends grants and changes tiers through the session manager that is
+    # built on it: bound below, as that manager is built
+    auth_sessions = SessionsPort()
+    auth = AuthService(
+        store, keyring, upstream, auth_policy, node_id=node_id, sessions=auth_sessions
     )
-    sessions = SessionManager(
-        store,
+    # dev_no_auth: the principal every request runs as, once the dev_user child signed it in
+    dev_principal = DevPrincipal() if settings.dev_no_auth else None
+    rs = ResourceServer(
         auth,
-        upstream,
-        node_id=node_id,
-        on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
-        on_forget_user=rs.forget_user,
-        policy=attrs.evolve(
-            session_policy or session_policy_of(settings),
-            transport_idle=settings.transport_session_idle,
-        ),
+        endpoint_resources={"/sse": legacy_resource, "/messages": legacy_resource},
+        dev=dev_principal,
+    )
+    revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
+    # the MCP edge is built on the session manager, which tells it of tier changes
+    edge_tiers = _EdgeTiers()
+    sessions = auth_sessions.bind(
+        SessionManager(
+            store,
+            auth,
+            upstream,
+            node_id=node_id,
+            on_forget=lambda grant_id, user_id: rs.forget_grant(grant_id),
+            on_forget_user=rs.forget_user,
+            on_grants_ended=revoker.wake,
+            on_tier_changed=edge_tiers.tier_changed,
+            policy=attrs.evolve(
+                session_policy or session_policy_of(settings),
+                transport_idle=settings.transport_session_idle,
+            ),
+        )
     )
     key_file = settings.key_file
     notifier = Notifier(
         store,
         sessions,
+        auth=auth,
         node_id=node_id,
         reload_keys=(
             None
@@ -427,8 +445,6 @@ async def run_node(
         ),
     )
     janitor = Janitor(store, sessions, node_id=node_id, policy=janitor_policy(settings))
-    revoker = UpstreamRevoker(store, auth, upstream, node_id=node_id)
-    sessions.on_grants_ended = revoker.wake
     # -- the edge: OAuth, the MCP endpoints over their tables and the relay, ops, the router --------
     oauth = OAuthEndpoints(
         auth,
@@ -443,7 +459,7 @@ async def run_node(
         name_of=UsageNames(app),
         tool_stats=ToolCallStats(app.tools, tiers=settings.tier_names()),
     )
-    app.tiers = settings.tier_names()
+    app.use_tiers(settings.tier_names())
     mcp_options = McpOptions(
         max_body=settings.max_body_bytes,
         allowed_origins=settings.allowed_origins,
@@ -455,22 +471,23 @@ async def run_node(
     # the tables first: the relay reads them, and the MCP endpoints use the relay
     local = LocalStreams.new(store, node_id=node_id, options=mcp_options)
     relay = Relay(local, store, node_id=node_id)
-    mcp = McpEdge(
-        dispatcher=Dispatcher(
-            app,
-            on_subscribe=local.subscriptions.on_subscribe,
-            on_log_level=local.subscriptions.on_log_level,
-        ),
-        sessions=sessions,
-        resource_server=rs,
-        store=store,
-        usage=usage,
-        local=local,
-        relay=relay,
-        options=mcp_options,
+    mcp = edge_tiers.bind(
+        McpEdge(
+            dispatcher=Dispatcher(
+                app,
+                on_subscribe=local.subscriptions.on_subscribe,
+                on_log_level=local.subscriptions.on_log_level,
+            ),
+            sessions=sessions,
+            resource_server=rs,
+            store=store,
+            usage=usage,
+            local=local,
+            relay=relay,
+            options=mcp_options,
+        )
     )
     app.watch(mcp.notify_list_changed)
-    sessions.on_tier_changed = mcp.tier_changed
     limiter = address_limiter(settings.address_limits)
     requests = RequestCounter()
     metrics = new_registry(
@@ -497,9 +514,11 @@ async def run_node(
 
     readiness = _readiness(store, upstream, embedded_postgres)
 
+    running: SupervisorHandle | None = None  # the root, once started
+
     def live_trees() -> list[TreeNode]:
         """This node's tree once it runs (before: every live tree of the process)."""
-        return [node.root.tree()] if node.root is not None else tree()
+        return [running.tree()] if running is not None else tree()
 
     admin_token = settings.admin_token or secrets.token_urlsafe(24)
     admin = AdminApi(
@@ -522,24 +541,6 @@ async def run_node(
         metrics=metrics,
         readiness=readiness,
         limiter=limiter,
-    )
-    node = Node(
-        settings=settings,
-        info=info,
-        store=store,
-        auth=auth,
-        resource_server=rs,
-        oauth=oauth,
-        sessions=sessions,
-        mcp=mcp,
-        asgi=asgi,
-        usage=usage,
-        dev_idp=dev_idp,
-        notifier=notifier,
-        janitor=janitor,
-        relay=relay,
-        revoker=revoker,
-        admin_token=admin_token,
     )
 
     # -- the tree, left to right as the module's docstring draws it -----------------------------
@@ -567,12 +568,14 @@ async def run_node(
     async def dev_user(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """dev_no_auth: signs the development user in before HTTP starts, then holds nothing."""
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
-            rs.dev_principal = await sign_in_dev_user(auth, http, callback_uri=oauth.callback_uri)
+            principal = await sign_in_dev_user(auth, http, callback_uri=oauth.callback_uri)
+        assert dev_principal is not None  # this child runs with dev_no_auth only
+        dev_principal.signed_in(principal)
         log.warning(
             "authorization_disabled",
             setting="dev_no_auth",
-            user=rs.dev_principal.user_id,
-            tier=rs.dev_principal.tier,
+            user=principal.user_id,
+            tier=principal.tier,
             note="every MCP request runs as this development user, with or without a token",
         )
         task_status.started()
@@ -605,7 +608,26 @@ async def run_node(
     root = Supervisor("root", children, intensity=rp.intensity, period=rp.period)
     try:
         async with trio.open_nursery() as nursery:
-            node.root = await nursery.start(root.run)
+            running = await nursery.start(root.run)
+            node = Node(
+                settings=settings,
+                info=info,
+                store=store,
+                auth=auth,
+                resource_server=rs,
+                oauth=oauth,
+                sessions=sessions,
+                mcp=mcp,
+                asgi=asgi,
+                usage=usage,
+                dev_idp=dev_idp,
+                notifier=notifier,
+                janitor=janitor,
+                relay=relay,
+                revoker=revoker,
+                admin_token=admin_token,
+                root=running,
+            )
             log.info(
                 "node_ready",
                 node_id=node_id,
@@ -621,6 +643,26 @@ async def run_node(
             own.close()
         with trio.move_on_after(2, shield=True):
             await upstream.aclose()
+
+
+class _EdgeTiers:
+    """The MCP edge's ear for tier changes, handed to the session manager that the edge is built
+    on: bound once, to the edge, as soon as the edge exists (before anything runs)."""
+
+    def __init__(self) -> None:
+        self._edge: McpEdge | None = None
+
+    def bind(self, edge: McpEdge) -> McpEdge:
+        if self._edge is not None:
+            msg = "the MCP edge's tier changes are bound once, and they are already bound"
+            raise RuntimeError(msg)
+        self._edge = edge
+        return edge
+
+    def tier_changed(self, user_id: str, tier: str) -> None:
+        """A user's tier changed: list_changed on the user's streams here."""
+        if self._edge is not None:
+            self._edge.tier_changed(user_id, tier)
 
 
 def _store(settings: Settings, dsn: str, *, node_id: str, policy: StorePolicy | None) -> Store:

@@ -389,3 +389,105 @@ def test_legacy_sse_and_the_relay_import_nothing_from_the_streamable_transport()
         str(e) for e in edges if e.importer in importers and e.target == "server.mcp._streamable"
     ]
     assert reaching == []
+
+
+# -- private fields and callbacks ------------------------------------------------------------------
+
+
+def _targets(node: ast.AST) -> list[ast.expr]:
+    """The expressions a statement assigns or deletes, tuples unpacked."""
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        targets = list(node.targets)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        targets = [node.target]
+    else:
+        return []
+    flat: list[ast.expr] = []
+    while targets:
+        t = targets.pop()
+        if isinstance(t, (ast.Tuple, ast.List)):
+            targets.extend(t.elts)
+        else:
+            flat.append(t)
+    return flat
+
+
+def _own(value: ast.expr) -> bool:
+    return isinstance(value, ast.Name) and value.id in {"self", "cls"}
+
+
+def foreign_field_writes(path: Path) -> list[str]:
+    """Where code writes a field of an object that is not its own: a private one
+    (``conn._seq = n``, ``setattr(conn, "_seq", n)``), or a callback hook (``sessions.on_x = f``),
+    which the object's constructor takes instead. ``self._x`` and ``self.on_x`` are its own, and
+    a module may write the fields of the classes it defines (a supervisor ends its handle)."""
+    found: list[tuple[int, str]] = []
+    nodes = list(ast.walk(ast.parse(path.read_text(), filename=str(path))))
+    defined_here = {
+        t.attr
+        for node in nodes
+        for t in _targets(node)
+        if isinstance(t, ast.Attribute) and _own(t.value)
+    }
+    for node in nodes:
+        fields: list[tuple[ast.expr, str]] = [
+            (t.value, t.attr) for t in _targets(node) if isinstance(t, ast.Attribute)
+        ]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"setattr", "delattr"}
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        ):
+            fields.append((node.args[0], node.args[1].value))
+        for owner, attr in fields:
+            private = attr.startswith("_") and not attr.startswith("__")
+            if (private or attr.startswith("on_")) and not (_own(owner) or attr in defined_here):
+                found.append((getattr(node, "lineno", 0), f"{ast.unparse(owner)}.{attr}"))
+    return [f"{path.name}:{line} {field}" for line, field in sorted(found)]
+
+
+def test_no_code_writes_another_objects_private_fields_or_hooks() -> None:
+    """An object's private fields are written by its own methods, and its callbacks are given to
+    its constructor: a part that needs another's state calls a public method of it (the relay
+    moves a stream's event ids on with ``Connection.advance_to``), and the node is wired in one
+    pass (``server/_node.py``)."""
+    offenders = [
+        w
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for w in foreign_field_writes(path)
+    ]
+    assert offenders == []
+
+
+def test_the_rule_sees_foreign_field_writes(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "class A:\n"
+        "    def f(self, conn, seq):\n"
+        "        conn._seq = seq\n"
+        "        self.sessions.on_grants_ended = self.wake\n"
+        "        setattr(conn, '_seq', seq)\n"
+        "        conn._seq += 1\n"
+        "        a, conn._x = 1, 2\n"
+        "        self._mine = seq\n"
+        "        self.on_done = None\n"
+        "        cls._count = 0\n"
+        "        conn.seq = seq\n"
+        "        conn.__dict__ = {}\n"
+        "class Handle:\n"
+        "    def __init__(self):\n"
+        "        self._exit = None\n"
+        "def end(handle, exit):\n"
+        "    handle._exit = exit\n"
+    )
+    assert foreign_field_writes(sample) == [
+        "sample.py:3 conn._seq",
+        "sample.py:4 self.sessions.on_grants_ended",
+        "sample.py:5 conn._seq",
+        "sample.py:6 conn._seq",
+        "sample.py:7 conn._x",
+    ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import httpx
 import trio
 
-from actors.sessions import SessionPolicy
+from actors import ConnectionKind
+from actors.sessions import Connection, SessionPolicy
 from runtime import faults
 from tests.harness._pg import psql
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
@@ -243,3 +246,23 @@ async def test_every_stream_of_a_session_gets_its_keep_alives_and_heartbeat_rows
             "SELECT count(*) FROM connections WHERE heartbeat_at > opened_at + interval '0.5 s'",
         )
         assert beats == "2"
+
+
+def test_a_streams_event_ids_move_on_from_what_it_carried_and_never_back() -> None:
+    """A resumed or followed stream (``Connection.advance_to``: the replay, what another node
+    stored) numbers its own next event after the last one it carried, never again below it."""
+    conn = Connection(
+        cast(Any, None),
+        ConnectionKind.GET,
+        "session",
+        "stream",
+        store=cast(Any, None),
+        node_id="node",
+        policy=SessionPolicy(),
+    )
+    assert conn.last_seq == 0
+    assert conn.advance_to(5) == "stream:5"
+    assert conn.next_event_id() == "stream:6"
+    assert conn.advance_to(3) == "stream:3"  # an older stored event keeps its own id
+    assert conn.last_seq == 6
+    assert conn.next_event_id() == "stream:7"

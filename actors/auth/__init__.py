@@ -14,6 +14,7 @@ from actors.auth._audit_log import AuthAudit
 from actors.auth._clients import ClientRegistry
 from actors.auth._flow import AuthorizationFlow
 from actors.auth._service import AuthService
+from actors.auth._sessions_port import GrantSessions, SessionsPort
 from actors.auth._tier_claims import TierClaimReader
 from actors.auth._tokens import TokenService
 from actors.auth._values import (
@@ -36,9 +37,11 @@ __all__ = [
     "ClientRegistry",
     "ConsentNeeded",
     "GrantInvalidator",
+    "GrantSessions",
     "IssuedTokens",
     "OAuthError",
     "Principal",
+    "SessionsPort",
     "TierClaimReader",
     "TokenService",
     "UpstreamVault",

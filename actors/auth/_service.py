@@ -9,15 +9,15 @@ ring, their associated data binding them to their row. Every authentication even
 module: the client registry (``ClientRegistry``), the authorization flow
 (``AuthorizationFlow``), Steward's tokens (``TokenService``), the upstream token vault
 (``UpstreamVault``), the claims-to-tier reading (``TierClaimReader``) and the audit log
-(``AuthAudit``). The methods here only forward to them, and ``invalidate_grant`` and
-``on_tier_changed`` are the two hooks the session manager sets.
+(``AuthAudit``). The methods here only forward to them. The session manager, built on this
+service, is reached through ``sessions``, a port the node binds to it (``SessionsPort``).
 """
 
 from __future__ import annotations
 
 import collections
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from actors._crypto import KeyRing
@@ -29,12 +29,12 @@ from actors._upstream import UpstreamClient, UpstreamTokens
 from actors.auth._audit_log import AuthAudit
 from actors.auth._clients import ClientRegistry
 from actors.auth._flow import AuthorizationFlow
+from actors.auth._sessions_port import SessionsPort
 from actors.auth._tier_claims import TierClaimReader
 from actors.auth._tokens import TokenService
 from actors.auth._values import (
     AuthPolicy,
     ConsentNeeded,
-    GrantInvalidator,
     IssuedTokens,
     Principal,
 )
@@ -52,17 +52,24 @@ class AuthService:
         policy: AuthPolicy,
         *,
         node_id: str = "node",
+        sessions: SessionsPort | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
         self.policy = policy
         self.node_id = node_id
-        # set by the SessionManager built on this service: revocations found here (/revoke, code
-        # and refresh-token reuse) end the grant through the same path as an operator's revoke
-        self.invalidate_grant: GrantInvalidator | None = None
+        # the session manager built on this service: revocations found here (/revoke, code and
+        # refresh-token reuse) end the grant through the same path as an operator's revoke, and
+        # tier changes reach its live sessions
+        self.sessions = sessions if sessions is not None else SessionsPort()
         self.audit = AuthAudit(store, node_id=node_id)
         self.vault = UpstreamVault(keyring)
-        self.claims = TierClaimReader(upstream, policy.tier_mapping, audit=self.audit)
+        self.claims = TierClaimReader(
+            upstream,
+            policy.tier_mapping,
+            audit=self.audit,
+            on_tier_changed=self.sessions.tier_changed,
+        )
         self.clients = ClientRegistry(store, audit=self.audit)
         self.flow = AuthorizationFlow(
             store,
@@ -81,19 +88,9 @@ class AuthService:
         """The node's current key ring (the vault's); replaced when the keys are reloaded."""
         return self.vault.keyring
 
-    @keyring.setter
-    def keyring(self, ring: KeyRing) -> None:
-        self.vault.keyring = ring
-
-    @property
-    def on_tier_changed(self) -> Callable[[str, str], None] | None:
-        """Set by the SessionManager: a user's tier changed here (this node's sessions take it up;
-        the other nodes through the tier_changed event committed with the change)."""
-        return self.claims.on_tier_changed
-
-    @on_tier_changed.setter
-    def on_tier_changed(self, hook: Callable[[str, str], None] | None) -> None:
-        self.claims.on_tier_changed = hook
+    def use_keyring(self, ring: KeyRing) -> None:
+        """The keys were reloaded (a rotation): the vault seals with ``ring`` from now on."""
+        self.vault.use(ring)
 
     @property
     def tier_unmapped(self) -> collections.Counter[tuple[TierClaimUnmapped, TierClaimFallback]]:
@@ -103,8 +100,8 @@ class AuthService:
         self, grant_id: uuid.UUID, *, message: str, also: Sequence[Op] = ()
     ) -> None:
         """Revoke the grant everywhere: streams end, caches forget, on every node."""
-        if self.invalidate_grant is not None:
-            await self.invalidate_grant(
+        if self.sessions.bound:
+            await self.sessions.invalidate(
                 grant_id, reason=GrantStatus.REVOKED, message=message, also=also
             )
             return

@@ -24,13 +24,20 @@ class TierClaimReader:
     """Maps the identity provider's claims to a configured tier (``mapping``); a value that maps
     to nothing is counted in ``tier_unmapped`` by (missing | unknown, default | refused)."""
 
-    def __init__(self, upstream: UpstreamClient, mapping: TierMapping, *, audit: AuthAudit) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        mapping: TierMapping,
+        *,
+        audit: AuthAudit,
+        on_tier_changed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.mapping = mapping
         self._audit = audit
-        # set by the SessionManager: a user's tier changed here (this node's sessions take it
-        # up; the other nodes through the tier_changed event committed with the change)
-        self.on_tier_changed: Callable[[str, str], None] | None = None
+        # a user's tier changed here: this node's sessions take it up (the other nodes through
+        # the tier_changed event committed with the change)
+        self._on_tier_changed = on_tier_changed
         self.tier_unmapped: collections.Counter[tuple[TierClaimUnmapped, TierClaimFallback]] = (
             collections.Counter()
         )
@@ -99,5 +106,5 @@ class TierClaimReader:
             after=change.after,
             source=source,
         )
-        if self.on_tier_changed is not None:
-            self.on_tier_changed(user_id, change.after)
+        if self._on_tier_changed is not None:
+            self._on_tier_changed(user_id, change.after)

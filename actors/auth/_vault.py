@@ -23,6 +23,11 @@ class UpstreamVault:
     def __init__(self, keyring: KeyRing) -> None:
         self.keyring = keyring
 
+    def use(self, keyring: KeyRing) -> None:
+        """Seal with ``keyring`` from now on (the keys were reloaded); it opens what the old one
+        sealed as long as it holds the old key ids."""
+        self.keyring = keyring
+
     def encrypt_upstream(
         self, grant_id: uuid.UUID, tokens: UpstreamTokens
     ) -> tuple[str, bytes, bytes | None]:

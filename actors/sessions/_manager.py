@@ -78,26 +78,24 @@ class SessionManager:
         policy: SessionPolicy | None = None,
         on_forget: Callable[[uuid.UUID, str], None] | None = None,
         on_forget_user: Callable[[str], None] | None = None,
+        on_grants_ended: Callable[[], None] | None = None,
+        on_tier_changed: Callable[[str, str], object] | None = None,
     ) -> None:
         self.store = store
-        self.auth = auth  # the notifier reloads its key ring; the edge reads nothing of it here
+        self.auth = auth
         self.upstream = upstream
         self.node_id = node_id
         self._policy = policy = policy or SessionPolicy()
         self.registry: Registry[uuid.UUID, UserSession] = Registry("sessions")
-        # the revocations the authorization server finds (/revoke, code and refresh-token
-        # reuse) take the same path as an operator's: this manager's invalidate
-        auth.invalidate_grant = self.invalidate
-        auth.on_tier_changed = self.tier_changed_here
-        # set by the MCP endpoint: a user's tier changed on this node or another (what the user
-        # may list changed with it: list_changed on the user's streams here)
-        self.on_tier_changed: Callable[[str, str], object] | None = None
+        # a user's tier changed on this node or another: the MCP edge tells the user's streams
+        # here (what the user may list changed with it: list_changed)
+        self._on_tier_changed = on_tier_changed
         self._sup: SupervisorHandle | None = None
         self._hydrating: dict[uuid.UUID, trio.Event] = {}
         self._on_forget = on_forget
         self._on_forget_user = on_forget_user
         self._nursery: trio.Nursery | None = None
-        self.on_grants_ended: Callable[[], None] | None = None  # wakes the upstream revoker
+        self._on_grants_ended = on_grants_ended  # wakes the upstream revoker
         # the parts, each one role
         self.slots = StreamSlots(
             store,
@@ -111,9 +109,6 @@ class SessionManager:
             idle=policy.transport_idle,
             streams_of=self._streams_of,
         )
-        self.refresher = UpstreamRefresher(
-            store, auth, upstream, node_id=node_id, policy=policy, audit=auth.audit
-        )
         self.tiers = TierChanges(
             store,
             auth,
@@ -122,7 +117,15 @@ class SessionManager:
             end_grant=self._reauthorize,
             on_changed=self.tier_changed_here,
         )
-        self.refresher.on_refreshed = self.tiers.reread_safely
+        self.refresher = UpstreamRefresher(
+            store,
+            auth,
+            upstream,
+            node_id=node_id,
+            policy=policy,
+            audit=auth.audit,
+            on_refreshed=self.tiers.reread_safely,  # the tier re-read after each refresh
+        )
 
     @property
     def policy(self) -> SessionPolicy:
@@ -346,8 +349,8 @@ class SessionManager:
             if session.context.user_id == user_id:
                 session.context = attrs.evolve(session.context, tier=tier)
         self.forget_user(user_id)
-        if self.on_tier_changed is not None:
-            self.on_tier_changed(user_id, tier)
+        if self._on_tier_changed is not None:
+            self._on_tier_changed(user_id, tier)
 
     async def revoke_user(self, user_id: str, *, reason: str = "revoked") -> UserChange:
         """Revoke a user everywhere (``revoke_user``): each of their streams closes with an
@@ -369,8 +372,8 @@ class SessionManager:
     def grants_ended(self) -> None:
         """Grants ended (here, or on another node as the notifier heard): their upstream tokens
         wait for the revoker."""
-        if self.on_grants_ended is not None:
-            self.on_grants_ended()
+        if self._on_grants_ended is not None:
+            self._on_grants_ended()
 
     async def end_user_locally(self, user_id: str) -> None:
         """The user was revoked: close this node's streams of theirs and forget their tokens."""

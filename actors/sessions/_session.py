@@ -15,7 +15,7 @@ import structlog
 import trio
 
 from actors._grants import end_grants_ops, grant_touched_op
-from actors._statuses import CloseReason, GrantStatus
+from actors._statuses import CloseReason, ConnectionKind, GrantStatus
 from actors._store import Op, Store
 from actors._upstream import UpstreamUnavailable
 from actors.sessions._slots import StreamSlots
@@ -23,7 +23,6 @@ from actors.sessions._streams import Connection
 from actors.sessions._tokens import Audit, TokenKeeper, UpstreamRefresher
 from actors.sessions._values import (
     AuthenticationRequiredError,
-    ConnectionKind,
     SessionPolicy,
     UserContext,
     final_event,
@@ -150,7 +149,7 @@ class UserSession:
             reconnect_at=reconnect_at,
             on_release=self._slots.give_back,
         )
-        if max_streams is not None and kind != "post":
+        if max_streams is not None and kind.long_lived:
             await self._slots.take(self.context.user_id, max_streams)
             conn.counted = True
         try:

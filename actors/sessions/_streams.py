@@ -11,10 +11,9 @@ from typing import Any, Protocol
 import structlog
 import trio
 
-from actors._statuses import CloseReason
+from actors._statuses import CloseReason, ConnectionKind
 from actors._store import Conn, Op, Store
 from actors.sessions._values import (
-    ConnectionKind,
     SessionPolicy,
     StreamEvent,
     UserContext,
@@ -59,14 +58,24 @@ class Outbox:
         self._size = size
         self._closed = False
         self._waiter: trio.CancelScope | None = None
-        # set by the pump when its transport lets a put wake it through the request's own
-        # receive (server._stream_end): then the wait needs no cancel scope, and a wake no cancel
+        # given by the pump (``attach``) when its transport lets a put wake it through the
+        # request's own receive (server/http/_stream_end.py): then the wait needs no cancel
+        # scope, and a wake no cancel
         self.nudge: Callable[[], bool] | None = None
         self._waiting = False
-        # set by the pump when its transport can write a final event in the caller's step
-        # (server._stream_end); ``ended`` once it did
+        # given by the pump when its transport can write a final event in the caller's step;
+        # ``ended`` once it did
         self.ender: Callable[[StreamEvent], bool] | None = None
         self.ended = False
+
+    def attach(
+        self, *, ender: Callable[[StreamEvent], bool], nudge: Callable[[], bool] | None
+    ) -> None:
+        """The pump's transport ends the stream itself (``ender``: the final event written in
+        the caller's step) and wakes the waiting pump through its receive (``nudge``; None: the
+        pump waits under a cancel scope)."""
+        self.ender = ender
+        self.nudge = nudge
 
     def end(self, event: StreamEvent) -> bool:
         """The final ``event`` written and the stream ended now, by the ender, when the pump waits
@@ -242,6 +251,18 @@ class Connection:
     def next_event_id(self) -> str:
         self._seq += 1
         return f"{self.stream_id}:{self._seq}"
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last event id this stream gave (0: none yet)."""
+        return self._seq
+
+    def advance_to(self, seq: int) -> str:
+        """The stream carries the stored events up to ``seq`` (a resumption's replay, or what
+        another node stored for it): its next own id counts on from there, never back. Returns
+        ``seq``'s event id."""
+        self._seq = max(self._seq, seq)
+        return f"{self.stream_id}:{seq}"
 
     def send_nowait(self, event: StreamEvent) -> None:
         """Queue an event; a full outbox means a slow client: its stream is closed with an error."""
@@ -420,9 +441,10 @@ async def open_streams_elsewhere(store: Store, user_id: str, node_id: str) -> in
     return int(
         await store.fetchval(
             "SELECT count(*) FROM connections WHERE user_id = $1 AND closed_at IS NULL "
-            "AND kind <> 'post' AND node_id <> $2",
+            "AND kind <> $3 AND node_id <> $2",
             user_id,
             node_id,
+            ConnectionKind.POST,
         )
     )
 

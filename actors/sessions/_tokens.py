@@ -217,6 +217,7 @@ class UpstreamRefresher:
         node_id: str,
         policy: SessionPolicy,
         audit: Audit,
+        on_refreshed: Callable[[uuid.UUID, str, UpstreamTokens], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -224,7 +225,7 @@ class UpstreamRefresher:
         self._upstream = upstream
         self._node_id = node_id
         self._audit = audit
-        self.on_refreshed: Callable[[uuid.UUID, str, UpstreamTokens], Awaitable[None]] | None = None
+        self._on_refreshed = on_refreshed
         self.refreshes: collections.Counter[UpstreamRefreshOutcome] = collections.Counter()
 
     async def load(self, grant_id: uuid.UUID) -> TokenState | None:
@@ -368,8 +369,8 @@ class UpstreamRefresher:
             )
         )
         self._audit(AuthEvent.UPSTREAM_REFRESH, grant_id=grant_id)
-        if self.on_refreshed is not None:
-            await self.on_refreshed(grant_id, user_id, fresh)
+        if self._on_refreshed is not None:
+            await self._on_refreshed(grant_id, user_id, fresh)
         return TokenState(fresh, lifetime, received + gap, current.generation + 1, streak)
 
     async def _release(self, grant_id: uuid.UUID, *, floor: float | None = None) -> None:

@@ -4,7 +4,7 @@ transport session, the sessions' policy and the errors a request may meet."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
@@ -12,7 +12,6 @@ from runtime import Backoff
 
 __all__ = [
     "AuthenticationRequiredError",
-    "ConnectionKind",
     "SessionLimitReached",
     "SessionPolicy",
     "SessionRestarting",
@@ -22,8 +21,6 @@ __all__ = [
     "UserContext",
     "final_event",
 ]
-
-ConnectionKind = Literal["get", "post", "legacy_sse", "listen"]
 
 
 @attrs.frozen

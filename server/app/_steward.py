@@ -342,6 +342,11 @@ class Steward:
         self.completions: dict[tuple[str, str], Handler] = {}
         self._watchers: list[weakref.WeakMethod[Callable[[str], object]]] = []
 
+    def use_tiers(self, tiers: Iterable[str]) -> None:
+        """The node serving this application names its configured tiers (lowest first): the
+        order ``min_tier`` compares in from now on."""
+        self.tiers = tuple(tiers)
+
     def watch(self, callback: Callable[[str], object]) -> None:
         """Call ``callback(kind)`` ("tools", "resources", "prompts") after the lists change; held
         weakly, so a server that stops serving this application is dropped. ``callback`` must be a

@@ -41,6 +41,7 @@ from actors import (
     CloseReason,
     Conn,
     Connection,
+    ConnectionKind,
     Op,
     Principal,
     RelayAddress,
@@ -284,7 +285,7 @@ class Relay:
                     message = self.here.for_stream(conn, row["payload"])
                     event_id = conn.next_event_id()
                     claimed.append((conn, message, event_id))
-                    if conn.session_id is not None and conn.kind == "get":
+                    if conn.session_id is not None and conn.kind is ConnectionKind.GET:
                         stream, _, seq = event_id.rpartition(":")
                         user_id = conn.session.context.user_id
                         events.append((conn.session_id, stream, int(seq), user_id, message))
@@ -350,11 +351,10 @@ class Relay:
         conn, lock = follower
         async with lock:
             session_id, stream_id = key.stream_parts
-            rows = await stream_events_after(self.store, session_id, stream_id, conn._seq)
+            rows = await stream_events_after(self.store, session_id, stream_id, conn.last_seq)
             for seq, payload in rows:
-                conn._seq = seq
+                event_id = conn.advance_to(seq)
                 final = "method" not in payload and "id" in payload  # the request's response
-                event_id = f"{conn.stream_id}:{conn._seq}"
                 conn.send_nowait(self.here.stream_event(conn, payload, event_id, final=final))
             self.delivered += len(rows)
 

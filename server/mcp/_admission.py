@@ -10,6 +10,7 @@ import trio
 
 from actors import (
     Connection,
+    ConnectionKind,
     RateLimited,
     SessionLimitReached,
     SessionManager,
@@ -106,7 +107,7 @@ class Admission:
     async def open_stream(
         self,
         session: UserSession,
-        kind: Any,
+        kind: ConnectionKind,
         session_id: str | None,
         stream_id: str | None = None,
         *,

@@ -15,6 +15,7 @@ import structlog
 
 from actors import (
     Connection,
+    ConnectionKind,
     Principal,
     SessionManager,
     Store,
@@ -111,7 +112,10 @@ class LegacySse:
             raise unavailable_reply() from None
         try:
             conn = await self.admission.open_stream(
-                session, "legacy_sse", session_id, token_expires_at=principal.expires_at
+                session,
+                ConnectionKind.LEGACY_SSE,
+                session_id,
+                token_expires_at=principal.expires_at,
             )
         except Reply:  # refused (a stream limit): the transport session made for it ends
             with contextlib.suppress(StoreUnavailable):

@@ -6,6 +6,7 @@ from typing import Any
 
 from actors import (
     CloseReason,
+    ConnectionKind,
     RelayAddress,
     Store,
     StoreUnavailable,
@@ -64,7 +65,7 @@ class Listen:
                 :MAX_LISTEN_URIS
             ]
         conn = await self.admission.open_stream(
-            session, "listen", None, token_expires_at=principal.expires_at
+            session, ConnectionKind.LISTEN, None, token_expires_at=principal.expires_at
         )
         target = RelayAddress.listen(conn.id)
         if honoured.get("resourceSubscriptions"):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors import Connection, RelayAddress, Store, StreamEvent, store_stream_event_op
+from actors import (
+    Connection,
+    ConnectionKind,
+    RelayAddress,
+    Store,
+    StreamEvent,
+    store_stream_event_op,
+)
 from server.mcp._ports import CrossNode
 from server.mcp._streams import StreamTable
 
@@ -46,7 +53,7 @@ class StreamOutlet:
     def emit(self, conn: Connection, message: dict[str, Any], *, final: bool = False) -> None:
         """Send one message on a stream that is not a request's reply (GET, legacy, listen)."""
         event_id = conn.next_event_id()
-        if conn.session_id is not None and conn.kind == "get":
+        if conn.session_id is not None and conn.kind is ConnectionKind.GET:
             stream, _, seq = event_id.rpartition(":")
             self.store_event(
                 conn.session_id, stream, int(seq), conn.session.context.user_id, message
@@ -57,7 +64,7 @@ class StreamOutlet:
     def stream_event(
         conn: Connection, message: dict[str, Any], event_id: str, *, final: bool = False
     ) -> StreamEvent:
-        legacy = conn.kind == "legacy_sse"
+        legacy = conn.kind is ConnectionKind.LEGACY_SSE
         return StreamEvent(
             message,
             event_id=None if legacy else event_id,

@@ -39,8 +39,7 @@ class SsePump:
             outbox = conn.outbox
             end = self.fast_path.for_send(send, receive)
             if end is not None:
-                outbox.ender = end.end
-                outbox.nudge = end.nudge
+                outbox.attach(ender=end.end, nudge=end.nudge)
             while True:
                 event = outbox.take()
                 if event is None:

@@ -15,6 +15,7 @@ import trio
 from actors import (
     AuthenticationRequiredError,
     CloseReason,
+    ConnectionKind,
     StoreUnavailable,
     UsageMeter,
     UserContext,
@@ -234,7 +235,7 @@ class RequestRunner:
         exchange.name_stream(REQUEST_STREAM)
         assert exchange.session is not None
         conn = await self.admission.open_stream(
-            exchange.session, "post", exchange.session_id, exchange.stream_id
+            exchange.session, ConnectionKind.POST, exchange.session_id, exchange.stream_id
         )
         resumable = exchange.session_id is not None
         priming = exchange.next_id() if resumable else None

@@ -18,6 +18,7 @@ from actors import (
     AuthenticationRequiredError,
     CloseReason,
     Connection,
+    ConnectionKind,
     RelayAddress,
     SessionManager,
     Store,
@@ -210,7 +211,7 @@ class McpHttp:
             msg = "this session already has a GET stream; resume it with Last-Event-ID"
             raise rpc_reply(409, None, INVALID_REQUEST, msg)
         conn = await self.admission.open_stream(
-            session, "get", ts.session_id, token_expires_at=principal.expires_at
+            session, ConnectionKind.GET, ts.session_id, token_expires_at=principal.expires_at
         )
         ended = self._serve_get(conn, ts.session_id)
         await self.pump.pump(conn, send, receive, priming_id=conn.next_event_id(), on_end=ended)
@@ -239,7 +240,9 @@ class McpHttp:
         after = int(seq_text)
         exchange = self.streams.live(ts.session_id, stream_id)
         if exchange is not None:  # the request still runs on this node
-            conn = await self.admission.open_stream(session, "post", ts.session_id, stream_id)
+            conn = await self.admission.open_stream(
+                session, ConnectionKind.POST, ts.session_id, stream_id
+            )
             old = exchange.conn
             exchange.resume(conn, after)
             if old is not None and old is not conn:
@@ -255,19 +258,21 @@ class McpHttp:
         if not ends and stream_id.startswith(REQUEST_STREAM) and self.relay is not None:
             # the request still runs on another node (or ended without its response there):
             # this stream follows what that node stores for it, until the response
-            conn = await self.admission.open_stream(session, "post", ts.session_id, stream_id)
-            conn._seq = after
+            conn = await self.admission.open_stream(
+                session, ConnectionKind.POST, ts.session_id, stream_id
+            )
+            conn.advance_to(after)
             async with self.relay.following(conn):
                 await self.pump.pump(conn, send, receive, priming_id=None)
             return
         conn = await self.admission.open_stream(
             session,
-            "post" if ends else "get",
+            ConnectionKind.POST if ends else ConnectionKind.GET,
             ts.session_id,
             stream_id,
             token_expires_at=None if ends else principal.expires_at,
         )
-        conn._seq = max([after, *(seq for seq, _ in replay)])
+        conn.advance_to(max([after, *(seq for seq, _ in replay)]))
         for seq, payload in replay:
             conn.send_nowait(
                 StreamEvent(payload, event_id=f"{stream_id}:{seq}", final=_is_response(payload))

@@ -4,6 +4,6 @@ that checks bearer tokens, and client ID metadata documents."""
 from __future__ import annotations
 
 from server.oauth._client_metadata import MetadataFetcher
-from server.oauth._endpoints import AuthError, OAuthEndpoints, ResourceServer
+from server.oauth._endpoints import AuthError, DevPrincipal, OAuthEndpoints, ResourceServer
 
-__all__ = ["AuthError", "MetadataFetcher", "OAuthEndpoints", "ResourceServer"]
+__all__ = ["AuthError", "DevPrincipal", "MetadataFetcher", "OAuthEndpoints", "ResourceServer"]

@@ -77,6 +77,24 @@ class _CacheEntry:
     until: float
 
 
+class DevPrincipal:
+    """``dev_no_auth``'s principal, for the resource server built before the development user is
+    signed in (server/dev/_sign_in.py): empty until ``signed_in``, then every MCP request runs as
+    it, token or not."""
+
+    def __init__(self) -> None:
+        self._principal: Principal | None = None
+
+    @property
+    def principal(self) -> Principal | None:
+        return self._principal
+
+    def signed_in(self, principal: Principal) -> Principal:
+        """The development user signed in: requests run as ``principal`` from now on."""
+        self._principal = principal
+        return principal
+
+
 class ResourceServer:
     """Checks the bearer token of every MCP request (MCP-R18, R23, R25).
 
@@ -95,6 +113,7 @@ class ResourceServer:
         cache_size: int = 10_000,
         cache_ttl: float = 60.0,
         endpoint_resources: dict[str, str] | None = None,
+        dev: DevPrincipal | None = None,
     ) -> None:
         self.auth = auth
         self.resource = auth.policy.resource
@@ -111,8 +130,8 @@ class ResourceServer:
         self._cache: collections.OrderedDict[bytes, _CacheEntry] = collections.OrderedDict()
         # bumped by every forget: a verification that raced with one is answered, not cached
         self._forgets = 0
-        # dev_no_auth: every request runs as this principal, token or not (server/dev/_sign_in.py)
-        self.dev_principal: Principal | None = None
+        # dev_no_auth: every request runs as its principal once signed in, token or not
+        self._dev = dev
 
     def metadata_url_for(self, path: str | None) -> str:
         """The protected resource metadata URL that a challenge on ``path`` names."""
@@ -165,8 +184,8 @@ class ResourceServer:
 
     async def authenticate(self, scope: Scope) -> Principal:
         """The principal of this request, or AuthError (401, 400, or 503 during an outage)."""
-        if self.dev_principal is not None:
-            return self.dev_principal
+        if self._dev is not None and (dev := self._dev.principal) is not None:
+            return dev
         if b"access_token=" in scope.get("query_string", b""):
             raise AuthError(
                 400,
