@@ -789,10 +789,17 @@ def _runs(ops: Iterable[Op]) -> list[list[Op]]:
 
 
 async def _execute_run(conn: Any, run: list[Op], timeout: float) -> None:
+    """One statement for a run of ops that share a statement: the statement itself for one op,
+    its ``many`` form with the rows' values as arrays (one Bind, one Execute), or else an
+    ``executemany`` (a Bind and an Execute per op)."""
+    first = run[0]
     if len(run) == 1:
-        await conn.execute(run[0].sql, *run[0].args, timeout=timeout)
+        await conn.execute(first.sql, *first.args, timeout=timeout)
+    elif first.many is not None:
+        columns = [list(column) for column in zip(*(op.args for op in run), strict=True)]
+        await conn.execute(first.many, *columns, timeout=timeout)
     else:
-        await conn.executemany(run[0].sql, [op.args for op in run], timeout=timeout)
+        await conn.executemany(first.sql, [op.args for op in run], timeout=timeout)
 
 
 def store_child_spec(

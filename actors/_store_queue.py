@@ -53,6 +53,10 @@ class Op:
 
     sql: str
     args: tuple[Any, ...] = ()
+    # the same statement for many rows at once: each parameter an array of the rows' values
+    # (``unnest``); a run of consecutive ops with this ``sql`` is sent as one execute of it
+    # rather than an ``executemany`` of ``sql`` (the store, ``_execute_run``)
+    many: str | None = None
 
 
 Source = Literal["memory", "file", "spill"]
@@ -142,14 +146,20 @@ def _decode(value: Any) -> Any:
 def _line(entry: _Entry) -> bytes:
     record = {
         "id": str(entry.id),
-        "ops": [{"sql": op.sql, "args": [_encode(a) for a in op.args]} for op in entry.ops],
+        "ops": [
+            {"sql": op.sql, "args": [_encode(a) for a in op.args]}
+            | ({} if op.many is None else {"many": op.many})
+            for op in entry.ops
+        ],
     }
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def _parse(line: bytes) -> _Entry:
     record = json.loads(line)
-    ops = tuple(Op(o["sql"], tuple(_decode(a) for a in o["args"])) for o in record["ops"])
+    ops = tuple(
+        Op(o["sql"], tuple(_decode(a) for a in o["args"]), o.get("many")) for o in record["ops"]
+    )
     return _Entry(uuid.UUID(record["id"]), ops, source="file")
 
 

@@ -64,6 +64,55 @@ _RECORD = (
 )
 
 
+# The same for the requests of one batch at once: every parameter an array (the rows' values,
+# in the order of _RECORD's parameters), the events inserted as they are, and each rollup row's
+# calls of the batch summed before its upsert (one statement may not update a row twice).
+_RECORD_COLUMNS = (
+    ("event_id", "uuid"),
+    ("user_id", "text"),
+    ("grant_id", "uuid"),
+    ("method", "text"),
+    ("name", "text"),
+    ("tier", "text"),
+    ("outcome", "text"),
+    ("duration_ms", "float8"),
+    ("occurred_at", "timestamptz"),
+    ("minute", "timestamptz"),
+    ("error", "int"),
+    ("rollup_name", "text"),
+    ("bucket", "int"),
+    ("hour", "timestamptz"),
+)
+
+
+def _upsert_many(table: str, period: str) -> str:
+    keys = f"user_id, {period}, method, name, tier"
+    buckets = ", ".join(BUCKET_COLUMNS)
+    sums = ", ".join(f"sum((bucket = {i})::int)" for i in range(BUCKETS))
+    adds = ", ".join(f"{b} = {table}.{b} + EXCLUDED.{b}" for b in BUCKET_COLUMNS)
+    return (
+        f"INSERT INTO {table} ({keys}, calls, errors, duration_ms, {buckets}) "
+        f"SELECT user_id, {period}, method, rollup_name, tier, count(*), sum(error), "
+        f"sum(duration_ms), {sums} FROM r GROUP BY user_id, {period}, method, rollup_name, tier "
+        f"ON CONFLICT ({keys}) DO UPDATE SET calls = {table}.calls + EXCLUDED.calls, "
+        f"errors = {table}.errors + EXCLUDED.errors, "
+        f"duration_ms = {table}.duration_ms + EXCLUDED.duration_ms, {adds}"
+    )
+
+
+_RECORD_MANY = (
+    "WITH r AS (SELECT * FROM unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_RECORD_COLUMNS, 1))
+    + ") AS r("
+    + ", ".join(name for name, _ in _RECORD_COLUMNS)
+    + ")), event AS (INSERT INTO usage_events (event_id, user_id, grant_id, method, name, tier, "
+    "outcome, duration_ms, occurred_at) SELECT event_id, user_id, grant_id, method, name, tier, "
+    "outcome, duration_ms, occurred_at FROM r ON CONFLICT DO NOTHING), "
+    f"minute AS ({_upsert_many('usage_rollups', 'minute')}) "
+    f"{_upsert_many('usage_hourly', 'hour')}"
+)
+
+
 class RateLimited(Exception):
     """The user's tier allows no more requests now; retry after ``retry_after`` seconds.
 
@@ -414,5 +463,6 @@ class UsageMeter:
                     latency_bucket(duration_ms),
                     minute.replace(minute=0),
                 ),
+                _RECORD_MANY,
             )
         )

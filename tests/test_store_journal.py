@@ -146,6 +146,16 @@ async def test_op_arguments_survive_the_journal_with_their_types(tmp_path: Path)
     assert entry.ops[0].args == (*args[:7], ["a", "b"], *args[8:])  # a tuple comes back a list
 
 
+async def test_an_ops_form_for_many_rows_survives_the_journal(tmp_path: Path) -> None:
+    """A spilled op keeps the statement that writes many such ops at once (``Op.many``), so a
+    replayed batch is sent the same way as one that never left memory."""
+    journal = tmp_path / "j"
+    queue = WriteQueue(memory_bound=0, journal_path=journal, spill_batch=1)
+    queue.put([Op("SELECT $1", (1,), many="SELECT unnest($1::int[])"), event("u")], wait=False)
+    (entry,) = WriteQueue(journal_path=journal).peek(10)
+    assert [op.many for op in entry.ops] == ["SELECT unnest($1::int[])", None]
+
+
 async def test_an_argument_the_journal_cannot_hold_is_refused_when_it_would_spill(
     tmp_path: Path,
 ) -> None:

@@ -88,6 +88,56 @@ async def test_each_recorded_request_is_one_event_and_one_count_in_its_minute(
     assert (timing["b0"], timing["b1"], timing["b2"], timing["b11"]) == (2, 0, 1, 0)
 
 
+async def test_a_batch_of_requests_is_written_by_one_statement_with_its_rollups_summed(
+    fresh_db: str,
+) -> None:
+    """The requests queued together reach the database as one statement (one command of its
+    transaction: every event row has the same ``cmin``), not one per request; each rollup row
+    gets the batch's calls, errors, durations and buckets summed, exactly as one upsert per
+    request would have left it."""
+    async with running_store(fresh_db) as (store, _):
+        meter = UsageMeter(store, {})
+        alice = UserContext("idp|alice", uuid.uuid4(), "c1", "free", frozenset())
+        bob = UserContext("idp|bob", uuid.uuid4(), "c1", "pro", frozenset())
+        before = store.statistics()
+        for i in range(40):  # queued before the writer runs: one batch
+            meter.record(alice, "tools/call", "echo", "ok" if i % 4 else "error", 0.003)
+        for _ in range(10):
+            meter.record(bob, "tools/call", "echo", "ok", 0.030)
+        with trio.fail_after(10):
+            while await store.fetchval("SELECT count(*) FROM usage_events") < 50:
+                await trio.sleep(0.05)
+        after = store.statistics()
+        commands = await store.fetchval("SELECT count(DISTINCT cmin::text) FROM usage_events")
+        rows = await store.fetch(
+            "SELECT user_id, calls, errors, round(duration_ms) AS ms, b0, b2, b3 FROM usage_rollups "
+            "ORDER BY user_id"
+        )
+        hourly = await store.fetch(
+            "SELECT user_id, calls, errors, round(duration_ms) AS ms, b0, b2, b3 FROM usage_hourly "
+            "ORDER BY user_id"
+        )
+    assert after.batches_committed - before.batches_committed == 1
+    assert after.ops_committed - before.ops_committed == 50
+    assert commands == 1
+    assert (
+        rows
+        == hourly
+        == [
+            {
+                "user_id": "idp|alice",
+                "calls": 40,
+                "errors": 10,
+                "ms": 120,
+                "b0": 40,
+                "b2": 0,
+                "b3": 0,
+            },
+            {"user_id": "idp|bob", "calls": 10, "errors": 0, "ms": 300, "b0": 0, "b2": 0, "b3": 10},
+        ]
+    )
+
+
 async def test_a_name_sent_a_megabyte_long_is_stored_cut_in_the_event_and_the_rollups(
     fresh_db: str,
 ) -> None:

@@ -230,13 +230,17 @@ async def send_response(
     await send({"type": "http.response.body", "body": body})
 
 
+# one encoder for every JSON answer (``json.dumps`` with an argument builds a new one per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 async def send_json(
     send: Send, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     await send_response(
         send,
         status,
-        json.dumps(payload, separators=(",", ":")).encode(),
+        _COMPACT.encode(payload).encode(),
         b"application/json",
         headers,
     )

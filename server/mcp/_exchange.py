@@ -300,6 +300,9 @@ class Exchange:
         self.asked: dict[str, dict[str, Any]] = {}  # 2026: input requests still unanswered
         self.asked_ids: dict[str, str] = {}
         self.state: str | None = None  # 2026: the requestState the client must echo
+        # called when a message is buffered before the reply is decided (the reply becomes a
+        # stream): the request runner starts answering then (RequestRunner.run_http)
+        self.on_buffered: Callable[[], None] | None = None
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -429,6 +432,8 @@ class Exchange:
                 self.final = message
             else:
                 self.buffer.append(message)
+                if self.on_buffered is not None:
+                    self.on_buffered()
             self.decided.set()
 
     def next_id(self) -> str:

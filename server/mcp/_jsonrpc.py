@@ -111,6 +111,20 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
+# one decoder for every message (``json.loads`` with an argument builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _loads(body: bytes | str) -> Any:
+    """``json.loads(body, parse_constant=_refuse_constant)``, on the shared decoder."""
+    if isinstance(body, str):
+        if body.startswith("\ufeff"):
+            msg = "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+            raise json.JSONDecodeError(msg, body, 0)
+        return _DECODER.decode(body)
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
+
 def parse_message(body: bytes | str) -> dict[str, Any]:
     """One JSON-RPC 2.0 message from a request body; ``params`` is always a dict afterwards.
 
@@ -122,7 +136,7 @@ def parse_message(body: bytes | str) -> dict[str, Any]:
             a NUL character (PostgreSQL, where messages are kept and relayed, cannot store it).
     """
     try:
-        message = json.loads(body, parse_constant=_refuse_constant)
+        message = _loads(body)
     except (ValueError, RecursionError):
         raise InvalidMessage(PARSE_ERROR, "the body is not valid JSON") from None
     if type(message) is not dict:

@@ -199,11 +199,33 @@ class RequestRunner:
         await self.admission.count(user, message["method"], exchange.request_id)
         slot = (key, exchange.request_id)
         self._inflight[slot] = exchange  # a cancellation finds it from now on
+        answer = partial(self.answer, send, receive, exchange, user, stream_ok=stream_ok)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(self.run, exchange, user, message, key=key))
-                await self.answer(send, receive, exchange, user, stream_ok=stream_ok)
+                if exchange.mode is not ReplyMode.STREAMABLE:
+                    # a 2026 handler may park with its answer decided (input_required): the
+                    # answer cannot wait for the handler's end
+                    nursery.start_soon(partial(self.run, exchange, user, message, key=key))
+                    await answer()
+                    return
+                # 2025: the answer is decided when the handler ends, unless it sends something
+                # first; the handler runs in this task, and the answer starts beside it (an SSE
+                # stream) as soon as something is buffered, or here once it has ended (JSON).
+                # Most replies are JSON: no task is started for them.
+                streaming = False
+
+                def buffered() -> None:
+                    nonlocal streaming
+                    if not streaming:
+                        streaming = True
+                        nursery.start_soon(answer)
+
+                exchange.on_buffered = buffered
+                await self.run(exchange, user, message, key=key)
+                if not streaming:
+                    await answer()
         finally:
+            exchange.on_buffered = None
             if self._inflight.get(slot) is exchange:
                 del self._inflight[slot]
 
