@@ -302,7 +302,11 @@ class Exchange:
         self.state: str | None = None  # 2026: the requestState the client must echo
         # called when a message is buffered before the reply is decided (the reply becomes a
         # stream): the request runner starts answering then (RequestRunner.run_http)
-        self.on_buffered: Callable[[], None] | None = None
+        self._on_buffered: Callable[[], None] | None = None
+
+    def when_buffered(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` when a message is buffered before the reply is decided (None: stop)."""
+        self._on_buffered = callback
 
     # -- what the handler's Context calls ------------------------------------------------------------
 
@@ -432,8 +436,8 @@ class Exchange:
                 self.final = message
             else:
                 self.buffer.append(message)
-                if self.on_buffered is not None:
-                    self.on_buffered()
+                if self._on_buffered is not None:
+                    self._on_buffered()
             self.decided.set()
 
     def next_id(self) -> str:

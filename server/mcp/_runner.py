@@ -220,12 +220,12 @@ class RequestRunner:
                         streaming = True
                         nursery.start_soon(answer)
 
-                exchange.on_buffered = buffered
+                exchange.when_buffered(buffered)
                 await self.run(exchange, user, message, key=key)
                 if not streaming:
                     await answer()
         finally:
-            exchange.on_buffered = None
+            exchange.when_buffered(None)
             if self._inflight.get(slot) is exchange:
                 del self._inflight[slot]
 
