@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 
 import pytest
@@ -256,3 +258,21 @@ def test_the_usage_retention_settings_are_checked() -> None:
                 "STEWARD_USAGE_MINUTE_RETENTION_HOURS": "30",
             }
         )
+
+
+def test_the_csv_export_quotes_a_cell_a_spreadsheet_would_run_as_a_formula() -> None:
+    """A user's name from the identity provider (``=HYPERLINK(…)``) or a tool's name reaches the
+    operator's spreadsheet as text, never as a formula; numbers stay numbers."""
+    from server.cli._usage import _csv
+
+    rows = [
+        {"user": '=HYPERLINK("http://evil.test","x")', "tool": "+cmd", "calls": 3},
+        {"user": "@SUM(A1)", "tool": "-1+1", "calls": -2},
+        {"user": "idp|bob", "tool": "echo", "calls": 5},
+    ]
+    table = list(csv.DictReader(io.StringIO(_csv(rows, ["user", "tool", "calls"]))))
+    assert [(r["user"], r["tool"], r["calls"]) for r in table] == [
+        ('\'=HYPERLINK("http://evil.test","x")', "'+cmd", "3"),
+        ("'@SUM(A1)", "'-1+1", "-2"),
+        ("idp|bob", "echo", "5"),
+    ]

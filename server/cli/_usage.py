@@ -118,11 +118,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# a spreadsheet reads a cell that begins with one of these as a formula: names come from users
+# and the identity provider ("=HYPERLINK(...)" as a display name), so such a cell is quoted
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """CSV with a header row; a text cell a spreadsheet would run as a formula is quoted."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue().rstrip("\n")
 
 
