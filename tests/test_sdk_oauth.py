@@ -16,33 +16,14 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
-    OAuthClientInformationFull,
     OAuthClientMetadata,
-    OAuthToken,
 )
 
 from tests.harness._pg import psql
+from tests.harness._sdk_storage import MemoryStorage
 from tests.harness._steward import running_node
 
 REDIRECT = "http://127.0.0.1:9/oauth/callback"
-
-
-class Storage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 class Browser:
@@ -87,7 +68,7 @@ class Browser:
 
 
 def sdk_provider(
-    node: Any, browser: Browser, storage: Storage, server_url: str | None = None
+    node: Any, browser: Browser, storage: MemoryStorage, server_url: str | None = None
 ) -> OAuthClientProvider:
     """The SDK's OAuth provider for a public client, signing in through ``browser``."""
     return OAuthClientProvider(
@@ -108,7 +89,7 @@ def sdk_provider(
 async def test_the_sdk_oauth_provider_signs_in_refreshes_and_reauthorizes(fresh_db: str) -> None:
     async with running_node(fresh_db, access_token_ttl=2.0) as node:
         browser = Browser(node, "bob")
-        storage = Storage()
+        storage = MemoryStorage()
         provider = sdk_provider(node, browser, storage)
         url = f"{node.info.listen_url}/mcp"
         # the client reaches Steward on its socket; the URLs it discovers name the same host
@@ -151,7 +132,7 @@ async def test_the_sdk_sse_client_discovers_signs_in_and_works_from_sse(fresh_db
 
     async with running_node(fresh_db) as node:
         browser = Browser(node, "carol")
-        storage = Storage()
+        storage = MemoryStorage()
         provider = sdk_provider(node, browser, storage, f"{node.info.base_url}/sse")
         with trio.fail_after(30):
             async with (

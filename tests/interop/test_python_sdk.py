@@ -18,34 +18,15 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
-    OAuthClientInformationFull,
     OAuthClientMetadata,
-    OAuthToken,
 )
 
+from tests.harness._sdk_storage import MemoryStorage
 from tests.interop import _user
 from tests.interop.conftest import FREE_USER, PRO_USER, TIER_SENTENCE, Steward
 
 REDIRECT = "http://127.0.0.1:9/oauth/callback"  # never opened: the person hands the code over
 LIMIT = 60  # seconds for one client's whole run
-
-
-class Storage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 class Person:
@@ -81,7 +62,7 @@ def provider(steward: Steward, person: Person, server_url: str) -> OAuthClientPr
             response_types=["code"],
             token_endpoint_auth_method="none",
         ),
-        storage=Storage(),
+        storage=MemoryStorage(),
         redirect_handler=person.redirect,
         callback_handler=person.callback,
     )
