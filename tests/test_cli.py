@@ -663,3 +663,39 @@ def test_doctor_warns_of_an_admin_token_short_enough_to_guess(data_dir: Path) ->
     assert "secrets.token_urlsafe" in checks["admin token"]["fix"]
     _, checks = doctor(*args, env={"STEWARD_ADMIN_TOKEN": "a" * 32})
     assert "admin token" not in checks
+
+
+def test_doctor_warns_of_a_configuration_file_with_secrets_open_to_other_users(
+    data_dir: Path,
+) -> None:
+    """A configuration file that holds a secret and that other OS users may read is named with
+    the secrets it holds (never their values) and the fix; closed, or holding none, it passes."""
+    config = data_dir.parent / "steward.toml"
+    config.write_text(
+        'admin_token = "a-long-enough-admin-token-0123456789"\n'
+        "[[clients]]\n"
+        'client_id = "ops"\n'
+        'redirect_uris = ["https://ops.example/cb"]\n'
+        'client_secret = "pre-registered-secret"\n'
+    )
+
+    def run() -> dict[str, dict[str, str]]:
+        out = subprocess.run(
+            [*STEWARD, "--config", str(config), "doctor", "--json",
+             "--data-dir", str(data_dir), "--port", "0"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "Traceback" not in out.stderr, out.stderr
+        return {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+
+    config.chmod(0o644)
+    found = run()["configuration file"]
+    assert found["status"] == "warn"
+    assert "admin_token" in found["detail"] and "clients[0].client_secret" in found["detail"]
+    assert "0644" in found["detail"] and found["fix"] == f"chmod 600 {config}"
+    assert "pre-registered-secret" not in json.dumps(found)
+    config.chmod(0o600)
+    assert "configuration file" not in run()
+    config.write_text("port = 8000\n")
+    config.chmod(0o644)
+    assert "configuration file" not in run()

@@ -8,7 +8,8 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+import tomllib
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from actors import (
     store_child_spec,
 )
 from runtime import Supervisor
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Settings, secret_setting_names
 from server.postgres import (
     EmbeddedPostgres,
     PostgresNotFound,
@@ -546,10 +547,50 @@ async def check_database(
     return checks
 
 
+def check_config_file(path: Path) -> Check | None:
+    """A configuration file that holds a secret (a client secret, the database URL's password,
+    the encryption key, the admin token) is closed to other OS users: Steward makes its data
+    folder's parents traversable for its PostgreSQL service user, so a file beside them whose
+    mode lets others read it is read by any local user who knows its path."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # the configuration check names an unreadable or invalid file
+    held = sorted(_secret_keys(document))
+    if not held or not mode & 0o077:
+        return None
+    return Check(
+        "configuration file",
+        "warn",
+        f"{path} holds {', '.join(held)} and is open to other users (mode {mode:04o})",
+        f"chmod 600 {path}",
+    )
+
+
+def _secret_keys(document: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted names of the secrets set in a TOML document (sections and arrays of tables)."""
+    names = secret_setting_names()
+    for key, value in document.items():
+        if isinstance(value, dict):
+            yield from _secret_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from _secret_keys(item, f"{prefix}{key}[{i}].")
+        elif key in names and value:
+            yield prefix + key
+
+
 async def run_checks(
-    settings: Settings, with_database: Callable[..., Awaitable[None]]
+    settings: Settings,
+    with_database: Callable[..., Awaitable[None]],
+    config_file: Path | None = None,
 ) -> list[Check]:
     checks = [Check("configuration", "ok", "valid")]
+    if config_file is not None and (found := check_config_file(config_file)) is not None:
+        checks.append(found)
     checks.append(check_data_dir(settings))
     checks.append(check_key_file(settings))
     checks.append(check_port("port", settings.host, settings.port))
@@ -591,6 +632,7 @@ def run_doctor(
     *,
     as_json: bool,
     with_database: Callable[..., Awaitable[None]],
+    config_file: Path | None = None,
 ) -> int:
     """Run every check, print the outcome; returns the exit status (1 if any check failed)."""
     if settings is None:
@@ -603,7 +645,7 @@ def run_doctor(
             )
         ]
     else:
-        checks = trio.run(run_checks, settings, with_database)
+        checks = trio.run(run_checks, settings, with_database, config_file)
     failed = any(c.status == "fail" for c in checks)
     if as_json:
         payload: dict[str, Any] = {"ok": not failed, "checks": [attrs.asdict(c) for c in checks]}

@@ -438,7 +438,13 @@ def _doctor(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     except ConfigError as exc:
         return run_doctor(None, exc, as_json=args.json, with_database=_with_database)
     try:
-        return run_doctor(settings, None, as_json=args.json, with_database=_with_database)
+        return run_doctor(
+            settings,
+            None,
+            as_json=args.json,
+            with_database=_with_database,
+            config_file=args.config,
+        )
     except KeyboardInterrupt:
         return 130
 

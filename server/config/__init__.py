@@ -11,6 +11,7 @@ from server.config._settings import (
     Settings,
     TierSettings,
     load_settings,
+    secret_setting_names,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "TierSettings",
     "configure_logging",
     "load_settings",
+    "secret_setting_names",
 ]

@@ -806,3 +806,10 @@ def _convert(setting: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         msg = f"{where} has an unsupported type {tp!r}"
         raise TypeError(msg)
     return result
+
+
+def secret_setting_names() -> frozenset[str]:
+    """The names of the settings that hold a secret (``metadata={"secret": True}``), in any
+    section: what a configuration file must not show to other users."""
+    classes = (Settings, UpstreamSettings, ClientSettings)
+    return frozenset(f.name for c in classes for f in attrs.fields(c) if f.metadata.get("secret"))
