@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from tests.harness._pg import psql
+from tests.harness._sdk_storage import MemoryStorage
 from tests.harness._serve import steward_serve
 from tests.harness._steward import (
     REDIRECT_URI,
@@ -29,7 +30,7 @@ from tests.harness._steward import (
     sign_in,
 )
 from tests.harness._wait import wait_until
-from tests.test_sdk_oauth import Browser, Storage, sdk_provider
+from tests.test_sdk_oauth import Browser, sdk_provider
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -154,7 +155,7 @@ async def test_a_normal_sign_in_with_refreshes_never_meets_the_shipped_limits(
         from mcp import ClientSession
         from mcp.client.streamable_http import streamable_http_client
 
-        browser, storage = Browser(node, "bob"), Storage()
+        browser, storage = Browser(node, "bob"), MemoryStorage()
         async with (
             httpx2.AsyncClient(auth=sdk_provider(node, browser, storage), timeout=30) as client,
             streamable_http_client(f"{node.info.listen_url}/mcp", http_client=client) as (

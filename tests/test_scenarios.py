@@ -19,9 +19,10 @@ from actors.sessions import SessionPolicy
 from runtime import Backoff, faults
 from server.app._steward import Context, Steward
 from tests.harness._pg import psql
+from tests.harness._sdk_storage import MemoryStorage
 from tests.harness._steward import McpClient, SseReader, get_stream, running_node, sign_in
 from tests.harness._wait import wait_until
-from tests.test_sdk_oauth import Browser, Storage, sdk_provider
+from tests.test_sdk_oauth import Browser, sdk_provider
 
 PUBLIC = "http://steward.test"
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -167,7 +168,7 @@ async def test_scenario_upstream_refresh_fails_for_now_then_for_good_and_the_sdk
     ):
         assert node.dev_idp is not None
         node.dev_idp.access_ttl = 1.0  # upstream tokens live 1 s: the keeper refreshes often
-        browser, storage = Browser(node, "bob"), Storage()
+        browser, storage = Browser(node, "bob"), MemoryStorage()
         provider = sdk_provider(node, browser, storage)
         async with (
             httpx2.AsyncClient(auth=provider, timeout=30) as sdk_http,

@@ -13,9 +13,10 @@ from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness._pg import psql
+from tests.harness._sdk_storage import MemoryStorage
 from tests.harness._steward import McpClient, get_stream, running_node, sign_in
 from tests.harness._wait import wait_until
-from tests.test_sdk_oauth import Browser, Storage, sdk_provider
+from tests.test_sdk_oauth import Browser, sdk_provider
 
 
 async def test_a_stream_whose_opening_token_expired_ends_with_a_reconnect_hint_and_no_other(
@@ -84,7 +85,7 @@ async def test_the_sdk_client_reconnects_its_get_stream_with_a_fresh_token(fresh
     the hinted ``retry`` with Last-Event-ID and a refreshed token, and notifications reach it on
     the new stream."""
     async with running_node(fresh_db, access_token_ttl=2.0, stream_token_grace=0.5) as node:
-        browser, storage = Browser(node, "bob"), Storage()
+        browser, storage = Browser(node, "bob"), MemoryStorage()
         send, received = trio.open_memory_channel[Any](16)
 
         async def on_message(message: Any) -> None:
